@@ -1,0 +1,31 @@
+# Quick start: `make demo` (set up + run the demo) and `make test` (set up + run the tests).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# torch 2.13.0 first: it is the CPU wheel; an unpinned torch would pull a CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[all,test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/lookalike demo
+
+test: setup
+	bash scripts/test-deps.sh
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check lookalike tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

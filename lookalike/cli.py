@@ -1,0 +1,338 @@
+"""The ``lookalike`` command: parses arguments, calls the library, prints, maps errors to exit codes.
+
+Exit codes: 0 ok, 1 a lookalike error (one line on stderr), 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main"]
+
+logger = logging.getLogger("lookalike.cli")
+
+
+def _where(items: Sequence[str] | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items or ():
+        sep = "=" if "=" in item else (":" if ":" in item else None)
+        if sep is None:
+            raise argparse.ArgumentTypeError(f"--where takes COLUMN=VALUE, not {item!r}")
+        col, _, value = item.partition(sep)
+        values = [v.strip() for v in value.split(",")] if value else [""]
+        out.setdefault(col.strip(), []).extend(values)
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, not {value}")
+    return value
+
+
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, not {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, not {value}")
+    return value
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--same", action="append", default=[], metavar="COL",
+                   help="keep results to the query's value of COL (e.g. Gender); repeatable")
+    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
+                   help="keep results whose COL is VALUE (VALUE1,VALUE2 for several); repeatable")
+    p.add_argument("--colour-weight", type=_weight, default=None, metavar="W",
+                   help="share of the score given to colour, 0..1 (default: the index's)")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="list products whose photos are near-identical to each other too")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import (
+        BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN, DEFAULT_METRIC,
+        DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_WORKERS, METRICS, MODELS, POOLINGS, __version__,
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue."
+    )
+    parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help="embed a catalogue's photos into an index folder")
+    b.add_argument("catalog", type=Path, help="CSV, TSV or Parquet table, one row per product")
+    b.add_argument("--images", type=Path, default=None,
+                   help="folder the image paths are relative to (searched recursively by file name)")
+    b.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
+    b.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
+    b.add_argument("--weights", type=Path, default=None, help="model weights file (resnet50: torchvision format)")
+    b.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS,
+                   help="none = the reference's flattened map")
+    b.add_argument("--resize", default="pad", choices=("pad", "squash", "crop"))
+    b.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS)
+    b.add_argument("--backend", default="exact", choices=BACKENDS, help="vector index (hnsw needs the faiss extra)")
+    b.add_argument("--colour-weight", type=_weight, default=None, metavar="W",
+                   help="default share of the score given to colour, 0..1")
+    b.add_argument("--id-column", default=DEFAULT_ID_COLUMN)
+    b.add_argument("--image-column", default=DEFAULT_IMAGE_COLUMN)
+    b.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
+    b.add_argument("--workers", type=_positive_int, default=DEFAULT_WORKERS, help="photo-decoding threads")
+    b.add_argument("--update", action="store_true",
+                   help="reuse the vectors of unchanged products from the existing index at --out")
+
+    s = sub.add_parser("similar", help="products that look like a product (or several, or a photo)")
+    s.add_argument("index", type=Path)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--id", dest="ids", action="append", metavar="ID",
+                   help="query product id; repeat to combine recently viewed products")
+    g.add_argument("--image", type=Path, help="query photo file")
+    s.add_argument("-k", type=_positive_int, default=5, help="number of results (default 5)")
+    _add_filters(s)
+    s.add_argument("--format", default="table", choices=("table", "json", "csv"))
+    s.add_argument("--columns", default=None, help="metadata columns to show, comma-separated")
+    s.add_argument("--sheet", type=Path, default=None, metavar="OUT.png",
+                   help="also draw a contact sheet of the query and its results")
+
+    e = sub.add_parser("export", help="the top-k table for every product (for a shop's site)")
+    e.add_argument("index", type=Path)
+    e.add_argument("out", type=Path, help="OUT.csv or OUT.parquet")
+    e.add_argument("-k", type=_positive_int, default=10)
+    _add_filters(e)
+
+    i = sub.add_parser("info", help="an index's size and settings")
+    i.add_argument("index", type=Path)
+    i.add_argument("--format", default="table", choices=("table", "json"))
+
+    d = sub.add_parser("duplicates", help="groups of products with identical or near-identical photos")
+    d.add_argument("index", type=Path)
+    d.add_argument("--exact", action="store_true", help="byte-identical photos only")
+    d.add_argument("--format", default="table", choices=("table", "json"))
+
+    m = sub.add_parser("demo", help="build the bundled sample catalogue and show recommendations")
+    m.add_argument("--out", type=Path, default=None, help="where to put the demo index")
+    m.add_argument("--no-app", action="store_true", help="print results instead of opening the web page")
+    m.add_argument("--port", type=int, default=8501)
+
+    return parser
+
+
+# -- output helpers -----------------------------------------------------------------------
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(no results)"
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [min(48, max(len(c), *(len(row[j]) for row in cells))) for j, c in enumerate(columns)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines = [fmt.format(*columns), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*(v[:48] for v in row)) for row in cells]
+    return "\n".join(lines)
+
+
+def _default_columns(rec: Any) -> list[str]:
+    preferred = [c for c in ("Gender", "ProductType", "Colour", "ProductTitle") if c in rec.columns]
+    if preferred:
+        return preferred
+    return [c for c in rec.columns if c != rec.id_column][:4]
+
+
+# -- commands -----------------------------------------------------------------------------
+def _cmd_build(args: argparse.Namespace) -> int:
+    from . import DEFAULT_COLOUR_WEIGHT, build
+
+    report = build(
+        args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
+        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, metric=args.metric,
+        backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
+        colour_weight=DEFAULT_COLOUR_WEIGHT if args.colour_weight is None else args.colour_weight,
+        show_progress_bar=None if not args.quiet else False,
+    )
+    print(report.summary())
+    return 0
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {"same": args.same, "where": _where(args.where), "colour_weight": args.colour_weight,
+            "collapse_duplicates": not args.keep_duplicates}
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    from .recommender import Recommender
+
+    rec = Recommender.load(args.index)
+    if args.ids:
+        res = rec.similar(args.ids, k=args.k, **_filters(args))
+    else:
+        res = rec.similar(image=args.image, k=args.k, **_filters(args))
+    columns = args.columns.split(",") if args.columns else _default_columns(rec)
+    for c in columns:
+        rec._check_column(c)
+    if args.format == "json":
+        print(json.dumps(res.to_dict(), indent=2))
+    elif args.format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(["rank", "id", "score", *columns])
+        for r in res:
+            w.writerow([r.rank, r.id, f"{r.score:.6f}", *(r.metadata.get(c, "") for c in columns)])
+    else:
+        if args.ids:
+            for pid in res.query["ids"]:
+                p = rec.product(pid)
+                print(f"query {pid}: " + " | ".join(p.get(c, "") for c in columns))
+        else:
+            print(f"query photo: {args.image}")
+        rows = [{"rank": r.rank, "id": r.id, "score": f"{r.score:.4f}", **r.metadata} for r in res]
+        print(_table(rows, ["rank", "id", "score", *columns]))
+    if args.sheet:
+        from .sheet import contact_sheet
+
+        contact_sheet(rec, res, args.sheet, query_image=args.image)
+        print(f"contact sheet: {args.sheet}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .errors import InvalidQueryError
+    from .recommender import Recommender
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise InvalidQueryError(f"export writes .csv or .parquet, not {args.out.name}")
+    rec = Recommender.load(args.index)
+    table = rec.export(k=args.k, **_filters(args), show_progress_bar=None if not args.quiet else False)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    if suffix == ".csv":
+        table.to_csv(tmp, index=False, float_format="%.6f")
+    else:
+        table.to_parquet(tmp, index=False)
+    os.replace(tmp, args.out)
+    print(f"wrote {len(table)} rows ({table['query_id'].nunique()} products x up to {args.k}) to {args.out}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .recommender import Recommender
+
+    rec = Recommender.load(args.index)
+    m = rec.manifest
+    if args.format == "json":
+        print(json.dumps(m, indent=2))
+        return 0
+    size = sum(f.stat().st_size for f in Path(args.index).iterdir() if f.is_file())
+    lines = [
+        ("index", str(args.index)),
+        ("rows", f"{m['rows']} (of {m['catalog']['rows_total']} catalogue rows; {m['report']['skipped']} skipped)"),
+        ("model", f"{m['model']['name']} / pooling {m['model']['pooling']} / {m['model']['resize']} "
+                  f"{m['model']['input_size']}px / weights {m['model'].get('weights', '')}"),
+        ("vectors", f"{m['dim']}-d float32, metric {m['metric']}, back end {m['index']['backend']}"),
+        ("colour weight", str(m.get("colour_weight", 0.0))),
+        ("duplicates", f"{m['duplicates']['rows']} products in {m['duplicates']['groups']} photo groups"),
+        ("catalogue", f"{m['catalog']['path']} (sha256 {m['catalog']['sha256'][:12]})"),
+        ("columns", ", ".join(rec.columns)),
+        ("built", f"{m['created']} in {m['build']['seconds']} s by lookalike {m['lookalike_version']}"),
+        ("size on disk", f"{size / 1e6:.1f} MB ({size / max(1, m['rows']):.0f} bytes per product)"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def _cmd_duplicates(args: argparse.Namespace) -> int:
+    from .recommender import Recommender
+
+    rec = Recommender.load(args.index)
+    groups = rec.duplicates(near=not args.exact)
+    if args.format == "json":
+        print(json.dumps(groups, indent=2))
+        return 0
+    for g in groups:
+        titles = {rec.product(p).get("ProductTitle", "") for p in g}
+        print(f"{len(g):3d}  {' '.join(g)}" + (f"   {sorted(titles)[0][:50]}" if titles else ""))
+    print(f"{sum(len(g) for g in groups)} products in {len(groups)} groups", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from . import build, demo_catalog
+    from .recommender import Recommender
+
+    out = args.out or Path(tempfile.gettempdir()) / "lookalike-demo-index"
+    report = build(demo_catalog(), out, show_progress_bar=None if not args.quiet else False)
+    print(report.summary())
+    rec = Recommender.load(out)
+    first = rec.ids[0]
+    res = rec.similar(first, k=5, same="Gender")
+    p = rec.product(first)
+    print(f"\nmore like {first} ({p.get('ProductTitle', '')}), same Gender:")
+    print(_table([{"rank": r.rank, "id": r.id, "score": f"{r.score:.4f}", **r.metadata} for r in res],
+                 ["rank", "id", "score", *_default_columns(rec)]))
+    if args.no_app:
+        return 0
+    from .launch import run_app
+
+    return run_app(out, port=args.port)
+
+
+COMMANDS = {
+    "build": _cmd_build,
+    "similar": _cmd_similar,
+    "export": _cmd_export,
+    "info": _cmd_info,
+    "duplicates": _cmd_duplicates,
+    "demo": _cmd_demo,
+}
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    """Messages at WARNING (-v INFO, -vv DEBUG); progress bars unless -q."""
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(level)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
+    # the library shows progress bars when its logger is at INFO or below
+    logging.getLogger("lookalike").setLevel(logging.ERROR if quiet else min(level, logging.INFO))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    from .errors import LookalikeError
+
+    try:
+        return COMMANDS[args.command](args)
+    except LookalikeError as exc:
+        print(f"lookalike: error: {exc}", file=sys.stderr)
+        return 1
+    except argparse.ArgumentTypeError as exc:
+        print(f"lookalike: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lookalike: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,46 @@
+"""Defaults and small settings shared by the modules. Nothing heavy happens at import."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_K",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_WORKERS",
+    "DEFAULT_METRIC",
+    "DEFAULT_ID_COLUMN",
+    "DEFAULT_IMAGE_COLUMN",
+    "DEFAULT_COLOUR_WEIGHT",
+    "METRICS",
+    "cache_dir",
+    "progress_enabled",
+]
+
+DEFAULT_K = 5
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+DEFAULT_METRIC = "cosine"
+METRICS = ("cosine", "euclidean")
+DEFAULT_ID_COLUMN = "ProductId"
+DEFAULT_IMAGE_COLUMN = "Image"
+#: share of the score given to the colour descriptor (0 = shape only); chosen with `evaluate`
+DEFAULT_COLOUR_WEIGHT = 0.0
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX models and downloaded weights live (``LOOKALIKE_CACHE_DIR``)."""
+    env = os.environ.get("LOOKALIKE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lookalike"
+
+
+def progress_enabled(show_progress_bar: bool | None) -> bool:
+    """Progress bars follow the flag, or default to on when lookalike logs at INFO or below."""
+    if show_progress_bar is not None:
+        return show_progress_bar
+    return logging.getLogger("lookalike").getEffectiveLevel() <= logging.INFO

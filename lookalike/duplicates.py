@@ -1,0 +1,93 @@
+"""Duplicate listings: byte-identical photos, and near-identical ones (re-encoded, resized).
+
+Near-identical means a difference hash within ``NEAR_HAMMING`` bits *and* embeddings with
+cosine at least ``NEAR_COSINE``. Candidates come from hash bands (two hashes within 3 bits
+share one of four 16-bit bands), so the work grows with the catalogue, not its square.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+__all__ = ["find_duplicate_groups", "NEAR_HAMMING", "NEAR_COSINE"]
+
+NEAR_HAMMING = 3
+NEAR_COSINE = 0.998
+_MAX_BUCKET = 256
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _groups(uf: _UnionFind, n: int) -> np.ndarray:
+    """Group number per row (numbered by first row), -1 for rows alone in their group."""
+    roots = np.array([uf.find(i) for i in range(n)], dtype=np.int64)
+    counts = np.bincount(roots, minlength=n) if n else np.zeros(0, np.int64)
+    out = np.full(n, -1, dtype=np.int64)
+    numbers: dict[int, int] = {}
+    for i in range(n):
+        r = int(roots[i])
+        if counts[r] > 1:
+            out[i] = numbers.setdefault(r, len(numbers))
+    return out
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    return np.unpackbits(x.astype(np.uint64).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def find_duplicate_groups(
+    sha1s: list[str],
+    dhashes: np.ndarray,
+    unit_vectors: np.ndarray,
+    *,
+    near_hamming: int = NEAR_HAMMING,
+    near_cosine: float = NEAR_COSINE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (identical-photo group, near-identical group) per row; -1 where a row is alone.
+
+    Near-identical groups contain the identical ones.
+    """
+    n = len(sha1s)
+    exact = _UnionFind(n)
+    first: dict[str, int] = {}
+    for i, s in enumerate(sha1s):
+        if s:
+            if s in first:
+                exact.union(first[s], i)
+            else:
+                first[s] = i
+    near = _UnionFind(n)
+    for i in range(n):
+        near.union(i, exact.find(i))
+    h = np.asarray(dhashes, dtype=np.uint64)
+    for band in range(4):
+        keys = (h >> np.uint64(16 * band)) & np.uint64(0xFFFF)
+        buckets: dict[int, list[int]] = defaultdict(list)
+        for i, key in enumerate(keys.tolist()):
+            buckets[key].append(i)
+        for members in buckets.values():
+            if len(members) < 2 or len(members) > _MAX_BUCKET:
+                continue
+            m = np.asarray(members)
+            ham = _popcount((h[m][:, None] ^ h[m][None, :]).ravel()).reshape(len(m), len(m))
+            cos = unit_vectors[m] @ unit_vectors[m].T
+            a, b = np.nonzero(np.triu((ham <= near_hamming) & (cos >= near_cosine), 1))
+            for x, y in zip(a.tolist(), b.tolist()):
+                near.union(int(m[x]), int(m[y]))
+    return _groups(exact, n), _groups(near, n)

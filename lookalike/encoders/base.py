@@ -1,0 +1,62 @@
+"""The encoder contract and the pooling of CNN feature maps."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from ..errors import ModelError
+from ..images import ImageSource, Preprocess
+
+__all__ = ["Encoder", "POOLINGS", "pool", "l2_normalize"]
+
+#: ``none`` keeps the flattened C x H x W map (the reference recipe); the others pool it to C.
+POOLINGS = ("gem", "avg", "max", "none")
+GEM_P = 3.0
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns photos into float32 ``(n, dim)`` vectors and carries its own preprocessing."""
+
+    name: str
+    pooling: str
+    dim: int
+    preprocess: Preprocess
+
+    def encode(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        normalize_embeddings: bool = False,
+    ) -> np.ndarray: ...
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Encode a uint8 ``(n, size, size, 3)`` batch already prepared by :func:`images.prepare`."""
+        ...
+
+
+def pool(fmap: np.ndarray, pooling: str) -> np.ndarray:
+    """Pool an ``(n, c, h, w)`` feature map into ``(n, d)`` float32 vectors."""
+    if pooling == "avg":
+        out = fmap.mean(axis=(2, 3))
+    elif pooling == "max":
+        out = fmap.max(axis=(2, 3))
+    elif pooling == "gem":
+        # generalised mean (p=3): between average and max; activations can be slightly
+        # negative after swish, so clamp first
+        out = np.cbrt(np.power(np.maximum(fmap, 1e-6), GEM_P).mean(axis=(2, 3)))
+    elif pooling == "none":
+        # channels-last flattening, as Keras' Flatten() on a 7x7x2048 map in the reference
+        out = fmap.transpose(0, 2, 3, 1).reshape(fmap.shape[0], -1)
+    else:
+        raise ModelError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)

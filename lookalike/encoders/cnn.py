@@ -1,0 +1,243 @@
+"""CNN encoders run through ONNX Runtime (exported once, cached) or eager PyTorch."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..config import cache_dir, progress_enabled
+from ..errors import MissingDependencyError, ModelError
+from ..images import ImageSource, Preprocess, open_image, prepare
+from .base import POOLINGS, l2_normalize, pool
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelSpec", "CNNEncoder", "RUNTIMES"]
+
+RUNTIMES = ("onnx", "torch")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What makes a backbone: its map size, its input normalisation and where weights are."""
+
+    name: str
+    channels: int
+    grid: int  # side of the last feature map for a `input_size` input
+    input_size: int
+    mean: tuple[float, float, float]  # in 0..255 pixel units
+    std: tuple[float, float, float]
+    builder: str  # function name in lookalike.encoders.models
+    find_weights: Callable[[], Path | None]
+    weights_url: str | None = None
+    weights_env: str | None = None
+
+
+def _weights_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+class CNNEncoder:
+    """An ImageNet CNN whose last feature map is pooled into one vector per photo.
+
+    The network runs in ONNX Runtime by default: the PyTorch model is exported once to
+    ``<cache>/onnx/`` and later runs load that file without importing torch.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        pooling: str = "gem",
+        weights: str | os.PathLike | None = None,
+        runtime: str = "onnx",
+        resize: str = "pad",
+        threads: int | None = None,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise ModelError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if runtime not in RUNTIMES:
+            raise ModelError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        self.spec = spec
+        self.name = spec.name
+        self.pooling = pooling
+        self.runtime = runtime
+        self.threads = threads
+        self.preprocess = Preprocess(size=spec.input_size, resize=resize)
+        self.dim = spec.channels * (spec.grid**2 if pooling == "none" else 1)
+        self.weights_path = self._resolve_weights(weights)
+        self._session: Any = None
+        self._torch_model: Any = None
+        self._lock = threading.Lock()
+        self._mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        self._inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).reshape(1, 3, 1, 1)
+
+    def __repr__(self) -> str:
+        return f"CNNEncoder({self.name!r}, pooling={self.pooling!r}, dim={self.dim}, runtime={self.runtime!r})"
+
+    # -- weights ---------------------------------------------------------------------
+    def _resolve_weights(self, weights: str | os.PathLike | None) -> Path:
+        if weights is None and self.spec.weights_env:
+            weights = os.environ.get(self.spec.weights_env) or None
+        if weights is not None:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise ModelError(f"weights file not found: {path}")
+            return path
+        found = self.spec.find_weights()
+        if found is not None:
+            return found
+        if self.spec.weights_url:
+            return self._download(self.spec.weights_url)
+        raise ModelError(f"no weights for {self.name}: pass weights=PATH")
+
+    def _download(self, url: str) -> Path:
+        target = cache_dir() / "weights" / url.rsplit("/", 1)[-1]
+        if target.is_file():
+            return target
+        hint = f"download {url} elsewhere and pass --weights PATH"
+        if self.spec.weights_env:
+            hint += f" (or set {self.spec.weights_env})"
+        try:
+            import urllib.request
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".part")
+            logger.info("downloading %s weights from %s", self.name, url)
+            with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as f:  # noqa: S310
+                while chunk := resp.read(1 << 20):
+                    f.write(chunk)
+            tmp.replace(target)
+        except OSError as exc:
+            raise ModelError(f"can't download {self.name} weights ({exc}); {hint}") from None
+        return target
+
+    @property
+    def weights_id(self) -> str:
+        """Names the weights in manifests: file name plus a short key of size and mtime."""
+        return f"{self.weights_path.name}#{_weights_key(self.weights_path)}"
+
+    # -- runtimes --------------------------------------------------------------------
+    def _torch_module(self) -> Any:
+        if self._torch_model is None:
+            try:
+                from . import models
+            except ImportError as exc:  # pragma: no cover - torch is a core dependency
+                raise MissingDependencyError("PyTorch is needed: pip install torch==2.13.0") from exc
+            import torch
+
+            torch.set_num_threads(self.threads or os.cpu_count() or 1)
+            self._torch_model = getattr(models, self.spec.builder)(self.weights_path)
+        return self._torch_model
+
+    def onnx_path(self) -> Path:
+        key = _weights_key(self.weights_path)
+        return cache_dir() / "onnx" / f"{self.name}-{key}-{self.spec.input_size}.onnx"
+
+    def _export(self, path: Path) -> None:
+        import torch
+
+        module = self._torch_module()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        dummy = torch.zeros(1, 3, self.spec.input_size, self.spec.input_size)
+        logger.info("exporting %s to ONNX (once): %s", self.name, path)
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                (dummy,),
+                str(tmp),
+                input_names=["pixels"],
+                output_names=["features"],
+                dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        tmp.replace(path)
+
+    def _onnx_session(self) -> Any:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    try:
+                        import onnxruntime as ort
+                    except ImportError as exc:
+                        raise MissingDependencyError(
+                            "onnxruntime is needed for runtime='onnx': pip install onnxruntime"
+                        ) from exc
+                    path = self.onnx_path()
+                    if not path.is_file():
+                        self._export(path)
+                    opts = ort.SessionOptions()
+                    opts.intra_op_num_threads = self.threads or os.cpu_count() or 1
+                    opts.inter_op_num_threads = 1
+                    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                    opts.log_severity_level = 3
+                    try:
+                        self._session = ort.InferenceSession(
+                            str(path), opts, providers=["CPUExecutionProvider"]
+                        )
+                    except Exception as exc:  # noqa: BLE001 - a damaged cache file
+                        path.unlink(missing_ok=True)
+                        raise ModelError(f"cached ONNX model was unusable and was removed: {exc}") from exc
+        return self._session
+
+    def _feature_map(self, x: np.ndarray) -> np.ndarray:
+        if self.runtime == "onnx":
+            return self._onnx_session().run(None, {"pixels": x})[0]
+        import torch
+
+        module = self._torch_module()
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    # -- encoding --------------------------------------------------------------------
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Encode uint8 ``(n, size, size, 3)`` prepared photos into float32 ``(n, dim)``."""
+        if pixels.ndim == 3:
+            pixels = pixels[None]
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = pixels.astype(np.float32).transpose(0, 3, 1, 2)
+        x = np.ascontiguousarray((x - self._mean) * self._inv_std)
+        return pool(self._feature_map(x), self.pooling)
+
+    def encode(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        normalize_embeddings: bool = False,
+    ) -> np.ndarray:
+        """Encode photos (paths, bytes or PIL images) into float32 ``(n, dim)`` vectors.
+
+        Raises :class:`~lookalike.errors.ImageError` for a photo that can't be read; the
+        catalogue builder uses per-row decoding instead and never raises for one photo.
+        """
+        single = isinstance(images, (str, os.PathLike, bytes, bytearray)) or hasattr(images, "mode")
+        items: Sequence[ImageSource] = [images] if single else images  # type: ignore[list-item]
+        size = self.preprocess.size
+        out = []
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(items), unit="img", disable=not progress_enabled(show_progress_bar),
+            desc=f"encode {self.name}",
+        )
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            pixels = np.stack([prepare(open_image(s, draft=size), self.preprocess) for s in chunk])
+            out.append(self.encode_pixels(pixels))
+            bar.update(len(chunk))
+        bar.close()
+        vecs = np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalize(vecs) if normalize_embeddings else vecs

@@ -1,0 +1,116 @@
+"""The CNN backbones, as PyTorch modules that return the last feature map.
+
+Imported only when a model must be built or exported (torch is slow to import); a cached
+ONNX export is used without importing this module at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+__all__ = ["build_efficientnet_lite0", "build_resnet50", "ResNet50"]
+
+
+class _FeatureMap(nn.Module):
+    def __init__(self, body: nn.Module, fn: str) -> None:
+        super().__init__()
+        self.body = body
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.body, self.fn)(x)
+
+
+def build_efficientnet_lite0(weights: Path) -> nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights; returns its 1280 x 7 x 7 head map."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    try:
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
+    except Exception as exc:  # noqa: BLE001 - a bad weights file has many faces
+        raise ModelError(f"can't load EfficientNet-Lite0 weights from {weights}: {exc}") from exc
+    model.set_swish(memory_efficient=False)  # the memory-efficient swish can't be exported
+    return _FeatureMap(model.eval(), "extract_features").eval()
+
+
+class _Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int, downsample: bool) -> None:
+        super().__init__()
+        width = planes
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (
+            nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
+            if downsample
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet50(nn.Module):
+    """ResNet-50 (v1.5) with torchvision's parameter names, so its state dicts load as is."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = 64
+        layers = []
+        for planes, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            seq = []
+            for i in range(blocks):
+                s = stride if i == 0 else 1
+                seq.append(_Bottleneck(inplanes, planes, s, downsample=(i == 0)))
+                inplanes = planes * 4
+            layers.append(nn.Sequential(*seq))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2048, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def build_resnet50(weights: Path) -> nn.Module:
+    """ResNet-50 from a torchvision-format ImageNet state dict; returns its 2048 x 7 x 7 map."""
+    model = ResNet50()
+    try:
+        state = torch.load(str(weights), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"can't read ResNet50 weights {weights}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{weights} does not hold a state dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"{weights} is not a torchvision ResNet50 state dict: {first}") from exc
+    return _FeatureMap(model.eval(), "features").eval()

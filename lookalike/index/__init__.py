@@ -1,0 +1,36 @@
+"""Vector-index back ends behind one small interface; ``exact`` is the oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidQueryError
+from .base import VectorIndex, topk_sorted
+from .exact import ExactIndex
+
+__all__ = ["VectorIndex", "ExactIndex", "BACKENDS", "DEFAULT_BACKEND", "make_index", "load_index", "topk_sorted"]
+
+BACKENDS = ("exact", "hnsw")
+DEFAULT_BACKEND = "exact"
+
+
+def _cls(name: str) -> Any:
+    if name == "exact":
+        return ExactIndex
+    if name == "hnsw":
+        from .hnsw import HNSWIndex
+
+        return HNSWIndex
+    raise InvalidQueryError(f"unknown index back end {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def make_index(name: str, vectors: np.ndarray, *, metric: str, **options: Any) -> VectorIndex:
+    """Build a back end over ``vectors`` (rows already normalised for cosine)."""
+    return _cls(name)(vectors, metric=metric, **options)  # type: ignore[no-any-return]
+
+
+def load_index(name: str, folder: Path, vectors: np.ndarray, *, metric: str) -> VectorIndex:
+    return _cls(name).load(folder, vectors, metric=metric)  # type: ignore[no-any-return]

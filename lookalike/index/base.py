@@ -1,0 +1,48 @@
+"""The vector-index contract: ``search(queries, k, allowed=) -> (scores, rows)``.
+
+Every back end scores by inner product between a query and the stored rows (for
+``euclidean`` it reports minus the distance), so higher always means more alike. ``allowed``
+is a boolean mask over rows, one for all queries ``(n,)`` or one per query ``(b, n)``;
+rows outside it are never returned. Missing results are ``row == -1`` and ``-inf`` scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = ["VectorIndex", "topk_sorted"]
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    name: ClassVar[str]
+    metric: str
+
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def save(self, folder: Path) -> None:
+        """Write whatever the back end needs beyond ``vectors.npy`` (may write nothing)."""
+        ...
+
+
+def topk_sorted(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` per line, by score descending then row ascending (deterministic ties)."""
+    b, m = scores.shape
+    if m > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores = np.take_along_axis(scores, part, 1)
+        rows = np.take_along_axis(rows, part, 1)
+    order = np.lexsort((rows, -scores), axis=1) if scores.size else np.zeros_like(rows)
+    scores = np.take_along_axis(scores, order, 1)
+    rows = np.take_along_axis(rows, order, 1)
+    if scores.shape[1] < k:
+        pad = k - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+    rows = np.where(np.isfinite(scores), rows, -1)
+    return scores, rows

@@ -1,0 +1,114 @@
+"""Approximate search with a FAISS HNSW graph (extra ``faiss``), filters included.
+
+Filters go to FAISS as a per-query ID bitmap, so the graph walk itself skips rows that
+are not allowed. When a filter leaves few rows, brute force over them is both faster and
+exact, so that path is taken instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import IndexFormatError, require
+from .base import topk_sorted
+
+__all__ = ["HNSWIndex"]
+
+FILE = "index.faiss"
+
+
+class HNSWIndex:
+    name: ClassVar[str] = "hnsw"
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        *,
+        metric: str = "cosine",
+        m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+        brute_force_below: int = 4096,
+        index: Any = None,
+    ) -> None:
+        self.faiss = require("faiss", "faiss")
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.metric = metric
+        self.ef_search = ef_search
+        self.brute_force_below = brute_force_below
+        if index is None:
+            faiss_metric = self.faiss.METRIC_L2 if metric == "euclidean" else self.faiss.METRIC_INNER_PRODUCT
+            index = self.faiss.IndexHNSWFlat(self.vectors.shape[1], m, faiss_metric)
+            index.hnsw.efConstruction = ef_construction
+            index.add(self.vectors)
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def _scores(self, raw: np.ndarray) -> np.ndarray:
+        if self.metric == "euclidean":
+            return -np.sqrt(np.maximum(raw, 0.0))
+        return raw
+
+    def _exact_subset(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        x = self.vectors[rows]
+        s = q @ x.T
+        if self.metric == "euclidean":
+            s = -np.sqrt(np.maximum((q**2).sum() + (x**2).sum(1) - 2 * s, 0.0))
+        return topk_sorted(s[None, :].astype(np.float32), rows[None, :].astype(np.int64), k)
+
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        faiss = self.faiss
+        queries = np.atleast_2d(np.ascontiguousarray(queries, dtype=np.float32))
+        b, n = len(queries), len(self.vectors)
+        k = max(0, min(k, n))
+        out_s = np.full((b, k), -np.inf, dtype=np.float32)
+        out_r = np.full((b, k), -1, dtype=np.int64)
+        if k == 0:
+            return out_s, out_r
+        if allowed is None:
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self.ef_search, k)
+            d, i = self.index.search(queries, k, params=params)
+            s, r = topk_sorted(self._scores(d).astype(np.float32), i.astype(np.int64), k)
+            return s, r
+        for j in range(b):
+            mask = allowed[j] if allowed.ndim == 2 else allowed
+            count = int(mask.sum())
+            if count == 0:
+                continue
+            if count <= self.brute_force_below or count <= 4 * k:
+                s, r = self._exact_subset(queries[j], np.flatnonzero(mask), k)
+            else:
+                bitmap = np.packbits(mask.astype(np.uint8), bitorder="little")
+                sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
+                params = faiss.SearchParametersHNSW()
+                params.sel = sel
+                params.efSearch = max(self.ef_search, k)
+                d, i = self.index.search(queries[j : j + 1], k, params=params)
+                s, r = topk_sorted(self._scores(d).astype(np.float32), i.astype(np.int64), k)
+            out_s[j], out_r[j] = s[0], r[0]
+        return out_s, out_r
+
+    def save(self, folder: Path) -> None:
+        self.faiss.write_index(self.index, str(folder / FILE))
+
+    @classmethod
+    def load(cls, folder: Path, vectors: np.ndarray, *, metric: str, **kw: Any) -> "HNSWIndex":
+        faiss = require("faiss", "faiss")
+        path = folder / FILE
+        if not path.is_file():
+            raise IndexFormatError(f"{folder} has no {FILE}; rebuild with --backend hnsw")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise IndexFormatError(f"{path} is damaged: {str(exc).splitlines()[0]}") from None
+        if index.ntotal != len(vectors):
+            raise IndexFormatError(f"{path} holds {index.ntotal} rows, vectors.npy {len(vectors)}")
+        return cls(vectors, metric=metric, index=index, **kw)

@@ -1,0 +1,400 @@
+"""``Recommender``: load an index folder and answer "which products look most like this?".
+
+Scores: for ``cosine`` indexes, ``(1 - w) * shape + w * colour`` where both are cosine
+similarities and ``w`` is the colour weight (set at build, overridable per query); for
+``euclidean`` indexes, minus the Euclidean distance. Higher is always more alike.
+
+A query never returns its own products, nor any product whose photo is a duplicate of a
+query product's photo; with ``collapse_duplicates`` (the default) a result list also holds
+at most one product of each group of identical or near-identical photos.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .artifacts import load_arrays, read_manifest
+from .config import DEFAULT_K
+from .encoders import MODELS, CNNEncoder, Encoder, get_encoder, l2_normalize
+from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
+from .images import ImageSource, colour_descriptor, open_image, prepare
+from .index import VectorIndex, load_index
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Recommender", "Recommendation", "Results", "MAX_K", "Where"]
+
+#: the most results one query may ask for
+MAX_K = 1000
+Where = Mapping[str, "str | Sequence[str]"]
+_HIDDEN = ("_image", "_row", "_sha1", "_dhash", "_dup_exact", "_dup_near")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    id: str
+    rank: int
+    score: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.metadata, "id": self.id, "rank": self.rank, "score": round(self.score, 6)}
+
+
+@dataclass(frozen=True)
+class Results:
+    """The results of one query: what was asked, and the ranked products."""
+
+    query: dict[str, Any]
+    items: list[Recommendation]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.items]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "results": [r.to_dict() for r in self.items]}
+
+
+class Recommender:
+    """Visual "more like this" over one index folder. Build it with :meth:`load`."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        vectors: np.ndarray,
+        colour: np.ndarray,
+        metadata: pd.DataFrame,
+        index: VectorIndex,
+        *,
+        encoder: Encoder | None = None,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.vectors = vectors
+        self.colour = colour
+        self.metadata = metadata
+        self.index = index
+        self.metric: str = manifest["metric"]
+        self.colour_weight: float = float(manifest.get("colour_weight", 0.0))
+        self.id_column: str = manifest["catalog"]["id_column"]
+        self.ids: list[str] = metadata[self.id_column].tolist()
+        self._row_of = {pid: i for i, pid in enumerate(self.ids)}
+        self._encoder = encoder
+        self.columns = [c for c in metadata.columns if c not in _HIDDEN]
+        self._exact_group = self._group_ids(metadata["_dup_exact"].to_numpy())
+        self._near_group = self._group_ids(metadata["_dup_near"].to_numpy())
+        self._codes: dict[str, tuple[np.ndarray, pd.Index]] = {}
+
+    @staticmethod
+    def _group_ids(groups: np.ndarray) -> np.ndarray:
+        """Make every row's group unique: singletons get their own number."""
+        n = len(groups)
+        g = groups.astype(np.int64).copy()
+        alone = g < 0
+        g[alone] = (g.max(initial=-1) + 1) + np.arange(int(alone.sum()))
+        return g if n else g
+
+    # -- loading -----------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        backend: str | None = None,
+        encoder: Encoder | None = None,
+        mmap: bool = False,
+    ) -> "Recommender":
+        """Open an index folder. Raises :class:`IndexFormatError` for anything amiss."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        try:
+            model = manifest["model"]
+            metric = manifest["metric"]
+            manifest["catalog"]["id_column"]
+        except (KeyError, TypeError) as exc:
+            raise IndexFormatError(f"{path}/manifest.json lacks {exc}") from None
+        if model.get("name") not in MODELS:
+            raise IndexFormatError(
+                f"{path} was built with model {model.get('name')!r}, which this lookalike does not know"
+            )
+        if encoder is not None and (encoder.name, encoder.pooling, encoder.dim) != (
+            model["name"], model["pooling"], model["dim"]
+        ):
+            raise IndexFormatError(
+                f"{path} was built with {model['name']}/{model['pooling']} ({model['dim']}-d), "
+                f"not {encoder.name}/{encoder.pooling} ({encoder.dim}-d)"
+            )
+        vectors, colour, meta = load_arrays(path, manifest, mmap=mmap)
+        chosen = backend or manifest.get("index", {}).get("backend", "exact")
+        searchable = np.hstack([vectors, colour]) if metric == "cosine" else np.asarray(vectors)
+        index = load_index(chosen, path, searchable, metric=metric)
+        return cls(path, manifest, vectors, colour, meta, index, encoder=encoder)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, pid: object) -> bool:
+        return str(pid) in self._row_of
+
+    def __repr__(self) -> str:
+        m = self.manifest["model"]
+        return f"Recommender({str(self.path)!r}, rows={len(self)}, model={m['name']}/{m['pooling']}, metric={self.metric})"
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model that built the index (created on first use: photo queries need it)."""
+        if self._encoder is None:
+            m = self.manifest["model"]
+            enc = get_encoder(m["name"], pooling=m["pooling"], resize=m.get("resize", "pad"))
+            if isinstance(enc, CNNEncoder) and m.get("weights") and enc.weights_id != m["weights"]:
+                logger.warning("index was built with weights %s, now using %s", m["weights"], enc.weights_id)
+            if enc.dim != self.manifest["dim"]:
+                raise ModelError(f"model gives {enc.dim}-d vectors, index holds {self.manifest['dim']}-d")
+            self._encoder = enc
+        return self._encoder
+
+    # -- products ----------------------------------------------------------------------
+    def row(self, pid: object) -> int:
+        try:
+            return self._row_of[str(pid).strip()]
+        except KeyError:
+            raise UnknownProductError(f"unknown product id: {pid}") from None
+
+    def product(self, pid: object) -> dict[str, str]:
+        """The catalogue columns of one product."""
+        i = self.row(pid)
+        return {c: str(self.metadata[c].iat[i]) for c in self.columns}
+
+    def image_path(self, pid: object) -> Path:
+        """The product's photo on this machine (never a URL from the catalogue)."""
+        return Path(str(self.metadata["_image"].iat[self.row(pid)]))
+
+    def duplicates(self, *, near: bool = True) -> list[list[str]]:
+        """Groups of products whose photos are identical (or near-identical)."""
+        col = "_dup_near" if near else "_dup_exact"
+        g = self.metadata[col].to_numpy()
+        groups: dict[int, list[str]] = {}
+        for pid, gid in zip(self.ids, g):
+            if gid >= 0:
+                groups.setdefault(int(gid), []).append(pid)
+        return list(groups.values())
+
+    # -- filters -----------------------------------------------------------------------
+    def _check_column(self, col: str) -> None:
+        if col not in self.columns:
+            raise InvalidQueryError(f"unknown column {col!r}; columns are: {', '.join(self.columns)}")
+
+    def _column_codes(self, col: str) -> tuple[np.ndarray, pd.Index]:
+        if col not in self._codes:
+            self._check_column(col)
+            codes, uniques = pd.factorize(self.metadata[col].astype(str), sort=False)
+            self._codes[col] = (codes.astype(np.int64), pd.Index(uniques))
+        return self._codes[col]
+
+    def where_mask(self, where: Where | None) -> np.ndarray | None:
+        """Rows whose columns hold one of the given values (columns combine with AND)."""
+        if not where:
+            return None
+        mask = np.ones(len(self), dtype=bool)
+        for col, values in where.items():
+            codes, uniques = self._column_codes(col)
+            vals = [values] if isinstance(values, str) else list(values)
+            wanted = [uniques.get_loc(v) for v in map(str, vals) if v in uniques]
+            mask &= np.isin(codes, wanted)
+        return mask
+
+    def _check_k(self, k: int) -> int:
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise InvalidQueryError(f"k must be a whole number >= 1, not {k!r}")
+        if k > MAX_K:
+            raise InvalidQueryError(f"k must be at most {MAX_K}, not {k}")
+        return int(k)
+
+    def _weight(self, colour_weight: float | None) -> float:
+        w = self.colour_weight if colour_weight is None else float(colour_weight)
+        if not 0.0 <= w <= 1.0:
+            raise InvalidQueryError(f"colour weight must be between 0 and 1, not {w}")
+        if w and self.metric != "cosine":
+            raise InvalidQueryError("colour weight needs an index built with metric cosine")
+        return w
+
+    def _query_vector(self, shape: np.ndarray, colour: np.ndarray, w: float) -> np.ndarray:
+        if self.metric != "cosine":
+            return shape.astype(np.float32)
+        return np.concatenate([(1.0 - w) * l2_normalize(shape), w * l2_normalize(colour)], axis=-1)
+
+    # -- search ------------------------------------------------------------------------
+    def _search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        collapse: bool,
+    ) -> list[list[tuple[int, float]]]:
+        """Top-k rows per query; with ``collapse``, one row per duplicate-photo group."""
+        b = len(queries)
+        want = k
+        results: list[list[tuple[int, float]]] = [[] for _ in range(b)]
+        todo = list(range(b))
+        n_allowed = len(self) if allowed is None else None
+        while todo:
+            fetch = min(len(self), want + (8 if collapse else 0))
+            sub_allowed = None if allowed is None else (allowed[todo] if allowed.ndim == 2 else allowed)
+            scores, rows = self.index.search(queries[todo], fetch, allowed=sub_allowed)
+            again = []
+            for j, q in enumerate(todo):
+                picked: list[tuple[int, float]] = []
+                seen: set[int] = set()
+                for s, r in zip(scores[j], rows[j]):
+                    if r < 0:
+                        break
+                    g = int(self._near_group[r])
+                    if collapse and g in seen:
+                        continue
+                    seen.add(g)
+                    picked.append((int(r), float(s)))
+                    if len(picked) == k:
+                        break
+                exhausted = rows[j][-1] < 0 or fetch >= (n_allowed or len(self))
+                if len(picked) < k and not exhausted:
+                    again.append(q)
+                else:
+                    results[q] = picked
+            todo = again
+            want = fetch * 4
+        return results
+
+    def _results(self, query: dict[str, Any], found: list[tuple[int, float]]) -> Results:
+        items = [
+            Recommendation(self.ids[r], rank, s, {c: str(self.metadata[c].iat[r]) for c in self.columns})
+            for rank, (r, s) in enumerate(found, start=1)
+        ]
+        return Results(query, items)
+
+    def _allowed_for(self, rows: Sequence[int], same: Sequence[str], base: np.ndarray | None,
+                     collapse: bool) -> np.ndarray:
+        allowed = np.ones(len(self), dtype=bool) if base is None else base.copy()
+        groups = self._near_group if collapse else self._exact_group
+        allowed &= ~np.isin(groups, groups[list(rows)])
+        for col in same:
+            codes, _ = self._column_codes(col)
+            allowed &= np.isin(codes, codes[list(rows)])
+        return allowed
+
+    def similar(
+        self,
+        ids: object | Sequence[object] | None = None,
+        *,
+        image: ImageSource | None = None,
+        k: int = DEFAULT_K,
+        same: Sequence[str] | str = (),
+        where: Where | None = None,
+        colour_weight: float | None = None,
+        collapse_duplicates: bool = True,
+    ) -> Results:
+        """Products that look most like one product, several (combined), or a photo.
+
+        ``same`` keeps results to the query products' values of those columns (``"Gender"``
+        as in the reference); ``where`` keeps rows whose column holds one of the values.
+        """
+        k = self._check_k(k)
+        same = [same] if isinstance(same, str) else list(same)
+        for col in same:
+            self._check_column(col)
+        w = self._weight(colour_weight)
+        base = self.where_mask(where)
+        if (ids is None) == (image is None):
+            raise InvalidQueryError("give product ids or an image, not both or neither")
+        if image is not None:
+            if same:
+                raise InvalidQueryError("'same' needs product ids; filter a photo query with 'where'")
+            shape, colour = self.embed_image(image)
+            q = self._query_vector(shape, colour, w)[None, :]
+            found = self._search(q, k, base, collapse_duplicates)[0]
+            name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
+            return self._results({"image": name, "k": k, "where": dict(where or {})}, found)
+        id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[arg-type]
+        if not id_list:
+            raise InvalidQueryError("give at least one product id")
+        rows = [self.row(p) for p in id_list]
+        shape = np.asarray(self.vectors[rows], dtype=np.float32)
+        if self.metric == "cosine":
+            shape = l2_normalize(shape)
+        q = self._query_vector(shape.mean(0), l2_normalize(self.colour[rows]).mean(0), w)[None, :]
+        allowed = self._allowed_for(rows, same, base, collapse_duplicates)
+        found = self._search(q, k, allowed, collapse_duplicates)[0]
+        query = {"ids": [self.ids[r] for r in rows], "k": k, "same": same, "where": dict(where or {})}
+        return self._results(query, found)
+
+    def embed_image(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
+        """Shape and colour vectors of a photo, as the index was built."""
+        enc = self.encoder
+        pixels = prepare(open_image(image, draft=enc.preprocess.size), enc.preprocess)
+        return enc.encode_pixels(pixels[None])[0], colour_descriptor(pixels)
+
+    def export(
+        self,
+        *,
+        k: int = 10,
+        same: Sequence[str] | str = (),
+        where: Where | None = None,
+        colour_weight: float | None = None,
+        collapse_duplicates: bool = True,
+        ids: Iterable[object] | None = None,
+        batch: int = 256,
+        show_progress_bar: bool | None = None,
+    ) -> pd.DataFrame:
+        """Top-k for every product (or ``ids``): columns ``query_id, rank, id, score``.
+
+        ``where`` restricts the *results*; every product is still a query. Gives exactly
+        what :meth:`similar` gives for each product alone.
+        """
+        from tqdm.auto import tqdm
+
+        from .config import progress_enabled
+
+        k = self._check_k(k)
+        same = [same] if isinstance(same, str) else list(same)
+        for col in same:
+            self._check_column(col)
+        w = self._weight(colour_weight)
+        base = self.where_mask(where)
+        rows_all = list(range(len(self))) if ids is None else [self.row(p) for p in ids]
+        groups = self._near_group if collapse_duplicates else self._exact_group
+        shape = np.asarray(self.vectors, dtype=np.float32)
+        out_q, out_rank, out_id, out_s = [], [], [], []
+        for start in tqdm(range(0, len(rows_all), batch), disable=not progress_enabled(show_progress_bar),
+                          desc="export", unit="batch"):
+            rows = np.asarray(rows_all[start : start + batch])
+            qs = shape[rows]
+            if self.metric == "cosine":
+                qs = l2_normalize(qs)
+            q = self._query_vector(qs, l2_normalize(self.colour[rows]), w)
+            allowed = groups[None, :] != groups[rows][:, None]
+            if base is not None:
+                allowed &= base[None, :]
+            for col in same:
+                codes, _ = self._column_codes(col)
+                allowed &= codes[None, :] == codes[rows][:, None]
+            for r, found in zip(rows, self._search(q, k, allowed, collapse_duplicates)):
+                for rank, (row, s) in enumerate(found, start=1):
+                    out_q.append(self.ids[r])
+                    out_rank.append(rank)
+                    out_id.append(self.ids[row])
+                    out_s.append(s)
+        return pd.DataFrame({"query_id": out_q, "rank": out_rank, "id": out_id, "score": out_s})
