@@ -124,6 +124,36 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--exact", action="store_true", help="byte-identical photos only")
     d.add_argument("--format", default="table", choices=("table", "json"))
 
+    v = sub.add_parser("serve", help="HTTP API over an index (extra: server)")
+    v.add_argument("index", type=Path)
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo upload accepted")
+
+    a = sub.add_parser("app", help="the web page over an index (extra: ui)")
+    a.add_argument("index", type=Path)
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8501)
+
+    st = sub.add_parser("stats", help="what a catalogue holds: counts per gender, category, type, colour")
+    st.add_argument("catalog", type=Path, help="catalogue table, or an index folder")
+    st.add_argument("--out", type=Path, default=None, help="folder for PNG charts")
+    st.add_argument("--by", default=None, help="column to split by (default: Gender if present)")
+    st.add_argument("--format", default="table", choices=("table", "json"))
+
+    ev = sub.add_parser("evaluate", help="P@k, recall@k and mAP@k against the catalogue's labels")
+    ev.add_argument("index", type=Path, nargs="+", help="one index, or several with --compare")
+    ev.add_argument("--label", action="append", required=True, metavar="COL")
+    ev.add_argument("-k", type=_positive_int, default=5)
+    ev.add_argument("--group-by", action="append", default=[], metavar="COL")
+    ev.add_argument("--format", default="table", choices=("table", "json"))
+    ev.add_argument("--compare", action="store_true",
+                    help="compare several indexes (or colour weights) and draw a chart")
+    ev.add_argument("--colour-weights", default=None, metavar="W1,W2,...",
+                    help="with --compare: also compare these colour weights")
+    ev.add_argument("--chart", type=Path, default=None, metavar="OUT.png", help="where --compare draws")
+    _add_filters(ev)
+
     m = sub.add_parser("demo", help="build the bundled sample catalogue and show recommendations")
     m.add_argument("--out", type=Path, default=None, help="where to put the demo index")
     m.add_argument("--no-app", action="store_true", help="print results instead of opening the web page")
@@ -294,7 +324,67 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_app(out, port=args.port)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import run_server
+
+    return run_server(args.index, host=args.host, port=args.port,
+                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from .launch import run_app
+
+    return run_app(args.index, host=args.host, port=args.port)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .stats import catalog_stats, format_stats, load_stats_table, save_charts
+
+    table = load_stats_table(args.catalog)
+    stats = catalog_stats(table, by=args.by)
+    if args.format == "json":
+        print(json.dumps(stats, indent=2))
+    else:
+        print(format_stats(stats))
+    if args.out:
+        for path in save_charts(table, args.out, by=args.by):
+            print(f"chart: {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import compare, format_scores
+    from .recommender import Recommender
+
+    weights = [float(w) for w in args.colour_weights.split(",")] if args.colour_weights else [args.colour_weight]
+    if len(args.index) > 1 and not args.compare:
+        raise argparse.ArgumentTypeError("several indexes need --compare")
+    runs = []
+    for path in args.index:
+        rec = Recommender.load(path)
+        for w in weights:
+            runs.append((rec, w))
+    kw = dict(labels=args.label, k=args.k, same=args.same, where=_where(args.where),
+              group_by=args.group_by, collapse_duplicates=not args.keep_duplicates)
+    results = compare(runs, **kw, show_progress_bar=False if args.quiet else None)
+    if args.format == "json":
+        print(json.dumps(results if args.compare else results[0]["scores"], indent=2))
+    else:
+        print(format_scores(results))
+    if args.compare:
+        from .evaluate import compare_chart
+
+        chart = args.chart or Path("lookalike-compare.png")
+        compare_chart(results, chart)
+        print(f"chart: {chart}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
+    "serve": _cmd_serve,
+    "app": _cmd_app,
+    "stats": _cmd_stats,
+    "evaluate": _cmd_evaluate,
     "build": _cmd_build,
     "similar": _cmd_similar,
     "export": _cmd_export,

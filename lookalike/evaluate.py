@@ -1,0 +1,153 @@
+"""Quality against the catalogue's own labels: P@k, recall@k and mAP@k, overall and per group.
+
+Every product is a query; a result is relevant to a label when it shares the query's
+value of that label column (for ``all``, every label at once). The results are exactly
+those of :meth:`Recommender.export` (same filters, same exclusions), so counting over an
+exported table gives the same numbers.
+
+* ``p@k``  — relevant results in the top k, divided by k (missing results count as misses)
+* ``r@k``  — relevant results in the top k, divided by all relevant products the query could
+  have been shown (same filters and exclusions, before duplicate collapsing)
+* ``map@k`` — average precision at k, normalised by min(k, relevant products)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import InvalidQueryError
+
+if TYPE_CHECKING:
+    from .recommender import Recommender, Where
+
+__all__ = ["evaluate", "score_export", "ALL"]
+
+ALL = "all"
+
+
+def _keys(table: pd.DataFrame, labels: Sequence[str]) -> dict[str, np.ndarray]:
+    out = {lab: table[lab].astype(str).to_numpy() for lab in labels}
+    if len(labels) > 1:
+        joined = table[list(labels)].astype(str).agg("\x1f".join, axis=1).to_numpy()
+        out[ALL] = joined
+    return out
+
+
+def score_export(
+    export: pd.DataFrame,
+    metadata: pd.DataFrame,
+    *,
+    id_column: str,
+    labels: Sequence[str],
+    k: int,
+    pool_sizes: dict[str, np.ndarray] | None = None,
+    group_by: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Score an export table (``query_id, rank, id, score``) against metadata labels."""
+    meta = metadata.set_index(metadata[id_column].astype(str))
+    queries = meta.index.to_numpy()
+    pos = {q: i for i, q in enumerate(queries)}
+    keys = _keys(meta, labels)
+    n = len(queries)
+    ex = export[export["rank"] <= k]
+    qi = ex["query_id"].astype(str).map(pos).to_numpy()
+    ri = ex["id"].astype(str).map(pos).to_numpy()
+    ranks = ex["rank"].to_numpy().astype(int)
+    out: dict[str, Any] = {"queries": n, "k": k}
+    per_query: dict[str, dict[str, np.ndarray]] = {}
+    for lab, key in keys.items():
+        rel = (key[qi] == key[ri]).astype(np.float64)
+        hits = np.zeros((n, k))
+        hits[qi, ranks - 1] = rel
+        cum = hits.cumsum(axis=1)
+        p = cum[:, -1] / k
+        prec_at = cum / np.arange(1, k + 1)
+        total = None if pool_sizes is None else pool_sizes[lab].astype(np.float64)
+        if total is None:
+            denom = np.maximum(np.minimum(k, cum[:, -1]), 1)
+            r = np.full(n, np.nan)
+        else:
+            denom = np.maximum(np.minimum(k, total), 1)
+            r = np.where(total > 0, cum[:, -1] / np.maximum(total, 1), np.nan)
+        ap = (prec_at * hits).sum(axis=1) / denom
+        per_query[lab] = {"p": p, "r": r, "map": ap}
+        out[f"p@{k}_{lab}"] = float(p.mean()) if n else 0.0
+        if total is not None:
+            out[f"r@{k}_{lab}"] = float(np.nanmean(r)) if n else 0.0
+        out[f"map@{k}_{lab}"] = float(ap.mean()) if n else 0.0
+    groups: dict[str, Any] = {}
+    for col in group_by:
+        vals = meta[col].astype(str).to_numpy()
+        groups[col] = {}
+        for v in sorted(set(vals)):
+            sel = vals == v
+            entry: dict[str, Any] = {"queries": int(sel.sum())}
+            for lab, m in per_query.items():
+                entry[f"p@{k}_{lab}"] = float(m["p"][sel].mean())
+                if pool_sizes is not None:
+                    entry[f"r@{k}_{lab}"] = float(np.nanmean(m["r"][sel])) if np.isfinite(m["r"][sel]).any() else 0.0
+                entry[f"map@{k}_{lab}"] = float(m["map"][sel].mean())
+            groups[col][v] = entry
+    if groups:
+        out["groups"] = groups
+    return out
+
+
+def _pool_sizes(rec: "Recommender", labels: Sequence[str], same: Sequence[str], where: "Where | None",
+                collapse: bool) -> dict[str, np.ndarray]:
+    """How many products each query could have been shown that share its label(s)."""
+    n = len(rec)
+    keys = _keys(rec.metadata, labels)
+    base = rec.where_mask(where)
+    groups = rec._near_group if collapse else rec._exact_group
+    parts = [np.asarray(groups)] + [rec._column_codes(c)[0] for c in same]
+    out: dict[str, np.ndarray] = {}
+    allowed_base = np.ones(n, bool) if base is None else base
+    for lab, key in keys.items():
+        codes = pd.factorize(key)[0]
+        # count allowed rows per (same..., label) cell, minus those in the query's own dup group
+        frame = pd.DataFrame({"label": codes, **{f"s{i}": p for i, p in enumerate(parts[1:])}})
+        cell_cols = ["label"] + [f"s{i}" for i in range(len(parts) - 1)]
+        counts = frame[allowed_base].groupby(cell_cols).size()
+        cell_total = counts.reindex(pd.MultiIndex.from_frame(frame[cell_cols]) if len(cell_cols) > 1
+                                    else frame["label"]).fillna(0).to_numpy()
+        frame["g"] = parts[0]
+        own = frame[allowed_base].groupby(cell_cols + ["g"]).size()
+        own_total = own.reindex(pd.MultiIndex.from_frame(frame[cell_cols + ["g"]])).fillna(0).to_numpy()
+        out[lab] = (cell_total - own_total).astype(np.int64)
+    return out
+
+
+def evaluate(
+    rec: "Recommender",
+    labels: Sequence[str],
+    *,
+    k: int = 5,
+    same: Sequence[str] | str = (),
+    where: "Where | None" = None,
+    group_by: Sequence[str] = (),
+    colour_weight: float | None = None,
+    collapse_duplicates: bool = True,
+    show_progress_bar: bool | None = None,
+) -> dict[str, Any]:
+    """Use every product as a query and score the top k against the label columns."""
+    labels = list(labels)
+    if not labels:
+        raise InvalidQueryError("give at least one label column")
+    same = [same] if isinstance(same, str) else list(same)
+    for col in [*labels, *group_by]:
+        rec._check_column(col)
+    export = rec.export(k=k, same=same, where=where, colour_weight=colour_weight,
+                        collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar)
+    pools = _pool_sizes(rec, labels, same, where, collapse_duplicates)
+    out = score_export(export, rec.metadata, id_column=rec.id_column, labels=labels, k=k,
+                       pool_sizes=pools, group_by=group_by)
+    out["settings"] = {
+        "model": rec.manifest["model"]["name"], "pooling": rec.manifest["model"]["pooling"],
+        "metric": rec.metric, "colour_weight": rec._weight(colour_weight), "same": same,
+        "where": dict(where or {}), "collapse_duplicates": collapse_duplicates, "labels": labels,
+    }
+    return out

@@ -1,0 +1,57 @@
+"""Shared fixtures: real photos (the bundled demo and ../shared), one model, one demo index."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LOOKALIKE_SHARED", ROOT.parent / "shared")) / "datasets"
+FASHION = SHARED / "fashion-images"
+FULLRES = SHARED / "fashion-images-fullres"
+
+# never reach the network; keep exported models in the repo's cache folder
+os.environ.setdefault("LOOKALIKE_CACHE_DIR", str(ROOT / ".cache" / "lookalike"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """The 2,906-product reference catalogue (read-only)."""
+    if not (FASHION / "fashion.csv").is_file():
+        pytest.skip(f"shared data set not found at {FASHION}")
+    return FASHION
+
+
+@pytest.fixture(scope="session")
+def fullres_dir() -> Path:
+    if not (FULLRES / "fashion.csv").is_file():
+        pytest.skip(f"shared data set not found at {FULLRES}")
+    return FULLRES
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The default model, shared by every test (ONNX export happens once)."""
+    from lookalike import get_encoder
+
+    return get_encoder()
+
+
+@pytest.fixture(scope="session")
+def demo_index(tmp_path_factory, encoder) -> Path:
+    """The bundled demo catalogue (99 real products, 4 genders) built once with defaults."""
+    from lookalike import build, demo_catalog
+
+    out = tmp_path_factory.mktemp("demo") / "index"
+    build(demo_catalog(), out, encoder=encoder, show_progress_bar=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_rec(demo_index):
+    from lookalike import Recommender
+
+    return Recommender.load(demo_index)
