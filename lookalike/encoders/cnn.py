@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,6 +25,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ModelSpec", "CNNEncoder", "RUNTIMES"]
 
 RUNTIMES = ("onnx", "torch")
+#: bump when the exported graph changes, so stale cached exports are never used
+EXPORT_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -135,12 +140,14 @@ class CNNEncoder:
             import torch
 
             torch.set_num_threads(self.threads or os.cpu_count() or 1)
-            self._torch_model = getattr(models, self.spec.builder)(self.weights_path)
+            # some model packages print banners; library code keeps stdout clean
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._torch_model = getattr(models, self.spec.builder)(self.weights_path)
         return self._torch_model
 
     def onnx_path(self) -> Path:
         key = _weights_key(self.weights_path)
-        return cache_dir() / "onnx" / f"{self.name}-{key}-{self.spec.input_size}.onnx"
+        return cache_dir() / "onnx" / f"{self.name}-{key}-{self.spec.input_size}-r{EXPORT_REVISION}.onnx"
 
     def _export(self, path: Path) -> None:
         import torch
@@ -150,7 +157,8 @@ class CNNEncoder:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         dummy = torch.zeros(1, 3, self.spec.input_size, self.spec.input_size)
         logger.info("exporting %s to ONNX (once): %s", self.name, path)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
                 (dummy,),

@@ -34,7 +34,8 @@ def build_efficientnet_lite0(weights: Path) -> nn.Module:
         model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights))
     except Exception as exc:  # noqa: BLE001 - a bad weights file has many faces
         raise ModelError(f"can't load EfficientNet-Lite0 weights from {weights}: {exc}") from exc
-    model.set_swish(memory_efficient=False)  # the memory-efficient swish can't be exported
+    # Lite models use ReLU6 throughout (it exports as is); never call set_swish(), which
+    # would swap in swish and silently ruin the features
     return _FeatureMap(model.eval(), "extract_features").eval()
 
 
