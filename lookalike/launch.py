@@ -1,0 +1,98 @@
+"""Start the web page (``lookalike/app.py``) with Streamlit as a child process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from .artifacts import read_manifest
+from .errors import require
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_app", "app_command", "APP_SCRIPT", "DEFAULT_APP_HOST", "DEFAULT_APP_PORT", "DEFAULT_MAX_UPLOAD_MB"]
+
+APP_SCRIPT = Path(__file__).with_name("app.py")
+DEFAULT_APP_HOST = "127.0.0.1"
+DEFAULT_APP_PORT = 8501
+#: the largest photo the page accepts, as the HTTP service
+DEFAULT_MAX_UPLOAD_MB = 10
+
+
+def app_command(index_path: str | os.PathLike, *, host: str = DEFAULT_APP_HOST, port: int = DEFAULT_APP_PORT) -> list[str]:
+    """The command line that serves the page for one index folder."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
+        "--server.address", host,
+        "--server.port", str(port),
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",
+        "--server.maxUploadSize", str(DEFAULT_MAX_UPLOAD_MB),
+        "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",
+        "--", str(index_path),
+    ]
+
+
+def _open_when_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    import webbrowser
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:  # noqa: S310 - loopback
+                if r.status == 200:
+                    webbrowser.open(url)
+                    return
+        except OSError:
+            time.sleep(0.5)
+
+
+def run_app(
+    index_path: str | os.PathLike,
+    *,
+    host: str = DEFAULT_APP_HOST,
+    port: int = DEFAULT_APP_PORT,
+    open_browser: bool = False,
+) -> int:
+    """Serve the web page over an index until the server stops; returns its exit code.
+
+    The index is checked first, so a wrong folder fails at once with an
+    :class:`~lookalike.errors.IndexFormatError`; a missing Streamlit raises
+    :class:`~lookalike.errors.MissingDependencyError` naming the ``ui`` extra.
+    """
+    require("streamlit", "ui")
+    require("matplotlib", "ui")
+    index = Path(index_path).expanduser().resolve()
+    read_manifest(index)
+    env = {**os.environ, "LOOKALIKE_INDEX": str(index)}
+    cmd = app_command(index, host=host, port=port)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    logger.info("web page for %s on %s", index, url)
+    proc = subprocess.Popen(cmd, env=env)
+    if open_browser:
+        threading.Thread(target=_open_when_ready, args=(url, proc), daemon=True).start()
+    # a SIGTERM to us stops the page too (Ctrl-C reaches both through the terminal)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
