@@ -84,7 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--weights", type=Path, default=None, help="model weights file (resnet50: torchvision format)")
     b.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS,
                    help="none = the reference's flattened map")
-    b.add_argument("--resize", default="pad", choices=("pad", "squash", "crop"))
+    b.add_argument("--resize", default="squash", choices=("squash", "pad", "crop"),
+                   help="how photos become the square model input (squash, as the reference)")
+    b.add_argument("--projection-dim", type=int, default=256, metavar="D",
+                   help="PCA dimensions fitted on the catalogue (0: keep the pooled vectors)")
     b.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS)
     b.add_argument("--backend", default="exact", choices=BACKENDS, help="vector index (hnsw needs the faiss extra)")
     b.add_argument("--colour-weight", type=_weight, default=None, metavar="W",
@@ -188,6 +191,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     report = build(
         args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
         model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, metric=args.metric,
+        projection_dim=args.projection_dim or None,
         backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
         colour_weight=DEFAULT_COLOUR_WEIGHT if args.colour_weight is None else args.colour_weight,
         show_progress_bar=None if not args.quiet else False,

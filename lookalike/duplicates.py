@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ["find_duplicate_groups", "NEAR_HAMMING", "NEAR_COSINE"]
 
 NEAR_HAMMING = 3
-NEAR_COSINE = 0.998
+NEAR_COSINE = 0.98
 _MAX_BUCKET = 256
 
 

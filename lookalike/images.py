@@ -53,7 +53,7 @@ class Preprocess:
     """
 
     size: int = 224
-    resize: str = "pad"
+    resize: str = "squash"
     fill: int = 255
 
     def __post_init__(self) -> None:

@@ -35,10 +35,11 @@ from .config import (
     progress_enabled,
 )
 from .duplicates import NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
-from .encoders import DEFAULT_MODEL, DEFAULT_POOLING, Encoder, get_encoder, l2_normalize
+from .encoders import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, Encoder, get_encoder, l2_normalize
 from .errors import InvalidQueryError, LookalikeError
 from .images import COLOUR_DIM, Decoded, Preprocess, load
 from .index import BACKENDS, DEFAULT_BACKEND, make_index
+from .projection import DEFAULT_PROJECTION_DIM, Projection
 
 logger = logging.getLogger(__name__)
 
@@ -120,25 +121,31 @@ def _decoded_stream(
             yield (i, *fut.result())
 
 
-def _reusable(out: Path, settings: dict[str, Any]) -> dict[str, tuple[str, np.ndarray, np.ndarray, int]]:
-    """Rows of an existing index built with the same settings: id -> (sha1, vector, colour, dhash)."""
+def _reusable(
+    out: Path, settings: dict[str, Any]
+) -> tuple[dict[str, tuple[str, np.ndarray, np.ndarray, int]], Projection | None]:
+    """Rows of an existing index built with the same settings: id -> (sha1, vector, colour, dhash).
+
+    Reused rows are already projected, so the old projection is kept for the new rows too.
+    """
     from .artifacts import load_arrays
 
     try:
         manifest = read_manifest(out)
         if any(manifest.get("model", {}).get(k) != v for k, v in settings.items()):
             logger.info("existing index was built with other settings; encoding everything")
-            return {}
+            return {}, None
         vectors, colour, meta = load_arrays(out, manifest)
     except LookalikeError as exc:
         logger.info("can't reuse %s: %s", out, exc)
-        return {}
+        return {}, None
     id_col = manifest["catalog"]["id_column"]
     # cosine indexes keep normalised vectors; normalising them again changes nothing
-    return {
-        pid: (sha, vectors[i], colour[i], int(dh))
+    rows = {
+        pid: (sha, np.asarray(vectors[i]), colour[i], int(np.int64(dh).view(np.uint64)))
         for i, (pid, sha, dh) in enumerate(zip(meta[id_col], meta["_sha1"], meta["_dhash"]))
     }
+    return rows, Projection.load(out)
 
 
 def build(
@@ -152,7 +159,8 @@ def build(
     pooling: str = DEFAULT_POOLING,
     metric: str = DEFAULT_METRIC,
     weights: str | os.PathLike | None = None,
-    resize: str = "pad",
+    resize: str = DEFAULT_RESIZE,
+    projection_dim: int | None = DEFAULT_PROJECTION_DIM,
     runtime: str = "onnx",
     backend: str = DEFAULT_BACKEND,
     colour_weight: float = DEFAULT_COLOUR_WEIGHT,
@@ -184,11 +192,16 @@ def build(
     )
     enc = encoder or get_encoder(model, pooling=pooling, weights=weights, runtime=runtime, resize=resize)
     settings = {"name": enc.name, "pooling": enc.pooling, "resize": enc.preprocess.resize,
-                "input_size": enc.preprocess.size, "dim": enc.dim}
-    reuse = _reusable(out, settings) if update and out.exists() else {}
+                "input_size": enc.preprocess.size, "dim": enc.dim, "projection_dim": projection_dim or 0}
+    reuse, projection = _reusable(out, settings) if update and out.exists() else ({}, None)
+    if not reuse:
+        projection = None
+    stored_dim = projection.dim if projection is not None else enc.dim
 
     n = len(cat.image_paths)
     raw = np.zeros((n, enc.dim), dtype=np.float32)
+    reused_vec = np.zeros((n, stored_dim), dtype=np.float32) if reuse else None
+    was_reused = np.zeros(n, dtype=bool)
     colour = np.zeros((n, COLOUR_DIM), dtype=np.float32)
     dhashes = np.zeros(n, dtype=np.uint64)
     sha1s = [""] * n
@@ -218,9 +231,10 @@ def build(
                 digest = hashlib.sha1(cat.image_paths[i].read_bytes()).hexdigest()
             except OSError:
                 digest = ""
-            if digest == hit[0]:
-                raw[i], colour[i], dhashes[i], sha1s[i] = hit[1], hit[2], hit[3], digest
+            if digest == hit[0] and reused_vec is not None and len(hit[1]) == stored_dim:
+                reused_vec[i], colour[i], dhashes[i], sha1s[i] = hit[1], hit[2], hit[3], digest
                 ok[i] = True
+                was_reused[i] = True
                 reused += 1
                 bar.update(1)
                 continue
@@ -245,7 +259,16 @@ def build(
         bar.close()
 
     keep = np.flatnonzero(ok)
-    raw, colour, dhashes = raw[keep], colour[keep], dhashes[keep]
+    fresh = ~was_reused
+    if projection is None and projection_dim and enc.dim > projection_dim and ok.sum() > 1:
+        projection = Projection.fit(raw[ok & fresh], projection_dim)
+    if projection is not None:
+        stored = projection.apply(raw) if fresh.any() else np.zeros((n, projection.dim), np.float32)
+    else:
+        stored = raw
+    if reused_vec is not None:
+        stored[was_reused] = reused_vec[was_reused]
+    raw, colour, dhashes = stored[keep], colour[keep], dhashes[keep]
     sha1s = [sha1s[i] for i in keep]
     vectors = l2_normalize(raw) if metric == "cosine" else raw
     meta = cat.table.iloc[keep].reset_index(drop=True).astype(str)
@@ -253,7 +276,9 @@ def build(
     meta["_row"] = [cat.rows[i] for i in keep]
     meta["_sha1"] = sha1s
     meta["_dhash"] = dhashes.astype(np.int64)  # parquet has no uint64 in every reader
-    exact_groups, near_groups = find_duplicate_groups(sha1s, dhashes, l2_normalize(raw))
+    # compare photos in a centred space (projected vectors already are), where cosine spreads
+    unit = l2_normalize(raw if projection is not None else raw - raw.mean(axis=0)) if len(raw) else raw
+    exact_groups, near_groups = find_duplicate_groups(sha1s, dhashes, unit)
     meta["_dup_exact"] = exact_groups
     meta["_dup_near"] = near_groups
 
@@ -271,6 +296,8 @@ def build(
         ).sort_values("row", kind="stable")
         report.to_csv(tmp / "report.csv", index=False)
         _write_duplicates(tmp, meta, cat.id_column)
+        if projection is not None:
+            projection.save(tmp)
         index = make_index(backend, np.hstack([vectors, colour]) if metric == "cosine" else vectors, metric=metric)
         index.save(tmp)
         seconds = time.perf_counter() - t0
@@ -282,6 +309,8 @@ def build(
             "model": {**settings, "weights": getattr(enc, "weights_id", ""),
                       "runtime": getattr(enc, "runtime", "")},
             "dim": int(vectors.shape[1]),
+            "projection": None if projection is None else {"kind": "pca", "dim": projection.dim,
+                                                          "input_dim": projection.input_dim},
             "colour_dim": COLOUR_DIM,
             "metric": metric,
             "rows": int(len(vectors)),

@@ -26,6 +26,8 @@ from .encoders import MODELS, CNNEncoder, Encoder, get_encoder, l2_normalize
 from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
 from .images import ImageSource, colour_descriptor, open_image, prepare
 from .index import VectorIndex, load_index
+from .projection import FILE as PROJECTION_FILE
+from .projection import Projection
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +84,10 @@ class Recommender:
         index: VectorIndex,
         *,
         encoder: Encoder | None = None,
+        projection: Projection | None = None,
     ) -> None:
         self.path = path
+        self.projection = projection
         self.manifest = manifest
         self.vectors = vectors
         self.colour = colour
@@ -143,7 +147,12 @@ class Recommender:
         chosen = backend or manifest.get("index", {}).get("backend", "exact")
         searchable = np.hstack([vectors, colour]) if metric == "cosine" else np.asarray(vectors)
         index = load_index(chosen, path, searchable, metric=metric)
-        return cls(path, manifest, vectors, colour, meta, index, encoder=encoder)
+        projection = Projection.load(path)
+        if manifest.get("projection") and projection is None:
+            raise IndexFormatError(f"{path} is incomplete: {PROJECTION_FILE} is missing")
+        if projection is not None and projection.dim != vectors.shape[1]:
+            raise IndexFormatError(f"{path} is inconsistent: projection gives {projection.dim}-d vectors")
+        return cls(path, manifest, vectors, colour, meta, index, encoder=encoder, projection=projection)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -160,11 +169,11 @@ class Recommender:
         """The model that built the index (created on first use: photo queries need it)."""
         if self._encoder is None:
             m = self.manifest["model"]
-            enc = get_encoder(m["name"], pooling=m["pooling"], resize=m.get("resize", "pad"))
+            enc = get_encoder(m["name"], pooling=m["pooling"], resize=m.get("resize", "squash"))
             if isinstance(enc, CNNEncoder) and m.get("weights") and enc.weights_id != m["weights"]:
                 logger.warning("index was built with weights %s, now using %s", m["weights"], enc.weights_id)
-            if enc.dim != self.manifest["dim"]:
-                raise ModelError(f"model gives {enc.dim}-d vectors, index holds {self.manifest['dim']}-d")
+            if enc.dim != m["dim"]:
+                raise ModelError(f"model gives {enc.dim}-d vectors, the index was built from {m['dim']}-d")
             self._encoder = enc
         return self._encoder
 
@@ -345,7 +354,9 @@ class Recommender:
         """Shape and colour vectors of a photo, as the index was built."""
         enc = self.encoder
         pixels = prepare(open_image(image, draft=enc.preprocess.size), enc.preprocess)
-        return enc.encode_pixels(pixels[None])[0], colour_descriptor(pixels)
+        raw = enc.encode_pixels(pixels[None])
+        shape = self.projection.apply(raw)[0] if self.projection is not None else raw[0]
+        return shape, colour_descriptor(pixels)
 
     def export(
         self,

@@ -18,13 +18,16 @@ __all__ = [
     "RUNTIMES",
     "DEFAULT_MODEL",
     "DEFAULT_POOLING",
+    "DEFAULT_RESIZE",
     "get_encoder",
     "pool",
     "l2_normalize",
 ]
 
 DEFAULT_MODEL = "efficientnet-lite0"
-DEFAULT_POOLING = "gem"
+DEFAULT_POOLING = "grid2"
+#: how photos become the square model input; "squash" measured best (docs/quality.md)
+DEFAULT_RESIZE = "squash"
 
 
 def _lite0_weights() -> Path | None:
@@ -68,7 +71,7 @@ def get_encoder(
     pooling: str = DEFAULT_POOLING,
     weights: str | Path | None = None,
     runtime: str = "onnx",
-    resize: str = "pad",
+    resize: str = DEFAULT_RESIZE,
     threads: int | None = None,
 ) -> CNNEncoder:
     """Build the encoder registered as ``name`` (weights are located, not loaded, here)."""

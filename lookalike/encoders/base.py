@@ -9,10 +9,16 @@ import numpy as np
 from ..errors import ModelError
 from ..images import ImageSource, Preprocess
 
-__all__ = ["Encoder", "POOLINGS", "pool", "l2_normalize"]
+__all__ = ["Encoder", "POOLINGS", "pool", "pooled_dim", "l2_normalize"]
 
-#: ``none`` keeps the flattened C x H x W map (the reference recipe); the others pool it to C.
-POOLINGS = ("gem", "avg", "max", "none")
+#: ``none`` keeps the flattened C x H x W map (the reference recipe); ``grid2`` averages each
+#: quarter of the map (top-left, top-right, bottom-left, bottom-right) into 4 x C, keeping
+#: coarse layout; the others pool the whole map to C.
+POOLINGS = ("grid2", "gem", "avg", "max", "none")
+
+
+def pooled_dim(channels: int, grid: int, pooling: str) -> int:
+    return channels * {"none": grid * grid, "grid2": 4}.get(pooling, 1)
 GEM_P = 3.0
 
 
@@ -49,6 +55,13 @@ def pool(fmap: np.ndarray, pooling: str) -> np.ndarray:
         # generalised mean (p=3): between average and max; activations can be slightly
         # negative after swish, so clamp first
         out = np.cbrt(np.power(np.maximum(fmap, 1e-6), GEM_P).mean(axis=(2, 3)))
+    elif pooling == "grid2":
+        h, w = fmap.shape[2], fmap.shape[3]
+        rows = np.array_split(np.arange(h), 2)
+        cols = np.array_split(np.arange(w), 2)
+        out = np.concatenate(
+            [fmap[:, :, r[0] : r[-1] + 1, c[0] : c[-1] + 1].mean(axis=(2, 3)) for r in rows for c in cols], axis=1
+        )
     elif pooling == "none":
         # channels-last flattening, as Keras' Flatten() on a 7x7x2048 map in the reference
         out = fmap.transpose(0, 2, 3, 1).reshape(fmap.shape[0], -1)

@@ -18,7 +18,7 @@ import numpy as np
 from ..config import cache_dir, progress_enabled
 from ..errors import MissingDependencyError, ModelError
 from ..images import ImageSource, Preprocess, open_image, prepare
-from .base import POOLINGS, l2_normalize, pool
+from .base import POOLINGS, l2_normalize, pool, pooled_dim
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class CNNEncoder:
         pooling: str = "gem",
         weights: str | os.PathLike | None = None,
         runtime: str = "onnx",
-        resize: str = "pad",
+        resize: str = "squash",
         threads: int | None = None,
     ) -> None:
         if pooling not in POOLINGS:
@@ -77,7 +77,7 @@ class CNNEncoder:
         self.runtime = runtime
         self.threads = threads
         self.preprocess = Preprocess(size=spec.input_size, resize=resize)
-        self.dim = spec.channels * (spec.grid**2 if pooling == "none" else 1)
+        self.dim = pooled_dim(spec.channels, spec.grid, pooling)
         self.weights_path = self._resolve_weights(weights)
         self._session: Any = None
         self._torch_model: Any = None

@@ -1,0 +1,78 @@
+"""PCA projection fitted on the catalogue itself at build time (unsupervised, any catalogue).
+
+Pooled CNN vectors share a large common component: every product photo looks like "a
+product on white". Centering removes it and PCA keeps the directions in which this
+catalogue's products actually differ, which both sharpens cosine similarity and shrinks
+the stored vectors (5,120 -> 256 floats for the default model). Stored as
+``projection.npz`` in the index folder and applied to photo queries too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .encoders import l2_normalize
+
+__all__ = ["Projection", "DEFAULT_PROJECTION_DIM", "FILE"]
+
+#: dimensions kept by default (0 or None: no projection)
+DEFAULT_PROJECTION_DIM = 256
+FILE = "projection.npz"
+_FIT_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class Projection:
+    mean: np.ndarray  # (d_in,)
+    components: np.ndarray  # (d_out, d_in), rows orthonormal
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.components.shape[1])
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, dim: int, *, seed: int = 0) -> "Projection":
+        """Fit on L2-normalised rows (a deterministic sample of at most 20,000)."""
+        x = l2_normalize(np.asarray(raw, dtype=np.float32))
+        if len(x) > _FIT_ROWS:
+            rng = np.random.default_rng(seed)
+            x = x[np.sort(rng.choice(len(x), _FIT_ROWS, replace=False))]
+        mean = x.mean(axis=0)
+        xc = x - mean
+        dim = max(1, min(dim, len(x) - 1, x.shape[1])) if len(x) > 1 else 1
+        # the Gram route is cheaper when there are fewer rows than dimensions
+        if len(xc) < xc.shape[1]:
+            gram = xc.astype(np.float64) @ xc.T.astype(np.float64)
+            vals, vecs = np.linalg.eigh(gram)
+            order = np.argsort(vals)[::-1][:dim]
+            comps = (vecs[:, order].T @ xc.astype(np.float64)) / np.sqrt(np.maximum(vals[order], 1e-12))[:, None]
+        else:
+            cov = xc.T.astype(np.float64) @ xc.astype(np.float64)
+            vals, vecs = np.linalg.eigh(cov)
+            comps = vecs[:, np.argsort(vals)[::-1][:dim]].T
+        # fix signs so that refits on the same data give the same vectors
+        signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])
+        comps = comps * np.where(signs == 0, 1, signs)[:, None]
+        return cls(mean.astype(np.float32), comps.astype(np.float32))
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        x = l2_normalize(np.asarray(raw, dtype=np.float32))
+        return np.ascontiguousarray((x - self.mean) @ self.components.T, dtype=np.float32)
+
+    def save(self, folder: Path) -> None:
+        np.savez(folder / FILE, mean=self.mean, components=self.components)
+
+    @classmethod
+    def load(cls, folder: Path) -> "Projection | None":
+        path = folder / FILE
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["mean"], z["components"])
