@@ -47,6 +47,12 @@ from PIL import Image
 from sklearn.metrics import pairwise_distances
 
 IMAGE_SIZE = 224
+# ``Image.resize`` without a filter means BICUBIC in Pillow >= 7 (the literal recipe).
+RESAMPLE: dict[str, Image.Resampling] = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
 FEATURE_DIM = 1280 * 7 * 7  # EfficientNet-Lite0 unpooled feature map, flattened
 
 
@@ -63,9 +69,12 @@ def load_model() -> torch.nn.Module:
     return model
 
 
-def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """The reference decode: full decode, RGB, squash to 224x224. Returns HWC uint8."""
-    img = Image.open(path).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE))
+def load_image(path: str | os.PathLike[str], resample: str = "bicubic") -> np.ndarray:
+    """The reference decode: full decode, RGB, squash to 224x224. Returns HWC uint8.
+
+    ``resample="bicubic"`` is exactly ``Image.open(p).convert('RGB').resize((224, 224))``.
+    """
+    img = Image.open(path).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), RESAMPLE[resample])
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -81,12 +90,15 @@ def build(
     images_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     batch_size: int = 32,
+    resample: str = "bicubic",
 ) -> dict[str, Any]:
     """Embed every product of ``csv_path`` and write ``ids.npy`` and ``features.npy``.
 
     Returns timings: total wall seconds (model load, decode, inference and saving), decode
-    seconds, inference seconds, model-load seconds, n and bytes per product.
+    seconds, inference seconds, model-load seconds, n and bytes per product, plus the 1-minute
+    load average before and after (timings on a shared machine are only as good as that).
     """
+    load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
     df = pd.read_csv(csv_path)
     images = Path(images_dir)
@@ -105,7 +117,7 @@ def build(
     with torch.no_grad():
         for start in range(0, len(files), batch_size):
             t0 = time.perf_counter()
-            batch = [load_image(f) for f in files[start : start + batch_size]]
+            batch = [load_image(f, resample) for f in files[start : start + batch_size]]
             x = to_tensor(batch)
             t1 = time.perf_counter()
             feats = model.extract_features(x)
@@ -131,7 +143,10 @@ def build(
         "bytes_per_product": features.nbytes / n if n else 0.0,
         "features_bytes": int(features.nbytes),
         "batch_size": batch_size,
+        "resample": resample,
         "torch_threads": torch.get_num_threads(),
+        "loadavg_1min_before": load_before,
+        "loadavg_1min_after": os.getloadavg()[0],
     }
 
 
@@ -269,10 +284,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("-k", type=int, default=5)
     parser.add_argument("--query-runs", type=int, default=200)
+    parser.add_argument(
+        "--resample",
+        choices=sorted(RESAMPLE),
+        default="bicubic",
+        help="resize filter for build (default: PIL's default for resize, bicubic)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "build":
-        result = build(args.csv, args.images, args.out, batch_size=args.batch_size)
+        result = build(args.csv, args.images, args.out, batch_size=args.batch_size, resample=args.resample)
     else:
         t0 = time.perf_counter()
         ids, features = load(args.out)
@@ -280,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         result["evaluate_seconds"] = time.perf_counter() - t0
         genders = _genders_for(args.csv, ids)
         result["query_median_seconds"] = time_query(ids, features, genders, n=args.query_runs)
+        result["loadavg_1min_after"] = os.getloadavg()[0]
         result["example_query"] = {
             "query_id": ids[0].item(),
             "top": recommend(ids, features, genders, ids[0], k=args.k),

@@ -186,14 +186,14 @@ def _default_columns(rec: Any) -> list[str]:
 
 # -- commands -----------------------------------------------------------------------------
 def _cmd_build(args: argparse.Namespace) -> int:
-    from . import DEFAULT_COLOUR_WEIGHT, build
+    from . import build
 
     report = build(
         args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
         model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, metric=args.metric,
         projection_dim=args.projection_dim or None,
         backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
-        colour_weight=DEFAULT_COLOUR_WEIGHT if args.colour_weight is None else args.colour_weight,
+        colour_weight=args.colour_weight,
         show_progress_bar=None if not args.quiet else False,
     )
     print(report.summary())
@@ -401,10 +401,14 @@ COMMANDS = {
 def _setup_logging(verbose: int, quiet: bool) -> None:
     """Messages at WARNING (-v INFO, -vv DEBUG); progress bars unless -q."""
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    root = logging.getLogger()
+    # one handler of ours however often main() runs in a process (tests, notebooks)
+    for old in [h for h in root.handlers if getattr(h, "_lookalike_cli", False)]:
+        root.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(level)
-    root = logging.getLogger()
+    handler._lookalike_cli = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     # the library shows progress bars when its logger is at INFO or below

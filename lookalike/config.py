@@ -27,7 +27,8 @@ METRICS = ("cosine", "euclidean")
 DEFAULT_ID_COLUMN = "ProductId"
 DEFAULT_IMAGE_COLUMN = "Image"
 #: share of the score given to the colour descriptor (0 = shape only); chosen with `evaluate`
-DEFAULT_COLOUR_WEIGHT = 0.0
+#: on the 2,906-product set: 0.1 lifts P@5 same Colour from 0.34 to 0.43 for -0.003 ProductType
+DEFAULT_COLOUR_WEIGHT = 0.1
 
 
 def cache_dir() -> Path:

@@ -102,7 +102,7 @@ def _pool_sizes(rec: "Recommender", labels: Sequence[str], same: Sequence[str], 
     n = len(rec)
     keys = _keys(rec.metadata, labels)
     base = rec.where_mask(where)
-    groups = rec._near_group if collapse else rec._exact_group
+    groups = rec._exact_group  # what a query never returns: byte-identical photos of itself
     parts = [np.asarray(groups)] + [rec._column_codes(c)[0] for c in same]
     out: dict[str, np.ndarray] = {}
     allowed_base = np.ones(n, bool) if base is None else base
@@ -150,4 +150,93 @@ def evaluate(
         "metric": rec.metric, "colour_weight": rec._weight(colour_weight), "same": same,
         "where": dict(where or {}), "collapse_duplicates": collapse_duplicates, "labels": labels,
     }
+    return out
+
+
+def compare(
+    runs: Sequence[tuple["Recommender", float | None]],
+    *,
+    labels: Sequence[str],
+    k: int = 5,
+    same: Sequence[str] | str = (),
+    where: "Where | None" = None,
+    group_by: Sequence[str] = (),
+    collapse_duplicates: bool = True,
+    show_progress_bar: bool | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate several (index, colour weight) settings on the same labels, in order."""
+    out = []
+    for rec, weight in runs:
+        scores = evaluate(rec, labels, k=k, same=same, where=where, group_by=group_by, colour_weight=weight,
+                          collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar)
+        m = rec.manifest["model"]
+        name = f"{rec.path.name}: {m['name']}/{m['pooling']} w={scores['settings']['colour_weight']:g}"
+        out.append({"name": name, "index": str(rec.path), "scores": scores})
+    return out
+
+
+def _metric_keys(scores: dict[str, Any]) -> list[str]:
+    return [key for key in scores if "@" in key]
+
+
+def format_scores(results: list[dict[str, Any]]) -> str:
+    """A terminal table: one row per metric, one column per run; per-group tables after."""
+    if not results:
+        return "(nothing evaluated)"
+    keys = _metric_keys(results[0]["scores"])
+    names = [r["name"] for r in results]
+    width = max(len(key) for key in keys)
+    col = max(10, *(len(n) for n in names)) if len(names) > 1 else 10
+    lines = []
+    if len(names) > 1:
+        lines.append(" " * width + "  " + "  ".join(f"{n:>{col}}" for n in names))
+    else:
+        s = results[0]["scores"]
+        lines.append(f"{s['queries']} queries, k={s['k']}, labels {', '.join(s['settings']['labels'])}, "
+                     f"same {s['settings']['same'] or '-'}, colour weight {s['settings']['colour_weight']:g}")
+    for key in keys:
+        lines.append(f"{key:<{width}}  " + "  ".join(f"{r['scores'][key]:>{col}.4f}" for r in results))
+    for r in results:
+        for col_name, groups in r["scores"].get("groups", {}).items():
+            lines.append("")
+            lines.append(f"by {col_name}" + (f" ({r['name']})" if len(results) > 1 else ""))
+            gkeys = [key for key in keys if key.startswith("p@") or key.startswith("map@")]
+            gw = max(len(str(v)) for v in groups) + 2
+            lines.append(f"{'':<{gw}}{'queries':>8}  " + "  ".join(f"{key:>{max(10, len(key))}}" for key in gkeys))
+            for value, entry in groups.items():
+                lines.append(f"{value:<{gw}}{entry['queries']:>8}  "
+                             + "  ".join(f"{entry[key]:>{max(10, len(key))}.4f}" for key in gkeys))
+    return "\n".join(lines)
+
+
+def compare_chart(results: list[dict[str, Any]], out: Any) -> Any:
+    """Grouped bars: each P@k / mAP@k metric, one bar per run. Needs matplotlib (extra eval)."""
+    from pathlib import Path
+
+    from .errors import require
+
+    require("matplotlib", "eval")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [key for key in _metric_keys(results[0]["scores"]) if not key.startswith("r@")]
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(keys) * max(1, len(results)) ** 0.5), 4.2))
+    width = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(keys))]
+        vals = [r["scores"][key] for key in keys]
+        bars = ax.bar(xs, vals, width, label=r["name"])
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in vals], fontsize=7, padding=2)
+    ax.set_xticks(range(len(keys)), keys, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.set_title(f"lookalike evaluate: {results[0]['scores']['queries']} queries")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
     return out

@@ -158,8 +158,9 @@ def colour_descriptor(pixels: np.ndarray) -> np.ndarray:
 
     The background colour is the median of the border pixels; pixels close to it are
     dropped (unless that would leave almost nothing, as for a white shirt on white).
-    Chromatic pixels vote into hue x saturation x value bins, the rest into grey levels.
-    Returns the L2-normalised square root of the histogram (cosine = Bhattacharyya).
+    Chromatic pixels vote into hue x saturation x value bins (softly between neighbouring
+    hues), the rest into grey levels. Returns the L2-normalised histogram: its cosine
+    rewards a shared dominant colour more than a shared trace of one.
     """
     img = Image.fromarray(pixels)
     if img.size[0] > 64:
@@ -175,13 +176,17 @@ def colour_descriptor(pixels: np.ndarray) -> np.ndarray:
     h, s, v = hsv[:, 0], hsv[:, 1], hsv[:, 2]
     chromatic = (s > 0.2) & (v > 0.2)
     hist = np.zeros(COLOUR_DIM, dtype=np.float32)
-    hb = np.minimum((h[chromatic] * _HUE_BINS).astype(int), _HUE_BINS - 1)
+    # soft hue binning: each pixel splits its vote between the two nearest hue bins, so
+    # a hue on a bin edge does not flip the descriptor
+    pos = h[chromatic] * _HUE_BINS - 0.5
+    lo = np.floor(pos).astype(int)
+    frac = (pos - lo).astype(np.float32)
     sb = np.minimum(((s[chromatic] - 0.2) / 0.8 * _SAT_BINS).astype(int), _SAT_BINS - 1)
     vb = np.minimum(((v[chromatic] - 0.2) / 0.8 * _VAL_BINS).astype(int), _VAL_BINS - 1)
-    np.add.at(hist, (hb * _SAT_BINS + sb) * _VAL_BINS + vb, 1.0)
+    for hue, weight in ((lo % _HUE_BINS, 1.0 - frac), ((lo + 1) % _HUE_BINS, frac)):
+        np.add.at(hist, (hue * _SAT_BINS + sb) * _VAL_BINS + vb, weight)
     gb = np.minimum((v[~chromatic] * _GREY_BINS).astype(int), _GREY_BINS - 1)
     np.add.at(hist, _HUE_BINS * _SAT_BINS * _VAL_BINS + gb, 1.0)
-    hist = np.sqrt(hist / max(hist.sum(), 1.0))
     norm = float(np.linalg.norm(hist))
     return hist / norm if norm > 0 else hist
 

@@ -163,7 +163,7 @@ def build(
     projection_dim: int | None = DEFAULT_PROJECTION_DIM,
     runtime: str = "onnx",
     backend: str = DEFAULT_BACKEND,
-    colour_weight: float = DEFAULT_COLOUR_WEIGHT,
+    colour_weight: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = DEFAULT_WORKERS,
     update: bool = False,
@@ -180,6 +180,8 @@ def build(
         raise InvalidQueryError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if backend not in BACKENDS:
         raise InvalidQueryError(f"unknown index back end {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if colour_weight is None:  # the default blend for cosine; euclidean has no blend
+        colour_weight = DEFAULT_COLOUR_WEIGHT if metric == "cosine" else 0.0
     if not 0.0 <= colour_weight <= 1.0:
         raise InvalidQueryError(f"colour weight must be between 0 and 1, not {colour_weight}")
     if metric == "euclidean" and colour_weight:

@@ -4,9 +4,10 @@ Scores: for ``cosine`` indexes, ``(1 - w) * shape + w * colour`` where both are 
 similarities and ``w`` is the colour weight (set at build, overridable per query); for
 ``euclidean`` indexes, minus the Euclidean distance. Higher is always more alike.
 
-A query never returns its own products, nor any product whose photo is a duplicate of a
-query product's photo; with ``collapse_duplicates`` (the default) a result list also holds
-at most one product of each group of identical or near-identical photos.
+A query never returns its own products, nor any product whose photo is byte-identical to
+a query product's photo; with ``collapse_duplicates`` (the default) a result list also
+holds at most one product of each group of identical or near-identical photos, so a
+shopper never sees the same picture twice in one list.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ class Recommender:
         self._row_of = {pid: i for i, pid in enumerate(self.ids)}
         self._encoder = encoder
         self.columns = [c for c in metadata.columns if c not in _HIDDEN]
+        # plain arrays per column: result rows are read one cell at a time, and a pandas
+        # lookup per cell costs more than the search itself
+        self._cells = {c: metadata[c].astype(str).to_numpy(dtype=object) for c in self.columns}
         self._exact_group = self._group_ids(metadata["_dup_exact"].to_numpy())
         self._near_group = self._group_ids(metadata["_dup_near"].to_numpy())
         self._codes: dict[str, tuple[np.ndarray, pd.Index]] = {}
@@ -187,7 +191,7 @@ class Recommender:
     def product(self, pid: object) -> dict[str, str]:
         """The catalogue columns of one product."""
         i = self.row(pid)
-        return {c: str(self.metadata[c].iat[i]) for c in self.columns}
+        return {c: self._cells[c][i] for c in self.columns}
 
     def image_path(self, pid: object) -> Path:
         """The product's photo on this machine (never a URL from the catalogue)."""
@@ -257,6 +261,8 @@ class Recommender:
     ) -> list[list[tuple[int, float]]]:
         """Top-k rows per query; with ``collapse``, one row per duplicate-photo group."""
         b = len(queries)
+        if len(self) == 0:
+            return [[] for _ in range(b)]
         want = k
         results: list[list[tuple[int, float]]] = [[] for _ in range(b)]
         todo = list(range(b))
@@ -279,7 +285,7 @@ class Recommender:
                     picked.append((int(r), float(s)))
                     if len(picked) == k:
                         break
-                exhausted = rows[j][-1] < 0 or fetch >= (n_allowed or len(self))
+                exhausted = len(rows[j]) == 0 or rows[j][-1] < 0 or fetch >= (n_allowed or len(self))
                 if len(picked) < k and not exhausted:
                     again.append(q)
                 else:
@@ -290,19 +296,27 @@ class Recommender:
 
     def _results(self, query: dict[str, Any], found: list[tuple[int, float]]) -> Results:
         items = [
-            Recommendation(self.ids[r], rank, s, {c: str(self.metadata[c].iat[r]) for c in self.columns})
+            Recommendation(self.ids[r], rank, s, {c: self._cells[c][r] for c in self.columns})
             for rank, (r, s) in enumerate(found, start=1)
         ]
         return Results(query, items)
 
-    def _allowed_for(self, rows: Sequence[int], same: Sequence[str], base: np.ndarray | None,
-                     collapse: bool) -> np.ndarray:
-        allowed = np.ones(len(self), dtype=bool) if base is None else base.copy()
-        groups = self._near_group if collapse else self._exact_group
-        allowed &= ~np.isin(groups, groups[list(rows)])
+    @staticmethod
+    def _in(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        # one value: a plain comparison is several times faster than np.isin
+        return values == wanted[0] if len(wanted) == 1 else np.isin(values, wanted)
+
+    def _allowed_for(self, rows: Sequence[int], same: Sequence[str], base: np.ndarray | None) -> np.ndarray:
+        """Rows a query may return: not a query product nor a byte-identical photo of one,
+        matching the query's values of the ``same`` columns, and inside ``base``."""
+        rows = list(rows)
+        groups = self._exact_group
+        allowed = ~self._in(groups, np.unique(groups[rows]))
+        if base is not None:
+            allowed &= base
         for col in same:
             codes, _ = self._column_codes(col)
-            allowed &= np.isin(codes, codes[list(rows)])
+            allowed &= self._in(codes, np.unique(codes[rows]))
         return allowed
 
     def similar(
@@ -345,7 +359,7 @@ class Recommender:
         if self.metric == "cosine":
             shape = l2_normalize(shape)
         q = self._query_vector(shape.mean(0), l2_normalize(self.colour[rows]).mean(0), w)[None, :]
-        allowed = self._allowed_for(rows, same, base, collapse_duplicates)
+        allowed = self._allowed_for(rows, same, base)
         found = self._search(q, k, allowed, collapse_duplicates)[0]
         query = {"ids": [self.ids[r] for r in rows], "k": k, "same": same, "where": dict(where or {})}
         return self._results(query, found)
@@ -386,7 +400,7 @@ class Recommender:
         w = self._weight(colour_weight)
         base = self.where_mask(where)
         rows_all = list(range(len(self))) if ids is None else [self.row(p) for p in ids]
-        groups = self._near_group if collapse_duplicates else self._exact_group
+        groups = self._exact_group
         shape = np.asarray(self.vectors, dtype=np.float32)
         out_q, out_rank, out_id, out_s = [], [], [], []
         for start in tqdm(range(0, len(rows_all), batch), disable=not progress_enabled(show_progress_bar),

@@ -109,9 +109,20 @@ def build_resnet50(weights: Path) -> nn.Module:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelError(f"{weights} does not hold a state dict")
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}" + (f" and {len(missing) - 3} more" if len(missing) > 3 else ""))
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}"
+                         + (f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""))
+        raise ModelError(f"{weights} is not a torchvision ResNet50 state dict: {'; '.join(parts)}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelError(f"{weights} is not a torchvision ResNet50 state dict: {first}") from exc
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
+        raise ModelError(f"{weights} does not fit ResNet50: {detail}") from exc
     return _FeatureMap(model.eval(), "features").eval()

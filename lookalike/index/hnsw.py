@@ -30,8 +30,9 @@ class HNSWIndex:
         metric: str = "cosine",
         m: int = 32,
         ef_construction: int = 200,
-        ef_search: int = 128,
+        ef_search: int = 64,
         brute_force_below: int = 4096,
+        batch_exact_above: int = 32,
         index: Any = None,
     ) -> None:
         self.faiss = require("faiss", "faiss")
@@ -39,15 +40,25 @@ class HNSWIndex:
         self.metric = metric
         self.ef_search = ef_search
         self.brute_force_below = brute_force_below
+        self.batch_exact_above = batch_exact_above
+        self._exact_index: Any = None
         if index is None:
             faiss_metric = self.faiss.METRIC_L2 if metric == "euclidean" else self.faiss.METRIC_INNER_PRODUCT
             index = self.faiss.IndexHNSWFlat(self.vectors.shape[1], m, faiss_metric)
             index.hnsw.efConstruction = ef_construction
             index.add(self.vectors)
         self.index = index
+        self._threads = self.faiss.omp_get_max_threads()
 
     def __len__(self) -> int:
         return len(self.vectors)
+
+    def _exact(self) -> Any:
+        if self._exact_index is None:
+            from .exact import ExactIndex
+
+            self._exact_index = ExactIndex(self.vectors, metric=self.metric)
+        return self._exact_index
 
     def _scores(self, raw: np.ndarray) -> np.ndarray:
         if self.metric == "euclidean":
@@ -72,12 +83,20 @@ class HNSWIndex:
         out_r = np.full((b, k), -1, dtype=np.int64)
         if k == 0:
             return out_s, out_r
+        if b == 1:
+            # one query: OpenMP start-up costs more than the walk itself
+            faiss.omp_set_num_threads(1)
+        else:
+            faiss.omp_set_num_threads(self._threads)
         if allowed is None:
             params = faiss.SearchParametersHNSW()
             params.efSearch = max(self.ef_search, k)
             d, i = self.index.search(queries, k, params=params)
             s, r = topk_sorted(self._scores(d).astype(np.float32), i.astype(np.int64), k)
             return s, r
+        if b > self.batch_exact_above:
+            # many queries at once (an export): blocked matrix products beat graph walks
+            return self._exact().search(queries, k, allowed=allowed)
         for j in range(b):
             mask = allowed[j] if allowed.ndim == 2 else allowed
             count = int(mask.sum())
@@ -90,7 +109,9 @@ class HNSWIndex:
                 sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
                 params = faiss.SearchParametersHNSW()
                 params.sel = sel
-                params.efSearch = max(self.ef_search, k)
+                # a selective filter leaves the walk fewer usable nodes: widen the beam in
+                # proportion, so recall holds (measured: 0.6 -> 1.0 at a 1-in-4 filter)
+                params.efSearch = int(min(n, max(self.ef_search, k) * max(1.0, n / count)))
                 d, i = self.index.search(queries[j : j + 1], k, params=params)
                 s, r = topk_sorted(self._scores(d).astype(np.float32), i.astype(np.int64), k)
             out_s[j], out_r[j] = s[0], r[0]

@@ -1,0 +1,317 @@
+"""Bounded load test of ``lookalike serve`` on loopback: similar-by-id at 1, 8 and 32 clients.
+
+1. Builds the index of the 2,906-product catalogue (or reuses ``--index`` if it holds one).
+2. Starts ``lookalike serve INDEX --host 127.0.0.1 --port P`` in a subprocess.
+3. For each concurrency level, ``--requests`` requests (or ``--max-seconds``, whichever
+   comes first) of ``GET /products/{id}/similar?k=5&same=Gender`` with random ids, each
+   client on its own keep-alive connection, after a warm-up. Repeated ``--runs`` times.
+4. Prints a markdown table (medians over runs) and writes every run to
+   ``benchmarks/results/server.json``.
+
+The client is a minimal HTTP/1.1 client on asyncio streams (one event loop, a few tens of
+microseconds per request) so that, on a small machine, the load generator takes as little
+CPU as possible away from the server it measures. Every response's status is checked and
+a sample of bodies is parsed. Loopback only: nothing leaves the machine.
+
+Usage::
+
+    python benchmarks/bench_server.py [--index DIR] [--requests 2000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LOOKALIKE_SHARED", ROOT.parent / "shared"))
+CATALOG = SHARED / "datasets" / "fashion-images" / "fashion.csv"
+DEFAULT_INDEX = ROOT / ".cache" / "bench" / "fashion-index"
+RESULTS = ROOT / "benchmarks" / "results" / "server.json"
+LEVELS = (1, 8, 32)
+TARGET_P99_MS = 50.0
+
+
+# -- index and server ----------------------------------------------------------------------
+def ensure_index(index: Path) -> Path:
+    if (index / "manifest.json").is_file():
+        print(f"reusing index {index}", file=sys.stderr)
+        return index
+    print(f"building {index} from {CATALOG} …", file=sys.stderr)
+    subprocess.run(
+        [sys.executable, "-m", "lookalike", "build", str(CATALOG), "--out", str(index)],
+        check=True, stdout=sys.stderr,
+    )
+    return index
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(index: Path, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "lookalike", "serve", str(index), "--host", "127.0.0.1", "--port", str(port)]
+    log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a chatty server must never block on it
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"server exited with {proc.returncode}:\n{log.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit("server did not answer /health within 120 s")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux), to show the server's cost per request."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def health(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+# -- the client ----------------------------------------------------------------------------
+class Conn:
+    """One keep-alive HTTP/1.1 connection; GET only; Content-Length bodies only."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = 0
+        close = False
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        body = await self.reader.readexactly(length)
+        if close:
+            await self.close()
+        return status, body
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+        self.reader = self.writer = None
+
+
+async def load(port: int, ids: list[str], clients: int, requests: int, max_seconds: float,
+               seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    paths = [f"/products/{rng.choice(ids)}/similar?k=5&same=Gender" for _ in range(requests)]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    next_i = 0
+    stop_at = time.perf_counter() + max_seconds
+
+    async def worker() -> None:
+        nonlocal next_i
+        conn = Conn(port)
+        try:
+            while next_i < len(paths) and time.perf_counter() < stop_at:
+                i = next_i
+                next_i += 1
+                t0 = time.perf_counter()
+                try:
+                    status, body = await conn.get(paths[i])
+                except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    await conn.close()
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                if status != 200:
+                    errors[str(status)] = errors.get(str(status), 0) + 1
+                elif i % 50 == 0 and len(json.loads(body)["results"]) != 5:
+                    errors["short"] = errors.get("short", 0) + 1
+        finally:
+            await conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    wall = time.perf_counter() - t0
+    ms = sorted(x * 1000 for x in latencies)
+
+    def pct(p: float) -> float:
+        return ms[min(len(ms) - 1, int(round(p / 100 * (len(ms) - 1))))] if ms else float("nan")
+
+    return {
+        "clients": clients,
+        "requests": len(ms),
+        "seconds": round(wall, 3),
+        "throughput_rps": round(len(ms) / wall, 1) if wall else 0.0,
+        "p50_ms": round(pct(50), 2),
+        "p90_ms": round(pct(90), 2),
+        "p99_ms": round(pct(99), 2),
+        "max_ms": round(ms[-1], 2) if ms else float("nan"),
+        "mean_ms": round(statistics.fmean(ms), 2) if ms else float("nan"),
+        "errors": errors,
+        "capped": len(ms) < requests,
+    }
+
+
+def library_latency(index: Path, ids: list[str], n: int = 300) -> dict[str, float]:
+    """The same query in-process, for comparison: what the HTTP layer adds."""
+    from lookalike import Recommender
+
+    try:  # as `lookalike serve` does: one BLAS thread per search
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")
+    except ImportError:
+        pass
+    rec = Recommender.load(index)
+    rng = random.Random(1)
+    for _ in range(20):
+        rec.similar(rng.choice(ids), k=5, same="Gender")
+    ms = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        rec.similar(rng.choice(ids), k=5, same="Gender")
+        ms.append((time.perf_counter() - t0) * 1000)
+    ms.sort()
+    return {"p50_ms": round(ms[len(ms) // 2], 2), "p99_ms": round(ms[int(0.99 * (len(ms) - 1))], 2)}
+
+
+# -- main ----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="index folder to reuse, or to build into")
+    ap.add_argument("--requests", type=int, default=2000, help="requests per level and run")
+    ap.add_argument("--max-seconds", type=float, default=30.0, help="time cap per level and run")
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent clients, comma-separated")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",")]
+
+    index = ensure_index(args.index)
+    port = free_port()
+    proc = start_server(index, port)
+    runs: list[list[dict[str, Any]]] = []
+    try:
+        info = health(port)
+        import pandas as pd
+
+        ids = pd.read_parquet(index / "metadata.parquet", columns=[info["id_column"]])[info["id_column"]].tolist()
+        load_before = os.getloadavg()
+        asyncio.run(load(port, ids, 8, args.warmup, 30.0, seed=0))
+        for r in range(args.runs):
+            run = []
+            for c in levels:
+                before = cpu_seconds(proc.pid)
+                stats = asyncio.run(load(port, ids, c, args.requests, args.max_seconds, seed=100 * r + c))
+                after = cpu_seconds(proc.pid)
+                if before is not None and after is not None and stats["requests"]:
+                    stats["server_cpu_ms_per_request"] = round((after - before) / stats["requests"] * 1000, 2)
+                run.append(stats)
+            runs.append(run)
+            print(f"run {r + 1}: " + ", ".join(f"{x['clients']}c p99 {x['p99_ms']} ms" for x in runs[-1]),
+                  file=sys.stderr)
+        load_after = os.getloadavg()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    lib = library_latency(index, ids)
+
+    summary = []
+    for j, c in enumerate(levels):
+        per = [run[j] for run in runs]
+        summary.append({
+            "clients": c,
+            **{key: round(statistics.median(x[key] for x in per), 2)
+               for key in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")},
+            "server_cpu_ms_per_request": (
+                round(statistics.median(x["server_cpu_ms_per_request"] for x in per), 2)
+                if all("server_cpu_ms_per_request" in x for x in per) else None
+            ),
+            "requests": sum(x["requests"] for x in per),
+            "errors": sum(sum(x["errors"].values()) for x in per),
+        })
+    import fastapi
+    import uvicorn
+
+    result = {
+        "query": "GET /products/{id}/similar?k=5&same=Gender, random ids",
+        "index": {"path": str(index), "rows": info["rows"], "model": info["model"], "backend": info["backend"]},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in load_after]},
+        "versions": {"fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__},
+        "settings": {"requests": args.requests, "max_seconds": args.max_seconds, "runs": args.runs,
+                     "warmup": args.warmup},
+        "target_p99_ms_at_32": TARGET_P99_MS,
+        "library_in_process": lib,
+        "summary_median_of_runs": summary,
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+    print(f"similar-by-id over HTTP, {info['rows']} products ({info['model']}, {info['backend']}), "
+          f"{os.cpu_count()} CPUs, median of {args.runs} runs; "
+          f"load average {load_before[0]:.1f} → {load_after[0]:.1f}\n")
+    print("| clients | throughput (req/s) | p50 (ms) | p90 (ms) | p99 (ms) | server CPU (ms/req) | errors |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for s in summary:
+        cpu = "–" if s["server_cpu_ms_per_request"] is None else f"{s['server_cpu_ms_per_request']:.2f}"
+        print(f"| {s['clients']} | {s['throughput_rps']:.0f} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | "
+              f"{s['p99_ms']:.1f} | {cpu} | {s['errors']} |")
+    print(f"\nin-process `Recommender.similar`: p50 {lib['p50_ms']} ms, p99 {lib['p99_ms']} ms")
+    at32 = next((s for s in summary if s["clients"] == 32), None)
+    if at32:
+        verdict = "met" if at32["p99_ms"] <= TARGET_P99_MS else "MISSED"
+        print(f"target p99 ≤ {TARGET_P99_MS:.0f} ms at 32 clients: {verdict} ({at32['p99_ms']:.1f} ms)")
+    print(f"\nwritten: {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,358 @@
+"""The ``lookalike`` command: what each command prints, and one clean line per user error."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lookalike import Recommender, demo_catalog
+from lookalike.cli import main
+
+DEMO = demo_catalog()
+DEMO_IMAGES = DEMO.parent / "images"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() configures logging for the process; give the next test what it had."""
+    root, pkg = logging.getLogger(), logging.getLogger("lookalike")
+    saved = (list(root.handlers), root.level, pkg.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    pkg.setLevel(saved[2])
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def pid(demo_rec) -> str:
+    return demo_rec.ids[0]
+
+
+# -- build -----------------------------------------------------------------------------------
+def test_build(capsys, tmp_path):
+    table = pd.read_csv(DEMO, dtype=str).head(8)
+    (tmp_path / "photos" / "nested").mkdir(parents=True)
+    for name in table["Image"]:
+        shutil.copy(DEMO_IMAGES / name, tmp_path / "photos" / "nested" / name)
+    table = table.rename(columns={"ProductId": "sku", "Image": "photo"})
+    bad = {**table.iloc[0].to_dict(), "sku": "900", "photo": "gone.jpg"}
+    table = pd.concat([table, pd.DataFrame([bad])])
+    table.to_csv(tmp_path / "shop.csv", index=False)
+    out = tmp_path / "index"
+    code, stdout, err = run(
+        capsys,
+        "-q",
+        "build",
+        tmp_path / "shop.csv",
+        "--images",
+        tmp_path / "photos",
+        "--out",
+        out,
+        "--id-column",
+        "sku",
+        "--image-column",
+        "photo",
+        "--batch-size",
+        "4",
+        "--workers",
+        "2",
+    )
+    assert code == 0, err
+    lines = _lines(stdout)
+    assert lines[0].startswith(f"indexed 8 of 9 catalogue rows into {out} in ")
+    assert lines[1] == f"skipped 1 rows (see {out / 'report.csv'}):"
+    assert lines[2].split() == ["1", "photo", "file", "not", "found"]
+    rec = Recommender.load(out)
+    assert len(rec) == 8 and rec.id_column == "sku"
+    assert rec.manifest["build"]["batch_size"] == 4
+
+
+def test_build_options_reach_the_manifest(capsys, tmp_path):
+    table = pd.read_csv(DEMO, dtype=str).head(6)
+    out = tmp_path / "index"
+    table.to_csv(tmp_path / "c.csv", index=False)
+    code, stdout, err = run(
+        capsys,
+        "-q",
+        "build",
+        tmp_path / "c.csv",
+        "--images",
+        DEMO_IMAGES,
+        "--out",
+        out,
+        "--pooling",
+        "avg",
+        "--metric",
+        "euclidean",
+        "--resize",
+        "squash",
+    )
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert (m["model"]["pooling"], m["metric"], m["model"]["resize"]) == ("avg", "euclidean", "squash")
+
+
+# -- similar ---------------------------------------------------------------------------------
+def test_similar_table(capsys, demo_index, demo_rec, pid):
+    code, stdout, err = run(capsys, "similar", demo_index, "--id", pid)
+    assert code == 0 and err == ""
+    lines = _lines(stdout)
+    p = demo_rec.product(pid)
+    assert lines[0] == f"query {pid}: {p['Gender']} | {p['ProductType']} | {p['Colour']} | {p['ProductTitle']}"
+    assert lines[1].split() == ["rank", "id", "score", "Gender", "ProductType", "Colour", "ProductTitle"]
+    assert set(lines[2].replace(" ", "")) == {"-"}
+    rows = lines[3:]
+    expected = demo_rec.similar(pid, k=5)
+    assert len(rows) == 5
+    for line, r in zip(rows, expected, strict=True):
+        rank, rid, score = line.split()[:3]
+        assert (int(rank), rid, score) == (r.rank, r.id, f"{r.score:.4f}")
+
+
+def test_similar_filters_and_k(capsys, demo_index, demo_rec, pid):
+    code, stdout, _ = run(capsys, "similar", demo_index, "--id", pid, "-k", "7", "--same", "Gender", "--format", "json")
+    assert code == 0
+    data = json.loads(stdout)
+    gender = demo_rec.product(pid)["Gender"]
+    assert len(data["results"]) == 7 and {r["Gender"] for r in data["results"]} == {gender}
+    assert data["query"] == {"ids": [pid], "k": 7, "same": ["Gender"], "where": {}}
+    code, stdout, _ = run(
+        capsys,
+        "similar",
+        demo_index,
+        "--id",
+        pid,
+        "--where",
+        "Gender=Men,Women",
+        "--where",
+        "Category=Footwear",
+        "--format",
+        "json",
+    )
+    data = json.loads(stdout)
+    assert code == 0 and data["query"]["where"] == {"Gender": ["Men", "Women"], "Category": ["Footwear"]}
+    assert data["results"] and all(
+        r["Gender"] in ("Men", "Women") and r["Category"] == "Footwear" for r in data["results"]
+    )
+
+
+def test_similar_several_ids_and_csv(capsys, demo_index, demo_rec):
+    a, b = demo_rec.ids[1], demo_rec.ids[50]
+    code, stdout, _ = run(
+        capsys, "similar", demo_index, "--id", a, "--id", b, "-k", "4", "--format", "csv", "--columns", "Gender,Colour"
+    )
+    assert code == 0
+    lines = stdout.splitlines()
+    assert lines[0] == "rank,id,score,Gender,Colour"
+    assert [line.split(",")[1] for line in lines[1:]] == demo_rec.similar([a, b], k=4).ids
+
+
+def test_similar_by_photo(capsys, demo_index, demo_rec):
+    alone = demo_rec.metadata[demo_rec.metadata["_dup_near"] < 0]["ProductId"].iat[0]
+    photo = demo_rec.image_path(alone)
+    code, stdout, _ = run(capsys, "similar", demo_index, "--image", photo, "-k", "3", "--format", "json")
+    assert code == 0
+    data = json.loads(stdout)
+    assert data["results"][0]["id"] == alone and len(data["results"]) == 3
+    code, stdout, _ = run(capsys, "similar", demo_index, "--image", photo, "-k", "3")
+    assert code == 0 and _lines(stdout)[0] == f"query photo: {photo}"
+
+
+def test_similar_sheet_writes_png(capsys, demo_index, pid, tmp_path):
+    sheet = tmp_path / "out" / "sheet.png"
+    sheet.parent.mkdir()
+    code, stdout, err = run(capsys, "similar", demo_index, "--id", pid, "-k", "4", "--sheet", sheet)
+    assert code == 0
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(sheet) as img:
+        assert img.format == "PNG" and img.width > img.height > 100
+    assert f"contact sheet: {sheet}" in err
+
+
+# -- export, info, duplicates, demo ------------------------------------------------------------
+def test_export_csv_and_parquet(capsys, demo_index, demo_rec, tmp_path):
+    code, stdout, _ = run(capsys, "-q", "export", demo_index, tmp_path / "top.csv", "-k", "3", "--same", "Gender")
+    assert code == 0
+    assert stdout.strip() == f"wrote 297 rows (99 products x up to 3) to {tmp_path / 'top.csv'}"
+    table = pd.read_csv(tmp_path / "top.csv", dtype={"query_id": str, "id": str})
+    assert list(table.columns[:4]) == ["query_id", "rank", "id", "score"]
+    expected = demo_rec.export(k=3, same="Gender")
+    assert table["query_id"].tolist() == expected["query_id"].tolist()
+    assert table["id"].tolist() == expected["id"].tolist()
+    code, _, _ = run(capsys, "-q", "export", demo_index, tmp_path / "top.parquet", "-k", "2")
+    assert code == 0
+    pq = pd.read_parquet(tmp_path / "top.parquet")
+    assert len(pq) == 198 and list(pq.columns[:4]) == ["query_id", "rank", "id", "score"]
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_info(capsys, demo_index):
+    code, stdout, _ = run(capsys, "info", demo_index)
+    assert code == 0
+    fields = {line.split("  ")[0]: line.split("  ", 1)[1].strip() for line in _lines(stdout)}
+    m = json.loads((demo_index / "manifest.json").read_text())
+    assert fields["rows"] == "99 (of 99 catalogue rows; 0 skipped)"
+    assert fields["model"].startswith(
+        f"efficientnet-lite0 / pooling {m['model']['pooling']} / {m['model']['resize']} 224px"
+    )
+    assert fields["vectors"].startswith(f"{m['dim']}-d float32, metric cosine")
+    assert fields["vectors"].endswith("back end exact")
+    assert "Gender" in fields["columns"] and "_sha1" not in fields["columns"]
+    code, stdout, _ = run(capsys, "info", demo_index, "--format", "json")
+    assert code == 0
+    assert json.loads(stdout) == json.loads((demo_index / "manifest.json").read_text())
+
+
+def test_duplicates(capsys, demo_index, demo_rec):
+    code, stdout, err = run(capsys, "duplicates", demo_index, "--format", "json")
+    assert code == 0
+    assert json.loads(stdout) == demo_rec.duplicates()
+    code, stdout, err = run(capsys, "duplicates", demo_index, "--exact")
+    groups = demo_rec.duplicates(near=False)
+    assert code == 0 and len(_lines(stdout)) == len(groups)
+    assert err.strip() == f"{sum(map(len, groups))} products in {len(groups)} groups"
+
+
+def test_demo_no_app(capsys, tmp_path):
+    out = tmp_path / "demo-index"
+    code, stdout, err = run(capsys, "-q", "demo", "--no-app", "--out", out)
+    assert code == 0, err
+    lines = _lines(stdout)
+    assert lines[0].startswith(f"indexed 99 of 99 catalogue rows into {out}")
+    rec = Recommender.load(out)
+    first = rec.ids[0]
+    head = [i for i, line in enumerate(lines) if line.startswith(f"more like {first} (")]
+    assert head and lines[head[0]].endswith("same Gender:")
+    rows = lines[head[0] + 3 :]
+    assert [line.split()[1] for line in rows] == rec.similar(first, k=5, same="Gender").ids
+
+
+# -- user errors: one line, no traceback, non-zero exit -------------------------------------------
+@pytest.fixture
+def corrupt_index(demo_index, tmp_path) -> Path:
+    bad = tmp_path / "corrupt"
+    shutil.copytree(demo_index, bad)
+    (bad / "manifest.json").write_text("{ this is not json")
+    return bad
+
+
+@pytest.fixture
+def half_index(demo_index, tmp_path) -> Path:
+    bad = tmp_path / "half"
+    shutil.copytree(demo_index, bad)
+    (bad / "vectors.npy").unlink()
+    return bad
+
+
+ERRORS = {
+    "unknown id": (["similar", "{demo}", "--id", "no-such-product"], "unknown product id: no-such-product"),
+    "missing photo": (["similar", "{demo}", "--image", "{tmp}/missing.jpg"], "file not found"),
+    "not a photo": (["similar", "{demo}", "--image", "{tmp}/notes.txt"], "not an image"),
+    "unknown same column": (["similar", "{demo}", "--id", "{pid}", "--same", "Size"], "unknown column 'Size'"),
+    "unknown where column": (["similar", "{demo}", "--id", "{pid}", "--where", "Size=M"], "unknown column 'Size'"),
+    "unknown display column": (["similar", "{demo}", "--id", "{pid}", "--columns", "Size"], "unknown column"),
+    "bad where": (["similar", "{demo}", "--id", "{pid}", "--where", "Gender"], "--where takes COLUMN=VALUE"),
+    "corrupt index": (["info", "{corrupt}"], "damaged"),
+    "incomplete index": (["similar", "{half}", "--id", "{pid}"], "vectors.npy is missing"),
+    "no index": (["info", "{tmp}/nowhere"], "index not found"),
+    "not an index": (["similar", "{tmp}", "--id", "1"], "is not a lookalike index"),
+    "missing catalogue": (["build", "{tmp}/missing.csv", "--out", "{tmp}/x"], "catalogue not found"),
+    "missing images folder": (
+        ["build", "{catalog}", "--images", "{tmp}/nope", "--out", "{tmp}/x"],
+        "images folder not found",
+    ),
+    "missing id column": (["build", "{catalog}", "--id-column", "sku", "--out", "{tmp}/x"], "'sku'"),
+    "missing weights": (
+        ["build", "{catalog}", "--weights", "{tmp}/w.pth", "--out", "{tmp}/x"],
+        "weights file not found",
+    ),
+    "export suffix": (["export", "{demo}", "{tmp}/top.txt"], "export writes .csv or .parquet"),
+    "export bad where": (["export", "{demo}", "{tmp}/top.csv", "--where", "Colour"], "--where takes"),
+    "export unknown column": (["export", "{demo}", "{tmp}/top.csv", "--same", "Size"], "unknown column"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_user_errors_print_one_line(case, capsys, tmp_path, demo_index, corrupt_index, half_index, pid):
+    (tmp_path / "notes.txt").write_text("hello")
+    argv, words = ERRORS[case]
+    values = {
+        "demo": demo_index,
+        "tmp": tmp_path,
+        "corrupt": corrupt_index,
+        "half": half_index,
+        "pid": pid,
+        "catalog": DEMO,
+    }
+    code, stdout, err = run(capsys, *(a.format(**values) for a in argv))
+    assert code != 0
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("lookalike: error: ") and words in lines[0], lines[0]
+    assert "Traceback" not in err and "Traceback" not in stdout
+    assert not (tmp_path / "x").exists() and not (tmp_path / "top.txt").exists()
+
+
+def test_usage_errors_exit_2(capsys, demo_index, pid):
+    for argv in (
+        ["similar", str(demo_index), "--id", pid, "-k", "0"],
+        ["similar", str(demo_index)],
+        ["frobnicate"],
+        ["similar", str(demo_index), "--id", pid, "--image", "x.jpg"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        _, err = capsys.readouterr()
+        assert "usage: lookalike" in err and "Traceback" not in err
+
+
+def test_main_twice_logs_once(capsys, demo_index):
+    for _ in range(2):
+        assert main(["info", str(demo_index)]) == 0
+    logging.getLogger("lookalike.test").warning("hello once")
+    _, err = capsys.readouterr()
+    assert err.count("hello once") == 1
+
+
+# -- a real process ------------------------------------------------------------------------------
+def _python(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "lookalike", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_python_dash_m_help():
+    done = _python("--help")
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.startswith("usage: lookalike")
+    for command in ("build", "similar", "export", "info", "duplicates", "demo"):
+        assert command in done.stdout
+    version = _python("--version")
+    assert version.returncode == 0 and version.stdout.startswith("lookalike ")
+
+
+def test_python_dash_m_error_is_one_line(tmp_path):
+    done = _python("similar", str(tmp_path / "nowhere"), "--id", "1")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"lookalike: error: index not found: {tmp_path / 'nowhere'}"]

@@ -1,0 +1,501 @@
+"""The HTTP service over the bundled demo index, with real photos; no network."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from lookalike.errors import IndexFormatError, MissingDependencyError  # noqa: E402
+from lookalike.recommender import MAX_K  # noqa: E402
+from lookalike.server import MAX_THUMBNAIL, create_app, run_server  # noqa: E402
+
+DEMO_IMAGES = Path(__file__).resolve().parents[1] / "lookalike" / "data" / "demo" / "images"
+QUERY = "13683"  # ADIDAS Men Adi Quest Blue Sports Shoes, as in the reference
+
+
+@pytest.fixture(scope="module")
+def client(demo_index):
+    """The app as `lookalike serve` runs it: built from the folder, loaded in the lifespan."""
+    with TestClient(create_app(demo_index)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    return (DEMO_IMAGES / f"{QUERY}.jpg").read_bytes()
+
+
+def _detail(resp) -> str:
+    body = resp.json()
+    assert set(body) == {"detail"} and isinstance(body["detail"], str) and body["detail"]
+    return body["detail"]
+
+
+def _upload(client, data: bytes, name: str = "photo.jpg", ctype: str = "image/jpeg", params=None):
+    return client.post("/similar", params=params or {}, files={"image": (name, data, ctype)})
+
+
+# -- health, product, docs -------------------------------------------------------------
+def test_health(client, demo_rec):
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    body = resp.json()
+    m = demo_rec.manifest["model"]
+    assert body["status"] == "ok"
+    assert body["rows"] == len(demo_rec) == 99
+    assert body["model"] == f"{m['name']}/{m['pooling']}"
+    assert body["id_column"] == "ProductId" and "Gender" in body["columns"]
+
+
+def test_product(client, demo_rec):
+    resp = client.get(f"/products/{QUERY}")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["id"] == QUERY
+    assert body == {**demo_rec.product(QUERY), "id": QUERY}
+    assert body["Gender"] == "Men" and body["ProductTitle"] == "ADIDAS Men Adi Quest Blue Sports Shoes"
+
+
+def test_unknown_product_is_404(client):
+    resp = client.get("/products/99999999")
+    assert resp.status_code == 404
+    assert "99999999" in _detail(resp)
+
+
+def test_openapi_docs(client):
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert {"/health", "/products/{product_id}", "/products/{product_id}/image",
+            "/products/{product_id}/similar", "/similar"} <= set(schema["paths"])
+    body = schema["paths"]["/similar"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(body)
+
+
+# -- photos of products ----------------------------------------------------------------
+def test_image_is_the_indexed_file(client, demo_rec):
+    resp = client.get(f"/products/{QUERY}/image")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "image/jpeg"
+    assert "max-age" in resp.headers["cache-control"]
+    assert resp.content == demo_rec.image_path(QUERY).read_bytes()
+    etag = resp.headers["etag"]
+    again = client.get(f"/products/{QUERY}/image", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_thumbnail(client):
+    resp = client.get(f"/products/{QUERY}/image", params={"size": 64})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "image/jpeg" and "max-age" in resp.headers["cache-control"]
+    img = Image.open(io.BytesIO(resp.content))
+    assert img.format == "JPEG" and max(img.size) <= 64
+    assert client.get(f"/products/{QUERY}/image", params={"size": 64}).content == resp.content  # cached
+    assert client.get(f"/products/{QUERY}/image", params={"size": 32}).headers["etag"] != resp.headers["etag"]
+
+
+@pytest.mark.parametrize("size", [0, -5, 15, MAX_THUMBNAIL + 1, "big"])
+def test_bad_thumbnail_size_is_422(client, size):
+    resp = client.get(f"/products/{QUERY}/image", params={"size": size})
+    assert resp.status_code == 422
+    assert "size" in _detail(resp)
+
+
+@pytest.mark.parametrize("pid", ["99999999", "..%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "13683.jpg"])
+def test_image_is_looked_up_by_id_only(client, pid):
+    resp = client.get(f"/products/{pid}/image")
+    assert resp.status_code == 404
+    assert b"root:" not in resp.content
+
+
+def test_missing_photo_file_is_404_not_500(demo_index, tmp_path):
+    from lookalike import Recommender
+
+    rec = Recommender.load(demo_index)
+    rec.metadata = rec.metadata.copy()
+    rec.metadata.loc[rec.row(QUERY), "_image"] = str(tmp_path / "gone.jpg")
+    with TestClient(create_app(rec)) as c:
+        for params in ({}, {"size": 64}):
+            resp = c.get(f"/products/{QUERY}/image", params=params)
+            assert resp.status_code == 404
+            assert "missing" in _detail(resp)
+
+
+# -- similar to a product --------------------------------------------------------------
+def test_similar_by_id_is_the_library_answer(client, demo_rec):
+    resp = client.get(f"/products/{QUERY}/similar", params={"k": 5, "same": "Gender"})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body == json.loads(json.dumps(demo_rec.similar(QUERY, k=5, same="Gender").to_dict()))
+    assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
+    assert {r["Gender"] for r in body["results"]} == {"Men"}
+    assert QUERY not in [r["id"] for r in body["results"]]
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert {"id", "rank", "score", "ProductTitle", "Colour"} <= set(body["results"][0])
+
+
+def test_similar_default_k_and_options(client, demo_rec):
+    body = client.get(f"/products/{QUERY}/similar").json()
+    assert len(body["results"]) == 5
+    params = {"k": 7, "colour_weight": 0.5, "collapse_duplicates": "false"}
+    body = client.get(f"/products/{QUERY}/similar", params=params).json()
+    want = demo_rec.similar(QUERY, k=7, colour_weight=0.5, collapse_duplicates=False)
+    assert [r["id"] for r in body["results"]] == want.ids
+
+
+def test_similar_where_is_repeatable(client, demo_rec):
+    params = [("k", "10"), ("where", "Colour:Black"), ("where", "Colour:White"), ("where", "Gender:Women")]
+    resp = client.get(f"/products/{QUERY}/similar", params=params)
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["query"]["where"] == {"Colour": ["Black", "White"], "Gender": ["Women"]}
+    assert body["results"], "the demo holds black or white women's products"
+    assert all(r["Colour"] in ("Black", "White") and r["Gender"] == "Women" for r in body["results"])
+    want = demo_rec.similar(QUERY, k=10, where={"Colour": ["Black", "White"], "Gender": ["Women"]})
+    assert [r["id"] for r in body["results"]] == want.ids
+
+
+def test_similar_several_same_columns(client):
+    params = [("same", "Gender"), ("same", "Category"), ("k", "3")]
+    body = client.get(f"/products/{QUERY}/similar", params=params).json()
+    assert all(r["Gender"] == "Men" and r["Category"] == "Footwear" for r in body["results"])
+
+
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ({"k": 0}, "k"),
+        ({"k": -3}, "k"),
+        ({"k": MAX_K + 1}, str(MAX_K)),
+        ({"k": "five"}, "k"),
+        ({"k": 2.5}, "k"),
+        ({"same": "Nope"}, "Gender"),  # the message lists the valid columns
+        ({"where": "Nope:x"}, "Nope"),
+        ({"where": "no-colon"}, "COLUMN:VALUE"),
+        ({"where": ":Blue"}, "COLUMN:VALUE"),
+        ({"colour_weight": 2}, "colour"),
+        ({"colour_weight": "nan"}, "colour"),
+        ({"collapse_duplicates": "maybe"}, "collapse_duplicates"),
+    ],
+)
+def test_bad_parameters_are_422(client, params, needle):
+    resp = client.get(f"/products/{QUERY}/similar", params=params)
+    assert resp.status_code == 422
+    assert needle in _detail(resp)
+
+
+def test_similar_to_unknown_product_is_404(client):
+    resp = client.get("/products/nope/similar", params={"same": "Gender"})
+    assert resp.status_code == 404
+    assert "nope" in _detail(resp)
+
+
+# -- POST /similar with ids (recently viewed) -------------------------------------------
+def test_post_ids_is_the_library_answer(client, demo_rec):
+    ids = [QUERY, demo_rec.ids[0]]
+    resp = client.post("/similar", json={"ids": ids, "k": 4, "same": ["Gender"]})
+    assert resp.status_code == 200
+    want = demo_rec.similar(ids, k=4, same=["Gender"])
+    assert resp.json() == json.loads(json.dumps(want.to_dict()))
+
+
+def test_post_ids_takes_the_url_options_unless_the_body_has_them(client, demo_rec):
+    body = client.post("/similar", params={"k": 3, "where": "Gender:Men"}, json={"ids": [int(QUERY)]}).json()
+    assert [r["id"] for r in body["results"]] == demo_rec.similar(QUERY, k=3, where={"Gender": "Men"}).ids
+    body = client.post("/similar", params={"k": 3}, json={"ids": [QUERY], "k": 6, "where": {"Colour": "Black"}}).json()
+    assert len(body["results"]) == 6 and all(r["Colour"] == "Black" for r in body["results"])
+
+
+@pytest.mark.parametrize(
+    "payload, status",
+    [
+        ({"ids": [QUERY, "nope"]}, 404),
+        ({"ids": []}, 422),
+        ({"ids": [QUERY], "k": 0}, 422),
+        ({"ids": [QUERY], "k": MAX_K + 1}, 422),
+        ({"ids": [QUERY], "same": ["Nope"]}, 422),
+        ({"ids": [QUERY], "where": {"Nope": "x"}}, 422),
+        ({"ids": [QUERY], "kk": 3}, 422),  # a typo is refused, not ignored
+        ({"k": 3}, 422),
+        ({"ids": "13683"}, 422),
+        ([QUERY], 422),
+    ],
+)
+def test_post_ids_errors(client, payload, status):
+    resp = client.post("/similar", json=payload)
+    assert resp.status_code == status
+    _detail(resp)
+
+
+def test_post_malformed_json_is_422(client):
+    resp = client.post("/similar", content=b'{"ids": [', headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+    _detail(resp)
+
+
+def test_post_other_content_type_is_415(client):
+    resp = client.post("/similar", content=b"13683", headers={"content-type": "text/plain"})
+    assert resp.status_code == 415
+    assert "multipart" in _detail(resp)
+    assert client.post("/similar").status_code == 415
+
+
+# -- POST /similar with a photo ---------------------------------------------------------
+def test_upload_photo(client, demo_rec, photo):
+    resp = _upload(client, photo, params={"k": 5})
+    assert resp.status_code == 200
+    body = resp.json()
+    want = demo_rec.similar(image=DEMO_IMAGES / f"{QUERY}.jpg", k=5)
+    assert [r["id"] for r in body["results"]] == want.ids
+    assert [r["score"] for r in body["results"]] == pytest.approx([r.score for r in want], abs=1e-5)
+    assert body["results"][0]["id"] == QUERY  # the product's own photo comes first
+    assert body["query"]["k"] == 5
+
+
+def test_upload_photo_with_where(client, photo):
+    resp = _upload(client, photo, params=[("k", "4"), ("where", "Gender:Women")])
+    assert resp.status_code == 200
+    assert {r["Gender"] for r in resp.json()["results"]} == {"Women"}
+
+
+def test_upload_png_photo(client):
+    buf = io.BytesIO()
+    Image.open(DEMO_IMAGES / f"{QUERY}.jpg").save(buf, format="PNG")
+    resp = _upload(client, buf.getvalue(), name="shoe.png", ctype="image/png")
+    assert resp.status_code == 200
+    assert resp.json()["results"][0]["id"] == QUERY
+
+
+def test_upload_with_same_is_422(client, photo):
+    resp = _upload(client, photo, params={"same": "Gender"})
+    assert resp.status_code == 422
+    assert "where" in _detail(resp)
+
+
+def test_upload_truncated_jpeg_is_400(client, photo):
+    resp = _upload(client, photo[: len(photo) // 2])
+    assert resp.status_code == 400
+    assert "truncated" in _detail(resp)
+
+
+def test_upload_text_file_is_415(client):
+    resp = _upload(client, b"ProductId,Gender\n13683,Men\n", name="notes.txt", ctype="text/plain")
+    assert resp.status_code == 415
+    assert "not an image" in _detail(resp)
+
+
+def test_upload_empty_file_is_400(client):
+    resp = _upload(client, b"")
+    assert resp.status_code == 400
+    assert "empty" in _detail(resp)
+
+
+def test_upload_without_image_field_is_422(client, photo):
+    resp = client.post("/similar", files={"photo": ("x.jpg", photo, "image/jpeg")})
+    assert resp.status_code == 422
+    assert "image" in _detail(resp)
+    resp = client.post("/similar", data={"image": "13683.jpg"}, files={"other": ("x", b"x")})
+    assert resp.status_code == 422
+
+
+def test_upload_malformed_multipart_is_400(client):
+    resp = client.post("/similar", content=b"--x\r\nnonsense", headers={"content-type": "multipart/form-data"})
+    assert resp.status_code == 400
+    _detail(resp)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own header check
+def test_oversized_pixels_are_refused_without_decoding(client, monkeypatch):
+    buf = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buf, format="PNG")  # 100 MP, a few kB on the wire
+    data = buf.getvalue()
+    assert len(data) < 1_000_000
+
+    from PIL import ImageFile
+
+    decoded: list[str] = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(self):  # type: ignore[no-untyped-def]
+        decoded.append(self.format)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    resp = _upload(client, data, name="huge.png", ctype="image/png")
+    assert resp.status_code == 413
+    assert "10000x10000" in _detail(resp)
+    assert decoded == []
+
+
+def test_pixel_limit_is_configurable(demo_rec, photo):
+    with TestClient(create_app(demo_rec, max_pixels=100)) as c:
+        resp = _upload(c, photo)
+        assert resp.status_code == 413
+        assert "100" in _detail(resp)
+
+
+def test_body_over_the_limit_is_413(demo_rec, photo):
+    with TestClient(create_app(demo_rec, max_upload_bytes=1000)) as c:
+        big = photo * 8  # a "photo" well over the limit plus multipart slack
+        resp = _upload(c, big)
+        assert resp.status_code == 413
+        assert "1,000" in _detail(resp)
+        resp = c.post("/similar", json={"ids": [QUERY] * 500})
+        assert resp.status_code == 413
+        # the limit is on the photo itself, not only on the whole body
+        resp = _upload(c, photo)
+        assert resp.status_code == 413
+
+
+def test_body_over_the_limit_is_refused_while_streaming(demo_rec):
+    """A chunked body with no Content-Length is cut off at the limit, not read to the end."""
+    import anyio
+    import httpx
+
+    app = create_app(demo_rec, max_upload_bytes=4096)
+    sent = []
+    head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n\r\n'
+
+    async def chunks():
+        yield head
+        for _ in range(1000):
+            sent.append(1)
+            yield b"\xff" * 1024
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return await c.post("/similar", content=chunks(),
+                                headers={"content-type": "multipart/form-data; boundary=b"})
+
+    resp = anyio.run(main)
+    assert resp.status_code == 413
+    assert len(sent) < 100  # stopped soon after 4 kB + slack, not after 1 MB
+
+
+def test_model_that_cannot_load_is_503(demo_index, photo, monkeypatch):
+    from lookalike import Recommender, recommender
+    from lookalike.errors import ModelError
+
+    rec = Recommender.load(demo_index)  # no encoder yet: photo queries create it
+
+    def broken(*args, **kwargs):
+        raise ModelError("weights not found")
+
+    monkeypatch.setattr(recommender, "get_encoder", broken)
+    with TestClient(create_app(rec)) as c:
+        resp = _upload(c, photo)
+        assert resp.status_code == 503
+        assert "weights" in _detail(resp)
+        assert c.get(f"/products/{QUERY}/similar").status_code == 200  # ids need no model
+
+
+# -- the app factory and the runner ------------------------------------------------------
+def test_lookalike_serve_on_loopback(demo_index, tmp_path):
+    """`lookalike serve` (run_server + uvicorn) answers on 127.0.0.1 and stops on SIGTERM."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", str(demo_index), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/products/{QUERY}/similar?k=3&same=Gender",
+                                            timeout=5) as resp:
+                    body = json.loads(resp.read())
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.2)
+        assert len(body["results"]) == 3
+    finally:
+        proc.terminate()
+        # uvicorn shuts down gracefully, then re-raises the signal it caught
+        assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
+
+
+def test_bad_index_fails_at_start(tmp_path):
+    with pytest.raises(IndexFormatError):
+        with TestClient(create_app(tmp_path / "nothing")):
+            pass
+    with pytest.raises(IndexFormatError):
+        run_server(tmp_path / "nothing", port=1)
+
+
+def test_bad_limits_are_refused(demo_rec):
+    with pytest.raises(ValueError):
+        create_app(demo_rec, max_upload_bytes=0)
+    with pytest.raises(ValueError):
+        create_app(demo_rec, max_pixels=0)
+
+
+def test_missing_extra_names_the_install_command(monkeypatch, demo_rec):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    with pytest.raises(MissingDependencyError, match=r"lookalike\[server\]"):
+        create_app(demo_rec)
+
+
+# -- schemathesis: any request the schema allows (or nearly allows) gets no 5xx ------------
+# The schema is static, so operations are listed at collection from an app that never
+# starts; each test then sends its generated requests to an app over the demo index.
+# (schemathesis' own fixture-based parametrize relies on pytest internals that pytest 9
+# removed, hence plain Hypothesis over ``operation.as_strategy()``.)
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+
+_SCHEMA = schemathesis.openapi.from_dict(create_app(Path("never-loaded")).openapi())
+_OPERATIONS = {f"{op.method.upper()} {op.path}": op for op in (r.ok() for r in _SCHEMA.get_all_operations())}
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(demo_rec):
+    return create_app(demo_rec, max_upload_bytes=256 * 1024)
+
+
+_CASES = [(label, "positive") for label in _OPERATIONS] + [
+    (label, variant)
+    for label, op in _OPERATIONS.items()
+    if op.query or op.body  # only these have something a negative case can break
+    for variant in (("negative", "known-id") if op.path_parameters else ("negative",))
+]
+
+
+@pytest.mark.parametrize("label, variant", sorted(_CASES), ids=[f"{a}-{b}" for a, b in sorted(_CASES)])
+def test_no_server_errors(fuzz_app, label, variant):
+    op = _OPERATIONS[label]
+    mode = GenerationMode.NEGATIVE if variant == "negative" else GenerationMode.POSITIVE
+    fixed = {"product_id": QUERY} if variant == "known-id" and op.path_parameters else None
+
+    @given(case=op.as_strategy(generation_mode=mode, path_parameters=fixed))
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def check(case):
+        resp = case.call(app=fuzz_app)
+        where = f"{label} {case.path_parameters} {case.query}"
+        assert resp.status_code < 500, f"{where}: {resp.status_code} {resp.text[:300]}"
+        if resp.status_code >= 400:
+            _detail(resp)
+
+    check()
