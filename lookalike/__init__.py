@@ -23,6 +23,7 @@ from .config import (
     DEFAULT_WORKERS,
     METRICS,
 )
+from .demo import demo_catalog
 from .encoders import DEFAULT_MODEL, DEFAULT_POOLING, MODELS, POOLINGS, Encoder, get_encoder
 from .errors import (
     CatalogError,
@@ -37,7 +38,6 @@ from .errors import (
 from .index import BACKENDS, ExactIndex, VectorIndex
 from .pipeline import BuildReport, build
 from .recommender import Recommendation, Recommender, Results
-from .demo import demo_catalog
 
 __all__ = [
     "__version__",

@@ -63,8 +63,18 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     from . import (
-        BACKENDS, DEFAULT_BATCH_SIZE, DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN, DEFAULT_METRIC,
-        DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_WORKERS, METRICS, MODELS, POOLINGS, __version__,
+        BACKENDS,
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_ID_COLUMN,
+        DEFAULT_IMAGE_COLUMN,
+        DEFAULT_METRIC,
+        DEFAULT_MODEL,
+        DEFAULT_POOLING,
+        DEFAULT_WORKERS,
+        METRICS,
+        MODELS,
+        POOLINGS,
+        __version__,
     )
 
     parser = argparse.ArgumentParser(
