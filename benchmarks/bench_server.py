@@ -46,6 +46,9 @@ TARGET_P99_MS = 50.0
 
 
 # -- index and server ----------------------------------------------------------------------
+WORKERS = 1
+
+
 def ensure_index(index: Path) -> Path:
     if (index / "manifest.json").is_file():
         print(f"reusing index {index}", file=sys.stderr)
@@ -65,7 +68,8 @@ def free_port() -> int:
 
 
 def start_server(index: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "lookalike", "serve", str(index), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "lookalike", "serve", str(index), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", str(WORKERS)]
     log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a chatty server must never block on it
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
@@ -226,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent clients, comma-separated")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--workers", type=int, default=1, help="`lookalike serve --workers`")
     args = ap.parse_args(argv)
+    global WORKERS
+    WORKERS = args.workers
     levels = [int(x) for x in args.levels.split(",")]
 
     index = ensure_index(args.index)

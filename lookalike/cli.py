@@ -142,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo upload accepted")
+    v.add_argument("--workers", type=_positive_int, default=1, help="server processes (pre-forked)")
 
     a = sub.add_parser("app", help="the web page over an index (extra: ui)")
     a.add_argument("index", type=Path)
@@ -342,7 +343,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
     return run_server(args.index, host=args.host, port=args.port,
-                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers)
 
 
 def _cmd_app(args: argparse.Namespace) -> int:

@@ -400,8 +400,10 @@ def test_model_that_cannot_load_is_503(demo_index, photo, monkeypatch):
 
 
 # -- the app factory and the runner ------------------------------------------------------
-def test_lookalike_serve_on_loopback(demo_index, tmp_path):
-    """`lookalike serve` (run_server + uvicorn) answers on 127.0.0.1 and stops on SIGTERM."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_lookalike_serve_on_loopback(demo_index, tmp_path, workers):
+    """`lookalike serve` (run_server + uvicorn) answers on 127.0.0.1 and stops on SIGTERM,
+    pre-forked workers included (none is left behind)."""
     import signal
     import socket
     import subprocess
@@ -413,8 +415,8 @@ def test_lookalike_serve_on_loopback(demo_index, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = (tmp_path / "serve.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", str(demo_index), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike", "serve", str(demo_index), "--port", str(port),
+                             "--workers", str(workers)], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -432,6 +434,9 @@ def test_lookalike_serve_on_loopback(demo_index, tmp_path):
         proc.terminate()
         # uvicorn shuts down gracefully, then re-raises the signal it caught
         assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
+        with socket.socket() as s:  # every worker is gone: nothing listens on the port
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
 
 
 def test_bad_index_fails_at_start(tmp_path):
