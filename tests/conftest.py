@@ -55,3 +55,13 @@ def demo_rec(demo_index):
     from lookalike import Recommender
 
     return Recommender.load(demo_index)
+
+
+@pytest.fixture(scope="session")
+def fashion_hnsw_index(tmp_path_factory, fashion_dir, encoder) -> Path:
+    """The 2,906-product set built once per session, with the HNSW back end."""
+    from lookalike import build
+
+    out = tmp_path_factory.mktemp("fashion-2906-hnsw") / "index"
+    build(fashion_dir / "fashion.csv", out, encoder=encoder, backend="hnsw", show_progress_bar=False)
+    return out

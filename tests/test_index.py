@@ -8,27 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lookalike import IndexFormatError, InvalidQueryError, Recommender, build
+from lookalike import IndexFormatError, InvalidQueryError, Recommender
 from lookalike.index import BACKENDS, ExactIndex, VectorIndex, load_index, make_index, topk_sorted
 
 pytest.importorskip("faiss")
 
 
-def full_index(tmp_path_factory, fashion_dir: Path, encoder) -> Path:
-    """The 2,906-product set built once per test session (default settings, HNSW back end).
-
-    Shared through the session's base temp folder, so every module that needs it builds it
-    at most once between them.
-    """
-    out = tmp_path_factory.getbasetemp() / "fashion-2906-hnsw"
-    if not (out / "manifest.json").is_file():
-        build(fashion_dir / "fashion.csv", out, encoder=encoder, backend="hnsw", show_progress_bar=False)
-    return out
-
-
 @pytest.fixture(scope="module")
-def fashion_index(tmp_path_factory, fashion_dir, encoder) -> Path:
-    return full_index(tmp_path_factory, fashion_dir, encoder)
+def fashion_index(fashion_hnsw_index) -> Path:
+    return fashion_hnsw_index
 
 
 @pytest.fixture(scope="module")

@@ -23,17 +23,9 @@ from lookalike.recommender import MAX_K
 HIDDEN = {"_image", "_row", "_sha1", "_dhash", "_dup_exact", "_dup_near"}
 
 
-def full_index(tmp_path_factory, fashion_dir: Path, encoder) -> Path:
-    """The 2,906-product set built once per test session (same folder as tests/test_index.py)."""
-    out = tmp_path_factory.getbasetemp() / "fashion-2906-hnsw"
-    if not (out / "manifest.json").is_file():
-        build(fashion_dir / "fashion.csv", out, encoder=encoder, backend="hnsw", show_progress_bar=False)
-    return out
-
-
 @pytest.fixture(scope="module")
-def full_path(tmp_path_factory, fashion_dir, encoder) -> Path:
-    return full_index(tmp_path_factory, fashion_dir, encoder)
+def full_path(fashion_hnsw_index) -> Path:
+    return fashion_hnsw_index
 
 
 @pytest.fixture(scope="module")
