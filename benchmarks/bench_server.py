@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent clients, comma-separated")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    ap.add_argument("--workers", type=int, default=1, help="`lookalike serve --workers`")
+    ap.add_argument("--workers", type=int, default=2, help="`lookalike serve --workers` (its default on 2 cores)")
     args = ap.parse_args(argv)
     global WORKERS
     WORKERS = args.workers

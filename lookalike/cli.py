@@ -142,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo upload accepted")
-    v.add_argument("--workers", type=_positive_int, default=1, help="server processes (pre-forked)")
+    v.add_argument("--workers", type=_positive_int, default=None,
+                   help="server processes, pre-forked (default: 2 on a machine with 2+ cores)")
 
     a = sub.add_parser("app", help="the web page over an index (extra: ui)")
     a.add_argument("index", type=Path)

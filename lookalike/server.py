@@ -498,7 +498,7 @@ def run_server(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     access_log: bool = False,
     blas_threads: int | None = 1,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> int:
     """Serve an index with uvicorn until interrupted; returns the exit code.
 
@@ -510,9 +510,12 @@ def run_server(
     top of them oversubscribe the cores (on 2 cores, 8 clients fell from ~40 to ~14 req/s).
 
     ``workers > 1`` pre-forks that many processes after the index is loaded: they share
-    its memory copy-on-write and accept on one listening socket (with TCP_NODELAY, which
-    uvicorn's own multi-worker mode leaves off).
+    its memory copy-on-write, each listens on the port with SO_REUSEPORT (the kernel spreads
+    connections evenly) and TCP_NODELAY (which uvicorn's own multi-worker mode leaves off).
+    ``None``: two where the machine has two cores or more and can fork, else one.
     """
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1) if hasattr(os, "fork") else 1
     uvicorn = require("uvicorn", "server")
     if blas_threads is not None:
         _limit_blas_threads(blas_threads)
@@ -530,16 +533,26 @@ def _prefork(uvicorn: Any, app: Any, host: str, port: int, workers: int, access_
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
+
+    def listener() -> socket.socket:
+        # one socket per worker on the same port: with SO_REUSEPORT the kernel spreads new
+        # connections evenly, where a shared socket lets whichever worker wakes first take
+        # a burst of keep-alive connections (and keep them)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        return sock
+
+    probe = listener()  # fail here, in the parent, if the port is taken
+    probe.close()
 
     def serve() -> None:
         config = uvicorn.Config(app, access_log=access_log, log_level="info")
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(config).run(sockets=[listener()])
 
     # the parent only supervises: uvicorn re-raises the signal that stopped it, which would
     # end a serving parent before it could stop its children
@@ -552,7 +565,6 @@ def _prefork(uvicorn: Any, app: Any, host: str, port: int, workers: int, access_
             finally:
                 os._exit(0)
         children.append(pid)
-    sock.close()
 
     def forward(signum: int, _frame: Any) -> None:
         for child in children:
