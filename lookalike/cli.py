@@ -169,6 +169,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--chart", type=Path, default=None, metavar="OUT.png", help="where --compare draws")
     _add_filters(ev)
 
+    t = sub.add_parser("tune", help="learn a projection from label columns; reports held-out quality")
+    t.add_argument("index", type=Path)
+    t.add_argument("--label", action="append", required=True, metavar="COL")
+    t.add_argument("--out", type=Path, required=True, help="where to write the tuned index")
+    t.add_argument("--same", action="append", default=[], metavar="COL",
+                   help="evaluate within the query's value of COL (e.g. Gender)")
+    t.add_argument("--holdout", type=float, default=0.2, help="share of products held out (default 0.2)")
+    t.add_argument("--dim", type=_positive_int, default=64, help="discriminant dimensions")
+    t.add_argument("--share", type=float, default=0.5, help="weight of the learned part, 0..1")
+    t.add_argument("-k", type=_positive_int, default=5)
+    t.add_argument("--format", default="table", choices=("table", "json"))
+
     m = sub.add_parser("demo", help="build the bundled sample catalogue and show recommendations")
     m.add_argument("--out", type=Path, default=None, help="where to put the demo index")
     m.add_argument("--no-app", action="store_true", help="print results instead of opening the web page")
@@ -396,7 +408,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import tune
+
+    info = tune(args.index, args.out, labels=args.label, same=args.same, holdout=args.holdout, dim=args.dim,
+                share=args.share, k=args.k)
+    if args.format == "json":
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"fitted on {info['fitted_on']} products, judged on {info['held_out']} held out "
+          f"(queries and candidates); wrote {args.out}")
+    keys = [key for key in info["held_out_before"] if key.startswith("p@") or key.startswith("map@")]
+    width = max(len(key) for key in keys)
+    print(f"{'held out':<{width}}  {'before':>8}  {'after':>8}")
+    for key in keys:
+        print(f"{key:<{width}}  {info['held_out_before'][key]:>8.4f}  {info['held_out_after'][key]:>8.4f}")
+    return 0
+
+
 COMMANDS = {
+    "tune": _cmd_tune,
     "serve": _cmd_serve,
     "app": _cmd_app,
     "stats": _cmd_stats,

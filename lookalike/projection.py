@@ -28,10 +28,12 @@ _FIT_ROWS = 20_000
 class Projection:
     mean: np.ndarray  # (d_in,)
     components: np.ndarray  # (d_out, d_in), rows orthonormal
+    #: optional second linear map, applied to the L2-normalised PCA output (``lookalike tune``)
+    post: np.ndarray | None = None  # (d_out, d_tuned)
 
     @property
     def dim(self) -> int:
-        return int(self.components.shape[0])
+        return int(self.components.shape[0] if self.post is None else self.post.shape[1])
 
     @property
     def input_dim(self) -> int:
@@ -64,10 +66,16 @@ class Projection:
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         x = l2_normalize(np.asarray(raw, dtype=np.float32))
-        return np.ascontiguousarray((x - self.mean) @ self.components.T, dtype=np.float32)
+        y = (x - self.mean) @ self.components.T
+        if self.post is not None:
+            y = l2_normalize(y.astype(np.float32)) @ self.post
+        return np.ascontiguousarray(y, dtype=np.float32)
 
     def save(self, folder: Path) -> None:
-        np.savez(folder / FILE, mean=self.mean, components=self.components)
+        arrays = {"mean": self.mean, "components": self.components}
+        if self.post is not None:
+            arrays["post"] = self.post
+        np.savez(folder / FILE, **arrays)
 
     @classmethod
     def load(cls, folder: Path) -> "Projection | None":
@@ -75,4 +83,4 @@ class Projection:
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["mean"], z["components"])
+            return cls(z["mean"], z["components"], z["post"] if "post" in z.files else None)
