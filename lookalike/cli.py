@@ -339,7 +339,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     report = build(demo_catalog(), out, show_progress_bar=None if not args.quiet else False)
     print(report.summary())
     rec = Recommender.load(out)
-    first = rec.ids[0]
+    first = "13683" if "13683" in rec else rec.ids[0]  # the reference tutorial's example
     res = rec.similar(first, k=5, same="Gender")
     p = rec.product(first)
     print(f"\nmore like {first} ({p.get('ProductTitle', '')}), same Gender:")
@@ -349,6 +349,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 0
     from .launch import run_app
 
+    print(f"\nweb page: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
     return run_app(out, port=args.port)
 
 
