@@ -221,7 +221,7 @@ def create_app(
     ``max_pixels`` caps an uploaded photo's width x height (413 beyond, never decoded).
     """
     require("fastapi", "server")
-    from fastapi import FastAPI, Query, Request
+    from fastapi import Depends, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from pydantic import ValidationError
@@ -345,20 +345,21 @@ def create_app(
     weight_query = Query(None, description="share of the score given to colour, 0..1 (default: the index's)")
     collapse_query = Query(True, description="at most one product per group of identical or near-identical photos")
 
-    @app.get("/products/{product_id}/similar", response_model=SimilarOut, responses=errors,
-             summary="Products that look like this one")
-    def similar(
-        product_id: str,
+    def search_options(
         k: int = k_query,
         same: list[str] = same_query,
         where: list[str] = where_query,
         colour_weight: Optional[float] = weight_query,
         collapse_duplicates: bool = collapse_query,
-    ) -> Any:
-        found = rec().similar(
-            product_id, k=k, same=same, where=_parse_where(where),
-            colour_weight=colour_weight, collapse_duplicates=collapse_duplicates,
-        )
+    ) -> dict[str, Any]:
+        """The query parameters both similar endpoints take; ``where`` still as COL:VALUE text."""
+        return {"k": k, "same": same, "where": where, "colour_weight": colour_weight,
+                "collapse_duplicates": collapse_duplicates}
+
+    @app.get("/products/{product_id}/similar", response_model=SimilarOut, responses=errors,
+             summary="Products that look like this one")
+    def similar(product_id: str, opts: dict[str, Any] = Depends(search_options)) -> Any:
+        found = rec().similar(product_id, **{**opts, "where": _parse_where(opts["where"])})
         return JSONResponse(found.to_dict())
 
     ids_schema = SimilarIn.model_json_schema()
@@ -386,14 +387,7 @@ def create_app(
         description="Send either a multipart upload with the field `image`, or a JSON body with `ids` "
         "(recently viewed items; fields given in the body win over the URL's). `same` needs ids.",
     )
-    async def similar_to(
-        request: Request,
-        k: int = k_query,
-        same: list[str] = same_query,
-        where: list[str] = where_query,
-        colour_weight: Optional[float] = weight_query,
-        collapse_duplicates: bool = collapse_query,
-    ) -> Any:
+    async def similar_to(request: Request, opts: dict[str, Any] = Depends(search_options)) -> Any:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("multipart/form-data", "application/json"):
             return error(415, "send a photo as multipart/form-data (field 'image') or ids as application/json")
@@ -415,10 +409,7 @@ def create_app(
             except ClientDisconnect:
                 raise _Refused(400, "the client went away while sending") from None
 
-        opts: dict[str, Any] = {
-            "k": k, "same": same, "where": _parse_where(where),
-            "colour_weight": colour_weight, "collapse_duplicates": collapse_duplicates,
-        }
+        opts["where"] = _parse_where(opts["where"])
         try:
             if ctype == "application/json":
                 try:
