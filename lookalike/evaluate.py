@@ -96,8 +96,8 @@ def score_export(
     return out
 
 
-def _pool_sizes(rec: "Recommender", labels: Sequence[str], same: Sequence[str], where: "Where | None",
-                collapse: bool) -> dict[str, np.ndarray]:
+def _pool_sizes(rec: "Recommender", labels: Sequence[str], same: Sequence[str],
+                where: "Where | None") -> dict[str, np.ndarray]:
     """How many products each query could have been shown that share its label(s)."""
     n = len(rec)
     keys = _keys(rec.metadata, labels)
@@ -142,7 +142,7 @@ def evaluate(
         rec._check_column(col)
     export = rec.export(k=k, same=same, where=where, colour_weight=colour_weight,
                         collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar)
-    pools = _pool_sizes(rec, labels, same, where, collapse_duplicates)
+    pools = _pool_sizes(rec, labels, same, where)
     out = score_export(export, rec.metadata, id_column=rec.id_column, labels=labels, k=k,
                        pool_sizes=pools, group_by=group_by)
     out["settings"] = {

@@ -25,7 +25,7 @@ from .artifacts import commit_dir, load_arrays, read_manifest, staging_dir, writ
 from .encoders import l2_normalize
 from .errors import InvalidQueryError
 from .evaluate import score_export
-from .index import make_index
+from .index import ExactIndex, make_index
 from .projection import Projection
 
 logger = logging.getLogger(__name__)
@@ -69,14 +69,14 @@ def _discriminant(x: np.ndarray, classes: np.ndarray, dim: int, reg: float = 1e-
 
 def _search_subset(vec: np.ndarray, rows: np.ndarray, allowed_same: list[np.ndarray], exact: np.ndarray,
                    k: int) -> list[list[int]]:
-    x = vec[rows]
-    s = x @ x.T
-    ok = exact[rows][:, None] != exact[rows][None, :]
+    """Top k among ``rows`` only, for each of ``rows``: the exact index with a mask per query."""
+    sub = exact[rows][:, None] != exact[rows][None, :]
     for codes in allowed_same:
-        ok &= codes[rows][:, None] == codes[rows][None, :]
-    s = np.where(ok, s, -np.inf)
-    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return [[int(rows[j]) for j, v in zip(t, s[i, t]) if np.isfinite(v)] for i, t in enumerate(top)]
+        sub &= codes[rows][:, None] == codes[rows][None, :]
+    allowed = np.zeros((len(rows), len(vec)), dtype=bool)
+    allowed[:, rows] = sub
+    _, found = ExactIndex(vec).search(vec[rows], k, allowed=allowed)
+    return [[int(r) for r in hits if r >= 0] for hits in found]
 
 
 def _holdout_scores(vec: np.ndarray, meta: pd.DataFrame, id_column: str, rows: np.ndarray, labels: list[str],
