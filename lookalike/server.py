@@ -512,11 +512,25 @@ def run_server(
         _limit_blas_threads(blas_threads)
     rec = Recommender.load(index)
     app = create_app(rec, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+    _check_address(host, port)
     logger.info("serving %d products from %s on http://%s:%d (docs at /docs)", len(rec), index, host, port)
     if workers <= 1:
         uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
         return 0
     return _prefork(uvicorn, app, host, port, workers, access_log)
+
+
+def _check_address(host: str, port: int) -> None:
+    """Fail at once, with one line, when the address can't be listened on (e.g. port taken)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        raise InvalidQueryError(f"can't listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _prefork(uvicorn: Any, app: Any, host: str, port: int, workers: int, access_log: bool) -> int:
@@ -537,9 +551,6 @@ def _prefork(uvicorn: Any, app: Any, host: str, port: int, workers: int, access_
         sock.bind((host, port))
         sock.listen(2048)
         return sock
-
-    probe = listener()  # fail here, in the parent, if the port is taken
-    probe.close()
 
     def serve() -> None:
         config = uvicorn.Config(app, access_log=access_log, log_level="info")

@@ -504,3 +504,19 @@ def test_no_server_errors(fuzz_app, label, variant):
             _detail(resp)
 
     check()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_on_a_taken_port_is_one_line(demo_index, capsys, workers):
+    import socket
+
+    from lookalike.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        code = main(["serve", str(demo_index), "--port", str(port), "--workers", str(workers)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err == [f"lookalike: error: can't listen on 127.0.0.1:{port}: Address already in use"]
