@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="none = the reference's flattened map")
     b.add_argument("--resize", default="squash", choices=("squash", "pad", "crop"),
                    help="how photos become the square model input (squash, as the reference)")
+    b.add_argument("--size", type=_positive_int, default=None, metavar="PX",
+                   help="side of the square model input (default: the model's, 320 for efficientnet-lite0, "
+                        "224 for resnet50)")
     b.add_argument("--projection-dim", type=int, default=256, metavar="D",
                    help="PCA dimensions fitted on the catalogue (0: keep the pooled vectors)")
     b.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS)
@@ -214,8 +217,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     report = build(
         args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
-        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, metric=args.metric,
-        projection_dim=args.projection_dim or None,
+        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size,
+        metric=args.metric, projection_dim=args.projection_dim or None,
         backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
         colour_weight=args.colour_weight,
         show_progress_bar=None if not args.quiet else False,

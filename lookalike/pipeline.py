@@ -160,6 +160,7 @@ def build(
     metric: str = DEFAULT_METRIC,
     weights: str | os.PathLike | None = None,
     resize: str = DEFAULT_RESIZE,
+    size: int | None = None,
     projection_dim: int | None = DEFAULT_PROJECTION_DIM,
     runtime: str = "onnx",
     backend: str = DEFAULT_BACKEND,
@@ -174,6 +175,8 @@ def build(
 
     With ``update=True`` rows of an existing index at ``out`` whose id and photo bytes are
     unchanged are reused instead of encoded again: adding products costs only the new ones.
+    ``size`` is the side of the square model input (``None``: the model's default, 320 px for
+    efficientnet-lite0, 224 px for resnet50).
     """
     t0 = time.perf_counter()
     if metric not in METRICS:
@@ -192,7 +195,9 @@ def build(
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
         catalog, images=images, id_column=id_column, image_column=image_column
     )
-    enc = encoder or get_encoder(model, pooling=pooling, weights=weights, runtime=runtime, resize=resize)
+    enc = encoder or get_encoder(
+        model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, size=size
+    )
     settings = {"name": enc.name, "pooling": enc.pooling, "resize": enc.preprocess.resize,
                 "input_size": enc.preprocess.size, "dim": enc.dim, "projection_dim": projection_dim or 0}
     reuse, projection = _reusable(out, settings) if update and out.exists() else ({}, None)

@@ -173,7 +173,8 @@ class Recommender:
         """The model that built the index (created on first use: photo queries need it)."""
         if self._encoder is None:
             m = self.manifest["model"]
-            enc = get_encoder(m["name"], pooling=m["pooling"], resize=m.get("resize", "squash"))
+            enc = get_encoder(m["name"], pooling=m["pooling"], resize=m.get("resize", "squash"),
+                              size=m.get("input_size"))
             if isinstance(enc, CNNEncoder) and m.get("weights") and enc.weights_id != m["weights"]:
                 logger.warning("index was built with weights %s, now using %s", m["weights"], enc.weights_id)
             if enc.dim != m["dim"]:

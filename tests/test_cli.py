@@ -212,7 +212,7 @@ def test_info(capsys, demo_index):
     m = json.loads((demo_index / "manifest.json").read_text())
     assert fields["rows"] == "99 (of 99 catalogue rows; 0 skipped)"
     assert fields["model"].startswith(
-        f"efficientnet-lite0 / pooling {m['model']['pooling']} / {m['model']['resize']} 224px"
+        f"efficientnet-lite0 / pooling {m['model']['pooling']} / {m['model']['resize']} 320px"
     )
     assert fields["vectors"].startswith(f"{m['dim']}-d float32, metric cosine")
     assert fields["vectors"].endswith("back end exact")
@@ -285,6 +285,7 @@ ERRORS = {
         ["build", "{catalog}", "--weights", "{tmp}/w.pth", "--out", "{tmp}/x"],
         "weights file not found",
     ),
+    "odd input size": (["build", "{catalog}", "--size", "200", "--out", "{tmp}/x"], "multiple of 32"),
     "export suffix": (["export", "{demo}", "{tmp}/top.txt"], "export writes .csv or .parquet"),
     "export bad where": (["export", "{demo}", "{tmp}/top.csv", "--where", "Colour"], "--where takes"),
     "export unknown column": (["export", "{demo}", "{tmp}/top.csv", "--same", "Size"], "unknown column"),

@@ -60,7 +60,7 @@ def test_manifest_and_layout(small, encoder):
     m = json.loads((out / "manifest.json").read_text())
     assert m["format"] == "lookalike-index" and m["format_version"] == FORMAT_VERSION
     assert m["model"]["name"] == encoder.name and m["model"]["pooling"] == encoder.pooling
-    assert m["model"]["dim"] == encoder.dim and m["model"]["input_size"] == 224
+    assert m["model"]["dim"] == encoder.dim and m["model"]["input_size"] == encoder.preprocess.size == 320
     assert m["model"]["resize"] == encoder.preprocess.resize and m["model"]["runtime"] == "onnx"
     assert m["model"]["weights"].startswith("efficientnet-lite0")
     assert m["dim"] == np.load(out / "vectors.npy").shape[1]

@@ -42,8 +42,10 @@ MODELS: dict[str, ModelSpec] = {
     "efficientnet-lite0": ModelSpec(
         name="efficientnet-lite0",
         channels=1280,
-        grid=7,
-        input_size=224,
+        # trained at 224, but 320 retrieves better, also for photos of 80 px (docs/quality.md,
+        # benchmarks/input_size_study.py): ImageNet nets see objects larger in training
+        input_size=320,
+        stride=32,
         mean=(127.0, 127.0, 127.0),
         std=(128.0, 128.0, 128.0),
         builder="build_efficientnet_lite0",
@@ -53,8 +55,8 @@ MODELS: dict[str, ModelSpec] = {
     "resnet50": ModelSpec(
         name="resnet50",
         channels=2048,
-        grid=7,
-        input_size=224,
+        input_size=224,  # the reference recipe's input, kept for it
+        stride=32,
         mean=(0.485 * 255, 0.456 * 255, 0.406 * 255),
         std=(0.229 * 255, 0.224 * 255, 0.225 * 255),
         builder="build_resnet50",
@@ -72,11 +74,17 @@ def get_encoder(
     weights: str | Path | None = None,
     runtime: str = "onnx",
     resize: str = DEFAULT_RESIZE,
+    size: int | None = None,
     threads: int | None = None,
 ) -> CNNEncoder:
-    """Build the encoder registered as ``name`` (weights are located, not loaded, here)."""
+    """Build the encoder registered as ``name`` (weights are located, not loaded, here).
+
+    ``size`` is the side of the square model input; ``None`` takes the model's default.
+    """
     try:
         spec = MODELS[name]
     except KeyError:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
-    return CNNEncoder(spec, pooling=pooling, weights=weights, runtime=runtime, resize=resize, threads=threads)
+    return CNNEncoder(
+        spec, pooling=pooling, weights=weights, runtime=runtime, resize=resize, size=size, threads=threads
+    )

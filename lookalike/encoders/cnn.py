@@ -27,6 +27,8 @@ __all__ = ["ModelSpec", "CNNEncoder", "RUNTIMES"]
 RUNTIMES = ("onnx", "torch")
 #: bump when the exported graph changes, so stale cached exports are never used
 EXPORT_REVISION = 2
+#: accepted input sides: below 64 the maps vanish, above 1024 a batch no longer fits memory
+MIN_SIZE, MAX_SIZE = 64, 1024
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,8 @@ class ModelSpec:
 
     name: str
     channels: int
-    grid: int  # side of the last feature map for a `input_size` input
-    input_size: int
+    input_size: int  # default side of the square input, in pixels
+    stride: int  # input pixels per feature-map cell; sizes must be multiples of it
     mean: tuple[float, float, float]  # in 0..255 pixel units
     std: tuple[float, float, float]
     builder: str  # function name in lookalike.encoders.models
@@ -65,8 +67,13 @@ class CNNEncoder:
         weights: str | os.PathLike | None = None,
         runtime: str = "onnx",
         resize: str = "squash",
+        size: int | None = None,
         threads: int | None = None,
     ) -> None:
+        size = spec.input_size if size is None else int(size)
+        if not MIN_SIZE <= size <= MAX_SIZE or size % spec.stride:
+            raise ModelError(f"input size must be a multiple of {spec.stride} from {MIN_SIZE} to {MAX_SIZE} "
+                             f"pixels, not {size}")
         if pooling not in POOLINGS:
             raise ModelError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         if runtime not in RUNTIMES:
@@ -76,8 +83,9 @@ class CNNEncoder:
         self.pooling = pooling
         self.runtime = runtime
         self.threads = threads
-        self.preprocess = Preprocess(size=spec.input_size, resize=resize)
-        self.dim = pooled_dim(spec.channels, spec.grid, pooling)
+        self.preprocess = Preprocess(size=size, resize=resize)
+        self.grid = size // spec.stride  # side of the last feature map
+        self.dim = pooled_dim(spec.channels, self.grid, pooling)
         self.weights_path = self._resolve_weights(weights)
         self._session: Any = None
         self._torch_model: Any = None
@@ -147,7 +155,7 @@ class CNNEncoder:
 
     def onnx_path(self) -> Path:
         key = _weights_key(self.weights_path)
-        return cache_dir() / "onnx" / f"{self.name}-{key}-{self.spec.input_size}-r{EXPORT_REVISION}.onnx"
+        return cache_dir() / "onnx" / f"{self.name}-{key}-{self.preprocess.size}-r{EXPORT_REVISION}.onnx"
 
     def _export(self, path: Path) -> None:
         import torch
@@ -155,7 +163,7 @@ class CNNEncoder:
         module = self._torch_module()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        dummy = torch.zeros(1, 3, self.spec.input_size, self.spec.input_size)
+        dummy = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size)
         logger.info("exporting %s to ONNX (once): %s", self.name, path)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
