@@ -34,7 +34,7 @@ from .config import (
     METRICS,
     progress_enabled,
 )
-from .duplicates import NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
+from .duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
 from .encoders import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, Encoder, get_encoder, l2_normalize
 from .errors import InvalidQueryError, LookalikeError
 from .images import COLOUR_DIM, Decoded, Preprocess, load
@@ -285,7 +285,7 @@ def build(
     meta["_dhash"] = dhashes.astype(np.int64)  # parquet has no uint64 in every reader
     # compare photos in a centred space (projected vectors already are), where cosine spreads
     unit = l2_normalize(raw if projection is not None else raw - raw.mean(axis=0)) if len(raw) else raw
-    exact_groups, near_groups = find_duplicate_groups(sha1s, dhashes, unit)
+    exact_groups, near_groups = find_duplicate_groups(sha1s, dhashes, unit, colour)
     meta["_dup_exact"] = exact_groups
     meta["_dup_near"] = near_groups
 
@@ -323,7 +323,7 @@ def build(
             "rows": int(len(vectors)),
             "index": {"backend": backend},
             "colour_weight": colour_weight,
-            "duplicates": {"near_cosine": NEAR_COSINE, "near_hamming": NEAR_HAMMING,
+            "duplicates": {"near_cosine": NEAR_COSINE, "near_hamming": NEAR_HAMMING, "near_colour": NEAR_COLOUR,
                            "groups": n_groups, "rows": dup_rows},
             "catalog": {
                 "path": str(cat.source.resolve()) if cat.source else None,

@@ -108,6 +108,29 @@ def test_no_query_gets_a_photo_identical_to_its_own(full_rec):
     assert (table["query_id"].map(exact) != table["id"].map(exact)).all()
 
 
+def test_colour_variants_are_not_near_duplicates(full_rec):
+    """A top listed twice in red (31174, 34164) and twice in magenta (31175, 34166): same
+    outline, same hash, nearly the same embedding, but a shopper must see both colours."""
+    near = dict(zip(full_rec.ids, full_rec.metadata["_dup_near"], strict=True))
+    assert near["31174"] == near["34164"] >= 0 and near["31175"] == near["34166"] >= 0
+    assert near["31174"] != near["31175"]
+    res = full_rec.similar("31174", k=5)
+    assert "34164" in res.ids and len({"31175", "34166"} & set(res.ids)) == 1
+
+
+def test_find_duplicate_groups_colour_test():
+    from lookalike.duplicates import find_duplicate_groups
+
+    unit = np.ones((4, 3), np.float32) / np.sqrt(3)  # same embedding, same hash, other bytes
+    red, magenta = np.array([1.0, 0.0, 0.0]), np.array([0.6, 0.8, 0.0])  # colour cosine 0.6
+    colour = np.stack([red, red, magenta, magenta]).astype(np.float32)
+    exact, near = find_duplicate_groups(["a", "b", "c", "d"], np.full(4, 7, np.uint64), unit, colour)
+    assert list(exact) == [-1, -1, -1, -1]
+    assert near[0] == near[1] >= 0 and near[2] == near[3] >= 0 and near[2] != near[0]
+    _, without = find_duplicate_groups(["a", "b", "c", "d"], np.full(4, 7, np.uint64), unit)
+    assert len(set(without)) == 1 and without[0] >= 0
+
+
 def test_collapse_keeps_one_product_per_duplicate_group(full_rec):
     near = dict(zip(full_rec.ids, full_rec.metadata["_dup_near"], strict=True))
 
@@ -231,6 +254,21 @@ def test_by_photo_of_an_indexed_product(demo_rec):
     other = "Men" if demo_rec.product(pid)["Gender"] != "Men" else "Women"
     res = demo_rec.similar(image=demo_rec.image_path(pid), k=5, where={"Gender": other})
     assert pid not in res.ids and {r.metadata["Gender"] for r in res} == {other}
+
+
+def test_photo_queries_use_the_input_size_the_index_was_built_with(tmp_path):
+    """An index built at 224 px (older indexes, or `build --size 224`) embeds photos at 224 px:
+    the default model size (320) would give other vectors and miss the product itself."""
+    table = pd.read_csv(demo_catalog(), dtype=str, keep_default_na=False).iloc[:12]
+    table.to_csv(tmp_path / "cat.csv", index=False)
+    build(tmp_path / "cat.csv", tmp_path / "idx", images=demo_catalog().parent / "images", size=224,
+          show_progress_bar=False)
+    rec = Recommender.load(tmp_path / "idx")
+    assert rec.manifest["model"]["input_size"] == 224 and rec.encoder.preprocess.size == 224
+    alone = rec.metadata[rec.metadata["_dup_near"] < 0]["ProductId"].tolist()
+    for pid in alone[:2]:
+        res = rec.similar(image=rec.image_path(pid), k=3)
+        assert res.ids[0] == pid and res.items[0].score > 0.999
 
 
 def test_by_photo_of_an_indexed_product_full_set(full_rec, fashion_dir):
