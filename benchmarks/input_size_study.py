@@ -6,8 +6,9 @@ larger input undoes that. This study builds the reference catalogue once per inp
 lookalike itself (everything else at its default) and reports P@5 against ProductType, Colour
 and both within the query's Gender: shape only (colour weight 0) and at the default colour
 weight, duplicates collapsed as in `lookalike export`. ``--low-res`` repeats chosen sizes on
-copies of the photos cut down to at most 80 px (catalogue thumbnails), to check that a larger
-input is not a trick of these 512-px photos.
+copies of the photos cut down to at most ``--cut`` px (80: catalogue thumbnails), to check
+that a larger input is not a trick of these 512-px photos. ``--fp32`` repeats chosen sizes
+with the fp32 export instead of the default int8 one.
 
     python benchmarks/input_size_study.py ../shared/datasets/fashion-images/fashion.csv \
         --out benchmarks/results/input_size.json
@@ -50,7 +51,8 @@ def _shrunk_copy(catalog: Path, folder: Path, side: int) -> Path:
 
 
 def _row(rec: Recommender, photos: str, size: int, seconds: float) -> dict:
-    row: dict = {"photos": photos, "size": size, "build_s": round(seconds, 1)}
+    row: dict = {"photos": photos, "size": size, "precision": rec.manifest["model"]["precision"],
+                 "build_s": round(seconds, 1)}
     for tag, weight in (("shape", 0.0), ("default", DEFAULT_COLOUR_WEIGHT)):
         s = evaluate(rec, LABELS, k=5, same="Gender", colour_weight=weight, show_progress_bar=False)
         for key in ("p@5_ProductType", "p@5_Colour", "p@5_all"):
@@ -61,29 +63,35 @@ def _row(rec: Recommender, photos: str, size: int, seconds: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("catalog", type=Path)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[192, 224, 256, 288, 320, 352])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[192, 224, 256, 288, 320, 352])
     ap.add_argument("--low-res", type=int, nargs="*", default=[224, 320], metavar="SIZE",
-                    help="sizes to repeat on 80-px copies of the photos (none: skip)")
+                    help="sizes to repeat on cut-down copies of the photos (none: skip)")
+    ap.add_argument("--cut", type=int, default=80, metavar="PX", help="long side of the cut-down copies")
+    ap.add_argument("--fp32", type=int, nargs="*", default=[320], metavar="SIZE",
+                    help="sizes to repeat in fp32 (none: skip)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [(args.catalog, "as given", s) for s in args.sizes]
+        runs = [(args.catalog, "as given", s, None) for s in args.sizes]
+        runs += [(args.catalog, "as given", s, "fp32") for s in args.fp32]
         if args.low_res:
-            small = _shrunk_copy(args.catalog, Path(tmp) / "small", 80)
-            runs += [(small, "cut to 80 px", s) for s in args.low_res]
-        for catalog, photos, size in runs:
+            small = _shrunk_copy(args.catalog, Path(tmp) / "small", args.cut)
+            runs += [(small, f"cut to {args.cut} px", s, None) for s in args.low_res]
+        for catalog, photos, size, precision in runs:
             idx = Path(tmp) / f"idx-{size}-{len(rows)}"
             t0 = time.perf_counter()
-            build(catalog, idx, size=size, show_progress_bar=False)
+            build(catalog, idx, size=size, precision=precision, show_progress_bar=False)
             row = _row(Recommender.load(idx), photos, size, time.perf_counter() - t0)
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\nP@5 within Gender, k=5, duplicates collapsed; colour weight 0 | {DEFAULT_COLOUR_WEIGHT}")
-    print("| photos | input px | ProductType | both | ProductType (w) | Colour (w) | both (w) | build s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| photos | input px | precision | ProductType | both | ProductType (w) | Colour (w) | both (w) "
+          "| build s |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['photos']} | {r['size']} | {r['shape_p@5_ProductType']:.3f} | {r['shape_p@5_all']:.3f} "
+        print(f"| {r['photos']} | {r['size']} | {r['precision']} | {r['shape_p@5_ProductType']:.3f} "
+              f"| {r['shape_p@5_all']:.3f} "
               f"| {r['default_p@5_ProductType']:.3f} | {r['default_p@5_Colour']:.3f} "
               f"| {r['default_p@5_all']:.3f} | {r['build_s']} |")
     if args.out:

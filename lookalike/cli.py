@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--size", type=_positive_int, default=None, metavar="PX",
                    help="side of the square model input (default: the model's, 320 for efficientnet-lite0, "
                         "224 for resnet50)")
+    b.add_argument("--precision", default=None, choices=("int8", "fp32"),
+                   help="model arithmetic with ONNX Runtime (default: int8 for efficientnet-lite0, "
+                        "about 2x faster at the same quality; fp32 for resnet50)")
     b.add_argument("--projection-dim", type=int, default=256, metavar="D",
                    help="PCA dimensions fitted on the catalogue (0: keep the pooled vectors)")
     b.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS)
@@ -217,7 +220,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     report = build(
         args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
-        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size,
+        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size, precision=args.precision,
         metric=args.metric, projection_dim=args.projection_dim or None,
         backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
         colour_weight=args.colour_weight,
@@ -302,7 +305,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("index", str(args.index)),
         ("rows", f"{m['rows']} (of {m['catalog']['rows_total']} catalogue rows; {m['report']['skipped']} skipped)"),
         ("model", f"{m['model']['name']} / pooling {m['model']['pooling']} / {m['model']['resize']} "
-                  f"{m['model']['input_size']}px / weights {m['model'].get('weights', '')}"),
+                  f"{m['model']['input_size']}px / {m['model'].get('precision', 'fp32')} "
+                  f"/ weights {m['model'].get('weights', '')}"),
         ("vectors", f"{m['dim']}-d float32, metric {m['metric']}, back end {m['index']['backend']}"),
         ("colour weight", str(m.get("colour_weight", 0.0))),
         ("duplicates", f"{m['duplicates']['rows']} products in {m['duplicates']['groups']} photo groups"),

@@ -161,6 +161,7 @@ def build(
     weights: str | os.PathLike | None = None,
     resize: str = DEFAULT_RESIZE,
     size: int | None = None,
+    precision: str | None = None,
     projection_dim: int | None = DEFAULT_PROJECTION_DIM,
     runtime: str = "onnx",
     backend: str = DEFAULT_BACKEND,
@@ -176,7 +177,8 @@ def build(
     With ``update=True`` rows of an existing index at ``out`` whose id and photo bytes are
     unchanged are reused instead of encoded again: adding products costs only the new ones.
     ``size`` is the side of the square model input (``None``: the model's default, 320 px for
-    efficientnet-lite0, 224 px for resnet50).
+    efficientnet-lite0, 224 px for resnet50); ``precision`` is ``"int8"`` or ``"fp32"``
+    (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     """
     t0 = time.perf_counter()
     if metric not in METRICS:
@@ -196,10 +198,11 @@ def build(
         catalog, images=images, id_column=id_column, image_column=image_column
     )
     enc = encoder or get_encoder(
-        model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, size=size
+        model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, size=size, precision=precision
     )
     settings = {"name": enc.name, "pooling": enc.pooling, "resize": enc.preprocess.resize,
-                "input_size": enc.preprocess.size, "dim": enc.dim, "projection_dim": projection_dim or 0}
+                "input_size": enc.preprocess.size, "precision": getattr(enc, "precision", "fp32"),
+                "dim": enc.dim, "projection_dim": projection_dim or 0}
     reuse, projection = _reusable(out, settings) if update and out.exists() else ({}, None)
     if not reuse:
         projection = None

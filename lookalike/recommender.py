@@ -174,7 +174,7 @@ class Recommender:
         if self._encoder is None:
             m = self.manifest["model"]
             enc = get_encoder(m["name"], pooling=m["pooling"], resize=m.get("resize", "squash"),
-                              size=m.get("input_size"))
+                              size=m.get("input_size"), precision=m.get("precision", "fp32"))
             if isinstance(enc, CNNEncoder) and m.get("weights") and enc.weights_id != m["weights"]:
                 logger.warning("index was built with weights %s, now using %s", m["weights"], enc.weights_id)
             if enc.dim != m["dim"]:
@@ -368,7 +368,7 @@ class Recommender:
     def embed_image(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
         """Shape and colour vectors of a photo, as the index was built."""
         enc = self.encoder
-        pixels = prepare(open_image(image, draft=enc.preprocess.size), enc.preprocess)
+        pixels = prepare(open_image(image, draft=enc.preprocess.draft), enc.preprocess)
         raw = enc.encode_pixels(pixels[None])
         shape = self.projection.apply(raw)[0] if self.projection is not None else raw[0]
         return shape, colour_descriptor(pixels)

@@ -456,7 +456,7 @@ def _photo_query(rec: Recommender, data: bytes, max_pixels: int, opts: dict[str,
     from .images import open_image
 
     # the library's own reader, with the upload's pixel cap; it checks the header first
-    img = open_image(data, draft=rec.encoder.preprocess.size, max_pixels=max_pixels)
+    img = open_image(data, draft=rec.encoder.preprocess.draft, max_pixels=max_pixels)
     return rec.similar(image=img, **opts)
 
 

@@ -212,7 +212,7 @@ def test_info(capsys, demo_index):
     m = json.loads((demo_index / "manifest.json").read_text())
     assert fields["rows"] == "99 (of 99 catalogue rows; 0 skipped)"
     assert fields["model"].startswith(
-        f"efficientnet-lite0 / pooling {m['model']['pooling']} / {m['model']['resize']} 320px"
+        f"efficientnet-lite0 / pooling {m['model']['pooling']} / {m['model']['resize']} 320px / int8 / weights"
     )
     assert fields["vectors"].startswith(f"{m['dim']}-d float32, metric cosine")
     assert fields["vectors"].endswith("back end exact")

@@ -129,11 +129,33 @@ def test_unreadable_photo_raises_image_error(encoder, tmp_path):
         encoder.encode([PHOTOS[0], tmp_path / "x.jpg"])
 
 
-def test_onnx_and_torch_runtimes_agree(onnx_vectors):
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_onnx_and_torch_runtimes_agree(encoder, onnx_vectors):
     eager = get_encoder(runtime="torch")
+    assert eager.precision == "fp32"
     out = eager.encode(PHOTOS)
     assert out.shape == onnx_vectors.shape and out.dtype == np.float32
-    assert _close(onnx_vectors, out, 1e-3)
+    fp32 = get_encoder(precision="fp32")
+    assert _close(fp32.encode(PHOTOS), out, 1e-3)  # the plain export computes what torch does
+    # the default int8 export: the same vectors up to quantization noise (its P@5 on the
+    # 2,906 set equals fp32's, docs/quality.md); each photo stays nearest its fp32 self
+    assert encoder.precision == "int8" and "-int8-" in encoder.onnx_path().name
+    assert fp32.onnx_path() != encoder.onnx_path()
+    assert _cosines(onnx_vectors, out).min() > 0.9 and not _close(onnx_vectors, out, 1e-3)
+    a = onnx_vectors / np.linalg.norm(onnx_vectors, axis=1, keepdims=True)
+    b = out / np.linalg.norm(out, axis=1, keepdims=True)
+    assert list((a @ b.T).argmax(axis=1)) == list(range(len(PHOTOS)))
+
+
+def test_precision_choices():
+    with pytest.raises(ModelError, match="int8, fp32"):
+        get_encoder(precision="fp16")
+    with pytest.raises(ModelError, match="fp32 only"):
+        get_encoder(runtime="torch", precision="int8")
+    assert get_encoder("resnet50", weights=PHOTOS[0]).precision == "fp32"  # quality unmeasured
 
 
 def test_unknown_model_pooling_runtime_list_the_choices():
@@ -200,6 +222,7 @@ def test_resnet50_torch(resnet_weights, resnet_torch_vectors):
 def test_resnet50_onnx_matches_torch(resnet_weights, resnet_torch_vectors, tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path / "cache"))
     enc = get_encoder("resnet50", weights=resnet_weights, pooling="gem")
+    assert enc.precision == "fp32"
     out = enc.encode(PHOTOS[:2])
     assert out.shape == (2, 2048) and out.dtype == np.float32
     assert _close(out, resnet_torch_vectors, 1e-3)

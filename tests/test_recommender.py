@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -256,19 +257,25 @@ def test_by_photo_of_an_indexed_product(demo_rec):
     assert pid not in res.ids and {r.metadata["Gender"] for r in res} == {other}
 
 
-def test_photo_queries_use_the_input_size_the_index_was_built_with(tmp_path):
-    """An index built at 224 px (older indexes, or `build --size 224`) embeds photos at 224 px:
-    the default model size (320) would give other vectors and miss the product itself."""
+def test_photo_queries_use_the_model_settings_the_index_was_built_with(tmp_path):
+    """An index built at 224 px in fp32 (older indexes, or `build --size 224 --precision fp32`)
+    embeds photos that way: the defaults (320 px, int8) would give other vectors."""
     table = pd.read_csv(demo_catalog(), dtype=str, keep_default_na=False).iloc[:12]
     table.to_csv(tmp_path / "cat.csv", index=False)
     build(tmp_path / "cat.csv", tmp_path / "idx", images=demo_catalog().parent / "images", size=224,
-          show_progress_bar=False)
+          precision="fp32", show_progress_bar=False)
     rec = Recommender.load(tmp_path / "idx")
-    assert rec.manifest["model"]["input_size"] == 224 and rec.encoder.preprocess.size == 224
+    assert rec.manifest["model"]["input_size"] == 224 and rec.manifest["model"]["precision"] == "fp32"
+    assert rec.encoder.preprocess.size == 224 and rec.encoder.precision == "fp32"
     alone = rec.metadata[rec.metadata["_dup_near"] < 0]["ProductId"].tolist()
     for pid in alone[:2]:
         res = rec.similar(image=rec.image_path(pid), k=3)
         assert res.ids[0] == pid and res.items[0].score > 0.999
+    # manifests written before precision was recorded were fp32
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    del manifest["model"]["precision"]
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    assert Recommender.load(tmp_path / "idx").encoder.precision == "fp32"
 
 
 def test_by_photo_of_an_indexed_product_full_set(full_rec, fashion_dir):
