@@ -4,7 +4,8 @@ Near-identical means a difference hash within ``NEAR_HAMMING`` bits, embeddings 
 at least ``NEAR_COSINE`` *and*, when colour descriptors are given, colour cosine at least
 ``NEAR_COLOUR``: the same garment photographed in red and in magenta shares its outline, its
 hash and most of its embedding, but is another product a shopper should see. On the 2,906-
-product set true re-encodings have colour cosine >= 0.98; such colour variants about 0.79.
+product set re-encodings of one photo have colour cosine >= 0.998; colour variants 0.79 (red /
+magenta), 0.946 (copper / purple) and 0.982 (brown / maroon) (benchmarks/duplicate_study.py).
 Candidates come from hash bands (two hashes within 3 bits
 share one of four 16-bit bands), so the work grows with the catalogue, not its square.
 """
@@ -19,7 +20,7 @@ __all__ = ["find_duplicate_groups", "NEAR_HAMMING", "NEAR_COSINE", "NEAR_COLOUR"
 
 NEAR_HAMMING = 3
 NEAR_COSINE = 0.98
-NEAR_COLOUR = 0.95
+NEAR_COLOUR = 0.99
 _MAX_BUCKET = 256
 
 

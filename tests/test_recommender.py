@@ -115,6 +115,9 @@ def test_colour_variants_are_not_near_duplicates(full_rec):
     near = dict(zip(full_rec.ids, full_rec.metadata["_dup_near"], strict=True))
     assert near["31174"] == near["34164"] >= 0 and near["31175"] == near["34166"] >= 0
     assert near["31174"] != near["31175"]
+    # subtler variants: copper / purple sandals, brown / maroon flats (colour cosine 0.95, 0.98)
+    assert near["47530"] != near["47531"] or near["47530"] < 0
+    assert near["47537"] != near["47538"] or near["47537"] < 0
     res = full_rec.similar("31174", k=5)
     assert "34164" in res.ids and len({"31175", "34166"} & set(res.ids)) == 1
 
