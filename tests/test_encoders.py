@@ -150,6 +150,21 @@ def test_onnx_and_torch_runtimes_agree(encoder, onnx_vectors):
     assert list((a @ b.T).argmax(axis=1)) == list(range(len(PHOTOS)))
 
 
+def test_failed_quantization_is_one_model_error_and_leaves_no_file(tmp_path, monkeypatch):
+    import onnxruntime.quantization as quantization
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("calibration ran out of memory")
+
+    monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(quantization, "quantize_static", broken)
+    enc = get_encoder(size=64)  # tiny input: the fp32 export is quick
+    with pytest.raises(ModelError, match="could not quantize .*out of memory.*fp32"):
+        enc.encode(PHOTOS[:1])
+    left = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir())
+    assert left == [enc._onnx_path("fp32").name]  # the fp32 export stays, no int8 or temp file
+
+
 def test_precision_choices():
     with pytest.raises(ModelError, match="int8, fp32"):
         get_encoder(precision="fp16")

@@ -203,8 +203,13 @@ class CNNEncoder:
 
     def _export_int8(self, path: Path) -> None:
         """Quantize the fp32 export (made first if needed) to int8, calibrated on demo photos."""
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        try:
+            from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"int8 needs onnxruntime's quantization tools ({exc}); pip install onnx, or use precision fp32"
+            ) from exc
 
         from ..demo import demo_catalog
         from ..images import load
@@ -233,6 +238,9 @@ class CNNEncoder:
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             per_channel=True, reduce_range=True)
             tmp.replace(path)
+        except Exception as exc:  # noqa: BLE001 - any quantizer failure is one clear error
+            raise ModelError(f"could not quantize {self.name} to int8 ({type(exc).__name__}: {exc}); "
+                             "use precision fp32 (--precision fp32)") from exc
         finally:
             prepared.unlink(missing_ok=True)
             tmp.unlink(missing_ok=True)
