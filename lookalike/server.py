@@ -511,6 +511,7 @@ def run_server(
     if blas_threads is not None:
         _limit_blas_threads(blas_threads)
     rec = Recommender.load(index)
+    _prepare_photo_search(rec)
     app = create_app(rec, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
     _check_address(host, port)
     logger.info("serving %d products from %s on http://%s:%d (docs at /docs)", len(rec), index, host, port)
@@ -531,6 +532,18 @@ def _check_address(host: str, port: int) -> None:
             sock.bind((host, port))
     except OSError as exc:
         raise InvalidQueryError(f"can't listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _prepare_photo_search(rec: Recommender) -> None:
+    """Export/quantize the model once, before workers fork, so the first photo upload of each
+    worker does not wait for it (nor run it twice). A model that can't be had leaves search by
+    id working: photo queries will then answer with the error."""
+    try:
+        prepare = getattr(rec.encoder, "prepare", None)
+        if prepare is not None:
+            prepare()
+    except LookalikeError as exc:
+        logger.warning("search by photo is unavailable: %s", exc)
 
 
 def _prefork(uvicorn: Any, app: Any, host: str, port: int, workers: int, access_log: bool) -> int:

@@ -165,6 +165,21 @@ def test_failed_quantization_is_one_model_error_and_leaves_no_file(tmp_path, mon
     assert left == [enc._onnx_path("fp32").name]  # the fp32 export stays, no int8 or temp file
 
 
+def test_prepare_exports_once_without_a_session(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path / "cache"))
+    enc = get_encoder(size=64, precision="fp32")
+    path = enc.prepare()
+    assert path == enc.onnx_path() and path.is_file() and enc._session is None
+
+    def again(*args):
+        raise AssertionError("exported twice")
+
+    monkeypatch.setattr(enc, "_export", again)
+    assert enc.prepare() == path
+    assert enc.encode(PHOTOS[:1]).shape == (1, enc.dim)  # the session uses the prepared file
+    assert get_encoder(runtime="torch").prepare() is None
+
+
 def test_precision_choices():
     with pytest.raises(ModelError, match="int8, fp32"):
         get_encoder(precision="fp16")

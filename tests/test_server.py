@@ -14,7 +14,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lookalike.errors import IndexFormatError, MissingDependencyError  # noqa: E402
+from lookalike.errors import IndexFormatError, MissingDependencyError, ModelError  # noqa: E402
 from lookalike.recommender import MAX_K  # noqa: E402
 from lookalike.server import MAX_THUMBNAIL, create_app, run_server  # noqa: E402
 
@@ -520,3 +520,23 @@ def test_serve_on_a_taken_port_is_one_line(demo_index, capsys, workers):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert err == [f"lookalike: error: can't listen on 127.0.0.1:{port}: Address already in use"]
+
+
+# -- the model is made ready before workers fork --------------------------------------------
+def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, tmp_path, monkeypatch, caplog):
+    from lookalike import Recommender
+    from lookalike.server import _prepare_photo_search
+
+    monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path / "cache"))
+    rec = Recommender.load(demo_index)
+    _prepare_photo_search(rec)  # an empty cache: exported and quantized here, not on an upload
+    assert rec.encoder.onnx_path().is_file() and rec.encoder._session is None  # no session yet
+
+    def no_model(self):
+        raise ModelError("no weights for resnet50: pass weights=PATH")
+
+    monkeypatch.setattr(Recommender, "encoder", property(no_model))
+    with caplog.at_level("WARNING", logger="lookalike.server"):
+        _prepare_photo_search(Recommender.load(demo_index))  # by-id serving goes on
+    assert "search by photo is unavailable: no weights" in caplog.text
+

@@ -245,6 +245,21 @@ class CNNEncoder:
             prepared.unlink(missing_ok=True)
             tmp.unlink(missing_ok=True)
 
+    def prepare(self) -> Path | None:
+        """Make sure the cached ONNX export exists, exporting (and quantizing) now rather than
+        on the first query; returns its path, ``None`` for the torch runtime. No session is
+        opened, so a server can call this before it forks its workers."""
+        if self.runtime != "onnx":
+            return None
+        with self._lock:
+            return self._ensure_export()
+
+    def _ensure_export(self) -> Path:
+        path = self.onnx_path()
+        if not path.is_file():
+            self._export_int8(path) if self.precision == "int8" else self._export(path)
+        return path
+
     def _onnx_session(self) -> Any:
         if self._session is None:
             with self._lock:
@@ -255,9 +270,7 @@ class CNNEncoder:
                         raise MissingDependencyError(
                             "onnxruntime is needed for runtime='onnx': pip install onnxruntime"
                         ) from exc
-                    path = self.onnx_path()
-                    if not path.is_file():
-                        self._export_int8(path) if self.precision == "int8" else self._export(path)
+                    path = self._ensure_export()
                     opts = ort.SessionOptions()
                     opts.intra_op_num_threads = self.threads or os.cpu_count() or 1
                     opts.inter_op_num_threads = 1
