@@ -220,8 +220,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     report = build(
         args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
-        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size, precision=args.precision,
-        metric=args.metric, projection_dim=args.projection_dim or None,
+        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size,
+        precision=args.precision, metric=args.metric, projection_dim=args.projection_dim or None,
         backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
         colour_weight=args.colour_weight,
         show_progress_bar=None if not args.quiet else False,

@@ -26,6 +26,7 @@ __all__ = [
     "ImageSource",
     "open_image",
     "prepare",
+    "model_input",
     "load",
     "colour_descriptor",
     "dhash",
@@ -68,7 +69,7 @@ class Preprocess:
         """The square that JPEG draft decoding must still cover: ``DRAFT_FRACTION`` of ``size``.
 
         A 1800x2400 photo decodes at 1/8 scale (225x300) instead of 1/4 for a 320-px input:
-        several times less decoding, and P@5 moved by at most 0.005 when the 2,906-product set
+        several times less decoding, and P@5 moved by at most 0.002 when the 2,906-product set
         was cut to 300 px first (benchmarks/input_size_study.py --cut 300).
         """
         return max(1, math.ceil(self.size * DRAFT_FRACTION))
@@ -143,6 +144,14 @@ def open_image(
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"truncated or corrupt image: {exc}") from None
     return img
+
+
+def model_input(source: ImageSource, pre: Preprocess) -> np.ndarray:
+    """A photo as the model takes it: decoded in draft mode for ``pre``, then :func:`prepare`d.
+
+    Raises :class:`ImageError`; :func:`load` is the never-raising variant for catalogues.
+    """
+    return prepare(open_image(source, draft=pre.draft), pre)
 
 
 def prepare(img: Image.Image, pre: Preprocess) -> np.ndarray:

@@ -25,7 +25,7 @@ from .artifacts import load_arrays, read_manifest
 from .config import DEFAULT_K
 from .encoders import MODELS, CNNEncoder, Encoder, get_encoder, l2_normalize
 from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
-from .images import ImageSource, colour_descriptor, open_image, prepare
+from .images import ImageSource, colour_descriptor, model_input
 from .index import VectorIndex, load_index
 from .projection import FILE as PROJECTION_FILE
 from .projection import Projection
@@ -368,7 +368,7 @@ class Recommender:
     def embed_image(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
         """Shape and colour vectors of a photo, as the index was built."""
         enc = self.encoder
-        pixels = prepare(open_image(image, draft=enc.preprocess.draft), enc.preprocess)
+        pixels = model_input(image, enc.preprocess)
         raw = enc.encode_pixels(pixels[None])
         shape = self.projection.apply(raw)[0] if self.projection is not None else raw[0]
         return shape, colour_descriptor(pixels)

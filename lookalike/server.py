@@ -511,9 +511,9 @@ def run_server(
     if blas_threads is not None:
         _limit_blas_threads(blas_threads)
     rec = Recommender.load(index)
-    _prepare_photo_search(rec)
     app = create_app(rec, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
     _check_address(host, port)
+    _prepare_photo_search(rec)  # after the cheap checks: a taken port fails before a 10 s export
     logger.info("serving %d products from %s on http://%s:%d (docs at /docs)", len(rec), index, host, port)
     if workers <= 1:
         uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")

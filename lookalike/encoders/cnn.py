@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import cache_dir, progress_enabled
 from ..errors import MissingDependencyError, ModelError
-from ..images import ImageSource, Preprocess, open_image, prepare
+from ..images import ImageSource, Preprocess, model_input
 from .base import POOLINGS, l2_normalize, pool, pooled_dim
 
 logger = logging.getLogger(__name__)
@@ -212,13 +212,12 @@ class CNNEncoder:
             ) from exc
 
         from ..demo import demo_catalog
-        from ..images import load
 
         fp32 = self._onnx_path("fp32")
         if not fp32.is_file():
             self._export(fp32)
         photos = sorted((demo_catalog().parent / "images").glob("*.jpg"))[:CALIBRATION_PHOTOS]
-        pixels = np.stack([d.pixels for d in (load(p, self.preprocess)[0] for p in photos) if d is not None])
+        pixels = np.stack([model_input(p, self.preprocess) for p in photos])
         batches = [self._normalise(pixels[i : i + 8]) for i in range(0, len(pixels), 8)]
 
         class _Photos(CalibrationDataReader):
@@ -337,8 +336,7 @@ class CNNEncoder:
         )
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            pixels = np.stack([prepare(open_image(s, draft=self.preprocess.draft), self.preprocess)
-                               for s in chunk])
+            pixels = np.stack([model_input(s, self.preprocess) for s in chunk])
             out.append(self.encode_pixels(pixels))
             bar.update(len(chunk))
         bar.close()
