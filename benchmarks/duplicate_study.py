@@ -1,8 +1,8 @@
 """Where the near-duplicate thresholds come from: every candidate pair of an index, measured.
 
-For each pair of products whose difference hashes are within ``NEAR_HAMMING`` bits and whose
-embeddings have cosine >= ``NEAR_COSINE`` (the hash and embedding tests of
-``lookalike.duplicates``), print the colour-descriptor cosine, whether the photos are
+For each pair of products that passes the hash and embedding tests of
+``lookalike.duplicates`` (``candidate_pairs``: difference hashes within ``NEAR_HAMMING`` bits,
+embedding cosine >= ``NEAR_COSINE``), print the colour-descriptor cosine, whether the photos are
 byte-identical, and, with ``--label``, whether the catalogue gives both the same value. A
 gap in colour cosine between re-encodings and colour variants is what ``NEAR_COLOUR`` sits in.
 
@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 
 from lookalike import Recommender
-from lookalike.duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING
+from lookalike.duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, candidate_pairs
 
 
 def main() -> None:
@@ -34,13 +34,9 @@ def main() -> None:
     hashes = meta["_dhash"].to_numpy().astype(np.uint64)
     sha = meta["_sha1"].to_numpy()
     pairs = []
-    for i in range(len(ids)):  # O(n^2) over bit counts: fine for a study of a few thousand
-        bits = np.unpackbits((hashes[i + 1 :] ^ hashes[i]).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-        near = np.flatnonzero(bits <= NEAR_HAMMING) + i + 1
-        near = near[shape[near] @ shape[i] >= NEAR_COSINE]
-        for j in near:
-            same_label = "" if args.label is None else str(meta[args.label].iat[i] == meta[args.label].iat[j])
-            pairs.append((float(colour[i] @ colour[j]), sha[i] == sha[j], ids[i], ids[j], same_label))
+    for i, j in candidate_pairs(hashes, shape):
+        same_label = "" if args.label is None else str(meta[args.label].iat[i] == meta[args.label].iat[j])
+        pairs.append((float(colour[i] @ colour[j]), sha[i] == sha[j], ids[i], ids[j], same_label))
     pairs.sort()
     other = [p for p in pairs if not p[1]]
     print(f"{len(pairs)} pairs pass hash <= {NEAR_HAMMING} bits and cosine >= {NEAR_COSINE}; "

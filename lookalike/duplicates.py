@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
-__all__ = ["find_duplicate_groups", "NEAR_HAMMING", "NEAR_COSINE", "NEAR_COLOUR"]
+__all__ = ["find_duplicate_groups", "candidate_pairs", "NEAR_HAMMING", "NEAR_COSINE", "NEAR_COLOUR"]
 
 NEAR_HAMMING = 3
 NEAR_COSINE = 0.98
@@ -57,6 +57,32 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.unpackbits(x.astype(np.uint64).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
+def candidate_pairs(
+    dhashes: np.ndarray,
+    unit_vectors: np.ndarray,
+    *,
+    near_hamming: int = NEAR_HAMMING,
+    near_cosine: float = NEAR_COSINE,
+) -> set[tuple[int, int]]:
+    """Row pairs ``(i, j)``, ``i < j``, that pass the hash and embedding tests (not colour)."""
+    h = np.asarray(dhashes, dtype=np.uint64)
+    pairs: set[tuple[int, int]] = set()
+    for band in range(4):
+        keys = (h >> np.uint64(16 * band)) & np.uint64(0xFFFF)
+        buckets: dict[int, list[int]] = defaultdict(list)
+        for i, key in enumerate(keys.tolist()):
+            buckets[key].append(i)
+        for members in buckets.values():
+            if len(members) < 2 or len(members) > _MAX_BUCKET:
+                continue
+            m = np.asarray(members)
+            ham = _popcount((h[m][:, None] ^ h[m][None, :]).ravel()).reshape(len(m), len(m))
+            cos = unit_vectors[m] @ unit_vectors[m].T
+            a, b = np.nonzero(np.triu((ham <= near_hamming) & (cos >= near_cosine), 1))
+            pairs.update((int(m[x]), int(m[y])) for x, y in zip(a.tolist(), b.tolist()))
+    return pairs
+
+
 def find_duplicate_groups(
     sha1s: list[str],
     dhashes: np.ndarray,
@@ -84,22 +110,7 @@ def find_duplicate_groups(
     near = _UnionFind(n)
     for i in range(n):
         near.union(i, exact.find(i))
-    h = np.asarray(dhashes, dtype=np.uint64)
-    for band in range(4):
-        keys = (h >> np.uint64(16 * band)) & np.uint64(0xFFFF)
-        buckets: dict[int, list[int]] = defaultdict(list)
-        for i, key in enumerate(keys.tolist()):
-            buckets[key].append(i)
-        for members in buckets.values():
-            if len(members) < 2 or len(members) > _MAX_BUCKET:
-                continue
-            m = np.asarray(members)
-            ham = _popcount((h[m][:, None] ^ h[m][None, :]).ravel()).reshape(len(m), len(m))
-            cos = unit_vectors[m] @ unit_vectors[m].T
-            same = (ham <= near_hamming) & (cos >= near_cosine)
-            if colour is not None:
-                same &= (colour[m] @ colour[m].T) >= near_colour
-            a, b = np.nonzero(np.triu(same, 1))
-            for x, y in zip(a.tolist(), b.tolist()):
-                near.union(int(m[x]), int(m[y]))
+    for i, j in candidate_pairs(dhashes, unit_vectors, near_hamming=near_hamming, near_cosine=near_cosine):
+        if colour is None or float(colour[i] @ colour[j]) >= near_colour:
+            near.union(i, j)
     return _groups(exact, n), _groups(near, n)
