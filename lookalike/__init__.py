@@ -36,6 +36,7 @@ from .errors import (
     UnknownProductError,
 )
 from .index import BACKENDS, ExactIndex, VectorIndex
+from .live import Change, ChangeReport, Index
 from .pipeline import BuildReport, build
 from .recommender import Recommendation, Recommender, Results
 
@@ -48,6 +49,10 @@ __all__ = [
     "Catalog",
     "RowProblem",
     "demo_catalog",
+    # changing an index
+    "Index",
+    "ChangeReport",
+    "Change",
     # querying
     "Recommender",
     "Recommendation",

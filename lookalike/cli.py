@@ -115,6 +115,33 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--update", action="store_true",
                    help="reuse the vectors of unchanged products from the existing index at --out")
 
+    ad = sub.add_parser("add", help="add or change products of an index (no rebuild)")
+    ad.add_argument("index", type=Path)
+    ad.add_argument("rows", type=Path, help="CSV, TSV or Parquet in the catalogue's schema")
+    ad.add_argument("--images", type=Path, default=None,
+                    help="folder the photo paths are relative to (default: the build's)")
+    ad.add_argument("--format", default="table", choices=("table", "json"))
+
+    rm = sub.add_parser("remove", help="remove products from an index by id")
+    rm.add_argument("index", type=Path)
+    rm.add_argument("--id", dest="ids", action="append", default=[], metavar="ID", help="repeatable")
+    rm.add_argument("--ids-file", type=Path, default=None, help="one id per line")
+    rm.add_argument("--format", default="table", choices=("table", "json"))
+
+    sy = sub.add_parser("sync", help="bring an index in line with today's catalogue (the nightly job)")
+    sy.add_argument("index", type=Path)
+    sy.add_argument("catalog", type=Path, help="today's full catalogue (CSV, TSV or Parquet)")
+    sy.add_argument("--images", type=Path, default=None, help="folder the photo paths are relative to")
+    sy.add_argument("--max-removal", type=_weight, default=0.5, metavar="SHARE",
+                    help="refuse when more than this share of the index would be removed (default 0.5)")
+    sy.add_argument("--allow-mass-removal", action="store_true", help="remove however many products vanished")
+    sy.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    sy.add_argument("--report", type=Path, default=None, metavar="OUT.csv", help="also write the per-row report")
+    sy.add_argument("--format", default="table", choices=("table", "json"))
+
+    co = sub.add_parser("compact", help="fold live changes and removals into one segment")
+    co.add_argument("index", type=Path)
+
     s = sub.add_parser("similar", help="products that look like a product (or several, or a photo)")
     s.add_argument("index", type=Path)
     g = s.add_mutually_exclusive_group(required=True)
@@ -137,6 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="an index's size and settings")
     i.add_argument("index", type=Path)
     i.add_argument("--format", default="table", choices=("table", "json"))
+    i.add_argument("--verify", action="store_true",
+                   help="check every file against its recorded sha256 (exit 1 when anything is damaged)")
 
     d = sub.add_parser("duplicates", help="groups of products with identical or near-identical photos")
     d.add_argument("index", type=Path)
@@ -230,6 +259,83 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_change(report: Any, fmt: str, out: Path | None = None) -> int:
+    if out is not None:
+        _write_table(report.to_frame(), out)
+    if fmt == "json":
+        print(json.dumps({"operation": report.operation, "generation": report.generation,
+                          "counts": report.counts(), "changes": report.to_frame().to_dict("records")}, indent=2))
+    else:
+        print(report.summary())
+    return 0
+
+
+def _cmd_add(args: argparse.Namespace) -> int:
+    from .live import Index
+
+    report = Index.open(args.index).upsert(args.rows, images=args.images,
+                                           show_progress_bar=None if not args.quiet else False)
+    return _print_change(report, args.format)
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    from .errors import InvalidQueryError
+    from .live import Index
+
+    ids = list(args.ids)
+    if args.ids_file is not None:
+        try:
+            ids += [line.strip() for line in args.ids_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        except OSError as exc:
+            raise InvalidQueryError(f"can't read {args.ids_file}: {exc.strerror or exc}") from None
+    if not ids:
+        raise InvalidQueryError("give --id ID (repeatable) or --ids-file FILE")
+    return _print_change(Index.open(args.index).remove(ids), args.format)
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from .live import Index
+
+    report = Index.open(args.index).sync(
+        args.catalog, images=args.images, max_removal=args.max_removal, allow_mass_removal=args.allow_mass_removal,
+        dry_run=args.dry_run, show_progress_bar=None if not args.quiet else False,
+    )
+    if args.dry_run and args.format == "table":
+        print("dry run: nothing was changed")
+    return _print_change(report, args.format, args.report)
+
+
+def _cmd_compact(args: argparse.Namespace) -> int:
+    from .live import Index
+
+    report = Index.open(args.index).compact()
+    print(f"compacted {args.index} into generation {report.generation} in {report.seconds:.2f} s")
+    return 0
+
+
+def _write_table(table: Any, out: Path) -> None:
+    """Write a CSV or Parquet file whole, or not at all; one error line when it can't be."""
+    from .errors import InvalidQueryError
+
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise InvalidQueryError(f"can write .csv or .parquet, not {out.name}")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".csv":
+            table.to_csv(tmp, index=False, float_format="%.6f")
+        else:
+            table.to_parquet(tmp, index=False)
+        os.replace(tmp, out)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise InvalidQueryError(f"can't write {out}: {exc.strerror or exc}") from None
+
+
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return {"same": args.same, "where": _where(args.where), "colour_weight": args.colour_weight,
             "collapse_duplicates": not args.keep_duplicates}
@@ -293,16 +399,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from .errors import IndexFormatError
     from .recommender import Recommender
+    from .store import Store
 
+    if args.verify:
+        problems = Store(args.index).verify()
+        damaged = [p for p in problems if not p.startswith("format-1")]
+        for p in problems:
+            print(p, file=sys.stderr)
+        if damaged:
+            raise IndexFormatError(f"{args.index} is damaged: {len(damaged)} file(s) do not match their record")
     rec = Recommender.load(args.index)
     m = rec.manifest
     if args.format == "json":
         print(json.dumps(m, indent=2))
         return 0
-    size = sum(f.stat().st_size for f in Path(args.index).iterdir() if f.is_file())
+    size = sum(f.stat().st_size for f in Path(args.index).rglob("*") if f.is_file())
+    op = m.get("operation", {}).get("kind", "build")
     lines = [
         ("index", str(args.index)),
+        ("generation", f"{rec.generation} (made by {op}; {len(m.get('segments', [])) or 1} segment(s))"),
         ("rows", f"{m['rows']} (of {m['catalog']['rows_total']} catalogue rows; {m['report']['skipped']} skipped)"),
         ("model", f"{m['model']['name']} / pooling {m['model']['pooling']} / {m['model']['resize']} "
                   f"{m['model']['input_size']}px / {m['model'].get('precision', 'fp32')} "
@@ -315,6 +432,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("built", f"{m['created']} in {m['build']['seconds']} s by lookalike {m['lookalike_version']}"),
         ("size on disk", f"{size / 1e6:.1f} MB ({size / max(1, m['rows']):.0f} bytes per product)"),
     ]
+    if args.verify:
+        lines.append(("verified", "every file matches its sha256" if rec.generation else "no checksums (format 1)"))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
         print(f"{k:<{width}}  {v}")
@@ -435,6 +554,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "add": _cmd_add,
+    "remove": _cmd_remove,
+    "sync": _cmd_sync,
+    "compact": _cmd_compact,
     "tune": _cmd_tune,
     "serve": _cmd_serve,
     "app": _cmd_app,

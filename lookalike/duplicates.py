@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
-__all__ = ["find_duplicate_groups", "candidate_pairs", "NEAR_HAMMING", "NEAR_COSINE", "NEAR_COLOUR"]
+__all__ = ["find_duplicate_groups", "candidate_pairs", "regroup", "NEAR_HAMMING", "NEAR_COSINE", "NEAR_COLOUR"]
 
 NEAR_HAMMING = 3
 NEAR_COSINE = 0.98
@@ -114,3 +114,49 @@ def find_duplicate_groups(
         if colour is None or float(colour[i] @ colour[j]) >= near_colour:
             near.union(i, j)
     return _groups(exact, n), _groups(near, n)
+
+
+def regroup(
+    exact: np.ndarray,
+    near: np.ndarray,
+    live: np.ndarray,
+    sha1s: list[str],
+    dhashes: np.ndarray,
+    unit_vectors: np.ndarray,
+    colour: np.ndarray,
+    touched: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Duplicate groups after a change, without regrouping the whole catalogue.
+
+    ``touched`` holds the live rows the change added, and the live rows of groups that lost a
+    member. Their groups are found again among every live row they could join: rows with the
+    same photo bytes, rows that pass the hash and embedding tests with one of them, and the
+    whole current groups of all those. Groups are connected components, so no other row's
+    group can change: the result equals regrouping every live row (as a fresh build does).
+    """
+    exact, near = exact.astype(np.int64).copy(), near.astype(np.int64).copy()
+    exact[~live] = -1
+    near[~live] = -1
+    live_rows = np.flatnonzero(live)
+    touched = np.asarray(touched, dtype=np.int64)
+    if len(touched) == 0:
+        return exact, near
+    h = np.asarray(dhashes, dtype=np.uint64)
+    wanted = {sha1s[r] for r in touched if sha1s[r]}
+    members = set(touched.tolist())
+    members.update(int(r) for r in live_rows if sha1s[r] in wanted)
+    hl, ul = h[live_rows], unit_vectors[live_rows]
+    for r in touched:
+        close = np.bitwise_count(hl ^ h[r]) <= NEAR_HAMMING
+        if close.any():
+            cand = live_rows[close]
+            members.update(cand[ul[close] @ unit_vectors[r] >= NEAR_COSINE].tolist())
+    groups = {int(g) for g in near[list(members)] if g >= 0}
+    if groups:
+        members.update(live_rows[np.isin(near[live_rows], list(groups))].tolist())
+    sub = np.array(sorted(members), dtype=np.int64)
+    e, n = find_duplicate_groups([sha1s[i] for i in sub], h[sub], unit_vectors[sub], colour[sub])
+    start = int(max(exact.max(initial=-1), near.max(initial=-1))) + 1
+    exact[sub] = np.where(e >= 0, e + start, -1)
+    near[sub] = np.where(n >= 0, n + start, -1)
+    return exact, near

@@ -12,8 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .artifacts import read_manifest
 from .errors import require
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def run_app(
     require("streamlit", "ui")
     require("matplotlib", "ui")
     index = Path(index_path).expanduser().resolve()
-    read_manifest(index)
+    Store(index).snapshot()  # a wrong or damaged folder fails here, with one line
     env = {**os.environ, "LOOKALIKE_INDEX": str(index)}
     cmd = app_command(index, host=host, port=port)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"

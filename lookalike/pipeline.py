@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,8 +20,6 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .artifacts import commit_dir, read_manifest, staging_dir, write_manifest
 from .catalog import Catalog, RowProblem, load_catalog
 from .config import (
     DEFAULT_BATCH_SIZE,
@@ -36,14 +33,15 @@ from .config import (
 )
 from .duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
 from .encoders import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, Encoder, get_encoder, l2_normalize
-from .errors import InvalidQueryError, LookalikeError
+from .errors import CatalogError, InvalidQueryError, LookalikeError
 from .images import COLOUR_DIM, Decoded, Preprocess, load
 from .index import BACKENDS, DEFAULT_BACKEND, make_index
 from .projection import DEFAULT_PROJECTION_DIM, Projection
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build", "BuildReport"]
+__all__ = ["build", "BuildReport", "Encoded", "encode_rows", "stored_vectors", "hidden_columns", "report_table"]
 
 
 @dataclass
@@ -58,6 +56,8 @@ class BuildReport:
     seconds: float = 0.0
     duplicate_groups: int = 0
     duplicate_rows: int = 0
+    #: the per-row report the build saved in the index (``generations/<N>.report.csv``)
+    report_path: Path | None = None
 
     @property
     def skipped(self) -> int:
@@ -76,7 +76,7 @@ class BuildReport:
             f"in {self.seconds:.1f} s" + (f" ({self.reused} reused)" if self.reused else ""),
         ]
         if self.problems:
-            lines.append(f"skipped {self.skipped} rows (see {self.out / 'report.csv'}):")
+            lines.append(f"skipped {self.skipped} rows (see {self.report_path or 'the reasons below'}):")
             lines += [f"  {n:6d}  {reason}" for reason, n in self.reasons().items()]
         if self.duplicate_groups:
             lines.append(
@@ -121,6 +121,92 @@ def _decoded_stream(
             yield (i, *fut.result())
 
 
+@dataclass
+class Encoded:
+    """Catalogue rows through the photo stage: what the model and the descriptors made of them.
+
+    ``positions`` are the catalogue rows (0-based, in ``Catalog`` order) that succeeded; the
+    arrays follow them. Every other requested row is in ``problems`` with its reason.
+    """
+
+    positions: list[int]
+    raw: np.ndarray  # float32 (m, encoder dim): pooled model output, before any projection
+    colour: np.ndarray  # float32 (m, COLOUR_DIM)
+    dhash: np.ndarray  # uint64 (m,)
+    sha1: list[str]
+    problems: list[RowProblem]
+
+
+def encode_rows(
+    cat: Catalog,
+    positions: list[int],
+    enc: Encoder,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = DEFAULT_WORKERS,
+    bar: Any = None,
+) -> Encoded:
+    """Decode, describe and embed some rows of a catalogue (the stage ``build`` and live changes share)."""
+    m = len(positions)
+    raw = np.zeros((m, enc.dim), dtype=np.float32)
+    colour = np.zeros((m, COLOUR_DIM), dtype=np.float32)
+    dhashes = np.zeros(m, dtype=np.uint64)
+    sha1s = [""] * m
+    ok = np.zeros(m, dtype=bool)
+    problems: list[RowProblem] = []
+    batch_pos: list[int] = []
+    batch_px: list[np.ndarray] = []
+
+    def flush() -> None:
+        if batch_pos:
+            raw[batch_pos] = enc.encode_pixels(np.stack(batch_px))
+            if bar is not None:
+                bar.update(len(batch_pos))
+            batch_pos.clear()
+            batch_px.clear()
+
+    stream = _decoded_stream([cat.image_paths[i] for i in positions], enc.preprocess, workers,
+                             ahead=max(2 * batch_size, 4 * workers))
+    for j, decoded, reason, digest in stream:
+        i = positions[j]
+        if decoded is None:
+            problems.append(RowProblem(cat.rows[i], cat.ids[i], str(cat.table[cat.image_column].iat[i]), reason))
+            if bar is not None:
+                bar.update(1)
+            continue
+        colour[j], dhashes[j], sha1s[j] = decoded.colour, decoded.dhash, digest
+        ok[j] = True
+        batch_pos.append(j)
+        batch_px.append(decoded.pixels)
+        if len(batch_pos) >= batch_size:
+            flush()
+    flush()
+    keep = np.flatnonzero(ok)
+    return Encoded([positions[j] for j in keep], raw[keep], colour[keep], dhashes[keep],
+                   [sha1s[j] for j in keep], problems)
+
+
+def stored_vectors(raw: np.ndarray, projection: Projection | None, metric: str) -> np.ndarray:
+    """What the index stores for pooled model output: projected, L2-normalised for cosine."""
+    out = projection.apply(raw) if projection is not None else np.asarray(raw, dtype=np.float32)
+    return l2_normalize(out) if metric == "cosine" else out
+
+
+def hidden_columns(cat: Catalog, positions: list[int], sha1s: list[str], dhashes: np.ndarray) -> dict[str, Any]:
+    """The columns a segment stores beside the catalogue's own (see :mod:`lookalike.artifacts`)."""
+    return {
+        "_image": [str(cat.image_paths[i].resolve()) for i in positions],
+        "_row": [cat.rows[i] for i in positions],
+        "_sha1": list(sha1s),
+        "_dhash": np.asarray(dhashes, dtype=np.uint64).astype(np.int64),  # parquet has no uint64 everywhere
+    }
+
+
+def report_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A per-row report: one line per catalogue row touched, sorted by row."""
+    return pd.DataFrame(rows, columns=["row", "id", "image", "status", "reason"]).sort_values("row", kind="stable")
+
+
 def _reusable(
     out: Path, settings: dict[str, Any]
 ) -> tuple[dict[str, tuple[str, np.ndarray, np.ndarray, int]], Projection | None]:
@@ -128,24 +214,41 @@ def _reusable(
 
     Reused rows are already projected, so the old projection is kept for the new rows too.
     """
-    from .artifacts import load_arrays
-
     try:
-        manifest = read_manifest(out)
-        if any(manifest.get("model", {}).get(k) != v for k, v in settings.items()):
+        snap = Store(out).snapshot()
+        if any(snap.manifest.get("model", {}).get(k) != v for k, v in settings.items()):
             logger.info("existing index was built with other settings; encoding everything")
             return {}, None
-        vectors, colour, meta = load_arrays(out, manifest)
+        vectors, colour, meta = snap.dense()
     except LookalikeError as exc:
         logger.info("can't reuse %s: %s", out, exc)
         return {}, None
-    id_col = manifest["catalog"]["id_column"]
+    id_col = snap.id_column
     # cosine indexes keep normalised vectors; normalising them again changes nothing
     rows = {
         pid: (sha, np.asarray(vectors[i]), colour[i], int(np.int64(dh).view(np.uint64)))
         for i, (pid, sha, dh) in enumerate(zip(meta[id_col], meta["_sha1"], meta["_dhash"]))
     }
-    return rows, Projection.load(out)
+    return rows, snap.projection
+
+
+def _check_settings(metric: str, backend: str, colour_weight: float | None, batch_size: int, workers: int,
+                    projection_dim: int | None) -> float:
+    if metric not in METRICS:
+        raise InvalidQueryError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if backend not in BACKENDS:
+        raise InvalidQueryError(f"unknown index back end {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if colour_weight is None:  # the default blend for cosine; euclidean has no blend
+        colour_weight = DEFAULT_COLOUR_WEIGHT if metric == "cosine" else 0.0
+    if not 0.0 <= colour_weight <= 1.0:
+        raise InvalidQueryError(f"colour weight must be between 0 and 1, not {colour_weight}")
+    if metric == "euclidean" and colour_weight:
+        raise InvalidQueryError("colour blending needs metric cosine")
+    if batch_size < 1 or workers < 0:
+        raise InvalidQueryError("batch size must be >= 1 and workers >= 0")
+    if projection_dim is not None and (isinstance(projection_dim, bool) or projection_dim < 0):
+        raise InvalidQueryError(f"projection dimensions must be 0 (none) or more, not {projection_dim}")
+    return float(colour_weight)
 
 
 def build(
@@ -163,6 +266,7 @@ def build(
     size: int | None = None,
     precision: str | None = None,
     projection_dim: int | None = DEFAULT_PROJECTION_DIM,
+    projection: Projection | None = None,
     runtime: str = "onnx",
     backend: str = DEFAULT_BACKEND,
     colour_weight: float | None = None,
@@ -174,26 +278,22 @@ def build(
 ) -> BuildReport:
     """Build an index folder from a catalogue; see :mod:`lookalike.artifacts` for its layout.
 
+    The new index becomes the folder's next generation in one atomic step: readers see the old
+    index or the new one, and a build in which no row could be indexed is refused (raises
+    :class:`CatalogError`) instead of replacing an index with an empty one.
+
     With ``update=True`` rows of an existing index at ``out`` whose id and photo bytes are
     unchanged are reused instead of encoded again: adding products costs only the new ones.
     ``size`` is the side of the square model input (``None``: the model's default, 320 px for
     efficientnet-lite0, 224 px for resnet50); ``precision`` is ``"int8"`` or ``"fp32"``
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
+    ``projection`` applies an already fitted projection instead of fitting one.
     """
     t0 = time.perf_counter()
-    if metric not in METRICS:
-        raise InvalidQueryError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if backend not in BACKENDS:
-        raise InvalidQueryError(f"unknown index back end {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if colour_weight is None:  # the default blend for cosine; euclidean has no blend
-        colour_weight = DEFAULT_COLOUR_WEIGHT if metric == "cosine" else 0.0
-    if not 0.0 <= colour_weight <= 1.0:
-        raise InvalidQueryError(f"colour weight must be between 0 and 1, not {colour_weight}")
-    if metric == "euclidean" and colour_weight:
-        raise InvalidQueryError("colour blending needs metric cosine")
-    if batch_size < 1 or workers < 0:
-        raise InvalidQueryError("batch size must be >= 1 and workers >= 0")
+    colour_weight = _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
         catalog, images=images, id_column=id_column, image_column=image_column
     )
@@ -203,36 +303,19 @@ def build(
     settings = {"name": enc.name, "pooling": enc.pooling, "resize": enc.preprocess.resize,
                 "input_size": enc.preprocess.size, "precision": getattr(enc, "precision", "fp32"),
                 "dim": enc.dim, "projection_dim": projection_dim or 0}
-    reuse, projection = _reusable(out, settings) if update and out.exists() else ({}, None)
-    if not reuse:
-        projection = None
-    stored_dim = projection.dim if projection is not None else enc.dim
+    reuse, old_projection = _reusable(out, settings) if update and out.exists() else ({}, None)
+    if reuse and projection is None:
+        projection = old_projection
+    elif reuse:
+        reuse = {}  # a given projection makes the old vectors incomparable
 
     n = len(cat.image_paths)
-    raw = np.zeros((n, enc.dim), dtype=np.float32)
-    reused_vec = np.zeros((n, stored_dim), dtype=np.float32) if reuse else None
-    was_reused = np.zeros(n, dtype=bool)
-    colour = np.zeros((n, COLOUR_DIM), dtype=np.float32)
-    dhashes = np.zeros(n, dtype=np.uint64)
-    sha1s = [""] * n
-    ok = np.zeros(n, dtype=bool)
-    problems = list(cat.problems)
-    reused = 0
-
+    ids = cat.ids
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n, unit="photo", desc="build", disable=not progress_enabled(show_progress_bar))
-    batch_pos: list[int] = []
-    batch_px: list[np.ndarray] = []
-
-    def flush() -> None:
-        if batch_pos:
-            raw[batch_pos] = enc.encode_pixels(np.stack(batch_px))
-            bar.update(len(batch_pos))
-            batch_pos.clear()
-            batch_px.clear()
-
-    ids = cat.ids
+    reused_pos: list[int] = []
+    reused_rows: list[tuple[str, np.ndarray, np.ndarray, int]] = []
     todo: list[int] = []
     for i, pid in enumerate(ids):
         hit = reuse.get(pid)
@@ -241,120 +324,80 @@ def build(
                 digest = hashlib.sha1(cat.image_paths[i].read_bytes()).hexdigest()
             except OSError:
                 digest = ""
-            if digest == hit[0] and reused_vec is not None and len(hit[1]) == stored_dim:
-                reused_vec[i], colour[i], dhashes[i], sha1s[i] = hit[1], hit[2], hit[3], digest
-                ok[i] = True
-                was_reused[i] = True
-                reused += 1
+            if digest == hit[0]:
+                reused_pos.append(i)
+                reused_rows.append(hit)
                 bar.update(1)
                 continue
         todo.append(i)
     try:
-        stream = _decoded_stream([cat.image_paths[i] for i in todo], enc.preprocess, workers,
-                                 ahead=max(2 * batch_size, 4 * workers))
-        for j, decoded, reason, digest in stream:
-            i = todo[j]
-            if decoded is None:
-                problems.append(RowProblem(cat.rows[i], ids[i], str(cat.table[cat.image_column].iat[i]), reason))
-                bar.update(1)
-                continue
-            colour[i], dhashes[i], sha1s[i] = decoded.colour, decoded.dhash, digest
-            ok[i] = True
-            batch_pos.append(i)
-            batch_px.append(decoded.pixels)
-            if len(batch_pos) >= batch_size:
-                flush()
-        flush()
+        enc_rows = encode_rows(cat, todo, enc, batch_size=batch_size, workers=workers, bar=bar)
     finally:
         bar.close()
-
-    keep = np.flatnonzero(ok)
-    fresh = ~was_reused
-    if projection is None and projection_dim and enc.dim > projection_dim and ok.sum() > 1:
-        projection = Projection.fit(raw[ok & fresh], projection_dim)
-    if projection is not None:
-        stored = projection.apply(raw) if fresh.any() else np.zeros((n, projection.dim), np.float32)
-    else:
-        stored = raw
-    if reused_vec is not None:
-        stored[was_reused] = reused_vec[was_reused]
-    raw, colour, dhashes = stored[keep], colour[keep], dhashes[keep]
-    sha1s = [sha1s[i] for i in keep]
-    vectors = l2_normalize(raw) if metric == "cosine" else raw
-    meta = cat.table.iloc[keep].reset_index(drop=True).astype(str)
-    meta["_image"] = [str(cat.image_paths[i].resolve()) for i in keep]
-    meta["_row"] = [cat.rows[i] for i in keep]
-    meta["_sha1"] = sha1s
-    meta["_dhash"] = dhashes.astype(np.int64)  # parquet has no uint64 in every reader
+    problems = list(cat.problems) + enc_rows.problems
+    if projection is None and projection_dim and enc.dim > projection_dim and len(enc_rows.positions) > 1:
+        projection = Projection.fit(enc_rows.raw, projection_dim)
+    fresh = stored_vectors(enc_rows.raw, projection, metric)
+    # rows in catalogue order: reused and freshly encoded alike
+    order = np.argsort(np.array(reused_pos + enc_rows.positions, dtype=np.int64), kind="stable")
+    dim = projection.dim if projection is not None else enc.dim
+    reused_vec = np.array([r[1] for r in reused_rows], dtype=np.float32).reshape(-1, dim)
+    positions = list(np.array(reused_pos + enc_rows.positions, dtype=np.int64)[order])
+    vectors = np.concatenate([reused_vec, fresh])[order]
+    colour = np.concatenate([np.array([r[2] for r in reused_rows], np.float32).reshape(-1, COLOUR_DIM),
+                             enc_rows.colour])[order]
+    dhashes = np.concatenate([np.array([r[3] for r in reused_rows], np.uint64), enc_rows.dhash])[order]
+    sha1s = [([r[0] for r in reused_rows] + enc_rows.sha1)[j] for j in order]
+    if not positions:
+        reasons = BuildReport(out, cat.total_rows, 0, problems).reasons()
+        top = ", ".join(f"{n} {reason}" for reason, n in list(reasons.items())[:3])
+        raise CatalogError(f"nothing could be indexed: all {cat.total_rows} catalogue rows failed ({top}); "
+                           f"{'the index at ' + str(out) + ' was left as it was' if out.exists() else 'no index written'}")
+    meta = cat.table.iloc[positions].reset_index(drop=True).astype(str)
+    for col, values in hidden_columns(cat, positions, sha1s, dhashes).items():
+        meta[col] = values
     # compare photos in a centred space (projected vectors already are), where cosine spreads
-    unit = l2_normalize(raw if projection is not None else raw - raw.mean(axis=0)) if len(raw) else raw
+    unit = l2_normalize(vectors if projection is not None else vectors - vectors.mean(axis=0))
     exact_groups, near_groups = find_duplicate_groups(sha1s, dhashes, unit, colour)
-    meta["_dup_exact"] = exact_groups
-    meta["_dup_near"] = near_groups
-
-    tmp = staging_dir(out)
-    try:
-        np.save(tmp / "vectors.npy", vectors)
-        np.save(tmp / "colour.npy", colour)
-        meta.to_parquet(tmp / "metadata.parquet", index=False)
-        problems.sort(key=lambda p: p.row)
-        report = pd.DataFrame(
-            [{"row": r, "id": pid, "image": str(cat.table[cat.image_column].iat[i]), "status": "indexed", "reason": ""}
-             for i, r, pid in ((i, cat.rows[i], ids[i]) for i in keep)]
-            + [{"row": p.row, "id": p.id, "image": p.image, "status": "skipped", "reason": p.reason} for p in problems],
-            columns=["row", "id", "image", "status", "reason"],
-        ).sort_values("row", kind="stable")
-        report.to_csv(tmp / "report.csv", index=False)
-        _write_duplicates(tmp, meta, cat.id_column)
-        if projection is not None:
-            projection.save(tmp)
-        index = make_index(backend, np.hstack([vectors, colour]) if metric == "cosine" else vectors, metric=metric)
-        index.save(tmp)
-        seconds = time.perf_counter() - t0
-        dup_rows = int((meta["_dup_near"] >= 0).sum())
-        n_groups = int(meta.loc[meta["_dup_near"] >= 0, "_dup_near"].nunique())
-        write_manifest(tmp, {
-            "lookalike_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": {**settings, "weights": getattr(enc, "weights_id", ""),
-                      "runtime": getattr(enc, "runtime", "")},
-            "dim": int(vectors.shape[1]),
-            "projection": None if projection is None else {"kind": "pca", "dim": projection.dim,
-                                                          "input_dim": projection.input_dim},
-            "colour_dim": COLOUR_DIM,
-            "metric": metric,
-            "rows": int(len(vectors)),
-            "index": {"backend": backend},
-            "colour_weight": colour_weight,
-            "duplicates": {"near_cosine": NEAR_COSINE, "near_hamming": NEAR_HAMMING, "near_colour": NEAR_COLOUR,
-                           "groups": n_groups, "rows": dup_rows},
-            "catalog": {
-                "path": str(cat.source.resolve()) if cat.source else None,
-                "sha256": cat.sha256,
-                "rows_total": cat.total_rows,
-                "id_column": cat.id_column,
-                "image_column": cat.image_column,
-                "columns": [c for c in cat.table.columns],
-            },
-            "build": {"batch_size": batch_size, "workers": workers, "seconds": round(seconds, 3),
-                      "reused": reused},
-            "report": {"indexed": int(len(keep)), "skipped": len(problems)},
-        })
-        commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    result = BuildReport(out=out, total_rows=cat.total_rows, indexed=int(len(keep)), problems=problems,
-                         reused=reused, seconds=time.perf_counter() - t0,
-                         duplicate_groups=n_groups, duplicate_rows=dup_rows)
+    problems.sort(key=lambda p: p.row)
+    report = report_table(
+        [{"row": cat.rows[i], "id": ids[i], "image": str(cat.table[cat.image_column].iat[i]), "status": "indexed",
+          "reason": ""} for i in positions]
+        + [{"row": p.row, "id": p.id, "image": p.image, "status": "skipped", "reason": p.reason} for p in problems]
+    )
+    index = make_index(backend, np.hstack([vectors, colour]) if metric == "cosine" else vectors, metric=metric)
+    dup_rows = int((near_groups >= 0).sum())
+    n_groups = int(len(np.unique(near_groups[near_groups >= 0])))
+    manifest = {
+        "model": {**settings, "weights": getattr(enc, "weights_id", ""), "runtime": getattr(enc, "runtime", "")},
+        "dim": int(vectors.shape[1]),
+        "projection": None if projection is None else {"kind": "pca", "dim": projection.dim,
+                                                      "input_dim": projection.input_dim},
+        "colour_dim": COLOUR_DIM,
+        "metric": metric,
+        "index": {"backend": backend},
+        "colour_weight": colour_weight,
+        "duplicates": {"near_cosine": NEAR_COSINE, "near_hamming": NEAR_HAMMING, "near_colour": NEAR_COLOUR,
+                       "groups": n_groups, "rows": dup_rows},
+        "catalog": {
+            "path": str(cat.source.resolve()) if cat.source else None,
+            "sha256": cat.sha256,
+            "rows_total": cat.total_rows,
+            "id_column": cat.id_column,
+            "image_column": cat.image_column,
+            "columns": [c for c in cat.table.columns],
+        },
+        "build": {"batch_size": batch_size, "workers": workers, "seconds": round(time.perf_counter() - t0, 3),
+                  "reused": len(reused_pos)},
+        "report": {"indexed": len(positions), "skipped": len(problems)},
+    }
+    with Store(out).writer(create=True) as w:
+        seg = w.add_segment(vectors, colour, meta, projection=projection, extra=index.serialize())
+        w.commit(settings=manifest, segments=[seg], live=np.ones(len(positions), bool), dup_exact=exact_groups,
+                 dup_near=near_groups, report=report, operation={"kind": "build"},
+                 projection_segment=seg["name"] if projection is not None else None)
+    result = BuildReport(out=out, total_rows=cat.total_rows, indexed=len(positions), problems=problems,
+                         reused=len(reused_pos), seconds=time.perf_counter() - t0,
+                         duplicate_groups=n_groups, duplicate_rows=dup_rows, report_path=Store(out).report_path())
     logger.info("%s", result.summary())
     return result
-
-
-def _write_duplicates(folder: Path, meta: pd.DataFrame, id_column: str) -> None:
-    dup = meta[meta["_dup_near"] >= 0]
-    rows = []
-    for gid, grp in dup.groupby("_dup_near", sort=True):
-        kinds = "identical" if grp["_sha1"].nunique() == 1 else "near-identical"
-        rows.append({"group": int(gid), "kind": kinds, "size": len(grp), "ids": " ".join(grp[id_column])})
-    pd.DataFrame(rows, columns=["group", "kind", "size", "ids"]).to_csv(folder / "duplicates.csv", index=False)

@@ -4,13 +4,12 @@ Pooled CNN vectors share a large common component: every product photo looks lik
 product on white". Centering removes it and PCA keeps the directions in which this
 catalogue's products actually differ, which both sharpens cosine similarity and shrinks
 the stored vectors (5,120 -> 256 floats for the default model). Stored as
-``projection.npz`` in the index folder and applied to photo queries too.
+``projection.npz`` in the index's base segment and applied to photo queries too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -71,16 +70,19 @@ class Projection:
             y = l2_normalize(y.astype(np.float32)) @ self.post
         return np.ascontiguousarray(y, dtype=np.float32)
 
-    def save(self, folder: Path) -> None:
+    def to_bytes(self) -> bytes:
+        import io
+
+        buf = io.BytesIO()
         arrays = {"mean": self.mean, "components": self.components}
         if self.post is not None:
             arrays["post"] = self.post
-        np.savez(folder / FILE, **arrays)
+        np.savez(buf, **arrays)
+        return buf.getvalue()
 
     @classmethod
-    def load(cls, folder: Path) -> "Projection | None":
-        path = folder / FILE
-        if not path.is_file():
-            return None
-        with np.load(path, allow_pickle=False) as z:
+    def from_bytes(cls, data: bytes) -> "Projection":
+        import io
+
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return cls(z["mean"], z["components"], z["post"] if "post" in z.files else None)

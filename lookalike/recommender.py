@@ -21,14 +21,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .artifacts import load_arrays, read_manifest
 from .config import DEFAULT_K
 from .encoders import MODELS, CNNEncoder, Encoder, get_encoder, l2_normalize
 from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
 from .images import ImageSource, colour_descriptor, model_input
-from .index import VectorIndex, load_index
-from .projection import FILE as PROJECTION_FILE
+from .index import VectorIndex, open_index
 from .projection import Projection
+from .store import Snapshot, Store
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +85,11 @@ class Recommender:
         *,
         encoder: Encoder | None = None,
         projection: Projection | None = None,
+        generation: int = 0,
     ) -> None:
         self.path = path
+        #: the index generation this recommender reads (it never changes under it)
+        self.generation = generation
         self.projection = projection
         self.manifest = manifest
         self.vectors = vectors
@@ -127,36 +129,36 @@ class Recommender:
         encoder: Encoder | None = None,
         mmap: bool = False,
     ) -> "Recommender":
-        """Open an index folder. Raises :class:`IndexFormatError` for anything amiss."""
-        path = Path(path)
-        manifest = read_manifest(path)
-        try:
-            model = manifest["model"]
-            metric = manifest["metric"]
-            manifest["catalog"]["id_column"]
-        except (KeyError, TypeError) as exc:
-            raise IndexFormatError(f"{path}/manifest.json lacks {exc}") from None
+        """Open the current generation of an index. Raises :class:`IndexFormatError` for anything amiss."""
+        return cls.from_snapshot(Store(path).snapshot(mmap=mmap), backend=backend, encoder=encoder)
+
+    @classmethod
+    def from_snapshot(
+        cls, snapshot: Snapshot, *, backend: str | None = None, encoder: Encoder | None = None
+    ) -> "Recommender":
+        """A recommender over one loaded generation (:meth:`lookalike.store.Store.snapshot`)."""
+        path, manifest = snapshot.path, snapshot.manifest
+        model, metric = manifest["model"], manifest["metric"]
         if model.get("name") not in MODELS:
             raise IndexFormatError(
                 f"{path} was built with model {model.get('name')!r}, which this lookalike does not know"
             )
         if encoder is not None and (encoder.name, encoder.pooling, encoder.dim) != (
-            model["name"], model["pooling"], model["dim"]
+            model["name"], model.get("pooling"), model["dim"]
         ):
             raise IndexFormatError(
-                f"{path} was built with {model['name']}/{model['pooling']} ({model['dim']}-d), "
+                f"{path} was built with {model['name']}/{model.get('pooling')} ({model['dim']}-d), "
                 f"not {encoder.name}/{encoder.pooling} ({encoder.dim}-d)"
             )
-        vectors, colour, meta = load_arrays(path, manifest, mmap=mmap)
+        vectors, colour, meta = snapshot.dense()
         chosen = backend or manifest.get("index", {}).get("backend", "exact")
         searchable = np.hstack([vectors, colour]) if metric == "cosine" else np.asarray(vectors)
-        index = load_index(chosen, path, searchable, metric=metric)
-        projection = Projection.load(path)
-        if manifest.get("projection") and projection is None:
-            raise IndexFormatError(f"{path} is incomplete: {PROJECTION_FILE} is missing")
+        index = open_index(chosen, snapshot, searchable, metric=metric)
+        projection = snapshot.projection
         if projection is not None and projection.dim != vectors.shape[1]:
             raise IndexFormatError(f"{path} is inconsistent: projection gives {projection.dim}-d vectors")
-        return cls(path, manifest, vectors, colour, meta, index, encoder=encoder, projection=projection)
+        return cls(path, manifest, vectors, colour, meta, index, encoder=encoder, projection=projection,
+                   generation=snapshot.generation)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -276,9 +278,11 @@ class Recommender:
             for j, q in enumerate(todo):
                 picked: list[tuple[int, float]] = []
                 seen: set[int] = set()
-                for s, r in zip(scores[j], rows[j]):
-                    if r < 0:
-                        break
+                # equal scores (identical photos) rank by product id, whatever the rows' order on
+                # disk: results do not depend on the order in which products were added
+                line = sorted(((float(s), int(r)) for s, r in zip(scores[j], rows[j]) if r >= 0),
+                              key=lambda sr: (-sr[0], self.ids[sr[1]]))
+                for s, r in line:
                     g = int(self._near_group[r])
                     if collapse and g in seen:
                         continue

@@ -59,15 +59,9 @@ def load_stats_table(path: str | os.PathLike) -> pd.DataFrame:
     """A catalogue table (CSV/TSV/Parquet), or an index folder's metadata (hidden columns dropped)."""
     path = Path(path)
     if path.is_dir():
-        from .artifacts import read_manifest
+        from .store import Store
 
-        read_manifest(path)  # raises IndexFormatError when it is not an index
-        try:
-            meta = pd.read_parquet(path / "metadata.parquet")
-        except Exception as exc:  # noqa: BLE001 - pyarrow and OS errors alike
-            from .errors import IndexFormatError
-
-            raise IndexFormatError(f"{path} is damaged: {type(exc).__name__}: {exc}") from None
+        meta = Store(path).snapshot().dense()[2]  # IndexFormatError when it is not an index
         return meta[[c for c in meta.columns if not str(c).startswith("_")]].astype(str)
 
     from .catalog import read_table

@@ -14,19 +14,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .artifacts import commit_dir, load_arrays, read_manifest, staging_dir, write_manifest
 from .encoders import l2_normalize
 from .errors import InvalidQueryError
 from .evaluate import score_export
 from .index import ExactIndex, make_index
 from .projection import Projection
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +104,13 @@ def tune(
 ) -> dict[str, Any]:
     """Fit on the non-held-out products, write the tuned index to ``out``, report held-out quality."""
     index, out = Path(index), Path(out)
-    manifest = read_manifest(index)
+    snap = Store(index).snapshot()
+    manifest = snap.manifest
     if manifest["metric"] != "cosine":
         raise InvalidQueryError("tune needs an index built with metric cosine")
     if not 0.0 < holdout < 1.0 or not 0.0 < share < 1.0:
         raise InvalidQueryError("holdout and share must be between 0 and 1")
-    vectors, colour, meta = load_arrays(index, manifest)
+    vectors, colour, meta = snap.dense()
     for col in [*labels, *same]:
         if col not in meta.columns or col.startswith("_"):
             raise InvalidQueryError(f"unknown column {col!r}")
@@ -138,28 +138,23 @@ def tune(
     before = _holdout_scores(x, meta, id_column, held_rows, list(labels), list(same), exact, k)
     after = _holdout_scores(tuned, meta, id_column, held_rows, list(labels), list(same), exact, k)
 
-    old = Projection.load(index)
-    tmp = staging_dir(out)
-    try:
-        for name in ("colour.npy", "metadata.parquet", "report.csv", "duplicates.csv"):
-            if (index / name).is_file():
-                shutil.copy2(index / name, tmp / name)
-        np.save(tmp / "vectors.npy", tuned)
-        # photo queries go through the same map: PCA, normalise, post (the index normalises)
-        if old is not None:
-            Projection(old.mean, old.components, post).save(tmp)
-        make_index(manifest.get("index", {}).get("backend", "exact"), np.hstack([tuned, colour]),
-                   metric="cosine").save(tmp)
-        info = {"labels": list(labels), "same": list(same), "holdout": holdout, "dim": d, "share": share,
-                "seed": seed, "fitted_on": int(len(fit_rows)), "held_out": int(len(held_rows)),
-                "source": str(index.resolve()), "held_out_before": before, "held_out_after": after}
-        new_manifest = {k: v for k, v in manifest.items() if k not in ("format", "format_version")}
-        new_manifest.update(dim=int(tuned.shape[1]), tune=info,
-                            projection=None if old is None else {"kind": "pca+tune", "dim": int(tuned.shape[1]),
-                                                                 "input_dim": old.input_dim})
-        write_manifest(tmp, new_manifest)
-        commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    old = snap.projection
+    backend = manifest.get("index", {}).get("backend", "exact")
+    info = {"labels": list(labels), "same": list(same), "holdout": holdout, "dim": d, "share": share,
+            "seed": seed, "fitted_on": int(len(fit_rows)), "held_out": int(len(held_rows)),
+            "source": str(index.resolve()), "held_out_before": before, "held_out_after": after}
+    settings = dict(manifest)
+    settings.update(dim=int(tuned.shape[1]), tune=info,
+                    projection=None if old is None else {"kind": "pca+tune", "dim": int(tuned.shape[1]),
+                                                         "input_dim": old.input_dim})
+    # photo queries go through the same map: PCA, normalise, post (the index normalises)
+    projection = None if old is None else Projection(old.mean, old.components, post)
+    stored = meta.drop(columns=["_dup_exact", "_dup_near"])
+    with Store(out).writer(create=True) as w:
+        seg = w.add_segment(tuned, colour, stored, projection=projection,
+                            extra=make_index(backend, np.hstack([tuned, colour]), metric="cosine").serialize())
+        w.commit(settings=settings, segments=[seg], live=np.ones(len(tuned), bool),
+                 dup_exact=meta["_dup_exact"].to_numpy(), dup_near=meta["_dup_near"].to_numpy(),
+                 report=Store(index).report(), operation={"kind": "tune", "source": str(index.resolve())},
+                 projection_segment=seg["name"] if projection is not None else None)
     return info

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from layout import base, report_path
 
 from lookalike import CatalogError, build, demo_catalog, load_catalog
 
@@ -205,7 +206,7 @@ def test_build_reports_every_bad_row_and_indexes_the_rest(bad_catalogue, tmp_pat
     summary = report.summary()
     assert f"indexed 3 of {len(table)}" in summary and "skipped 7 rows" in summary
 
-    saved = pd.read_csv(out / "report.csv", dtype=str, keep_default_na=False)
+    saved = pd.read_csv(report_path(out), dtype=str, keep_default_na=False)
     assert list(saved.columns) == ["row", "id", "image", "status", "reason"]
     assert saved["row"].astype(int).tolist() == list(range(1, len(table) + 1))
     status = dict(zip(saved["row"].astype(int), saved["status"], strict=True))
@@ -214,7 +215,7 @@ def test_build_reports_every_bad_row_and_indexes_the_rest(bad_catalogue, tmp_pat
         line = saved[saved["row"].astype(int) == row].iloc[0]
         assert line["status"] == "skipped" and reason in line["reason"]
     # the index holds exactly the indexed rows, in catalogue order
-    meta = pd.read_parquet(out / "metadata.parquet")
+    meta = pd.read_parquet(base(out) / "metadata.parquet")
     assert meta["ProductId"].tolist() == [
         table["ProductId"].iat[0],
         table["ProductId"].iat[1],
@@ -223,11 +224,22 @@ def test_build_reports_every_bad_row_and_indexes_the_rest(bad_catalogue, tmp_pat
     assert meta["_row"].tolist() == [1, 2, 10]
 
 
-def test_build_with_nothing_usable_still_writes_a_report(tmp_path, encoder):
+def test_build_with_nothing_usable_is_refused_and_keeps_the_index(tmp_path, encoder, capsys):
+    """A build where every row failed (say, the photo folder did not mount) must not replace a
+    good index with an empty one, and must fail: exit 1 from the CLI, CatalogError in Python."""
+    from lookalike import CatalogError, Recommender
+    from lookalike.cli import main
+
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "x.jpg").write_bytes(b"")
     pd.DataFrame({"ProductId": ["1", "2"], "Image": ["x.jpg", "y.jpg"]}).to_csv(tmp_path / "c.csv", index=False)
-    report = build(tmp_path / "c.csv", tmp_path / "index", encoder=encoder, show_progress_bar=False)
-    assert report.indexed == 0 and report.skipped == 2
-    saved = pd.read_csv(tmp_path / "index" / "report.csv")
-    assert len(saved) == 2 and set(saved["status"]) == {"skipped"}
+    with pytest.raises(CatalogError, match="nothing could be indexed: all 2 catalogue rows failed"):
+        build(tmp_path / "c.csv", tmp_path / "index", encoder=encoder, show_progress_bar=False)
+    assert not (tmp_path / "index").exists()
+    good = tmp_path / "good"
+    build(demo_catalog(), good, encoder=encoder, show_progress_bar=False)
+    before = Recommender.load(good).ids
+    assert main(["-q", "build", str(tmp_path / "c.csv"), "--out", str(good)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was left as it was" in err[0] and "1 empty file" in err[0]
+    assert Recommender.load(good).ids == before

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from layout import base, record, record_path, report_path
 from PIL import Image
 
 from lookalike import Recommender, demo_catalog
@@ -79,7 +80,7 @@ def test_build(capsys, tmp_path):
     assert code == 0, err
     lines = _lines(stdout)
     assert lines[0].startswith(f"indexed 8 of 9 catalogue rows into {out} in ")
-    assert lines[1] == f"skipped 1 rows (see {out / 'report.csv'}):"
+    assert lines[1] == f"skipped 1 rows (see {report_path(out)}):"
     assert lines[2].split() == ["1", "photo", "file", "not", "found"]
     rec = Recommender.load(out)
     assert len(rec) == 8 and rec.id_column == "sku"
@@ -107,7 +108,7 @@ def test_build_options_reach_the_manifest(capsys, tmp_path):
         "squash",
     )
     assert code == 0, err
-    m = json.loads((out / "manifest.json").read_text())
+    m = record(out)
     assert (m["model"]["pooling"], m["metric"], m["model"]["resize"]) == ("avg", "euclidean", "squash")
 
 
@@ -209,7 +210,7 @@ def test_info(capsys, demo_index):
     code, stdout, _ = run(capsys, "info", demo_index)
     assert code == 0
     fields = {line.split("  ")[0]: line.split("  ", 1)[1].strip() for line in _lines(stdout)}
-    m = json.loads((demo_index / "manifest.json").read_text())
+    m = record(demo_index)
     assert fields["rows"] == "99 (of 99 catalogue rows; 0 skipped)"
     assert fields["model"].startswith(
         f"efficientnet-lite0 / pooling {m['model']['pooling']} / {m['model']['resize']} 320px / int8 / weights"
@@ -219,7 +220,8 @@ def test_info(capsys, demo_index):
     assert "Gender" in fields["columns"] and "_sha1" not in fields["columns"]
     code, stdout, _ = run(capsys, "info", demo_index, "--format", "json")
     assert code == 0
-    assert json.loads(stdout) == json.loads((demo_index / "manifest.json").read_text())
+    assert json.loads(stdout) == record(demo_index)
+    assert fields["generation"].startswith("1 (made by build")
 
 
 def test_duplicates(capsys, demo_index, demo_rec):
@@ -251,7 +253,7 @@ def test_demo_no_app(capsys, tmp_path):
 def corrupt_index(demo_index, tmp_path) -> Path:
     bad = tmp_path / "corrupt"
     shutil.copytree(demo_index, bad)
-    (bad / "manifest.json").write_text("{ this is not json")
+    record_path(bad).write_text("{ this is not json")
     return bad
 
 
@@ -259,7 +261,7 @@ def corrupt_index(demo_index, tmp_path) -> Path:
 def half_index(demo_index, tmp_path) -> Path:
     bad = tmp_path / "half"
     shutil.copytree(demo_index, bad)
-    (bad / "vectors.npy").unlink()
+    (base(bad) / "vectors.npy").unlink()
     return bad
 
 

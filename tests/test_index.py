@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 
 from lookalike import IndexFormatError, InvalidQueryError, Recommender
-from lookalike.index import BACKENDS, ExactIndex, VectorIndex, load_index, make_index, topk_sorted
+from lookalike.index import BACKENDS, ExactIndex, VectorIndex, make_index, topk_sorted
+from lookalike.index.hnsw import HNSWIndex
+
+from layout import base
 
 pytest.importorskip("faiss")
 
@@ -22,8 +25,8 @@ def fashion_index(fashion_hnsw_index) -> Path:
 @pytest.fixture(scope="module")
 def real(fashion_index):
     """Real shape vectors (unit length), genders, and 300 query rows spread over the set."""
-    vectors = np.load(fashion_index / "vectors.npy")
-    meta = pd.read_parquet(fashion_index / "metadata.parquet")
+    vectors = np.load(base(fashion_index) / "vectors.npy")
+    meta = pd.read_parquet(base(fashion_index) / "metadata.parquet")
     rng = np.random.default_rng(0)
     queries = np.sort(rng.choice(len(vectors), 300, replace=False))
     return vectors, meta["Gender"].to_numpy(), queries
@@ -215,26 +218,23 @@ def test_hnsw_euclidean(real):
     assert (scores <= 1e-6).all() and np.all(np.diff(scores, axis=1) <= 1e-6)  # minus distances
 
 
-def test_hnsw_save_and_load(real, tmp_path):
+def test_hnsw_serialize_and_load(real, tmp_path):
     vectors, _, qrows = real
     hnsw = make_index("hnsw", vectors, metric="cosine")
-    hnsw.save(tmp_path)
-    again = load_index("hnsw", tmp_path, vectors, metric="cosine")
+    data = hnsw.serialize()["index.faiss"]
+    again = HNSWIndex.from_bytes(data, vectors, metric="cosine")
     q = vectors[qrows[:20]]
     assert np.array_equal(again.search(q, 10)[1], hnsw.search(q, 10)[1])
     with pytest.raises(IndexFormatError, match="holds"):
-        load_index("hnsw", tmp_path, vectors[:-1], metric="cosine")
-    (tmp_path / "index.faiss").write_bytes(b"garbage")
+        HNSWIndex.from_bytes(data, vectors[:-1], metric="cosine")
     with pytest.raises(IndexFormatError, match="damaged"):
-        load_index("hnsw", tmp_path, vectors, metric="cosine")
-    with pytest.raises(IndexFormatError, match="rebuild with --backend hnsw"):
-        load_index("hnsw", tmp_path / "nowhere", vectors, metric="cosine")
+        HNSWIndex.from_bytes(b"garbage", vectors, metric="cosine")
 
 
 def test_built_hnsw_index_is_loaded_with_its_backend(fashion_index):
     rec = Recommender.load(fashion_index)
     assert rec.manifest["index"]["backend"] == "hnsw" and rec.index.name == "hnsw"
-    assert (fashion_index / "index.faiss").is_file()
+    assert (base(fashion_index) / "index.faiss").is_file()
     assert Recommender.load(fashion_index, backend="exact").index.name == "exact"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from layout import edit_record
 
 from lookalike import (
     ImageError,
@@ -275,9 +276,7 @@ def test_photo_queries_use_the_model_settings_the_index_was_built_with(tmp_path)
         res = rec.similar(image=rec.image_path(pid), k=3)
         assert res.ids[0] == pid and res.items[0].score > 0.999
     # manifests written before precision was recorded were fp32
-    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    del manifest["model"]["precision"]
-    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    edit_record(tmp_path / "idx", lambda m: m["model"].pop("precision"))
     assert Recommender.load(tmp_path / "idx").encoder.precision == "fp32"
 
 
@@ -357,18 +356,21 @@ def test_hnsw_loaded_index_answers_like_the_exact_one(full_path, full_rec):
 
 @pytest.fixture
 def empty_rec(tmp_path, encoder) -> Recommender:
-    """An index whose only catalogue row was skipped (its photo is an empty file)."""
-    (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "x.jpg").write_bytes(b"")
-    pd.DataFrame({"ProductId": ["1"], "Image": ["x.jpg"]}).to_csv(tmp_path / "c.csv", index=False)
-    build(tmp_path / "c.csv", tmp_path / "index", encoder=encoder, show_progress_bar=False)
+    """An index whose every product was removed since it was built."""
+    from lookalike import Index
+
+    table = pd.read_csv(demo_catalog(), dtype=str, keep_default_na=False).iloc[:3]
+    table.to_csv(tmp_path / "c.csv", index=False)
+    build(tmp_path / "c.csv", tmp_path / "index", images=demo_catalog().parent / "images", encoder=encoder,
+          show_progress_bar=False)
+    Index.open(tmp_path / "index", encoder=encoder).remove(table["ProductId"])
     return Recommender.load(tmp_path / "index", encoder=encoder)
 
 
 def test_empty_index_by_id_and_export(empty_rec):
     assert len(empty_rec) == 0
     with pytest.raises(UnknownProductError):
-        empty_rec.similar("1")
+        empty_rec.similar(pd.read_csv(demo_catalog(), dtype=str)["ProductId"].iat[0])
     assert len(empty_rec.export(k=5)) == 0
 
 

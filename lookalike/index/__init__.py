@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,7 @@ from ..errors import InvalidQueryError
 from .base import VectorIndex, topk_sorted
 from .exact import ExactIndex
 
-__all__ = ["VectorIndex", "ExactIndex", "BACKENDS", "DEFAULT_BACKEND", "make_index", "load_index", "topk_sorted"]
+__all__ = ["VectorIndex", "ExactIndex", "BACKENDS", "DEFAULT_BACKEND", "make_index", "open_index", "topk_sorted"]
 
 BACKENDS = ("exact", "hnsw")
 DEFAULT_BACKEND = "exact"
@@ -32,5 +31,7 @@ def make_index(name: str, vectors: np.ndarray, *, metric: str, **options: Any) -
     return _cls(name)(vectors, metric=metric, **options)  # type: ignore[no-any-return]
 
 
-def load_index(name: str, folder: Path, vectors: np.ndarray, *, metric: str) -> VectorIndex:
-    return _cls(name).load(folder, vectors, metric=metric)  # type: ignore[no-any-return]
+def open_index(name: str, snapshot: Any, searchable: np.ndarray, *, metric: str) -> VectorIndex:
+    """The back end over one generation (:class:`lookalike.store.Snapshot`); ``searchable`` holds
+    its live rows as the back end searches them."""
+    return _cls(name).open(snapshot, searchable, metric=metric)  # type: ignore[no-any-return]

@@ -4,11 +4,13 @@ Every back end scores by inner product between a query and the stored rows (for
 ``euclidean`` it reports minus the distance), so higher always means more alike. ``allowed``
 is a boolean mask over rows, one for all queries ``(n,)`` or one per query ``(b, n)``;
 rows outside it are never returned. Missing results are ``row == -1`` and ``-inf`` scores.
+
+A back end opens over one generation of an index (``cls.open(snapshot, searchable, metric=)``),
+where rows are the generation's live rows in segment order: removed rows never show.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -25,8 +27,10 @@ class VectorIndex(Protocol):
         self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def save(self, folder: Path) -> None:
-        """Write whatever the back end needs beyond ``vectors.npy`` (may write nothing)."""
+    def __len__(self) -> int: ...
+
+    def serialize(self) -> dict[str, bytes]:
+        """Files the back end needs beyond ``vectors.npy``, stored in the segment (may be none)."""
         ...
 
 

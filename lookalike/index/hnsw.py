@@ -7,7 +7,6 @@ exact, so that path is taken instead.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -117,19 +116,33 @@ class HNSWIndex:
             out_s[j], out_r[j] = s[0], r[0]
         return out_s, out_r
 
-    def save(self, folder: Path) -> None:
-        self.faiss.write_index(self.index, str(folder / FILE))
+    def serialize(self) -> dict[str, bytes]:
+        return {FILE: self.faiss.serialize_index(self.index).tobytes()}
 
     @classmethod
-    def load(cls, folder: Path, vectors: np.ndarray, *, metric: str, **kw: Any) -> "HNSWIndex":
+    def from_bytes(cls, data: bytes, vectors: np.ndarray, *, metric: str, where: str = FILE, **kw: Any) -> "HNSWIndex":
         faiss = require("faiss", "faiss")
-        path = folder / FILE
-        if not path.is_file():
-            raise IndexFormatError(f"{folder} has no {FILE}; rebuild with --backend hnsw")
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as exc:
-            raise IndexFormatError(f"{path} is damaged: {str(exc).splitlines()[0]}") from None
+            raise IndexFormatError(f"{where} is damaged: {str(exc).splitlines()[0]}") from None
         if index.ntotal != len(vectors):
-            raise IndexFormatError(f"{path} holds {index.ntotal} rows, vectors.npy {len(vectors)}")
+            raise IndexFormatError(f"{where} holds {index.ntotal} rows, vectors.npy {len(vectors)}")
         return cls(vectors, metric=metric, index=index, **kw)
+
+    @classmethod
+    def open(cls, snapshot: Any, searchable: np.ndarray, *, metric: str) -> Any:
+        """Over a generation: each segment's own graph, dead rows masked out (tombstones), and
+        exact search over segments written without a graph (small live changes) until compaction."""
+        from .segmented import open_segments
+
+        def part(segment: Any, rows: Any) -> "HNSWIndex | None":
+            data = segment.read(FILE)
+            if data is None:
+                return None
+            return cls.from_bytes(data, rows(), metric=metric, where=str(segment.folder / FILE))
+
+        index = open_segments(snapshot, searchable, metric=metric, graph=part, name=cls.name)
+        if snapshot.generation == 0 and not isinstance(index, cls):
+            raise IndexFormatError(f"{snapshot.path} has no {FILE}; rebuild with --backend hnsw")
+        return index

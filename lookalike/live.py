@@ -1,0 +1,564 @@
+"""A living catalogue: add, change and remove products of an index without a rebuild.
+
+``Index.open(path)`` is the write side of an index folder (reading stays with
+:class:`~lookalike.Recommender`). Every operation takes the store's writer lock, embeds what it
+must with the index's own model, input size, precision and fitted projection (never refitted),
+writes one new segment and commits one new generation: readers see the index before or after
+the whole change, never between, and an acknowledged change survives a crash.
+
+Each operation returns a :class:`ChangeReport`: every row asked for is applied or reported
+with its reason (unknown ids included); nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .catalog import Catalog, file_sha256, load_catalog, read_table
+from .config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabled
+from .duplicates import find_duplicate_groups, regroup
+from .encoders import Encoder, get_encoder, l2_normalize
+from .errors import CatalogError, InvalidQueryError
+from .images import COLOUR_DIM
+from .index import make_index
+from .pipeline import encode_rows, hidden_columns, stored_vectors
+from .store import HIDDEN_COLUMNS, Snapshot, Store, Writer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Index", "ChangeReport", "Change", "DEFAULT_MAX_REMOVAL", "MAX_DELTA_SEGMENTS", "PHOTOS"]
+
+#: share of the index a sync may remove before it refuses (a broken mount, an empty export)
+DEFAULT_MAX_REMOVAL = 0.5
+#: segments written by live changes before they are merged into one (searches fan out over them)
+MAX_DELTA_SEGMENTS = 8
+#: where photos uploaded over HTTP are kept, inside the index folder (content-addressed)
+PHOTOS = "photos"
+APPLIED = ("added", "re-embedded", "metadata", "removed")
+
+
+@dataclass(frozen=True)
+class Change:
+    """What happened to one row: ``added``, ``re-embedded``, ``metadata``, ``unchanged``,
+    ``removed``, ``kept`` (sync left the indexed version: see reason) or ``skipped``."""
+
+    row: int  # 1-based row of the input (0 for a removal by id)
+    id: str
+    status: str
+    reason: str = ""
+
+
+@dataclass
+class ChangeReport:
+    """The outcome of one change: a status per row, and the generation it made (if any)."""
+
+    operation: str
+    changes: list[Change] = field(default_factory=list)
+    generation: int = 0
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in (*APPLIED, "unchanged", "kept", "skipped")}
+        for c in self.changes:
+            out[c.status] = out.get(c.status, 0) + 1
+        return out
+
+    @property
+    def applied(self) -> int:
+        c = self.counts()
+        return sum(c[s] for s in APPLIED)
+
+    @property
+    def problems(self) -> list[Change]:
+        return [c for c in self.changes if c.status in ("skipped", "kept")]
+
+    def summary(self) -> str:
+        c = self.counts()
+        line = (f"added {c['added']}, re-embedded {c['re-embedded']}, metadata {c['metadata']}, "
+                f"removed {c['removed']}, unchanged {c['unchanged']}, problems {len(self.problems)}")
+        head = f"{self.operation}: {line} -> generation {self.generation} in {self.seconds:.2f} s"
+        tail = [f"  row {p.row} id {p.id}: {p.status}: {p.reason}" for p in self.problems[:20]]
+        if len(self.problems) > 20:
+            tail.append(f"  ... and {len(self.problems) - 20} more (see the generation's report)")
+        return "\n".join([head, *tail])
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([c.__dict__ for c in self.changes], columns=["row", "id", "status", "reason"])
+
+
+@dataclass
+class _Row:
+    """A product about to be written: its metadata and what the index stores for it."""
+
+    id: str
+    meta: dict[str, str]  # catalogue columns + hidden columns
+    vector: np.ndarray
+    colour: np.ndarray
+    dhash: int
+    sha1: str
+
+
+def _table(rows: Any) -> pd.DataFrame:
+    if isinstance(rows, pd.DataFrame):
+        df = rows.copy()
+    elif isinstance(rows, (str, os.PathLike)):
+        df = read_table(rows)
+    elif isinstance(rows, Mapping):
+        df = pd.DataFrame([dict(rows)])
+    else:
+        df = pd.DataFrame([dict(r) for r in rows])
+    df.columns = [str(c).strip() for c in df.columns]
+    return df.astype("string").fillna("").astype(object)
+
+
+class Index:
+    """The write side of an index folder: upsert, remove, sync and compact (see module doc)."""
+
+    def __init__(self, path: str | os.PathLike, *, encoder: Encoder | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
+                 lock_timeout: float | None = None) -> None:
+        self.store = Store(path)
+        self._encoder = encoder
+        self.batch_size = batch_size
+        self.workers = workers
+        self.lock_timeout = lock_timeout
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, **kw: Any) -> "Index":
+        """An existing index (raises :class:`IndexFormatError` when there is none)."""
+        index = cls(path, **kw)
+        index.store.snapshot()
+        return index
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    @property
+    def generation(self) -> int:
+        return self.store.current_generation()
+
+    @property
+    def photos(self) -> Path:
+        """Where :meth:`upsert_photo` keeps uploaded photos."""
+        return self.path / PHOTOS
+
+    def recommender(self, **kw: Any) -> Any:
+        from .recommender import Recommender
+
+        return Recommender.load(self.path, **kw)
+
+    def _writer(self) -> Writer:
+        kw = {} if self.lock_timeout is None else {"timeout": self.lock_timeout}
+        return self.store.writer(**kw)
+
+    def encoder(self, snap: Snapshot) -> Encoder:
+        """The model that built the index, as it built it."""
+        m = snap.manifest["model"]
+        if self._encoder is None:
+            self._encoder = get_encoder(m["name"], pooling=m.get("pooling", "grid2"), resize=m.get("resize", "squash"),
+                                        size=m.get("input_size"), precision=m.get("precision", "fp32"))
+        enc = self._encoder
+        if (enc.name, enc.pooling, enc.dim, enc.preprocess.size) != (m["name"], m.get("pooling"), m["dim"],
+                                                                        m.get("input_size", enc.preprocess.size)):
+            raise InvalidQueryError(f"{self.path} was built with {m['name']}/{m.get('pooling')} at "
+                                    f"{m.get('input_size')} px; the encoder given is {enc!r}")
+        return enc
+
+    # -- operations --------------------------------------------------------------------
+    def upsert(self, rows: Any, *, images: str | os.PathLike | None = None,
+               show_progress_bar: bool | None = None) -> ChangeReport:
+        """Add new products and change existing ones.
+
+        ``rows`` is a table in the catalogue's own schema (DataFrame, CSV/TSV/Parquet path, a
+        dict or a list of dicts). A row whose photo bytes are unchanged (or whose photo cell is
+        empty, for a product already indexed) keeps its stored vector: only its metadata
+        changes. Columns the index does not have are refused, missing ones are left empty.
+        ``images`` is the folder photo paths are relative to (default: the one of the build).
+        """
+        t0 = time.perf_counter()
+        table = _table(rows)
+        with self._writer() as w:
+            snap = self._base(w)
+            plan, report = self._plan(snap, table, images=images, remove_missing=False)
+            self._embed(snap, plan, show_progress_bar)
+            return self._apply(w, snap, plan, set(), report, "upsert", t0)
+
+    def upsert_photo(self, pid: str, photo: bytes, metadata: Mapping[str, str] | None = None,
+                     *, suffix: str = ".jpg") -> ChangeReport:
+        """Add or change one product from photo bytes (an upload): the photo is kept, durably,
+        in the index's ``photos/`` folder under its content hash."""
+        digest = hashlib.sha1(photo).hexdigest()
+        self.photos.mkdir(exist_ok=True)
+        target = self.photos / f"{digest}{suffix}"
+        if not target.exists():
+            from .artifacts import fsync_dir, write_bytes_durably
+
+            tmp = self.photos / f".tmp-{digest}{suffix}"
+            write_bytes_durably(tmp, photo)
+            os.replace(tmp, target)
+            fsync_dir(self.photos)
+        snap = self.store.snapshot()
+        cat = snap.manifest["catalog"]
+        row = {**{k: str(v) for k, v in (metadata or {}).items()}, cat["id_column"]: pid,
+               cat["image_column"]: target.name}
+        return self.upsert([row], images=self.photos)
+
+    def remove(self, ids: Iterable[object]) -> ChangeReport:
+        """Remove products by id; unknown ids are reported, not fatal."""
+        t0 = time.perf_counter()
+        wanted = [str(i).strip() for i in ids]
+        with self._writer() as w:
+            snap = self._base(w)
+            known = set(snap.dense()[2][snap.id_column])
+            report = ChangeReport("remove")
+            gone: set[str] = set()
+            for pid in wanted:
+                if pid in gone:
+                    report.changes.append(Change(0, pid, "skipped", "already removed by this request"))
+                elif pid in known:
+                    gone.add(pid)
+                    report.changes.append(Change(0, pid, "removed"))
+                else:
+                    report.changes.append(Change(0, pid, "skipped", f"unknown product id: {pid}"))
+            return self._apply(w, snap, [], gone, report, "remove", t0)
+
+    def sync(self, catalog: str | os.PathLike | pd.DataFrame, *, images: str | os.PathLike | None = None,
+             max_removal: float = DEFAULT_MAX_REMOVAL, allow_mass_removal: bool = False,
+             dry_run: bool = False, show_progress_bar: bool | None = None) -> ChangeReport:
+        """Bring the index in line with today's catalogue: new ids added, changed photos (by
+        content hash) re-embedded, changed metadata updated, vanished ids removed.
+
+        A sync that would remove more than ``max_removal`` of the index is refused, with nothing
+        changed, unless ``allow_mass_removal``: a broken mount or an empty export must never
+        empty production. A row whose photo can't be read now keeps its indexed version.
+        """
+        t0 = time.perf_counter()
+        table = catalog if isinstance(catalog, pd.DataFrame) else read_table(catalog)
+        with self._writer() as w:
+            snap = self._base(w)
+            plan, report = self._plan(snap, _table(table), images=images, remove_missing=True)
+            listed = {c.id for c in report.changes} | {r.id for r in plan}
+            present = snap.dense()[2][snap.id_column].tolist()
+            gone = {pid for pid in present if pid not in listed}
+            if gone and not allow_mass_removal and len(gone) > max_removal * max(1, len(present)):
+                raise InvalidQueryError(
+                    f"sync would remove {len(gone)} of {len(present)} products ({len(gone) / len(present):.0%}), "
+                    f"more than the {max_removal:.0%} allowed; nothing was changed. Check the catalogue and the "
+                    f"photo folder, or allow it (--allow-mass-removal)"
+                )
+            report.operation = "sync"
+            report.changes += [Change(0, pid, "removed") for pid in sorted(gone)]
+            if dry_run:
+                report.generation, report.seconds = snap.generation, time.perf_counter() - t0
+                return report
+            self._embed(snap, plan, show_progress_bar)
+            source = None if isinstance(catalog, pd.DataFrame) else Path(catalog)
+            catalog_info = {"path": str(source.resolve()) if source else None, "rows_total": len(table),
+                            "sha256": file_sha256(source) if source else ""}
+            return self._apply(w, snap, plan, gone, report, "sync", t0, catalog_info=catalog_info)
+
+    def compact(self) -> ChangeReport:
+        """Fold every segment and removal into one new base segment (and graph, for hnsw)."""
+        t0 = time.perf_counter()
+        with self._writer() as w:
+            snap = self._base(w)
+            vectors, colour, meta = snap.dense()
+            stored = meta.drop(columns=["_dup_exact", "_dup_near"])
+            sha1s = stored["_sha1"].tolist()
+            dh = stored["_dhash"].to_numpy(np.int64).view(np.uint64)
+            exact, near = find_duplicate_groups(sha1s, dh, _unit(vectors), colour)
+            backend = snap.manifest.get("index", {}).get("backend", "exact")
+            searchable = np.hstack([vectors, colour]) if snap.manifest["metric"] == "cosine" else vectors
+            extra = make_index(backend, searchable, metric=snap.manifest["metric"]).serialize() if len(vectors) else {}
+            seg = w.add_segment(vectors, colour, stored, projection=snap.projection, extra=extra)
+            report = ChangeReport("compact")
+            settings = _with_counts(snap.manifest, near)
+            gen = w.commit(settings=settings, segments=[seg], live=np.ones(len(vectors), bool), dup_exact=exact,
+                           dup_near=near, report=_report_frame(report), operation={"kind": "compact"},
+                           projection_segment=seg["name"] if snap.projection is not None else None)
+            report.generation, report.seconds = gen, time.perf_counter() - t0
+            return report
+
+    # -- internals ---------------------------------------------------------------------
+    def _base(self, w: Writer) -> Snapshot:
+        if w.base is None:
+            raise CatalogError(f"{self.path} has no index yet: build one first")
+        return w.base
+
+    def _plan(self, snap: Snapshot, table: pd.DataFrame, *, images: str | os.PathLike | None,
+              remove_missing: bool) -> tuple[list[Any], ChangeReport]:
+        """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
+        cat_info = snap.manifest["catalog"]
+        id_col, img_col = cat_info["id_column"], cat_info["image_column"]
+        columns = list(cat_info.get("columns") or [c for c in snap.dense()[2].columns if c not in _ALL_HIDDEN])
+        unknown = [c for c in table.columns if c not in columns]
+        if unknown:
+            raise CatalogError(
+                f"columns not in the index: {', '.join(unknown)} (its columns are: {', '.join(columns)}); "
+                "rebuild to add columns"
+            )
+        if id_col not in table.columns:
+            raise CatalogError(f"rows have no id column {id_col!r}")
+        for c in columns:
+            if c not in table.columns:
+                table[c] = ""
+        table = table[columns]
+        report = ChangeReport("upsert")
+        _, _, meta = snap.dense()
+        row_of = {pid: i for i, pid in enumerate(meta[id_col])}
+        root = images if images is not None else (cat_info.get("images_root") or _default_root(cat_info))
+        with_photo = table[table[img_col].astype(str).str.strip() != ""]
+        plan: list[Any] = []
+        # rows without a photo: metadata changes of indexed products
+        for i in np.flatnonzero(table[img_col].astype(str).str.strip() == ""):
+            pid = str(table[id_col].iat[i]).strip()
+            if not pid:
+                report.changes.append(Change(int(i) + 1, pid, "skipped", "empty id"))
+            elif pid not in row_of:
+                report.changes.append(Change(int(i) + 1, pid, "skipped", "no photo named, and the product is not indexed"))
+            else:
+                plan.append(self._metadata_only(snap, row_of[pid], table.iloc[i], int(i) + 1, columns, keep_photo=True))
+        if len(with_photo):
+            try:
+                cat = load_catalog(with_photo.reset_index(drop=True), images=root, id_column=id_col, image_column=img_col)
+            except CatalogError as exc:
+                raise CatalogError(f"{exc}") from None
+            rows_in_table = (with_photo.index.to_numpy() + 1).tolist()
+            for p in cat.problems:
+                row = rows_in_table[p.row - 1]
+                status = "kept" if remove_missing and p.id in row_of else "skipped"
+                reason = p.reason + ("; the indexed version was kept" if status == "kept" else "")
+                report.changes.append(Change(row, p.id, status, reason))
+            digests = _digests(cat.image_paths, self.workers)
+            for j, pid in enumerate(cat.ids):
+                row = rows_in_table[cat.rows[j] - 1]
+                if not digests[j]:
+                    status = "kept" if remove_missing and pid in row_of else "skipped"
+                    report.changes.append(Change(row, pid, status, "unreadable file"))
+                    continue
+                old = row_of.get(pid)
+                if old is not None and meta["_sha1"].iat[old] == digests[j]:
+                    plan.append(self._metadata_only(snap, old, cat.table.iloc[j], row, columns, keep_photo=False,
+                                                    image=str(cat.image_paths[j].resolve())))
+                else:
+                    plan.append(_Pending(cat, j, row, pid, "added" if old is None else "re-embedded"))
+        for p in plan:
+            if isinstance(p, _Row) and p.meta["_status"] == "unchanged":
+                report.changes.append(Change(int(p.meta["_request_row"]), p.id, "unchanged"))
+        plan = [p for p in plan if not (isinstance(p, _Row) and p.meta["_status"] == "unchanged")]
+        seen: dict[str, int] = {}
+        final: list[Any] = []
+        for p in plan:  # the same id twice in one request: the first wins, the rest are reported
+            row = p.row if isinstance(p, _Pending) else int(p.meta["_request_row"])
+            if p.id in seen:
+                report.changes.append(Change(row, p.id, "skipped", f"duplicate id (first on row {seen[p.id]})"))
+                continue
+            seen[p.id] = row
+            final.append(p)
+        return final, report
+
+    def _metadata_only(self, snap: Snapshot, old: int, values: pd.Series, row: int, columns: list[str], *,
+                       keep_photo: bool, image: str | None = None) -> "_Row":
+        vectors, colour, meta = snap.dense()
+        cat_info = snap.manifest["catalog"]
+        current = {c: str(meta[c].iat[old]) for c in columns}
+        new = {c: str(values[c]) for c in columns}
+        if keep_photo:
+            new[cat_info["image_column"]] = current[cat_info["image_column"]]
+        hidden = {c: meta[c].iat[old] for c in HIDDEN_COLUMNS}
+        if image is not None:
+            hidden["_image"] = image
+        hidden["_row"] = row
+        status = "unchanged" if new == current and str(hidden["_image"]) == str(meta["_image"].iat[old]) else "metadata"
+        return _Row(new[cat_info["id_column"]], {**new, **hidden, "_status": status, "_request_row": str(row)},
+                    np.asarray(vectors[old]), np.asarray(colour[old]),
+                    int(np.int64(meta["_dhash"].iat[old]).view(np.uint64)), str(meta["_sha1"].iat[old]))
+
+    def _embed(self, snap: Snapshot, plan: list[Any], show_progress_bar: bool | None) -> None:
+        pending = [p for p in plan if isinstance(p, _Pending)]
+        if not pending:
+            return
+        enc = self.encoder(snap)
+        from tqdm.auto import tqdm
+
+        by_cat: dict[int, list[_Pending]] = {}
+        for p in pending:
+            by_cat.setdefault(id(p.cat), []).append(p)
+        bar = tqdm(total=len(pending), unit="photo", desc="embed", disable=not progress_enabled(show_progress_bar))
+        try:
+            for group in by_cat.values():
+                cat = group[0].cat
+                done = encode_rows(cat, [p.position for p in group], enc, batch_size=self.batch_size,
+                                   workers=self.workers, bar=bar)
+                vectors = stored_vectors(done.raw, snap.projection, snap.manifest["metric"])
+                hidden = hidden_columns(cat, done.positions, done.sha1, done.dhash)
+                at = {pos: k for k, pos in enumerate(done.positions)}
+                for p in group:
+                    k = at.get(p.position)
+                    if k is None:
+                        reason = next((q.reason for q in done.problems if q.row == cat.rows[p.position]), "unreadable")
+                        p.result = reason
+                        continue
+                    meta = {c: str(cat.table[c].iat[p.position]) for c in cat.table.columns}
+                    meta.update({c: hidden[c][k] for c in HIDDEN_COLUMNS})
+                    meta["_row"] = p.row
+                    p.result = _Row(p.id, meta, vectors[k], done.colour[k], int(done.dhash[k]), done.sha1[k])
+        finally:
+            bar.close()
+
+    def _apply(self, w: Writer, snap: Snapshot, plan: list[Any], gone: set[str], report: ChangeReport,
+               operation: str, t0: float, catalog_info: dict[str, Any] | None = None) -> ChangeReport:
+        """Write the planned rows as one segment and commit a generation (nothing to do: no commit)."""
+        rows: list[_Row] = []
+        for p in plan:
+            if isinstance(p, _Pending):
+                if isinstance(p.result, _Row):
+                    rows.append(p.result)
+                    report.changes.append(Change(p.row, p.id, p.status))
+                else:
+                    status = "kept" if operation == "sync" and p.status == "re-embedded" else "skipped"
+                    reason = str(p.result) + ("; the indexed version was kept" if status == "kept" else "")
+                    report.changes.append(Change(p.row, p.id, status, reason))
+            else:
+                rows.append(p)
+                report.changes.append(Change(int(p.meta["_request_row"]), p.id, p.meta["_status"]))
+        report.changes.sort(key=lambda c: (c.row == 0, c.row, c.id))
+        if not rows and not gone:
+            report.generation, report.seconds = snap.generation, time.perf_counter() - t0
+            return report
+        changed_ids = {r.id for r in rows} | gone
+        id_col = snap.id_column
+        physical_ids = np.concatenate([s.metadata[id_col].to_numpy(dtype=object) for s in snap.segments])
+        live = snap.live.copy()
+        dead_now = live & np.isin(physical_ids, list(changed_ids))
+        live[dead_now] = False
+        exact, near = snap.dup_exact.copy(), snap.dup_near.copy()
+        lost = {int(g) for g in near[dead_now] if g >= 0}
+        segments = w.segment_records()
+        columns = [c for c in snap.segments[0].metadata.columns if c in _segment_columns(snap)]
+        new_meta = pd.DataFrame([{c: r.meta.get(c, "") for c in columns} for r in rows], columns=columns)
+        if len(rows):
+            new_meta["_row"] = new_meta["_row"].astype(np.int64)
+            new_meta["_dhash"] = np.array([r.dhash for r in rows], dtype=np.uint64).astype(np.int64)
+        new_vec = np.array([r.vector for r in rows], dtype=np.float32).reshape(len(rows), snap.manifest["dim"])
+        new_col = np.array([r.colour for r in rows], dtype=np.float32).reshape(len(rows), COLOUR_DIM)
+        phys_segments = list(snap.segments)
+        if len(segments) - 1 >= MAX_DELTA_SEGMENTS:
+            # fold the live rows of the change segments and the new rows into one segment
+            first = len(snap.segments[0])
+            keep = np.flatnonzero(live[first:]) + first
+            deltas = snap.segments[1:]
+            old_vec = np.concatenate([s.vectors for s in deltas])[keep - first]
+            old_col = np.concatenate([s.colour for s in deltas])[keep - first]
+            old_meta = pd.concat([s.metadata for s in deltas], ignore_index=True).iloc[keep - first]
+            new_vec = np.concatenate([old_vec, new_vec])
+            new_col = np.concatenate([old_col, new_col])
+            new_meta = pd.concat([old_meta[columns], new_meta], ignore_index=True)
+            segments = segments[:1]
+            phys_segments = phys_segments[:1]
+            live = np.concatenate([live[:first], np.ones(len(keep), bool)])
+            exact = np.concatenate([exact[:first], exact[keep]])
+            near = np.concatenate([near[:first], near[keep]])
+        if len(new_vec):
+            seg = w.add_segment(new_vec, new_col, new_meta)
+            segments.append(seg)
+            live = np.concatenate([live, np.ones(len(rows), bool)])
+            exact = np.concatenate([exact, np.full(len(rows), -1, np.int64)])
+            near = np.concatenate([near, np.full(len(rows), -1, np.int64)])
+        # duplicate groups of the rows written and of the groups that lost a member
+        all_vec = np.concatenate([*(s.vectors for s in phys_segments), new_vec])
+        all_col = np.concatenate([*(s.colour for s in phys_segments), new_col])
+        all_meta = pd.concat([*(s.metadata[["_sha1", "_dhash"]] for s in phys_segments),
+                              new_meta[["_sha1", "_dhash"]]], ignore_index=True)
+        n_new = len(new_vec)
+        touched = np.arange(len(live) - n_new, len(live))
+        if lost:
+            touched = np.concatenate([touched, np.flatnonzero(live & np.isin(near, list(lost)))])
+        exact, near = regroup(exact, near, live, all_meta["_sha1"].astype(str).tolist(),
+                              all_meta["_dhash"].to_numpy(np.int64).view(np.uint64), _unit(all_vec), all_col,
+                              touched)
+        settings = _with_counts(snap.manifest, near[live])
+        if catalog_info:
+            settings["catalog"] = {**settings["catalog"], **catalog_info}
+        gen = w.commit(settings=settings, segments=segments, live=live, dup_exact=exact, dup_near=near,
+                       report=_report_frame(report), operation={"kind": operation, **{
+                           k: v for k, v in report.counts().items() if v}},
+                       projection_segment=snap.manifest.get("projection_segment") if snap.generation else (
+                           "." if snap.projection is not None else None))
+        report.generation, report.seconds = gen, time.perf_counter() - t0
+        logger.info("%s", report.summary())
+        return report
+
+
+@dataclass
+class _Pending:
+    """A row whose photo must be embedded."""
+
+    cat: Catalog
+    position: int
+    row: int
+    id: str
+    status: str
+    result: Any = None  # a _Row once embedded, else the reason it could not be
+
+
+_ALL_HIDDEN = (*HIDDEN_COLUMNS, "_dup_exact", "_dup_near")
+
+
+def _segment_columns(snap: Snapshot) -> list[str]:
+    columns = list(snap.manifest["catalog"].get("columns") or [])
+    return [*columns, *HIDDEN_COLUMNS]
+
+
+def _default_root(cat_info: Mapping[str, Any]) -> Path:
+    path = cat_info.get("path")
+    return Path(path).parent if path else Path.cwd()
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Vectors as the duplicate tests compare them (projected rows are already centred)."""
+    return l2_normalize(np.asarray(vectors, dtype=np.float32)) if len(vectors) else np.zeros_like(vectors)
+
+
+def _digests(paths: Sequence[Path], workers: int) -> list[str]:
+    def one(p: Path) -> str:
+        try:
+            h = hashlib.sha1()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            return h.hexdigest()
+        except OSError:
+            return ""
+
+    if workers <= 1 or len(paths) < 16:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-hash") as pool:
+        return list(pool.map(one, paths))
+
+
+def _with_counts(manifest: Mapping[str, Any], near_live: np.ndarray) -> dict[str, Any]:
+    settings = dict(manifest)
+    dup = dict(settings.get("duplicates", {}))
+    grouped = near_live[near_live >= 0]
+    dup.update(groups=int(len(np.unique(grouped))), rows=int(len(grouped)))
+    settings["duplicates"] = dup
+    return settings
+
+
+def _report_frame(report: ChangeReport) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"row": c.row, "id": c.id, "image": "", "status": c.status, "reason": c.reason} for c in report.changes],
+        columns=["row", "id", "image", "status", "reason"],
+    )

@@ -1,0 +1,584 @@
+"""The store: owns an index folder, its generations and its writer lock.
+
+Readers call :meth:`Store.snapshot` and get one consistent, immutable generation; they never
+lock and never write. Writers (``build``, ``tune``, live changes, ``compact``) go through
+:meth:`Store.writer`: an exclusive ``flock`` on ``INDEX/LOCK`` (server workers are processes),
+new files written and fsynced first, then one small commit (``generations/<N>.json``) and
+finally ``CURRENT`` flipped with ``os.replace``. See :mod:`lookalike.artifacts` for the layout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Lock
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .artifacts import (
+    CURRENT,
+    FORMAT,
+    FORMAT_VERSION,
+    LEGACY_FILES,
+    LOCK,
+    MANIFEST,
+    checksum,
+    fsync_dir,
+    load_npy,
+    read_checked,
+    read_json,
+    read_legacy_manifest,
+    save_npy,
+    write_bytes_durably,
+)
+from .errors import IndexFormatError, LookalikeError
+from .projection import FILE as PROJECTION_FILE
+from .projection import Projection
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Store", "Snapshot", "Segment", "Writer", "HIDDEN_COLUMNS", "DEFAULT_LOCK_TIMEOUT"]
+
+#: columns every segment's metadata carries besides the catalogue's own
+HIDDEN_COLUMNS = ("_image", "_row", "_sha1", "_dhash")
+#: columns the dense view adds from the generation's state
+GROUP_COLUMNS = ("_dup_exact", "_dup_near")
+DEFAULT_LOCK_TIMEOUT = 120.0
+GENERATIONS = "generations"
+SEGMENTS = "segments"
+#: generations whose files are kept: the current one and the one before (readers mid-load)
+KEEP_GENERATIONS = 2
+_SEGMENT_CACHE: OrderedDict[tuple[str, str, bool], "Segment"] = OrderedDict()
+_SEGMENT_CACHE_SIZE = 32
+_cache_lock = Lock()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One immutable segment: rows of vectors, colour descriptors and metadata."""
+
+    name: str
+    folder: Path
+    vectors: np.ndarray
+    colour: np.ndarray
+    metadata: pd.DataFrame
+    files: dict[str, Any] = field(default_factory=dict)  # name -> checksum record ({} for format 1)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def read(self, name: str) -> bytes | None:
+        """A further file of the segment (``index.faiss``, ``projection.npz``), checked; None if absent."""
+        path = self.folder / name
+        if name not in self.files and not (not self.files and path.is_file()):
+            return None
+        return read_checked(path, self.files.get(name))
+
+
+class Snapshot:
+    """One generation of an index, fully loaded: what a reader sees, and never changes."""
+
+    def __init__(self, path: Path, generation: int, manifest: dict[str, Any], segments: list[Segment],
+                 live: np.ndarray, dup_exact: np.ndarray, dup_near: np.ndarray) -> None:
+        self.path = path
+        self.generation = generation
+        self.manifest = manifest
+        self.segments = segments
+        self.live = live
+        self.dup_exact = dup_exact
+        self.dup_near = dup_near
+        self._dense: tuple[np.ndarray, np.ndarray, pd.DataFrame] | None = None
+        self._projection: Projection | None | bool = False
+
+    @property
+    def physical_rows(self) -> int:
+        return len(self.live)
+
+    @property
+    def rows(self) -> int:
+        return int(self.live.sum())
+
+    @property
+    def id_column(self) -> str:
+        return str(self.manifest["catalog"]["id_column"])
+
+    def offsets(self) -> np.ndarray:
+        return np.cumsum([0] + [len(s) for s in self.segments])
+
+    def dense(self) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """(vectors, colour, metadata) of the live rows, in segment order; metadata carries the
+        duplicate groups as ``_dup_exact`` and ``_dup_near``."""
+        if self._dense is None:
+            live = self.live
+            every = bool(live.all())
+            if len(self.segments) == 1:
+                s = self.segments[0]
+                vectors, colour, meta = s.vectors, s.colour, s.metadata
+            else:
+                vectors = np.concatenate([s.vectors for s in self.segments]) if self.segments else np.zeros((0, 0))
+                colour = np.concatenate([s.colour for s in self.segments]) if self.segments else np.zeros((0, 0))
+                meta = pd.concat([s.metadata for s in self.segments], ignore_index=True)
+            if not every:
+                vectors, colour = vectors[live], colour[live]
+                meta = meta[live]
+            meta = meta.reset_index(drop=True).copy()
+            meta["_dup_exact"] = self.dup_exact[live]
+            meta["_dup_near"] = self.dup_near[live]
+            self._dense = (vectors, colour, meta)
+        return self._dense
+
+    @property
+    def projection(self) -> Projection | None:
+        if self._projection is False:
+            self._projection = _load_projection(self)
+        return self._projection  # type: ignore[return-value]
+
+
+def _load_projection(snap: Snapshot) -> Projection | None:
+    name = snap.manifest.get("projection_segment")
+    holder = next((s for s in snap.segments if s.name == name), None) if name else None
+    if holder is None and snap.generation == 0 and snap.segments:
+        holder = snap.segments[0]
+    if holder is None:
+        if snap.manifest.get("projection"):
+            raise IndexFormatError(f"{snap.path} is incomplete: {PROJECTION_FILE} is missing")
+        return None
+    data = holder.read(PROJECTION_FILE)
+    if data is None:
+        if snap.manifest.get("projection"):
+            raise IndexFormatError(f"{snap.path} is incomplete: {PROJECTION_FILE} is missing")
+        return None
+    try:
+        return Projection.from_bytes(data)
+    except Exception as exc:  # noqa: BLE001 - a zip, numpy or key error alike
+        raise IndexFormatError(f"{holder.folder / PROJECTION_FILE} is damaged: {type(exc).__name__}: {exc}") from None
+
+
+def _metadata(path: Path, expected: dict[str, Any] | None) -> pd.DataFrame:
+    data = read_checked(path, expected)
+    try:
+        meta = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
+        raise IndexFormatError(f"{path} is damaged: {type(exc).__name__}: {exc}") from None
+    missing = [c for c in HIDDEN_COLUMNS if c not in meta.columns]
+    if missing:
+        raise IndexFormatError(f"{path} is damaged: column {missing[0]} is missing")
+    return meta
+
+
+def _load_segment(folder: Path, name: str, files: dict[str, Any], *, mmap: bool, id_column: str) -> Segment:
+    key = (str(folder), str(files.get("vectors.npy", {}).get("sha256", "")), mmap)
+    if files:
+        with _cache_lock:
+            hit = _SEGMENT_CACHE.get(key)
+            if hit is not None:
+                _SEGMENT_CACHE.move_to_end(key)
+                return hit
+    vectors = load_npy(folder / "vectors.npy", files.get("vectors.npy") if files else None, mmap=mmap)
+    colour = load_npy(folder / "colour.npy", files.get("colour.npy") if files else None)
+    meta = _metadata(folder / "metadata.parquet", files.get("metadata.parquet") if files else None)
+    if id_column not in meta.columns:
+        raise IndexFormatError(f"{folder / 'metadata.parquet'} is damaged: the id column {id_column!r} is missing")
+    n = len(meta)
+    if vectors.ndim != 2 or len(vectors) != n or colour.ndim != 2 or len(colour) != n:
+        raise IndexFormatError(
+            f"{folder} is inconsistent: vectors {vectors.shape}, colour {colour.shape}, metadata {n} rows"
+        )
+    if vectors.dtype != np.float32 or colour.dtype != np.float32:
+        raise IndexFormatError(f"{folder} is damaged: vectors are {vectors.dtype}, not float32")
+    if not mmap and (not np.isfinite(vectors).all() or not np.isfinite(colour).all()):
+        raise IndexFormatError(f"{folder / 'vectors.npy'} is damaged: it holds NaN or infinite values")
+    meta[id_column] = meta[id_column].astype(str)
+    seg = Segment(name, folder, vectors, colour, meta, dict(files))
+    if files:
+        with _cache_lock:
+            _SEGMENT_CACHE[key] = seg
+            while len(_SEGMENT_CACHE) > _SEGMENT_CACHE_SIZE:
+                _SEGMENT_CACHE.popitem(last=False)
+    return seg
+
+
+def _settings_check(manifest: dict[str, Any], where: Path) -> None:
+    """Fail with one line when the settings a reader depends on are malformed."""
+    try:
+        model, catalog = manifest["model"], manifest["catalog"]
+        ok = (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("dim"), int)
+              and isinstance(catalog, dict) and isinstance(catalog.get("id_column"), str)
+              and manifest["metric"] in ("cosine", "euclidean") and isinstance(manifest["dim"], int))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise IndexFormatError(f"{where} is damaged: its settings (model, metric, dim, id column) are malformed")
+
+
+class Store:
+    """An index folder. ``Store(path).snapshot()`` to read, ``with Store(path).writer() as w`` to write."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # -- reading ---------------------------------------------------------------------
+    def current_file(self) -> Path:
+        return self.path / CURRENT
+
+    def is_legacy(self) -> bool:
+        return not self.current_file().exists() and (self.path / MANIFEST).is_file()
+
+    def current_generation(self) -> int:
+        """The current generation number (0 for a format-1 folder)."""
+        if not self.path.is_dir():
+            if self.path.exists():
+                raise IndexFormatError(f"{self.path} is a file, not an index folder")
+            hint = _leftover_hint(self.path)
+            raise IndexFormatError(f"index not found: {self.path}{hint}")
+        try:
+            text = self.current_file().read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            if (self.path / MANIFEST).is_file():
+                return 0
+            raise IndexFormatError(f"{self.path} is not a lookalike index (no {CURRENT})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IndexFormatError(f"{self.current_file()} is damaged: {exc}") from None
+        if not text.isdigit():
+            raise IndexFormatError(f"{self.current_file()} is damaged: {text[:40]!r} is not a generation number")
+        return int(text)
+
+    def generation_record(self, n: int) -> dict[str, Any]:
+        """The commit of generation ``n`` (its JSON), checked for format and shape."""
+        if n == 0:
+            manifest = read_legacy_manifest(self.path)
+            _settings_check(manifest, self.path / MANIFEST)
+            return manifest
+        path = self.path / GENERATIONS / f"{n}.json"
+        record = read_json(path)
+        if record.get("format") != FORMAT:
+            raise IndexFormatError(f"{path} is not a lookalike generation")
+        if record.get("format_version") != FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{self.path} has index format {record.get('format_version')!r}; this lookalike reads "
+                f"format {FORMAT_VERSION}: upgrade lookalike or rebuild the index"
+            )
+        _settings_check(record, path)
+        segs = record.get("segments")
+        if not isinstance(segs, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                                 and isinstance(s.get("files"), dict) for s in segs):
+            raise IndexFormatError(f"{path} is damaged: its segment list is malformed")
+        return record
+
+    def snapshot(self, *, mmap: bool = False, retries: int = 5) -> Snapshot:
+        """Load the current generation. A writer that commits meanwhile makes it retry, never fail."""
+        for attempt in range(retries):
+            n = self.current_generation()
+            try:
+                return self.load_generation(n, mmap=mmap)
+            except IndexFormatError:
+                if attempt + 1 < retries and self.current_generation() != n:
+                    continue  # its files were replaced under us: read the new generation
+                raise
+        raise AssertionError("unreachable")
+
+    def load_generation(self, n: int, *, mmap: bool = False) -> Snapshot:
+        record = self.generation_record(n)
+        id_column = record["catalog"]["id_column"]
+        if n == 0:
+            seg = _load_segment(self.path, ".", {}, mmap=mmap, id_column=id_column)
+            rows = record.get("rows")
+            if len(seg) != rows or seg.vectors.shape[1] != record["dim"]:
+                raise IndexFormatError(
+                    f"{self.path} is inconsistent: manifest says {rows} x {record['dim']}, "
+                    f"vectors are {seg.vectors.shape}, metadata has {len(seg.metadata)} rows"
+                )
+            meta = seg.metadata
+            try:
+                exact = meta["_dup_exact"].to_numpy(np.int64)
+                near = meta["_dup_near"].to_numpy(np.int64)
+            except KeyError as exc:
+                raise IndexFormatError(f"{self.path}/metadata.parquet is damaged: column {exc} is missing") from None
+            return Snapshot(self.path, 0, record, [seg], np.ones(len(seg), bool), exact, near)
+        segments = []
+        for s in record["segments"]:
+            # "." is a format-1 folder's own files, carried into format 2 until compaction
+            folder = self.path if s["name"] == "." else self.path / SEGMENTS / s["name"]
+            seg = _load_segment(folder, s["name"], s["files"], mmap=mmap, id_column=id_column)
+            if seg.vectors.shape[1] != record["dim"] or len(seg) != s.get("rows"):
+                raise IndexFormatError(f"{folder} is inconsistent with generation {n}")
+            segments.append(seg)
+        state = record.get("state") or {}
+        path = self.path / GENERATIONS / f"{n}.state.npz"
+        data = read_checked(path, state)
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                live, exact, near = z["live"].astype(bool), z["dup_exact"].astype(np.int64), z["dup_near"].astype(np.int64)
+        except Exception as exc:  # noqa: BLE001
+            raise IndexFormatError(f"{path} is damaged: {type(exc).__name__}: {exc}") from None
+        total = sum(len(s) for s in segments)
+        if not (len(live) == len(exact) == len(near) == total) or int(live.sum()) != record.get("rows"):
+            raise IndexFormatError(f"{path} is inconsistent with its segments")
+        return Snapshot(self.path, n, record, segments, live, exact, near)
+
+    def verify(self) -> list[str]:
+        """Full check of the current generation: every file's sha256 against its record."""
+        n = self.current_generation()
+        problems: list[str] = []
+        if n == 0:
+            self.load_generation(0)
+            return ["format-1 index: it holds no checksums (any write or `lookalike compact` adds them)"]
+        record = self.generation_record(n)
+        checks: list[tuple[Path, dict[str, Any]]] = []
+        for s in record["segments"]:
+            for name, rec in s["files"].items():
+                checks.append((self.path / SEGMENTS / s["name"] / name, rec))
+        for key, suffix in (("state", "state.npz"), ("report_file", "report.csv")):
+            if record.get(key):
+                checks.append((self.path / GENERATIONS / f"{n}.{suffix}", record[key]))
+        for path, rec in checks:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror or exc}")
+                continue
+            if checksum(data)["sha256"] != rec.get("sha256") or len(data) != rec.get("size"):
+                problems.append(f"{path}: content does not match the generation's record")
+        if not problems:
+            self.load_generation(n)  # shapes, finite values, state
+        return problems
+
+    def report(self) -> pd.DataFrame:
+        """The per-row report of the operation that made the current generation."""
+        n = self.current_generation()
+        if n == 0:
+            path, rec = self.path / "report.csv", None
+        else:
+            path, rec = self.path / GENERATIONS / f"{n}.report.csv", self.generation_record(n).get("report_file")
+        return pd.read_csv(io.BytesIO(read_checked(path, rec)), dtype=str, keep_default_na=False)
+
+    def report_path(self) -> Path:
+        n = self.current_generation()
+        return self.path / "report.csv" if n == 0 else self.path / GENERATIONS / f"{n}.report.csv"
+
+    # -- writing ---------------------------------------------------------------------
+    def writer(self, *, create: bool = False, timeout: float = DEFAULT_LOCK_TIMEOUT) -> "Writer":
+        """The one writer of this folder (a context manager holding ``LOCK``).
+
+        ``create``: make the folder when it does not exist yet; an existing folder must be an index
+        (or empty): anything else is refused rather than overwritten.
+        """
+        return Writer(self, create=create, timeout=timeout)
+
+
+def _leftover_hint(path: Path) -> str:
+    olds = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.is_dir() else []
+    return f" (a previous index was left at {olds[0]}; run a build to recover it)" if olds else ""
+
+
+class Writer:
+    """Holds the writer lock of a store; adds segments and commits generations."""
+
+    def __init__(self, store: Store, *, create: bool, timeout: float) -> None:
+        self.store = store
+        self.create = create
+        self.timeout = timeout
+        self._fd: int | None = None
+        self.base: Snapshot | None = None
+        self.base_record: dict[str, Any] | None = None
+        self._new_segments: list[str] = []
+        self._pending: int | None = None  # a generation being committed
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    def __enter__(self) -> "Writer":
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise IndexFormatError(f"{path} is a file, not an index folder")
+        if not path.exists():
+            if not self.create:
+                raise IndexFormatError(f"index not found: {path}")
+            _recover_legacy_swap(path)
+        if not path.exists():
+            try:
+                path.mkdir(parents=True)
+            except OSError as exc:
+                raise IndexFormatError(f"can't create {path}: {exc.strerror or exc}") from None
+        elif not (path / CURRENT).exists() and not (path / MANIFEST).is_file():
+            stray = [p.name for p in path.iterdir() if p.name not in (LOCK, GENERATIONS, SEGMENTS, CURRENT + ".tmp")]
+            if stray:
+                raise IndexFormatError(f"{path} exists and is not a lookalike index; not overwriting it")
+        try:
+            self._fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise IndexFormatError(f"can't write to {path}: {exc.strerror or exc}") from None
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self._fd)
+                    self._fd = None
+                    raise LookalikeError(
+                        f"{path} is being written by another process (waited {self.timeout:.0f} s)"
+                    ) from None
+                time.sleep(0.01)
+        try:
+            for sub in (GENERATIONS, SEGMENTS):
+                (path / sub).mkdir(exist_ok=True)
+            _clean_legacy_swap_leftovers(path)
+            if (path / CURRENT).exists() or (path / MANIFEST).is_file():
+                self.base = self.store.snapshot()
+                self.base_record = self.base.manifest
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc and exc[0] is not None:
+            # what this writer wrote but never committed (a kill -9 leaves it to the next writer)
+            for name in self._new_segments:
+                shutil.rmtree(self.path / SEGMENTS / name, ignore_errors=True)
+                shutil.rmtree(self.path / SEGMENTS / f".tmp-{name}", ignore_errors=True)
+            if self._pending is not None:
+                for suffix in ("json", "state.npz", "report.csv"):
+                    (self.path / GENERATIONS / f"{self._pending}.{suffix}").unlink(missing_ok=True)
+                (self.path / (CURRENT + ".tmp")).unlink(missing_ok=True)
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    @property
+    def generation(self) -> int:
+        return self.base.generation if self.base is not None else 0
+
+    def segment_records(self) -> list[dict[str, Any]]:
+        """The base generation's segment records, to carry into the next commit."""
+        if self.base is None:
+            return []
+        if self.base.generation == 0:
+            return [{"name": ".", "rows": len(self.base.segments[0]), "files": {}}]
+        return [dict(s) for s in self.base.manifest["segments"]]
+
+    def add_segment(self, vectors: np.ndarray, colour: np.ndarray, metadata: pd.DataFrame, *,
+                    projection: Projection | None = None, extra: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """Write a new immutable segment; returns its record for :meth:`commit`."""
+        name = f"seg-{self.generation + 1:06d}-{uuid.uuid4().hex[:8]}"
+        tmp = self.path / SEGMENTS / f".tmp-{name}"
+        tmp.mkdir(parents=True)
+        self._new_segments.append(name)
+        try:
+            files = {
+                "vectors.npy": save_npy(tmp / "vectors.npy", np.asarray(vectors, dtype=np.float32)),
+                "colour.npy": save_npy(tmp / "colour.npy", np.asarray(colour, dtype=np.float32)),
+            }
+            buf = io.BytesIO()
+            metadata.to_parquet(buf, index=False)
+            files["metadata.parquet"] = write_bytes_durably(tmp / "metadata.parquet", buf.getvalue())
+            if projection is not None:
+                files[PROJECTION_FILE] = write_bytes_durably(tmp / PROJECTION_FILE, projection.to_bytes())
+            for fname, data in (extra or {}).items():
+                files[fname] = write_bytes_durably(tmp / fname, data)
+            fsync_dir(tmp)
+            os.rename(tmp, self.path / SEGMENTS / name)
+            fsync_dir(self.path / SEGMENTS)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise LookalikeError(f"can't write the index at {self.path}: {exc.strerror or exc}") from None
+        return {"name": name, "rows": int(len(vectors)), "files": files}
+
+    def commit(self, *, settings: dict[str, Any], segments: list[dict[str, Any]], live: np.ndarray,
+               dup_exact: np.ndarray, dup_near: np.ndarray, report: pd.DataFrame, operation: dict[str, Any],
+               projection_segment: str | None) -> int:
+        """Make a new generation current. Nothing is visible to readers before the last rename."""
+        n = self.generation + 1
+        gens = self.path / GENERATIONS
+        self._pending = n
+        try:
+            buf = io.BytesIO()
+            np.savez(buf, live=np.asarray(live, bool), dup_exact=np.asarray(dup_exact, np.int64),
+                     dup_near=np.asarray(dup_near, np.int64))
+            state = write_bytes_durably(gens / f"{n}.state.npz", buf.getvalue())
+            report_file = write_bytes_durably(gens / f"{n}.report.csv", report.to_csv(index=False).encode("utf-8"))
+            skip = ("format", "format_version", "generation", "parent", "segments", "state", "report_file",
+                    "operation", "projection_segment")
+            record = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "generation": n, "parent": self.generation,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "lookalike_version": __version__,
+                **{k: v for k, v in settings.items() if k not in skip},
+                "rows": int(np.asarray(live, bool).sum()),
+                "operation": operation,
+                "segments": segments,
+                "projection_segment": projection_segment,
+                "state": state,
+                "report_file": report_file,
+            }
+            import json
+
+            write_bytes_durably(gens / f"{n}.json", (json.dumps(record, indent=1, default=str) + "\n").encode())
+            fsync_dir(gens)
+            tmp = self.path / (CURRENT + ".tmp")
+            write_bytes_durably(tmp, f"{n}\n".encode("ascii"))
+            os.replace(tmp, self.path / CURRENT)
+            fsync_dir(self.path)
+        except OSError as exc:
+            raise LookalikeError(f"can't write the index at {self.path}: {exc.strerror or exc}") from None
+        self._new_segments.clear()
+        self._pending = None
+        previous = self.base_record
+        self.base = self.store.load_generation(n)
+        self.base_record = self.base.manifest
+        self._collect_garbage(record, previous)
+        return n
+
+    def _collect_garbage(self, current: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        """Remove what neither the current nor the previous generation needs."""
+        keep_gens = {current["generation"], current["parent"]}
+        keep_segs = {s["name"] for s in current["segments"]}
+        if previous is not None:
+            keep_segs |= {s["name"] for s in previous.get("segments", [])} if previous.get("segments") else {"."}
+        try:
+            for p in (self.path / SEGMENTS).iterdir():
+                if p.name not in keep_segs:
+                    shutil.rmtree(p, ignore_errors=True)
+            for p in (self.path / GENERATIONS).iterdir():
+                num = p.name.split(".", 1)[0]
+                if not num.isdigit() or int(num) not in keep_gens:
+                    p.unlink(missing_ok=True)
+            if "." not in keep_segs:
+                for name in LEGACY_FILES:
+                    (self.path / name).unlink(missing_ok=True)
+        except OSError as exc:  # garbage left is harmless: the next writer tries again
+            logger.warning("could not clean up %s: %s", self.path, exc)
+
+
+def _recover_legacy_swap(path: Path) -> None:
+    """lookalike 0.1 swapped folders with two renames; killed between them it left no index at
+    ``path`` but the previous one at ``.NAME.old-*``: put it back."""
+    if not path.parent.is_dir():
+        return
+    olds = [p for p in sorted(path.parent.glob(f".{path.name}.old-*")) if (p / MANIFEST).is_file()]
+    if olds and not path.exists():
+        os.rename(olds[-1], path)
+        logger.warning("recovered the previous index of %s from %s", path, olds[-1].name)
+
+
+def _clean_legacy_swap_leftovers(path: Path) -> None:
+    for pattern in (f".{path.name}.building-*", f".{path.name}.old-*"):
+        for p in path.parent.glob(pattern):
+            shutil.rmtree(p, ignore_errors=True)
