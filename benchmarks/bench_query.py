@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 from lookalike import Recommender
-from lookalike.artifacts import write_manifest
 from lookalike.images import COLOUR_DIM
 from lookalike.index import make_index
+from lookalike.store import Store
 
 
 def synthetic_index(folder: Path, rows: int, dim: int, backend: str, seed: int = 0) -> float:
@@ -48,25 +48,25 @@ def synthetic_index(folder: Path, rows: int, dim: int, backend: str, seed: int =
         "ProductTitle": [f"synthetic product {i}" for i in range(rows)],
         "Image": [f"{100000 + i}.jpg" for i in range(rows)],
         "_image": "", "_row": np.arange(1, rows + 1), "_sha1": "", "_dhash": np.zeros(rows, np.int64),
-        "_dup_exact": -1, "_dup_near": -1,
     })
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "vectors.npy", vectors)
-    np.save(folder / "colour.npy", colour)
-    meta.to_parquet(folder / "metadata.parquet", index=False)
     t0 = time.perf_counter()
-    make_index(backend, np.hstack([vectors, colour]), metric="cosine").save(folder)
+    extra = make_index(backend, np.hstack([vectors, colour]), metric="cosine").serialize()
     build_s = time.perf_counter() - t0
-    write_manifest(folder, {
+    settings = {
         "model": {"name": "efficientnet-lite0", "pooling": "grid2", "resize": "squash", "input_size": 224,
                   "dim": 5120, "projection_dim": dim},
-        "dim": dim, "colour_dim": COLOUR_DIM, "metric": "cosine", "rows": rows,
+        "dim": dim, "colour_dim": COLOUR_DIM, "metric": "cosine",
         "index": {"backend": backend}, "colour_weight": 0.0,
         "duplicates": {"groups": 0, "rows": 0},
         "catalog": {"path": None, "sha256": "", "rows_total": rows, "id_column": "ProductId",
                     "image_column": "Image", "columns": list(meta.columns[:5])},
         "build": {"synthetic": True}, "report": {"indexed": rows, "skipped": 0},
-    })
+    }
+    with Store(folder).writer(create=True) as w:
+        seg = w.add_segment(vectors, colour, meta, extra=extra)
+        w.commit(settings=settings, segments=[seg], live=np.ones(rows, bool), dup_exact=np.full(rows, -1),
+                 dup_near=np.full(rows, -1), report=pd.DataFrame(columns=["row", "id", "image", "status", "reason"]),
+                 operation={"kind": "build"}, projection_segment=None)
     return build_s
 
 
@@ -148,14 +148,14 @@ def main() -> None:
             med, ans = time_queries(rec, picks, k=5, same="Gender")
             med_nf, _ = time_queries(rec, picks, k=5)
             answers[backend] = ans
-            files = [f for f in folder.iterdir() if f.is_file()]
+            files = [f for f in folder.rglob("*") if f.is_file()]
             size = sum(f.stat().st_size for f in files)
             results[backend] = {
                 "index_build_s": round(build_s, 2),
                 "median_ms_same_gender": round(med * 1000, 3),
                 "median_ms_no_filter": round(med_nf * 1000, 3),
                 "bytes_per_product": round(size / args.rows),
-                "files": {f.name: f.stat().st_size for f in files},
+                "files": {str(f.relative_to(folder)): f.stat().st_size for f in files},
             }
             print(backend, results[backend], flush=True)
         hits = [len(set(a) & set(b)) / 5 for a, b in zip(answers["exact"], answers["hnsw"])]

@@ -50,7 +50,7 @@ WORKERS = 1
 
 
 def ensure_index(index: Path) -> Path:
-    if (index / "manifest.json").is_file():
+    if (index / "CURRENT").is_file() or (index / "manifest.json").is_file():
         print(f"reusing index {index}", file=sys.stderr)
         return index
     print(f"building {index} from {CATALOG} …", file=sys.stderr)
@@ -242,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[list[dict[str, Any]]] = []
     try:
         info = health(port)
-        import pandas as pd
 
-        ids = pd.read_parquet(index / "metadata.parquet", columns=[info["id_column"]])[info["id_column"]].tolist()
+        from lookalike import Recommender
+
+        ids = Recommender.load(index).ids
         load_before = os.getloadavg()
         asyncio.run(load(port, ids, 8, args.warmup, 30.0, seed=0))
         for r in range(args.runs):

@@ -30,7 +30,7 @@ def main() -> None:
     meta = rec.metadata
     ids = meta[rec.manifest["catalog"]["id_column"]].to_numpy()
     shape = np.asarray(rec.vectors, dtype=np.float32)
-    colour = np.load(rec.path / "colour.npy")
+    colour = rec.colour
     hashes = meta["_dhash"].to_numpy().astype(np.uint64)
     sha = meta["_sha1"].to_numpy()
     pairs = []

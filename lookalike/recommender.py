@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,7 +32,7 @@ from .store import Snapshot, Store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Recommender", "Recommendation", "Results", "MAX_K", "Where"]
+__all__ = ["Recommender", "LiveRecommender", "Recommendation", "Results", "MAX_K", "Where"]
 
 #: the most results one query may ask for
 MAX_K = 1000
@@ -428,3 +429,46 @@ class Recommender:
                     out_id.append(self.ids[row])
                     out_s.append(s)
         return pd.DataFrame({"query_id": out_q, "rank": out_rank, "id": out_id, "score": out_s})
+
+
+class LiveRecommender:
+    """The :class:`Recommender` of an index's current generation, reopened when a writer
+    commits a new one (``lookalike serve`` workers follow live changes this way).
+
+    :meth:`get` costs one ``stat`` of ``CURRENT`` while nothing changed. Reopening reuses the
+    segments already loaded (only a change's new segment is read) and the model; threads keep
+    the recommender they got, so a search never sees half a change.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, backend: str | None = None, encoder: Encoder | None = None,
+                 recommender: Recommender | None = None) -> None:
+        self.path = Path(path)
+        self.backend = backend
+        self._current_file = Store(self.path).current_file()
+        self._lock = threading.Lock()
+        self._stamp = self._read_stamp()
+        self._rec = recommender if recommender is not None else Recommender.load(self.path, backend=backend,
+                                                                                encoder=encoder)
+
+    def _read_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._current_file)
+        except OSError:
+            return None  # a format-1 folder (no CURRENT) until its first write
+        return (st.st_ino, st.st_mtime_ns)
+
+    def get(self) -> Recommender:
+        stamp = self._read_stamp()
+        if stamp == self._stamp:
+            return self._rec
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    rec = Recommender.from_snapshot(Store(self.path).snapshot(), backend=self.backend,
+                                                    encoder=self._rec._encoder)
+                except IndexFormatError as exc:  # keep answering from the last good generation
+                    logger.error("can't open the new generation of %s: %s", self.path, exc)
+                    return self._rec
+                logger.info("now serving generation %d of %s (%d products)", rec.generation, self.path, len(rec))
+                self._rec, self._stamp = rec, stamp
+        return self._rec
