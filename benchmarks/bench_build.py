@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import print_machine  # benchmarks/ is the script's folder
+
 HERE = Path(__file__).resolve().parent
 DATASET = Path("/work/shared/datasets/fashion-images-fullres")
 
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--stages", action="store_true", help="add lookalike's in-process stage split")
     p.add_argument("--out", type=Path, default=HERE / "results" / "build.json")
     args = p.parse_args(argv)
+    machine = print_machine()
 
     csv, images = args.dataset / "fashion.csv", args.dataset / "images"
     n = sum(1 for _ in open(csv)) - 1
@@ -205,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 os.environ["LOOKALIKE_CACHE_DIR"] = env_keep
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    result["machine"] = machine
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\nBuild, {n} full-resolution photos, median of {args.rounds} alternating rounds "

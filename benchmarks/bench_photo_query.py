@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import print_machine  # benchmarks/ is the script's folder
+
 from lookalike import Recommender, build
 
 SETTINGS = {  # name -> build keyword arguments
@@ -36,6 +38,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=100, help="how many query photos")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    machine = print_machine()
     photos = sorted(args.photos.glob("*.jpg"))[: args.limit]
     if not photos:
         raise SystemExit(f"no .jpg photos in {args.photos}")
@@ -54,7 +57,7 @@ def main() -> None:
     rows = {name: {"median_ms": round(statistics.median(t), 1),
                    "p90_ms": round(sorted(t)[int(0.9 * (len(t) - 1))], 1), "queries": len(t)}
             for name, t in times.items()}
-    result = {"catalog": str(args.catalog), "photos": str(args.photos), "loadavg_end": os.getloadavg(),
+    result = {"machine": machine, "catalog": str(args.catalog), "photos": str(args.photos), "loadavg_end": os.getloadavg(),
               "settings": rows}
     print(json.dumps(result, indent=2))
     print("\n| model setting | median ms | p90 ms |\n|---|---:|---:|")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from machine import print_machine  # benchmarks/ is the script's folder
 
 from lookalike import Recommender
 from lookalike.images import COLOUR_DIM
@@ -132,6 +133,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--index", type=Path, default=None, help="time a real index instead of a synthetic one")
     args = ap.parse_args()
+    machine = print_machine()
     if args.index is not None:
         real_index(args.index, args.queries, args.out)
         return
@@ -169,6 +171,7 @@ def main() -> None:
     for backend in ("exact", "hnsw"):
         results[backend]["bytes_ratio_vs_resnet50_unpooled"] = round(ref_bytes / results[backend]["bytes_per_product"], 1)
         results[backend]["bytes_ratio_vs_lite0_unpooled"] = round(62720 * 4 / results[backend]["bytes_per_product"], 1)
+    results["machine"] = machine
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

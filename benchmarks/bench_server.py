@@ -36,6 +36,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from machine import print_machine  # benchmarks/ is the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LOOKALIKE_SHARED", ROOT.parent / "shared"))
 CATALOG = SHARED / "datasets" / "fashion-images" / "fashion.csv"
@@ -232,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--workers", type=int, default=2, help="`lookalike serve --workers` (its default on 2 cores)")
     args = ap.parse_args(argv)
+    machine = print_machine()
     global WORKERS
     WORKERS = args.workers
     levels = [int(x) for x in args.levels.split(",")]
@@ -301,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    result["machine"] = machine
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
     print(f"similar-by-id over HTTP, {info['rows']} products ({info['model']}, {info['backend']}), "

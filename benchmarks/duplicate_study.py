@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from machine import print_machine  # benchmarks/ is the script's folder
 
 from lookalike import Recommender
 from lookalike.duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, candidate_pairs
@@ -26,6 +27,7 @@ def main() -> None:
     ap.add_argument("--label", default=None, help="a metadata column to compare within each pair")
     ap.add_argument("--show", type=int, default=12, help="how many lowest-colour pairs to list")
     args = ap.parse_args()
+    print_machine()
     rec = Recommender.load(args.index)
     meta = rec.metadata
     ids = meta[rec.manifest["catalog"]["id_column"]].to_numpy()

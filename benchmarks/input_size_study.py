@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
+from machine import print_machine  # benchmarks/ is the script's folder
 from PIL import Image
 
 from lookalike import DEFAULT_COLOUR_WEIGHT, Recommender, build
@@ -71,6 +72,7 @@ def main() -> None:
                     help="sizes to repeat in fp32 (none: skip)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    print_machine()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runs = [(args.catalog, "as given", s, None) for s in args.sizes]

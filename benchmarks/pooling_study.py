@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import print_machine  # benchmarks/ is the script's folder
+
 from lookalike import Recommender, build, get_encoder
 from lookalike.evaluate import evaluate
 
@@ -34,6 +36,7 @@ def main() -> None:
     ap.add_argument("catalog", type=Path)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    print_machine()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, pooling, dims, resize in VARIANTS:
