@@ -334,6 +334,7 @@ def build(
                 "rows_total": cat.total_rows,
                 "id_column": cat.id_column,
                 "image_column": cat.image_column,
+                "images_root": cat.images_root and str(cat.images_root), "allow_outside_images": cat.allow_outside_images,
                 "columns": [c for c in cat.table.columns],
             },
             "build": {"batch_size": batch_size, "workers": workers, "seconds": round(seconds, 3),
