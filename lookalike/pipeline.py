@@ -193,6 +193,7 @@ def build(
         raise InvalidQueryError("colour blending needs metric cosine")
     if batch_size < 1 or workers < 0:
         raise InvalidQueryError("batch size must be >= 1 and workers >= 0")
+    Projection.check_dim(projection_dim)
     out = Path(out)
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
         catalog, images=images, id_column=id_column, image_column=image_column

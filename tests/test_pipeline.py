@@ -126,6 +126,7 @@ def test_bad_settings_are_refused_early(small, encoder, tmp_path):
         ({"colour_weight": 1.5}, "between 0 and 1"),
         ({"metric": "euclidean", "colour_weight": 0.3}, "needs metric cosine"),
         ({"batch_size": 0}, "batch size"),
+        ({"projection_dim": -5}, "0 \\(none\\) or a whole number >= 1"),
     ]:
         with pytest.raises(InvalidQueryError, match=words):
             build(csv, out, encoder=encoder, show_progress_bar=False, **kw)
