@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN
@@ -43,6 +45,8 @@ class Catalog:
     source: Path | None = None
     sha256: str = ""
     total_rows: int = 0
+    images_root: Path | None = None  # the images folder, resolved: every photo lies inside it
+    allow_outside_images: bool = False  # unless this was asked for
 
     @property
     def ids(self) -> list[str]:
@@ -58,7 +62,12 @@ def file_sha256(path: Path) -> str:
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV/TSV or Parquet table with every cell as text (ids like 00123 stay whole)."""
+    """Read a CSV/TSV or Parquet table with every cell as text (ids like 00123 stay whole).
+
+    A float column of whole numbers (what a Parquet writer makes of integer ids with a gap)
+    reads as ``42419``, not ``42419.0``; its missing cells read as empty text. Two columns
+    with the same name are a :class:`CatalogError` (pandas would rename one ``Gender.1``).
+    """
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"catalogue not found: {path}")
@@ -66,45 +75,117 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     try:
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
-            df = df.astype("string").fillna("").astype(object)
+            _check_unique_columns([str(c) for c in df.columns], f"catalogue {path.name}")
+            df = _as_text(df)
         else:
             sep = "\t" if suffix in (".tsv", ".tab") else ","
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                _check_unique_columns(next(csv.reader(f, delimiter=sep), []), f"catalogue {path.name}")
             df = pd.read_csv(
                 path, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8-sig",
                 on_bad_lines="error",
             )
-    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError, csv.Error) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CatalogError(f"can't read catalogue {path}: {first}") from None
     df.columns = [str(c).strip() for c in df.columns]
     return df
 
 
+def _check_unique_columns(header: list[str], what: str) -> None:
+    names = [c.strip() for c in header]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise CatalogError(
+            f"{what} has repeated column names: {', '.join(map(repr, repeated))}; "
+            "give every column its own name"
+        )
+
+
+def _as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text; missing cells empty, whole-number floats without ``.0``."""
+    df = df.copy()
+    for col in df.columns:
+        values = df[col]
+        if not pd.api.types.is_float_dtype(values.dtype):
+            continue
+        known = values.dropna().to_numpy(dtype=np.float64)
+        if len(known) and np.isfinite(known).all() and (np.abs(known) < 2**53).all() \
+                and (known == np.floor(known)).all():
+            df[col] = values.astype("Int64")
+    return df.astype("string").fillna("").astype(object)
+
+
 class _FileFinder:
-    """Finds a photo by relative path, or by file name anywhere below the images folder."""
+    """Finds a photo by relative path, or by file name anywhere below the images folder.
 
-    def __init__(self, root: Path) -> None:
+    Photos must resolve inside the folder: ``../elsewhere/x.png``, absolute paths and links
+    to files outside it are refused unless ``allow_outside`` is set. The folder is walked
+    once, following links to folders only when they stay inside it, and never into a
+    folder already seen (``a -> .`` loops would otherwise never end).
+    """
+
+    def __init__(self, root: Path, *, allow_outside: bool = False) -> None:
         self.root = root
-        self._by_name: dict[str, list[Path]] | None = None
+        self.real_root = root.resolve()
+        self.allow_outside = allow_outside
+        self._by_name: dict[str, dict[Path, None]] | None = None
 
-    def _index(self) -> dict[str, list[Path]]:
+    def _inside(self, real: Path) -> bool:
+        return real == self.real_root or self.real_root in real.parents
+
+    def _index(self) -> dict[str, dict[Path, None]]:
         if self._by_name is None:
-            by_name: dict[str, list[Path]] = {}
-            for dirpath, _dirs, files in os.walk(self.root, followlinks=True):
-                for name in files:
-                    by_name.setdefault(name, []).append(Path(dirpath) / name)
+            by_name: dict[str, dict[Path, None]] = {}  # name -> real paths, in walk order
+            seen: set[tuple[int, int]] = set()
+            stack = [str(self.root)]
+            while stack:
+                folder = stack.pop()
+                try:
+                    st = os.stat(folder)
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                    entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+                except OSError:
+                    continue
+                for entry in entries:
+                    try:
+                        if entry.is_dir():
+                            if not entry.is_symlink() or self._inside(Path(os.path.realpath(entry.path))):
+                                stack.append(entry.path)
+                        elif entry.is_file():
+                            by_name.setdefault(entry.name, {})[Path(os.path.realpath(entry.path))] = None
+                    except OSError:  # a dangling or looping link, a name the system refuses
+                        continue
             self._by_name = by_name
         return self._by_name
 
+    def _outside(self, value: str) -> str:
+        return f"photo is outside the images folder: {value} (--allow-outside-images to index it anyway)"
+
     def find(self, value: str) -> tuple[Path | None, str]:
+        if Path(value).is_absolute() and not self.allow_outside:
+            return None, f"absolute photo path: {value} (photos must be inside the images folder; " \
+                         "--allow-outside-images to index it anyway)"
         direct = self.root / value
-        if direct.is_file():
-            return direct, ""
-        matches = self._index().get(Path(value).name, [])
-        if len(matches) == 1:
-            return matches[0], ""
-        if len(matches) > 1:
-            return None, f"ambiguous photo name: {len(matches)} files named {Path(value).name!r}"
+        try:
+            is_file = direct.is_file()
+        except (OSError, ValueError):  # a name too long, a NUL byte
+            is_file = False
+        if is_file:
+            real = direct.resolve()
+            if not self.allow_outside and not self._inside(real):
+                return None, self._outside(value)
+            return real, ""
+        found = list(self._index().get(Path(value).name, {}))
+        inside = found if self.allow_outside else [p for p in found if self._inside(p)]
+        if len(inside) == 1:
+            return inside[0], ""
+        if len(inside) > 1:
+            return None, f"ambiguous photo name: {len(inside)} files named {Path(value).name!r}"
+        if found:
+            return None, self._outside(value)
         return None, f"photo file not found: {value}"
 
 
@@ -114,6 +195,7 @@ def load_catalog(
     images: str | os.PathLike | None = None,
     id_column: str = DEFAULT_ID_COLUMN,
     image_column: str = DEFAULT_IMAGE_COLUMN,
+    allow_outside_images: bool = False,
 ) -> Catalog:
     """Read a catalogue and resolve each row's photo.
 
@@ -121,9 +203,15 @@ def load_catalog(
     folder, then its ``images/`` subfolder); a photo not found there is looked up by file
     name anywhere below it, as in the Kaggle layout. Rows with an empty or repeated id, or
     without a photo on disk, are returned as :class:`RowProblem` s, never dropped silently.
+
+    Photos must resolve inside the images folder (links included): an absolute path, a
+    ``../`` path or a link to a file elsewhere is a row problem, unless
+    ``allow_outside_images=True``. The resolved folder is kept as ``Catalog.images_root``
+    so a server can check again, at serve time, that it hands out only those files.
     """
     if isinstance(path, pd.DataFrame):
-        df, source = path.astype(str), None
+        _check_unique_columns([str(c) for c in path.columns], "the catalogue table")
+        df, source = _as_text(path), None
     else:
         source = Path(path)
         df = read_table(source)
@@ -139,7 +227,7 @@ def load_catalog(
         root = Path(images)
         if not root.is_dir():
             raise CatalogError(f"images folder not found: {root}")
-    finder = _FileFinder(root)
+    finder = _FileFinder(root, allow_outside=allow_outside_images)
     keep: list[int] = []
     paths: list[Path] = []
     problems: list[RowProblem] = []
@@ -179,4 +267,6 @@ def load_catalog(
         source=source,
         sha256=file_sha256(source) if source is not None else "",
         total_rows=len(df),
+        images_root=finder.real_root,
+        allow_outside_images=allow_outside_images,
     )

@@ -40,6 +40,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a number >= 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {value}")
+    return value
+
+
 def _weight(text: str) -> float:
     try:
         value = float(text)
@@ -102,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--precision", default=None, choices=("int8", "fp32"),
                    help="model arithmetic with ONNX Runtime (default: int8 for efficientnet-lite0, "
                         "about 2x faster at the same quality; fp32 for resnet50)")
-    b.add_argument("--projection-dim", type=int, default=256, metavar="D",
+    b.add_argument("--projection-dim", type=_whole_number, default=256, metavar="D",
                    help="PCA dimensions fitted on the catalogue (0: keep the pooled vectors)")
     b.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS)
     b.add_argument("--backend", default="exact", choices=BACKENDS, help="vector index (hnsw needs the faiss extra)")
@@ -114,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=_positive_int, default=DEFAULT_WORKERS, help="photo-decoding threads")
     b.add_argument("--update", action="store_true",
                    help="reuse the vectors of unchanged products from the existing index at --out")
+    b.add_argument("--allow-outside-images", action="store_true",
+                   help="index photos named by absolute paths, ../ paths or links that lead outside --images "
+                        "(refused by default; `lookalike serve` then serves those files too)")
 
     ad = sub.add_parser("add", help="add or change products of an index (no rebuild)")
     ad.add_argument("index", type=Path)
@@ -179,6 +202,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo upload accepted")
     v.add_argument("--workers", type=_positive_int, default=None,
                    help="server processes, pre-forked (default: 2 on a machine with 2+ cores)")
+    v.add_argument("--timeout-keep-alive", type=_seconds, default=None, metavar="S",
+                   help="close a connection idle this long after a response (default 5)")
+    v.add_argument("--timeout-headers", type=_seconds, default=None, metavar="S",
+                   help="close a connection that has not sent a whole request line and headers this long "
+                        "after connecting or starting its next request (default 10)")
 
     a = sub.add_parser("app", help="the web page over an index (extra: ui)")
     a.add_argument("index", type=Path)
@@ -243,12 +271,42 @@ def _default_columns(rec: Any) -> list[str]:
     return [c for c in rec.columns if c != rec.id_column][:4]
 
 
+class _CannotWrite(Exception):
+    """An output that can't be written: one error line and exit code 1, before any work."""
+
+
+def _check_writable(path: Path, *, folder: bool = False) -> None:
+    """Fail at once when ``path`` can't be written: a file or folder in the way, a read-only place."""
+    if folder and path.exists() and not path.is_dir():
+        raise _CannotWrite(f"{path} exists and is not a folder")
+    if not folder and path.is_dir():
+        raise _CannotWrite(f"{path} is a folder")
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise _CannotWrite(f"can't write {path}: {parent} is not a folder")
+    import tempfile
+
+    try:  # permissions alone don't tell (root, read-only mounts): try it
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise _CannotWrite(f"can't write {path}: {exc.strerror or exc}") from None
+
+
 # -- commands -----------------------------------------------------------------------------
 def _cmd_build(args: argparse.Namespace) -> int:
     from . import build
+    from .catalog import load_catalog
 
+    _check_writable(args.out, folder=True)
+    catalog = args.catalog
+    if args.allow_outside_images:
+        catalog = load_catalog(args.catalog, images=args.images, id_column=args.id_column,
+                               image_column=args.image_column, allow_outside_images=True)
     report = build(
-        args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
+        catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
         model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size,
         precision=args.precision, metric=args.metric, projection_dim=args.projection_dim or None,
         backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
@@ -344,6 +402,8 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_similar(args: argparse.Namespace) -> int:
     from .recommender import Recommender
 
+    if args.sheet:
+        _check_writable(args.sheet)
     rec = Recommender.load(args.index)
     if args.ids:
         res = rec.similar(args.ids, k=args.k, **_filters(args))
@@ -385,6 +445,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     suffix = args.out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise InvalidQueryError(f"export writes .csv or .parquet, not {args.out.name}")
+    _check_writable(args.out)
     rec = Recommender.load(args.index)
     table = rec.export(k=args.k, **_filters(args), show_progress_bar=None if not args.quiet else False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -482,8 +543,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .server import run_server
 
+    timeouts = {name: value for name, value in (("timeout_keep_alive", args.timeout_keep_alive),
+                                                 ("timeout_headers", args.timeout_headers)) if value is not None}
     return run_server(args.index, host=args.host, port=args.port,
-                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers)
+                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers, **timeouts)
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
@@ -593,7 +656,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
+    import warnings
+
+    from PIL import Image
+
     from .errors import LookalikeError
+
+    # photos past Pillow's own pixel limit are refused by lookalike with one line; no warning on top
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
     try:
         return COMMANDS[args.command](args)
@@ -603,8 +673,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"lookalike: error: {exc}", file=sys.stderr)
         return 2
+    except _CannotWrite as exc:
+        print(f"lookalike: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lookalike: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # an output that failed while written (disk full, a folder removed meanwhile)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"lookalike: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1

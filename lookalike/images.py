@@ -3,20 +3,40 @@
 Everything here is per item and never raises for a bad catalogue photo: :func:`load`
 returns ``(Decoded | None, reason)``. Query photos go through :func:`open_image`, which
 raises :class:`~lookalike.errors.ImageError` with one clear line instead.
+
+This is the one place where photos are opened, for builds, the CLI and the server alike,
+so the defences against hostile files live here:
+
+- a photo with more than ``max_pixels`` pixels is refused from its header, and so is one
+  past Pillow's own decompression-bomb limit;
+- decoding costs memory in proportion to the pixels, so at most :func:`decode_slots`
+  decodes run at once in a process (one per core by default), big photos are shrunk
+  while decoding where the format allows (JPEG draft) or right after it, in their own
+  mode, before any colour conversion (``Image.reduce``), and memory is handed back to
+  the system after a big decode (``malloc_trim`` on glibc);
+- a JPEG whose frame promises more pixels than its bytes can hold, or whose lower half
+  is the decoder's grey fill, is "truncated or corrupt", not a grey picture;
+- every colour mode Pillow opens becomes the right RGB picture (16- and 32-bit ones
+  scaled to 8 bits), or an ImageError.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import math
 import os
+import re
+import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -31,6 +51,10 @@ __all__ = [
     "colour_descriptor",
     "dhash",
     "file_digest",
+    "open_photo_file",
+    "sniff_image_type",
+    "decode_slots",
+    "set_decode_slots",
     "COLOUR_DIM",
     "DEFAULT_MAX_PIXELS",
 ]
@@ -39,6 +63,10 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 64_000_000
 #: JPEG draft decoding keeps at least this share of the model input side (see Preprocess.draft)
 DRAFT_FRACTION = 0.7
+#: decodes of at least this many pixels give their memory back to the system afterwards
+TRIM_AFTER_PIXELS = 4_000_000
+#: transparent photos are shrunk in strips of about this many pixels
+_STRIP_PIXELS = 2_000_000
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
@@ -82,38 +110,123 @@ class Decoded:
     pixels: np.ndarray  # uint8 (size, size, 3)
     colour: np.ndarray  # float32 (COLOUR_DIM,), L2-normalised histogram
     dhash: int  # 64-bit difference hash of the photo, for near-duplicate listings
-    width: int  # original size, after EXIF orientation
+    width: int  # size as decoded (after draft/reduce), after EXIF orientation
     height: int
 
 
-def _open(source: ImageSource, max_pixels: int) -> Image.Image:
+# -- how many decodes at once -----------------------------------------------------------
+_gate_lock = threading.Lock()
+_gate: threading.BoundedSemaphore | None = None
+_slots = 0
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _current_gate() -> threading.BoundedSemaphore:
+    global _gate, _slots
+    with _gate_lock:
+        if _gate is None:
+            _slots = _cores()
+            _gate = threading.BoundedSemaphore(_slots)
+        return _gate
+
+
+def decode_slots() -> int:
+    """How many photos this process decodes at once (default: one per core)."""
+    _current_gate()
+    return _slots
+
+
+def set_decode_slots(n: int) -> None:
+    """Let at most ``n`` photos decode at once in this process; the others wait their turn.
+
+    A decode holds the photo's full pixels until they are shrunk (up to ``max_pixels`` x 4
+    bytes, twice that for a transparent photo), so this bounds decode memory as well as CPU.
+    ``lookalike serve`` gives each worker process its share of the cores.
+    """
+    global _gate, _slots
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"decode slots must be a whole number >= 1, not {n!r}")
+    with _gate_lock:
+        _slots, _gate = n, threading.BoundedSemaphore(n)
+
+
+_malloc_trim: object = None
+
+
+def _give_memory_back() -> None:
+    """Hand freed heap memory back to the system.
+
+    glibc keeps freed memory in its arenas; after a few big decodes in parallel threads a
+    server stayed at its peak for good. ``malloc_trim(0)`` returns it (a no-op elsewhere).
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        try:
+            trim = ctypes.CDLL(None).malloc_trim  # glibc only; musl, macOS, Windows lack it
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+            _malloc_trim = trim
+        except (OSError, AttributeError, TypeError):
+            pass
+    if _malloc_trim:
+        _malloc_trim(0)  # type: ignore[operator]
+
+
+# -- opening ------------------------------------------------------------------------------
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+_BOMBS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def _too_large(exc: Exception, max_pixels: int) -> str:
+    """Pillow's own decompression-bomb refusal, worded like ours."""
+    found = _BOMB_PIXELS.search(str(exc))
+    pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return f"image too large: {pixels} (limit {max_pixels:,})"
+
+
+def _open(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int | None]:
+    """The photo opened but not decoded (its header checked), and its size in bytes."""
     if isinstance(source, Image.Image):
-        return source
+        return source, None
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageError("empty file")
         fp: object = io.BytesIO(source)
+        nbytes = len(source)
     else:
         path = Path(source)
         if not path.exists():
             raise ImageError(f"file not found: {path}")
         if path.is_dir():
             raise ImageError(f"is a folder, not a photo: {path}")
-        if path.stat().st_size == 0:
+        nbytes = path.stat().st_size
+        if nbytes == 0:
             raise ImageError("empty file")
         fp = path
     try:
         img = Image.open(fp)  # type: ignore[arg-type]
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised file format)") from None
+    except _BOMBS as exc:  # past Pillow's own limit (the warning, when warnings are errors)
+        raise ImageError(_too_large(exc, max_pixels)) from None
     except OSError as exc:
         raise ImageError(f"unreadable image: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a format plugin choking on a hostile header
+        raise ImageError(f"unreadable image: {type(exc).__name__}: {exc}") from None
     w, h = img.size
     if w * h > max_pixels:
+        img.close()
         raise ImageError(f"image too large: {w}x{h} pixels (limit {max_pixels:,})")
     if w == 0 or h == 0:
+        img.close()
         raise ImageError("image has no pixels")
-    return img
+    return img, nbytes
 
 
 def open_image(
@@ -121,29 +234,280 @@ def open_image(
 ) -> Image.Image:
     """Open and fully decode a photo as RGB, EXIF orientation applied.
 
-    ``draft`` asks JPEG decoding for a reduced-size DCT (1/2, 1/4 or 1/8 scale) that
-    still covers ``draft`` x ``draft`` pixels: big catalogue photos decode several times
-    faster. Raises :class:`ImageError` for anything that is not a readable image.
+    ``draft`` asks for a photo that still covers ``draft`` x ``draft`` pixels and may be
+    smaller: JPEG decodes at 1/2, 1/4 or 1/8 scale, and other formats are shrunk by a whole
+    factor right after decoding, in their own mode (``Image.reduce``), so a big photo's
+    full-size RGB copy is never made. At most :func:`decode_slots` decodes run at once.
+    Raises :class:`ImageError` for anything that is not a readable image.
     """
-    img = _open(source, max_pixels)
-    try:
-        if draft and img.format == "JPEG":
+    img, nbytes = _open(source, max_pixels)
+    pixels = img.width * img.height
+    out: Image.Image | None = None
+    with _current_gate():
+        try:
+            out = _decode(img, draft, nbytes)
+        except ImageError:
+            raise
+        except _BOMBS as exc:
+            raise ImageError(_too_large(exc, max_pixels)) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageError(f"truncated or corrupt image: {exc}") from None
+        finally:
+            if out is not img and not isinstance(source, Image.Image):
+                img.close()  # frees the full-size pixels now, not at the next garbage collection
+    if pixels >= TRIM_AFTER_PIXELS:
+        _give_memory_back()
+    return out  # type: ignore[return-value]
+
+
+_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _decode(img: Image.Image, draft: int | None, nbytes: int | None) -> Image.Image:
+    jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)
+    if jpeg:
+        _check_jpeg_length(img, nbytes)
+        if draft:
             # draft() scales by a power of two, keeping both sides >= the requested ones;
             # EXIF may rotate later, so request a square.
             img.draft("RGB", (draft, draft))
-        img.load()
-        img = ImageOps.exif_transpose(img) or img
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    img.load()
+    if jpeg:
+        _check_jpeg_fill(img)
+    try:
+        orientation = img.getexif().get(_ORIENTATION)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block only loses the orientation
+        orientation = None
+    out = _to_rgb(img, draft)
+    method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    if method is not None:
+        out = out.transpose(method)
+        out.info = {}  # the orientation is applied: a second open_image must not apply it again
+    return out
+
+
+def _shrink(img: Image.Image, draft: int | None) -> Image.Image:
+    """Shrink by the largest whole factor that keeps both sides >= ``draft`` (box filter)."""
+    if not draft:
+        return img
+    factor = min(img.size) // draft
+    if factor < 2:
+        return img
+    if img.mode not in ("LA", "RGBA"):
+        return img.reduce(factor)
+    # Pillow reduces transparent modes through a premultiplied full-size copy; strips of a
+    # few megapixels keep that copy small (reduce's boxes line up with the strip edges)
+    w, h = img.size
+    rows = max(1, _STRIP_PIXELS // (w * factor)) * factor
+    out = Image.new(img.mode, ((w + factor - 1) // factor, (h + factor - 1) // factor))
+    for top in range(0, h, rows):
+        out.paste(img.crop((0, top, w, min(h, top + rows))).reduce(factor), (0, top // factor))
+    return out
+
+
+_DEEP = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _to_rgb(img: Image.Image, draft: int | None) -> Image.Image:
+    """Any mode Pillow opens as RGB, shrunk before the conversion where the mode allows.
+
+    Transparent pixels become white (studio backgrounds are white); 16-bit, 32-bit and
+    float pixels are scaled to 8 bits; palettes, bilevel, LAB and HSV are converted before
+    shrinking (averaging palette indexes or hues would be wrong).
+    """
+    mode = img.mode
+    if mode in _DEEP:
+        return _deep_to_grey(img, draft).convert("RGB")
+    try:
+        if mode == "1":
+            img = img.convert("L")
+        elif mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        elif mode in ("PA", "RGBa"):
+            img = img.convert("RGBA")
+        elif mode == "La":
+            img = img.convert("LA")
+        elif mode in ("L", "RGB") and "transparency" in img.info:
+            img = img.convert("RGBA")
+        elif mode not in ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"):
+            img = img.convert("RGB")  # LAB, HSV and anything newer
+        img = _shrink(img, draft)  # Pillow premultiplies LA and RGBA while it reduces
+        if img.mode in ("LA", "RGBA"):
             rgba = img.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, rgba).convert("RGB")
-        elif img.mode != "RGB":
-            img = img.convert("RGB")
-    except ImageError:
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return img if img.mode == "RGB" else img.convert("RGB")
+    except ValueError as exc:  # "conversion from X to Y not supported"
+        raise ImageError(f"unsupported colour mode {mode}: {exc}") from None
+
+
+def _deep_to_grey(img: Image.Image, draft: int | None) -> Image.Image:
+    """An 8-bit grey picture from a 16-bit, 32-bit integer or float one.
+
+    16-bit pixels are scaled by 255/65535. 32-bit and float ones have no fixed range, so
+    their values decide: 0..1 (float) is scaled to 0..255, 0..255 is kept, 0..65535 is
+    taken as 16-bit, anything else is stretched from its minimum to its maximum.
+    """
+    if img.mode in ("I", "F"):
+        arr = np.asarray(_shrink(img, draft), dtype=np.float32)  # Pillow reduces I and F
+    else:
+        arr = np.asarray(img)  # uint16, whatever the byte order; no reduce for I;16 in Pillow
+        factor = min(img.size) // draft if draft else 1
+        if factor >= 2:
+            arr = _box_reduce(arr, factor)
+        return _grey(np.asarray(arr, dtype=np.float32) * (255.0 / 65535.0))
+    arr = np.where(np.isfinite(arr), arr, 0.0).astype(np.float32, copy=False)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        arr = arr * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif lo >= 0.0 and hi <= 65535.0:
+        arr = arr * (255.0 / 65535.0)
+    else:
+        arr = (arr - lo) * (255.0 / (hi - lo))
+    return _grey(arr)
+
+
+def _box_reduce(arr: np.ndarray, f: int) -> np.ndarray:
+    """Mean of each f x f box, partial boxes at the edges included (as ``Image.reduce``)."""
+    h, w = arr.shape
+    hf, wf = h // f * f, w // f * f
+    out = np.empty((-(-h // f), -(-w // f)), dtype=np.float32)
+    out[: hf // f, : wf // f] = arr[:hf, :wf].reshape(hf // f, f, wf // f, f).mean(axis=(1, 3), dtype=np.float32)
+    if wf < w:
+        out[: hf // f, -1] = arr[:hf, wf:].reshape(hf // f, f * (w - wf)).mean(axis=1, dtype=np.float32)
+    if hf < h:
+        out[-1, : wf // f] = arr[hf:, :wf].reshape(h - hf, wf // f, f).mean(axis=(0, 2), dtype=np.float32)
+    if hf < h and wf < w:
+        out[-1, -1] = arr[hf:, wf:].mean(dtype=np.float32)
+    return out
+
+
+def _grey(arr: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+
+
+# -- damaged JPEGs --------------------------------------------------------------------------
+# start-of-frame markers of arithmetic-coded JPEGs, which can spend less than a bit per block
+_ARITHMETIC_SOF = tuple(bytes([0xFF, m]) for m in (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+def _check_jpeg_length(img: Image.Image, nbytes: int | None) -> None:
+    """Refuse a JPEG whose frame promises more pixels than its bytes can hold.
+
+    Huffman coding spends at least one bit on every 8x8 block (its DC code). A header that
+    claims 7000x7000 over a few hundred bytes of scan is mostly missing: libjpeg would fill
+    the rest with grey, without an error.
+    """
+    if nbytes is None or img.fp is None:
+        return
+    try:
+        start = img.fp.tell()  # Pillow stops reading at the start of the scan
+        img.fp.seek(0)
+        head = img.fp.read(start)
+        img.fp.seek(start)
+    except (OSError, ValueError, AttributeError):
+        return
+    if any(marker in head for marker in _ARITHMETIC_SOF):
+        return
+    w, h = img.size
+    blocks = math.ceil(w / 8) * math.ceil(h / 8)
+    data = nbytes - start
+    if data * 8 < blocks:
+        raise ImageError(
+            f"truncated or corrupt image: a {w}x{h} JPEG needs more than the {max(data, 0):,} bytes of data it holds"
+        )
+
+
+def _check_jpeg_fill(img: Image.Image) -> None:
+    """Refuse a decoded JPEG whose lower half is libjpeg's fill for missing data.
+
+    A scan that ends early (an end marker appended to a cut file) decodes without an error;
+    libjpeg fills the missing blocks with mid-grey, exactly 128 in every channel. Whole rows
+    of it from the middle down are a photo that is mostly missing.
+    """
+    if img.mode not in ("L", "RGB"):
+        return
+    w, h = img.size
+    if h < 16:
+        return
+    for y in (h // 2, 5 * h // 8, 3 * h // 4, 7 * h // 8, h - 1):
+        extrema = img.crop((0, y, w, y + 1)).getextrema()
+        bands = (extrema,) if img.mode == "L" else extrema
+        if any(lo != 128 or hi != 128 for lo, hi in bands):  # type: ignore[misc]
+            return
+    raise ImageError("truncated or corrupt image: its lower half is missing (decoder fill)")
+
+
+# -- photo files the server hands out -------------------------------------------------------
+_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"BM", "image/bmp"),
+)
+
+
+def sniff_image_type(head: bytes) -> str | None:
+    """The media type of an image from its first bytes (magic numbers), or None."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, media in _MAGIC:
+        if head.startswith(magic):
+            return media
+    return None
+
+
+def _is_inside(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:  # different drives
+        return False
+
+
+def open_photo_file(path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> BinaryIO:
+    """Open a photo file read-only as a build recorded it, refusing whatever was swapped in since.
+
+    ``path`` must still be its own real path (``build`` records resolved paths), so a link
+    anywhere on it means the file was replaced; with ``root`` it must also lie inside that
+    folder. The file is opened without following a last link (``O_NOFOLLOW``) or waiting on
+    a FIFO, and must be a regular file. Raises :class:`ImageError`; messages name no path.
+    """
+    p = os.path.abspath(os.fspath(path))
+    real = os.path.realpath(p)
+    if real != p:
+        raise ImageError("the photo's path goes through a link now")
+    if root is not None and not _is_inside(real, os.path.abspath(os.fspath(root))):
+        raise ImageError("the photo is outside the images folder")
+    flags = os.O_RDONLY
+    for name in ("O_NOFOLLOW", "O_NONBLOCK", "O_CLOEXEC", "O_BINARY"):
+        flags |= getattr(os, name, 0)
+    try:
+        fd = os.open(real, flags)
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except OSError as exc:
+        raise ImageError(f"can't open the photo: {exc.strerror or type(exc).__name__}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError("the photo is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"truncated or corrupt image: {exc}") from None
-    return img
 
 
 def model_input(source: ImageSource, pre: Preprocess) -> np.ndarray:

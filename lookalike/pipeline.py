@@ -246,8 +246,7 @@ def _check_settings(metric: str, backend: str, colour_weight: float | None, batc
         raise InvalidQueryError("colour blending needs metric cosine")
     if batch_size < 1 or workers < 0:
         raise InvalidQueryError("batch size must be >= 1 and workers >= 0")
-    if projection_dim is not None and (isinstance(projection_dim, bool) or projection_dim < 0):
-        raise InvalidQueryError(f"projection dimensions must be 0 (none) or more, not {projection_dim}")
+    Projection.check_dim(projection_dim)
     return float(colour_weight)
 
 
@@ -385,6 +384,8 @@ def build(
             "rows_total": cat.total_rows,
             "id_column": cat.id_column,
             "image_column": cat.image_column,
+            "images_root": cat.images_root and str(cat.images_root),
+            "allow_outside_images": cat.allow_outside_images,
             "columns": [c for c in cat.table.columns],
         },
         "build": {"batch_size": batch_size, "workers": workers, "seconds": round(time.perf_counter() - t0, 3),

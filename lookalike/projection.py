@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .encoders import l2_normalize
+from .errors import InvalidQueryError
 
 __all__ = ["Projection", "DEFAULT_PROJECTION_DIM", "FILE"]
 
@@ -37,6 +38,15 @@ class Projection:
     @property
     def input_dim(self) -> int:
         return int(self.components.shape[1])
+
+    @staticmethod
+    def check_dim(dim: object) -> int:
+        """A requested projection size: 0 or ``None`` for none, else a whole number >= 1."""
+        if dim is None:
+            return 0
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 0:
+            raise InvalidQueryError(f"projection dimensions must be 0 (none) or a whole number >= 1, not {dim!r}")
+        return int(dim)
 
     @classmethod
     def fit(cls, raw: np.ndarray, dim: int, *, seed: int = 0) -> "Projection":

@@ -32,10 +32,12 @@ from .store import Snapshot, Store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Recommender", "LiveRecommender", "Recommendation", "Results", "MAX_K", "Where"]
+__all__ = ["Recommender", "LiveRecommender", "Recommendation", "Results", "MAX_K", "MAX_IDS", "Where"]
 
 #: the most results one query may ask for
 MAX_K = 1000
+#: most product ids one query may combine (a "recently viewed" list, not a catalogue)
+MAX_IDS = 100
 Where = Mapping[str, "str | Sequence[str]"]
 _HIDDEN = ("_image", "_row", "_sha1", "_dhash", "_dup_exact", "_dup_near")
 
@@ -360,6 +362,8 @@ class Recommender:
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[arg-type]
         if not id_list:
             raise InvalidQueryError("give at least one product id")
+        if len(id_list) > MAX_IDS:
+            raise InvalidQueryError(f"give at most {MAX_IDS} product ids, not {len(id_list):,}")
         rows = [self.row(p) for p in id_list]
         shape = np.asarray(self.vectors[rows], dtype=np.float32)
         if self.metric == "cosine":

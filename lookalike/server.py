@@ -11,8 +11,11 @@ answer into JSON and every :class:`~lookalike.errors.LookalikeError` into a stat
     anything else lookalike      500
 
 Errors are ``{"detail": "one line"}``. Uploads are refused with 413 while they are read,
-as soon as they pass ``max_upload_bytes``; photos with more than ``max_pixels`` pixels are
-refused from their header, before decoding.
+as soon as they pass ``max_upload_bytes`` (JSON bodies: ``MAX_JSON_BYTES``); photos with
+more than ``max_pixels`` pixels are refused from their header, before decoding. Product
+photos are served only as the index recorded them, checked again on every request
+(``lookalike.images.open_photo_file``). What the service trusts and refuses, and how to run
+it behind a reverse proxy: docs/security.md.
 
 ::
 
@@ -21,14 +24,13 @@ refused from their header, before decoding.
 """
 
 import hashlib
+import io
 import logging
-import mimetypes
 import os
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from pathlib import Path
 from threading import Lock
-from typing import TYPE_CHECKING, Any, AsyncIterator, Optional, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Callable, Hashable, Iterator, Optional, Union
 
 from . import __version__
 from .config import DEFAULT_K
@@ -41,7 +43,8 @@ from .errors import (
     UnknownProductError,
     require,
 )
-from .recommender import MAX_K, Recommender
+from .images import open_image, open_photo_file, set_decode_slots, sniff_image_type
+from .recommender import MAX_IDS, MAX_K, Recommender
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -56,18 +59,30 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "MAX_THUMBNAIL",
+    "MAX_JSON_BYTES",
+    "THUMBNAIL_SIZES",
+    "DEFAULT_TIMEOUT_KEEP_ALIVE",
+    "DEFAULT_TIMEOUT_HEADERS",
 ]
 
 #: largest request body accepted by ``POST /similar`` (a photo upload or a JSON query)
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+#: largest JSON body (at most ``MAX_IDS`` ids and a few filters need far less)
+MAX_JSON_BYTES = 64 * 1024
 #: uploaded photos with more pixels than this are refused from their header (40 MP)
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 #: the largest side ``GET /products/{id}/image?size=N`` will draw
 MAX_THUMBNAIL = 1024
-#: thumbnails kept in memory per app
-THUMBNAIL_CACHE = 512
+#: the sides thumbnails are drawn at: a requested size is rounded up to the next one
+THUMBNAIL_SIZES = (64, 128, 256, 512, MAX_THUMBNAIL)
+#: bytes of JPEG thumbnails kept in memory per worker process
+THUMBNAIL_CACHE_BYTES = 32 * 1024 * 1024
+#: seconds an idle keep-alive connection stays open after a response
+DEFAULT_TIMEOUT_KEEP_ALIVE = 5
+#: seconds a client has to send a request's line and headers, from connecting or from its first byte
+DEFAULT_TIMEOUT_HEADERS = 10
 #: room for multipart boundaries and part headers on top of the photo itself
 _MULTIPART_SLACK = 16 * 1024
 _CACHE_CONTROL = "public, max-age=86400"
@@ -109,7 +124,7 @@ class _Refused(Exception):
 # -- the app --------------------------------------------------------------------------
 def _models():  # type: ignore[no-untyped-def]
     """Pydantic models of the HTTP edge (built on first use: pydantic is a server extra)."""
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
     class ErrorOut(BaseModel):
         detail: str = Field(examples=["unknown product id: 99999"])
@@ -149,16 +164,18 @@ def _models():  # type: ignore[no-untyped-def]
         """Products that look like several products at once (e.g. recently viewed items)."""
 
         model_config = ConfigDict(extra="forbid")
-        ids: list[Union[str, int]] = Field(description="product ids", examples=[["13683", "39386"]])
-        k: Optional[int] = Field(None, description=f"number of results, 1..{MAX_K} (default: the k in the URL)")
+        ids: list[Union[StrictStr, StrictInt]] = Field(
+            max_length=MAX_IDS, description=f"product ids, at most {MAX_IDS}", examples=[["13683", "39386"]]
+        )
+        k: Optional[StrictInt] = Field(None, description=f"number of results, 1..{MAX_K} (default: the k in the URL)")
         same: Union[str, list[str], None] = Field(
             None, description="keep results to the query products' values of these columns", examples=[["Gender"]]
         )
         where: Optional[dict[str, Union[str, list[str]]]] = Field(
             None, description="keep results whose column holds one of the values", examples=[{"Colour": ["Blue"]}]
         )
-        colour_weight: Optional[float] = Field(None, description="share of the score given to colour, 0..1")
-        collapse_duplicates: Optional[bool] = Field(None, description="at most one product per identical photo")
+        colour_weight: Optional[float] = Field(None, strict=True, description="share of the score given to colour, 0..1")
+        collapse_duplicates: Optional[StrictBool] = Field(None, description="at most one product per identical photo")
 
     return ErrorOut, HealthOut, ProductOut, SimilarOut, SimilarIn
 
@@ -175,37 +192,116 @@ def _parse_where(items: list[str]) -> dict[str, list[str]]:
 
 
 class _Thumbnails:
-    """A small LRU of JPEG thumbnails, keyed by photo, its mtime and the size."""
+    """JPEG thumbnails in an LRU bounded in bytes; a thumbnail being drawn is drawn once.
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[str, float, int], bytes] = OrderedDict()
+    Requested sides are rounded up to one of ``THUMBNAIL_SIZES``, so a photo has at most
+    five entries however many sizes clients ask for, and each is decoded reduced (JPEG
+    draft, ``Image.reduce``) through the one photo-opening path.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._drawing: dict[Hashable, Lock] = {}
         self._lock = Lock()
 
-    def get(self, path: Path, mtime: float, size: int) -> bytes:
-        key = (str(path), mtime, size)
+    @staticmethod
+    def side(size: int) -> int:
+        """The fixed side a requested size is drawn at."""
+        return next((s for s in THUMBNAIL_SIZES if s >= size), THUMBNAIL_SIZES[-1])
+
+    def _cached(self, key: Hashable) -> bytes | None:
+        data = self._items.get(key)
+        if data is not None:
+            self._items.move_to_end(key)
+        return data
+
+    def get(self, key: Hashable, draw: Callable[[], bytes]) -> bytes:
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        data = self._draw(path, size)
-        with self._lock:
-            self._items[key] = data
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            data = self._cached(key)
+            if data is not None:
+                return data
+            gate = self._drawing.setdefault(key, Lock())
+        with gate:  # requests for a thumbnail being drawn wait for it instead of drawing it again
+            with self._lock:
+                data = self._cached(key)
+            if data is not None:
+                return data
+            try:
+                data = draw()
+            finally:
+                with self._lock:
+                    if data is not None and len(data) <= self.max_bytes:
+                        self._items[key] = data
+                        self.bytes += len(data)
+                        while self.bytes > self.max_bytes:
+                            self.bytes -= len(self._items.popitem(last=False)[1])
+                    self._drawing.pop(key, None)
         return data
 
     @staticmethod
-    def _draw(path: Path, size: int) -> bytes:
-        import io
-
-        from .images import open_image
-
-        img = open_image(path, draft=size)
-        img.thumbnail((size, size))
+    def draw(photo: BinaryIO, side: int) -> bytes:
+        img = open_image(photo.read(), draft=side)
+        img.thumbnail((side, side))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85, optimize=True)
         return buf.getvalue()
+
+
+def _open_photo(rec: Recommender, product_id: str) -> tuple[BinaryIO, os.stat_result, str]:
+    """A product's photo, opened only if it is still the file the build indexed, and its media type.
+
+    The path comes from the index, never from the request. It must still resolve to itself
+    (no link swapped in since), lie inside the images folder the build recorded (unless the
+    index was built with ``allow_outside_images``) and be a regular file. The media type is
+    sniffed from the first bytes, never taken from the file name.
+    """
+    path = rec.image_path(product_id)
+    catalog = rec.manifest.get("catalog") or {}
+    root = None if catalog.get("allow_outside_images") else catalog.get("images_root")
+    try:
+        photo = open_photo_file(path, root=root)
+    except ImageError as exc:  # logged with the path; the answer names none
+        logger.warning("not serving the photo of product %s (%s): %s", product_id, path, exc)
+        what = "missing" if str(exc) == "file not found" else "not available"
+        raise UnknownProductError(f"the photo of product {product_id} is {what} on the server") from None
+    st = os.fstat(photo.fileno())
+    media = sniff_image_type(photo.read(16)) or "application/octet-stream"
+    photo.seek(0)
+    return photo, st, media
+
+
+def _chunks(photo: BinaryIO) -> Iterator[bytes]:
+    with photo:
+        while chunk := photo.read(1 << 16):
+            yield chunk
+
+
+def _photo_response(request: Any, rec: Recommender, product_id: str, size: int | None, thumbs: _Thumbnails) -> Any:
+    """``GET /products/{id}/image``: the indexed file as it is, or a cached JPEG thumbnail."""
+    from fastapi.responses import Response, StreamingResponse
+
+    photo, st, media = _open_photo(rec, product_id)
+    try:
+        side = None if size is None else thumbs.side(size)
+        tag = '"' + hashlib.sha1(f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}:{side}".encode()).hexdigest()[:20] + '"'
+        headers = {"Cache-Control": _CACHE_CONTROL, "ETag": tag, "X-Content-Type-Options": "nosniff"}
+        if tag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        if side is None:
+            headers["Content-Length"] = str(st.st_size)
+            response = StreamingResponse(_chunks(photo), media_type=media, headers=headers)
+            photo = None  # the response closes it
+            return response
+        try:
+            data = thumbs.get((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, side), lambda: thumbs.draw(photo, side))
+        except ImageError as exc:
+            raise UnknownProductError(f"the photo of product {product_id} can't be read: {exc}") from None
+        return Response(data, media_type="image/jpeg", headers=headers)
+    finally:
+        if photo is not None:
+            photo.close()
 
 
 def create_app(
@@ -223,7 +319,7 @@ def create_app(
     require("fastapi", "server")
     from fastapi import Depends, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response
     from pydantic import ValidationError
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect
@@ -251,7 +347,7 @@ def create_app(
         description="Visual 'more like this' recommendations over one product catalogue.",
         lifespan=lifespan,
     )
-    thumbs = _Thumbnails(THUMBNAIL_CACHE)
+    thumbs = _Thumbnails(THUMBNAIL_CACHE_BYTES)
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut, "description": why}
         for code, why in ((404, "unknown product id"), (422, "bad parameter: k, a column, a filter"))
@@ -300,7 +396,8 @@ def create_app(
         "/products/{product_id}/image",
         response_class=Response,
         responses={
-            200: {"content": {"image/jpeg": {}, "image/*": {}}, "description": "the photo, or a JPEG thumbnail"},
+            200: {"content": {"image/jpeg": {}, "image/*": {}}, "description": "the photo, or a JPEG thumbnail "
+                  f"drawn at the next of {', '.join(map(str, THUMBNAIL_SIZES))} px"},
             304: {"description": "not modified (If-None-Match)"},
             404: errors[404],
             422: errors[422],
@@ -311,26 +408,11 @@ def create_app(
         request: Request,
         product_id: str,
         size: Optional[int] = Query(
-            None, ge=16, le=MAX_THUMBNAIL, description=f"longest side of a JPEG thumbnail, 16..{MAX_THUMBNAIL}"
+            None, ge=16, le=MAX_THUMBNAIL, description=f"a JPEG thumbnail whose longest side is at most the next "
+            f"of {', '.join(map(str, THUMBNAIL_SIZES))} at or above this, 16..{MAX_THUMBNAIL}"
         ),
     ) -> Any:
-        path = rec().image_path(product_id)  # the index's own record, never the request's
-        try:
-            st = path.stat()
-        except OSError:
-            raise UnknownProductError(f"the photo of product {product_id} is missing on the server") from None
-        tag = '"' + hashlib.sha1(f"{path}:{st.st_mtime_ns}:{st.st_size}:{size}".encode()).hexdigest()[:20] + '"'
-        headers = {"Cache-Control": _CACHE_CONTROL, "ETag": tag}
-        if tag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
-        if size is None:
-            media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            return FileResponse(path, media_type=media, headers=headers, stat_result=st)
-        try:
-            data = thumbs.get(path, st.st_mtime, size)
-        except ImageError as exc:
-            raise UnknownProductError(f"the photo of product {product_id} can't be read: {exc}") from None
-        return Response(data, media_type="image/jpeg", headers=headers)
+        return _photo_response(request, rec(), product_id, size, thumbs)
 
     k_query = Query(
         DEFAULT_K, description=f"number of results, 1..{MAX_K}", json_schema_extra={"minimum": 1, "maximum": MAX_K}
@@ -391,8 +473,11 @@ def create_app(
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("multipart/form-data", "application/json"):
             return error(415, "send a photo as multipart/form-data (field 'image') or ids as application/json")
-        limit = max_upload_bytes + (_MULTIPART_SLACK if ctype == "multipart/form-data" else 0)
-        too_large = _Refused(413, f"request body is over the limit of {max_upload_bytes:,} bytes")
+        if ctype == "application/json":
+            limit = shown = min(max_upload_bytes, MAX_JSON_BYTES)
+        else:
+            limit, shown = max_upload_bytes + _MULTIPART_SLACK, max_upload_bytes
+        too_large = _Refused(413, f"request body is over the limit of {shown:,} bytes")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return error(too_large.status, too_large.detail)
@@ -453,8 +538,6 @@ async def _read_upload(headers: Any, stream: AsyncIterator[bytes], max_bytes: in
 
 
 def _photo_query(rec: Recommender, data: bytes, max_pixels: int, opts: dict[str, Any]) -> Any:
-    from .images import open_image
-
     # the library's own reader, with the upload's pixel cap; it checks the header first
     img = open_image(data, draft=rec.encoder.preprocess.draft, max_pixels=max_pixels)
     return rec.similar(image=img, **opts)
@@ -490,6 +573,8 @@ def run_server(
     access_log: bool = False,
     blas_threads: int | None = 1,
     workers: int | None = None,
+    timeout_keep_alive: float = DEFAULT_TIMEOUT_KEEP_ALIVE,
+    timeout_headers: float = DEFAULT_TIMEOUT_HEADERS,
 ) -> int:
     """Serve an index with uvicorn until interrupted; returns the exit code.
 
@@ -503,10 +588,18 @@ def run_server(
     ``workers > 1`` pre-forks that many processes after the index is loaded: they share
     its memory copy-on-write, each listens on the port with SO_REUSEPORT (the kernel spreads
     connections evenly) and TCP_NODELAY (which uvicorn's own multi-worker mode leaves off).
-    ``None``: two where the machine has two cores or more and can fork, else one.
+    ``None``: two where the machine has two cores or more and can fork, else one. Each
+    worker decodes at most its share of the cores' photos at once (``set_decode_slots``).
+
+    ``timeout_keep_alive`` closes a connection idle that long after a response;
+    ``timeout_headers`` closes one that has not sent a whole request line and headers that
+    long after connecting, or after the first byte of its next request (slow-header clients).
     """
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if hasattr(os, "fork") else 1
+    for name, seconds in (("timeout_keep_alive", timeout_keep_alive), ("timeout_headers", timeout_headers)):
+        if not seconds > 0:
+            raise InvalidQueryError(f"{name} must be a number of seconds > 0, not {seconds}")
     uvicorn = require("uvicorn", "server")
     if blas_threads is not None:
         _limit_blas_threads(blas_threads)
@@ -514,11 +607,83 @@ def run_server(
     app = create_app(rec, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
     _check_address(host, port)
     _prepare_photo_search(rec)  # after the cheap checks: a taken port fails before a 10 s export
+    _quiet_bomb_warnings()
+    set_decode_slots(max(1, _cores() // workers))
+    options = _uvicorn_options(access_log=access_log, timeout_keep_alive=timeout_keep_alive,
+                               timeout_headers=timeout_headers)
     logger.info("serving %d products from %s on http://%s:%d (docs at /docs)", len(rec), index, host, port)
     if workers <= 1:
-        uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+        uvicorn.run(app, host=host, port=port, **options)
         return 0
-    return _prefork(uvicorn, app, host, port, workers, access_log)
+    return _prefork(uvicorn, app, host, port, workers, options)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _quiet_bomb_warnings() -> None:
+    """Pillow warns about photos past its own pixel limit; the server refuses them itself (413)."""
+    import warnings
+
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _uvicorn_options(*, access_log: bool, timeout_keep_alive: float, timeout_headers: float) -> dict[str, Any]:
+    """uvicorn settings shared by one process and pre-forked workers."""
+    return {"access_log": access_log, "log_level": "info", "timeout_keep_alive": timeout_keep_alive,
+            "http": _header_timeout_protocol(timeout_headers)}
+
+
+def _header_timeout_protocol(seconds: float) -> Any:
+    """uvicorn's h11 protocol with a deadline for each request's line and headers.
+
+    uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but has no deadline
+    for headers: a client that connects and sends nothing, or half a request line, holds
+    its connection for ever (slowloris). The clock starts when the connection opens and
+    when the first byte of a next request arrives, and stops once the headers are in.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            before = self.cycle
+            if before is None or before.response_complete:
+                self._arm()  # bytes of a new request: its headers are due within the deadline
+            super().data_received(data)
+            if self.cycle is not before:
+                self._disarm()  # a whole request line and headers arrived
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
 
 
 def _check_address(host: str, port: int) -> None:
@@ -546,7 +711,7 @@ def _prepare_photo_search(rec: Recommender) -> None:
         logger.warning("search by photo is unavailable: %s", exc)
 
 
-def _prefork(uvicorn: Any, app: Any, host: str, port: int, workers: int, access_log: bool) -> int:
+def _prefork(uvicorn: Any, app: Any, host: str, port: int, workers: int, options: dict[str, Any]) -> int:
     import signal
     import socket
 
@@ -566,7 +731,7 @@ def _prefork(uvicorn: Any, app: Any, host: str, port: int, workers: int, access_
         return sock
 
     def serve() -> None:
-        config = uvicorn.Config(app, access_log=access_log, log_level="info")
+        config = uvicorn.Config(app, **options)
         uvicorn.Server(config).run(sockets=[listener()])
 
     # the parent only supervises: uvicorn re-raises the signal that stopped it, which would

@@ -243,3 +243,135 @@ def test_build_with_nothing_usable_is_refused_and_keeps_the_index(tmp_path, enco
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was left as it was" in err[0] and "1 empty file" in err[0]
     assert Recommender.load(good).ids == before
+
+
+# -- hostile folders, paths and tables -------------------------------------------------------
+@pytest.fixture
+def deadline():
+    """Fail a test that runs past 20 s instead of hanging the suite (symlink loops used to)."""
+    import signal
+
+    def fail(*_):  # type: ignore[no-untyped-def]
+        raise TimeoutError("took over 20 s")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("links", [["a"], ["a", "b"]])
+def test_symlink_loops_in_the_images_folder_are_walked_once(tmp_path, deadline, links):
+    """Two ``x -> .`` links made the walk endless; one made every photo 'ambiguous'."""
+    table = _demo_rows(4)
+    _copy_photos(table, tmp_path / "images" / "deep")
+    for name in links:
+        (tmp_path / "images" / name).symlink_to(".")
+    (tmp_path / "images" / "deep" / "up").symlink_to("..")
+    cat = load_catalog(table, images=tmp_path / "images")
+    assert cat.problems == []
+    assert all(p.parent == (tmp_path / "images" / "deep").resolve() for p in cat.image_paths)
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> tuple[pd.DataFrame, Path]:
+    """Photos named so that they lead out of ``images/``: ../, absolute, a link, a linked folder."""
+    table = _demo_rows(5)
+    a, b, c, d, e = table["Image"]
+    images, elsewhere = tmp_path / "images", tmp_path / "outside"
+    _copy_photos(table.iloc[:1], images)
+    _copy_photos(table.iloc[1:], elsewhere)
+    (images / "link.jpg").symlink_to(elsewhere / c)
+    (images / "ext").symlink_to(elsewhere)
+    table = table.copy()
+    table["Image"] = [a, f"../outside/{b}", "link.jpg", str(elsewhere / d), e]  # e: only in the linked folder
+    return table, images
+
+
+def test_photos_must_resolve_inside_the_images_folder(outside):
+    table, images = outside
+    cat = load_catalog(table, images=images)
+    assert cat.ids == [table["ProductId"].iat[0]]
+    assert cat.images_root == images.resolve() and not cat.allow_outside_images
+    reasons = {p.row: p.reason for p in cat.problems}
+    assert reasons[2].startswith("photo is outside the images folder: ../outside/")
+    assert reasons[3].startswith("photo is outside the images folder: link.jpg")
+    assert reasons[4].startswith("absolute photo path")
+    assert reasons[5].startswith("photo file not found")  # a folder link out of images/ is not followed
+    assert all("--allow-outside-images" in r for r in list(reasons.values())[:3])
+
+
+def test_photos_outside_the_images_folder_on_request(outside):
+    table, images = outside
+    cat = load_catalog(table.iloc[:4], images=images, allow_outside_images=True)
+    assert cat.problems == [] and cat.allow_outside_images
+    assert [p.name for p in cat.image_paths] == [Path(v).name for v in _demo_rows(4)["Image"]]
+
+
+def test_parquet_whole_number_floats_keep_their_text(tmp_path):
+    """pandas writes an integer id column with a gap as floats: 42419.0 must read as 42419."""
+    table = _demo_rows(3)
+    _copy_photos(table, tmp_path / "images")
+    pq = table.copy()
+    pq["ProductId"] = [42419.0, 13683.0, float("nan")]
+    pq["Year"] = [2012.0, float("nan"), 2011.0]
+    pq["Rating"] = [4.5, 3.0, float("nan")]  # not whole numbers: left as they are
+    pq.to_parquet(tmp_path / "c.parquet", index=False)
+    cat = load_catalog(tmp_path / "c.parquet")
+    assert cat.ids == ["42419", "13683"]
+    assert cat.table["Year"].tolist() == ["2012", ""]
+    assert cat.table["Rating"].tolist() == ["4.5", "3.0"]
+    assert [(p.row, p.reason) for p in cat.problems] == [(3, "empty id")]
+    # a DataFrame handed over directly reads the same way
+    assert load_catalog(pq, images=tmp_path / "images").ids == ["42419", "13683"]
+
+
+def test_repeated_column_names_are_a_catalog_error(tmp_path):
+    (tmp_path / "c.csv").write_text("ProductId,Gender,Image,Gender \n1,Men,a.jpg,Women\n")
+    with pytest.raises(CatalogError, match="repeated column names: 'Gender'"):
+        load_catalog(tmp_path / "c.csv")
+    frame = pd.DataFrame([[1, "Men", "a.jpg", "Women"]], columns=["ProductId", "Gender", "Image", "Gender"])
+    with pytest.raises(CatalogError, match="'Gender'"):
+        load_catalog(frame, images=tmp_path)
+
+
+def test_build_gives_hostile_photos_a_reason_each(tmp_path, encoder):
+    """Bombs, lying or cut JPEGs and paths out of the folder are rows with reasons; a 16-bit
+    PNG is indexed; the manifest records the images folder for the server's checks."""
+    import io
+
+    import numpy as np
+    from hostile import cut_jpeg, lying_jpeg, png
+    from PIL import Image
+
+    from lookalike import Recommender
+
+    table = _demo_rows(3)
+    images = tmp_path / "images"
+    _copy_photos(table, images)
+    photo = (images / table["Image"].iat[0]).read_bytes()
+    (images / "bomb.png").write_bytes(png(20_000, 20_000, rows=b""))
+    (images / "lying.jpg").write_bytes(lying_jpeg())
+    (images / "cut.jpg").write_bytes(cut_jpeg(photo))
+    grey16 = np.asarray(Image.open(images / table["Image"].iat[1]).convert("L"), dtype=np.uint16) * 257
+    buf = io.BytesIO()
+    Image.fromarray(grey16).save(buf, format="PNG")
+    (images / "deep16.png").write_bytes(buf.getvalue())
+    (tmp_path / "secret.png").write_bytes(buf.getvalue())
+    template = table.iloc[0].to_dict()
+    rows = [(table["ProductId"].iat[0], table["Image"].iat[0], None),
+            ("91", "bomb.png", "image too large"), ("92", "lying.jpg", "truncated or corrupt image"),
+            ("93", "cut.jpg", "truncated or corrupt image"), ("94", "deep16.png", None),
+            ("95", "../secret.png", "photo is outside the images folder")]
+    frame = pd.DataFrame([{**template, "ProductId": pid, "Image": img} for pid, img, _ in rows])
+    frame.to_csv(tmp_path / "c.csv", index=False)
+    report = build(tmp_path / "c.csv", tmp_path / "index", encoder=encoder, show_progress_bar=False)
+    got = {p.id: p.reason for p in report.problems}
+    assert set(got) == {pid for pid, _, why in rows if why}
+    for pid, _, why in rows:
+        if why:
+            assert got[pid].startswith(why), (pid, got[pid])
+    rec = Recommender.load(tmp_path / "index")
+    assert rec.manifest["catalog"]["images_root"] == str(images.resolve())
+    assert rec.manifest["catalog"]["allow_outside_images"] is False

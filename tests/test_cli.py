@@ -291,12 +291,27 @@ ERRORS = {
     "export suffix": (["export", "{demo}", "{tmp}/top.txt"], "export writes .csv or .parquet"),
     "export bad where": (["export", "{demo}", "{tmp}/top.csv", "--where", "Colour"], "--where takes"),
     "export unknown column": (["export", "{demo}", "{tmp}/top.csv", "--same", "Size"], "unknown column"),
+    # hostile photos and outputs that can't be written
+    "bomb past Pillow's limit": (["similar", "{demo}", "--image", "{tmp}/bomb.png"], "image too large"),
+    "jpeg with no data": (["similar", "{demo}", "--image", "{tmp}/lying.jpg"], "truncated or corrupt image"),
+    "too many ids": (["similar", "{demo}", *["--id", "{pid}"] * 101], "at most 100 product ids"),
+    "out is a file": (["build", "{catalog}", "--out", "{tmp}/notes.txt"], "exists and is not a folder"),
+    "out under a file": (["build", "{catalog}", "--out", "{tmp}/notes.txt/x"], "is not a folder"),
+    "out read-only": (["build", "{catalog}", "--out", "/sys/lookalike-test/x"], "can't write"),
+    "export read-only": (["export", "{demo}", "/sys/lookalike-test/top.csv"], "can't write"),
+    "export to a folder": (["export", "{demo}", "{tmp}/x.csv/"], "is a folder"),
+    "sheet read-only": (["similar", "{demo}", "--id", "{pid}", "--sheet", "/sys/lookalike-test/s.png"], "can't write"),
 }
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_user_errors_print_one_line(case, capsys, tmp_path, demo_index, corrupt_index, half_index, pid):
+    from hostile import lying_jpeg, png
+
     (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "bomb.png").write_bytes(png(20_000, 20_000, rows=b""))
+    (tmp_path / "lying.jpg").write_bytes(lying_jpeg())
+    (tmp_path / "x.csv").mkdir()
     argv, words = ERRORS[case]
     values = {
         "demo": demo_index,
@@ -321,6 +336,8 @@ def test_usage_errors_exit_2(capsys, demo_index, pid):
         ["similar", str(demo_index)],
         ["frobnicate"],
         ["similar", str(demo_index), "--id", pid, "--image", "x.jpg"],
+        ["build", str(DEMO), "--out", "x", "--projection-dim", "-5"],
+        ["serve", str(demo_index), "--timeout-headers", "0"],
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
@@ -359,3 +376,36 @@ def test_python_dash_m_error_is_one_line(tmp_path):
     done = _python("similar", str(tmp_path / "nowhere"), "--id", "1")
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.splitlines() == [f"lookalike: error: index not found: {tmp_path / 'nowhere'}"]
+
+
+def test_a_bomb_warning_does_not_add_lines(tmp_path, demo_index):
+    """A photo past Pillow's warning limit (89 MP) is one error line, without Pillow's warning."""
+    from hostile import png
+
+    (tmp_path / "big.png").write_bytes(png(10_000, 10_000, rows=b""))
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    done = subprocess.run([sys.executable, "-m", "lookalike", "similar", str(demo_index), "--image",
+                           str(tmp_path / "big.png")], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "lookalike: error: image too large: 10000x10000 pixels (limit 64,000,000)"
+    ]
+
+
+def test_build_allow_outside_images(capsys, tmp_path):
+    table = pd.read_csv(DEMO, dtype=str).head(3)
+    (tmp_path / "shop" / "images").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    for name in table["Image"]:
+        shutil.copy(DEMO_IMAGES / name, tmp_path / "shop" / "images" / name)
+    shutil.copy(DEMO_IMAGES / table["Image"].iat[2], tmp_path / "elsewhere" / "x.jpg")
+    table["Image"] = [*table["Image"].iloc[:2], "../../elsewhere/x.jpg"]
+    table.to_csv(tmp_path / "shop" / "c.csv", index=False)
+    code, out, _ = run(capsys, "-q", "build", tmp_path / "shop" / "c.csv", "--out", tmp_path / "a")
+    assert code == 0 and "indexed 2 of 3" in out and "photo is outside the images folder" in out
+    code, out, _ = run(capsys, "-q", "build", tmp_path / "shop" / "c.csv", "--out", tmp_path / "b",
+                       "--allow-outside-images")
+    assert code == 0 and "indexed 3 of 3" in out
+    manifest = Recommender.load(tmp_path / "b").manifest["catalog"]
+    assert manifest["allow_outside_images"] is True
+    assert manifest["images_root"] == str((tmp_path / "shop" / "images").resolve())

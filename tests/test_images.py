@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import cut_jpeg, lying_jpeg, png
 from PIL import Image
 
 from lookalike import ImageError, demo_catalog
 from lookalike.images import (
     COLOUR_DIM,
+    DEFAULT_MAX_PIXELS,
     Preprocess,
     colour_descriptor,
     dhash,
     file_digest,
     load,
     open_image,
+    open_photo_file,
     prepare,
+    sniff_image_type,
 )
 
 DEMO_IMAGES = demo_catalog().parent / "images"
@@ -179,3 +185,248 @@ def test_descriptors(fashion_dir):
 def test_preprocess_rejects_unknown_resize():
     with pytest.raises(ValueError, match="pad, squash or crop"):
         Preprocess(resize="stretch")
+
+
+# -- every colour mode ----------------------------------------------------------------------
+def _scene(w: int = 96, h: int = 64) -> Image.Image:
+    """A smooth, colourful picture: hue across, brightness down, a white band."""
+    x, y = np.meshgrid(np.linspace(0, 1, w), np.linspace(0, 1, h))
+    rgb = np.stack([255 * x, 255 * (1 - x) * (0.3 + 0.7 * y), 255 * y], axis=-1)
+    rgb[h // 3 : h // 2] = 255
+    return Image.fromarray(rgb.round().astype(np.uint8), "RGB")
+
+
+def _grey16(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("L"), dtype=np.uint16) * 257  # the full 16-bit range
+
+
+def _make(mode: str, src: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """(``src`` in ``mode``, the RGB picture open_image must give back)."""
+    grey = src.convert("L").convert("RGB")
+    g16 = _grey16(src)
+    w, h = src.size
+    deep = {
+        "I;16": Image.frombytes("I;16", src.size, g16.astype("<u2").tobytes()),
+        "I;16L": Image.frombytes("I;16L", src.size, g16.astype("<u2").tobytes()),
+        "I;16B": Image.frombytes("I;16B", src.size, g16.astype(">u2").tobytes()),
+        "I": Image.fromarray(g16.astype(np.int32), "I"),  # 0..65535 in 32 bits: a 16-bit source
+        "I (8-bit values)": src.convert("L").convert("I"),
+        "I (negative)": Image.fromarray(g16.astype(np.int32) - 40000, "I"),  # stretched min..max
+        "F": Image.fromarray(g16.astype(np.float32) / 65535, "F"),  # 0..1 floats
+        "F (8-bit values)": src.convert("L").convert("F"),
+    }
+    if mode in deep:
+        return deep[mode], grey
+    if mode == "1":
+        bilevel = src.convert("L").point(lambda v: 255 if v >= 128 else 0).convert("1")
+        return bilevel, bilevel.convert("L").convert("RGB")
+    if mode in ("L", "LA", "La"):
+        out = src.convert("L").convert(mode) if mode != "La" else src.convert("LA").convert("La")
+        return out, grey
+    if mode in ("P", "PA"):
+        p = src.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+        return (p if mode == "P" else p.convert("PA")), p.convert("RGB")
+    return src.convert(mode), src
+
+
+MODES = ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+         "I;16", "I;16L", "I;16B", "I", "I (8-bit values)", "I (negative)", "F", "F (8-bit values)"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("draft", [None, 20])
+def test_every_colour_mode_becomes_the_right_rgb(mode, draft):
+    src = _scene()
+    img, want = _make(mode, src)
+    assert img.mode == mode.split(" ")[0]
+    got = open_image(img, draft=draft)
+    assert got.mode == "RGB"
+    if draft is not None:  # shrunk by a whole factor (64 // 20 = 3) in the source mode, then converted
+        assert got.size == (32, 22)
+        want = want.reduce(3)
+    assert got.size == want.size
+    a, b = np.asarray(got), np.asarray(want)
+    if mode == "I (negative)":  # stretched from its minimum to its maximum: the same picture, darker
+        assert np.corrcoef(a[..., 0].ravel(), b[..., 0].ravel())[0, 1] > 0.999
+    else:
+        assert _diff(a, b) < 3.0, mode
+
+
+@pytest.mark.parametrize("mode, fmt", [
+    ("I;16", "PNG"), ("I;16B", "TIFF"), ("I", "TIFF"), ("F", "TIFF"), ("1", "PNG"), ("LA", "PNG"),
+    ("P", "PNG"), ("P", "GIF"), ("RGBA", "PNG"), ("RGB", "WEBP"), ("CMYK", "TIFF"), ("CMYK", "JPEG"),
+    ("YCbCr", "TIFF"), ("LAB", "TIFF"), ("L", "JPEG"),
+])
+def test_saved_colour_modes_become_the_right_rgb(mode, fmt):
+    """The same through files as Pillow writes them (a 16-bit PNG used to come out blank white)."""
+    src = _scene(240, 160)
+    img, want = _make(mode, src)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    data = buf.getvalue()
+    opened = Image.open(io.BytesIO(data))
+    assert opened.mode in (mode, "I;16" if mode == "I;16B" else mode, "I" if mode == "I;16" else mode)
+    got = open_image(data)
+    tolerance = 8.0 if fmt in ("JPEG", "GIF") else 3.0
+    assert _diff(np.asarray(got), np.asarray(want)) < tolerance, (mode, fmt)
+    decoded, reason = load(data, PRE)
+    assert reason == "" and _diff(decoded.pixels, prepare(want, PRE)) < tolerance
+
+
+def test_sixteen_bit_greyscale_png_is_not_blank():
+    g16 = _grey16(_scene()) // 4  # a dark 16-bit photo: every value over 255, all under a quarter
+    buf = io.BytesIO()
+    Image.fromarray(g16.astype(np.uint16)).save(buf, format="PNG")
+    px = np.asarray(open_image(buf.getvalue()))
+    assert 20 < px.mean() < 70 and px.max() < 70  # was 255 everywhere
+
+
+def test_unsupported_mode_is_an_image_error(monkeypatch):
+    img = _scene().convert("RGB")
+    monkeypatch.setattr(img, "_mode", "XYZ", raising=False)
+    monkeypatch.setattr(Image.Image, "convert", lambda self, *a, **k: (_ for _ in ()).throw(ValueError("no")))
+    with pytest.raises(ImageError, match="unsupported colour mode XYZ"):
+        open_image(img)
+
+
+# -- memory: shrink before converting, a bounded number of decodes at once -------------------
+def test_big_photo_is_shrunk_in_its_own_mode_before_any_conversion(monkeypatch):
+    big = png(3000, 2000, channels=4)  # 6 MP RGBA: a full-size RGBA -> RGBa -> RGB chain was 4 copies
+    assert len(big) < 50_000
+    sizes: list[tuple[int, int]] = []
+    real_convert = Image.Image.convert
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(self.size)
+        return real_convert(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", spy)
+    img = open_image(big, draft=100)
+    assert img.mode == "RGB" and img.size == (150, 100)  # factor 20
+    assert sizes and max(w * h for w, h in sizes) <= 2_000_000  # strips, never the whole photo
+    px = np.asarray(img)
+    assert (px[10, 75] == 255).all() and _diff(px[50, 75], np.array([30, 60, 200])) < 2
+
+
+def test_decodes_wait_for_a_free_slot(monkeypatch):
+    import threading
+    import time
+
+    from lookalike import images
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real = images._decode
+
+    def slow(*args):  # type: ignore[no-untyped-def]
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return real(*args)
+
+    monkeypatch.setattr(images, "_decode", slow)
+    before = images.decode_slots()
+    images.set_decode_slots(2)
+    try:
+        photo = _demo_photo().read_bytes()
+        threads = [threading.Thread(target=open_image, args=(photo,)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        images.set_decode_slots(before)
+    assert most[0] == 2
+    with pytest.raises(ValueError):
+        images.set_decode_slots(0)
+
+
+# -- bombs and damaged files --------------------------------------------------------------
+def test_decompression_bomb_past_pillows_limit_is_image_too_large():
+    bomb = png(20_000, 20_000, rows=b"")  # 400 MP claimed in 68 bytes: Pillow itself refuses it
+    assert len(bomb) < 200
+    for max_pixels in (DEFAULT_MAX_PIXELS, 10**12):  # whatever our own limit
+        with pytest.raises(ImageError, match=r"^image too large: 400,000,000 pixels"):
+            open_image(bomb, max_pixels=max_pixels)
+    decoded, reason = load(bomb, PRE, max_pixels=10**12)
+    assert decoded is None and reason.startswith("image too large")
+
+
+def test_pillows_bomb_warning_as_an_error_is_image_too_large():
+    import warnings
+
+    bomb = png(10_000, 10_000, rows=b"")  # past Pillow's warning limit (89 MP), under its error limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageError, match="^image too large"):
+            open_image(bomb, max_pixels=200_000_000)
+
+
+def test_jpeg_claiming_more_pixels_than_its_data_is_corrupt():
+    data = lying_jpeg(7000, 7000)  # decoded as a grey 7000x7000 picture, without an error, before
+    assert len(data) < 1000
+    with pytest.raises(ImageError, match="^truncated or corrupt image"):
+        open_image(data, draft=224)
+    decoded, reason = load(data, PRE)
+    assert decoded is None and reason.startswith("truncated or corrupt image")
+
+
+def test_jpeg_cut_short_with_an_end_marker_is_corrupt():
+    photo = _demo_photo().read_bytes()
+    with pytest.raises(ImageError, match="^truncated or corrupt image"):
+        open_image(cut_jpeg(photo, 0.3))
+    decoded, reason = load(cut_jpeg(photo, 0.3), PRE)
+    assert decoded is None and reason.startswith("truncated or corrupt image")
+    # whole photos are untouched, greyscale and progressive ones included
+    gray = io.BytesIO()
+    Image.open(_demo_photo()).convert("L").save(gray, format="JPEG", progressive=True)
+    for data in (photo, gray.getvalue()):
+        assert load(data, PRE)[1] == ""
+
+
+# -- photo files as the server hands them out ---------------------------------------------
+def test_open_photo_file_refuses_what_was_swapped_in(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    photo = root / "a.jpg"
+    photo.write_bytes(_demo_photo().read_bytes())
+    with open_photo_file(photo, root=root) as f:
+        assert sniff_image_type(f.read(16)) == "image/jpeg"
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(b"\x89PNG\r\n\x1a\n secret")
+    cases = {}
+    cases["outside"] = outside
+    link = root / "link.jpg"
+    link.symlink_to(outside)
+    cases["link"] = link
+    (root / "folder.jpg").mkdir()
+    cases["folder"] = root / "folder.jpg"
+    os.mkfifo(root / "fifo.jpg")
+    cases["fifo"] = root / "fifo.jpg"
+    cases["missing"] = root / "gone.jpg"
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "b.jpg").write_bytes(b"x")
+    (root / "sub").symlink_to(tmp_path / "real")
+    cases["link on the way"] = root / "sub" / "b.jpg"
+    for what, path in cases.items():
+        with pytest.raises(ImageError) as err:
+            open_photo_file(path, root=root)
+        assert str(tmp_path) not in str(err.value), what
+    with pytest.raises(ImageError, match="file not found"):
+        open_photo_file(root / "gone.jpg", root=root)
+    # without a root (an index built with allow_outside_images), only links are refused
+    open_photo_file(outside).close()
+    with pytest.raises(ImageError):
+        open_photo_file(link)
+
+
+@pytest.mark.parametrize("fmt, media", [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("GIF", "image/gif"),
+                                        ("WEBP", "image/webp"), ("TIFF", "image/tiff"), ("BMP", "image/bmp")])
+def test_sniff_image_type(fmt, media):
+    buf = io.BytesIO()
+    _scene().save(buf, format=fmt)
+    assert sniff_image_type(buf.getvalue()[:16]) == media
+    assert sniff_image_type(b"<html><script>") is None

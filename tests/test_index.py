@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from layout import base
 
 from lookalike import IndexFormatError, InvalidQueryError, Recommender
 from lookalike.index import BACKENDS, ExactIndex, VectorIndex, make_index, topk_sorted
 from lookalike.index.hnsw import HNSWIndex
-
-from layout import base
 
 pytest.importorskip("faiss")
 

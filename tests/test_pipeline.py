@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from layout import base, edit_record, record, report_path
 
 from lookalike import (
     IndexFormatError,
@@ -20,7 +21,6 @@ from lookalike import (
 )
 from lookalike.artifacts import FORMAT_VERSION
 from lookalike.catalog import file_sha256
-from layout import base, edit_record, record, report_path
 
 DEMO = demo_catalog()
 DEMO_IMAGES = DEMO.parent / "images"
@@ -133,6 +133,7 @@ def test_bad_settings_are_refused_early(small, encoder, tmp_path):
         ({"colour_weight": 1.5}, "between 0 and 1"),
         ({"metric": "euclidean", "colour_weight": 0.3}, "needs metric cosine"),
         ({"batch_size": 0}, "batch size"),
+        ({"projection_dim": -5}, "0 \\(none\\) or a whole number >= 1"),
     ]:
         with pytest.raises(InvalidQueryError, match=words):
             build(csv, out, encoder=encoder, show_progress_bar=False, **kw)
@@ -264,8 +265,8 @@ def _overwrite(path: Path, at: int, data: bytes) -> None:
 
 def _resave(path: Path, change) -> None:
     """Rewrite a file *and* its checksum record: damage the checksums can't see."""
-    import zlib
     import hashlib
+    import zlib
 
     change(path)
     index = path.parents[2]

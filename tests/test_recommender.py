@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from lookalike import (
     build,
     demo_catalog,
 )
-from lookalike.recommender import MAX_K
+from lookalike.recommender import MAX_IDS, MAX_K
 
 HIDDEN = {"_image", "_row", "_sha1", "_dhash", "_dup_exact", "_dup_near"}
 
@@ -191,6 +190,7 @@ def test_invalid_queries(demo_rec):
         dict(ids=pid, k=2.5),
         dict(ids=pid, colour_weight=1.5),
         dict(ids=[]),
+        dict(ids=[pid] * (MAX_IDS + 1)),
         dict(),
         dict(ids=pid, image=demo_rec.image_path(pid)),
         dict(image=demo_rec.image_path(pid), same="Gender"),

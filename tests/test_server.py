@@ -99,7 +99,9 @@ def test_thumbnail(client):
     img = Image.open(io.BytesIO(resp.content))
     assert img.format == "JPEG" and max(img.size) <= 64
     assert client.get(f"/products/{QUERY}/image", params={"size": 64}).content == resp.content  # cached
-    assert client.get(f"/products/{QUERY}/image", params={"size": 32}).headers["etag"] != resp.headers["etag"]
+    # sizes are rounded up to a few fixed sides: 32 is drawn as 64, 200 as 256
+    assert client.get(f"/products/{QUERY}/image", params={"size": 32}).headers["etag"] == resp.headers["etag"]
+    assert client.get(f"/products/{QUERY}/image", params={"size": 200}).headers["etag"] != resp.headers["etag"]
 
 
 @pytest.mark.parametrize("size", [0, -5, 15, MAX_THUMBNAIL + 1, "big"])
@@ -121,7 +123,8 @@ def test_missing_photo_file_is_404_not_500(demo_index, tmp_path):
 
     rec = Recommender.load(demo_index)
     rec.metadata = rec.metadata.copy()
-    rec.metadata.loc[rec.row(QUERY), "_image"] = str(tmp_path / "gone.jpg")
+    gone = Path(rec.manifest["catalog"]["images_root"]) / "gone.jpg"  # inside the images folder, not there
+    rec.metadata.loc[rec.row(QUERY), "_image"] = str(gone)
     with TestClient(create_app(rec)) as c:
         for params in ({}, {"size": 64}):
             resp = c.get(f"/products/{QUERY}/image", params=params)
@@ -540,3 +543,215 @@ def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, 
         _prepare_photo_search(Recommender.load(demo_index))  # by-id serving goes on
     assert "search by photo is unavailable: no weights" in caplog.text
 
+
+
+# -- hostile uploads ------------------------------------------------------------------------
+def test_hostile_uploads_get_a_4xx_with_one_line(client, photo):
+    from hostile import cut_jpeg, lying_jpeg, png
+
+    cases = [
+        (png(20_000, 20_000, rows=b""), "image/png", 413, "image too large"),  # past Pillow's own limit
+        (png(10_000, 10_000, rows=b""), "image/png", 413, "image too large"),  # past ours, Pillow warns
+        (lying_jpeg(6000, 6000), "image/jpeg", 400, "truncated or corrupt"),
+        (cut_jpeg(photo), "image/jpeg", 400, "truncated or corrupt"),
+    ]
+    for data, ctype, status, words in cases:
+        resp = _upload(client, data, ctype=ctype)
+        assert resp.status_code == status, (words, resp.text)
+        assert _detail(resp).startswith(words)
+
+
+def test_sixteen_bit_upload_finds_its_product(client):
+    import numpy as np
+
+    grey = np.asarray(Image.open(DEMO_IMAGES / f"{QUERY}.jpg").convert("L"), dtype=np.uint16) * 257
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")
+    resp = _upload(client, buf.getvalue(), name="deep.png", ctype="image/png", params={"k": 3})
+    assert resp.status_code == 200
+    assert QUERY in [r["id"] for r in resp.json()["results"]]  # a blank white square found nothing alike
+
+
+@pytest.mark.parametrize("payload, words", [
+    ({"ids": [QUERY], "k": True}, "k"),
+    ({"ids": [QUERY], "k": 2.0}, "k"),
+    ({"ids": [True]}, "ids"),
+    ({"ids": [QUERY], "colour_weight": True}, "colour_weight"),
+    ({"ids": [QUERY], "collapse_duplicates": "yes"}, "collapse_duplicates"),
+    ({"ids": [QUERY] * 101}, "at most 100"),
+])
+def test_json_fields_are_strict_and_ids_capped(client, payload, words):
+    resp = client.post("/similar", json=payload)
+    assert resp.status_code == 422
+    assert words in _detail(resp)
+
+
+def test_big_json_body_is_413_before_parsing(client):
+    from lookalike.server import MAX_JSON_BYTES
+
+    resp = client.post("/similar", json={"ids": ["x" * 20] * 900_000})  # 20 MB of ids
+    assert resp.status_code == 413
+    assert f"{MAX_JSON_BYTES:,}" in _detail(resp)
+
+
+# -- product photos: only the files the build indexed, checked again on every request --------
+@pytest.fixture
+def small_index(tmp_path, encoder):
+    """Three demo products whose photos lie in tmp_path/images (so tests may tamper with them)."""
+    import pandas as pd
+
+    from lookalike import Recommender, build, demo_catalog
+
+    table = pd.read_csv(demo_catalog(), dtype=str, keep_default_na=False).head(3)
+    (tmp_path / "images").mkdir()
+    for name in table["Image"]:
+        (tmp_path / "images" / name).write_bytes((DEMO_IMAGES / name).read_bytes())
+    table.to_csv(tmp_path / "c.csv", index=False)
+    build(tmp_path / "c.csv", tmp_path / "index", encoder=encoder, show_progress_bar=False)
+    rec = Recommender.load(tmp_path / "index")
+    return rec, [rec.image_path(pid) for pid in rec.ids]
+
+
+def test_photos_swapped_after_the_build_are_not_served(small_index, tmp_path):
+    import os
+
+    rec, paths = small_index
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0 secret")
+    with TestClient(create_app(rec)) as c:
+        first = c.get(f"/products/{rec.ids[0]}/image")
+        assert first.status_code == 200 and first.content == paths[0].read_bytes()
+        assert first.headers["x-content-type-options"] == "nosniff"
+        paths[0].unlink()
+        paths[0].symlink_to(secret)  # a photo replaced by a link to a file outside
+        paths[1].unlink()
+        paths[1].mkdir()  # ... by a folder
+        paths[2].unlink()
+        os.mkfifo(paths[2])  # ... by a FIFO (opening one for reading used to wait for a writer)
+        for pid in rec.ids:
+            for params in ({}, {"size": 64}):
+                resp = c.get(f"/products/{pid}/image", params=params)
+                assert resp.status_code == 404, (pid, params)
+                assert "secret" not in resp.text and str(tmp_path) not in resp.text
+                assert "not available" in _detail(resp)
+
+
+def test_photo_content_type_comes_from_its_bytes(small_index):
+    rec, paths = small_index
+    png = io.BytesIO()
+    Image.open(paths[0]).save(png, format="PNG")
+    paths[0].write_bytes(png.getvalue())  # a PNG named .jpg
+    paths[1].write_bytes(b"<html><script>alert(1)</script></html>")  # not an image at all now
+    with TestClient(create_app(rec)) as c:
+        resp = c.get(f"/products/{rec.ids[0]}/image")
+        assert resp.headers["content-type"] == "image/png" and resp.content == png.getvalue()
+        resp = c.get(f"/products/{rec.ids[1]}/image")
+        assert resp.headers["content-type"] == "application/octet-stream"
+        assert resp.headers["x-content-type-options"] == "nosniff"
+        assert c.get(f"/products/{rec.ids[1]}/image", params={"size": 64}).status_code == 404
+
+
+def test_photo_outside_the_recorded_root_is_not_served(small_index, tmp_path):
+    rec, paths = small_index
+    elsewhere = tmp_path / "elsewhere.jpg"
+    elsewhere.write_bytes(paths[0].read_bytes())
+    rec.metadata = rec.metadata.copy()
+    rec.metadata.loc[0, "_image"] = str(elsewhere)  # an index whose record points out of the root
+    with TestClient(create_app(rec)) as c:
+        assert c.get(f"/products/{rec.ids[0]}/image").status_code == 404
+    # an index built with allow_outside_images records it, and serves such files
+    rec.manifest["catalog"]["allow_outside_images"] = True
+    with TestClient(create_app(rec)) as c:
+        assert c.get(f"/products/{rec.ids[0]}/image").content == elsewhere.read_bytes()
+
+
+def test_thumbnails_come_in_a_few_sizes_and_a_bounded_cache(small_index):
+    from lookalike.server import THUMBNAIL_SIZES, _Thumbnails
+
+    rec, paths = small_index
+    with TestClient(create_app(rec)) as c:
+        tags = {}
+        for size in (16, 64, 65, 100, 128, 129, 1000, 1024):
+            resp = c.get(f"/products/{rec.ids[0]}/image", params={"size": size})
+            assert resp.status_code == 200
+            side = next(s for s in THUMBNAIL_SIZES if s >= size)
+            assert max(Image.open(io.BytesIO(resp.content)).size) <= side
+            tags.setdefault(side, set()).add(resp.headers["etag"])
+        assert set(tags) == {64, 128, 256, 1024} and all(len(t) == 1 for t in tags.values())
+    cache = _Thumbnails(max_bytes=250)
+    for i in range(10):
+        cache.get(i, lambda: b"x" * 100)
+    assert cache.bytes <= 250 and len(cache._items) == 2
+    assert cache.get("big", lambda: b"x" * 1000) == b"x" * 1000 and "big" not in cache._items
+
+
+def test_a_thumbnail_wanted_by_many_is_drawn_once():
+    import threading
+    import time
+
+    from lookalike.server import _Thumbnails
+
+    cache, draws = _Thumbnails(max_bytes=10_000), []
+
+    def draw():  # type: ignore[no-untyped-def]
+        draws.append(1)
+        time.sleep(0.1)
+        return b"jpeg"
+
+    threads = [threading.Thread(target=cache.get, args=("k", draw)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(draws) == 1
+
+
+# -- connections: idle and slow-header clients are closed ------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_slow_and_idle_connections_are_closed(demo_rec):
+    """A client that sends half a request line (slowloris) or nothing at all is closed after
+    timeout_headers; a finished keep-alive connection after timeout_keep_alive."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from lookalike.server import _uvicorn_options
+
+    port = _free_port()
+    options = _uvicorn_options(access_log=False, timeout_keep_alive=0.5, timeout_headers=0.5)
+    server = uvicorn.Server(uvicorn.Config(create_app(demo_rec), host="127.0.0.1", port=port, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.02)
+        hostile = [b"GET /hea", b"", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "]  # half a line, nothing,
+        normal = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"  # headers that never end; and a whole request
+        t0 = time.monotonic()
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(len(hostile) + 1)]
+        for conn, data in zip(conns, [*hostile, normal]):
+            conn.sendall(data)
+        received = []
+        for conn in conns:  # each is closed by the server: recv returns b"" at the end
+            with conn:
+                data = b""
+                while chunk := conn.recv(4096):
+                    data += chunk
+                received.append(data)
+        assert time.monotonic() - t0 < 3
+        assert received[:3] == [b"", b"", b""]
+        assert received[3].startswith(b"HTTP/1.1 200")  # answered, then closed once idle (keep-alive)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,930 @@
+"""Live changes (``lookalike.Index``): upsert, remove, sync and compact on real photos.
+
+Every operation goes through the library and the CLI; a Hypothesis property checks that any
+short sequence of live changes answers exactly like a fresh build of the resulting catalogue;
+the hnsw back end follows changes; readers never see a half-written index while a writer works.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lookalike.live
+from lookalike import (
+    CatalogError,
+    InvalidQueryError,
+    LookalikeError,
+    Recommender,
+    build,
+    demo_catalog,
+)
+from lookalike.cli import main
+from lookalike.live import Index
+from lookalike.store import Store
+
+DEMO = demo_catalog()
+DEMO_IMAGES = DEMO.parent / "images"
+DEMO_TABLE = pd.read_csv(DEMO, dtype=str, keep_default_na=False)
+COLUMNS = list(DEMO_TABLE.columns)
+#: two demo products whose photos are byte-identical (the demo's one duplicate group)
+TWINS = ("21838", "23129")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() configures logging for the process; give the next test what it had."""
+    root, pkg = logging.getLogger(), logging.getLogger("lookalike")
+    saved = (list(root.handlers), root.level, pkg.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    pkg.setLevel(saved[2])
+
+
+# -- helpers -------------------------------------------------------------------------------
+def demo_row(pid: str, **change: str) -> dict[str, str]:
+    row = DEMO_TABLE[DEMO_TABLE["ProductId"] == pid].iloc[0].to_dict()
+    return {**row, **change}
+
+
+def copy_index(src: Path, tmp_path: Path, name: str = "idx") -> Path:
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def files_of(index: Path) -> dict[str, bytes]:
+    """Every file of an index folder (LOCK aside: opening it is how writers wait)."""
+    return {str(f.relative_to(index)): f.read_bytes() for f in sorted(index.rglob("*"))
+            if f.is_file() and f.name != "LOCK"}
+
+
+def stored(index: Path, pid: str) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """(vector, colour, metadata) the current generation holds for one product."""
+    vectors, colour, meta = Store(index).snapshot().dense()
+    i = meta.index[meta["ProductId"] == pid]
+    assert len(i) == 1, f"{pid} is held {len(i)} times"
+    return np.array(vectors[i[0]]), np.array(colour[i[0]]), {c: str(meta[c].iat[i[0]]) for c in COLUMNS}
+
+
+class Counter:
+    """Counts photos through ``encoder.encode_pixels`` (monkeypatched on the session encoder)."""
+
+    def __init__(self, monkeypatch, encoder) -> None:
+        self.photos = 0
+        real = encoder.encode_pixels
+
+        def counting(pixels):
+            self.photos += len(pixels) if pixels.ndim == 4 else 1
+            return real(pixels)
+
+        monkeypatch.setattr(encoder, "encode_pixels", counting)
+        # the CLI makes its own encoder: give it the session one, so it is counted too
+        monkeypatch.setattr(lookalike.live, "get_encoder", lambda *a, **kw: encoder)
+
+
+class Outcome:
+    """One change as the library's ChangeReport or the CLI's JSON gives it."""
+
+    def __init__(self, counts: dict[str, int], changes: list[dict[str, Any]], generation: int) -> None:
+        self.counts = counts
+        self.changes = changes
+        self.generation = generation
+
+    def status(self, pid: str) -> list[str]:
+        return [c["status"] for c in self.changes if c["id"] == pid]
+
+    def reason(self, pid: str) -> str:
+        return " | ".join(c["reason"] for c in self.changes if c["id"] == pid)
+
+
+def _from_report(report: Any) -> Outcome:
+    return Outcome(report.counts(), [dict(c.__dict__) for c in report.changes], report.generation)
+
+
+def _cli(capsys, *argv: Any) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _cli_json(capsys, *argv: Any) -> Outcome:
+    code, out, err = _cli(capsys, "-q", *argv, "--format", "json")
+    assert code == 0, err
+    data = json.loads(out)
+    return Outcome(data["counts"], data["changes"], data["generation"])
+
+
+def upsert(via: str, index: Path, rows: list[dict[str, str]], encoder, capsys, tmp_path: Path,
+           images: Path = DEMO_IMAGES) -> Outcome:
+    if via == "lib":
+        return _from_report(Index.open(index, encoder=encoder).upsert(rows, images=images))
+    csv = tmp_path / f"rows-{time.monotonic_ns()}.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return _cli_json(capsys, "add", index, csv, "--images", images)
+
+
+def remove(via: str, index: Path, ids: list[str], encoder, capsys, tmp_path: Path) -> Outcome:
+    if via == "lib":
+        return _from_report(Index.open(index, encoder=encoder).remove(ids))
+    ids_file = tmp_path / f"ids-{time.monotonic_ns()}.txt"
+    ids_file.write_text("\n".join(ids) + "\n")
+    return _cli_json(capsys, "remove", index, "--ids-file", ids_file)
+
+
+def sync(via: str, index: Path, table: pd.DataFrame, encoder, capsys, tmp_path: Path, *flags: str,
+         images: Path = DEMO_IMAGES, **kw: Any) -> Outcome:
+    if via == "lib":
+        return _from_report(Index.open(index, encoder=encoder).sync(table, images=images, **kw))
+    csv = tmp_path / f"catalog-{time.monotonic_ns()}.csv"
+    table.to_csv(csv, index=False)
+    return _cli_json(capsys, "sync", index, csv, "--images", images, *flags)
+
+
+VIA = pytest.mark.parametrize("via", ["lib", "cli"])
+
+
+@pytest.fixture
+def idx(demo_index, tmp_path) -> Path:
+    """A private copy of the 99-product demo index."""
+    return copy_index(demo_index, tmp_path)
+
+
+# -- upsert --------------------------------------------------------------------------------
+@VIA
+def test_add_new_products(via, idx, encoder, capsys, tmp_path, fashion_dir):
+    """New ids with photos the index has never seen: embedded, searchable, by id and by photo."""
+    fashion = pd.read_csv(fashion_dir / "fashion.csv", dtype=str, keep_default_na=False)
+    new = fashion[~fashion["ProductId"].isin(DEMO_TABLE["ProductId"])].head(2)
+    rows = [{c: r[c] for c in COLUMNS} for _, r in new.iterrows()]
+    before = Store(idx).current_generation()
+    got = upsert(via, idx, rows, encoder, capsys, tmp_path, images=fashion_dir / "images")
+    assert got.counts["added"] == 2 and got.generation == before + 1
+    assert [c["status"] for c in got.changes] == ["added", "added"]
+    rec = Recommender.load(idx)
+    assert len(rec) == 101 and rec.generation == before + 1
+    for r in rows:
+        assert rec.product(r["ProductId"]) == r
+        assert rec.similar(r["ProductId"], k=5, same="Gender").ids  # a query product like any other
+        top = rec.similar(image=fashion_dir / "images" / r["Image"], k=1)
+        assert top.ids == [r["ProductId"]] and top.items[0].score > 0.99
+
+
+@VIA
+def test_change_of_photo_is_re_embedded(via, idx, encoder, capsys, tmp_path):
+    """A product pointed at another product's photo file gets that photo's vector and colour."""
+    a, b = DEMO_TABLE["ProductId"].iloc[0], DEMO_TABLE["ProductId"].iloc[1]
+    vec_b, col_b, _ = stored(idx, b)
+    got = upsert(via, idx, [demo_row(a, Image=demo_row(b)["Image"])], encoder, capsys, tmp_path)
+    assert got.status(a) == ["re-embedded"] and got.counts["re-embedded"] == 1
+    vec_a, col_a, meta_a = stored(idx, a)
+    np.testing.assert_allclose(vec_a, vec_b, atol=1e-5)
+    np.testing.assert_allclose(col_a, col_b, atol=1e-6)
+    assert meta_a["Image"] == demo_row(b)["Image"]
+    rec = Recommender.load(idx)
+    assert {a, b} in [set(g) for g in rec.duplicates(near=False)]
+    assert Path(rec.image_path(a)).name == demo_row(b)["Image"]
+
+
+@VIA
+@pytest.mark.parametrize("photo_cell", ["same", "empty"])
+def test_change_of_metadata_only_reuses_the_vector(via, photo_cell, idx, encoder, capsys, tmp_path, monkeypatch):
+    """Same photo bytes (or no photo named): the stored vector is kept bit for bit, the model never runs."""
+    pid = DEMO_TABLE["ProductId"].iloc[3]
+    vec0, col0, _ = stored(idx, pid)
+    counter = Counter(monkeypatch, encoder)
+    row = demo_row(pid, ProductTitle="A brand new title", Gender="Unisex")
+    if photo_cell == "empty":
+        row["Image"] = ""
+    got = upsert(via, idx, [row], encoder, capsys, tmp_path)
+    assert got.status(pid) == ["metadata"]
+    assert counter.photos == 0
+    vec1, col1, meta1 = stored(idx, pid)
+    assert vec1.tobytes() == vec0.tobytes() and col1.tobytes() == col0.tobytes()
+    assert meta1["ProductTitle"] == "A brand new title" and meta1["Gender"] == "Unisex"
+    assert meta1["Image"] == demo_row(pid)["Image"]  # an empty photo cell keeps the photo
+    rec = Recommender.load(idx)
+    assert rec.similar(pid, k=5, same="Gender").ids == []  # the only Unisex product
+
+
+@VIA
+def test_unchanged_rows_change_nothing(via, idx, encoder, capsys, tmp_path, monkeypatch):
+    rows = [demo_row(p) for p in DEMO_TABLE["ProductId"].iloc[:5]]
+    before = files_of(idx)
+    counter = Counter(monkeypatch, encoder)
+    got = upsert(via, idx, rows, encoder, capsys, tmp_path)
+    assert got.counts["unchanged"] == 5 and sum(got.counts.values()) == 5
+    assert got.generation == 1 and counter.photos == 0
+    assert files_of(idx) == before  # no generation was committed
+
+
+@VIA
+def test_duplicate_id_in_one_request(via, idx, encoder, capsys, tmp_path):
+    """The same id twice in one request: the first row wins, the second is reported."""
+    pid = DEMO_TABLE["ProductId"].iloc[0]
+    rows = [demo_row(pid, ProductTitle="first"), demo_row(pid, ProductTitle="second")]
+    got = upsert(via, idx, rows, encoder, capsys, tmp_path)
+    assert [(c["row"], c["status"]) for c in got.changes] == [(1, "metadata"), (2, "skipped")]
+    assert "duplicate id (first on row 1)" in got.reason(pid)
+    assert stored(idx, pid)[2]["ProductTitle"] == "first"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a duplicate id whose first row names a photo and whose later row "
+                   "names none: the later (photo-less) row wins and the first is reported as the duplicate "
+                   "('first on row 2'): rows without a photo are planned before rows with one")
+def test_duplicate_id_first_row_wins_even_when_the_later_row_has_no_photo(idx, encoder):
+    pid = DEMO_TABLE["ProductId"].iloc[0]
+    rows = [demo_row(pid, ProductTitle="first"), demo_row(pid, ProductTitle="second", Image="")]
+    report = Index.open(idx, encoder=encoder).upsert(rows, images=DEMO_IMAGES)
+    assert [(c.row, c.status) for c in report.changes] == [(1, "metadata"), (2, "skipped")]
+    assert stored(idx, pid)[2]["ProductTitle"] == "first"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a duplicate-id reason counts rows among the rows that name a photo, "
+                   "not rows of the request: row 3 duplicates row 2, the reason says 'first on row 1'")
+def test_duplicate_id_reason_names_the_request_row(idx, encoder):
+    a, b = DEMO_TABLE["ProductId"].iloc[0], DEMO_TABLE["ProductId"].iloc[1]
+    rows = [demo_row(a, ProductTitle="meta only", Image=""), demo_row(b, ProductTitle="x"),
+            demo_row(b, ProductTitle="y")]
+    report = Index.open(idx, encoder=encoder).upsert(rows, images=DEMO_IMAGES)
+    dup = [c for c in report.changes if c.status == "skipped"]
+    assert [(c.row, c.reason) for c in dup] == [(3, "duplicate id (first on row 2)")]
+
+
+@VIA
+def test_row_whose_photo_is_missing_is_skipped_with_its_reason(via, idx, encoder, capsys, tmp_path):
+    good = {**demo_row(DEMO_TABLE["ProductId"].iloc[0]), "ProductId": "new-ok"}
+    bad = {**good, "ProductId": "new-bad", "Image": "no-such-photo.jpg"}
+    old = demo_row(DEMO_TABLE["ProductId"].iloc[1], Image="also-gone.jpg", ProductTitle="changed")
+    got = upsert(via, idx, [good, bad, old], encoder, capsys, tmp_path)
+    assert got.status("new-ok") == ["added"]
+    assert got.status("new-bad") == ["skipped"] and "photo file not found: no-such-photo.jpg" in got.reason("new-bad")
+    # an existing product whose new photo is missing keeps what it had
+    assert got.status(old["ProductId"]) == ["skipped"]
+    rec = Recommender.load(idx)
+    assert "new-ok" in rec and "new-bad" not in rec
+    assert rec.product(old["ProductId"]) == demo_row(old["ProductId"])
+
+
+@VIA
+def test_unknown_columns_are_refused_with_nothing_changed(via, idx, encoder, capsys, tmp_path):
+    rows = [{**demo_row(DEMO_TABLE["ProductId"].iloc[0]), "ProductId": "new", "Price": "10"}]
+    before = files_of(idx)
+    if via == "lib":
+        with pytest.raises(CatalogError, match="columns not in the index: Price"):
+            Index.open(idx, encoder=encoder).upsert(rows, images=DEMO_IMAGES)
+    else:
+        csv = tmp_path / "rows.csv"
+        pd.DataFrame(rows).to_csv(csv, index=False)
+        code, out, err = _cli(capsys, "-q", "add", idx, csv, "--images", DEMO_IMAGES)
+        assert code == 1 and out == ""
+        assert err.count("\n") == 1 and err.startswith("lookalike: error: columns not in the index: Price")
+    assert Store(idx).current_generation() == 1 and files_of(idx) == before
+
+
+@VIA
+def test_missing_columns_are_left_empty(via, idx, encoder, capsys, tmp_path):
+    got = upsert(via, idx, [{"ProductId": "bare", "Image": DEMO_TABLE["Image"].iloc[5]}], encoder, capsys, tmp_path)
+    assert got.status("bare") == ["added"]
+    product = Recommender.load(idx).product("bare")
+    assert product["Image"] == DEMO_TABLE["Image"].iloc[5]
+    assert all(product[c] == "" for c in COLUMNS if c not in ("ProductId", "Image"))
+
+
+def test_upsert_photo_keeps_the_upload_in_the_index(idx, encoder):
+    photo = (DEMO_IMAGES / DEMO_TABLE["Image"].iloc[7]).read_bytes()
+    ix = Index.open(idx, encoder=encoder)
+    report = ix.upsert_photo("upload-1", photo, {"Gender": "Women", "ProductTitle": "Uploaded"})
+    assert [c.status for c in report.changes] == ["added"]
+    kept = idx / "photos" / f"{hashlib.sha1(photo).hexdigest()}.jpg"
+    assert kept.read_bytes() == photo
+    rec = Recommender.load(idx)
+    assert rec.product("upload-1")["ProductTitle"] == "Uploaded" and rec.image_path("upload-1") == kept.resolve()
+    assert {"upload-1", DEMO_TABLE["ProductId"].iloc[7]} in [set(g) for g in rec.duplicates(near=False)]
+    again = ix.upsert_photo("upload-1", photo, {"Gender": "Women", "ProductTitle": "Uploaded"})
+    assert [c.status for c in again.changes] == ["unchanged"] and again.generation == report.generation
+
+
+# -- duplicate groups --------------------------------------------------------------------------
+@VIA
+def test_new_listing_of_an_existing_photo_joins_its_duplicate_group(via, idx, encoder, capsys, tmp_path):
+    pid = DEMO_TABLE["ProductId"].iloc[10]
+    got = upsert(via, idx, [{**demo_row(pid), "ProductId": "relisted"}], encoder, capsys, tmp_path)
+    assert got.status("relisted") == ["added"]
+    rec = Recommender.load(idx)
+    for near in (True, False):
+        assert {pid, "relisted"} in [set(g) for g in rec.duplicates(near=near)]
+    assert set(TWINS) in [set(g) for g in rec.duplicates()]  # the group that was there is untouched
+    assert "relisted" not in rec.similar(pid, k=20).ids  # byte-identical photos are never results
+    assert pid not in rec.similar("relisted", k=20).ids
+
+
+@VIA
+def test_removing_one_of_two_identical_listings_leaves_the_other_alone(via, idx, encoder, capsys, tmp_path):
+    keep, gone = TWINS
+    vec0, col0, meta0 = stored(idx, keep)
+    got = remove(via, idx, [gone], encoder, capsys, tmp_path)
+    assert got.status(gone) == ["removed"] and got.counts["removed"] == 1
+    rec = Recommender.load(idx)
+    assert gone not in rec and keep in rec and len(rec) == 98
+    assert rec.duplicates() == [] and rec.duplicates(near=False) == []
+    vec1, col1, meta1 = stored(idx, keep)
+    assert vec1.tobytes() == vec0.tobytes() and col1.tobytes() == col0.tobytes() and meta1 == meta0
+    assert gone not in rec.similar(keep, k=98).ids and len(rec.similar(keep, k=97)) == 97
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a byte-identical photo listed live gets a vector that differs from "
+                   "its twin's in the last bits (the projection's matmul rounds differently for a batch of 1 than "
+                   "for a build's batch), so 'equal scores rank by product id' does not hold and which twin a "
+                   "collapsed result list shows depends on rounding, not on the id")
+def test_identical_photos_get_identical_vectors(idx, encoder):
+    pid = DEMO_TABLE["ProductId"].iloc[0]
+    Index.open(idx, encoder=encoder).upsert([{**demo_row(pid), "ProductId": "twin"}], images=DEMO_IMAGES)
+    assert stored(idx, "twin")[0].tobytes() == stored(idx, pid)[0].tobytes()
+
+
+# -- remove ----------------------------------------------------------------------------------
+@VIA
+def test_remove_reports_unknown_ids_and_is_not_fatal(via, idx, encoder, capsys, tmp_path):
+    pid = DEMO_TABLE["ProductId"].iloc[0]
+    got = remove(via, idx, ["no-such-id", pid, pid], encoder, capsys, tmp_path)
+    assert got.counts["removed"] == 1 and got.counts["skipped"] == 2 and got.generation == 2
+    assert "unknown product id: no-such-id" in got.reason("no-such-id")
+    assert got.status(pid) == ["removed", "skipped"]
+    assert pid not in Recommender.load(idx)
+    before = files_of(idx)
+    only_unknown = remove(via, idx, ["no-such-id"], encoder, capsys, tmp_path)
+    assert only_unknown.counts["skipped"] == 1 and only_unknown.generation == 2
+    assert files_of(idx) == before
+
+
+def test_cli_remove_needs_ids(idx, capsys):
+    code, out, err = _cli(capsys, "remove", idx)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("lookalike: error: give --id")
+
+
+def test_cli_table_output_and_compact(idx, capsys, tmp_path):
+    pid = DEMO_TABLE["ProductId"].iloc[0]
+    code, out, err = _cli(capsys, "-q", "remove", idx, "--id", pid, "--id", "nope")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("remove: added 0, re-embedded 0, metadata 0, removed 1, unchanged 0, "
+                                          "problems 1 -> generation 2")
+    assert "id nope: skipped: unknown product id: nope" in out
+    code, out, err = _cli(capsys, "-q", "compact", idx)
+    assert code == 0 and out.startswith(f"compacted {idx} into generation 3")
+    snap = Store(idx).snapshot()
+    assert len(snap.segments) == 1 and snap.live.all() and snap.rows == 98
+
+
+# -- sync ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory, encoder, fashion_dir) -> tuple[Path, Path, pd.DataFrame]:
+    """A shop's folder: the demo's 99 products indexed, and photos of 3 more beside theirs.
+    Returns (index, images folder, the 3 new products' rows)."""
+    folder = tmp_path_factory.mktemp("shop")
+    shutil.copytree(DEMO_IMAGES, folder / "images")
+    fashion = pd.read_csv(fashion_dir / "fashion.csv", dtype=str, keep_default_na=False)
+    new = fashion[~fashion["ProductId"].isin(DEMO_TABLE["ProductId"])].iloc[5:8][COLUMNS].copy()
+    for name in new["Image"]:
+        shutil.copy(fashion_dir / "images" / name, folder / "images" / name)
+    DEMO_TABLE.to_csv(folder / "catalog.csv", index=False)
+    build(folder / "catalog.csv", folder / "index", encoder=encoder, show_progress_bar=False)
+    return folder / "index", folder / "images", new
+
+
+@pytest.fixture
+def shop_idx(shop, tmp_path) -> Path:
+    return copy_index(shop[0], tmp_path)
+
+
+def _crafted(new: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, set[str]]]:
+    """The demo catalogue with 3 products added, 2 new photos, 4 new titles, 1 new gender, 5
+    products gone, 1 photo vanished (and a new title on it, which must not be applied)."""
+    table = DEMO_TABLE.copy()
+    ids = table["ProductId"].tolist()
+    expect: dict[str, set[str]] = {
+        "removed": set(ids[90:95]), "re-embedded": set(ids[10:12]), "metadata": set(ids[20:25]),
+        "kept": {ids[30]}, "added": set(new["ProductId"]),
+    }
+    for pid in expect["re-embedded"]:
+        table.loc[table["ProductId"] == pid, "Image"] = table["Image"].iloc[60]
+    for pid in ids[20:24]:
+        table.loc[table["ProductId"] == pid, "ProductTitle"] += " (new season)"
+    table.loc[table["ProductId"] == ids[24], "Gender"] = "Unisex"
+    table.loc[table["ProductId"] == ids[30], ["Image", "ProductTitle"]] = ["vanished.jpg", "must not be applied"]
+    table = table[~table["ProductId"].isin(expect["removed"])]
+    expect["unchanged"] = set(ids) - set().union(*expect.values())
+    return pd.concat([new, table]).sample(frac=1.0, random_state=1), expect
+
+
+@VIA
+def test_sync_counts_every_kind_of_change_exactly(via, shop, shop_idx, encoder, capsys, tmp_path):
+    idx, images = shop_idx, shop[1]
+    table, expect = _crafted(shop[2])
+    vec_kept, _, meta_kept = stored(idx, next(iter(expect["kept"])))
+    got = sync(via, idx, table, encoder, capsys, tmp_path, images=images)
+    assert got.counts == {"added": 3, "re-embedded": 2, "metadata": 5, "removed": 5,
+                          "unchanged": len(expect["unchanged"]), "kept": 1, "skipped": 0}
+    for status, ids in expect.items():
+        assert {c["id"] for c in got.changes if c["status"] == status} == ids, status
+    (kept,) = expect["kept"]
+    assert "photo file not found: vanished.jpg" in got.reason(kept)
+    rec = Recommender.load(idx)
+    assert rec.generation == 2 and len(rec) == 99 - 5 + 3
+    assert sorted(rec.ids) == sorted(table["ProductId"])
+    vec, _, meta = stored(idx, kept)
+    assert vec.tobytes() == vec_kept.tobytes() and meta == meta_kept  # the indexed version, whole
+    for _, row in table.iterrows():
+        if row["ProductId"] not in expect["kept"]:
+            assert rec.product(row["ProductId"]) == row.to_dict()
+    for pid in expect["added"]:
+        assert rec.similar(image=images / demo_row_of(shop[2], pid)["Image"], k=1).ids == [pid]
+    # a second sync of the same catalogue finds nothing to do
+    again = sync(via, idx, table, encoder, capsys, tmp_path, images=images)
+    assert again.generation == 2 and again.counts["unchanged"] == 97 - 1 and again.counts["kept"] == 1
+
+
+def demo_row_of(table: pd.DataFrame, pid: str) -> dict[str, str]:
+    return table[table["ProductId"] == pid].iloc[0].to_dict()
+
+
+def test_sync_keeps_the_indexed_version_when_a_photo_vanished_or_is_broken(tmp_path, encoder):
+    """A real folder: one photo file deleted, one overwritten with junk; both rows keep what was indexed."""
+    cat = tmp_path / "cat"
+    (cat / "images").mkdir(parents=True)
+    table = DEMO_TABLE.iloc[:12]
+    for name in table["Image"]:
+        shutil.copy(DEMO_IMAGES / name, cat / "images" / name)
+    table.to_csv(cat / "catalog.csv", index=False)
+    out = tmp_path / "index"
+    build(cat / "catalog.csv", out, encoder=encoder, show_progress_bar=False)
+    gone, broken = table["ProductId"].iloc[2], table["ProductId"].iloc[3]
+    before = {pid: stored(out, pid) for pid in (gone, broken)}
+    (cat / "images" / table["Image"].iloc[2]).unlink()
+    (cat / "images" / table["Image"].iloc[3]).write_bytes(b"not a photo at all")
+    report = Index.open(out, encoder=encoder).sync(cat / "catalog.csv")
+    assert {c.id: c.status for c in report.changes if c.status != "unchanged"} == {gone: "kept", broken: "kept"}
+    assert report.counts()["removed"] == 0
+    for pid in (gone, broken):
+        vec, col, meta = stored(out, pid)
+        assert vec.tobytes() == before[pid][0].tobytes() and meta == before[pid][2]
+    assert "indexed version was kept" in next(c.reason for c in report.changes if c.id == broken)
+
+
+@VIA
+@pytest.mark.parametrize("case", ["empty", "most-gone", "half-plus-one"])
+def test_sync_refuses_mass_removal(via, case, idx, encoder, capsys, tmp_path):
+    table = {"empty": DEMO_TABLE.iloc[:0], "most-gone": DEMO_TABLE.iloc[:30],
+             "half-plus-one": DEMO_TABLE.iloc[:49]}[case]  # 99 - 49 = 50 gone > 49.5
+    before = files_of(idx)
+    if via == "lib":
+        with pytest.raises(InvalidQueryError, match="nothing was changed"):
+            Index.open(idx, encoder=encoder).sync(table, images=DEMO_IMAGES)
+    else:
+        csv = tmp_path / "catalog.csv"
+        table.to_csv(csv, index=False)
+        code, out, err = _cli(capsys, "-q", "sync", idx, csv, "--images", DEMO_IMAGES)
+        assert code == 1 and out == ""
+        assert err.count("\n") == 1 and err.startswith("lookalike: error: sync would remove")
+        assert "--allow-mass-removal" in err
+    assert Store(idx).current_generation() == 1 and files_of(idx) == before
+    got = sync(via, idx, table, encoder, capsys, tmp_path, "--allow-mass-removal", allow_mass_removal=True)
+    assert got.counts["removed"] == 99 - len(table) and got.generation == 2
+    assert len(Recommender.load(idx)) == len(table)
+
+
+@VIA
+def test_sync_removal_threshold(via, idx, encoder, capsys, tmp_path):
+    """Up to half may go by default; --max-removal moves the line."""
+    half = DEMO_TABLE.iloc[:50]  # 49 of 99 gone: allowed
+    assert sync(via, idx, half, encoder, capsys, tmp_path).counts["removed"] == 49
+    fewer = DEMO_TABLE.iloc[:10]  # 40 of 50 gone
+    if via == "lib":
+        with pytest.raises(InvalidQueryError, match="more than the 75% allowed"):
+            Index.open(idx, encoder=encoder).sync(fewer, images=DEMO_IMAGES, max_removal=0.75)
+    else:
+        fewer.to_csv(tmp_path / "fewer.csv", index=False)
+        code, out, err = _cli(capsys, "-q", "sync", idx, tmp_path / "fewer.csv", "--images", DEMO_IMAGES,
+                              "--max-removal", "0.75")
+        assert code == 1 and err.count("\n") == 1 and "more than the 75% allowed" in err
+    assert Store(idx).current_generation() == 2
+    got = sync(via, idx, fewer, encoder, capsys, tmp_path, "--max-removal", "0.8", max_removal=0.8)
+    assert got.counts["removed"] == 40 and len(Recommender.load(idx)) == 10
+
+
+def test_sync_with_an_empty_photo_folder_removes_nothing(idx, encoder, tmp_path):
+    """A mount that is not there today: every row is 'kept', nothing is removed."""
+    (tmp_path / "empty").mkdir()
+    before = files_of(idx)
+    report = Index.open(idx, encoder=encoder).sync(DEMO_TABLE, images=tmp_path / "empty")
+    assert report.counts()["kept"] == 99 and report.counts()["removed"] == 0
+    assert files_of(idx) == before
+
+
+@VIA
+def test_sync_dry_run_changes_nothing(via, shop, shop_idx, encoder, capsys, tmp_path, monkeypatch):
+    idx, images = shop_idx, shop[1]
+    table, expect = _crafted(shop[2])
+    before = files_of(idx)
+    counter = Counter(monkeypatch, encoder)
+    got = sync(via, idx, table, encoder, capsys, tmp_path, "--dry-run", dry_run=True, images=images)
+    assert got.generation == 1 and files_of(idx) == before and counter.photos == 0
+    assert {c["id"] for c in got.changes if c["status"] == "removed"} == expect["removed"]
+    if via == "cli":
+        code, out, err = _cli(capsys, "-q", "sync", idx, tmp_path / "dry.csv", "--dry-run")
+        assert code == 1  # no such catalogue: one line
+        table.to_csv(tmp_path / "dry.csv", index=False)
+        code, out, err = _cli(capsys, "-q", "sync", idx, tmp_path / "dry.csv", "--images", images, "--dry-run")
+        assert code == 0 and out.startswith("dry run: nothing was changed")
+        assert files_of(idx) == before
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: sync(dry_run=True) reports 0 added / re-embedded / metadata: rows "
+                   "that would be embedded or rewritten are only counted when applied; a dry run only shows "
+                   "removals, unchanged and kept rows")
+def test_sync_dry_run_counts_what_a_real_sync_does(shop, shop_idx, encoder):
+    table, _ = _crafted(shop[2])
+    ix = Index.open(shop_idx, encoder=encoder)
+    dry = ix.sync(table, images=shop[1], dry_run=True)
+    real = ix.sync(table, images=shop[1])
+    assert dry.counts() == real.counts()
+
+
+def _upsert_and_sync_from_a_dataframe(idx: Path, encoder) -> list[str]:
+    ix = Index.open(idx, encoder=encoder)
+    first = ix.upsert([{**demo_row(DEMO_TABLE["ProductId"].iloc[0]), "ProductId": "a1"}])
+    assert [c.status for c in first.changes] == ["added"]  # photos resolve against the build's folder
+    ix.sync(DEMO_TABLE, images=DEMO_IMAGES)
+    again = ix.upsert([{**demo_row(DEMO_TABLE["ProductId"].iloc[0]), "ProductId": "a2"}])
+    return [c.status + c.reason for c in again.changes]
+
+
+def test_sync_from_a_dataframe_keeps_the_photo_folder(idx, encoder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anywhere but the demo's folder
+    assert _upsert_and_sync_from_a_dataframe(idx, encoder) == ["added"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: on an index without catalog.images_root (any index built before it was "
+                   "recorded), sync() from a DataFrame writes catalog.path = None, and a later upsert without "
+                   "images= looks for photos below the current directory (walked recursively) instead of the "
+                   "build's folder")
+def test_sync_from_a_dataframe_keeps_the_photo_folder_of_an_older_index(idx, encoder, tmp_path, monkeypatch):
+    from layout import edit_record
+
+    edit_record(idx, lambda m: m["catalog"].pop("images_root", None))
+    monkeypatch.chdir(tmp_path)
+    assert _upsert_and_sync_from_a_dataframe(idx, encoder) == ["added"]
+
+
+# -- format 1 ----------------------------------------------------------------------------------
+LEGACY_TOP = ("manifest.json", "vectors.npy", "colour.npy", "metadata.parquet", "projection.npz", "report.csv",
+              "duplicates.csv", "index.faiss")
+
+
+def _format_1(index: Path, out: Path) -> Path:
+    """lookalike 0.1's layout: manifest.json and the arrays at the top (see test_pipeline)."""
+    from layout import base, record
+
+    out.mkdir()
+    m = record(index)
+    for name in ("vectors.npy", "colour.npy", "projection.npz"):
+        shutil.copy(base(index) / name, out / name)
+    Recommender.load(index).metadata.to_parquet(out / "metadata.parquet", index=False)
+    legacy = {k: v for k, v in m.items() if k not in ("segments", "state", "report_file", "operation",
+                                                      "generation", "parent", "projection_segment")}
+    legacy["format_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(legacy))
+    return out
+
+
+def test_format_1_index_takes_live_changes(demo_index, encoder, tmp_path):
+    old = _format_1(demo_index, tmp_path / "v1")
+    assert Store(old).current_generation() == 0
+    ix = Index.open(old, encoder=encoder)
+    pid = DEMO_TABLE["ProductId"].iloc[0]
+    report = ix.upsert([{**demo_row(pid), "ProductId": "new-1", "ProductTitle": "new"}], images=DEMO_IMAGES)
+    assert [c.status for c in report.changes] == ["added"] and report.generation == 1
+    ix.remove([DEMO_TABLE["ProductId"].iloc[1]])
+    rec = Recommender.load(old)
+    assert len(rec) == 99 and {pid, "new-1"} in [set(g) for g in rec.duplicates()]
+    assert Store(old).verify() == []
+    before = {p: rec.similar(p, k=5, same="Gender") for p in rec.ids}
+    twins = _twins(rec)
+    ix.compact()
+    ix.upsert([demo_row(DEMO_TABLE["ProductId"].iloc[2], ProductTitle="after compaction")], images=DEMO_IMAGES)
+    assert [n for n in LEGACY_TOP if (old / n).exists()] == []
+    rec = Recommender.load(old)
+    assert Store(old).verify() == [] and sorted(rec.ids) == sorted(before)
+    for p, results in before.items():
+        _same_results(rec.similar(p, k=5, same="Gender"), results, p, twins)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG?: compact() of a converted format-1 index leaves manifest.json, "
+                   "vectors.npy... at the top: the previous generation still lists the '.' segment, so they "
+                   "go only at the write after the compaction")
+def test_compact_of_a_format_1_index_leaves_no_legacy_files(demo_index, encoder, tmp_path):
+    old = _format_1(demo_index, tmp_path / "v1")
+    ix = Index.open(old, encoder=encoder)
+    ix.upsert([{**demo_row(DEMO_TABLE["ProductId"].iloc[0]), "ProductId": "new-1"}], images=DEMO_IMAGES)
+    ix.compact()
+    assert [n for n in LEGACY_TOP if (old / n).exists()] == []
+
+
+# -- concurrency -----------------------------------------------------------------------------
+def test_readers_never_see_a_half_written_index(idx, encoder):
+    """A writer thread commits 20 generations while a reader thread loads and queries."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    seen: list[int] = []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                rec = Recommender.load(idx)
+                assert len(rec) == rec.manifest["rows"] == len(set(rec.ids))
+                assert not seen or rec.generation >= seen[-1]
+                seen.append(rec.generation)
+                for pid in rec.ids[:: max(1, len(rec) // 5)]:
+                    for hit in rec.similar(pid, k=5, same="Gender"):
+                        assert rec.product(hit.id)["ProductId"] == hit.id
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    def writer() -> None:
+        try:
+            ix = Index.open(idx, encoder=encoder)
+            for i in range(10):
+                pid = DEMO_TABLE["ProductId"].iloc[i]
+                ix.upsert([{**demo_row(DEMO_TABLE["ProductId"].iloc[50 + i]), "ProductId": f"w{i}"},
+                           demo_row(pid, ProductTitle=f"cycle {i}")], images=DEMO_IMAGES)
+                ix.remove([DEMO_TABLE["ProductId"].iloc[80 + i], f"w{i - 1}"])
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=writer)]
+    threads[0].start()
+    threads[1].start()
+    threads[1].join(timeout=60)
+    stop.set()
+    threads[0].join(timeout=60)
+    assert not errors, errors
+    assert len(set(seen)) >= 2 and len(seen) >= 5
+    rec = Recommender.load(idx)
+    assert rec.generation == 21 and len(rec) == 99 - 10 + 1 and "w9" in rec and "w8" not in rec
+    assert Store(idx).verify() == []
+
+
+def test_a_second_writer_waits_or_is_told(idx, encoder):
+    pid = DEMO_TABLE["ProductId"].iloc[0]
+    result: dict[str, Any] = {}
+    with Store(idx).writer():
+        t0 = time.monotonic()
+        with pytest.raises(LookalikeError, match="being written"):
+            Index(idx, encoder=encoder, lock_timeout=0.2).remove([pid])
+        assert time.monotonic() - t0 < 2.0
+
+        def patient() -> None:
+            try:
+                result["report"] = Index(idx, encoder=encoder, lock_timeout=30).remove([pid])
+                result["at"] = time.monotonic()
+            except BaseException as exc:  # noqa: BLE001
+                result["error"] = exc
+
+        waiter = threading.Thread(target=patient)
+        waiter.start()
+        time.sleep(0.5)
+        assert "report" not in result and "error" not in result
+        released = time.monotonic()
+    waiter.join(timeout=30)
+    assert "error" not in result, result.get("error")
+    assert result["at"] >= released and result["report"].counts()["removed"] == 1
+    assert pid not in Recommender.load(idx)
+
+
+def test_cli_tells_a_second_writer_in_one_line(idx, capsys, monkeypatch):
+    monkeypatch.setattr(lookalike.live.Index, "_writer", lambda self: self.store.writer(timeout=0.2))
+    with Store(idx).writer():
+        code, out, err = _cli(capsys, "remove", idx, "--id", DEMO_TABLE["ProductId"].iloc[0])
+    assert code == 1 and err.count("\n") == 1 and "being written by another process" in err
+
+
+# -- the hnsw back end follows changes ---------------------------------------------------------
+def _walk_the_graph(rec: Recommender) -> int:
+    """Make every HNSW part walk its graph, even where brute force would be chosen (< 4,096 rows)."""
+    from lookalike.index.hnsw import HNSWIndex
+
+    parts = getattr(rec.index, "parts", None)
+    indexes = [p.index for p in parts] if parts is not None else [rec.index]
+    graphs = [i for i in indexes if isinstance(i, HNSWIndex)]
+    for g in graphs:
+        g.brute_force_below = 0
+    return len(graphs)
+
+
+def _check_hnsw(path: Path, removed: set[str], new: dict[str, Path]) -> None:
+    exact = Recommender.load(path, backend="exact")
+    for walk in (False, True):
+        approx = Recommender.load(path)
+        assert approx.index.name == "hnsw" and exact.index.name == "exact"
+        if walk:
+            assert _walk_the_graph(approx) >= 1
+        rng = np.random.default_rng(7)
+        queries = list(rng.choice([p for p in approx.ids if p not in new], 90, replace=False)) + sorted(new)[:10]
+        hits = 0
+        for pid in queries:
+            want = exact.similar(pid, k=10)
+            got = approx.similar(pid, k=10)
+            assert not removed & set(got.ids)
+            kth = want.items[-1].score
+            hits += sum(1 for r in got if r.score >= kth - 1e-4)  # ties count (identical photos)
+        assert hits / (10 * len(queries)) >= 0.95, (walk, hits)
+        for pid, photo in new.items():
+            top = approx.similar(image=photo, k=3)
+            assert top.ids[0] == pid, (pid, top.ids)
+            assert not removed & set(top.ids)
+
+
+def test_hnsw_follows_changes_and_compaction(fashion_hnsw_index, fullres_dir, encoder, tmp_path):
+    pytest.importorskip("faiss")
+    path = copy_index(fashion_hnsw_index, tmp_path, "hnsw")
+    full = pd.read_csv(fullres_dir / "fashion.csv", dtype=str, keep_default_na=False).iloc[:20]
+    rows = [{**{c: r[c] for c in COLUMNS}, "ProductId": f"n{r['ProductId']}"} for _, r in full.iterrows()]
+    ix = Index.open(path, encoder=encoder)
+    added = ix.upsert(rows, images=fullres_dir / "images")
+    assert added.counts()["added"] == 20
+    # the 20 originals (the same products at low resolution) and 30 others go
+    ids = Recommender.load(path, backend="exact").ids
+    rng = np.random.default_rng(3)
+    others = [p for p in ids if not p.startswith("n") and p not in set(full["ProductId"])]
+    removed = set(full["ProductId"]) | set(rng.choice(others, 30, replace=False))
+    assert ix.remove(sorted(removed)).counts()["removed"] == 50
+    new = {f"n{p}": fullres_dir / "images" / img for p, img in zip(full["ProductId"], full["Image"])}
+    snap = Store(path).snapshot()
+    assert len(snap.segments) == 2 and not snap.live.all()  # graph + tombstones, and an exact delta
+    _check_hnsw(path, removed, new)
+    ix.compact()
+    snap = Store(path).snapshot()
+    assert len(snap.segments) == 1 and snap.live.all() and snap.rows == 2906 + 20 - 50
+    assert snap.segments[0].read("index.faiss") is not None
+    _check_hnsw(path, removed, new)
+
+
+# -- property: live changes answer like a fresh build --------------------------------------------
+class CachingEncoder:
+    """The session encoder, remembering every photo it embedded (it is deterministic): the
+    property test re-embeds the same few dozen photos many times."""
+
+    def __init__(self, encoder) -> None:
+        self._encoder = encoder
+        self._cache: dict[bytes, np.ndarray] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+    def __repr__(self) -> str:
+        return f"CachingEncoder({self._encoder!r})"
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        if pixels.ndim == 3:
+            pixels = pixels[None]
+        keys = [hashlib.sha1(p.tobytes()).digest() for p in pixels]
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        if todo:
+            for i, v in zip(todo, self._encoder.encode_pixels(pixels[todo])):
+                self._cache[keys[i]] = v
+        return np.stack([self._cache[k] for k in keys]) if keys else self._encoder.encode_pixels(pixels)
+
+
+BASE_ROWS = 30
+
+
+@pytest.fixture(scope="module")
+def property_base(tmp_path_factory, encoder):
+    """30 demo products built once (photos read in place), and the caching encoder."""
+    cached = CachingEncoder(encoder)
+    folder = tmp_path_factory.mktemp("live-property")
+    DEMO_TABLE.iloc[:BASE_ROWS].to_csv(folder / "catalog.csv", index=False)
+    build(folder / "catalog.csv", folder / "index", images=DEMO_IMAGES, encoder=cached, show_progress_bar=False)
+    return folder / "index", cached
+
+
+def _same_results(a: Any, b: Any, what: str, twins: dict[str, int] | None = None) -> None:
+    """Equal ids and scores (1e-5). Products whose scores tie within 1e-5 may swap places, and
+    byte-identical photos (``twins``: id -> group) may stand for each other: their vectors differ
+    in the last bits when they were projected in batches of other sizes (see the xfail below)."""
+    twins = twins or {}
+    sa, sb = np.array([r.score for r in a]), np.array([r.score for r in b])
+    assert len(sa) == len(sb), (what, a.ids, b.ids)
+    np.testing.assert_allclose(sa, sb, atol=1e-5, err_msg=what)
+    for i, (x, y) in enumerate(zip(a.ids, b.ids)):
+        if x == y or (x in twins and twins.get(x) == twins.get(y)):
+            continue
+        swapped = any(b.ids[j] == x and abs(sb[j] - sa[i]) <= 1e-5 for j in range(len(sb)))
+        assert swapped or abs(sa[i] - sa[-1]) <= 1e-5, (what, a.ids, b.ids, sa, sb)
+
+
+def _twins(rec: Recommender) -> dict[str, int]:
+    return {pid: g for g, members in enumerate(rec.duplicates(near=False)) for pid in members}
+
+
+def _groups(rec: Recommender, near: bool) -> set[frozenset[str]]:
+    return {frozenset(g) for g in rec.duplicates(near=near)}
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    given = None
+
+if given is not None:
+    _pick = st.integers(min_value=0, max_value=10_000)
+    _row_change = st.one_of(
+        st.tuples(st.just("add"), _pick),
+        st.tuples(st.just("photo"), _pick, _pick),
+        st.tuples(st.just("meta"), _pick, st.sampled_from(["Men", "Women", "Boys", "Girls", "Unisex"])),
+    )
+    _step = st.one_of(
+        st.tuples(st.just("upsert"), st.lists(_row_change, min_size=1, max_size=3)),
+        st.tuples(st.just("remove"), st.lists(_pick, min_size=1, max_size=3)),
+        st.tuples(st.just("compact")),
+    )
+
+    @settings(max_examples=int(os.environ.get("LOOKALIKE_PROPERTY_EXAMPLES", "8")), deadline=None,
+              derandomize=not os.environ.get("LOOKALIKE_PROPERTY_RANDOM"), database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(steps=st.lists(_step, min_size=1, max_size=6), merge_after=st.sampled_from([2, 8]))
+    def test_live_changes_answer_like_a_fresh_build(property_base, monkeypatch, steps, merge_after):
+        base_index, cached = property_base
+        monkeypatch.setattr(lookalike.live, "MAX_DELTA_SEGMENTS", merge_after)
+        every = DEMO_TABLE.to_dict("records")
+        state = {r["ProductId"]: dict(r) for r in every[:BASE_ROWS]}  # the catalogue, as it should be now
+        serial = 0
+        with tempfile.TemporaryDirectory() as tmp:
+            live = Path(tmp) / "live"
+            shutil.copytree(base_index, live)
+            ix = Index.open(live, encoder=cached)
+            for step in steps:
+                if step[0] == "compact":
+                    ix.compact()
+                elif step[0] == "remove":
+                    present = sorted(state)
+                    gone = sorted({present[i % len(present)] for i in step[1]}) if len(present) > 5 else []
+                    if gone:
+                        report = ix.remove(gone)
+                        assert report.counts()["removed"] == len(gone)
+                        for pid in gone:
+                            del state[pid]
+                else:
+                    rows: dict[str, dict[str, str]] = {}
+                    for change in step[1]:
+                        serial += 1
+                        if change[0] == "add":
+                            absent = [r for r in every if r["ProductId"] not in state and r["ProductId"] not in rows]
+                            if absent:
+                                r = absent[change[1] % len(absent)]
+                                rows[r["ProductId"]] = dict(r)
+                            continue
+                        present = sorted(set(state) - set(rows))
+                        if not present:
+                            continue
+                        pid = present[change[1] % len(present)]
+                        row = dict(state[pid])
+                        if change[0] == "photo":
+                            row["Image"] = every[change[2] % len(every)]["Image"]
+                        else:
+                            row["Gender"], row["ProductTitle"] = change[2], f"title {serial}"
+                        rows[pid] = row
+                    if rows:
+                        report = ix.upsert(list(rows.values()), images=DEMO_IMAGES)
+                        assert report.counts()["skipped"] == 0, report.summary()
+                        state.update(rows)
+            got = Recommender.load(live)
+            snap = Store(live).snapshot()
+            assert len(snap.segments) - 1 <= merge_after
+            table = pd.DataFrame(list(state.values()), columns=COLUMNS)
+            table.to_csv(Path(tmp) / "catalog.csv", index=False)
+            build(Path(tmp) / "catalog.csv", Path(tmp) / "fresh", images=DEMO_IMAGES, encoder=cached,
+                  projection=snap.projection, show_progress_bar=False)
+            want = Recommender.load(Path(tmp) / "fresh")
+            assert sorted(got.ids) == sorted(want.ids) == sorted(state)
+            for pid in state:
+                assert got.product(pid) == want.product(pid) == state[pid]
+                _same_results(got.similar(pid, k=5, same="Gender"), want.similar(pid, k=5, same="Gender"), pid,
+                              _twins(want))
+            assert _groups(got, near=True) == _groups(want, near=True)
+            assert _groups(got, near=False) == _groups(want, near=False)
+            assert Store(live).verify() == []
