@@ -202,6 +202,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo upload accepted")
     v.add_argument("--workers", type=_positive_int, default=None,
                    help="server processes, pre-forked (default: 2 on a machine with 2+ cores)")
+    v.add_argument("--write-token-file", type=Path, default=None, metavar="F",
+                   help="turn on PUT/DELETE /products/{id} for requests bearing this token "
+                        "(or set $LOOKALIKE_WRITE_TOKEN); writes are off without one")
+    v.add_argument("--read-token-file", type=Path, default=None, metavar="F",
+                   help="require this bearer token for every read but /health (or $LOOKALIKE_READ_TOKEN)")
     v.add_argument("--timeout-keep-alive", type=_seconds, default=None, metavar="S",
                    help="close a connection idle this long after a response (default 5)")
     v.add_argument("--timeout-headers", type=_seconds, default=None, metavar="S",
@@ -546,7 +551,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     timeouts = {name: value for name, value in (("timeout_keep_alive", args.timeout_keep_alive),
                                                  ("timeout_headers", args.timeout_headers)) if value is not None}
     return run_server(args.index, host=args.host, port=args.port,
-                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers, **timeouts)
+                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
+                      write_token_file=args.write_token_file, read_token_file=args.read_token_file, **timeouts)
 
 
 def _cmd_app(args: argparse.Namespace) -> int:

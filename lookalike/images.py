@@ -33,7 +33,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Sequence, Union
 
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
@@ -478,19 +478,22 @@ def _is_inside(path: str, root: str) -> bool:
         return False
 
 
-def open_photo_file(path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> BinaryIO:
+def open_photo_file(
+    path: str | os.PathLike, *, root: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+) -> BinaryIO:
     """Open a photo file read-only as a build recorded it, refusing whatever was swapped in since.
 
     ``path`` must still be its own real path (``build`` records resolved paths), so a link
-    anywhere on it means the file was replaced; with ``root`` it must also lie inside that
-    folder. The file is opened without following a last link (``O_NOFOLLOW``) or waiting on
+    anywhere on it means the file was replaced; with ``root`` (a folder, or several) it must
+    also lie inside one of them. The file is opened without following a last link (``O_NOFOLLOW``) or waiting on
     a FIFO, and must be a regular file. Raises :class:`ImageError`; messages name no path.
     """
     p = os.path.abspath(os.fspath(path))
     real = os.path.realpath(p)
     if real != p:
         raise ImageError("the photo's path goes through a link now")
-    if root is not None and not _is_inside(real, os.path.abspath(os.fspath(root))):
+    roots = [root] if isinstance(root, (str, os.PathLike)) else list(root or [])
+    if root is not None and not any(_is_inside(real, os.path.abspath(os.fspath(r))) for r in roots):
         raise ImageError("the photo is outside the images folder")
     flags = os.O_RDONLY
     for name in ("O_NOFOLLOW", "O_NONBLOCK", "O_CLOEXEC", "O_BINARY"):

@@ -190,9 +190,9 @@ class Index:
         table = _table(rows)
         with self._writer() as w:
             snap = self._base(w)
-            plan, report = self._plan(snap, table, images=images, remove_missing=False)
+            plan, report, root = self._plan(snap, table, images=images, remove_missing=False)
             self._embed(snap, plan, show_progress_bar)
-            return self._apply(w, snap, plan, set(), report, "upsert", t0)
+            return self._apply(w, snap, plan, set(), report, "upsert", t0, catalog_info=_roots(snap, root))
 
     def upsert_photo(self, pid: str, photo: bytes, metadata: Mapping[str, str] | None = None,
                      *, suffix: str = ".jpg") -> ChangeReport:
@@ -247,7 +247,7 @@ class Index:
         table = catalog if isinstance(catalog, pd.DataFrame) else read_table(catalog)
         with self._writer() as w:
             snap = self._base(w)
-            plan, report = self._plan(snap, _table(table), images=images, remove_missing=True)
+            plan, report, root = self._plan(snap, _table(table), images=images, remove_missing=True)
             listed = {c.id for c in report.changes} | {r.id for r in plan}
             present = snap.dense()[2][snap.id_column].tolist()
             gone = {pid for pid in present if pid not in listed}
@@ -265,7 +265,7 @@ class Index:
             self._embed(snap, plan, show_progress_bar)
             source = None if isinstance(catalog, pd.DataFrame) else Path(catalog)
             catalog_info = {"path": str(source.resolve()) if source else None, "rows_total": len(table),
-                            "sha256": file_sha256(source) if source else ""}
+                            "sha256": file_sha256(source) if source else "", **_roots(snap, root)}
             return self._apply(w, snap, plan, gone, report, "sync", t0, catalog_info=catalog_info)
 
     def compact(self) -> ChangeReport:
@@ -297,7 +297,7 @@ class Index:
         return w.base
 
     def _plan(self, snap: Snapshot, table: pd.DataFrame, *, images: str | os.PathLike | None,
-              remove_missing: bool) -> tuple[list[Any], ChangeReport]:
+              remove_missing: bool) -> tuple[list[Any], ChangeReport, Path]:
         """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
         cat_info = snap.manifest["catalog"]
         id_col, img_col = cat_info["id_column"], cat_info["image_column"]
@@ -317,7 +317,7 @@ class Index:
         report = ChangeReport("upsert")
         _, _, meta = snap.dense()
         row_of = {pid: i for i, pid in enumerate(meta[id_col])}
-        root = images if images is not None else (cat_info.get("images_root") or _default_root(cat_info))
+        root = Path(images if images is not None else (cat_info.get("images_root") or _default_root(cat_info)))
         with_photo = table[table[img_col].astype(str).str.strip() != ""]
         plan: list[Any] = []
         # rows without a photo: metadata changes of indexed products
@@ -366,7 +366,7 @@ class Index:
                 continue
             seen[p.id] = row
             final.append(p)
-        return final, report
+        return final, report, root
 
     def _metadata_only(self, snap: Snapshot, old: int, values: pd.Series, row: int, columns: list[str], *,
                        keep_photo: bool, image: str | None = None) -> "_Row":
@@ -519,6 +519,17 @@ _ALL_HIDDEN = (*HIDDEN_COLUMNS, "_dup_exact", "_dup_near")
 def _segment_columns(snap: Snapshot) -> list[str]:
     columns = list(snap.manifest["catalog"].get("columns") or [])
     return [*columns, *HIDDEN_COLUMNS]
+
+
+def _roots(snap: Snapshot, root: Path) -> dict[str, Any]:
+    """The catalogue's photo folders, with the one a change took photos from: the server serves
+    photos from these folders only."""
+    cat = snap.manifest["catalog"]
+    roots = list(cat.get("images_roots", []))
+    resolved = str(root.resolve())
+    if resolved != cat.get("images_root") and resolved not in roots and root.name != PHOTOS:
+        roots.append(resolved)
+    return {"images_roots": roots} if roots else {}
 
 
 def _default_root(cat_info: Mapping[str, Any]) -> Path:

@@ -29,12 +29,14 @@ import logging
 import os
 from collections import OrderedDict
 from contextlib import asynccontextmanager
+from pathlib import Path
 from threading import Lock
 from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Callable, Hashable, Iterator, Optional, Union
 
 from . import __version__
 from .config import DEFAULT_K
 from .errors import (
+    CatalogError,
     ImageError,
     InvalidQueryError,
     LookalikeError,
@@ -44,7 +46,9 @@ from .errors import (
     require,
 )
 from .images import open_image, open_photo_file, set_decode_slots, sniff_image_type
-from .recommender import MAX_IDS, MAX_K, Recommender
+from .live import PHOTOS
+from .recommender import MAX_IDS, MAX_K, LiveRecommender, Recommender
+from .server_writes import READ_TOKEN_ENV, WRITE_TOKEN_ENV, Refused, add_write_routes, load_token, token_guard
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -104,7 +108,7 @@ def _status_for(exc: LookalikeError) -> int:
     """The HTTP status of a library error."""
     if isinstance(exc, UnknownProductError):
         return 404
-    if isinstance(exc, InvalidQueryError):
+    if isinstance(exc, (InvalidQueryError, CatalogError)):
         return 422
     if isinstance(exc, ImageError):
         return _image_status(exc)
@@ -113,12 +117,7 @@ def _status_for(exc: LookalikeError) -> int:
     return 500
 
 
-class _Refused(Exception):
-    """A request the endpoint refuses before the library sees it (HTTP-level problems)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
+_Refused = Refused  # an HTTP-level refusal (lookalike.server_writes.Refused)
 
 
 # -- the app --------------------------------------------------------------------------
@@ -259,9 +258,10 @@ def _open_photo(rec: Recommender, product_id: str) -> tuple[BinaryIO, os.stat_re
     """
     path = rec.image_path(product_id)
     catalog = rec.manifest.get("catalog") or {}
-    root = None if catalog.get("allow_outside_images") else catalog.get("images_root")
+    roots = [r for r in (catalog.get("images_root"), *catalog.get("images_roots", ())) if r]
+    roots.append(str(rec.path.resolve() / PHOTOS))  # photos uploaded with PUT
     try:
-        photo = open_photo_file(path, root=root)
+        photo = open_photo_file(path, root=None if catalog.get("allow_outside_images") else roots)
     except ImageError as exc:  # logged with the path; the answer names none
         logger.warning("not serving the photo of product %s (%s): %s", product_id, path, exc)
         what = "missing" if str(exc) == "file not found" else "not available"
@@ -309,12 +309,17 @@ def create_app(
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    write_token: str | None = None,
+    read_token: str | None = None,
 ) -> "FastAPI":
     """The FastAPI app over one index.
 
-    ``index`` is an index folder (loaded once, when the app starts) or a loaded
-    :class:`Recommender`. ``max_upload_bytes`` caps a ``POST /similar`` body (413 beyond);
-    ``max_pixels`` caps an uploaded photo's width x height (413 beyond, never decoded).
+    ``index`` is an index folder (loaded when the app starts) or a loaded :class:`Recommender`;
+    either way the app follows the folder's new generations (live changes) on the next request.
+    ``max_upload_bytes`` caps a request body (413 beyond); ``max_pixels`` caps an uploaded
+    photo's width x height (413 beyond, never decoded). ``write_token`` turns on ``PUT`` and
+    ``DELETE /products/{id}`` for requests bearing it; ``read_token`` guards every read but
+    ``/health`` (see :mod:`lookalike.server_writes`).
     """
     require("fastapi", "server")
     from fastapi import Depends, FastAPI, Query, Request
@@ -322,7 +327,6 @@ def create_app(
     from fastapi.responses import JSONResponse, Response
     from pydantic import ValidationError
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import ClientDisconnect
 
     if max_upload_bytes < 1:
         raise ValueError(f"max_upload_bytes must be >= 1, not {max_upload_bytes}")
@@ -330,15 +334,16 @@ def create_app(
         raise ValueError(f"max_pixels must be >= 1, not {max_pixels}")
     ErrorOut, HealthOut, ProductOut, SimilarOut, SimilarIn = _models()
 
-    holder: dict[str, Recommender] = {}
+    holder: dict[str, LiveRecommender] = {}
     if isinstance(index, Recommender):
-        holder["rec"] = index
+        holder["live"] = LiveRecommender(index.path, recommender=index)
+    index_path = index.path if isinstance(index, Recommender) else Path(index)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if "rec" not in holder:
-            holder["rec"] = await run_in_threadpool(Recommender.load, index)  # type: ignore[arg-type]
-            logger.info("serving %r", holder["rec"])
+        if "live" not in holder:
+            holder["live"] = await run_in_threadpool(LiveRecommender, index_path)
+            logger.info("serving %r", holder["live"].get())
         yield
 
     app = FastAPI(
@@ -354,10 +359,17 @@ def create_app(
     }
 
     def rec() -> Recommender:
-        return holder["rec"]
+        """The current generation's recommender: a new one after every committed change."""
+        return holder["live"].get()
 
-    def error(status: int, detail: str) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status)
+    def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+    reads = [Depends(token_guard(read_token, "read"))]
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        return error(exc.status, exc.detail, exc.headers)
 
     @app.exception_handler(LookalikeError)
     async def _lookalike_error(request: Request, exc: LookalikeError) -> JSONResponse:
@@ -384,10 +396,12 @@ def create_app(
             "id_column": r.id_column,
             "columns": r.columns,
             "version": __version__,
+            "generation": r.generation,
+            "writes": write_token is not None,
         })
 
     @app.get("/products/{product_id}", response_model=ProductOut, responses={404: errors[404]},
-             summary="A product's catalogue columns")
+             summary="A product's catalogue columns", dependencies=reads)
     def product(product_id: str) -> Any:
         r = rec()
         return JSONResponse({**r.product(product_id), "id": r.ids[r.row(product_id)]})
@@ -403,6 +417,7 @@ def create_app(
             422: errors[422],
         },
         summary="A product's photo, by id only",
+        dependencies=reads,
     )
     def image(
         request: Request,
@@ -439,7 +454,7 @@ def create_app(
                 "collapse_duplicates": collapse_duplicates}
 
     @app.get("/products/{product_id}/similar", response_model=SimilarOut, responses=errors,
-             summary="Products that look like this one")
+             summary="Products that look like this one", dependencies=reads)
     def similar(product_id: str, opts: dict[str, Any] = Depends(search_options)) -> Any:
         found = rec().similar(product_id, **{**opts, "where": _parse_where(opts["where"])})
         return JSONResponse(found.to_dict())
@@ -466,6 +481,7 @@ def create_app(
             "application/json": {"schema": ids_schema},
         }}},
         summary="Products that look like an uploaded photo, or like several products",
+        dependencies=reads,
         description="Send either a multipart upload with the field `image`, or a JSON body with `ids` "
         "(recently viewed items; fields given in the body win over the URL's). `same` needs ids.",
     )
@@ -478,27 +494,12 @@ def create_app(
         else:
             limit, shown = max_upload_bytes + _MULTIPART_SLACK, max_upload_bytes
         too_large = _Refused(413, f"request body is over the limit of {shown:,} bytes")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return error(too_large.status, too_large.detail)
-
-        async def body() -> AsyncIterator[bytes]:
-            """The body as it arrives, cut off as soon as it passes the limit."""
-            seen = 0
-            try:
-                async for chunk in request.stream():
-                    seen += len(chunk)
-                    if seen > limit:
-                        raise too_large
-                    yield chunk
-            except ClientDisconnect:
-                raise _Refused(400, "the client went away while sending") from None
-
+        body = _limited_body(request, limit, too_large)
         opts["where"] = _parse_where(opts["where"])
         try:
             if ctype == "application/json":
                 try:
-                    asked = SimilarIn.model_validate_json(b"".join([chunk async for chunk in body()]))
+                    asked = SimilarIn.model_validate_json(b"".join([chunk async for chunk in body]))
                 except ValidationError as exc:
                     return error(422, _describe(exc.errors()))
                 opts.update({name: value for name, value in asked.model_dump(exclude={"ids"}).items()
@@ -506,13 +507,39 @@ def create_app(
                 ids = [str(i) for i in asked.ids]
                 found = await run_in_threadpool(lambda: rec().similar(ids, **opts))
             else:
-                photo = await _read_upload(request.headers, body(), max_upload_bytes, too_large)
+                photo = await _read_upload(request.headers, body, max_upload_bytes, too_large)
                 found = await run_in_threadpool(_photo_query, rec(), photo, max_pixels, opts)
         except _Refused as exc:
             return error(exc.status, exc.detail)
         return JSONResponse(found.to_dict())
 
+    async def read_body(request: Request) -> bytes:
+        """A write's whole body, refused (413) as soon as it passes the upload limit."""
+        limit = max_upload_bytes + _MULTIPART_SLACK
+        too_large = _Refused(413, f"request body is over the limit of {max_upload_bytes:,} bytes")
+        return b"".join([chunk async for chunk in _limited_body(request, limit, too_large)])
+
+    add_write_routes(app, index_path=index_path, current=rec, write_token=write_token, read_body=read_body,
+                     max_pixels=max_pixels, errors=errors, error_model=ErrorOut)
     return app
+
+
+async def _limited_body(request: Any, limit: int, too_large: Refused) -> AsyncIterator[bytes]:
+    """The body as it arrives, cut off as soon as it passes ``limit`` (or its declared length does)."""
+    from starlette.requests import ClientDisconnect
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                raise too_large
+            yield chunk
+    except ClientDisconnect:
+        raise _Refused(400, "the client went away while sending") from None
 
 
 async def _read_upload(headers: Any, stream: AsyncIterator[bytes], max_bytes: int, too_large: _Refused) -> bytes:
@@ -575,6 +602,8 @@ def run_server(
     workers: int | None = None,
     timeout_keep_alive: float = DEFAULT_TIMEOUT_KEEP_ALIVE,
     timeout_headers: float = DEFAULT_TIMEOUT_HEADERS,
+    write_token_file: str | os.PathLike | None = None,
+    read_token_file: str | os.PathLike | None = None,
 ) -> int:
     """Serve an index with uvicorn until interrupted; returns the exit code.
 
@@ -591,6 +620,9 @@ def run_server(
     ``None``: two where the machine has two cores or more and can fork, else one. Each
     worker decodes at most its share of the cores' photos at once (``set_decode_slots``).
 
+    Writes (``PUT``/``DELETE``) are on only with a write token, read from ``write_token_file``
+    or ``$LOOKALIKE_WRITE_TOKEN``; ``read_token_file`` or ``$LOOKALIKE_READ_TOKEN`` guards reads.
+
     ``timeout_keep_alive`` closes a connection idle that long after a response;
     ``timeout_headers`` closes one that has not sent a whole request line and headers that
     long after connecting, or after the first byte of its next request (slow-header clients).
@@ -603,15 +635,19 @@ def run_server(
     uvicorn = require("uvicorn", "server")
     if blas_threads is not None:
         _limit_blas_threads(blas_threads)
+    write_token = load_token(write_token_file, WRITE_TOKEN_ENV)
+    read_token = load_token(read_token_file, READ_TOKEN_ENV)
     rec = Recommender.load(index)
-    app = create_app(rec, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+    app = create_app(rec, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, write_token=write_token,
+                     read_token=read_token)
     _check_address(host, port)
     _prepare_photo_search(rec)  # after the cheap checks: a taken port fails before a 10 s export
     _quiet_bomb_warnings()
     set_decode_slots(max(1, _cores() // workers))
     options = _uvicorn_options(access_log=access_log, timeout_keep_alive=timeout_keep_alive,
                                timeout_headers=timeout_headers)
-    logger.info("serving %d products from %s on http://%s:%d (docs at /docs)", len(rec), index, host, port)
+    logger.info("serving %d products from %s on http://%s:%d (docs at /docs; writes %s)", len(rec), index, host,
+                port, "on" if write_token else "off")
     if workers <= 1:
         uvicorn.run(app, host=host, port=port, **options)
         return 0

@@ -8,7 +8,6 @@ way (``/health`` stays open for load balancers). Every write goes through
 per change; every server worker follows the new generation on its next request.
 """
 
-from __future__ import annotations
 
 import hmac
 import logging
