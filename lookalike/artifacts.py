@@ -10,9 +10,9 @@ Format 2, a folder of immutable segments and numbered commits (the Lucene/SQLite
         <N>.json               generation N: format, settings (model, metric, projection, back end,
                                colour weight, catalogue), its segments in order with size + crc32 +
                                sha256 of every file, its state file, and what operation made it
-        <N>.state.npz          over the rows of all its segments, in order: ``live`` (False for rows
-                               removed or replaced since), ``dup_exact`` and ``dup_near`` (duplicate-
-                               photo group of each row, -1 alone)
+        <N>.state.npy          int64 (3, rows) over the rows of all its segments, in order: live (0 for
+                               rows removed or replaced since), duplicate-photo group and near-
+                               duplicate group of each row (-1 alone)
         <N>.report.csv         one line per row the operation touched: row, id, image, status, reason
       segments/<name>/         immutable once written, shared by every generation that lists it:
         vectors.npy            float32 (rows, dim): shape embeddings, L2-normalised for cosine
@@ -25,9 +25,9 @@ Format 2, a folder of immutable segments and numbered commits (the Lucene/SQLite
 
 A reader reads ``CURRENT``, then that generation's JSON, then its files, and checks each file's
 size and crc32 as it reads it (``lookalike info --verify`` checks the sha256 of everything).
-Writers only add files, then flip ``CURRENT``; files no generation kept needs are removed later
-(the current and the previous generation are kept, so a reader that is mid-load can finish or
-retry). A crash at any moment leaves ``CURRENT`` naming a complete generation.
+Writers only add files, fsync them all, then flip ``CURRENT``; files that neither the current nor
+the previous generation needs are removed at builds, compactions and every 8th change (a reader
+that is mid-load can finish or retry). A crash at any moment leaves ``CURRENT`` naming a complete generation.
 
 Format 1 (lookalike 0.1: ``manifest.json``, ``vectors.npy``… at the top of the folder, no
 ``CURRENT``) still loads, as generation 0 with one segment: the folder itself.
@@ -90,19 +90,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_durably(path: Path, data: bytes) -> dict[str, Any]:
-    """Write a new file and fsync it; returns its checksum record."""
+def write_bytes_durably(path: Path, data: bytes, *, sync: bool = True) -> dict[str, Any]:
+    """Write a new file, fsynced unless the caller fsyncs it later; returns its checksum record."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     return checksum(data)
 
 
-def save_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
+def save_npy(path: Path, array: np.ndarray, *, sync: bool = True) -> dict[str, Any]:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return write_bytes_durably(path, buf.getvalue())
+    return write_bytes_durably(path, buf.getvalue(), sync=sync)
 
 
 def read_checked(path: Path, expected: dict[str, Any] | None) -> bytes:

@@ -120,7 +120,7 @@ def regroup(
     exact: np.ndarray,
     near: np.ndarray,
     live: np.ndarray,
-    sha1s: list[str],
+    sha1s: np.ndarray,
     dhashes: np.ndarray,
     unit_vectors: np.ndarray,
     colour: np.ndarray,
@@ -142,9 +142,11 @@ def regroup(
     if len(touched) == 0:
         return exact, near
     h = np.asarray(dhashes, dtype=np.uint64)
-    wanted = {sha1s[r] for r in touched if sha1s[r]}
+    sha1s = np.asarray(sha1s, dtype=object)
+    wanted = [s for s in set(sha1s[touched].tolist()) if s]
     members = set(touched.tolist())
-    members.update(int(r) for r in live_rows if sha1s[r] in wanted)
+    if wanted:
+        members.update(live_rows[np.isin(sha1s[live_rows], wanted)].tolist())
     hl, ul = h[live_rows], unit_vectors[live_rows]
     for r in touched:
         close = np.bitwise_count(hl ^ h[r]) <= NEAR_HAMMING
@@ -155,7 +157,7 @@ def regroup(
     if groups:
         members.update(live_rows[np.isin(near[live_rows], list(groups))].tolist())
     sub = np.array(sorted(members), dtype=np.int64)
-    e, n = find_duplicate_groups([sha1s[i] for i in sub], h[sub], unit_vectors[sub], colour[sub])
+    e, n = find_duplicate_groups(sha1s[sub].tolist(), h[sub], unit_vectors[sub], colour[sub])
     start = int(max(exact.max(initial=-1), near.max(initial=-1))) + 1
     exact[sub] = np.where(e >= 0, e + start, -1)
     near[sub] = np.where(n >= 0, n + start, -1)

@@ -220,7 +220,7 @@ class Index:
         wanted = [str(i).strip() for i in ids]
         with self._writer() as w:
             snap = self._base(w)
-            known = set(snap.dense()[2][snap.id_column])
+            known = set(snap.dense_columns()[snap.id_column].tolist())
             report = ChangeReport("remove")
             gone: set[str] = set()
             for pid in wanted:
@@ -249,7 +249,7 @@ class Index:
             snap = self._base(w)
             plan, report, root = self._plan(snap, _table(table), images=images, remove_missing=True)
             listed = {c.id for c in report.changes} | {r.id for r in plan}
-            present = snap.dense()[2][snap.id_column].tolist()
+            present = snap.dense_columns()[snap.id_column].tolist()
             gone = {pid for pid in present if pid not in listed}
             if gone and not allow_mass_removal and len(gone) > max_removal * max(1, len(present)):
                 raise InvalidQueryError(
@@ -301,7 +301,7 @@ class Index:
         """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
         cat_info = snap.manifest["catalog"]
         id_col, img_col = cat_info["id_column"], cat_info["image_column"]
-        columns = list(cat_info.get("columns") or [c for c in snap.dense()[2].columns if c not in _ALL_HIDDEN])
+        columns = list(cat_info.get("columns") or [c for c in snap.dense_columns() if c not in _ALL_HIDDEN])
         unknown = [c for c in table.columns if c not in columns]
         if unknown:
             raise CatalogError(
@@ -315,8 +315,8 @@ class Index:
                 table[c] = ""
         table = table[columns]
         report = ChangeReport("upsert")
-        _, _, meta = snap.dense()
-        row_of = {pid: i for i, pid in enumerate(meta[id_col])}
+        meta = snap.dense_columns()
+        row_of = {pid: i for i, pid in enumerate(meta[id_col].tolist())}
         root = Path(images if images is not None else (cat_info.get("images_root") or _default_root(cat_info)))
         with_photo = table[table[img_col].astype(str).str.strip() != ""]
         plan: list[Any] = []
@@ -348,7 +348,7 @@ class Index:
                     report.changes.append(Change(row, pid, status, "unreadable file"))
                     continue
                 old = row_of.get(pid)
-                if old is not None and meta["_sha1"].iat[old] == digests[j]:
+                if old is not None and meta["_sha1"][old] == digests[j]:
                     plan.append(self._metadata_only(snap, old, cat.table.iloc[j], row, columns, keep_photo=False,
                                                     image=str(cat.image_paths[j].resolve())))
                 else:
@@ -370,20 +370,21 @@ class Index:
 
     def _metadata_only(self, snap: Snapshot, old: int, values: pd.Series, row: int, columns: list[str], *,
                        keep_photo: bool, image: str | None = None) -> "_Row":
-        vectors, colour, meta = snap.dense()
+        vectors, colour = snap.dense_arrays()
+        meta = snap.dense_columns()
         cat_info = snap.manifest["catalog"]
-        current = {c: str(meta[c].iat[old]) for c in columns}
+        current = {c: str(meta[c][old]) for c in columns}
         new = {c: str(values[c]) for c in columns}
         if keep_photo:
             new[cat_info["image_column"]] = current[cat_info["image_column"]]
-        hidden = {c: meta[c].iat[old] for c in HIDDEN_COLUMNS}
+        hidden = {c: meta[c][old] for c in HIDDEN_COLUMNS}
         if image is not None:
             hidden["_image"] = image
         hidden["_row"] = row
-        status = "unchanged" if new == current and str(hidden["_image"]) == str(meta["_image"].iat[old]) else "metadata"
+        status = "unchanged" if new == current and str(hidden["_image"]) == str(meta["_image"][old]) else "metadata"
         return _Row(new[cat_info["id_column"]], {**new, **hidden, "_status": status, "_request_row": str(row)},
                     np.asarray(vectors[old]), np.asarray(colour[old]),
-                    int(np.int64(meta["_dhash"].iat[old]).view(np.uint64)), str(meta["_sha1"].iat[old]))
+                    int(np.int64(meta["_dhash"][old]).view(np.uint64)), str(meta["_sha1"][old]))
 
     def _embed(self, snap: Snapshot, plan: list[Any], show_progress_bar: bool | None) -> None:
         pending = [p for p in plan if isinstance(p, _Pending)]
@@ -439,7 +440,7 @@ class Index:
             return report
         changed_ids = {r.id for r in rows} | gone
         id_col = snap.id_column
-        physical_ids = np.concatenate([s.metadata[id_col].to_numpy(dtype=object) for s in snap.segments])
+        physical_ids = np.concatenate([s.cells[id_col] for s in snap.segments])
         live = snap.live.copy()
         dead_now = live & np.isin(physical_ids, list(changed_ids))
         live[dead_now] = False
@@ -479,15 +480,16 @@ class Index:
         # duplicate groups of the rows written and of the groups that lost a member
         all_vec = np.concatenate([*(s.vectors for s in phys_segments), new_vec])
         all_col = np.concatenate([*(s.colour for s in phys_segments), new_col])
-        all_meta = pd.concat([*(s.metadata[["_sha1", "_dhash"]] for s in phys_segments),
-                              new_meta[["_sha1", "_dhash"]]], ignore_index=True)
+        all_sha1 = np.concatenate([*(s.cells["_sha1"] for s in phys_segments),
+                                   new_meta["_sha1"].to_numpy(dtype=object)]) if len(live) else np.zeros(0, object)
+        all_dhash = np.concatenate([*(s.cells["_dhash"] for s in phys_segments),
+                                    new_meta["_dhash"].to_numpy(np.int64)]) if len(live) else np.zeros(0, np.int64)
         n_new = len(new_vec)
         touched = np.arange(len(live) - n_new, len(live))
         if lost:
             touched = np.concatenate([touched, np.flatnonzero(live & np.isin(near, list(lost)))])
-        exact, near = regroup(exact, near, live, all_meta["_sha1"].astype(str).tolist(),
-                              all_meta["_dhash"].to_numpy(np.int64).view(np.uint64), _unit(all_vec), all_col,
-                              touched)
+        exact, near = regroup(exact, near, live, all_sha1, all_dhash.astype(np.int64).view(np.uint64),
+                              _unit(all_vec), all_col, touched)
         settings = _with_counts(snap.manifest, near[live])
         if catalog_info:
             settings["catalog"] = {**settings["catalog"], **catalog_info}

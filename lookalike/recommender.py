@@ -83,7 +83,7 @@ class Recommender:
         manifest: dict[str, Any],
         vectors: np.ndarray,
         colour: np.ndarray,
-        metadata: pd.DataFrame,
+        metadata: pd.DataFrame | Mapping[str, np.ndarray],
         index: VectorIndex,
         *,
         encoder: Encoder | None = None,
@@ -97,20 +97,39 @@ class Recommender:
         self.manifest = manifest
         self.vectors = vectors
         self.colour = colour
-        self.metadata = metadata
         self.index = index
         self.metric: str = manifest["metric"]
         self.colour_weight: float = float(manifest.get("colour_weight", 0.0))
         self.id_column: str = manifest["catalog"]["id_column"]
-        self.ids: list[str] = metadata[self.id_column].tolist()
-        self._row_of = {pid: i for i, pid in enumerate(self.ids)}
         self._encoder = encoder
-        self.columns = [c for c in metadata.columns if c not in _HIDDEN]
+        self.metadata = metadata  # type: ignore[assignment]
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """Every product's catalogue and hidden columns, row i for row i of the vectors."""
+        if self._frame is None:
+            from .store import columns_frame
+
+            self._frame = columns_frame(self._data)
+        return self._frame
+
+    @metadata.setter
+    def metadata(self, metadata: pd.DataFrame | Mapping[str, np.ndarray]) -> None:
+        if isinstance(metadata, pd.DataFrame):
+            data = {c: (metadata[c].to_numpy() if metadata[c].dtype.kind in "iufb"
+                        else metadata[c].astype(str).to_numpy(dtype=object)) for c in metadata.columns}
+            self._frame: pd.DataFrame | None = metadata
+        else:
+            data, self._frame = dict(metadata), None
         # plain arrays per column: result rows are read one cell at a time, and a pandas
         # lookup per cell costs more than the search itself
-        self._cells = {c: metadata[c].astype(str).to_numpy(dtype=object) for c in self.columns}
-        self._exact_group = self._group_ids(metadata["_dup_exact"].to_numpy())
-        self._near_group = self._group_ids(metadata["_dup_near"].to_numpy())
+        self._data = data
+        self.ids: list[str] = data[self.id_column].tolist()
+        self._row_of = {pid: i for i, pid in enumerate(self.ids)}
+        self.columns = [c for c in data if c not in _HIDDEN]
+        self._cells = {c: data[c] for c in self.columns}
+        self._exact_group = self._group_ids(np.asarray(data["_dup_exact"]))
+        self._near_group = self._group_ids(np.asarray(data["_dup_near"]))
         self._codes: dict[str, tuple[np.ndarray, pd.Index]] = {}
 
     @staticmethod
@@ -153,10 +172,10 @@ class Recommender:
                 f"{path} was built with {model['name']}/{model.get('pooling')} ({model['dim']}-d), "
                 f"not {encoder.name}/{encoder.pooling} ({encoder.dim}-d)"
             )
-        vectors, colour, meta = snapshot.dense()
+        vectors, colour = snapshot.dense_arrays()
+        meta = snapshot.dense_columns()
         chosen = backend or manifest.get("index", {}).get("backend", "exact")
-        searchable = np.hstack([vectors, colour]) if metric == "cosine" else np.asarray(vectors)
-        index = open_index(chosen, snapshot, searchable, metric=metric)
+        index = open_index(chosen, snapshot, metric=metric)
         projection = snapshot.projection
         if projection is not None and projection.dim != vectors.shape[1]:
             raise IndexFormatError(f"{path} is inconsistent: projection gives {projection.dim}-d vectors")
@@ -201,12 +220,12 @@ class Recommender:
 
     def image_path(self, pid: object) -> Path:
         """The product's photo on this machine (never a URL from the catalogue)."""
-        return Path(str(self.metadata["_image"].iat[self.row(pid)]))
+        return Path(str(self._data["_image"][self.row(pid)]))
 
     def duplicates(self, *, near: bool = True) -> list[list[str]]:
         """Groups of products whose photos are identical (or near-identical)."""
         col = "_dup_near" if near else "_dup_exact"
-        g = self.metadata[col].to_numpy()
+        g = np.asarray(self._data[col])
         groups: dict[int, list[str]] = {}
         for pid, gid in zip(self.ids, g):
             if gid >= 0:
@@ -221,7 +240,7 @@ class Recommender:
     def _column_codes(self, col: str) -> tuple[np.ndarray, pd.Index]:
         if col not in self._codes:
             self._check_column(col)
-            codes, uniques = pd.factorize(self.metadata[col].astype(str), sort=False)
+            codes, uniques = pd.factorize(self._cells[col], sort=False)
             self._codes[col] = (codes.astype(np.int64), pd.Index(uniques))
         return self._codes[col]
 

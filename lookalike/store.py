@@ -56,6 +56,10 @@ HIDDEN_COLUMNS = ("_image", "_row", "_sha1", "_dhash")
 GROUP_COLUMNS = ("_dup_exact", "_dup_near")
 DEFAULT_LOCK_TIMEOUT = 120.0
 GENERATIONS = "generations"
+#: a generation's state: int64 (3, rows): live (0/1), duplicate group, near-duplicate group
+STATE = "state.npy"
+#: garbage is collected at every build and compaction, and every this many live changes
+GC_EVERY = 8
 SEGMENTS = "segments"
 #: generations whose files are kept: the current one and the one before (readers mid-load)
 KEEP_GENERATIONS = 2
@@ -74,6 +78,10 @@ class Segment:
     colour: np.ndarray
     metadata: pd.DataFrame
     files: dict[str, Any] = field(default_factory=dict)  # name -> checksum record ({} for format 1)
+    #: every column as a plain array (text columns as objects): what readers index row by row
+    cells: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    #: what readers build from an immutable segment once (its search index), shared by generations
+    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -99,6 +107,8 @@ class Snapshot:
         self.dup_exact = dup_exact
         self.dup_near = dup_near
         self._dense: tuple[np.ndarray, np.ndarray, pd.DataFrame] | None = None
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._columns: dict[str, np.ndarray] | None = None
         self._projection: Projection | None | bool = False
 
     @property
@@ -116,26 +126,37 @@ class Snapshot:
     def offsets(self) -> np.ndarray:
         return np.cumsum([0] + [len(s) for s in self.segments])
 
+    def _gather(self, parts: list[np.ndarray]) -> np.ndarray:
+        whole = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return whole if self.live.all() else whole[self.live]
+
+    def dense_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, colour) of the live rows, in segment order."""
+        if self._arrays is None:
+            if not self.segments:
+                return np.zeros((0, int(self.manifest["dim"])), np.float32), np.zeros((0, 0), np.float32)
+            self._arrays = (self._gather([s.vectors for s in self.segments]),
+                            self._gather([s.colour for s in self.segments]))
+        return self._arrays
+
+    def dense_columns(self) -> dict[str, np.ndarray]:
+        """Every metadata column of the live rows as a plain array, plus the duplicate groups
+        (``_dup_exact``, ``_dup_near``): cheap to assemble, even for every new generation."""
+        if self._columns is None:
+            names = list(self.segments[0].cells) if self.segments else []
+            names = [c for c in names if c not in ("_dup_exact", "_dup_near")]
+            cols = {c: self._gather([s.cells[c] for s in self.segments]) for c in names}
+            cols["_dup_exact"] = self.dup_exact[self.live]
+            cols["_dup_near"] = self.dup_near[self.live]
+            self._columns = cols
+        return self._columns
+
     def dense(self) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
         """(vectors, colour, metadata) of the live rows, in segment order; metadata carries the
         duplicate groups as ``_dup_exact`` and ``_dup_near``."""
         if self._dense is None:
-            live = self.live
-            every = bool(live.all())
-            if len(self.segments) == 1:
-                s = self.segments[0]
-                vectors, colour, meta = s.vectors, s.colour, s.metadata
-            else:
-                vectors = np.concatenate([s.vectors for s in self.segments]) if self.segments else np.zeros((0, 0))
-                colour = np.concatenate([s.colour for s in self.segments]) if self.segments else np.zeros((0, 0))
-                meta = pd.concat([s.metadata for s in self.segments], ignore_index=True)
-            if not every:
-                vectors, colour = vectors[live], colour[live]
-                meta = meta[live]
-            meta = meta.reset_index(drop=True).copy()
-            meta["_dup_exact"] = self.dup_exact[live]
-            meta["_dup_near"] = self.dup_near[live]
-            self._dense = (vectors, colour, meta)
+            vectors, colour = self.dense_arrays()
+            self._dense = (vectors, colour, columns_frame(self.dense_columns()))
         return self._dense
 
     @property
@@ -143,6 +164,19 @@ class Snapshot:
         if self._projection is False:
             self._projection = _load_projection(self)
         return self._projection  # type: ignore[return-value]
+
+
+def columns_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A DataFrame of plain column arrays (text as ``str``, numbers as they are)."""
+    return pd.DataFrame({c: (v.astype(str) if v.dtype == object else v) for c, v in columns.items()})
+
+
+def _cells(meta: pd.DataFrame) -> dict[str, np.ndarray]:
+    out = {}
+    for c in meta.columns:
+        col = meta[c]
+        out[c] = col.to_numpy() if col.dtype.kind in "iufb" else col.astype(str).to_numpy(dtype=object)
+    return out
 
 
 def _load_projection(snap: Snapshot) -> Projection | None:
@@ -200,7 +234,7 @@ def _load_segment(folder: Path, name: str, files: dict[str, Any], *, mmap: bool,
     if not mmap and (not np.isfinite(vectors).all() or not np.isfinite(colour).all()):
         raise IndexFormatError(f"{folder / 'vectors.npy'} is damaged: it holds NaN or infinite values")
     meta[id_column] = meta[id_column].astype(str)
-    seg = Segment(name, folder, vectors, colour, meta, dict(files))
+    seg = Segment(name, folder, vectors, colour, meta, dict(files), _cells(meta))
     if files:
         with _cache_lock:
             _SEGMENT_CACHE[key] = seg
@@ -317,14 +351,11 @@ class Store:
             if seg.vectors.shape[1] != record["dim"] or len(seg) != s.get("rows"):
                 raise IndexFormatError(f"{folder} is inconsistent with generation {n}")
             segments.append(seg)
-        state = record.get("state") or {}
-        path = self.path / GENERATIONS / f"{n}.state.npz"
-        data = read_checked(path, state)
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                live, exact, near = z["live"].astype(bool), z["dup_exact"].astype(np.int64), z["dup_near"].astype(np.int64)
-        except Exception as exc:  # noqa: BLE001
-            raise IndexFormatError(f"{path} is damaged: {type(exc).__name__}: {exc}") from None
+        path = self.path / GENERATIONS / f"{n}.{STATE}"
+        state = load_npy(path, record.get("state") or {})
+        if state.ndim != 2 or state.shape[0] != 3 or state.dtype != np.int64:
+            raise IndexFormatError(f"{path} is damaged: its shape is {state.shape}, not (3, rows)")
+        live, exact, near = state[0].astype(bool), state[1], state[2]
         total = sum(len(s) for s in segments)
         if not (len(live) == len(exact) == len(near) == total) or int(live.sum()) != record.get("rows"):
             raise IndexFormatError(f"{path} is inconsistent with its segments")
@@ -342,7 +373,7 @@ class Store:
         for s in record["segments"]:
             for name, rec in s["files"].items():
                 checks.append((self.path / SEGMENTS / s["name"] / name, rec))
-        for key, suffix in (("state", "state.npz"), ("report_file", "report.csv")):
+        for key, suffix in (("state", STATE), ("report_file", "report.csv")):
             if record.get(key):
                 checks.append((self.path / GENERATIONS / f"{n}.{suffix}", record[key]))
         for path, rec in checks:
@@ -397,6 +428,7 @@ class Writer:
         self.base_record: dict[str, Any] | None = None
         self._new_segments: list[str] = []
         self._pending: int | None = None  # a generation being committed
+        self._unsynced: list[Path] = []  # written, not yet fsynced (files and folders)
 
     @property
     def path(self) -> Path:
@@ -455,7 +487,7 @@ class Writer:
                 shutil.rmtree(self.path / SEGMENTS / name, ignore_errors=True)
                 shutil.rmtree(self.path / SEGMENTS / f".tmp-{name}", ignore_errors=True)
             if self._pending is not None:
-                for suffix in ("json", "state.npz", "report.csv"):
+                for suffix in ("json", STATE, "report.csv"):
                     (self.path / GENERATIONS / f"{self._pending}.{suffix}").unlink(missing_ok=True)
                 (self.path / (CURRENT + ".tmp")).unlink(missing_ok=True)
         if self._fd is not None:
@@ -484,19 +516,20 @@ class Writer:
         self._new_segments.append(name)
         try:
             files = {
-                "vectors.npy": save_npy(tmp / "vectors.npy", np.asarray(vectors, dtype=np.float32)),
-                "colour.npy": save_npy(tmp / "colour.npy", np.asarray(colour, dtype=np.float32)),
+                "vectors.npy": save_npy(tmp / "vectors.npy", np.asarray(vectors, dtype=np.float32), sync=False),
+                "colour.npy": save_npy(tmp / "colour.npy", np.asarray(colour, dtype=np.float32), sync=False),
             }
             buf = io.BytesIO()
             metadata.to_parquet(buf, index=False)
-            files["metadata.parquet"] = write_bytes_durably(tmp / "metadata.parquet", buf.getvalue())
+            files["metadata.parquet"] = write_bytes_durably(tmp / "metadata.parquet", buf.getvalue(), sync=False)
             if projection is not None:
-                files[PROJECTION_FILE] = write_bytes_durably(tmp / PROJECTION_FILE, projection.to_bytes())
+                files[PROJECTION_FILE] = write_bytes_durably(tmp / PROJECTION_FILE, projection.to_bytes(), sync=False)
             for fname, data in (extra or {}).items():
-                files[fname] = write_bytes_durably(tmp / fname, data)
-            fsync_dir(tmp)
-            os.rename(tmp, self.path / SEGMENTS / name)
-            fsync_dir(self.path / SEGMENTS)
+                files[fname] = write_bytes_durably(tmp / fname, data, sync=False)
+            final = self.path / SEGMENTS / name
+            os.rename(tmp, final)
+            # made durable by commit(), all at once: nothing refers to the segment before that
+            self._unsynced += [final / f for f in files] + [final]
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise LookalikeError(f"can't write the index at {self.path}: {exc.strerror or exc}") from None
@@ -510,11 +543,11 @@ class Writer:
         gens = self.path / GENERATIONS
         self._pending = n
         try:
-            buf = io.BytesIO()
-            np.savez(buf, live=np.asarray(live, bool), dup_exact=np.asarray(dup_exact, np.int64),
-                     dup_near=np.asarray(dup_near, np.int64))
-            state = write_bytes_durably(gens / f"{n}.state.npz", buf.getvalue())
-            report_file = write_bytes_durably(gens / f"{n}.report.csv", report.to_csv(index=False).encode("utf-8"))
+            state_rows = np.stack([np.asarray(live, bool).astype(np.int64), np.asarray(dup_exact, np.int64),
+                                   np.asarray(dup_near, np.int64)])
+            state = save_npy(gens / f"{n}.{STATE}", state_rows, sync=False)
+            report_file = write_bytes_durably(gens / f"{n}.report.csv", report.to_csv(index=False).encode("utf-8"),
+                                              sync=False)
             skip = ("format", "format_version", "generation", "parent", "segments", "state", "report_file",
                     "operation", "projection_segment")
             record = {
@@ -530,8 +563,12 @@ class Writer:
             }
             import json
 
-            write_bytes_durably(gens / f"{n}.json", (json.dumps(record, indent=1, default=str) + "\n").encode())
-            fsync_dir(gens)
+            write_bytes_durably(gens / f"{n}.json", (json.dumps(record, indent=1, default=str) + "\n").encode(),
+                                sync=False)
+            # everything the generation needs reaches the disk before CURRENT names it
+            _fsync_all([*self._unsynced, *(gens / f"{n}.{x}" for x in (STATE, "report.csv", "json")),
+                        self.path / SEGMENTS, gens])
+            self._unsynced.clear()
             tmp = self.path / (CURRENT + ".tmp")
             write_bytes_durably(tmp, f"{n}\n".encode("ascii"))
             os.replace(tmp, self.path / CURRENT)
@@ -543,7 +580,8 @@ class Writer:
         previous = self.base_record
         self.base = self.store.load_generation(n)
         self.base_record = self.base.manifest
-        self._collect_garbage(record, previous)
+        if n % GC_EVERY == 0 or operation.get("kind") in ("build", "compact", "tune"):
+            self._collect_garbage(record, previous)
         return n
 
     def _collect_garbage(self, current: dict[str, Any], previous: dict[str, Any] | None) -> None:
@@ -565,6 +603,21 @@ class Writer:
                     (self.path / name).unlink(missing_ok=True)
         except OSError as exc:  # garbage left is harmless: the next writer tries again
             logger.warning("could not clean up %s: %s", self.path, exc)
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    """fsync files and folders at once: the disk commits them together rather than one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(p: Path) -> None:
+        fd = os.open(p, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if p.is_dir() else 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(paths))), thread_name_prefix="lookalike-fsync") as pool:
+        list(pool.map(one, paths))
 
 
 def _recover_legacy_swap(path: Path) -> None:

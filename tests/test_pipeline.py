@@ -303,7 +303,7 @@ def test_missing_or_damaged_files(small, tmp_path):
         "other-json": lambda d: (d / "generations" / "1.json").write_text('{"format": "something-else"}'),
         "id-column-malformed": lambda d: _edit_manifest(d, lambda m: m["catalog"].update(id_column=["x"])),
         "model-malformed": lambda d: _edit_manifest(d, lambda m: m.update(model="efficientnet")),
-        "state-gone": lambda d: (d / "generations" / "1.state.npz").unlink(),
+        "state-gone": lambda d: (d / "generations" / "1.state.npy").unlink(),
     }
     for name, damage in cases.items():
         bad = _copy_index(out, tmp_path, name)

@@ -31,7 +31,7 @@ def make_index(name: str, vectors: np.ndarray, *, metric: str, **options: Any) -
     return _cls(name)(vectors, metric=metric, **options)  # type: ignore[no-any-return]
 
 
-def open_index(name: str, snapshot: Any, searchable: np.ndarray, *, metric: str) -> VectorIndex:
-    """The back end over one generation (:class:`lookalike.store.Snapshot`); ``searchable`` holds
-    its live rows as the back end searches them."""
-    return _cls(name).open(snapshot, searchable, metric=metric)  # type: ignore[no-any-return]
+def open_index(name: str, snapshot: Any, *, metric: str) -> VectorIndex:
+    """The back end over one generation (:class:`lookalike.store.Snapshot`): its live rows, in
+    segment order."""
+    return _cls(name).open(snapshot, metric=metric)  # type: ignore[no-any-return]

@@ -5,7 +5,7 @@ Every back end scores by inner product between a query and the stored rows (for
 is a boolean mask over rows, one for all queries ``(n,)`` or one per query ``(b, n)``;
 rows outside it are never returned. Missing results are ``row == -1`` and ``-inf`` scores.
 
-A back end opens over one generation of an index (``cls.open(snapshot, searchable, metric=)``),
+A back end opens over one generation of an index (``cls.open(snapshot, metric=)``),
 where rows are the generation's live rows in segment order: removed rows never show.
 """
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,5 +57,9 @@ class ExactIndex:
         return {}
 
     @classmethod
-    def open(cls, snapshot: object, searchable: np.ndarray, *, metric: str) -> "ExactIndex":
-        return cls(searchable, metric=metric)
+    def open(cls, snapshot: Any, *, metric: str) -> Any:
+        """Over a generation: one exact index per segment, removed rows masked out."""
+        from .segmented import cached, open_segments, physical_rows
+
+        return open_segments(snapshot, metric=metric, name=cls.name, part=lambda seg: cached(
+            seg, ("exact", metric), lambda: cls(physical_rows(seg, metric), metric=metric)))

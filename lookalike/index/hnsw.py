@@ -131,18 +131,20 @@ class HNSWIndex:
         return cls(vectors, metric=metric, index=index, **kw)
 
     @classmethod
-    def open(cls, snapshot: Any, searchable: np.ndarray, *, metric: str) -> Any:
+    def open(cls, snapshot: Any, *, metric: str) -> Any:
         """Over a generation: each segment's own graph, dead rows masked out (tombstones), and
         exact search over segments written without a graph (small live changes) until compaction."""
-        from .segmented import open_segments
+        from .exact import ExactIndex
+        from .segmented import cached, open_segments, physical_rows
 
-        def part(segment: Any, rows: Any) -> "HNSWIndex | None":
+        def make(segment: Any) -> Any:
             data = segment.read(FILE)
             if data is None:
-                return None
-            return cls.from_bytes(data, rows(), metric=metric, where=str(segment.folder / FILE))
+                if snapshot.generation == 0:
+                    raise IndexFormatError(f"{snapshot.path} has no {FILE}; rebuild with --backend hnsw")
+                return ExactIndex(physical_rows(segment, metric), metric=metric)
+            return cls.from_bytes(data, physical_rows(segment, metric), metric=metric,
+                                  where=str(segment.folder / FILE))
 
-        index = open_segments(snapshot, searchable, metric=metric, graph=part, name=cls.name)
-        if snapshot.generation == 0 and not isinstance(index, cls):
-            raise IndexFormatError(f"{snapshot.path} has no {FILE}; rebuild with --backend hnsw")
-        return index
+        return open_segments(snapshot, metric=metric, name=cls.name,
+                             part=lambda seg: cached(seg, ("hnsw", metric), lambda: make(seg)))

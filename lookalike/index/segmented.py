@@ -1,8 +1,9 @@
 """Search over the segments of one generation as if they were one index (Lucene's way).
 
-A segment written with a graph (the base of an ``hnsw`` index) keeps it, and rows removed
-since are masked out of its walk (tombstones); segments without one (rows added by live
-changes) are searched exactly. Rows are the generation's live rows in segment order.
+Each segment keeps its own index, built once and shared by every generation that lists the
+segment: a graph for the base of an ``hnsw`` index, exact search otherwise (rows added by live
+changes). Rows removed since are masked out of a segment's search (tombstones). Rows are the
+generation's live rows in segment order.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ __all__ = ["SegmentedIndex", "open_segments"]
 
 @dataclass
 class _Part:
-    index: Any  # searches the segment's rows (all of them when ``physical`` is set, else its live rows)
+    index: Any  # searches all the segment's rows
     start: int  # first dense row of the segment
     count: int  # live rows
     physical: np.ndarray | None = None  # live rows of the segment, when the index spans dead rows too
@@ -64,31 +65,42 @@ class SegmentedIndex:
         return {}
 
 
-def _physical(seg: Any, metric: str) -> np.ndarray:
-    """All rows of a segment as a back end searches them (dead ones included)."""
-    return np.hstack([seg.vectors, seg.colour]) if metric == "cosine" else np.asarray(seg.vectors)
+def physical_rows(seg: Any, metric: str) -> np.ndarray:
+    """All rows of a segment as a back end searches them (dead ones too), built once per segment."""
+    key = ("rows", metric)
+    if key not in seg.derived:
+        seg.derived[key] = (np.hstack([seg.vectors, seg.colour]) if metric == "cosine"
+                            else np.ascontiguousarray(seg.vectors, dtype=np.float32))
+    return seg.derived[key]  # type: ignore[no-any-return]
 
 
-def open_segments(
-    snapshot: Any, searchable: np.ndarray, *, metric: str, graph: Callable[[Any, Callable[[], np.ndarray]], Any], name: str
-) -> VectorIndex:
-    """One generation's index: ``graph(segment, rows)`` opens a segment's own index over all its
-    rows (``rows()`` gives them), or returns None: exact search over its live rows."""
+def cached(seg: Any, key: Any, make: Callable[[], Any]) -> Any:
+    """An object built from an immutable segment, built once and shared by every generation."""
+    if key not in seg.derived:
+        seg.derived[key] = make()
+    return seg.derived[key]
+
+
+def open_segments(snapshot: Any, *, metric: str, part: Callable[[Any], Any], name: str) -> VectorIndex:
+    """One generation's index: ``part(segment)`` is the index over all of a segment's rows
+    (cached on the segment), rows removed since are masked out of its searches."""
     parts: list[_Part] = []
-    start = 0
-    phys_start = 0
+    start = phys = 0
     for seg in snapshot.segments:
-        live = snapshot.live[phys_start : phys_start + len(seg)]
-        phys_start += len(seg)
+        live = snapshot.live[phys : phys + len(seg)]
+        phys += len(seg)
         count = int(live.sum())
-        index = graph(seg, lambda seg=seg: _physical(seg, metric)) if count else None
-        if index is None:
-            parts.append(_Part(ExactIndex(searchable[start : start + count], metric=metric), start, count))
-        elif live.all():
+        if count == 0:
+            continue
+        index = part(seg)
+        if live.all():
             parts.append(_Part(index, start, count))
         else:
             parts.append(_Part(index, start, count, np.flatnonzero(live), np.cumsum(live) - 1))
         start += count
+    if not parts:
+        width = int(snapshot.manifest["dim"]) + (int(snapshot.manifest.get("colour_dim", 0)) if metric == "cosine" else 0)
+        return ExactIndex(np.zeros((0, width), np.float32), metric=metric)
     if len(parts) == 1 and parts[0].physical is None:
         return parts[0].index  # type: ignore[no-any-return]
     return SegmentedIndex(parts, start, metric=metric, name=name)
