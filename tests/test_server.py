@@ -457,6 +457,12 @@ def test_bad_limits_are_refused(demo_rec):
         create_app(demo_rec, max_pixels=0)
 
 
+def test_bad_timeouts_are_refused(demo_index):
+    for kw in ({"timeout_headers": 0}, {"timeout_keep_alive": -1}):
+        with pytest.raises(ValueError, match="seconds > 0"):
+            run_server(demo_index, port=1, **kw)
+
+
 def test_missing_extra_names_the_install_command(monkeypatch, demo_rec):
     import sys
 
