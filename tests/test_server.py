@@ -552,6 +552,7 @@ def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, 
 
 
 # -- hostile uploads ------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own header check
 def test_hostile_uploads_get_a_4xx_with_one_line(client, photo):
     from hostile import cut_jpeg, lying_jpeg, png
 
