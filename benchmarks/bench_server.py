@@ -69,9 +69,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(index: Path, port: int) -> subprocess.Popen:
+def start_server(index: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "lookalike", "serve", str(index), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(WORKERS)]
+           "--workers", str(WORKERS), *(extra or [])]
     log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a chatty server must never block on it
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120

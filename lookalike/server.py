@@ -45,7 +45,7 @@ from .errors import (
     UnknownProductError,
     require,
 )
-from .images import open_image, open_photo_file, set_decode_slots, sniff_image_type
+from .images import _cores, open_image, open_photo_file, set_decode_slots, sniff_image_type
 from .live import PHOTOS
 from .recommender import MAX_IDS, MAX_K, LiveRecommender, Recommender
 from .server_writes import READ_TOKEN_ENV, WRITE_TOKEN_ENV, Refused, add_write_routes, load_token, token_guard
@@ -631,7 +631,7 @@ def run_server(
         workers = min(2, os.cpu_count() or 1) if hasattr(os, "fork") else 1
     for name, seconds in (("timeout_keep_alive", timeout_keep_alive), ("timeout_headers", timeout_headers)):
         if not seconds > 0:
-            raise InvalidQueryError(f"{name} must be a number of seconds > 0, not {seconds}")
+            raise ValueError(f"{name} must be a number of seconds > 0, not {seconds}")
     uvicorn = require("uvicorn", "server")
     if blas_threads is not None:
         _limit_blas_threads(blas_threads)
@@ -652,13 +652,6 @@ def run_server(
         uvicorn.run(app, host=host, port=port, **options)
         return 0
     return _prefork(uvicorn, app, host, port, workers, options)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _quiet_bomb_warnings() -> None:

@@ -430,3 +430,16 @@ def test_sniff_image_type(fmt, media):
     _scene().save(buf, format=fmt)
     assert sniff_image_type(buf.getvalue()[:16]) == media
     assert sniff_image_type(b"<html><script>") is None
+
+
+def test_memory_is_given_back_after_big_decodes_only(monkeypatch):
+    from lookalike import images
+
+    calls = []
+    monkeypatch.setattr(images, "_give_memory_back", lambda: calls.append(1))
+    open_image(_demo_photo())
+    assert calls == []
+    open_image(png(2500, 2000), draft=100)  # 5 MP: over TRIM_AFTER_PIXELS
+    assert calls == [1]
+    monkeypatch.undo()
+    images._give_memory_back()  # malloc_trim where glibc has it, nothing elsewhere; never raises

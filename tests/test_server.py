@@ -457,6 +457,12 @@ def test_bad_limits_are_refused(demo_rec):
         create_app(demo_rec, max_pixels=0)
 
 
+def test_bad_timeouts_are_refused(demo_index):
+    for kw in ({"timeout_headers": 0}, {"timeout_keep_alive": -1}):
+        with pytest.raises(ValueError, match="seconds > 0"):
+            run_server(demo_index, port=1, **kw)
+
+
 def test_missing_extra_names_the_install_command(monkeypatch, demo_rec):
     import sys
 
@@ -546,6 +552,7 @@ def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, 
 
 
 # -- hostile uploads ------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own header check
 def test_hostile_uploads_get_a_4xx_with_one_line(client, photo):
     from hostile import cut_jpeg, lying_jpeg, png
 
@@ -755,3 +762,30 @@ def test_slow_and_idle_connections_are_closed(demo_rec):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# -- memory under hostile uploads, measured on a real `lookalike serve` -----------------------
+def _bench():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hostile_uploads.py"
+    spec = importlib.util.spec_from_file_location("bench_hostile_uploads", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.mark.slow
+def test_sixteen_concurrent_40_megapixel_uploads_stay_within_memory_bounds(demo_index):
+    """Issue 9's target: 16 concurrent uploads of a 40 MP PNG (under both limits) grow the
+    server (all its processes) by at most 1 GB, give it back to within 200 MB, and get no 5xx.
+    Before: +5.0 GB at the peak, +2.5 GB left after (benchmarks/bench_hostile_uploads.py)."""
+    import argparse
+
+    args = argparse.Namespace(index=demo_index, uploads=16, kinds=["png40"], clients=2, settle=2.0,
+                              max_seconds=60.0, serve_args=[])
+    result = _bench().run(args)
+    assert result["errors_5xx"] == 0, result
+    assert result["upload_status"]["png40"] == {"200": 16}
+    assert result["rss_mb"]["growth"] <= 1024, result["rss_mb"]
+    assert result["rss_mb"]["after_minus_baseline"] <= 200, result["rss_mb"]
