@@ -122,9 +122,10 @@ def test_missing_photo_file_is_404_not_500(demo_index, tmp_path):
     from lookalike import Recommender
 
     rec = Recommender.load(demo_index)
-    rec.metadata = rec.metadata.copy()
+    meta = rec.metadata.copy()
     gone = Path(rec.manifest["catalog"]["images_root"]) / "gone.jpg"  # inside the images folder, not there
-    rec.metadata.loc[rec.row(QUERY), "_image"] = str(gone)
+    meta.loc[rec.row(QUERY), "_image"] = str(gone)
+    rec.metadata = meta
     with TestClient(create_app(rec)) as c:
         for params in ({}, {"size": 64}):
             resp = c.get(f"/products/{QUERY}/image", params=params)
@@ -662,8 +663,9 @@ def test_photo_outside_the_recorded_root_is_not_served(small_index, tmp_path):
     rec, paths = small_index
     elsewhere = tmp_path / "elsewhere.jpg"
     elsewhere.write_bytes(paths[0].read_bytes())
-    rec.metadata = rec.metadata.copy()
-    rec.metadata.loc[0, "_image"] = str(elsewhere)  # an index whose record points out of the root
+    meta = rec.metadata.copy()
+    meta.loc[0, "_image"] = str(elsewhere)  # an index whose record points out of the root
+    rec.metadata = meta
     with TestClient(create_app(rec)) as c:
         assert c.get(f"/products/{rec.ids[0]}/image").status_code == 404
     # an index built with allow_outside_images records it, and serves such files
