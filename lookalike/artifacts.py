@@ -26,7 +26,7 @@ Format 2, a folder of immutable segments and numbered commits (the Lucene/SQLite
 A reader reads ``CURRENT``, then that generation's JSON, then its files, and checks each file's
 size and crc32 as it reads it (``lookalike info --verify`` checks the sha256 of everything).
 Writers only add files, fsync them all, then flip ``CURRENT``; files that neither the current nor
-the previous generation needs are removed at builds, compactions and every 8th change (a reader
+the previous generation needs are removed at builds, compactions and every 32nd change (a reader
 that is mid-load can finish or retry). A crash at any moment leaves ``CURRENT`` naming a complete generation.
 
 Format 1 (lookalike 0.1: ``manifest.json``, ``vectors.npy``… at the top of the folder, no

@@ -127,7 +127,7 @@ class Recommender:
         self.ids: list[str] = data[self.id_column].tolist()
         self._row_of = {pid: i for i, pid in enumerate(self.ids)}
         self.columns = [c for c in data if c not in _HIDDEN]
-        self._cells = {c: data[c] for c in self.columns}
+        self._cells = data  # columns are looked up by name; hidden ones are never shown
         self._exact_group = self._group_ids(np.asarray(data["_dup_exact"]))
         self._near_group = self._group_ids(np.asarray(data["_dup_near"]))
         self._codes: dict[str, tuple[np.ndarray, pd.Index]] = {}

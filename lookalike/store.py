@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Lock
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -59,7 +59,7 @@ GENERATIONS = "generations"
 #: a generation's state: int64 (3, rows): live (0/1), duplicate group, near-duplicate group
 STATE = "state.npy"
 #: garbage is collected at every build and compaction, and every this many live changes
-GC_EVERY = 8
+GC_EVERY = 32
 SEGMENTS = "segments"
 #: generations whose files are kept: the current one and the one before (readers mid-load)
 KEEP_GENERATIONS = 2
@@ -108,7 +108,7 @@ class Snapshot:
         self.dup_near = dup_near
         self._dense: tuple[np.ndarray, np.ndarray, pd.DataFrame] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
-        self._columns: dict[str, np.ndarray] | None = None
+        self._columns: Columns | None = None
         self._projection: Projection | None | bool = False
 
     @property
@@ -139,16 +139,11 @@ class Snapshot:
                             self._gather([s.colour for s in self.segments]))
         return self._arrays
 
-    def dense_columns(self) -> dict[str, np.ndarray]:
+    def dense_columns(self) -> "Columns":
         """Every metadata column of the live rows as a plain array, plus the duplicate groups
-        (``_dup_exact``, ``_dup_near``): cheap to assemble, even for every new generation."""
+        (``_dup_exact``, ``_dup_near``); a column is assembled when first asked for."""
         if self._columns is None:
-            names = list(self.segments[0].cells) if self.segments else []
-            names = [c for c in names if c not in ("_dup_exact", "_dup_near")]
-            cols = {c: self._gather([s.cells[c] for s in self.segments]) for c in names}
-            cols["_dup_exact"] = self.dup_exact[self.live]
-            cols["_dup_near"] = self.dup_near[self.live]
-            self._columns = cols
+            self._columns = Columns(self)
         return self._columns
 
     def dense(self) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -166,7 +161,37 @@ class Snapshot:
         return self._projection  # type: ignore[return-value]
 
 
-def columns_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+class Columns(Mapping[str, np.ndarray]):
+    """A generation's metadata columns over its live rows, each gathered from the segments'
+    arrays on first use (a writer touching one product never assembles the titles)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+        names = [c for c in (snap.segments[0].cells if snap.segments else ()) if c not in GROUP_COLUMNS]
+        self._names = [*names, *GROUP_COLUMNS]
+        self._done: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._done:
+            snap = self._snap
+            if name == "_dup_exact":
+                self._done[name] = snap.dup_exact[snap.live]
+            elif name == "_dup_near":
+                self._done[name] = snap.dup_near[snap.live]
+            elif name in self._names:
+                self._done[name] = snap._gather([s.cells[name] for s in snap.segments])
+            else:
+                raise KeyError(name)
+        return self._done[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def columns_frame(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """A DataFrame of plain column arrays (text as ``str``, numbers as they are)."""
     return pd.DataFrame({c: (v.astype(str) if v.dtype == object else v) for c, v in columns.items()})
 
@@ -188,15 +213,19 @@ def _load_projection(snap: Snapshot) -> Projection | None:
         if snap.manifest.get("projection"):
             raise IndexFormatError(f"{snap.path} is incomplete: {PROJECTION_FILE} is missing")
         return None
+    if PROJECTION_FILE in holder.derived:  # read once per segment, shared by its generations
+        return holder.derived[PROJECTION_FILE]  # type: ignore[no-any-return]
     data = holder.read(PROJECTION_FILE)
     if data is None:
         if snap.manifest.get("projection"):
             raise IndexFormatError(f"{snap.path} is incomplete: {PROJECTION_FILE} is missing")
         return None
     try:
-        return Projection.from_bytes(data)
+        projection = Projection.from_bytes(data)
     except Exception as exc:  # noqa: BLE001 - a zip, numpy or key error alike
         raise IndexFormatError(f"{holder.folder / PROJECTION_FILE} is damaged: {type(exc).__name__}: {exc}") from None
+    holder.derived[PROJECTION_FILE] = projection
+    return projection
 
 
 def _metadata(path: Path, expected: dict[str, Any] | None) -> pd.DataFrame:
@@ -429,6 +458,7 @@ class Writer:
         self._new_segments: list[str] = []
         self._pending: int | None = None  # a generation being committed
         self._unsynced: list[Path] = []  # written, not yet fsynced (files and folders)
+        self._generation: int | None = None  # once this writer has committed
 
     @property
     def path(self) -> Path:
@@ -497,10 +527,14 @@ class Writer:
 
     @property
     def generation(self) -> int:
+        if self._generation is not None:
+            return self._generation
         return self.base.generation if self.base is not None else 0
 
     def segment_records(self) -> list[dict[str, Any]]:
         """The base generation's segment records, to carry into the next commit."""
+        if self._generation is not None:
+            raise LookalikeError("a writer commits once; open a new one for the next change")
         if self.base is None:
             return []
         if self.base.generation == 0:
@@ -528,6 +562,11 @@ class Writer:
                 files[fname] = write_bytes_durably(tmp / fname, data, sync=False)
             final = self.path / SEGMENTS / name
             os.rename(tmp, final)
+            # this process reads the segment from memory, not back from the disk it just wrote
+            seg = Segment(name, final, np.asarray(vectors, dtype=np.float32), np.asarray(colour, dtype=np.float32),
+                          metadata, files, _cells(metadata))
+            with _cache_lock:
+                _SEGMENT_CACHE[(str(final), str(files["vectors.npy"]["sha256"]), False)] = seg
             # made durable by commit(), all at once: nothing refers to the segment before that
             self._unsynced += [final / f for f in files] + [final]
         except OSError as exc:
@@ -578,8 +617,7 @@ class Writer:
         self._new_segments.clear()
         self._pending = None
         previous = self.base_record
-        self.base = self.store.load_generation(n)
-        self.base_record = self.base.manifest
+        self.base, self.base_record, self._generation = None, record, n
         if n % GC_EVERY == 0 or operation.get("kind") in ("build", "compact", "tune"):
             self._collect_garbage(record, previous)
         return n
