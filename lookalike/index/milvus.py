@@ -53,6 +53,8 @@ __all__ = [
     "SERVER_INDEX",
     "LITE_INDEX_TYPES",
     "DUP_FIELDS",
+    "DEFAULT_CONSISTENCY",
+    "CONSISTENCY_LEVELS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,11 @@ DUP_FIELDS = ("dup_exact", "dup_near")
 METRIC = "IP"
 LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")  # what Milvus Lite 2.5 accepts
 DEFAULT_TIMEOUT_S = 30.0
+# Strong: a search sees every write acknowledged before it. On a server that waits for the next
+# time tick, ~200 ms a search call; "Bounded" answers at once but may miss the last seconds of
+# writes, and "Session" misses this client's own deletes (pymilvus 3.0.2, Milvus 2.3.5).
+DEFAULT_CONSISTENCY = "Strong"
+CONSISTENCY_LEVELS = ("Strong", "Bounded", "Session", "Eventually")
 DEFAULT_BATCH_ROWS = 1000  # rows per upsert/delete call, queries per search call
 DEFAULT_EF = 64  # HNSW search breadth; always raised to at least k
 MAX_K = 16384  # Milvus' top-k limit
@@ -163,7 +170,8 @@ class MilvusStore:
 
     ``uri`` is a path ending in ``.db`` for Milvus Lite (started in a subprocess, stopped
     on :meth:`close`), or ``http(s)://host:19530`` for a server (``token`` as
-    ``user:password`` or an API key).
+    ``user:password`` or an API key). ``consistency`` is what searches and counts wait for
+    (see :data:`DEFAULT_CONSISTENCY`).
     """
 
     def __init__(
@@ -173,7 +181,11 @@ class MilvusStore:
         token: str = "",
         timeout: float | None = DEFAULT_TIMEOUT_S,
         batch_rows: int = DEFAULT_BATCH_ROWS,
+        consistency: str = DEFAULT_CONSISTENCY,
     ) -> None:
+        if consistency not in CONSISTENCY_LEVELS:
+            raise InvalidQueryError(f"unknown consistency {consistency!r}; choose one of {', '.join(CONSISTENCY_LEVELS)}")
+        self.consistency = consistency
         self._pm = require("pymilvus", "milvus")
         self.batch_rows = batch_rows
         self.timeout = timeout
@@ -307,9 +319,8 @@ class MilvusStore:
                 schema.add_field(fname, pm.DataType.INT64)
             params = self._client.prepare_index_params()
             params.add_index(field_name=VECTOR_FIELD, index_type=kind, metric_type=METRIC, params=dict(spec.params))
-            # Strong: a search sees every upsert and delete that returned before it
             self._client.create_collection(name, schema=schema, index_params=params,
-                                           consistency_level="Strong", timeout=self.timeout)
+                                           consistency_level=self.consistency, timeout=self.timeout)
         self._name, self._fields, self._dim, self._index = name, fields, int(dim), IndexSpec(kind, dict(spec.params))
         logger.info("created Milvus collection %s (%d-d, %s) at %s", name, dim, kind, self.uri)
 
@@ -419,7 +430,8 @@ class MilvusStore:
     def count(self) -> int:
         """Rows in the collection now."""
         with self._errors("count"):
-            res = self._client.query(self.name, filter="", output_fields=["count(*)"], timeout=self.timeout)
+            res = self._client.query(self.name, filter="", output_fields=["count(*)"], timeout=self.timeout,
+                                     consistency_level=self.consistency)
         return int(res[0]["count(*)"])
 
     def search(
@@ -456,6 +468,7 @@ class MilvusStore:
                     output_fields=[],
                     search_params={"metric_type": METRIC, "params": params},
                     timeout=self.timeout,
+                    consistency_level=self.consistency,
                 )
             for hits in res:
                 found = [(unquote(str(h["id"])), float(h["distance"])) for h in hits]
