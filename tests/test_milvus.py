@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,13 +42,12 @@ def singleton_groups(groups: np.ndarray) -> np.ndarray:
     return g
 
 
-@pytest.fixture(scope="module")
-def demo(demo_index):
-    """The demo index as the exact back end searches it: hstack([shape, colour]) per product."""
-    manifest = json.loads((demo_index / "manifest.json").read_text())
-    vectors = np.load(demo_index / "vectors.npy")
-    colour = np.load(demo_index / "colour.npy")
-    meta = pd.read_parquet(demo_index / "metadata.parquet")
+def load_demo(folder: Path) -> dict[str, Any]:
+    """An index folder as the exact back end searches it: hstack([shape, colour]) per product."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    vectors = np.load(folder / "vectors.npy")
+    colour = np.load(folder / "colour.npy")
+    meta = pd.read_parquet(folder / "metadata.parquet")
     ids = meta[manifest["catalog"]["id_column"]].astype(str).tolist()
     columns = [c for c in meta.columns if not c.startswith("_")]
     return {
@@ -60,6 +61,11 @@ def demo(demo_index):
         "exact_groups": singleton_groups(meta["_dup_exact"].to_numpy()),
         "near_groups": singleton_groups(meta["_dup_near"].to_numpy()),
     }
+
+
+@pytest.fixture(scope="module")
+def demo(demo_index):
+    return load_demo(demo_index)
 
 
 def upsert_demo(store: MilvusStore, demo) -> None:
