@@ -173,6 +173,7 @@ def test_upsert_and_delete_are_visible_to_the_next_search(tmp_path, demo):
     with MilvusStore(tmp_path / "live.db") as s:
         s.create("live", demo["data"].shape[1], demo["columns"])
         upsert_demo(s, demo)
+        s.flush()  # Lite: seals; searches see the rows before and after
         q = queries(demo, [5], 0.15)
         first = s.search(q, 3)[0]
         assert first[0][0] == demo["ids"][5]

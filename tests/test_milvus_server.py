@@ -48,15 +48,17 @@ def store(server, demo):
         yield s
 
 
-def recall(demo, got, q, allowed) -> float:
+def recall(demo, got, q, allowed, *, data=None, row=None) -> float:
     """Share of returned ids that belong in the exact top k (ties at the k-th score count)."""
-    scores, _ = ExactIndex(demo["data"]).search(q, K, allowed=allowed)
+    data = demo["data"] if data is None else data
+    row = demo["row"] if row is None else row
+    scores, _ = ExactIndex(data).search(q, K, allowed=allowed)
     hits = total = 0
     for found, qv, s_row in zip(got, q, scores, strict=True):
         want = s_row[np.isfinite(s_row)]
         assert len(found) == len(want)
         for pid, s in found:
-            true = float(demo["data"][demo["row"][pid]] @ qv)
+            true = float(data[row[pid]] @ qv)
             assert abs(true - s) <= 1e-5
             hits += true >= want[-1] - 1e-5
         total += len(want)
@@ -91,6 +93,39 @@ def test_hnsw_recall_is_exact_with_and_without_filters(store, demo):
         for r in rows
     ]
     assert recall(demo, got, q[rows], allowed[rows]) == 1.0
+
+
+@pytest.fixture(scope="module")
+def jittered(server, demo):
+    """Each demo product 30 times, jittered: above Milvus' 1,024-row threshold for building an
+    index, and flushed until the index is served, so searches walk a real HNSW graph (the 99
+    demo rows alone are searched by brute force)."""
+    rng = np.random.default_rng(0)
+    data = np.concatenate([demo["data"] + rng.normal(0, 0.01, demo["data"].shape) for _ in range(30)])
+    data = data.astype(np.float32)
+    keys = [f"{pid}/{j}" for j in range(30) for pid in demo["ids"]]
+    gender = np.tile(demo["meta"]["Gender"].astype(str).to_numpy(), 30)
+    with MilvusStore(server.uri) as s:
+        s.create("jittered", data.shape[1], ["Gender"], index=HNSW, drop=True)
+        s.upsert(keys, data, {"Gender": gender.tolist()})
+        s.flush()  # ~15 s: until the sealed, indexed segment is served
+        yield s, data, {k: i for i, k in enumerate(keys)}, gender
+        s.drop()
+
+
+def test_hnsw_recall_over_3000_rows(jittered, demo):
+    s, data, row, _ = jittered
+    q = queries(demo, np.arange(99), 0.15)
+    assert recall(demo, s.search(q, K), q, None, data=data, row=row) >= 0.99  # 0.997 measured
+
+
+@pytest.mark.xfail(strict=True, reason="Milvus 2.3.5 (knowhere 2.2.3): a filtered HNSW search returns no row at all "
+                                       "for ~1 query in 5 here, whatever ef; FLAT is exact (docs/milvus-notes.md)")
+def test_filtered_hnsw_over_3000_rows(jittered, demo):
+    s, data, row, gender = jittered
+    q = queries(demo, np.arange(99), 0.15)
+    got = s.search(q, K, expr=filter_expression({"Gender": ["Women"]}, fields=s.fields), ef=256)
+    assert recall(demo, got, q, gender == "Women", data=data, row=row) >= 0.99
 
 
 def test_values_that_look_like_expressions_on_the_server(server):
