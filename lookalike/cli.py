@@ -125,7 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--projection-dim", type=_whole_number, default=256, metavar="D",
                    help="PCA dimensions fitted on the catalogue (0: keep the pooled vectors)")
     b.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS)
-    b.add_argument("--backend", default="exact", choices=BACKENDS, help="vector index (hnsw needs the faiss extra)")
+    b.add_argument("--backend", default="exact", choices=BACKENDS,
+                   help="vector index (hnsw needs the faiss extra, milvus the milvus extra)")
+    b.add_argument("--milvus-uri", default=None, metavar="URI",
+                   help="with --backend milvus: a .db path (Milvus Lite) or http://host:19530 (token in "
+                        "$LOOKALIKE_MILVUS_TOKEN)")
+    b.add_argument("--collection", default=None, help="Milvus collection name prefix (default: the folder's name)")
     b.add_argument("--colour-weight", type=_weight, default=None, metavar="W",
                    help="default share of the score given to colour, 0..1")
     b.add_argument("--id-column", default=DEFAULT_ID_COLUMN)
@@ -315,6 +320,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size,
         precision=args.precision, metric=args.metric, projection_dim=args.projection_dim or None,
         backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
+        milvus_uri=args.milvus_uri, collection=args.collection,
         colour_weight=args.colour_weight,
         show_progress_bar=None if not args.quiet else False,
     )

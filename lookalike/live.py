@@ -30,7 +30,7 @@ from .duplicates import find_duplicate_groups, regroup
 from .encoders import Encoder, get_encoder, l2_normalize
 from .errors import CatalogError, InvalidQueryError
 from .images import COLOUR_DIM
-from .index import make_index
+from .index import REMOTE_BACKENDS, make_index
 from .pipeline import encode_rows, hidden_columns, stored_vectors
 from .store import HIDDEN_COLUMNS, Snapshot, Store, Writer
 
@@ -280,7 +280,8 @@ class Index:
             exact, near = find_duplicate_groups(sha1s, dh, _unit(vectors), colour)
             backend = snap.manifest.get("index", {}).get("backend", "exact")
             searchable = np.hstack([vectors, colour]) if snap.manifest["metric"] == "cosine" else vectors
-            extra = make_index(backend, searchable, metric=snap.manifest["metric"]).serialize() if len(vectors) else {}
+            local = len(vectors) and backend not in REMOTE_BACKENDS  # Milvus already holds every live row
+            extra = make_index(backend, searchable, metric=snap.manifest["metric"]).serialize() if local else {}
             seg = w.add_segment(vectors, colour, stored, projection=snap.projection, extra=extra)
             report = ChangeReport("compact")
             settings = _with_counts(snap.manifest, near)
@@ -490,6 +491,7 @@ class Index:
             touched = np.concatenate([touched, np.flatnonzero(live & np.isin(near, list(lost)))])
         exact, near = regroup(exact, near, live, all_sha1, all_dhash.astype(np.int64).view(np.uint64),
                               _unit(all_vec), all_col, touched)
+        _write_remote(snap, rows, gone)
         settings = _with_counts(snap.manifest, near[live])
         if catalog_info:
             settings["catalog"] = {**settings["catalog"], **catalog_info}
@@ -521,6 +523,24 @@ _ALL_HIDDEN = (*HIDDEN_COLUMNS, "_dup_exact", "_dup_near")
 def _segment_columns(snap: Snapshot) -> list[str]:
     columns = list(snap.manifest["catalog"].get("columns") or [])
     return [*columns, *HIDDEN_COLUMNS]
+
+
+def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
+    """For an index searched in Milvus: the change goes there first, then the generation is
+    committed (a crash between the two leaves Milvus ahead; readers ignore rows their generation
+    lacks, and the next sync or change brings them level)."""
+    config = snap.manifest.get("index", {})
+    if config.get("backend") != "milvus":
+        return
+    from .index.milvus import connect, write_rows
+
+    store = connect(config)
+    if rows:
+        columns = list(snap.manifest["catalog"]["columns"])
+        write_rows(store, [r.id for r in rows], np.array([r.vector for r in rows], np.float32),
+                   np.array([r.colour for r in rows], np.float32), {c: [r.meta.get(c, "") for r in rows] for c in columns})
+    if gone:
+        store.delete(sorted(gone))
 
 
 def _roots(snap: Snapshot, root: Path) -> dict[str, Any]:

@@ -273,6 +273,8 @@ def build(
     workers: int = DEFAULT_WORKERS,
     update: bool = False,
     encoder: Encoder | None = None,
+    milvus_uri: str | os.PathLike | None = None,
+    collection: str | None = None,
     show_progress_bar: bool | None = None,
 ) -> BuildReport:
     """Build an index folder from a catalogue; see :mod:`lookalike.artifacts` for its layout.
@@ -287,9 +289,15 @@ def build(
     efficientnet-lite0, 224 px for resnet50); ``precision`` is ``"int8"`` or ``"fp32"``
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one.
+
+    ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
+    the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
+    ``http(s)://host:19530`` for a server (token in ``$LOOKALIKE_MILVUS_TOKEN``).
     """
     t0 = time.perf_counter()
     colour_weight = _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim)
+    if backend == "milvus" and (not milvus_uri or metric != "cosine"):
+        raise InvalidQueryError("--backend milvus needs --milvus-uri (a .db path or http://host:19530) and metric cosine")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
@@ -364,7 +372,13 @@ def build(
           "reason": ""} for i in positions]
         + [{"row": p.row, "id": p.id, "image": p.image, "status": "skipped", "reason": p.reason} for p in problems]
     )
-    index = make_index(backend, np.hstack([vectors, colour]) if metric == "cosine" else vectors, metric=metric)
+    remote = None
+    if backend == "milvus":
+        remote = _write_milvus(out, str(milvus_uri), collection, vectors, colour, meta, cat)
+        extra: dict[str, bytes] = {}
+    else:
+        extra = make_index(backend, np.hstack([vectors, colour]) if metric == "cosine" else vectors,
+                           metric=metric).serialize()
     dup_rows = int((near_groups >= 0).sum())
     n_groups = int(len(np.unique(near_groups[near_groups >= 0])))
     manifest = {
@@ -374,7 +388,7 @@ def build(
                                                       "input_dim": projection.input_dim},
         "colour_dim": COLOUR_DIM,
         "metric": metric,
-        "index": {"backend": backend},
+        "index": {"backend": backend, **(remote or {})},
         "colour_weight": colour_weight,
         "duplicates": {"near_cosine": NEAR_COSINE, "near_hamming": NEAR_HAMMING, "near_colour": NEAR_COLOUR,
                        "groups": n_groups, "rows": dup_rows},
@@ -393,7 +407,7 @@ def build(
         "report": {"indexed": len(positions), "skipped": len(problems)},
     }
     with Store(out).writer(create=True) as w:
-        seg = w.add_segment(vectors, colour, meta, projection=projection, extra=index.serialize())
+        seg = w.add_segment(vectors, colour, meta, projection=projection, extra=extra)
         w.commit(settings=manifest, segments=[seg], live=np.ones(len(positions), bool), dup_exact=exact_groups,
                  dup_near=near_groups, report=report, operation={"kind": "build"},
                  projection_segment=seg["name"] if projection is not None else None)
@@ -402,3 +416,22 @@ def build(
                          duplicate_groups=n_groups, duplicate_rows=dup_rows, report_path=Store(out).report_path())
     logger.info("%s", result.summary())
     return result
+
+
+def _write_milvus(out: Path, uri: str, collection: str | None, vectors: np.ndarray, colour: np.ndarray,
+                  meta: pd.DataFrame, cat: Catalog) -> dict[str, Any]:
+    """A new collection holding every product (readers of the previous build keep theirs)."""
+    from .index.milvus import MilvusStore, collection_name, write_rows
+
+    name = collection_name(collection or out.resolve().name)
+    columns = [c for c in cat.table.columns]
+    local = not uri.startswith(("http://", "https://", "tcp://"))
+    uri = str(Path(uri).expanduser().resolve()) if local else uri
+    store = MilvusStore(uri)
+    try:
+        store.create(name, vectors.shape[1] + colour.shape[1], columns)
+        write_rows(store, meta[cat.id_column].tolist(), vectors, colour, {c: meta[c].tolist() for c in columns})
+        kind = store.index.index_type
+    finally:
+        store.close()
+    return {"uri": uri, "collection": name, "index_type": kind}

@@ -26,7 +26,7 @@ from .config import DEFAULT_K
 from .encoders import MODELS, CNNEncoder, Encoder, get_encoder, l2_normalize
 from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
 from .images import ImageSource, colour_descriptor, model_input
-from .index import VectorIndex, open_index
+from .index import Filter, VectorIndex, open_index
 from .projection import Projection
 from .store import Snapshot, Store
 
@@ -81,8 +81,8 @@ class Recommender:
         self,
         path: Path,
         manifest: dict[str, Any],
-        vectors: np.ndarray,
-        colour: np.ndarray,
+        vectors: np.ndarray | None,
+        colour: np.ndarray | None,
         metadata: pd.DataFrame | Mapping[str, np.ndarray],
         index: VectorIndex,
         *,
@@ -95,14 +95,37 @@ class Recommender:
         self.generation = generation
         self.projection = projection
         self.manifest = manifest
-        self.vectors = vectors
-        self.colour = colour
+        self._arrays = None if vectors is None or colour is None else (vectors, colour)
+        self._snapshot: Snapshot | None = None
         self.index = index
         self.metric: str = manifest["metric"]
         self.colour_weight: float = float(manifest.get("colour_weight", 0.0))
         self.id_column: str = manifest["catalog"]["id_column"]
         self._encoder = encoder
         self.metadata = metadata  # type: ignore[assignment]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Every product's stored shape vector (row i is product ``ids[i]``)."""
+        return self._all_arrays()[0]
+
+    @property
+    def colour(self) -> np.ndarray:
+        """Every product's colour descriptor."""
+        return self._all_arrays()[1]
+
+    def _all_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            assert self._snapshot is not None
+            self._arrays = self._snapshot.dense_arrays()
+        return self._arrays
+
+    def _rows_arrays(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, colour) of some rows, without reading every row of a memory-mapped index."""
+        if self._arrays is None and self._snapshot is not None:
+            return self._snapshot.take(np.asarray(rows, dtype=np.int64))
+        vectors, colour = self._all_arrays()
+        return np.asarray(vectors[rows], dtype=np.float32), np.asarray(colour[rows], dtype=np.float32)
 
     @property
     def metadata(self) -> pd.DataFrame:
@@ -151,8 +174,10 @@ class Recommender:
         encoder: Encoder | None = None,
         mmap: bool = False,
     ) -> "Recommender":
-        """Open the current generation of an index. Raises :class:`IndexFormatError` for anything amiss."""
-        return cls.from_snapshot(Store(path).snapshot(mmap=mmap), backend=backend, encoder=encoder)
+        """Open the current generation of an index. Raises :class:`IndexFormatError` for anything amiss.
+
+        An index searched in Milvus is memory-mapped: only the rows a search returns are read."""
+        return cls.from_snapshot(Store(path).snapshot(mmap=mmap or None), backend=backend, encoder=encoder)
 
     @classmethod
     def from_snapshot(
@@ -172,15 +197,16 @@ class Recommender:
                 f"{path} was built with {model['name']}/{model.get('pooling')} ({model['dim']}-d), "
                 f"not {encoder.name}/{encoder.pooling} ({encoder.dim}-d)"
             )
-        vectors, colour = snapshot.dense_arrays()
         meta = snapshot.dense_columns()
         chosen = backend or manifest.get("index", {}).get("backend", "exact")
         index = open_index(chosen, snapshot, metric=metric)
         projection = snapshot.projection
-        if projection is not None and projection.dim != vectors.shape[1]:
+        if projection is not None and projection.dim != manifest["dim"]:
             raise IndexFormatError(f"{path} is inconsistent: projection gives {projection.dim}-d vectors")
-        return cls(path, manifest, vectors, colour, meta, index, encoder=encoder, projection=projection,
-                   generation=snapshot.generation)
+        rec = cls(path, manifest, None, None, meta, index, encoder=encoder, projection=projection,
+                  generation=snapshot.generation)
+        rec._snapshot = snapshot
+        return rec
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -283,8 +309,11 @@ class Recommender:
         k: int,
         allowed: np.ndarray | None,
         collapse: bool,
+        filter: Filter | None = None,
     ) -> list[list[tuple[int, float]]]:
-        """Top-k rows per query; with ``collapse``, one row per duplicate-photo group."""
+        """Top-k rows per query; with ``collapse``, one row per duplicate-photo group.
+
+        ``filter`` says what ``allowed`` says, as data, for back ends that search remotely."""
         b = len(queries)
         if len(self) == 0:
             return [[] for _ in range(b)]
@@ -295,7 +324,11 @@ class Recommender:
         while todo:
             fetch = min(len(self), want + (8 if collapse else 0))
             sub_allowed = None if allowed is None else (allowed[todo] if allowed.ndim == 2 else allowed)
-            scores, rows = self.index.search(queries[todo], fetch, allowed=sub_allowed)
+            if filter is not None and getattr(self.index, "accepts_filter", False):
+                scores, rows = self.index.search(queries[todo], fetch, allowed=sub_allowed,  # type: ignore[call-arg]
+                                                 filter=filter)
+            else:
+                scores, rows = self.index.search(queries[todo], fetch, allowed=sub_allowed)
             again = []
             for j, q in enumerate(todo):
                 picked: list[tuple[int, float]] = []
@@ -332,6 +365,19 @@ class Recommender:
     def _in(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         # one value: a plain comparison is several times faster than np.isin
         return values == wanted[0] if len(wanted) == 1 else np.isin(values, wanted)
+
+    def _where_values(self, where: Where | None) -> dict[str, list[str]]:
+        return {col: ([v] if isinstance(v, str) else [str(x) for x in v]) for col, v in (where or {}).items()}
+
+    def _filter_for(self, rows: Sequence[int], same: Sequence[str], where: Where | None) -> Filter:
+        """What :meth:`_allowed_for` allows, as a :class:`Filter` (for back ends that can't take a mask)."""
+        values = self._where_values(where)
+        for col in same:
+            theirs = list(dict.fromkeys(str(self._cells[col][r]) for r in rows))
+            values[col] = [v for v in values[col] if v in theirs] if col in values else theirs
+        groups = self._exact_group
+        twins = np.flatnonzero(self._in(groups, np.unique(groups[list(rows)])))
+        return Filter(values, [self.ids[r] for r in twins])
 
     def _allowed_for(self, rows: Sequence[int], same: Sequence[str], base: np.ndarray | None) -> np.ndarray:
         """Rows a query may return: not a query product nor a byte-identical photo of one,
@@ -375,7 +421,7 @@ class Recommender:
                 raise InvalidQueryError("'same' needs product ids; filter a photo query with 'where'")
             shape, colour = self.embed_image(image)
             q = self._query_vector(shape, colour, w)[None, :]
-            found = self._search(q, k, base, collapse_duplicates)[0]
+            found = self._search(q, k, base, collapse_duplicates, Filter(self._where_values(where)))[0]
             name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
             return self._results({"image": name, "k": k, "where": dict(where or {})}, found)
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[arg-type]
@@ -384,12 +430,12 @@ class Recommender:
         if len(id_list) > MAX_IDS:
             raise InvalidQueryError(f"give at most {MAX_IDS} product ids, not {len(id_list):,}")
         rows = [self.row(p) for p in id_list]
-        shape = np.asarray(self.vectors[rows], dtype=np.float32)
+        shape, colour = self._rows_arrays(rows)
         if self.metric == "cosine":
             shape = l2_normalize(shape)
-        q = self._query_vector(shape.mean(0), l2_normalize(self.colour[rows]).mean(0), w)[None, :]
+        q = self._query_vector(shape.mean(0), l2_normalize(colour).mean(0), w)[None, :]
         allowed = self._allowed_for(rows, same, base)
-        found = self._search(q, k, allowed, collapse_duplicates)[0]
+        found = self._search(q, k, allowed, collapse_duplicates, self._filter_for(rows, same, where))[0]
         query = {"ids": [self.ids[r] for r in rows], "k": k, "same": same, "where": dict(where or {})}
         return self._results(query, found)
 

@@ -638,6 +638,12 @@ def run_server(
     write_token = load_token(write_token_file, WRITE_TOKEN_ENV)
     read_token = load_token(read_token_file, READ_TOKEN_ENV)
     rec = Recommender.load(index)
+    config = rec.manifest.get("index", {})
+    if config.get("backend") == "milvus" and workers > 1 and not str(config.get("uri", "")).startswith(
+            ("http://", "https://", "tcp://")):
+        logger.warning("an index in Milvus Lite (%s) is served by one process; use a Milvus server for more "
+                       "workers", config.get("uri"))
+        workers = 1
     app = create_app(rec, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, write_token=write_token,
                      read_token=read_token)
     _check_address(host, port)

@@ -108,6 +108,7 @@ class Snapshot:
         self.dup_near = dup_near
         self._dense: tuple[np.ndarray, np.ndarray, pd.DataFrame] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._physical: np.ndarray | None = None
         self._columns: Columns | None = None
         self._projection: Projection | None | bool = False
 
@@ -138,6 +139,24 @@ class Snapshot:
             self._arrays = (self._gather([s.vectors for s in self.segments]),
                             self._gather([s.colour for s in self.segments]))
         return self._arrays
+
+    def take(self, dense_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, colour) of some live rows, read from the segments alone (a memory-mapped
+        index reads only these rows)."""
+        if self._physical is None:
+            self._physical = np.flatnonzero(self.live)
+        phys = self._physical[np.asarray(dense_rows, dtype=np.int64)]
+        offsets = self.offsets()
+        which = np.searchsorted(offsets, phys, side="right") - 1
+        dim = int(self.manifest["dim"])
+        vectors = np.zeros((len(phys), dim), np.float32)
+        colour = np.zeros((len(phys), self.segments[0].colour.shape[1] if self.segments else 0), np.float32)
+        for si in np.unique(which):
+            at = np.flatnonzero(which == si)
+            local = phys[at] - offsets[si]
+            vectors[at] = self.segments[si].vectors[local]
+            colour[at] = self.segments[si].colour[local]
+        return vectors, colour
 
     def dense_columns(self) -> "Columns":
         """Every metadata column of the live rows as a plain array, plus the duplicate groups
@@ -342,8 +361,10 @@ class Store:
             raise IndexFormatError(f"{path} is damaged: its segment list is malformed")
         return record
 
-    def snapshot(self, *, mmap: bool = False, retries: int = 5) -> Snapshot:
-        """Load the current generation. A writer that commits meanwhile makes it retry, never fail."""
+    def snapshot(self, *, mmap: bool | None = False, retries: int = 5) -> Snapshot:
+        """Load the current generation. A writer that commits meanwhile makes it retry, never fail.
+
+        ``mmap``: memory-map the vectors (``None``: when the index is searched remotely, in Milvus)."""
         for attempt in range(retries):
             n = self.current_generation()
             try:
@@ -354,8 +375,10 @@ class Store:
                 raise
         raise AssertionError("unreachable")
 
-    def load_generation(self, n: int, *, mmap: bool = False) -> Snapshot:
+    def load_generation(self, n: int, *, mmap: bool | None = False) -> Snapshot:
         record = self.generation_record(n)
+        if mmap is None:
+            mmap = record.get("index", {}).get("backend") == "milvus"
         id_column = record["catalog"]["id_column"]
         if n == 0:
             seg = _load_segment(self.path, ".", {}, mmap=mmap, id_column=id_column)

@@ -51,6 +51,20 @@ def demo_index(tmp_path_factory, encoder) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_milvus_index(tmp_path_factory, encoder) -> Path:
+    """The demo catalogue searched in Milvus Lite (a local .db file): the same answers as
+    ``demo_index``, for suites that run against both back ends."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed")
+    pytest.importorskip("milvus_lite", reason="the milvus extra is not installed")
+    from lookalike import build, demo_catalog
+
+    folder = tmp_path_factory.mktemp("demo-milvus")
+    build(demo_catalog(), folder / "index", encoder=encoder, backend="milvus", milvus_uri=folder / "milvus.db",
+          show_progress_bar=False)
+    return folder / "index"
+
+
+@pytest.fixture(scope="session")
 def demo_rec(demo_index):
     from lookalike import Recommender
 

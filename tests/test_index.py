@@ -145,7 +145,7 @@ def test_topk_sorted_pads_short_input():
 def test_unknown_backend():
     with pytest.raises(InvalidQueryError, match="exact, hnsw"):
         make_index("annoy", np.zeros((3, 2), np.float32), metric="cosine")
-    assert BACKENDS == ("exact", "hnsw")
+    assert BACKENDS == ("exact", "hnsw", "milvus")
 
 
 # -- HNSW vs the oracle on real vectors ---------------------------------------------------

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,11 +42,11 @@ def singleton_groups(groups: np.ndarray) -> np.ndarray:
 
 def load_demo(folder: Path) -> dict[str, Any]:
     """An index folder as the exact back end searches it: hstack([shape, colour]) per product."""
-    manifest = json.loads((folder / "manifest.json").read_text())
-    vectors = np.load(folder / "vectors.npy")
-    colour = np.load(folder / "colour.npy")
-    meta = pd.read_parquet(folder / "metadata.parquet")
-    ids = meta[manifest["catalog"]["id_column"]].astype(str).tolist()
+    from lookalike.store import Store
+
+    snap = Store(folder).snapshot()
+    vectors, colour, meta = snap.dense()
+    ids = meta[snap.id_column].astype(str).tolist()
     columns = [c for c in meta.columns if not c.startswith("_")]
     return {
         "ids": ids,

@@ -22,10 +22,13 @@ DEMO_IMAGES = Path(__file__).resolve().parents[1] / "lookalike" / "data" / "demo
 QUERY = "13683"  # ADIDAS Men Adi Quest Blue Sports Shoes, as in the reference
 
 
-@pytest.fixture(scope="module")
-def client(demo_index):
-    """The app as `lookalike serve` runs it: built from the folder, loaded in the lifespan."""
-    with TestClient(create_app(demo_index)) as c:
+@pytest.fixture(scope="module", params=["exact", "milvus"])
+def client(request, demo_index):
+    """The app as `lookalike serve` runs it: built from the folder, loaded in the lifespan; the
+    whole API suite runs against the exact back end and against Milvus (Lite), which must give
+    the same answers."""
+    index = demo_index if request.param == "exact" else request.getfixturevalue("demo_milvus_index")
+    with TestClient(create_app(index)) as c:
         yield c
 
 

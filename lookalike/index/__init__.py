@@ -7,12 +7,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidQueryError
-from .base import VectorIndex, topk_sorted
+from .base import Filter, VectorIndex, topk_sorted
 from .exact import ExactIndex
 
-__all__ = ["VectorIndex", "ExactIndex", "BACKENDS", "DEFAULT_BACKEND", "make_index", "open_index", "topk_sorted"]
+__all__ = ["VectorIndex", "Filter", "ExactIndex", "BACKENDS", "DEFAULT_BACKEND", "make_index", "open_index", "topk_sorted"]
 
-BACKENDS = ("exact", "hnsw")
+BACKENDS = ("exact", "hnsw", "milvus")
+#: back ends whose vectors live outside the index folder's process (searched remotely)
+REMOTE_BACKENDS = ("milvus",)
 DEFAULT_BACKEND = "exact"
 
 
@@ -23,6 +25,10 @@ def _cls(name: str) -> Any:
         from .hnsw import HNSWIndex
 
         return HNSWIndex
+    if name == "milvus":
+        from .milvus import MilvusIndex
+
+        return MilvusIndex
     raise InvalidQueryError(f"unknown index back end {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -11,11 +11,29 @@ where rows are the generation's live rows in segment order: removed rows never s
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["VectorIndex", "topk_sorted"]
+__all__ = ["VectorIndex", "Filter", "topk_sorted"]
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A search's constraints as data, for back ends that can't take a row mask (Milvus):
+    rows whose ``where`` columns hold one of the values (columns combine with AND), and none of
+    the ``exclude_ids`` products. Local back ends get the same constraints as a mask."""
+
+    where: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    exclude_ids: Sequence[str] = ()
+
+    def expression(self, fields: Mapping[str, str]) -> str:
+        from .milvus import exclusion_expression, filter_expression
+
+        parts = [p for p in (filter_expression(self.where, fields=fields),
+                             exclusion_expression(self.exclude_ids)) if p]
+        return " and ".join(parts)
 
 
 @runtime_checkable

@@ -151,6 +151,12 @@ def filter_expression(
     return " and ".join(f"({p})" for p in parts)
 
 
+def exclusion_expression(ids: Sequence[str]) -> str:
+    """Rows that are none of these products (``""`` for none)."""
+    ids = list(dict.fromkeys(str(i) for i in ids))
+    return f"({PK_FIELD} not in [{', '.join(_literal(i) for i in ids)}])" if ids else ""
+
+
 # -- Milvus Lite servers: one per file, shared by the stores of this process ---------------------
 _lite_lock = threading.Lock()
 _lite_users: dict[str, int] = {}
@@ -504,3 +510,131 @@ class MilvusStore:
                 found.sort(key=lambda t: (-t[1], t[0]))  # equal scores in a fixed order
                 out.append(found)
         return out
+
+
+# -- the back end: an index folder whose vectors are searched in Milvus --------------------------
+TOKEN_ENV = "LOOKALIKE_MILVUS_TOKEN"
+_stores: dict[tuple[str, str], MilvusStore] = {}
+_stores_lock = threading.Lock()
+
+
+def connect(config: Mapping[str, Any]) -> MilvusStore:
+    """The store of an index's ``manifest["index"]`` (uri, collection), one per process."""
+    uri, name = str(config.get("uri") or ""), str(config.get("collection") or "")
+    if not uri or not name:
+        raise IndexFormatError("the index names no Milvus uri and collection (rebuild with --backend milvus)")
+    key = (uri, name)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None or store._closed:
+            import os
+
+            store = MilvusStore(uri, token=os.environ.get(TOKEN_ENV, ""),
+                                consistency=str(config.get("consistency") or DEFAULT_CONSISTENCY))
+            store.open(name)
+            _stores[key] = store
+        return store
+
+
+def _forget_stores() -> None:
+    """In a forked child (server workers): a gRPC connection can't cross fork; connect anew."""
+    _stores.clear()
+
+
+if hasattr(__import__("os"), "register_at_fork"):
+    __import__("os").register_at_fork(after_in_child=_forget_stores)
+
+
+def collection_name(base: str) -> str:
+    """A fresh collection name for one build: the folder's name, made safe, and a suffix."""
+    import uuid
+
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", base)[:180] or "catalogue"
+    if not safe[0].isalpha():
+        safe = "c_" + safe
+    return f"{safe}_{uuid.uuid4().hex[:8]}"
+
+
+def write_rows(store: MilvusStore, ids: Sequence[str], vectors: np.ndarray, colour: np.ndarray,
+               columns: Mapping[str, Sequence[str]]) -> None:
+    """Upsert products: the stored vector is ``[shape, colour]`` as the exact back end searches it."""
+    if len(ids):
+        store.upsert(list(ids), np.hstack([vectors, colour]).astype(np.float32),
+                     {c: [str(v) for v in vals] for c, vals in columns.items()})
+
+
+class MilvusIndex:
+    """Search in Milvus, filters pushed into the search as expressions; candidates re-scored
+    exactly from the index's own rows, so scores equal the exact back end's.
+
+    The vectors stay in Milvus: a serving process reads only the rows Milvus returned (the
+    index folder's vectors are memory-mapped). Positional masks can't travel to Milvus, so
+    searches take a :class:`~lookalike.index.base.Filter` instead; a search that only has a
+    mask (``export``) runs on the exact oracle.
+    """
+
+    name = "milvus"
+    accepts_filter = True
+
+    def __init__(self, snapshot: Any, *, metric: str) -> None:
+        if metric != "cosine":
+            raise InvalidQueryError("the milvus back end needs metric cosine (inner products)")
+        self.snapshot = snapshot
+        self._config = dict(snapshot.manifest.get("index", {}))
+        self.metric = metric
+        self.ids = snapshot.dense_columns()[snapshot.id_column].tolist()
+        self._row_of = {pid: i for i, pid in enumerate(self.ids)}
+        self._exact: Any = None
+
+    @classmethod
+    def open(cls, snapshot: Any, *, metric: str) -> "MilvusIndex":
+        index = cls(snapshot, metric=metric)
+        index.store  # connect now: a wrong uri or a missing collection fails at load, with one line
+        return index
+
+    @property
+    def store(self) -> MilvusStore:
+        return connect(self._config)  # this process's connection (a forked worker makes its own)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def exact(self) -> Any:
+        """The exact oracle over the same generation (for mask-only searches)."""
+        if self._exact is None:
+            from .exact import ExactIndex
+
+            self._exact = ExactIndex.open(self.snapshot, metric=self.metric)
+        return self._exact
+
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               filter: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        from .base import topk_sorted
+
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        b = len(queries)
+        k = max(0, min(k, len(self.ids)))
+        if k == 0:
+            return np.zeros((b, 0), np.float32), np.zeros((b, 0), np.int64)
+        if filter is None and allowed is not None:
+            return self.exact().search(queries, k, allowed=allowed)  # type: ignore[no-any-return]
+        expr = filter.expression(self.store.fields) if filter is not None else ""
+        # Milvus may hold rows this generation does not (a change being committed): over-fetch
+        found = self.store.search(queries, min(MAX_K, k + 16), expr=expr)
+        out_s = np.full((b, k), -np.inf, np.float32)
+        out_r = np.full((b, k), -1, np.int64)
+        for j, hits in enumerate(found):
+            rows = np.array([self._row_of[p] for p, _ in hits if p in self._row_of], dtype=np.int64)
+            if allowed is not None and len(rows):
+                mask = allowed[j] if allowed.ndim == 2 else allowed
+                rows = rows[mask[rows]]
+            if not len(rows):
+                continue
+            vectors, colour = self.snapshot.take(rows)
+            scores = (queries[j : j + 1] @ np.hstack([vectors, colour]).T).astype(np.float32)  # as ExactIndex does
+            s, r = topk_sorted(scores, rows[None, :], k)
+            out_s[j], out_r[j] = s[0], r[0]
+        return out_s, out_r
+
+    def serialize(self) -> dict[str, bytes]:
+        return {}
