@@ -318,6 +318,35 @@ def test_upsert_photo_keeps_the_upload_in_the_index(idx, encoder):
     assert [c.status for c in again.changes] == ["unchanged"] and again.generation == report.generation
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: a row naming no photo whose id has spaces around it (' 29171 ') is "
+                   "applied as a metadata change but stored under the unstripped id: product 29171 stays as it "
+                   "was and a second product ' 29171 ' appears (rows with a photo have their id stripped)")
+def test_ids_are_stripped_in_metadata_only_rows(idx, encoder):
+    pid = DEMO_TABLE["ProductId"].iloc[0]
+    report = Index.open(idx, encoder=encoder).upsert([{"ProductId": f" {pid} ", "ProductTitle": "retitled"}])
+    assert [(c.id, c.status) for c in report.changes] == [(pid, "metadata")]
+    rec = Recommender.load(idx)
+    assert len(rec) == 99 and rec.product(pid)["ProductTitle"] == "retitled"
+
+
+def test_an_emptied_index_can_be_compacted_and_refilled(encoder, tmp_path):
+    pytest.importorskip("faiss")
+    build(DEMO_TABLE.iloc[:10], tmp_path / "index", images=DEMO_IMAGES, encoder=encoder, backend="hnsw",
+          show_progress_bar=False)
+    ix = Index.open(tmp_path / "index", encoder=encoder)
+    assert ix.sync(DEMO_TABLE.iloc[:0], images=DEMO_IMAGES, allow_mass_removal=True).counts()["removed"] == 10
+    rec = Recommender.load(tmp_path / "index")
+    assert len(rec) == 0 and rec.similar(image=DEMO_IMAGES / DEMO_TABLE["Image"].iloc[0], k=3).ids == []
+    ix.compact()
+    assert len(Recommender.load(tmp_path / "index")) == 0
+    assert ix.upsert(DEMO_TABLE.iloc[:3], images=DEMO_IMAGES).counts()["added"] == 3
+    ix.compact()
+    rec = Recommender.load(tmp_path / "index")
+    assert rec.index.name == "hnsw" and sorted(rec.ids) == sorted(DEMO_TABLE["ProductId"].iloc[:3])
+    assert rec.similar(image=DEMO_IMAGES / DEMO_TABLE["Image"].iloc[1], k=1).ids == [DEMO_TABLE["ProductId"].iloc[1]]
+    assert Store(tmp_path / "index").verify() == []
+
+
 # -- duplicate groups --------------------------------------------------------------------------
 @VIA
 def test_new_listing_of_an_existing_photo_joins_its_duplicate_group(via, idx, encoder, capsys, tmp_path):
@@ -354,6 +383,20 @@ def test_identical_photos_get_identical_vectors(idx, encoder):
     pid = DEMO_TABLE["ProductId"].iloc[0]
     Index.open(idx, encoder=encoder).upsert([{**demo_row(pid), "ProductId": "twin"}], images=DEMO_IMAGES)
     assert stored(idx, "twin")[0].tobytes() == stored(idx, pid)[0].tobytes()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: on an index built without a projection (--projection-dim 0), live "
+                   "changes and compact() test near-duplicates on uncentred vectors while build centres them "
+                   "(live._unit assumes projected rows): compacting makes 2 new duplicate groups here "
+                   "(43575/43576, 41303/43587), so results change with no catalogue change")
+def test_compact_keeps_the_duplicate_groups_of_an_index_without_projection(fashion_dir, encoder, tmp_path):
+    table = pd.read_csv(fashion_dir / "fashion.csv", dtype=str, keep_default_na=False)
+    table = pd.concat([table[table["ProductId"].isin(["43576", "43575", "43587", "41303"])], table.iloc[:40]])
+    build(table, tmp_path / "index", images=fashion_dir / "images", encoder=encoder, projection_dim=0,
+          show_progress_bar=False)
+    before = {frozenset(g) for g in Recommender.load(tmp_path / "index").duplicates()}
+    Index.open(tmp_path / "index", encoder=encoder).compact()
+    assert {frozenset(g) for g in Recommender.load(tmp_path / "index").duplicates()} == before
 
 
 # -- remove ----------------------------------------------------------------------------------
@@ -532,6 +575,9 @@ def test_sync_with_an_empty_photo_folder_removes_nothing(idx, encoder, tmp_path)
     report = Index.open(idx, encoder=encoder).sync(DEMO_TABLE, images=tmp_path / "empty")
     assert report.counts()["kept"] == 99 and report.counts()["removed"] == 0
     assert files_of(idx) == before
+    with pytest.raises(CatalogError, match="images folder not found"):  # not mounted at all
+        Index.open(idx, encoder=encoder).sync(DEMO_TABLE, images=tmp_path / "not-mounted")
+    assert files_of(idx) == before
 
 
 @VIA
@@ -625,6 +671,7 @@ def test_format_1_index_takes_live_changes(demo_index, encoder, tmp_path):
     twins = _twins(rec)
     ix.compact()
     ix.upsert([demo_row(DEMO_TABLE["ProductId"].iloc[2], ProductTitle="after compaction")], images=DEMO_IMAGES)
+    ix.compact()  # the first compaction keeps the files its parent generation reads (see the xfail below)
     assert [n for n in LEGACY_TOP if (old / n).exists()] == []
     rec = Recommender.load(old)
     assert Store(old).verify() == [] and sorted(rec.ids) == sorted(before)
@@ -633,8 +680,9 @@ def test_format_1_index_takes_live_changes(demo_index, encoder, tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason="BUG?: compact() of a converted format-1 index leaves manifest.json, "
-                   "vectors.npy... at the top: the previous generation still lists the '.' segment, so they "
-                   "go only at the write after the compaction")
+                   "vectors.npy... at the top: its garbage collection keeps what the parent generation reads "
+                   "(the '.' segment), so they go only at the next collection (a second compaction, a build, "
+                   "or the GC_EVERY-th change)")
 def test_compact_of_a_format_1_index_leaves_no_legacy_files(demo_index, encoder, tmp_path):
     old = _format_1(demo_index, tmp_path / "v1")
     ix = Index.open(old, encoder=encoder)
@@ -735,47 +783,64 @@ def _walk_the_graph(rec: Recommender) -> int:
 
 
 def _check_hnsw(path: Path, removed: set[str], new: dict[str, Path]) -> None:
+    """hnsw against exact on 100 product queries (recall@10, ties counted), graph walk forced
+    or not; removed products never come back; every new product is the top hit for its photo."""
     exact = Recommender.load(path, backend="exact")
+    rng = np.random.default_rng(7)
+    queries = list(rng.choice([p for p in exact.ids if p not in new], 90, replace=False)) + sorted(new)[:10]
+    want = {pid: exact.similar(pid, k=10) for pid in queries}
     for walk in (False, True):
         approx = Recommender.load(path)
         assert approx.index.name == "hnsw" and exact.index.name == "exact"
         if walk:
             assert _walk_the_graph(approx) >= 1
-        rng = np.random.default_rng(7)
-        queries = list(rng.choice([p for p in approx.ids if p not in new], 90, replace=False)) + sorted(new)[:10]
         hits = 0
         for pid in queries:
-            want = exact.similar(pid, k=10)
             got = approx.similar(pid, k=10)
             assert not removed & set(got.ids)
-            kth = want.items[-1].score
+            kth = want[pid].items[-1].score
             hits += sum(1 for r in got if r.score >= kth - 1e-4)  # ties count (identical photos)
         assert hits / (10 * len(queries)) >= 0.95, (walk, hits)
-        for pid, photo in new.items():
-            top = approx.similar(image=photo, k=3)
-            assert top.ids[0] == pid, (pid, top.ids)
-            assert not removed & set(top.ids)
+    for pid, photo in new.items():
+        top = approx.similar(image=photo, k=3)
+        assert top.ids[0] == pid, (pid, top.ids)
+        assert not removed & set(top.ids)
 
 
-def test_hnsw_follows_changes_and_compaction(fashion_hnsw_index, fullres_dir, encoder, tmp_path):
+@pytest.fixture(scope="module")
+def hnsw_changed(fashion_hnsw_index, fullres_dir, encoder, tmp_path_factory):
+    """A copy of the 2,906-product hnsw index with 20 products re-listed from full-resolution
+    photos (new ids), their 20 originals and 30 others removed.
+    Returns (index, removed ids, new id -> photo)."""
     pytest.importorskip("faiss")
-    path = copy_index(fashion_hnsw_index, tmp_path, "hnsw")
+    path = tmp_path_factory.mktemp("hnsw-live") / "index"
+    shutil.copytree(fashion_hnsw_index, path)
     full = pd.read_csv(fullres_dir / "fashion.csv", dtype=str, keep_default_na=False).iloc[:20]
     rows = [{**{c: r[c] for c in COLUMNS}, "ProductId": f"n{r['ProductId']}"} for _, r in full.iterrows()]
     ix = Index.open(path, encoder=encoder)
-    added = ix.upsert(rows, images=fullres_dir / "images")
-    assert added.counts()["added"] == 20
+    assert ix.upsert(rows, images=fullres_dir / "images").counts()["added"] == 20
     # the 20 originals (the same products at low resolution) and 30 others go
-    ids = Recommender.load(path, backend="exact").ids
+    ids = Store(path).snapshot().dense()[2]["ProductId"].tolist()
     rng = np.random.default_rng(3)
     others = [p for p in ids if not p.startswith("n") and p not in set(full["ProductId"])]
     removed = set(full["ProductId"]) | set(rng.choice(others, 30, replace=False))
     assert ix.remove(sorted(removed)).counts()["removed"] == 50
     new = {f"n{p}": fullres_dir / "images" / img for p, img in zip(full["ProductId"], full["Image"])}
+    return path, removed, new
+
+
+def test_hnsw_follows_changes(hnsw_changed):
+    path, removed, new = hnsw_changed
     snap = Store(path).snapshot()
     assert len(snap.segments) == 2 and not snap.live.all()  # graph + tombstones, and an exact delta
     _check_hnsw(path, removed, new)
-    ix.compact()
+
+
+@pytest.mark.slow
+def test_hnsw_follows_compaction(hnsw_changed, encoder, tmp_path):
+    path, removed, new = hnsw_changed
+    path = copy_index(path, tmp_path, "compacted")
+    Index.open(path, encoder=encoder).compact()
     snap = Store(path).snapshot()
     assert len(snap.segments) == 1 and snap.live.all() and snap.rows == 2906 + 20 - 50
     assert snap.segments[0].read("index.faiss") is not None
@@ -813,12 +878,23 @@ BASE_ROWS = 30
 
 @pytest.fixture(scope="module")
 def property_base(tmp_path_factory, encoder):
-    """30 demo products built once (photos read in place), and the caching encoder."""
+    """30 demo products built once, in a folder holding every demo photo and re-saved copies of
+    12 of them (JPEG quality 90 and 70: near-identical photos, for near-duplicate groups).
+    Returns (index, images folder, every photo file name, the caching encoder)."""
+    from PIL import Image
+
     cached = CachingEncoder(encoder)
     folder = tmp_path_factory.mktemp("live-property")
+    shutil.copytree(DEMO_IMAGES, folder / "images")
+    photos = list(DEMO_TABLE["Image"])
+    for name in DEMO_TABLE["Image"].iloc[::8]:
+        with Image.open(DEMO_IMAGES / name) as im:
+            for quality in (90, 70):
+                im.convert("RGB").save(folder / "images" / f"q{quality}-{name}", quality=quality)
+                photos.append(f"q{quality}-{name}")
     DEMO_TABLE.iloc[:BASE_ROWS].to_csv(folder / "catalog.csv", index=False)
-    build(folder / "catalog.csv", folder / "index", images=DEMO_IMAGES, encoder=cached, show_progress_bar=False)
-    return folder / "index", cached
+    build(folder / "catalog.csv", folder / "index", encoder=cached, show_progress_bar=False)
+    return folder / "index", folder / "images", photos, cached
 
 
 def _same_results(a: Any, b: Any, what: str, twins: dict[str, int] | None = None) -> None:
@@ -868,7 +944,7 @@ if given is not None:
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(steps=st.lists(_step, min_size=1, max_size=6), merge_after=st.sampled_from([2, 8]))
     def test_live_changes_answer_like_a_fresh_build(property_base, monkeypatch, steps, merge_after):
-        base_index, cached = property_base
+        base_index, images, photos, cached = property_base
         monkeypatch.setattr(lookalike.live, "MAX_DELTA_SEGMENTS", merge_after)
         every = DEMO_TABLE.to_dict("records")
         state = {r["ProductId"]: dict(r) for r in every[:BASE_ROWS]}  # the catalogue, as it should be now
@@ -904,12 +980,12 @@ if given is not None:
                         pid = present[change[1] % len(present)]
                         row = dict(state[pid])
                         if change[0] == "photo":
-                            row["Image"] = every[change[2] % len(every)]["Image"]
+                            row["Image"] = photos[change[2] % len(photos)]
                         else:
                             row["Gender"], row["ProductTitle"] = change[2], f"title {serial}"
                         rows[pid] = row
                     if rows:
-                        report = ix.upsert(list(rows.values()), images=DEMO_IMAGES)
+                        report = ix.upsert(list(rows.values()), images=images)
                         assert report.counts()["skipped"] == 0, report.summary()
                         state.update(rows)
             got = Recommender.load(live)
@@ -917,7 +993,7 @@ if given is not None:
             assert len(snap.segments) - 1 <= merge_after
             table = pd.DataFrame(list(state.values()), columns=COLUMNS)
             table.to_csv(Path(tmp) / "catalog.csv", index=False)
-            build(Path(tmp) / "catalog.csv", Path(tmp) / "fresh", images=DEMO_IMAGES, encoder=cached,
+            build(Path(tmp) / "catalog.csv", Path(tmp) / "fresh", images=images, encoder=cached,
                   projection=snap.projection, show_progress_bar=False)
             want = Recommender.load(Path(tmp) / "fresh")
             assert sorted(got.ids) == sorted(want.ids) == sorted(state)

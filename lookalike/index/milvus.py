@@ -589,7 +589,7 @@ class MilvusIndex:
     @classmethod
     def open(cls, snapshot: Any, *, metric: str) -> "MilvusIndex":
         index = cls(snapshot, metric=metric)
-        index.store  # connect now: a wrong uri or a missing collection fails at load, with one line
+        connect(index._config)  # now: a wrong uri or a missing collection fails at load, with one line
         return index
 
     @property
