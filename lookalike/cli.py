@@ -207,6 +207,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo upload accepted")
     v.add_argument("--workers", type=_positive_int, default=None,
                    help="server processes, pre-forked (default: 2 on a machine with 2+ cores)")
+    v.add_argument("--result-cache", type=int, default=4096, metavar="N",
+                   help="answers of similar-by-id kept per worker (0: none); a change to the index empties it")
     v.add_argument("--write-token-file", type=Path, default=None, metavar="F",
                    help="turn on PUT/DELETE /products/{id} for requests bearing this token "
                         "(or set $LOOKALIKE_WRITE_TOKEN); writes are off without one")
@@ -558,7 +560,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                                                  ("timeout_headers", args.timeout_headers)) if value is not None}
     return run_server(args.index, host=args.host, port=args.port,
                       max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
-                      write_token_file=args.write_token_file, read_token_file=args.read_token_file, **timeouts)
+                      write_token_file=args.write_token_file, read_token_file=args.read_token_file,
+                      result_cache=max(0, args.result_cache), **timeouts)
 
 
 def _cmd_app(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ it behind a reverse proxy: docs/security.md.
 
 import hashlib
 import io
+import json
 import logging
 import os
 from collections import OrderedDict
@@ -77,6 +78,8 @@ MAX_JSON_BYTES = 64 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+#: answers of similar-by-id kept per worker (a new generation empties the cache)
+DEFAULT_RESULT_CACHE = 4096
 #: the largest side ``GET /products/{id}/image?size=N`` will draw
 MAX_THUMBNAIL = 1024
 #: the sides thumbnails are drawn at: a requested size is rounded up to the next one
@@ -188,6 +191,37 @@ def _parse_where(items: list[str]) -> dict[str, list[str]]:
             raise InvalidQueryError(f"where must look like COLUMN:VALUE, not {item!r}")
         where.setdefault(col.strip(), []).append(value)
     return where
+
+
+class _ResultCache:
+    """Answers of similar-by-id as JSON bytes, LRU, keyed by generation and query: an answer
+    from an older generation is never served (its key can't be asked for again)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._generation: Any = None
+        self._lock = Lock()
+
+    def get(self, key: tuple[Any, ...]) -> bytes | None:
+        if not self.capacity:
+            return None
+        with self._lock:
+            body = self._items.get(key)
+            if body is not None:
+                self._items.move_to_end(key)
+            return body
+
+    def put(self, key: tuple[Any, ...], body: bytes) -> None:
+        if not self.capacity:
+            return
+        with self._lock:
+            if key[0] != self._generation:  # a new generation: what was kept can't be asked for again
+                self._items.clear()
+                self._generation = key[0]
+            self._items[key] = body
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
 
 
 class _Thumbnails:
@@ -311,6 +345,7 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     write_token: str | None = None,
     read_token: str | None = None,
+    result_cache: int = DEFAULT_RESULT_CACHE,
 ) -> "FastAPI":
     """The FastAPI app over one index.
 
@@ -319,7 +354,8 @@ def create_app(
     ``max_upload_bytes`` caps a request body (413 beyond); ``max_pixels`` caps an uploaded
     photo's width x height (413 beyond, never decoded). ``write_token`` turns on ``PUT`` and
     ``DELETE /products/{id}`` for requests bearing it; ``read_token`` guards every read but
-    ``/health`` (see :mod:`lookalike.server_writes`).
+    ``/health`` (see :mod:`lookalike.server_writes`). ``result_cache`` answers of
+    ``GET /products/{id}/similar`` are kept per worker (0: none); a new generation empties it.
     """
     require("fastapi", "server")
     from fastapi import Depends, FastAPI, Query, Request
@@ -353,6 +389,7 @@ def create_app(
         lifespan=lifespan,
     )
     thumbs = _Thumbnails(THUMBNAIL_CACHE_BYTES)
+    results = _ResultCache(result_cache)
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorOut, "description": why}
         for code, why in ((404, "unknown product id"), (422, "bad parameter: k, a column, a filter"))
@@ -453,11 +490,25 @@ def create_app(
         return {"k": k, "same": same, "where": where, "colour_weight": colour_weight,
                 "collapse_duplicates": collapse_duplicates}
 
-    @app.get("/products/{product_id}/similar", response_model=SimilarOut, responses=errors,
-             summary="Products that look like this one", dependencies=reads)
-    def similar(product_id: str, opts: dict[str, Any] = Depends(search_options)) -> Any:
-        found = rec().similar(product_id, **{**opts, "where": _parse_where(opts["where"])})
-        return JSONResponse(found.to_dict())
+    @app.get("/products/{product_id}/similar", response_model=SimilarOut,
+             responses={**errors, 304: {"description": "not modified (If-None-Match): the index has not changed"}},
+             summary="Products that look like this one", dependencies=reads,
+             description="Answers carry an `ETag` made of the index generation and the query, so a client "
+             "or proxy can revalidate (`If-None-Match` → 304) without a search; answers are also kept in a "
+             "per-worker cache that a new generation empties.")
+    def similar(request: Request, product_id: str, opts: dict[str, Any] = Depends(search_options)) -> Any:
+        r = rec()
+        key = (r.generation, r.manifest.get("created"), product_id, tuple(sorted(request.query_params.multi_items())))
+        tag = '"' + hashlib.sha1(repr(key).encode()).hexdigest()[:24] + '"'
+        headers = {"ETag": tag, "Cache-Control": "no-cache"}
+        if tag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        body = results.get(key)
+        if body is None:
+            found = r.similar(product_id, **{**opts, "where": _parse_where(opts["where"])})
+            body = json.dumps(found.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            results.put(key, body)
+        return Response(body, media_type="application/json", headers=headers)
 
     ids_schema = SimilarIn.model_json_schema()
     upload_schema = {
@@ -604,6 +655,7 @@ def run_server(
     timeout_headers: float = DEFAULT_TIMEOUT_HEADERS,
     write_token_file: str | os.PathLike | None = None,
     read_token_file: str | os.PathLike | None = None,
+    result_cache: int = DEFAULT_RESULT_CACHE,
 ) -> int:
     """Serve an index with uvicorn until interrupted; returns the exit code.
 
@@ -645,7 +697,7 @@ def run_server(
                        "workers", config.get("uri"))
         workers = 1
     app = create_app(rec, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, write_token=write_token,
-                     read_token=read_token)
+                     read_token=read_token, result_cache=result_cache)
     _check_address(host, port)
     _prepare_photo_search(rec)  # after the cheap checks: a taken port fails before a 10 s export
     _quiet_bomb_warnings()

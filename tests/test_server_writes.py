@@ -254,3 +254,21 @@ def test_a_change_is_visible_on_every_worker_within_a_second(index, tmp_path, ta
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_similar_etag_and_cache_follow_the_generation(client, table):
+    """An answer is revalidated for free while the index is unchanged (304, no search), and a
+    change gives new answers at once: the cache and the ETag are keyed by the generation."""
+    pid = table["ProductId"].iat[0]
+    first = client.get(f"/products/{pid}/similar", params={"k": 3})
+    tag = first.headers["etag"]
+    assert first.status_code == 200 and first.headers["cache-control"] == "no-cache"
+    again = client.get(f"/products/{pid}/similar", params={"k": 3}, headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.content == b""
+    other = client.get(f"/products/{pid}/similar", params={"k": 4}, headers={"If-None-Match": tag})
+    assert other.status_code == 200 and other.headers["etag"] != tag
+    top = first.json()["results"][0]["id"]
+    assert client.put(f"/products/{top}", headers=AUTH, json={"ProductTitle": "changed since"}).status_code == 200
+    after = client.get(f"/products/{pid}/similar", params={"k": 3}, headers={"If-None-Match": tag})
+    assert after.status_code == 200 and after.headers["etag"] != tag
+    assert after.json()["results"][0]["ProductTitle"] == "changed since"
