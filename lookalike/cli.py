@@ -65,12 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     from . import (
         BACKENDS,
         DEFAULT_BATCH_SIZE,
+        DEFAULT_ENGINE,
         DEFAULT_ID_COLUMN,
         DEFAULT_IMAGE_COLUMN,
         DEFAULT_METRIC,
         DEFAULT_MODEL,
         DEFAULT_POOLING,
         DEFAULT_WORKERS,
+        ENGINES,
         METRICS,
         MODELS,
         POOLINGS,
@@ -114,6 +116,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=_positive_int, default=DEFAULT_WORKERS, help="photo-decoding threads")
     b.add_argument("--update", action="store_true",
                    help="reuse the vectors of unchanged products from the existing index at --out")
+    b.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES,
+                   help="where photos are decoded and embedded: this process (local) or Ray Data actors "
+                        "(ray, needs the ray extra; same index)")
+    b.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join with --engine ray (auto, HOST:6379 or ray://HOST:10001); default: "
+                        "a private Ray on this machine, listening on loopback only, stopped after the build")
+    b.add_argument("--actors", type=_positive_int, default=None, metavar="N",
+                   help="Ray actors with --engine ray, each loading the model once (default: one per CPU)")
 
     ad = sub.add_parser("add", help="add or change products of an index (no rebuild)")
     ad.add_argument("index", type=Path)
@@ -244,15 +254,35 @@ def _default_columns(rec: Any) -> list[str]:
 
 
 # -- commands -----------------------------------------------------------------------------
+def _quiet_ray(verbose: int) -> None:
+    """Without -v, keep Ray's own start-up notes off the terminal (build --engine ray).
+
+    Ray sets up its loggers when imported, so this imports it first; its C++ core logs straight
+    to stderr unless RAY_BACKEND_LOG_LEVEL says otherwise. Failures still surface as errors.
+    """
+    if verbose:
+        return
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:  # the library names the extra to install
+        return
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from . import build
 
+    if args.engine == "ray":
+        _quiet_ray(args.verbose)
     report = build(
         args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
         model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size,
         precision=args.precision, metric=args.metric, projection_dim=args.projection_dim or None,
         backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
-        colour_weight=args.colour_weight,
+        colour_weight=args.colour_weight, engine=args.engine, ray_address=args.ray_address, actors=args.actors,
         show_progress_bar=None if not args.quiet else False,
     )
     print(report.summary())

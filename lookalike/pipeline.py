@@ -1,7 +1,7 @@
 """``build()``: catalogue -> photos -> embeddings -> index folder.
 
-The photo stage (read, decode, describe, embed) runs on an engine (:mod:`lookalike.engines`),
-by default in this process. Rows whose photo can't be used are
+The photo stage (read, decode, describe, embed) runs on an engine (:mod:`lookalike.engines`):
+in this process by default, or on a Ray cluster. Rows whose photo can't be used are
 reported, never dropped silently.
 """
 
@@ -175,6 +175,8 @@ def build(
     update: bool = False,
     encoder: Encoder | None = None,
     engine: str = DEFAULT_ENGINE,
+    ray_address: str | None = None,
+    actors: int | None = None,
     show_progress_bar: bool | None = None,
 ) -> BuildReport:
     """Build an index folder from a catalogue; see :mod:`lookalike.artifacts` for its layout.
@@ -189,11 +191,13 @@ def build(
     efficientnet-lite0, 224 px for resnet50); ``precision`` is ``"int8"`` or ``"fp32"``
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one.
-    ``engine`` runs the photo stage (see :mod:`lookalike.engines`); ``"local"``: in this process.
+    ``engine`` runs the photo stage: ``"local"`` in this process, ``"ray"`` on Ray Data actors
+    (extra ``ray``; ``ray_address`` joins a cluster, ``actors`` sets their number); both write
+    the same index (see :mod:`lookalike.engines`).
     """
     t0 = time.perf_counter()
     colour_weight = _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim)
-    runner = get_engine(engine)
+    runner = get_engine(engine, ray_address=ray_address, actors=actors)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
