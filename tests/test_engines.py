@@ -201,14 +201,16 @@ class _Bar:
 def ray_session():
     """One private Ray for the module, started as the engine starts its own. Yields the pids
     of Ray's processes (tests add the actors they see); afterwards none of them may be left,
-    nor Ray's session folder, nor a token file in ~/.ray."""
+    nor Ray's session folder, nor a token file in ~/.ray, nor a changed RAY_* variable."""
     from lookalike.engines.ray import local_ray
 
     token_file = Path.home() / ".ray" / "auth_token"
     had_token = token_file.exists()
     temp_dirs = set(Path(tempfile.gettempdir()).glob("lookalike-ray-*"))
     before = _process_tree(os.getpid())
+    ray_env = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}
     with local_ray(num_cpus=2):
+        assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0" or "RAY_USAGE_STATS_ENABLED" in ray_env
         seen = _process_tree(os.getpid()) - before
         assert seen, "no Ray process started"
         assert set(Path(tempfile.gettempdir()).glob("lookalike-ray-*")) - temp_dirs, "Ray's session folder"
@@ -219,6 +221,7 @@ def ray_session():
     assert not left, f"Ray processes left after shutdown: {sorted(left)}"
     assert not set(Path(tempfile.gettempdir()).glob("lookalike-ray-*")) - temp_dirs, "session folder left"
     assert token_file.exists() == had_token, "Ray wrote an auth token to ~/.ray"
+    assert {k: v for k, v in os.environ.items() if k.startswith("RAY_")} == ray_env, "RAY_* variables changed"
 
 
 @pytest.mark.slow

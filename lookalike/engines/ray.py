@@ -90,8 +90,8 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
 
     It listens on loopback only (checked: the block is refused otherwise), keeps its session
     files and logs in a temporary folder removed afterwards, authenticates with a token kept
-    in this process's environment (not ``~/.ray/auth_token``) and is shut down at the end,
-    its processes with it. ``num_cpus``: default, the cores this process may use.
+    in this process's environment (not ``~/.ray/auth_token``), has usage stats off and is shut
+    down at the end, its processes with it. ``num_cpus``: default, the cores this process may use.
     """
     global _token
     ray = _ray()
@@ -99,6 +99,8 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
         raise LookalikeError("Ray is already running in this process; use it (RayEngine does) or stop it first")
     _token = _token or secrets.token_hex(32)
     env = {_CLUSTER_ENV: "0"}
+    if "RAY_USAGE_STATS_ENABLED" not in os.environ:
+        env["RAY_USAGE_STATS_ENABLED"] = "0"  # a private instance reports nothing to anyone
     if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
         # Ray turns token authentication on for a new local instance and takes this token
         # instead of writing one to ~/.ray/auth_token; it sets RAY_AUTH_MODE itself
