@@ -164,12 +164,11 @@ class _Embed:
         raw = np.zeros((n, self.enc.dim), dtype=np.float32)
         colour = np.zeros((n, COLOUR_DIM), dtype=np.float32)
         dhash = np.zeros(n, dtype=np.uint64)
-        ok = [k for k, (decoded, _, _) in enumerate(results) if decoded is not None]
-        for k in ok:
-            decoded = results[k][0]
+        good = [(k, decoded) for k, (decoded, _, _) in enumerate(results) if decoded is not None]
+        for k, decoded in good:
             colour[k], dhash[k] = decoded.colour, decoded.dhash
-        if ok:
-            raw[ok] = self.enc.encode_pixels(np.stack([results[k][0].pixels for k in ok]))
+        if good:
+            raw[[k for k, _ in good]] = self.enc.encode_pixels(np.stack([d.pixels for _, d in good]))
         return {
             "j": np.asarray(batch["j"], dtype=np.int64),
             "ok": np.array([r[0] is not None for r in results], dtype=bool),
