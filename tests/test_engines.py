@@ -202,6 +202,8 @@ def ray_session():
     """One private Ray for the module, started as the engine starts its own. Yields the pids
     of Ray's processes (tests add the actors they see); afterwards none of them may be left,
     nor Ray's session folder, nor a token file in ~/.ray, nor a changed RAY_* variable."""
+    import ray  # noqa: F401  (importing Ray sets RAY_CLIENT_MODE; running it must change nothing more)
+
     from lookalike.engines.ray import local_ray
 
     token_file = Path.home() / ".ray" / "auth_token"

@@ -105,7 +105,7 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
         # Ray turns token authentication on for a new local instance and takes this token
         # instead of writing one to ~/.ray/auth_token; it sets RAY_AUTH_MODE itself
         env["RAY_AUTH_TOKEN"] = _token
-    saved_env = {k: os.environ.get(k) for k in (*env, "RAY_AUTH_MODE")}
+    saved_env = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}  # Ray sets some itself
     tmp = tempfile.mkdtemp(prefix="lookalike-ray-")
     try:
         os.environ.update(env)  # inherited by the Ray processes started below
@@ -121,11 +121,9 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()  # also after a failed start: it stops what was started
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        for k in [k for k in os.environ if k.startswith("RAY_") and k not in saved_env]:
+            del os.environ[k]
+        os.environ.update(saved_env)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
