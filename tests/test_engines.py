@@ -27,6 +27,7 @@ from lookalike import (
     DEFAULT_ENGINE,
     ENGINES,
     InvalidQueryError,
+    LookalikeError,
     MissingDependencyError,
     ModelError,
     build,
@@ -305,3 +306,17 @@ def test_build_with_ray_writes_the_local_index(ray_session, bad_catalog, encoder
     assert [snaps[e].manifest["build"]["engine"] for e in ("local", "ray")] == ["local", "ray"]
     rep_loc, rep_ray = (pd.read_csv(Store(tmp_path / e).report_path(), dtype=str) for e in ("local", "ray"))
     pd.testing.assert_frame_equal(rep_ray, rep_loc)
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
+def test_an_actor_that_cannot_start_is_one_clear_error(ray_session, bad_catalog, encoder, monkeypatch):
+    import dataclasses
+
+    import lookalike.engines.ray as ray_engine
+
+    broken = dataclasses.replace(EncoderSettings.of(encoder), weights="/nowhere/weights.pth")
+    monkeypatch.setattr(ray_engine.EncoderSettings, "of", classmethod(lambda cls, enc: broken))
+    cat = load_catalog(bad_catalog)
+    with _Watch(ray_session), pytest.raises(LookalikeError, match="weights file not found: /nowhere/weights.pth"):
+        get_engine("ray", actors=1).encode(cat, [0, 1, 2], encoder, batch_size=2)

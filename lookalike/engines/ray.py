@@ -110,8 +110,11 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
     try:
         os.environ.update(env)  # inherited by the Ray processes started below
         with _loopback_only():
-            ray.init(num_cpus=num_cpus or _cpu_count(), include_dashboard=False, _temp_dir=tmp,
-                     configure_logging=False, log_to_driver=False)
+            try:
+                ray.init(num_cpus=num_cpus or _cpu_count(), include_dashboard=False, _temp_dir=tmp,
+                         configure_logging=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError) as exc:
+                raise LookalikeError(f"could not start a private Ray: {_last_line(exc)}") from exc
         node = ray.util.get_node_ip_address()
         if not ipaddress.ip_address(node).is_loopback:
             raise LookalikeError(f"Ray chose node address {node} instead of a loopback one; refusing to run a "
@@ -125,6 +128,12 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
             del os.environ[k]
         os.environ.update(saved_env)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The line of a Ray error that names the cause (Ray puts the remote traceback first)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _install_model(enc: CNNEncoder, data: bytes) -> None:
@@ -213,16 +222,22 @@ class RayEngine:
                            np.zeros(0, np.uint64), [], [])
         model = enc.prepare()  # type: ignore[attr-defined]  # export once, here, not in every actor
         ray = _ray()
-        if ray.is_initialized():
-            return self._run(cat, positions, enc.dim, settings, model, batch_size, bar)
-        if self.address is None:
-            with local_ray():
-                return self._run(cat, positions, enc.dim, settings, model, batch_size, bar)
-        ray.init(address=self.address, configure_logging=False, log_to_driver=False)
         try:
-            return self._run(cat, positions, enc.dim, settings, model, batch_size, bar)
-        finally:
-            ray.shutdown()
+            if ray.is_initialized():
+                return self._run(cat, positions, enc.dim, settings, model, batch_size, bar)
+            if self.address is None:
+                with local_ray():
+                    return self._run(cat, positions, enc.dim, settings, model, batch_size, bar)
+            try:
+                ray.init(address=self.address, configure_logging=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise LookalikeError(f"can't join the Ray cluster at {self.address}: {_last_line(exc)}") from exc
+            try:
+                return self._run(cat, positions, enc.dim, settings, model, batch_size, bar)
+            finally:
+                ray.shutdown()
+        except ray.exceptions.RayError as exc:  # an actor that could not start or died: one clear line
+            raise LookalikeError(f"the ray engine failed: {_last_line(exc)}") from exc
 
     def _run(self, cat: Catalog, positions: list[int], dim: int, settings: EncoderSettings, model: Path | None,
              batch_size: int, bar: Any) -> Encoded:
