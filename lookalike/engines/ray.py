@@ -263,7 +263,9 @@ class RayEngine:
         saved = (ctx.enable_progress_bars, ctx.print_on_execution_start)
         ctx.enable_progress_bars, ctx.print_on_execution_start = False, False  # lookalike's own bar instead
         with contextlib.suppress(Exception):  # and no warning that Ray Data's are off (it warns once)
-            ray.util.debug.log_once("ray_data_progress_manager_disabled")
+            from ray.util.debug import log_once
+
+            log_once("ray_data_progress_manager_disabled")
         raw = np.zeros((m, dim), dtype=np.float32)
         colour = np.zeros((m, COLOUR_DIM), dtype=np.float32)
         dhash = np.zeros(m, dtype=np.uint64)
@@ -281,7 +283,7 @@ class RayEngine:
             )
             for out in ds.iter_batches(batch_format="numpy", batch_size=None):
                 j = out["j"]
-                seen[j] += 1
+                np.add.at(seen, j, 1)
                 ok[j] = out["ok"]
                 raw[j], colour[j], dhash[j] = out["raw"], out["colour"], out["dhash"]
                 for k, jj in enumerate(j):
