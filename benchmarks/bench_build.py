@@ -87,7 +87,8 @@ import numpy as np
 from lookalike.catalog import load_catalog
 from lookalike.config import DEFAULT_WORKERS
 from lookalike.encoders import get_encoder
-from lookalike.pipeline import _decoded_stream, build
+from lookalike.engines.local import _decoded_stream
+from lookalike.pipeline import build
 r = {{"imports_s": time.perf_counter() - t}}
 t = time.perf_counter(); cat = load_catalog({str(csv)!r}, images={str(images)!r})
 r["catalog_s"] = time.perf_counter() - t

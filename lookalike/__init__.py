@@ -25,6 +25,7 @@ from .config import (
 )
 from .demo import demo_catalog
 from .encoders import DEFAULT_MODEL, DEFAULT_POOLING, MODELS, POOLINGS, Encoder, get_encoder
+from .engines import DEFAULT_ENGINE, ENGINES
 from .errors import (
     CatalogError,
     ImageError,
@@ -65,6 +66,7 @@ __all__ = [
     "VectorIndex",
     "ExactIndex",
     "BACKENDS",
+    "ENGINES",
     # defaults
     "DEFAULT_MODEL",
     "DEFAULT_POOLING",
@@ -76,6 +78,7 @@ __all__ = [
     "DEFAULT_ID_COLUMN",
     "DEFAULT_IMAGE_COLUMN",
     "DEFAULT_COLOUR_WEIGHT",
+    "DEFAULT_ENGINE",
     # errors
     "LookalikeError",
     "CatalogError",

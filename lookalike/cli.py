@@ -85,12 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     from . import (
         BACKENDS,
         DEFAULT_BATCH_SIZE,
+        DEFAULT_ENGINE,
         DEFAULT_ID_COLUMN,
         DEFAULT_IMAGE_COLUMN,
         DEFAULT_METRIC,
         DEFAULT_MODEL,
         DEFAULT_POOLING,
         DEFAULT_WORKERS,
+        ENGINES,
         METRICS,
         MODELS,
         POOLINGS,
@@ -142,6 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--allow-outside-images", action="store_true",
                    help="index photos named by absolute paths, ../ paths or links that lead outside --images "
                         "(refused by default; `lookalike serve` then serves those files too)")
+    b.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES,
+                   help="where photos are decoded and embedded: this process (local) or Ray Data actors "
+                        "(ray, needs the ray extra; same index)")
+    b.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join with --engine ray (auto, HOST:6379 or ray://HOST:10001); default: "
+                        "a private Ray on this machine, listening on loopback only, stopped after the build")
+    b.add_argument("--actors", type=_positive_int, default=None, metavar="N",
+                   help="Ray actors with --engine ray, each loading the model once (default: one per CPU)")
 
     ad = sub.add_parser("add", help="add or change products of an index (no rebuild)")
     ad.add_argument("index", type=Path)
@@ -308,6 +318,24 @@ def _check_writable(path: Path, *, folder: bool = False) -> None:
 
 
 # -- commands -----------------------------------------------------------------------------
+def _quiet_ray(verbose: int) -> None:
+    """Without -v, keep Ray's own start-up notes off the terminal (build --engine ray).
+
+    Ray sets up its loggers when imported, so this imports it first; its C++ core logs straight
+    to stderr unless RAY_BACKEND_LOG_LEVEL says otherwise. Failures still surface as errors.
+    """
+    if verbose:
+        return
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:  # the library names the extra to install
+        return
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from . import build
     from .catalog import load_catalog
@@ -317,13 +345,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.allow_outside_images:
         catalog = load_catalog(args.catalog, images=args.images, id_column=args.id_column,
                                image_column=args.image_column, allow_outside_images=True)
+    if args.engine == "ray":
+        _quiet_ray(args.verbose)
     report = build(
         catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
         model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size,
         precision=args.precision, metric=args.metric, projection_dim=args.projection_dim or None,
         backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
-        milvus_uri=args.milvus_uri, collection=args.collection,
-        colour_weight=args.colour_weight,
+        milvus_uri=args.milvus_uri, collection=args.collection, engine=args.engine, ray_address=args.ray_address,
+        actors=args.actors, colour_weight=args.colour_weight,
         show_progress_bar=None if not args.quiet else False,
     )
     print(report.summary())

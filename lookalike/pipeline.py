@@ -1,8 +1,8 @@
 """``build()``: catalogue -> photos -> embeddings -> index folder.
 
-Photos are read and decoded by a thread pool (Pillow releases the GIL while it decodes,
-and JPEG draft mode decodes big photos at 1/2 to 1/8 scale) while the model encodes the
-previous batch. Rows whose photo can't be used are reported, never dropped silently.
+The photo stage (read, decode, describe, embed) runs on an engine (:mod:`lookalike.engines`):
+in this process by default, or on a Ray cluster. Rows whose photo can't be used are
+reported, never dropped silently.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import hashlib
 import logging
 import os
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,8 +31,10 @@ from .config import (
 )
 from .duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
 from .encoders import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, Encoder, get_encoder, l2_normalize
+from .engines import DEFAULT_ENGINE, get_engine
+from .engines.local import Encoded, encode_rows
 from .errors import CatalogError, InvalidQueryError, LookalikeError
-from .images import COLOUR_DIM, Decoded, Preprocess, load
+from .images import COLOUR_DIM
 from .index import BACKENDS, DEFAULT_BACKEND, make_index
 from .projection import DEFAULT_PROJECTION_DIM, Projection
 from .store import Store
@@ -84,106 +84,6 @@ class BuildReport:
                 f"({self.duplicate_groups} groups; `lookalike duplicates {self.out}`)"
             )
         return "\n".join(lines)
-
-
-def _read_and_decode(path: Path, pre: Preprocess) -> tuple[Decoded | None, str, str]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return None, f"unreadable file: {exc.strerror or exc}", ""
-    if not data:
-        return None, "empty file", ""
-    digest = hashlib.sha1(data).hexdigest()
-    decoded, reason = load(data, pre)
-    return decoded, reason, digest
-
-
-def _decoded_stream(
-    paths: list[Path], pre: Preprocess, workers: int, ahead: int
-) -> Iterator[tuple[int, Decoded | None, str, str]]:
-    """Yield (position, decoded, reason, sha1) in order, decoding ``ahead`` items in advance."""
-    if workers <= 1:
-        for i, p in enumerate(paths):
-            yield (i, *_read_and_decode(p, pre))
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-decode") as pool:
-        pending: deque[tuple[int, Future[Any]]] = deque()
-        it = iter(enumerate(paths))
-        for i, p in it:
-            pending.append((i, pool.submit(_read_and_decode, p, pre)))
-            if len(pending) >= ahead:
-                break
-        while pending:
-            i, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt[0], pool.submit(_read_and_decode, nxt[1], pre)))
-            yield (i, *fut.result())
-
-
-@dataclass
-class Encoded:
-    """Catalogue rows through the photo stage: what the model and the descriptors made of them.
-
-    ``positions`` are the catalogue rows (0-based, in ``Catalog`` order) that succeeded; the
-    arrays follow them. Every other requested row is in ``problems`` with its reason.
-    """
-
-    positions: list[int]
-    raw: np.ndarray  # float32 (m, encoder dim): pooled model output, before any projection
-    colour: np.ndarray  # float32 (m, COLOUR_DIM)
-    dhash: np.ndarray  # uint64 (m,)
-    sha1: list[str]
-    problems: list[RowProblem]
-
-
-def encode_rows(
-    cat: Catalog,
-    positions: list[int],
-    enc: Encoder,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int = DEFAULT_WORKERS,
-    bar: Any = None,
-) -> Encoded:
-    """Decode, describe and embed some rows of a catalogue (the stage ``build`` and live changes share)."""
-    m = len(positions)
-    raw = np.zeros((m, enc.dim), dtype=np.float32)
-    colour = np.zeros((m, COLOUR_DIM), dtype=np.float32)
-    dhashes = np.zeros(m, dtype=np.uint64)
-    sha1s = [""] * m
-    ok = np.zeros(m, dtype=bool)
-    problems: list[RowProblem] = []
-    batch_pos: list[int] = []
-    batch_px: list[np.ndarray] = []
-
-    def flush() -> None:
-        if batch_pos:
-            raw[batch_pos] = enc.encode_pixels(np.stack(batch_px))
-            if bar is not None:
-                bar.update(len(batch_pos))
-            batch_pos.clear()
-            batch_px.clear()
-
-    stream = _decoded_stream([cat.image_paths[i] for i in positions], enc.preprocess, workers,
-                             ahead=max(2 * batch_size, 4 * workers))
-    for j, decoded, reason, digest in stream:
-        i = positions[j]
-        if decoded is None:
-            problems.append(RowProblem(cat.rows[i], cat.ids[i], str(cat.table[cat.image_column].iat[i]), reason))
-            if bar is not None:
-                bar.update(1)
-            continue
-        colour[j], dhashes[j], sha1s[j] = decoded.colour, decoded.dhash, digest
-        ok[j] = True
-        batch_pos.append(j)
-        batch_px.append(decoded.pixels)
-        if len(batch_pos) >= batch_size:
-            flush()
-    flush()
-    keep = np.flatnonzero(ok)
-    return Encoded([positions[j] for j in keep], raw[keep], colour[keep], dhashes[keep],
-                   [sha1s[j] for j in keep], problems)
 
 
 def stored_vectors(raw: np.ndarray, projection: Projection | None, metric: str) -> np.ndarray:
@@ -275,6 +175,9 @@ def build(
     encoder: Encoder | None = None,
     milvus_uri: str | os.PathLike | None = None,
     collection: str | None = None,
+    engine: str = DEFAULT_ENGINE,
+    ray_address: str | None = None,
+    actors: int | None = None,
     show_progress_bar: bool | None = None,
 ) -> BuildReport:
     """Build an index folder from a catalogue; see :mod:`lookalike.artifacts` for its layout.
@@ -293,11 +196,16 @@ def build(
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
     ``http(s)://host:19530`` for a server (token in ``$LOOKALIKE_MILVUS_TOKEN``).
+
+    ``engine`` runs the photo stage: ``"local"`` in this process, ``"ray"`` on Ray Data actors
+    (extra ``ray``; ``ray_address`` joins a cluster, ``actors`` sets their number); both write
+    the same index (see :mod:`lookalike.engines`).
     """
     t0 = time.perf_counter()
     colour_weight = _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim)
     if backend == "milvus" and (not milvus_uri or metric != "cosine"):
         raise InvalidQueryError("--backend milvus needs --milvus-uri (a .db path or http://host:19530) and metric cosine")
+    runner = get_engine(engine, ray_address=ray_address, actors=actors)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
@@ -338,7 +246,7 @@ def build(
                 continue
         todo.append(i)
     try:
-        enc_rows = encode_rows(cat, todo, enc, batch_size=batch_size, workers=workers, bar=bar)
+        enc_rows = runner.encode(cat, todo, enc, batch_size=batch_size, workers=workers, bar=bar)
     finally:
         bar.close()
     problems = list(cat.problems) + enc_rows.problems
@@ -402,7 +310,7 @@ def build(
             "allow_outside_images": cat.allow_outside_images,
             "columns": [c for c in cat.table.columns],
         },
-        "build": {"batch_size": batch_size, "workers": workers, "seconds": round(time.perf_counter() - t0, 3),
+        "build": {"engine": runner.name, "batch_size": batch_size, "workers": workers, "seconds": round(time.perf_counter() - t0, 3),
                   "reused": len(reused_pos)},
         "report": {"indexed": len(positions), "skipped": len(problems)},
     }

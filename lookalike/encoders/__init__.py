@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelError
 from .base import POOLINGS, Encoder, l2_normalize, pool
@@ -21,6 +23,7 @@ __all__ = [
     "DEFAULT_POOLING",
     "DEFAULT_RESIZE",
     "get_encoder",
+    "EncoderSettings",
     "pool",
     "l2_normalize",
 ]
@@ -95,3 +98,40 @@ def get_encoder(
         spec, pooling=pooling, weights=weights, runtime=runtime, resize=resize, size=size,
         precision=precision, threads=threads,
     )
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """What it takes to make an encoder again elsewhere: small, frozen and picklable.
+
+    An encoder holds an ONNX session and a lock and never travels between processes; a build
+    engine ships these settings instead and each worker makes its own encoder from them.
+    ``weights`` is ``None`` for the model's own weights (found again on each machine).
+    """
+
+    model: str = DEFAULT_MODEL
+    pooling: str = DEFAULT_POOLING
+    resize: str = DEFAULT_RESIZE
+    size: int | None = None
+    precision: str | None = None
+    runtime: str = "onnx"
+    weights: str | None = None
+
+    @classmethod
+    def of(cls, enc: Any) -> EncoderSettings:
+        """The settings of an encoder made by :func:`get_encoder`.
+
+        Raises :class:`ModelError` for other encoders, which can't be made again from settings.
+        """
+        if not isinstance(enc, CNNEncoder) or MODELS.get(enc.name) is not enc.spec:
+            raise ModelError(f"{type(enc).__name__} can't be rebuilt from settings in another process; "
+                             "only encoders made by get_encoder() can")
+        own = enc.spec.find_weights()
+        weights = None if own is not None and own == enc.weights_path else str(enc.weights_path)
+        return cls(model=enc.name, pooling=enc.pooling, resize=enc.preprocess.resize, size=enc.preprocess.size,
+                   precision=enc.precision, runtime=enc.runtime, weights=weights)
+
+    def make(self, *, threads: int | None = None) -> CNNEncoder:
+        """A new encoder with these settings (``threads``: ONNX Runtime / torch threads)."""
+        return get_encoder(self.model, pooling=self.pooling, weights=self.weights, runtime=self.runtime,
+                           resize=self.resize, size=self.size, precision=self.precision, threads=threads)

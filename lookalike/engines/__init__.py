@@ -1,0 +1,65 @@
+"""Build engines: where the photo stage of a build runs (read, decode, describe, embed).
+
+An engine is one method with one signature::
+
+    engine.encode(cat, positions, enc, *, batch_size, workers, bar) -> Encoded
+
+``positions`` are catalogue rows (0-based); the result holds the rows that succeeded with
+their pooled model output, colour descriptor, dHash and SHA-1, and every other requested
+row as a :class:`~lookalike.catalog.RowProblem` with its reason. ``bar`` (a tqdm bar or
+``None``) advances by one per row. Engines:
+
+``local``  (default) a thread pool decodes, this process embeds; the exact reference.
+``ray``    Ray Data actors each read, decode and embed shards of rows, on this machine or
+           a Ray cluster (extra ``ray``). The encoder itself never travels: the engine ships
+           :class:`~lookalike.encoders.EncoderSettings` and the exported model file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..catalog import Catalog
+from ..encoders import Encoder
+from ..errors import InvalidQueryError
+from .local import Encoded, LocalEngine, encode_rows
+
+__all__ = ["Engine", "ENGINES", "DEFAULT_ENGINE", "get_engine", "LocalEngine", "Encoded", "encode_rows"]
+
+ENGINES = ("local", "ray")
+DEFAULT_ENGINE = "local"
+
+
+class Engine(Protocol):
+    """Runs the photo stage of a build for some catalogue rows."""
+
+    name: str
+
+    def encode(
+        self,
+        cat: Catalog,
+        positions: list[int],
+        enc: Encoder,
+        *,
+        batch_size: int,
+        workers: int,
+        bar: Any = None,
+    ) -> Encoded: ...
+
+
+def get_engine(name: str = DEFAULT_ENGINE, *, ray_address: str | None = None, actors: int | None = None) -> Engine:
+    """The engine called ``name``; ``ray_address`` and ``actors`` are the ray engine's options.
+
+    Raises :class:`~lookalike.errors.MissingDependencyError` for ``ray`` without the extra.
+    """
+    if name not in ENGINES:
+        raise InvalidQueryError(f"unknown build engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if actors is not None and (isinstance(actors, bool) or actors < 1):
+        raise InvalidQueryError(f"actors must be 1 or more, not {actors}")
+    if name == "local":
+        if ray_address is not None or actors is not None:
+            raise InvalidQueryError("ray_address and actors are options of the ray engine (engine='ray')")
+        return LocalEngine()
+    from .ray import RayEngine
+
+    return RayEngine(address=ray_address, actors=actors)

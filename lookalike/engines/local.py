@@ -1,0 +1,151 @@
+"""The local engine: the photo stage of a build in this process.
+
+Photos are read and decoded by a thread pool (Pillow releases the GIL while it decodes,
+and JPEG draft mode decodes big photos at 1/2 to 1/8 scale) while the model encodes the
+previous batch. Rows whose photo can't be used are reported, never dropped silently.
+This is the exact engine: every other engine is tested against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..catalog import Catalog, RowProblem
+from ..config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
+from ..encoders import Encoder
+from ..images import COLOUR_DIM, Decoded, Preprocess, load
+
+__all__ = ["LocalEngine", "Encoded", "encode_rows", "row_problem"]
+
+
+def row_problem(cat: Catalog, position: int, reason: str) -> RowProblem:
+    """The report line of catalogue row ``position`` (0-based) whose photo could not be used."""
+    return RowProblem(cat.rows[position], cat.ids[position], str(cat.table[cat.image_column].iat[position]), reason)
+
+
+def _read_and_decode(path: Path, pre: Preprocess) -> tuple[Decoded | None, str, str]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable file: {exc.strerror or exc}", ""
+    if not data:
+        return None, "empty file", ""
+    digest = hashlib.sha1(data).hexdigest()
+    decoded, reason = load(data, pre)
+    return decoded, reason, digest
+
+
+def _decoded_stream(
+    paths: list[Path], pre: Preprocess, workers: int, ahead: int
+) -> Iterator[tuple[int, Decoded | None, str, str]]:
+    """Yield (position, decoded, reason, sha1) in order, decoding ``ahead`` items in advance."""
+    if workers <= 1:
+        for i, p in enumerate(paths):
+            yield (i, *_read_and_decode(p, pre))
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-decode") as pool:
+        pending: deque[tuple[int, Future[Any]]] = deque()
+        it = iter(enumerate(paths))
+        for i, p in it:
+            pending.append((i, pool.submit(_read_and_decode, p, pre)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            i, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt[0], pool.submit(_read_and_decode, nxt[1], pre)))
+            yield (i, *fut.result())
+
+
+@dataclass
+class Encoded:
+    """Catalogue rows through the photo stage: what the model and the descriptors made of them.
+
+    ``positions`` are the catalogue rows (0-based, in ``Catalog`` order) that succeeded; the
+    arrays follow them. Every other requested row is in ``problems`` with its reason.
+    """
+
+    positions: list[int]
+    raw: np.ndarray  # float32 (m, encoder dim): pooled model output, before any projection
+    colour: np.ndarray  # float32 (m, COLOUR_DIM)
+    dhash: np.ndarray  # uint64 (m,)
+    sha1: list[str]
+    problems: list[RowProblem]
+
+
+def encode_rows(
+    cat: Catalog,
+    positions: list[int],
+    enc: Encoder,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = DEFAULT_WORKERS,
+    bar: Any = None,
+) -> Encoded:
+    """Decode, describe and embed some rows of a catalogue (the stage ``build`` and live changes share)."""
+    m = len(positions)
+    raw = np.zeros((m, enc.dim), dtype=np.float32)
+    colour = np.zeros((m, COLOUR_DIM), dtype=np.float32)
+    dhashes = np.zeros(m, dtype=np.uint64)
+    sha1s = [""] * m
+    ok = np.zeros(m, dtype=bool)
+    problems: list[RowProblem] = []
+    batch_pos: list[int] = []
+    batch_px: list[np.ndarray] = []
+
+    def flush() -> None:
+        if batch_pos:
+            raw[batch_pos] = enc.encode_pixels(np.stack(batch_px))
+            if bar is not None:
+                bar.update(len(batch_pos))
+            batch_pos.clear()
+            batch_px.clear()
+
+    stream = _decoded_stream([cat.image_paths[i] for i in positions], enc.preprocess, workers,
+                             ahead=max(2 * batch_size, 4 * workers))
+    for j, decoded, reason, digest in stream:
+        i = positions[j]
+        if decoded is None:
+            problems.append(row_problem(cat, i, reason))
+            if bar is not None:
+                bar.update(1)
+            continue
+        colour[j], dhashes[j], sha1s[j] = decoded.colour, decoded.dhash, digest
+        ok[j] = True
+        batch_pos.append(j)
+        batch_px.append(decoded.pixels)
+        if len(batch_pos) >= batch_size:
+            flush()
+    flush()
+    keep = np.flatnonzero(ok)
+    return Encoded([positions[j] for j in keep], raw[keep], colour[keep], dhashes[keep],
+                   [sha1s[j] for j in keep], problems)
+
+
+class LocalEngine:
+    """Decode with a thread pool and embed in this process (the default engine)."""
+
+    name = "local"
+
+    def encode(
+        self,
+        cat: Catalog,
+        positions: list[int],
+        enc: Encoder,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int = DEFAULT_WORKERS,
+        bar: Any = None,
+    ) -> Encoded:
+        return encode_rows(cat, positions, enc, batch_size=batch_size, workers=workers, bar=bar)
+
+    def __repr__(self) -> str:
+        return "LocalEngine()"

@@ -1,0 +1,301 @@
+"""The ray engine: the photo stage of a build on Ray Data actors (extra ``ray``).
+
+The driver (this process) exports the model once, then ships only small things: the
+encoder's :class:`~lookalike.encoders.EncoderSettings`, the exported model file (one object
+in Ray's object store) and blocks of ``(row, photo path)`` pairs. Each actor makes its own
+encoder from the settings, then reads, decodes, describes (colour, dHash, SHA-1) and embeds
+its batches; a photo that can't be used comes back as a row with its reason, like the local
+engine's. Results stream back to the driver, which advances the progress bar per batch and
+checks that every row came back exactly once.
+
+Without an address a private Ray instance is started for the build and stopped after it:
+it listens on loopback only, keeps its session files in a temporary folder that is removed
+afterwards, and authenticates with a token held in memory (nothing in ``~/.ray``). With an
+address (``"auto"``, ``"HOST:6379"`` or ``"ray://HOST:10001"``) the build joins that cluster;
+every node needs lookalike installed and the photos at the same paths. A Ray already started
+in this process (``ray.init`` by the caller) is used as it is and left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import math
+import os
+import secrets
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..catalog import Catalog
+from ..config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
+from ..encoders import CNNEncoder, Encoder, EncoderSettings
+from ..errors import LookalikeError, require
+from ..images import COLOUR_DIM
+from .local import Encoded, _read_and_decode, row_problem
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RayEngine", "local_ray", "RAY_VERSION_TESTED"]
+
+#: the Ray release this engine is tested with (``pip install 'lookalike[ray]'`` pins it)
+RAY_VERSION_TESTED = "2.60.0"
+#: Ray listens on loopback only where this is "0" (read when Ray computes its node address)
+_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: one token per process for the private instances it starts (Ray caches the token it read)
+_token: str | None = None
+
+
+def _ray() -> Any:
+    return require("ray", "ray")
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make ``ray.init`` pick a loopback node address, so every Ray process binds 127.0.0.1.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, at import; a Ray imported earlier
+    in this process is told through the constant it read it into. The caller checks the
+    node address after ``ray.init`` either way.
+    """
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # pragma: no cover - a Ray that moved it; the caller's check catches it
+        yield
+        return
+    saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+@contextlib.contextmanager
+def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
+    """Run a private Ray instance on this machine for the duration of the block.
+
+    It listens on loopback only (checked: the block is refused otherwise), keeps its session
+    files and logs in a temporary folder removed afterwards, authenticates with a token kept
+    in this process's environment (not ``~/.ray/auth_token``), has usage stats off and is shut
+    down at the end, its processes with it. ``num_cpus``: default, the cores this process may use.
+    """
+    global _token
+    ray = _ray()
+    if ray.is_initialized():
+        raise LookalikeError("Ray is already running in this process; use it (RayEngine does) or stop it first")
+    _token = _token or secrets.token_hex(32)
+    env = {_CLUSTER_ENV: "0"}
+    if "RAY_USAGE_STATS_ENABLED" not in os.environ:
+        env["RAY_USAGE_STATS_ENABLED"] = "0"  # a private instance reports nothing to anyone
+    if not any(k in os.environ for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        # Ray turns token authentication on for a new local instance and takes this token
+        # instead of writing one to ~/.ray/auth_token; it sets RAY_AUTH_MODE itself
+        env["RAY_AUTH_TOKEN"] = _token
+    saved_env = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}  # Ray sets some itself
+    tmp = tempfile.mkdtemp(prefix="lookalike-ray-")
+    try:
+        os.environ.update(env)  # inherited by the Ray processes started below
+        with _loopback_only():
+            try:
+                ray.init(num_cpus=num_cpus or _cpu_count(), include_dashboard=False, _temp_dir=tmp,
+                         configure_logging=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError) as exc:
+                raise LookalikeError(f"could not start a private Ray: {_last_line(exc)}") from exc
+        node = ray.util.get_node_ip_address()
+        if not ipaddress.ip_address(node).is_loopback:
+            raise LookalikeError(f"Ray chose node address {node} instead of a loopback one; refusing to run a "
+                                 f"private instance that listens beyond this machine (set {_CLUSTER_ENV}=0 "
+                                 "before Ray is imported, or start Ray yourself)")
+        logger.info("started a private Ray instance on %s with %s CPUs", node, num_cpus or _cpu_count())
+        yield
+    finally:
+        ray.shutdown()  # also after a failed start: it stops what was started
+        for k in [k for k in os.environ if k.startswith("RAY_") and k not in saved_env]:
+            del os.environ[k]
+        os.environ.update(saved_env)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _last_line(exc: BaseException) -> str:
+    """The line of a Ray error that names the cause (Ray puts the remote traceback first)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _install_model(enc: CNNEncoder, data: bytes) -> None:
+    """Put the driver's exported model where ``enc`` looks for it, unless it is there already."""
+    path = enc.onnx_path()
+    digest = hashlib.sha1(data).hexdigest()
+    with contextlib.suppress(OSError):
+        if hashlib.sha1(path.read_bytes()).hexdigest() == digest:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    logger.info("installed the driver's model at %s", path)
+
+
+class _Embed:
+    """One Ray Data actor: its own encoder, loaded once; reads, decodes and embeds batches."""
+
+    def __init__(self, settings: EncoderSettings, model: Any, threads: int) -> None:
+        self.enc = settings.make(threads=threads)
+        if model is not None:
+            _install_model(self.enc, _ray().get(model))
+        self.threads = threads
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pre = self.enc.preprocess
+        paths = [Path(str(p)) for p in batch["path"]]
+        if self.threads > 1:
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="lookalike-decode") as pool:
+                results = list(pool.map(lambda p: _read_and_decode(p, pre), paths))
+        else:
+            results = [_read_and_decode(p, pre) for p in paths]
+        n = len(paths)
+        raw = np.zeros((n, self.enc.dim), dtype=np.float32)
+        colour = np.zeros((n, COLOUR_DIM), dtype=np.float32)
+        dhash = np.zeros(n, dtype=np.uint64)
+        good = [(k, decoded) for k, (decoded, _, _) in enumerate(results) if decoded is not None]
+        for k, decoded in good:
+            colour[k], dhash[k] = decoded.colour, decoded.dhash
+        if good:
+            raw[[k for k, _ in good]] = self.enc.encode_pixels(np.stack([d.pixels for _, d in good]))
+        return {
+            "j": np.asarray(batch["j"], dtype=np.int64),
+            "ok": np.array([r[0] is not None for r in results], dtype=bool),
+            "reason": np.array([r[1] for r in results], dtype=object),
+            "sha1": np.array([r[2] for r in results], dtype=object),
+            "raw": raw,
+            "colour": colour,
+            "dhash": dhash,
+        }
+
+
+class RayEngine:
+    """Decode and embed on Ray Data actors: ``actors`` of them (default: one per CPU of the
+    cluster), each loading the model once. ``address``: a Ray cluster to join; ``None`` starts
+    a private loopback-only instance for each build (:func:`local_ray`), unless this process
+    already runs Ray."""
+
+    name = "ray"
+
+    def __init__(self, *, address: str | None = None, actors: int | None = None) -> None:
+        _ray()  # fail now, with the install command, rather than after the catalogue is read
+        self.address = address
+        self.actors = actors
+
+    def __repr__(self) -> str:
+        return f"RayEngine(address={self.address!r}, actors={self.actors!r})"
+
+    def encode(
+        self,
+        cat: Catalog,
+        positions: list[int],
+        enc: Encoder,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int = DEFAULT_WORKERS,
+        bar: Any = None,
+    ) -> Encoded:
+        """Like :func:`~lookalike.engines.local.encode_rows`; ``workers`` is unused (each actor
+        decodes with as many threads as it has CPUs)."""
+        settings = EncoderSettings.of(enc)
+        m = len(positions)
+        if m == 0:
+            return Encoded([], np.zeros((0, enc.dim), np.float32), np.zeros((0, COLOUR_DIM), np.float32),
+                           np.zeros(0, np.uint64), [], [])
+        model = enc.prepare()  # type: ignore[attr-defined]  # export once, here, not in every actor
+        ray = _ray()
+        try:
+            if ray.is_initialized():
+                return self._run(cat, positions, enc.dim, settings, model, batch_size, bar)
+            if self.address is None:
+                with local_ray():
+                    return self._run(cat, positions, enc.dim, settings, model, batch_size, bar)
+            try:
+                ray.init(address=self.address, configure_logging=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise LookalikeError(f"can't join the Ray cluster at {self.address}: {_last_line(exc)}") from exc
+            try:
+                return self._run(cat, positions, enc.dim, settings, model, batch_size, bar)
+            finally:
+                ray.shutdown()
+        except ray.exceptions.RayError as exc:  # an actor that could not start or died: one clear line
+            raise LookalikeError(f"the ray engine failed: {_last_line(exc)}") from exc
+
+    def _run(self, cat: Catalog, positions: list[int], dim: int, settings: EncoderSettings, model: Path | None,
+             batch_size: int, bar: Any) -> Encoded:
+        import pyarrow as pa
+
+        ray = _ray()
+        m = len(positions)
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        actors = self.actors or max(1, int(cpus))
+        # whole CPUs per actor where they fit, a share of one where there are more actors than CPUs
+        per_actor = max(1.0, float(cpus // actors)) if actors <= cpus else cpus / actors
+        # Ray Data gathers blocks up to a whole batch per call: few rows make small batches, so
+        # that every actor gets some; else blocks of whole batches, about 4 per actor (balance)
+        batch = max(1, min(batch_size, math.ceil(m / actors)))
+        per_block = batch * max(1, min(64, math.ceil(m / (batch * actors * 4))))
+        paths = [str(Path(cat.image_paths[i]).absolute()) for i in positions]
+        blocks = [pa.table({"j": pa.array(range(s, min(s + per_block, m)), pa.int64()),
+                            "path": pa.array(paths[s:s + per_block], pa.string())})
+                  for s in range(0, m, per_block)]
+        logger.info("ray engine: %d photos in %d blocks on %d actors (%g CPUs each) of %g CPUs", m, len(blocks),
+                    actors, per_actor, cpus)
+        ctx = ray.data.DataContext.get_current()
+        saved = (ctx.enable_progress_bars, ctx.print_on_execution_start)
+        ctx.enable_progress_bars, ctx.print_on_execution_start = False, False  # lookalike's own bar instead
+        with contextlib.suppress(Exception):  # and no warning that Ray Data's are off (it warns once)
+            from ray.util.debug import log_once
+
+            log_once("ray_data_progress_manager_disabled")
+        raw = np.zeros((m, dim), dtype=np.float32)
+        colour = np.zeros((m, COLOUR_DIM), dtype=np.float32)
+        dhash = np.zeros(m, dtype=np.uint64)
+        sha1 = [""] * m
+        reason = [""] * m
+        ok = np.zeros(m, dtype=bool)
+        seen = np.zeros(m, dtype=np.int64)
+        try:
+            model_ref = ray.put(model.read_bytes()) if model is not None else None
+            ds = ray.data.from_arrow(blocks).map_batches(
+                _Embed, batch_size=batch, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_actor,
+                fn_constructor_kwargs={"settings": settings, "model": model_ref,
+                                       "threads": max(1, int(per_actor))},
+            )
+            for out in ds.iter_batches(batch_format="numpy", batch_size=None):
+                j = out["j"]
+                np.add.at(seen, j, 1)
+                ok[j] = out["ok"]
+                raw[j], colour[j], dhash[j] = out["raw"], out["colour"], out["dhash"]
+                for k, jj in enumerate(j):
+                    sha1[jj], reason[jj] = str(out["sha1"][k]), str(out["reason"][k])
+                if bar is not None:
+                    bar.update(len(j))
+        finally:
+            ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+        if (seen != 1).any():  # Ray retries failed tasks; a row must still come back exactly once
+            raise LookalikeError(f"the ray engine returned {int((seen == 0).sum())} rows none and "
+                                 f"{int((seen > 1).sum())} rows more than once; nothing was written")
+        keep = np.flatnonzero(ok)
+        problems = [row_problem(cat, positions[j], reason[j]) for j in np.flatnonzero(~ok)]
+        return Encoded([positions[j] for j in keep], raw[keep], colour[keep], dhash[keep],
+                       [sha1[j] for j in keep], problems)

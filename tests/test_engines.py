@@ -1,0 +1,322 @@
+"""Build engines: the ray engine checked against the local one, the exact reference.
+
+The Ray tests share one private Ray instance (a module fixture, started the way the engine
+starts its own) and check while it runs that its processes listen on loopback only, and
+after it stops that none of them is left.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lookalike import (
+    DEFAULT_ENGINE,
+    ENGINES,
+    InvalidQueryError,
+    LookalikeError,
+    MissingDependencyError,
+    ModelError,
+    build,
+    demo_catalog,
+    load_catalog,
+)
+from lookalike.encoders import EncoderSettings
+from lookalike.engines import LocalEngine, get_engine
+from lookalike.store import Store
+
+DEMO = demo_catalog()
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+NO_RAY = "ray is not installed: pip install 'lookalike[ray]'"
+
+
+@pytest.fixture(scope="module")
+def bad_catalog(tmp_path_factory) -> Path:
+    """24 real demo products, one photo shared by two of them, and rows whose photo is missing,
+    empty, not an image, or (``vanishing.jpg``) there when the catalogue is read but not later."""
+    folder = tmp_path_factory.mktemp("engines")
+    table = pd.read_csv(DEMO, dtype=str, keep_default_na=False).iloc[:24].reset_index(drop=True)
+    (folder / "images").mkdir()
+    for name in table["Image"]:
+        shutil.copy(DEMO.parent / "images" / name, folder / "images" / name)
+    (folder / "images" / "empty.jpg").write_bytes(b"")
+    (folder / "images" / "notes.jpg").write_text("not a photo\n")
+    shutil.copy(DEMO.parent / "images" / table["Image"][1], folder / "images" / "vanishing.jpg")
+    extra = []
+    for pid, image in (("bad-missing", "missing.jpg"), ("bad-empty", "empty.jpg"), ("bad-text", "notes.jpg"),
+                       ("bad-vanished", "vanishing.jpg"), ("dup-of-first", table["Image"][0])):
+        row = table.iloc[0].copy()
+        row["ProductId"], row["Image"] = pid, image
+        extra.append(row)
+    # the bad rows in the middle, so they share batches with good ones
+    table = pd.concat([table.iloc[:10], pd.DataFrame(extra), table.iloc[10:]], ignore_index=True)
+    table.to_csv(folder / "catalog.csv", index=False)
+    return folder / "catalog.csv"
+
+
+# -- without Ray ----------------------------------------------------------------------------
+def test_engine_choices_are_checked():
+    assert DEFAULT_ENGINE == "local" and set(ENGINES) == {"local", "ray"}
+    assert isinstance(get_engine(), LocalEngine)
+    with pytest.raises(InvalidQueryError, match="local, ray"):
+        get_engine("spark")
+    with pytest.raises(InvalidQueryError, match="engine='ray'"):
+        get_engine("local", actors=2)
+    with pytest.raises(InvalidQueryError, match="engine='ray'"):
+        get_engine("local", ray_address="auto")
+    with pytest.raises(InvalidQueryError, match="actors"):
+        get_engine("ray", actors=0)
+
+
+def test_ray_engine_without_ray_names_the_extra(monkeypatch, tmp_path):
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"lookalike\[ray\]"):
+        get_engine("ray")
+    out = tmp_path / "index"
+    with pytest.raises(MissingDependencyError, match=r"pip install 'lookalike\[ray\]'"):
+        build(DEMO, out, engine="ray", show_progress_bar=False)
+    assert not out.exists()  # refused before any work
+
+
+def test_encoder_settings_travel_and_make_the_same_encoder(encoder):
+    settings = EncoderSettings.of(encoder)
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    assert settings.weights is None  # the model's own weights, found again by each worker
+    again = settings.make(threads=1)
+    assert (again.name, again.pooling, again.dim, again.preprocess, again.precision, again.onnx_path()) == (
+        encoder.name, encoder.pooling, encoder.dim, encoder.preprocess, encoder.precision, encoder.onnx_path())
+    with pytest.raises(ModelError, match="get_encoder"):
+        EncoderSettings.of(object())
+
+
+def test_cli_ray_options_need_the_ray_engine(tmp_path, capsys):
+    from lookalike.cli import main
+
+    assert main(["-q", "build", str(DEMO), "--out", str(tmp_path / "i"), "--actors", "2"]) == 1
+    assert "ray engine" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["build", str(DEMO), "--out", str(tmp_path / "i"), "--engine", "spark"])
+
+
+# -- with Ray -------------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # zombies are gone
+    except (OSError, IndexError):
+        return False
+
+
+def _process_tree(root: int) -> set[int]:
+    """The live descendants of process ``root``."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _alive(int(entry)):
+            try:
+                parent[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+    tree, todo = set(), [root]
+    while todo:
+        p = todo.pop()
+        for child, ppid in parent.items():
+            if ppid == p and child not in tree:
+                tree.add(child)
+                todo.append(child)
+    return tree
+
+
+def _listeners(pids: set[int]) -> list[tuple[str, str]]:
+    """(local address, process) of the TCP sockets that ``pids`` listen on; [] without ss."""
+    if shutil.which("ss") is None:
+        return []
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=False).stdout
+    found = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and any(f"pid={p}," in fields[5] for p in pids):
+            found.append((fields[3], fields[5]))
+    return found
+
+
+def _beyond_loopback(listeners: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    bad = []
+    for local, proc in listeners:
+        host = local.rsplit(":", 1)[0].strip("[]").split("%")[0].removeprefix("::ffff:")
+        if host == "*" or not ipaddress.ip_address(host).is_loopback:
+            bad.append((local, proc))
+    return bad
+
+
+class _Watch:
+    """Notes this process's descendants and the TCP sockets they listen on, every 0.3 s, from
+    a thread, for the duration of the block (Ray's actors come and go within a run)."""
+
+    def __init__(self, seen: set[int] | None = None) -> None:
+        self.seen = seen if seen is not None else set()
+        self.listeners: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while True:
+            self.seen |= _process_tree(os.getpid())
+            self.listeners |= set(_listeners(self.seen | {os.getpid()}))
+            if self._stop.wait(0.3):
+                return
+
+    def __enter__(self) -> _Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def saw_actors(self) -> bool:
+        return any("MapWorker" in proc for _, proc in self.listeners) or shutil.which("ss") is None
+
+
+class _Bar:
+    n = 0
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One private Ray for the module, started as the engine starts its own. Yields the pids
+    of Ray's processes (tests add the actors they see); afterwards none of them may be left,
+    nor Ray's session folder, nor a token file in ~/.ray, nor a changed RAY_* variable."""
+    import ray  # noqa: F401  (importing Ray sets RAY_CLIENT_MODE; running it must change nothing more)
+
+    from lookalike.engines.ray import local_ray
+
+    token_file = Path.home() / ".ray" / "auth_token"
+    had_token = token_file.exists()
+    temp_dirs = set(Path(tempfile.gettempdir()).glob("lookalike-ray-*"))
+    before = _process_tree(os.getpid())
+    ray_env = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}
+    with local_ray(num_cpus=2):
+        assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0" or "RAY_USAGE_STATS_ENABLED" in ray_env
+        seen = _process_tree(os.getpid()) - before
+        assert seen, "no Ray process started"
+        assert set(Path(tempfile.gettempdir()).glob("lookalike-ray-*")) - temp_dirs, "Ray's session folder"
+        yield seen
+    deadline = time.monotonic() + 10
+    while (left := {p for p in seen if _alive(p)}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"Ray processes left after shutdown: {sorted(left)}"
+    assert not set(Path(tempfile.gettempdir()).glob("lookalike-ray-*")) - temp_dirs, "session folder left"
+    assert token_file.exists() == had_token, "Ray wrote an auth token to ~/.ray"
+    assert {k: v for k, v in os.environ.items() if k.startswith("RAY_")} == ray_env, "RAY_* variables changed"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
+def test_cli_build_on_its_own_private_ray(bad_catalog, tmp_path, monkeypatch):
+    """`lookalike build --engine ray` starts Ray, listens on loopback only, stops it, leaves nothing.
+    (Runs before the module's shared Ray starts: tests run in file order.)"""
+    import ray
+
+    from lookalike.cli import main
+
+    assert not ray.is_initialized()
+    monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)  # the CLI sets it; undo after
+    with _Watch() as watch:
+        assert main(["-q", "build", str(bad_catalog), "--out", str(tmp_path / "index"), "--engine", "ray"]) == 0
+    assert not ray.is_initialized()
+    assert watch.saw_actors(), watch.listeners
+    assert not _beyond_loopback(watch.listeners), watch.listeners
+    deadline = time.monotonic() + 10
+    while (left := {p for p in watch.seen if _alive(p)}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"Ray processes left after the build: {sorted(left)}"
+    assert Store(tmp_path / "index").snapshot().manifest["build"]["engine"] == "ray"
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
+def test_ray_engine_gives_the_local_engines_rows(ray_session, bad_catalog, encoder):
+    cat = load_catalog(bad_catalog)
+    assert [p.id for p in cat.problems] == ["bad-missing"]  # the catalogue's own check
+    positions = list(range(len(cat.ids)))
+    vanishing = bad_catalog.parent / "images" / "vanishing.jpg"
+    kept = vanishing.read_bytes()
+    vanishing.unlink()  # gone between reading the catalogue and encoding
+    try:
+        local = LocalEngine().encode(cat, positions, encoder, batch_size=8, workers=2)
+        bar = _Bar()
+        with _Watch(ray_session) as watch:
+            remote = get_engine("ray", actors=2).encode(cat, positions, encoder, batch_size=8, bar=bar)
+    finally:
+        vanishing.write_bytes(kept)
+
+    assert remote.positions == local.positions and len(local.positions) == len(positions) - 3
+    assert [(p.row, p.id, p.image, p.reason) for p in remote.problems] == \
+        [(p.row, p.id, p.image, p.reason) for p in local.problems]
+    assert {p.id: p.reason.split(":")[0] for p in local.problems} == {
+        "bad-empty": "empty file", "bad-text": "not an image (unrecognised file format)",
+        "bad-vanished": "unreadable file"}
+    assert remote.raw.dtype == np.float32 and remote.raw.shape == local.raw.shape
+    assert np.abs(remote.raw - local.raw).max() <= 1e-5
+    np.testing.assert_array_equal(remote.colour, local.colour)
+    np.testing.assert_array_equal(remote.dhash, local.dhash)
+    assert remote.sha1 == local.sha1
+    assert bar.n == len(positions)  # every row advanced the bar once, failures too
+    # while the actors worked, every Ray process listened on loopback only
+    assert watch.saw_actors(), watch.listeners
+    assert not _beyond_loopback(watch.listeners), watch.listeners
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
+def test_build_with_ray_writes_the_local_index(ray_session, bad_catalog, encoder, tmp_path):
+    reports = {}
+    with _Watch(ray_session):  # its actors too must be gone when the module's Ray stops
+        for engine in ("local", "ray"):
+            reports[engine] = build(bad_catalog, tmp_path / engine, encoder=encoder, engine=engine, batch_size=8,
+                                    show_progress_bar=False)
+    assert reports["ray"].indexed == reports["local"].indexed == 26
+    assert reports["ray"].problems == reports["local"].problems
+    snaps = {e: Store(tmp_path / e).snapshot() for e in reports}
+    (v_loc, c_loc, m_loc), (v_ray, c_ray, m_ray) = snaps["local"].dense(), snaps["ray"].dense()
+    assert list(m_ray["ProductId"]) == list(m_loc["ProductId"])
+    assert np.abs(v_ray - v_loc).max() <= 1e-5
+    np.testing.assert_array_equal(c_ray, c_loc)
+    np.testing.assert_array_equal(snaps["ray"].dup_exact, snaps["local"].dup_exact)
+    np.testing.assert_array_equal(snaps["ray"].dup_near, snaps["local"].dup_near)
+    assert reports["ray"].duplicate_groups == reports["local"].duplicate_groups >= 1  # the shared photo
+    assert [snaps[e].manifest["build"]["engine"] for e in ("local", "ray")] == ["local", "ray"]
+    rep_loc, rep_ray = (pd.read_csv(Store(tmp_path / e).report_path(), dtype=str) for e in ("local", "ray"))
+    pd.testing.assert_frame_equal(rep_ray, rep_loc)
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
+def test_an_actor_that_cannot_start_is_one_clear_error(ray_session, bad_catalog, encoder, monkeypatch):
+    import dataclasses
+
+    import lookalike.engines.ray as ray_engine
+
+    broken = dataclasses.replace(EncoderSettings.of(encoder), weights="/nowhere/weights.pth")
+    monkeypatch.setattr(ray_engine.EncoderSettings, "of", classmethod(lambda cls, enc: broken))
+    cat = load_catalog(bad_catalog)
+    with _Watch(ray_session), pytest.raises(LookalikeError, match="weights file not found: /nowhere/weights.pth"):
+        get_engine("ray", actors=1).encode(cat, [0, 1, 2], encoder, batch_size=2)
