@@ -338,17 +338,13 @@ def _quiet_ray(verbose: int) -> None:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from . import build
-    from .catalog import load_catalog
 
     _check_writable(args.out, folder=True)
-    catalog = args.catalog
-    if args.allow_outside_images:
-        catalog = load_catalog(args.catalog, images=args.images, id_column=args.id_column,
-                               image_column=args.image_column, allow_outside_images=True)
     if args.engine == "ray":
         _quiet_ray(args.verbose)
     report = build(
-        catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
+        args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
+        allow_outside_images=args.allow_outside_images,
         model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size,
         precision=args.precision, metric=args.metric, projection_dim=args.projection_dim or None,
         backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,

@@ -157,6 +157,7 @@ def build(
     images: str | os.PathLike | None = None,
     id_column: str = DEFAULT_ID_COLUMN,
     image_column: str = DEFAULT_IMAGE_COLUMN,
+    allow_outside_images: bool = False,
     model: str = DEFAULT_MODEL,
     pooling: str = DEFAULT_POOLING,
     metric: str = DEFAULT_METRIC,
@@ -191,7 +192,8 @@ def build(
     ``size`` is the side of the square model input (``None``: the model's default, 320 px for
     efficientnet-lite0, 224 px for resnet50); ``precision`` is ``"int8"`` or ``"fp32"``
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
-    ``projection`` applies an already fitted projection instead of fitting one.
+    ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
+    inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
 
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
@@ -210,7 +212,8 @@ def build(
     if out.exists() and not out.is_dir():
         raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
-        catalog, images=images, id_column=id_column, image_column=image_column
+        catalog, images=images, id_column=id_column, image_column=image_column,
+        allow_outside_images=allow_outside_images,
     )
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, size=size, precision=precision
