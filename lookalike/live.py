@@ -189,30 +189,35 @@ class Index:
         t0 = time.perf_counter()
         table = _table(rows)
         with self._writer() as w:
-            snap = self._base(w)
-            plan, report, root = self._plan(snap, table, images=images, remove_missing=False)
-            self._embed(snap, plan, show_progress_bar)
-            return self._apply(w, snap, plan, set(), report, "upsert", t0, catalog_info=_roots(snap, root))
+            return self._upsert(w, table, images, show_progress_bar, t0)
+
+    def _upsert(self, w: Writer, table: pd.DataFrame, images: str | os.PathLike | None,
+                show_progress_bar: bool | None, t0: float) -> ChangeReport:
+        snap = self._base(w)
+        plan, report, root = self._plan(snap, table, images=images, remove_missing=False)
+        self._embed(snap, plan, show_progress_bar)
+        return self._apply(w, snap, plan, set(), report, "upsert", t0, catalog_info=_roots(snap, root))
 
     def upsert_photo(self, pid: str, photo: bytes, metadata: Mapping[str, str] | None = None,
                      *, suffix: str = ".jpg") -> ChangeReport:
         """Add or change one product from photo bytes (an upload): the photo is kept, durably,
         in the index's ``photos/`` folder under its content hash."""
+        t0 = time.perf_counter()
         digest = hashlib.sha1(photo).hexdigest()
-        self.photos.mkdir(exist_ok=True)
-        target = self.photos / f"{digest}{suffix}"
-        if not target.exists():
-            from .artifacts import fsync_dir, write_bytes_durably
+        with self._writer() as w:  # under the lock: a temporary file found by a writer is stale
+            self.photos.mkdir(exist_ok=True)
+            target = self.photos / f"{digest}{suffix}"
+            if not target.exists():
+                from .artifacts import fsync_dir, write_bytes_durably
 
-            tmp = self.photos / f".tmp-{digest}{suffix}"
-            write_bytes_durably(tmp, photo)
-            os.replace(tmp, target)
-            fsync_dir(self.photos)
-        snap = self.store.snapshot()
-        cat = snap.manifest["catalog"]
-        row = {**{k: str(v) for k, v in (metadata or {}).items()}, cat["id_column"]: pid,
-               cat["image_column"]: target.name}
-        return self.upsert([row], images=self.photos)
+                tmp = self.photos / f".tmp-{digest}{suffix}"
+                write_bytes_durably(tmp, photo)
+                os.replace(tmp, target)
+                fsync_dir(self.photos)
+            cat = self._base(w).manifest["catalog"]
+            row = {**{k: str(v) for k, v in (metadata or {}).items()}, cat["id_column"]: pid,
+                   cat["image_column"]: target.name}
+            return self._upsert(w, _table([row]), self.photos, None, t0)
 
     def remove(self, ids: Iterable[object]) -> ChangeReport:
         """Remove products by id; unknown ids are reported, not fatal."""
@@ -259,13 +264,18 @@ class Index:
                 )
             report.operation = "sync"
             report.changes += [Change(0, pid, "removed") for pid in sorted(gone)]
-            if dry_run:
+            if dry_run:  # what a real sync would do, row by row; nothing is embedded or written
+                report.changes += [Change(p.row, p.id, p.status) if isinstance(p, _Pending)
+                                   else Change(int(p.meta["_request_row"]), p.id, p.meta["_status"]) for p in plan]
+                report.changes.sort(key=lambda c: (c.row == 0, c.row, c.id))
                 report.generation, report.seconds = snap.generation, time.perf_counter() - t0
                 return report
             self._embed(snap, plan, show_progress_bar)
-            source = None if isinstance(catalog, pd.DataFrame) else Path(catalog)
-            catalog_info = {"path": str(source.resolve()) if source else None, "rows_total": len(table),
-                            "sha256": file_sha256(source) if source else "", **_roots(snap, root)}
+            catalog_info: dict[str, Any] = {"rows_total": len(table), **_roots(snap, root)}
+            if not isinstance(catalog, pd.DataFrame):
+                catalog_info.update(path=str(Path(catalog).resolve()), sha256=file_sha256(Path(catalog)))
+            if not snap.manifest["catalog"].get("images_root"):
+                catalog_info["images_root"] = str(root.resolve())
             return self._apply(w, snap, plan, gone, report, "sync", t0, catalog_info=catalog_info)
 
     def compact(self) -> ChangeReport:
@@ -277,7 +287,7 @@ class Index:
             stored = meta.drop(columns=["_dup_exact", "_dup_near"])
             sha1s = stored["_sha1"].tolist()
             dh = stored["_dhash"].to_numpy(np.int64).view(np.uint64)
-            exact, near = find_duplicate_groups(sha1s, dh, _unit(vectors), colour)
+            exact, near = find_duplicate_groups(sha1s, dh, _unit(vectors, projected=snap.projection is not None), colour)
             backend = snap.manifest.get("index", {}).get("backend", "exact")
             searchable = np.hstack([vectors, colour]) if snap.manifest["metric"] == "cosine" else vectors
             local = len(vectors) and backend not in REMOTE_BACKENDS  # Milvus already holds every live row
@@ -288,6 +298,7 @@ class Index:
             gen = w.commit(settings=settings, segments=[seg], live=np.ones(len(vectors), bool), dup_exact=exact,
                            dup_near=near, report=_report_frame(report), operation={"kind": "compact"},
                            projection_segment=seg["name"] if snap.projection is not None else None)
+            _forget_unused_photos(self.photos, set(stored["_image"].tolist()))
             report.generation, report.seconds = gen, time.perf_counter() - t0
             return report
 
@@ -314,27 +325,39 @@ class Index:
         for c in columns:
             if c not in table.columns:
                 table[c] = ""
-        table = table[columns]
+        table = table[columns].copy()
+        table[id_col] = table[id_col].astype(str).str.strip()
         report = ChangeReport("upsert")
+        # empty and repeated ids, in the request's own order: the first row of an id wins
+        first: dict[str, int] = {}
+        keep: list[int] = []
+        for i, pid in enumerate(table[id_col].tolist()):
+            if not pid:
+                report.changes.append(Change(i + 1, pid, "skipped", "empty id"))
+            elif pid in first:
+                report.changes.append(Change(i + 1, pid, "skipped", f"duplicate id (first on row {first[pid]})"))
+            else:
+                first[pid] = i + 1
+                keep.append(i)
+        table = table.iloc[keep]  # the index keeps each row's place in the request
         meta = snap.dense_columns()
         row_of = {pid: i for i, pid in enumerate(meta[id_col].tolist())}
+        by_sha1: dict[str, int] = {}
+        for i, sha in enumerate(meta["_sha1"].tolist()):
+            by_sha1.setdefault(sha, i)
         root = Path(images if images is not None else (cat_info.get("images_root") or _default_root(cat_info)))
-        with_photo = table[table[img_col].astype(str).str.strip() != ""]
+        named = table[img_col].astype(str).str.strip() != ""
         plan: list[Any] = []
         # rows without a photo: metadata changes of indexed products
-        for i in np.flatnonzero(table[img_col].astype(str).str.strip() == ""):
-            pid = str(table[id_col].iat[i]).strip()
-            if not pid:
-                report.changes.append(Change(int(i) + 1, pid, "skipped", "empty id"))
-            elif pid not in row_of:
+        for i in table.index[~named.to_numpy()]:
+            pid = table.at[i, id_col]
+            if pid not in row_of:
                 report.changes.append(Change(int(i) + 1, pid, "skipped", "no photo named, and the product is not indexed"))
             else:
-                plan.append(self._metadata_only(snap, row_of[pid], table.iloc[i], int(i) + 1, columns, keep_photo=True))
+                plan.append(self._from_stored(snap, row_of[pid], table.loc[i], int(i) + 1, columns, keep_photo=True))
+        with_photo = table[named.to_numpy()]
         if len(with_photo):
-            try:
-                cat = load_catalog(with_photo.reset_index(drop=True), images=root, id_column=id_col, image_column=img_col)
-            except CatalogError as exc:
-                raise CatalogError(f"{exc}") from None
+            cat = load_catalog(with_photo.reset_index(drop=True), images=root, id_column=id_col, image_column=img_col)
             rows_in_table = (with_photo.index.to_numpy() + 1).tolist()
             for p in cat.problems:
                 row = rows_in_table[p.row - 1]
@@ -349,29 +372,27 @@ class Index:
                     report.changes.append(Change(row, pid, status, "unreadable file"))
                     continue
                 old = row_of.get(pid)
+                image = str(cat.image_paths[j].resolve())
                 if old is not None and meta["_sha1"][old] == digests[j]:
-                    plan.append(self._metadata_only(snap, old, cat.table.iloc[j], row, columns, keep_photo=False,
-                                                    image=str(cat.image_paths[j].resolve())))
+                    plan.append(self._from_stored(snap, old, cat.table.iloc[j], row, columns, image=image))
+                elif digests[j] in by_sha1:
+                    # the same photo bytes as an indexed product: its vector, bit for bit, as a build gives
+                    # byte-identical photos (equal scores then rank by id, whatever the order of changes)
+                    plan.append(self._from_stored(snap, by_sha1[digests[j]], cat.table.iloc[j], row, columns,
+                                                  image=image, status="added" if old is None else "re-embedded"))
                 else:
                     plan.append(_Pending(cat, j, row, pid, "added" if old is None else "re-embedded"))
         for p in plan:
             if isinstance(p, _Row) and p.meta["_status"] == "unchanged":
                 report.changes.append(Change(int(p.meta["_request_row"]), p.id, "unchanged"))
-        plan = [p for p in plan if not (isinstance(p, _Row) and p.meta["_status"] == "unchanged")]
-        seen: dict[str, int] = {}
-        final: list[Any] = []
-        for p in plan:  # the same id twice in one request: the first wins, the rest are reported
-            row = p.row if isinstance(p, _Pending) else int(p.meta["_request_row"])
-            if p.id in seen:
-                report.changes.append(Change(row, p.id, "skipped", f"duplicate id (first on row {seen[p.id]})"))
-                continue
-            seen[p.id] = row
-            final.append(p)
+        final = [p for p in plan if not (isinstance(p, _Row) and p.meta["_status"] == "unchanged")]
         return final, report, root
 
-    def _metadata_only(self, snap: Snapshot, old: int, values: pd.Series, row: int, columns: list[str], *,
-                       keep_photo: bool, image: str | None = None) -> "_Row":
-        vectors, colour = snap.dense_arrays()
+    def _from_stored(self, snap: Snapshot, old: int, values: pd.Series, row: int, columns: list[str], *,
+                     keep_photo: bool = False, image: str | None = None, status: str | None = None) -> "_Row":
+        """A row written from what the index stores for row ``old`` (its vector, colour, hashes)
+        with the request's metadata: a metadata change, or a photo the index already holds."""
+        vectors, colour = snap.take(np.array([old]))
         meta = snap.dense_columns()
         cat_info = snap.manifest["catalog"]
         current = {c: str(meta[c][old]) for c in columns}
@@ -382,10 +403,11 @@ class Index:
         if image is not None:
             hidden["_image"] = image
         hidden["_row"] = row
-        status = "unchanged" if new == current and str(hidden["_image"]) == str(meta["_image"][old]) else "metadata"
+        if status is None:
+            same = new == current and str(hidden["_image"]) == str(meta["_image"][old])
+            status = "unchanged" if same else "metadata"
         return _Row(new[cat_info["id_column"]], {**new, **hidden, "_status": status, "_request_row": str(row)},
-                    np.asarray(vectors[old]), np.asarray(colour[old]),
-                    int(np.int64(meta["_dhash"][old]).view(np.uint64)), str(meta["_sha1"][old]))
+                    vectors[0], colour[0], int(np.int64(meta["_dhash"][old]).view(np.uint64)), str(meta["_sha1"][old]))
 
     def _embed(self, snap: Snapshot, plan: list[Any], show_progress_bar: bool | None) -> None:
         pending = [p for p in plan if isinstance(p, _Pending)]
@@ -490,7 +512,7 @@ class Index:
         if lost:
             touched = np.concatenate([touched, np.flatnonzero(live & np.isin(near, list(lost)))])
         exact, near = regroup(exact, near, live, all_sha1, all_dhash.astype(np.int64).view(np.uint64),
-                              _unit(all_vec), all_col, touched)
+                              _unit(all_vec, projected=snap.projection is not None, live=live), all_col, touched)
         _write_remote(snap, rows, gone)
         settings = _with_counts(snap.manifest, near[live])
         if catalog_info:
@@ -525,6 +547,18 @@ def _segment_columns(snap: Snapshot) -> list[str]:
     return [*columns, *HIDDEN_COLUMNS]
 
 
+def _forget_unused_photos(folder: Path, used: set[str]) -> None:
+    """Uploaded photos no product uses any more (removed or re-shot), once they are old enough
+    that no upload in flight can still be about to use them."""
+    if not folder.is_dir():
+        return
+    from .store import STALE_UPLOAD_S
+
+    for p in folder.iterdir():
+        if str(p.resolve()) not in used and time.time() - p.stat().st_mtime > STALE_UPLOAD_S:
+            p.unlink(missing_ok=True)
+
+
 def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
     """For an index searched in Milvus: the change goes there first, then the generation is
     committed (a crash between the two leaves Milvus ahead; readers ignore rows their generation
@@ -549,7 +583,7 @@ def _roots(snap: Snapshot, root: Path) -> dict[str, Any]:
     cat = snap.manifest["catalog"]
     roots = list(cat.get("images_roots", []))
     resolved = str(root.resolve())
-    if resolved != cat.get("images_root") and resolved not in roots and root.name != PHOTOS:
+    if cat.get("images_root") and resolved != cat.get("images_root") and resolved not in roots and root.name != PHOTOS:
         roots.append(resolved)
     return {"images_roots": roots} if roots else {}
 
@@ -559,9 +593,15 @@ def _default_root(cat_info: Mapping[str, Any]) -> Path:
     return Path(path).parent if path else Path.cwd()
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    """Vectors as the duplicate tests compare them (projected rows are already centred)."""
-    return l2_normalize(np.asarray(vectors, dtype=np.float32)) if len(vectors) else np.zeros_like(vectors)
+def _unit(vectors: np.ndarray, *, projected: bool, live: np.ndarray | None = None) -> np.ndarray:
+    """Vectors as the duplicate tests compare them, as a build does: projected rows are centred
+    already; raw pooled rows are centred on the mean of the live rows first."""
+    x = np.asarray(vectors, dtype=np.float32)
+    if not len(x):
+        return np.zeros_like(x)
+    if not projected:
+        x = x - (x[live] if live is not None else x).mean(axis=0)
+    return l2_normalize(x)
 
 
 def _digests(paths: Sequence[Path], workers: int) -> list[str]:

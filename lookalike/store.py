@@ -60,6 +60,8 @@ GENERATIONS = "generations"
 STATE = "state.npy"
 #: garbage is collected at every build and compaction, and every this many live changes
 GC_EVERY = 32
+#: an upload's temporary file older than this was cut short (a process killed mid-write)
+STALE_UPLOAD_S = 600
 SEGMENTS = "segments"
 #: generations whose files are kept: the current one and the one before (readers mid-load)
 KEEP_GENERATIONS = 2
@@ -525,6 +527,8 @@ class Writer:
             for sub in (GENERATIONS, SEGMENTS):
                 (path / sub).mkdir(exist_ok=True)
             _clean_legacy_swap_leftovers(path)
+            for p in (path / "photos").glob(".tmp-*"):  # uploads are written under this lock: cut short
+                p.unlink(missing_ok=True)
             if (path / CURRENT).exists() or (path / MANIFEST).is_file():
                 self.base = self.store.snapshot()
                 self.base_record = self.base.manifest
@@ -659,9 +663,11 @@ class Writer:
                 num = p.name.split(".", 1)[0]
                 if not num.isdigit() or int(num) not in keep_gens:
                     p.unlink(missing_ok=True)
-            if "." not in keep_segs:
+            if "." not in {s["name"] for s in current["segments"]}:
+                # format-1 files: a reader still loading them retries with the current generation
                 for name in LEGACY_FILES:
                     (self.path / name).unlink(missing_ok=True)
+
         except OSError as exc:  # garbage left is harmless: the next writer tries again
             logger.warning("could not clean up %s: %s", self.path, exc)
 
