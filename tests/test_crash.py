@@ -149,8 +149,6 @@ def test_a_writer_s_leftovers_are_harmless_and_collected(shop, tmp_path, encoder
     check_index(path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a photo upload killed between write and rename leaves "
-                   "photos/.tmp-<sha1>.jpg, and no later writer (nor compact) ever removes it")
 def test_a_half_saved_upload_is_cleared_by_the_next_writer(shop, tmp_path, encoder):
     folder, images, index_a, _ = shop
     path = tmp_path / "upload"
