@@ -14,7 +14,8 @@ After each kill: does the index load, verify (every file against its sha256 reco
 (``complete``)? For builds: does it hold A or B, whole (``mixed`` otherwise)? For live writers: how
 many acknowledged changes are missing or wrong (``lost``)? Then: does the next writer work (an
 upsert, a removal), and does the next garbage collection (a compaction) clear what the dead one
-left (temporary files, uncommitted segments and generations)?
+left (temporary files, uncommitted segments and generations)? ``upload_tmp_left`` counts
+half-saved photo uploads (``photos/.tmp-*``) still there after it (fixed in 41247a6).
 
     python benchmarks/bench_faults.py [--trials 100] [--seed 0] [--out results.json]
 
@@ -62,7 +63,7 @@ def make_shop(folder: Path) -> dict[str, dict[str, str]]:
     return {"a": dict(zip(a["ProductId"], a["ProductTitle"])), "b": dict(zip(b["ProductId"], b["ProductTitle"]))}
 
 
-def after_crash(path: Path, images: Path, encoder) -> tuple[bool, bool]:
+def after_crash(path: Path, images: Path, encoder) -> tuple[bool, bool, int]:
     """The next writer: does it work, and does the next garbage collection leave no debris of the dead one?"""
     try:
         ix = Index.open(path, encoder=encoder)
@@ -74,8 +75,10 @@ def after_crash(path: Path, images: Path, encoder) -> tuple[bool, bool]:
         check_index(path)
     except (LookalikeError, AssertionError) as exc:
         print(f"    next writer failed: {type(exc).__name__}: {exc}")
-        return False, False
-    return ok, leftovers(path) == []
+        return False, False, 0
+    left = leftovers(path)
+    uploads = sum(1 for p in left if p.startswith("photos/.tmp-"))  # half-saved uploads
+    return ok, len(left) == uploads, uploads
 
 
 def build_trial(shop: Path, titles: dict, encoder, path: Path, delay: float, update: bool) -> dict:
@@ -94,7 +97,7 @@ def build_trial(shop: Path, titles: dict, encoder, path: Path, delay: float, upd
         out["content"] = "old" if seen == titles["a"] else "new" if seen == titles["b"] else "mixed"
     except (LookalikeError, AssertionError) as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
-    out["next_write_ok"], out["clean_after"] = after_crash(path, shop / "images", encoder)
+    out["next_write_ok"], out["clean_after"], out["upload_tmp_left"] = after_crash(path, shop / "images", encoder)
     return out
 
 
@@ -120,7 +123,7 @@ def live_trial(shop: Path, titles: dict, encoder, path: Path, delay: float, seed
             out["in_flight_applied"] = rec.generation > generation
     except (LookalikeError, AssertionError) as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"
-    out["next_write_ok"], out["clean_after"] = after_crash(path, shop / "images", encoder)
+    out["next_write_ok"], out["clean_after"], out["upload_tmp_left"] = after_crash(path, shop / "images", encoder)
     return out
 
 
@@ -144,6 +147,7 @@ def summarise(kind: str, trials: list[dict]) -> dict:
         "complete_loadable": sum(t["complete"] for t in trials),
         "next_write_ok": sum(t["next_write_ok"] for t in trials),
         "clean_after_next_write": sum(t["clean_after"] for t in trials),
+        "upload_tmp_left": sum(t["upload_tmp_left"] for t in trials),
     }
     if kind == "live":
         row["acked_changes"] = sum(t["acks"] for t in trials)
@@ -194,7 +198,7 @@ def main() -> None:
     print()
     print(f"kill -9 at random moments: {args.trials} trials per kind, {time.perf_counter() - t_start:.0f} s in all")
     cols = ["kind", "trials", "killed_mid_run", "complete_loadable", "old", "new", "mixed", "acked_changes",
-            "acked_lost", "in_flight_applied", "in_flight_not_applied", "next_write_ok", "clean_after_next_write"]
+            "acked_lost", "in_flight_applied", "in_flight_not_applied", "next_write_ok", "clean_after_next_write", "upload_tmp_left"]
     table = pd.DataFrame([[str(r.get(c, "")) for c in cols] for r in rows], columns=cols)
     print(table.to_string(index=False))
     live = results.get("live", [])
