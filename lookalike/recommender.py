@@ -25,6 +25,7 @@ import pandas as pd
 from .config import DEFAULT_K
 from .encoders import MODELS, CNNEncoder, Encoder, get_encoder, l2_normalize
 from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
+from .filters import RowFilters, Where, where_values
 from .images import ImageSource, colour_descriptor, model_input
 from .index import Filter, VectorIndex, open_index
 from .projection import Projection
@@ -38,7 +39,6 @@ __all__ = ["Recommender", "LiveRecommender", "Recommendation", "Results", "MAX_K
 MAX_K = 1000
 #: most product ids one query may combine (a "recently viewed" list, not a catalogue)
 MAX_IDS = 100
-Where = Mapping[str, "str | Sequence[str]"]
 _HIDDEN = ("_image", "_row", "_sha1", "_dhash", "_dup_exact", "_dup_near")
 
 
@@ -153,7 +153,7 @@ class Recommender:
         self._cells = data  # columns are looked up by name; hidden ones are never shown
         self._exact_group = self._group_ids(np.asarray(data["_dup_exact"]))
         self._near_group = self._group_ids(np.asarray(data["_dup_near"]))
-        self._codes: dict[str, tuple[np.ndarray, pd.Index]] = {}
+        self._filters = RowFilters(self.columns, data, self.ids, self._exact_group)
 
     @staticmethod
     def _group_ids(groups: np.ndarray) -> np.ndarray:
@@ -258,29 +258,16 @@ class Recommender:
                 groups.setdefault(int(gid), []).append(pid)
         return list(groups.values())
 
-    # -- filters -----------------------------------------------------------------------
+    # -- filters (lookalike.filters) ----------------------------------------------------
     def _check_column(self, col: str) -> None:
-        if col not in self.columns:
-            raise InvalidQueryError(f"unknown column {col!r}; columns are: {', '.join(self.columns)}")
+        self._filters.check_column(col)
 
     def _column_codes(self, col: str) -> tuple[np.ndarray, pd.Index]:
-        if col not in self._codes:
-            self._check_column(col)
-            codes, uniques = pd.factorize(self._cells[col], sort=False)
-            self._codes[col] = (codes.astype(np.int64), pd.Index(uniques))
-        return self._codes[col]
+        return self._filters.codes(col)
 
     def where_mask(self, where: Where | None) -> np.ndarray | None:
         """Rows whose columns hold one of the given values (columns combine with AND)."""
-        if not where:
-            return None
-        mask = np.ones(len(self), dtype=bool)
-        for col, values in where.items():
-            codes, uniques = self._column_codes(col)
-            vals = [values] if isinstance(values, str) else list(values)
-            wanted = [uniques.get_loc(v) for v in map(str, vals) if v in uniques]
-            mask &= np.isin(codes, wanted)
-        return mask
+        return self._filters.where_mask(where)
 
     def _check_k(self, k: int) -> int:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -361,37 +348,6 @@ class Recommender:
         ]
         return Results(query, items)
 
-    @staticmethod
-    def _in(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-        # one value: a plain comparison is several times faster than np.isin
-        return values == wanted[0] if len(wanted) == 1 else np.isin(values, wanted)
-
-    def _where_values(self, where: Where | None) -> dict[str, list[str]]:
-        return {col: ([v] if isinstance(v, str) else [str(x) for x in v]) for col, v in (where or {}).items()}
-
-    def _filter_for(self, rows: Sequence[int], same: Sequence[str], where: Where | None) -> Filter:
-        """What :meth:`_allowed_for` allows, as a :class:`Filter` (for back ends that can't take a mask)."""
-        values = self._where_values(where)
-        for col in same:
-            theirs = list(dict.fromkeys(str(self._cells[col][r]) for r in rows))
-            values[col] = [v for v in values[col] if v in theirs] if col in values else theirs
-        groups = self._exact_group
-        twins = np.flatnonzero(self._in(groups, np.unique(groups[list(rows)])))
-        return Filter(values, [self.ids[r] for r in twins])
-
-    def _allowed_for(self, rows: Sequence[int], same: Sequence[str], base: np.ndarray | None) -> np.ndarray:
-        """Rows a query may return: not a query product nor a byte-identical photo of one,
-        matching the query's values of the ``same`` columns, and inside ``base``."""
-        rows = list(rows)
-        groups = self._exact_group
-        allowed = ~self._in(groups, np.unique(groups[rows]))
-        if base is not None:
-            allowed &= base
-        for col in same:
-            codes, _ = self._column_codes(col)
-            allowed &= self._in(codes, np.unique(codes[rows]))
-        return allowed
-
     def similar(
         self,
         ids: object | Sequence[object] | None = None,
@@ -421,7 +377,7 @@ class Recommender:
                 raise InvalidQueryError("'same' needs product ids; filter a photo query with 'where'")
             shape, colour = self.embed_image(image)
             q = self._query_vector(shape, colour, w)[None, :]
-            found = self._search(q, k, base, collapse_duplicates, Filter(self._where_values(where)))[0]
+            found = self._search(q, k, base, collapse_duplicates, Filter(where_values(where)))[0]
             name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
             return self._results({"image": name, "k": k, "where": dict(where or {})}, found)
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[arg-type]
@@ -434,8 +390,8 @@ class Recommender:
         if self.metric == "cosine":
             shape = l2_normalize(shape)
         q = self._query_vector(shape.mean(0), l2_normalize(colour).mean(0), w)[None, :]
-        allowed = self._allowed_for(rows, same, base)
-        found = self._search(q, k, allowed, collapse_duplicates, self._filter_for(rows, same, where))[0]
+        allowed = self._filters.allowed_for(rows, same, base)
+        found = self._search(q, k, allowed, collapse_duplicates, self._filters.filter_for(rows, same, where))[0]
         query = {"ids": [self.ids[r] for r in rows], "k": k, "same": same, "where": dict(where or {})}
         return self._results(query, found)
 
@@ -475,7 +431,6 @@ class Recommender:
         w = self._weight(colour_weight)
         base = self.where_mask(where)
         rows_all = list(range(len(self))) if ids is None else [self.row(p) for p in ids]
-        groups = self._exact_group
         shape = np.asarray(self.vectors, dtype=np.float32)
         out_q, out_rank, out_id, out_s = [], [], [], []
         for start in tqdm(range(0, len(rows_all), batch), disable=not progress_enabled(show_progress_bar),
@@ -485,12 +440,7 @@ class Recommender:
             if self.metric == "cosine":
                 qs = l2_normalize(qs)
             q = self._query_vector(qs, l2_normalize(self.colour[rows]), w)
-            allowed = groups[None, :] != groups[rows][:, None]
-            if base is not None:
-                allowed &= base[None, :]
-            for col in same:
-                codes, _ = self._column_codes(col)
-                allowed &= codes[None, :] == codes[rows][:, None]
+            allowed = self._filters.pair_masks(rows, same, base)
             for r, found in zip(rows, self._search(q, k, allowed, collapse_duplicates)):
                 for rank, (row, s) in enumerate(found, start=1):
                     out_q.append(self.ids[r])

@@ -388,7 +388,6 @@ def create_app(
     from fastapi import Depends, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
-    from pydantic import ValidationError
     from starlette.concurrency import run_in_threadpool
 
     if max_upload_bytes < 1:
@@ -517,6 +516,8 @@ def create_app(
         return {"k": k, "same": same, "where": where, "colour_weight": colour_weight,
                 "collapse_duplicates": collapse_duplicates}
 
+    by_id = _SimilarById(rec, results, token_guard(read_token, "read"))
+
     @app.get("/products/{product_id}/similar", response_model=SimilarOut,
              responses={**errors, 304: {"description": "not modified (If-None-Match): the index has not changed"}},
              summary="Products that look like this one", dependencies=reads,
@@ -524,40 +525,13 @@ def create_app(
              "or proxy can revalidate (`If-None-Match` → 304) without a search; answers are also kept in a "
              "per-worker cache that a new generation empties.")
     def similar(request: Request, product_id: str, opts: dict[str, Any] = Depends(search_options)) -> Any:
-        # documents the route (OpenAPI); requests are answered by similar_fast below, which this
-        # is kept equivalent to (tests/test_server.py runs the suite and schemathesis through it)
-        return similar_answer(request, product_id, opts)
-
-    def similar_answer(request: Any, product_id: str, opts: dict[str, Any]) -> Any:
-        r = rec()
-        key = (r.generation, r.manifest.get("created"), product_id, tuple(sorted(request.query_params.multi_items())))
-        tag = '"' + hashlib.sha1(repr(key).encode()).hexdigest()[:24] + '"'
-        headers = {"ETag": tag, "Cache-Control": "no-cache"}
-        if tag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
-        body = results.get(key)
-        if body is None:
-            found = r.similar(product_id, **{**opts, "where": _parse_where(opts["where"])})
-            body = json.dumps(found.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-            results.put(key, body)
-        return Response(body, media_type="application/json", headers=headers)
-
-    read_guard = token_guard(read_token, "read")
-
-    async def similar_fast(request: Request) -> Any:
-        """The hot path, without FastAPI's per-request dependency solving (measured at ~0.7 ms of
-        a ~1.6 ms request, benchmarks/profile_request.py): the same parameters, checks and answers
-        as the documented route, parsed by hand; the search is short, so it runs on the loop."""
-        read_guard(request)
-        try:
-            opts = _search_query(request.query_params)
-        except _Refused as exc:
-            return error(exc.status, exc.detail)
-        return similar_answer(request, request.path_params["product_id"], opts)
+        # documents the route (OpenAPI); requests are answered by by_id.fast, placed in front, which
+        # takes the same parameters with the same checks (the API suite and schemathesis run through it)
+        return by_id.answer(request, product_id, opts)
 
     from starlette.routing import Route
 
-    app.router.routes.insert(0, Route("/products/{product_id}/similar", similar_fast, methods=["GET"]))
+    app.router.routes.insert(0, Route("/products/{product_id}/similar", by_id.fast, methods=["GET"]))
 
     ids_schema = SimilarIn.model_json_schema()
     upload_schema = {
@@ -586,29 +560,8 @@ def create_app(
         "(recently viewed items; fields given in the body win over the URL's). `same` needs ids.",
     )
     async def similar_to(request: Request, opts: dict[str, Any] = Depends(search_options)) -> Any:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in ("multipart/form-data", "application/json"):
-            return error(415, "send a photo as multipart/form-data (field 'image') or ids as application/json")
-        if ctype == "application/json":
-            limit = shown = min(max_upload_bytes, MAX_JSON_BYTES)
-        else:
-            limit, shown = max_upload_bytes + _MULTIPART_SLACK, max_upload_bytes
-        too_large = _Refused(413, f"request body is over the limit of {shown:,} bytes")
-        body = _limited_body(request, limit, too_large)
-        opts["where"] = _parse_where(opts["where"])
         try:
-            if ctype == "application/json":
-                try:
-                    asked = SimilarIn.model_validate_json(b"".join([chunk async for chunk in body]))
-                except ValidationError as exc:
-                    return error(422, _describe(exc.errors()))
-                opts.update({name: value for name, value in asked.model_dump(exclude={"ids"}).items()
-                             if value is not None})
-                ids = [str(i) for i in asked.ids]
-                found = await run_in_threadpool(lambda: rec().similar(ids, **opts))
-            else:
-                photo = await _read_upload(request.headers, body, max_upload_bytes, too_large)
-                found = await run_in_threadpool(_photo_query, rec(), photo, max_pixels, opts)
+            found = await _similar_post(request, opts, rec, SimilarIn, max_upload_bytes, max_pixels)
         except _Refused as exc:
             return error(exc.status, exc.detail)
         return JSONResponse(found.to_dict())
@@ -622,6 +575,70 @@ def create_app(
     add_write_routes(app, index_path=index_path, current=rec, write_token=write_token, read_body=read_body,
                      max_pixels=max_pixels, errors=errors, error_model=ErrorOut)
     return app
+
+
+class _SimilarById:
+    """``GET /products/{id}/similar``: an ETag and a result cache keyed by the generation, and a
+    hot path that skips FastAPI's per-request dependency solving (measured at ~0.7 ms of a ~1.6 ms
+    request, benchmarks/profile_request.py): the same parameters and checks, parsed by hand; the
+    search is short, so it runs on the event loop."""
+
+    def __init__(self, rec: Callable[[], Recommender], results: "_ResultCache", read_guard: Callable[..., None]) -> None:
+        self.rec, self.results, self.read_guard = rec, results, read_guard
+
+    def answer(self, request: Any, product_id: str, opts: dict[str, Any]) -> Any:
+        from fastapi.responses import Response
+
+        r = self.rec()
+        key = (r.generation, r.manifest.get("created"), product_id, tuple(sorted(request.query_params.multi_items())))
+        tag = '"' + hashlib.sha1(repr(key).encode()).hexdigest()[:24] + '"'
+        headers = {"ETag": tag, "Cache-Control": "no-cache"}
+        if tag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        body = self.results.get(key)
+        if body is None:
+            found = r.similar(product_id, **{**opts, "where": _parse_where(opts["where"])})
+            body = json.dumps(found.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            self.results.put(key, body)
+        return Response(body, media_type="application/json", headers=headers)
+
+    async def fast(self, request: Any) -> Any:
+        from fastapi.responses import JSONResponse
+
+        self.read_guard(request)
+        try:
+            opts = _search_query(request.query_params)
+        except _Refused as exc:
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return self.answer(request, request.path_params["product_id"], opts)
+
+
+async def _similar_post(request: Any, opts: dict[str, Any], rec: Callable[[], Recommender], model: Any,
+                        max_upload_bytes: int, max_pixels: int) -> Any:
+    """``POST /similar``: a photo upload (multipart) or ids (JSON), within the size limits."""
+    from pydantic import ValidationError
+    from starlette.concurrency import run_in_threadpool
+
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("multipart/form-data", "application/json"):
+        raise _Refused(415, "send a photo as multipart/form-data (field 'image') or ids as application/json")
+    if ctype == "application/json":
+        limit = shown = min(max_upload_bytes, MAX_JSON_BYTES)
+    else:
+        limit, shown = max_upload_bytes + _MULTIPART_SLACK, max_upload_bytes
+    too_large = _Refused(413, f"request body is over the limit of {shown:,} bytes")
+    body = _limited_body(request, limit, too_large)
+    opts["where"] = _parse_where(opts["where"])
+    if ctype == "application/json":
+        try:
+            asked = model.model_validate_json(b"".join([chunk async for chunk in body]))
+        except ValidationError as exc:
+            raise _Refused(422, _describe(exc.errors())) from None
+        opts.update({name: value for name, value in asked.model_dump(exclude={"ids"}).items() if value is not None})
+        ids = [str(i) for i in asked.ids]
+        return await run_in_threadpool(lambda: rec().similar(ids, **opts))
+    photo = await _read_upload(request.headers, body, max_upload_bytes, too_large)
+    return await run_in_threadpool(_photo_query, rec(), photo, max_pixels, opts)
 
 
 async def _limited_body(request: Any, limit: int, too_large: Refused) -> AsyncIterator[bytes]:
