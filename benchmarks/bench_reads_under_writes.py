@@ -35,7 +35,7 @@ from machine import print_machine  # benchmarks/ is the script's folder
 
 
 def writer(port: int, token: str, ids: list[str], photos: list[Path], rate: float, stop: threading.Event,
-           out: dict) -> None:
+           out: dict, prefix: str = "") -> None:
     """Bounded stream of writes at ``rate`` per second until ``stop``; records latencies and statuses."""
     rng = random.Random(7)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -55,7 +55,7 @@ def writer(port: int, token: str, ids: list[str], photos: list[Path], rate: floa
                     f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"p.jpg\"\r\n"
                     f"Content-Type: image/jpeg\r\n\r\n").encode() + photo.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
             headers = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
-            path = f"/products/bench-new-{n}"
+            path = f"/products/bench-new-{prefix}{n}"
         else:
             body = json.dumps({"ProductTitle": f"title {n}"}).encode()
             headers = {**auth, "Content-Type": "application/json"}
@@ -85,12 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--writes-per-s", type=float, default=10.0)
+    ap.add_argument("--result-cache", type=int, default=0,
+                    help="the server's result cache (default 0: off, so both modes search every request)")
     ap.add_argument("--out", type=Path, default=bs.ROOT / "benchmarks" / "results" / "reads_under_writes.json")
     args = ap.parse_args(argv)
     machine = print_machine()
     source = bs.ensure_index(args.index)
     photos = sorted((bs.SHARED / "datasets" / "fashion-images" / "images").glob("*.jpg"))[:200]
     result: dict = {"machine": machine, "clients": args.clients, "seconds": args.seconds,
+                    "result_cache": args.result_cache,
                     "writes_per_s": args.writes_per_s, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         index = Path(tmp) / "index"
@@ -99,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
         (Path(tmp) / "token").write_text(token)
         port = bs.free_port()
         bs.WORKERS = 2
-        proc = bs.start_server(index, port, extra=["--write-token-file", str(Path(tmp) / "token")])
+        proc = bs.start_server(index, port, extra=["--write-token-file", str(Path(tmp) / "token"),
+                                                   "--result-cache", str(args.result_cache)])
         try:
             from lookalike import Recommender
 
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
                     t = None
                     if mode == "reads+writes":
                         t = threading.Thread(target=writer, args=(port, token, ids, photos, args.writes_per_s, stop,
-                                                                  wout), daemon=True)
+                                                                  wout, f"r{r}-"), daemon=True)
                         t.start()
                     run = asyncio.run(bs.load(port, ids, args.clients, 10**7, args.seconds, seed=r))
                     stop.set()

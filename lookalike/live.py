@@ -126,9 +126,10 @@ class Index:
 
     def __init__(self, path: str | os.PathLike, *, encoder: Encoder | None = None,
                  batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
-                 lock_timeout: float | None = None) -> None:
+                 lock_timeout: float | None = None, threads: int | None = None) -> None:
         self.store = Store(path)
         self._encoder = encoder
+        self.threads = threads  # the model's threads (None: all cores); a serving process gives it one
         self.batch_size = batch_size
         self.workers = workers
         self.lock_timeout = lock_timeout
@@ -167,7 +168,8 @@ class Index:
         m = snap.manifest["model"]
         if self._encoder is None:
             self._encoder = get_encoder(m["name"], pooling=m.get("pooling", "grid2"), resize=m.get("resize", "squash"),
-                                        size=m.get("input_size"), precision=m.get("precision", "fp32"))
+                                        size=m.get("input_size"), precision=m.get("precision", "fp32"),
+                                        threads=self.threads)
         enc = self._encoder
         if (enc.name, enc.pooling, enc.dim, enc.preprocess.size) != (m["name"], m.get("pooling"), m["dim"],
                                                                         m.get("input_size", enc.preprocess.size)):

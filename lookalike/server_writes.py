@@ -96,7 +96,8 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
                                f"(or ${WRITE_TOKEN_ENV}) to allow them")
         check_bearer(request.headers.get("authorization"), write_token, "write")
 
-    index = Index(index_path, lock_timeout=30.0)
+    # one thread for the model and one decode: an upload must not take every core from the searches
+    index = Index(index_path, lock_timeout=30.0, threads=1, workers=1)
     done = {
         200: {"description": "the change is committed and visible to every worker's next search"},
         201: {"description": "a new product was added"},
