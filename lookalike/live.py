@@ -113,10 +113,11 @@ def _table(rows: Any) -> pd.DataFrame:
         df = rows.copy()
     elif isinstance(rows, (str, os.PathLike)):
         df = read_table(rows)
-    elif isinstance(rows, Mapping):
-        df = pd.DataFrame([dict(rows)])
     else:
-        df = pd.DataFrame([dict(r) for r in rows])
+        records = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
+        # a few rows from code or HTTP: text as it is, without a trip through pandas' string dtype
+        records = [{str(k).strip(): "" if v is None or v != v else str(v) for k, v in r.items()} for r in records]
+        return pd.DataFrame(records, dtype=object).fillna("")
     df.columns = [str(c).strip() for c in df.columns]
     return df.astype("string").fillna("").astype(object)
 

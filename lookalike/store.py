@@ -221,7 +221,12 @@ def _cells(meta: pd.DataFrame) -> dict[str, np.ndarray]:
     out = {}
     for c in meta.columns:
         col = meta[c]
-        out[c] = col.to_numpy() if col.dtype.kind in "iufb" else col.astype(str).to_numpy(dtype=object)
+        if col.dtype.kind in "iufb":
+            out[c] = col.to_numpy()
+        else:  # plain str objects (cheaper than pandas' string conversions for the few rows of a change)
+            values = np.empty(len(col), dtype=object)
+            values[:] = [v if isinstance(v, str) else str(v) for v in col.tolist()]
+            out[c] = values
     return out
 
 
@@ -672,19 +677,30 @@ class Writer:
             logger.warning("could not clean up %s: %s", self.path, exc)
 
 
+_fsync_pool: Any = None
+_fsync_pool_pid = 0
+
+
+def _fsync_one(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if p.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_all(paths: list[Path]) -> None:
-    """fsync files and folders at once: the disk commits them together rather than one by one."""
+    """fsync files and folders at once: the disk commits them together rather than one by one
+    (threads kept for the process: a live change commits often)."""
+    global _fsync_pool, _fsync_pool_pid
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(p: Path) -> None:
-        fd = os.open(p, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if p.is_dir() else 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(paths))), thread_name_prefix="lookalike-fsync") as pool:
-        list(pool.map(one, paths))
+    with _cache_lock:
+        if _fsync_pool is None or _fsync_pool_pid != os.getpid():  # a forked worker makes its own
+            _fsync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lookalike-fsync")
+            _fsync_pool_pid = os.getpid()
+        pool = _fsync_pool
+    list(pool.map(_fsync_one, paths))
 
 
 def _recover_legacy_swap(path: Path) -> None:
