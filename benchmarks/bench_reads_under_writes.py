@@ -35,7 +35,7 @@ from machine import print_machine  # benchmarks/ is the script's folder
 
 
 def writer(port: int, token: str, ids: list[str], photos: list[Path], rate: float, stop: threading.Event,
-           out: dict, prefix: str = "") -> None:
+           out: dict, prefix: str = "", photo_every: int = 5) -> None:
     """Bounded stream of writes at ``rate`` per second until ``stop``; records latencies and statuses."""
     rng = random.Random(7)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -48,7 +48,7 @@ def writer(port: int, token: str, ids: list[str], photos: list[Path], rate: floa
         if delay > 0:
             time.sleep(delay)
         t0 = time.perf_counter()
-        if n % 5 == 4:
+        if photo_every and n % photo_every == photo_every - 1:
             photo = photos[n % len(photos)]
             boundary = secrets.token_hex(8)
             body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"Gender\"\r\n\r\nMen\r\n"
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--writes-per-s", type=float, default=10.0)
+    ap.add_argument("--photo-every", type=int, default=5, help="one write in N uploads a photo (0: none)")
     ap.add_argument("--result-cache", type=int, default=0,
                     help="the server's result cache (default 0: off, so both modes search every request)")
     ap.add_argument("--out", type=Path, default=bs.ROOT / "benchmarks" / "results" / "reads_under_writes.json")
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = bs.ensure_index(args.index)
     photos = sorted((bs.SHARED / "datasets" / "fashion-images" / "images").glob("*.jpg"))[:200]
     result: dict = {"machine": machine, "clients": args.clients, "seconds": args.seconds,
-                    "result_cache": args.result_cache,
+                    "result_cache": args.result_cache, "photo_every": args.photo_every,
                     "writes_per_s": args.writes_per_s, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         index = Path(tmp) / "index"
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
                     t = None
                     if mode == "reads+writes":
                         t = threading.Thread(target=writer, args=(port, token, ids, photos, args.writes_per_s, stop,
-                                                                  wout, f"r{r}-"), daemon=True)
+                                                                  wout, f"r{r}-", args.photo_every), daemon=True)
                         t.start()
                     run = asyncio.run(bs.load(port, ids, args.clients, 10**7, args.seconds, seed=r))
                     stop.set()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -450,13 +451,17 @@ class Recommender:
         return pd.DataFrame({"query_id": out_q, "rank": out_rank, "id": out_id, "score": out_s})
 
 
+#: a change committed less than this long ago is switched to in the background (0.2 s)
+SWITCH_IN_BACKGROUND_NS = 200_000_000
+
+
 class LiveRecommender:
     """The :class:`Recommender` of an index's current generation, reopened when a writer
     commits a new one (``lookalike serve`` workers follow live changes this way).
 
     :meth:`get` costs one ``stat`` of ``CURRENT`` while nothing changed. Reopening reuses the
-    segments already loaded (only a change's new segment is read) and the model; threads keep
-    the recommender they got, so a search never sees half a change.
+    segments already loaded (only a change's new segment is read) and the model, and happens in
+    the background; threads keep the recommender they got, so a search never sees half a change.
     """
 
     def __init__(self, path: str | os.PathLike, *, backend: str | None = None, encoder: Encoder | None = None,
@@ -464,7 +469,8 @@ class LiveRecommender:
         self.path = Path(path)
         self.backend = backend
         self._current_file = Store(self.path).current_file()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while a generation is being opened
+        self._failed: tuple[int, int] | None = None
         self._stamp = self._read_stamp()
         self._rec = recommender if recommender is not None else Recommender.load(self.path, backend=backend,
                                                                                 encoder=encoder)
@@ -477,17 +483,44 @@ class LiveRecommender:
         return (st.st_ino, st.st_mtime_ns)
 
     def get(self) -> Recommender:
+        """The current generation. A change younger than ``SWITCH_IN_BACKGROUND_NS`` is opened by a
+        background thread while searches go on with the previous one for those milliseconds (a
+        busy worker never stalls on a switch); an older one is opened before answering."""
         stamp = self._read_stamp()
-        if stamp == self._stamp:
+        if stamp == self._stamp or stamp == self._failed:
             return self._rec
-        with self._lock:
-            if stamp != self._stamp:
-                try:
-                    rec = Recommender.from_snapshot(Store(self.path).snapshot(), backend=self.backend,
-                                                    encoder=self._rec._encoder)
-                except IndexFormatError as exc:  # keep answering from the last good generation
-                    logger.error("can't open the new generation of %s: %s", self.path, exc)
-                    return self._rec
-                logger.info("now serving generation %d of %s (%d products)", rec.generation, self.path, len(rec))
-                self._rec, self._stamp = rec, stamp
+        if stamp is not None and time.time_ns() - stamp[1] > SWITCH_IN_BACKGROUND_NS:
+            return self.refresh()  # an older change (an idle worker): never answer from before it
+        if self._lock.acquire(blocking=False):
+            try:
+                threading.Thread(target=self._switch, args=(stamp,), name="lookalike-switch", daemon=True).start()
+            except BaseException:
+                self._lock.release()
+                raise
         return self._rec
+
+    def refresh(self) -> Recommender:
+        """Open the current generation now (after a write, so that this process's next answer
+        shows it)."""
+        with self._lock:
+            stamp = self._read_stamp()
+            if stamp != self._stamp:
+                self._open(stamp)
+        return self._rec
+
+    def _switch(self, stamp: tuple[int, int] | None) -> None:
+        try:
+            self._open(stamp)
+        finally:
+            self._lock.release()
+
+    def _open(self, stamp: tuple[int, int] | None) -> None:
+        try:
+            rec = Recommender.from_snapshot(Store(self.path).snapshot(), backend=self.backend,
+                                            encoder=self._rec._encoder)
+        except IndexFormatError as exc:  # keep answering from the last good generation
+            logger.error("can't open the new generation of %s: %s", self.path, exc)
+            self._failed = stamp  # tried again when CURRENT moves again
+            return
+        logger.info("now serving generation %d of %s (%d products)", rec.generation, self.path, len(rec))
+        self._rec, self._stamp = rec, stamp

@@ -572,8 +572,9 @@ def create_app(
         too_large = _Refused(413, f"request body is over the limit of {max_upload_bytes:,} bytes")
         return b"".join([chunk async for chunk in _limited_body(request, limit, too_large)])
 
-    add_write_routes(app, index_path=index_path, current=rec, write_token=write_token, read_body=read_body,
-                     max_pixels=max_pixels, errors=errors, error_model=ErrorOut)
+    add_write_routes(app, index_path=index_path, current=rec, refresh=lambda: holder["live"].refresh(),
+                     write_token=write_token, read_body=read_body, max_pixels=max_pixels, errors=errors,
+                     error_model=ErrorOut)
     return app
 
 

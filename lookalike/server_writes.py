@@ -79,11 +79,13 @@ def token_guard(token: str | None, realm: str) -> Callable[..., None]:
     return guard
 
 
-def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], write_token: str | None,
-                     read_body: Callable[..., Any], max_pixels: int, errors: dict[Any, Any], error_model: Any) -> None:
+def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], refresh: Callable[[], Any],
+                     write_token: str | None, read_body: Callable[..., Any], max_pixels: int, errors: dict[Any, Any],
+                     error_model: Any) -> None:
     """``PUT`` and ``DELETE /products/{id}`` on ``app``. ``current()`` is the recommender of the
     current generation; ``read_body(request)`` returns the request body within the upload limit
-    (raising :class:`Refused` beyond it)."""
+    (raising :class:`Refused` beyond it); ``refresh()`` opens the generation a write made, so this
+    worker's next answer shows it (the others switch within milliseconds)."""
     from fastapi import Depends, Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
@@ -142,6 +144,7 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
             existing = rec.product(pid)
             row = {**existing, **fields, rec.id_column: pid, rec.manifest["catalog"]["image_column"]: ""}
             report = await run_in_threadpool(index.upsert, [row])
+            await run_in_threadpool(refresh)
             return answer(report, pid)
         if ctype != "multipart/form-data":
             raise Refused(415, "send multipart/form-data (field 'image' plus metadata) or application/json metadata")
@@ -153,6 +156,7 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
                       **fields}
         fields.pop(rec.id_column, None)
         report = await run_in_threadpool(index.upsert_photo, pid, photo, fields, suffix=suffix)
+        await run_in_threadpool(refresh)
         return answer(report, pid)
 
     @app.delete("/products/{product_id}", responses=done, summary="Remove a product",
@@ -160,6 +164,7 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
     async def delete_product(product_id: str) -> Any:
         pid = product_id.strip()
         report = await run_in_threadpool(index.remove, [pid])
+        await run_in_threadpool(refresh)
         return answer(report, pid)
 
 

@@ -243,13 +243,20 @@ def test_a_change_is_visible_on_every_worker_within_a_second(index, tmp_path, ta
                             {**AUTH, "Content-Type": "application/json"})
         assert status == 200, body
         acked = time.monotonic()
-        titles = []
-        while len(titles) < 40:
-            titles.append(json.loads(call("GET", f"/products/{pid}")[1])["ProductTitle"])
-        assert time.monotonic() - acked < 1.0 + 40 * 0.05
-        assert set(titles) == {"seen everywhere"}
+        # each worker switches to the new generation in the background, milliseconds after its
+        # next request notices it: every answer from 1 s after the acknowledgement on is new
+        last_stale, fresh_in_a_row = None, 0
+        while fresh_in_a_row < 40:
+            title = json.loads(call("GET", f"/products/{pid}")[1])["ProductTitle"]
+            if title == "seen everywhere":
+                fresh_in_a_row += 1
+            else:
+                last_stale, fresh_in_a_row = time.monotonic(), 0
+            assert time.monotonic() - acked < 10
+        assert last_stale is None or last_stale - acked < 1.0
         status, _ = call("DELETE", f"/products/{pid}", headers=AUTH)
         assert status == 200
+        time.sleep(1.0)
         assert {call("GET", f"/products/{pid}")[0] for _ in range(20)} == {404}
     finally:
         proc.terminate()
