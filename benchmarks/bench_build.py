@@ -35,7 +35,7 @@ from typing import Any
 from machine import print_machine  # benchmarks/ is the script's folder
 
 HERE = Path(__file__).resolve().parent
-DATASET = Path("/work/shared/datasets/fashion-images-fullres")
+DATASET = Path(os.environ.get("LOOKALIKE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "datasets" / "fashion-images-fullres"
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:

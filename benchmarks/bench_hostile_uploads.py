@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's lookalike; the tests' hostile files
 
 from hostile import cut_jpeg, lying_jpeg, png  # noqa: E402
+from machine import print_machine  # noqa: E402 - benchmarks/ is the script's folder
 
 RESULTS = ROOT / "benchmarks" / "results" / "hostile_uploads.json"
 KINDS: dict[str, Callable[[bytes], bytes]] = {
@@ -57,19 +58,6 @@ KINDS: dict[str, Callable[[bytes], bytes]] = {
     "lying": lambda photo: lying_jpeg(6000, 6000),
     "cut": lambda photo: cut_jpeg(photo, 0.3),
 }
-
-
-def cpu() -> dict[str, str]:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    info = {}
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Flags"):
-            info[key.strip()] = value.strip()
-    return info
 
 
 def free_port() -> int:
@@ -259,10 +247,7 @@ def main() -> None:
         parser.error(f"unknown kinds: {', '.join(sorted(unknown))}")
     if not 1 <= args.uploads <= 256 or not 0 <= args.clients <= 64:
         parser.error("keep it bounded: 1..256 uploads, 0..64 clients")
-    info = cpu()
-    print(f"CPU: {info.get('Model name', '?')} ({info.get('CPU(s)', '?')} CPUs)")
-    print(f"flags: {info.get('Flags', '?')}")
-    result = {"cpu": info, **run(args)}
+    result = {"machine": print_machine(), **run(args)}
     rss = result["rss_mb"]
     print(f"{args.uploads} concurrent uploads of {', '.join(args.kinds)} with {args.clients} similar-by-id clients:")
     print(f"  server RSS (all processes): cold {rss['cold']} MB, baseline {rss['baseline']} MB, "

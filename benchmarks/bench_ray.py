@@ -31,19 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import print_machine  # benchmarks/ is the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's lookalike, in this process and (PYTHONPATH) in the builds
-DATASET = Path("/work/shared/datasets/fashion-images/fashion.csv")
-
-
-def cpu_info() -> str:
-    """lscpu's model, core count and flags (the flags decide which kernels ONNX Runtime runs)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        return f"lscpu unavailable: {exc}"
-    keep = ("Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket", "Flags")
-    return "\n".join(line for line in out.splitlines() if line.split(":")[0].strip() in keep)
+DATASET = Path(os.environ.get("LOOKALIKE_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "datasets" / \
+    "fashion-images" / "fashion.csv"
 
 
 def child_env() -> dict[str, str]:
@@ -105,8 +98,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args()
 
-    cpu = cpu_info()
-    print(cpu)
+    machine = print_machine()
     cores = len(os.sched_getaffinity(0))
     import pandas as pd
 
@@ -159,7 +151,7 @@ def main() -> None:
         import ray
 
         args.out.write_text(json.dumps({
-            "cpu": cpu.splitlines()[:4], "cores": cores, "rows": n, "ray": ray.__version__,
+            "machine": machine, "cores": cores, "rows": n, "ray": ray.__version__,
             "runs": times, "median_wall": med, "ratio": round(ratio, 3), "check": check,
             "ray_start_s": round(up, 2), "ray_stop_s": round(down, 2),
             "per_photo_cpu_ms": round(per_photo * 1000, 2), "per_photo_ray_core_ms": round(per_photo_ray * 1000, 2),

@@ -181,7 +181,7 @@ def load_tests(name: str, one_plain: Callable[[int], Any], one_filtered: Callabl
 def run_exact(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     from lookalike.index import ExactIndex
 
-    vectors, genders, q, qg = ctx["vectors"], ctx["genders"], ctx["queries"], ctx["qgenders"]
+    vectors, q, qg = ctx["vectors"], ctx["queries"], ctx["qgenders"]
     r0 = rss_mib()
     t0 = time.perf_counter()
     index = ExactIndex(vectors, metric="cosine")
@@ -272,7 +272,7 @@ def milvus_common(store: Any, ctx: dict[str, Any], args: argparse.Namespace, nam
                   ef: int | None, rss_fn: Callable[[], float]) -> dict[str, Any]:
     from lookalike.index.milvus import filter_expression
 
-    vectors, genders, q, qg = ctx["vectors"], ctx["genders"], ctx["queries"], ctx["qgenders"]
+    vectors, q, qg = ctx["vectors"], ctx["queries"], ctx["qgenders"]
     exprs = [filter_expression({"Gender": [str(g)]}, fields=store.fields) for g in GENDERS]
     keys = np.array([f"p{i}" for i in range(len(vectors))])
 
@@ -411,7 +411,7 @@ def table(results: list[dict[str, Any]]) -> str:
         for filt in ("none", "gender"):
             loads = {x["clients"]: x for x in r["load"] if x["filter"] == filt}
 
-            def fmt(c: int) -> str:
+            def fmt(c: int, loads: dict = loads) -> str:
                 x = loads.get(c)
                 return f"{x['qps']:.1f} ({x['p50_ms']}/{x['p99_ms']})" if x and x["queries"] else "-"
 
