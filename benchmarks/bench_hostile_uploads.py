@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's lookalike; the tests' hostile files
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]  # lookalike, hostile files, machine
 
 from hostile import cut_jpeg, lying_jpeg, png  # noqa: E402
 from machine import print_machine  # noqa: E402 - benchmarks/ is the script's folder
