@@ -32,7 +32,7 @@ from .errors import CatalogError, InvalidQueryError
 from .images import COLOUR_DIM
 from .index import REMOTE_BACKENDS, make_index
 from .pipeline import encode_rows, hidden_columns, stored_vectors
-from .store import HIDDEN_COLUMNS, Snapshot, Store, Writer
+from .store import ALL_HIDDEN, HIDDEN_COLUMNS, Snapshot, Store, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ class Index:
         """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
         cat_info = snap.manifest["catalog"]
         id_col, img_col = cat_info["id_column"], cat_info["image_column"]
-        columns = list(cat_info.get("columns") or [c for c in snap.dense_columns() if c not in _ALL_HIDDEN])
+        columns = list(cat_info.get("columns") or [c for c in snap.dense_columns() if c not in ALL_HIDDEN])
         unknown = [c for c in table.columns if c not in columns]
         if unknown:
             raise CatalogError(
@@ -541,9 +541,6 @@ class _Pending:
     id: str
     status: str
     result: Any = None  # a _Row once embedded, else the reason it could not be
-
-
-_ALL_HIDDEN = (*HIDDEN_COLUMNS, "_dup_exact", "_dup_near")
 
 
 def _segment_columns(snap: Snapshot) -> list[str]:

@@ -30,7 +30,7 @@ from .filters import RowFilters, Where, where_values
 from .images import ImageSource, colour_descriptor, model_input
 from .index import Filter, VectorIndex, open_index
 from .projection import Projection
-from .store import Snapshot, Store
+from .store import ALL_HIDDEN, Snapshot, Store
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ __all__ = ["Recommender", "LiveRecommender", "Recommendation", "Results", "MAX_K
 MAX_K = 1000
 #: most product ids one query may combine (a "recently viewed" list, not a catalogue)
 MAX_IDS = 100
-_HIDDEN = ("_image", "_row", "_sha1", "_dhash", "_dup_exact", "_dup_near")
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ class Recommender:
         self._data = data
         self.ids: list[str] = data[self.id_column].tolist()
         self._row_of = {pid: i for i, pid in enumerate(self.ids)}
-        self.columns = [c for c in data if c not in _HIDDEN]
+        self.columns = [c for c in data if c not in ALL_HIDDEN]
         self._cells = data  # columns are looked up by name; hidden ones are never shown
         self._exact_group = self._group_ids(np.asarray(data["_dup_exact"]))
         self._near_group = self._group_ids(np.asarray(data["_dup_near"]))

@@ -48,12 +48,15 @@ from .projection import Projection
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Store", "Snapshot", "Segment", "Writer", "HIDDEN_COLUMNS", "DEFAULT_LOCK_TIMEOUT"]
+__all__ = ["Store", "Snapshot", "Segment", "Writer", "HIDDEN_COLUMNS", "GROUP_COLUMNS", "ALL_HIDDEN",
+           "DEFAULT_LOCK_TIMEOUT"]
 
 #: columns every segment's metadata carries besides the catalogue's own
 HIDDEN_COLUMNS = ("_image", "_row", "_sha1", "_dhash")
 #: columns the dense view adds from the generation's state
 GROUP_COLUMNS = ("_dup_exact", "_dup_near")
+#: every column of a reader's metadata that is not the catalogue's own
+ALL_HIDDEN = (*HIDDEN_COLUMNS, *GROUP_COLUMNS)
 DEFAULT_LOCK_TIMEOUT = 120.0
 GENERATIONS = "generations"
 #: a generation's state: int64 (3, rows): live (0/1), duplicate group, near-duplicate group
@@ -91,9 +94,8 @@ class Segment:
     def read(self, name: str) -> bytes | None:
         """A further file of the segment (``index.faiss``, ``projection.npz``), checked; None if absent."""
         path = self.folder / name
-        if name not in self.files and not (not self.files and path.is_file()):
-            return None
-        return read_checked(path, self.files.get(name))
+        present = name in self.files if self.files else path.is_file()  # format 1 records no files
+        return read_checked(path, self.files.get(name)) if present else None
 
 
 class Snapshot:
