@@ -35,7 +35,6 @@ from machine import print_machine  # benchmarks/ is the script's folder
 from PIL import Image, ImageOps
 
 from lookalike import Recommender, build, get_encoder
-from lookalike.images import COLOUR_DIM
 from lookalike.live import Index
 from lookalike.store import Store
 
@@ -144,13 +143,10 @@ def synthetic_index(folder: Path, rows: int, real: Path, seed: int = 0) -> None:
     """A base segment of ``rows`` products with the real index's projection and settings."""
     snap = Store(real).snapshot()
     dim = snap.manifest["dim"]
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((512, dim)).astype(np.float32)
-    assign = rng.integers(0, len(centres), rows)
-    vectors = centres[assign] + 0.6 * rng.standard_normal((rows, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    colour = np.abs(rng.standard_normal((rows, COLOUR_DIM))).astype(np.float32)
-    colour /= np.linalg.norm(colour, axis=1, keepdims=True)
+    from bench_query import synthetic_vectors  # benchmarks/ is the script's folder
+
+    vectors, colour, assign = synthetic_vectors(rows, dim, seed)
+    rng = np.random.default_rng(seed + 1)  # hashes
     columns = snap.manifest["catalog"]["columns"]
     ids = [str(1_000_000 + i) for i in range(rows)]
     values = {

@@ -33,7 +33,8 @@ from lookalike.index import make_index
 from lookalike.store import Store
 
 
-def synthetic_index(folder: Path, rows: int, dim: int, backend: str, seed: int = 0) -> float:
+def synthetic_vectors(rows: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clustered unit shape vectors, unit colour descriptors, and each row's cluster (512 of them)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((512, dim)).astype(np.float32)
     assign = rng.integers(0, len(centres), rows)
@@ -41,6 +42,11 @@ def synthetic_index(folder: Path, rows: int, dim: int, backend: str, seed: int =
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     colour = np.abs(rng.standard_normal((rows, COLOUR_DIM))).astype(np.float32)
     colour /= np.linalg.norm(colour, axis=1, keepdims=True)
+    return vectors, colour, assign
+
+
+def synthetic_index(folder: Path, rows: int, dim: int, backend: str, seed: int = 0) -> float:
+    vectors, colour, assign = synthetic_vectors(rows, dim, seed)
     genders = np.array(["Men", "Women", "Boys", "Girls"])[assign % 4]
     meta = pd.DataFrame({
         "ProductId": [str(100000 + i) for i in range(rows)],
