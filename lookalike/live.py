@@ -205,22 +205,38 @@ class Index:
                      *, suffix: str = ".jpg") -> ChangeReport:
         """Add or change one product from photo bytes (an upload): the photo is kept, durably,
         in the index's ``photos/`` folder under its content hash."""
-        t0 = time.perf_counter()
-        digest = hashlib.sha1(photo).hexdigest()
-        with self._writer() as w:  # under the lock: a temporary file found by a writer is stale
-            self.photos.mkdir(exist_ok=True)
-            target = self.photos / f"{digest}{suffix}"
-            if not target.exists():
-                from .artifacts import fsync_dir, write_bytes_durably
+        return self.upsert_uploads([(pid, metadata or {}, photo, suffix)])
 
-                tmp = self.photos / f".tmp-{digest}{suffix}"
-                write_bytes_durably(tmp, photo)
-                os.replace(tmp, target)
-                fsync_dir(self.photos)
+    def upsert_uploads(self, uploads: Sequence[tuple[str, Mapping[str, str], bytes | None, str]]) -> ChangeReport:
+        """Several uploads as one change (one generation): each ``(id, metadata, photo bytes or
+        None, suffix)``. Without photo bytes a row keeps its stored photo and vector (a metadata
+        change of an indexed product). A server groups the writes that wait for the lock this
+        way (group commit): one commit, one duplicate regrouping and one generation for all."""
+        t0 = time.perf_counter()
+        with self._writer() as w:  # under the lock: a temporary file found by a writer is stale
             cat = self._base(w).manifest["catalog"]
-            row = {**{k: str(v) for k, v in (metadata or {}).items()}, cat["id_column"]: pid,
-                   cat["image_column"]: target.name}
-            return self._upsert(w, _table([row]), self.photos, None, t0)
+            rows = []
+            for pid, metadata, photo, suffix in uploads:
+                image = ""
+                if photo is not None:
+                    image = self._keep_photo(photo, suffix).name
+                rows.append({**{k: str(v) for k, v in metadata.items()}, cat["id_column"]: pid,
+                             cat["image_column"]: image})
+            return self._upsert(w, _table(rows), self.photos, None, t0)
+
+    def _keep_photo(self, photo: bytes, suffix: str) -> Path:
+        """The upload, durably in ``photos/`` under its content hash."""
+        digest = hashlib.sha1(photo).hexdigest()
+        self.photos.mkdir(exist_ok=True)
+        target = self.photos / f"{digest}{suffix}"
+        if not target.exists():
+            from .artifacts import fsync_dir, write_bytes_durably
+
+            tmp = self.photos / f".tmp-{digest}{suffix}"
+            write_bytes_durably(tmp, photo)
+            os.replace(tmp, target)
+            fsync_dir(self.photos)
+        return target
 
     def remove(self, ids: Iterable[object]) -> ChangeReport:
         """Remove products by id; unknown ids are reported, not fatal."""
@@ -473,7 +489,7 @@ class Index:
         exact, near = snap.dup_exact.copy(), snap.dup_near.copy()
         lost = {int(g) for g in near[dead_now] if g >= 0}
         segments = w.segment_records()
-        columns = [c for c in snap.segments[0].metadata.columns if c in _segment_columns(snap)]
+        columns = [c for c in snap.segments[0].cells if c in _segment_columns(snap)]
         new_meta = pd.DataFrame([{c: r.meta.get(c, "") for c in columns} for r in rows], columns=columns)
         if len(rows):
             new_meta["_row"] = new_meta["_row"].astype(np.int64)

@@ -148,7 +148,7 @@ class Recommender:
         # lookup per cell costs more than the search itself
         self._data = data
         self.ids: list[str] = data[self.id_column].tolist()
-        self._row_of = {pid: i for i, pid in enumerate(self.ids)}
+        self._row_of = dict(zip(self.ids, range(len(self.ids))))
         self.columns = [c for c in data if c not in ALL_HIDDEN]
         self._cells = data  # columns are looked up by name; hidden ones are never shown
         self._exact_group = self._group_ids(np.asarray(data["_dup_exact"]))
@@ -450,8 +450,11 @@ class Recommender:
         return pd.DataFrame({"query_id": out_q, "rank": out_rank, "id": out_id, "score": out_s})
 
 
-#: a change committed less than this long ago is switched to in the background (0.2 s)
-SWITCH_IN_BACKGROUND_NS = 200_000_000
+#: a change committed less than this long ago is switched to in the background (0.5 s)
+SWITCH_IN_BACKGROUND_NS = 500_000_000
+#: a busy worker opens at most one generation per this long (0.25 s): under a stream of
+#: writes it skips the generations in between instead of opening every one
+MIN_SWITCH_INTERVAL_NS = 250_000_000
 
 
 class LiveRecommender:
@@ -470,6 +473,7 @@ class LiveRecommender:
         self._current_file = Store(self.path).current_file()
         self._lock = threading.Lock()  # held while a generation is being opened
         self._failed: tuple[int, int] | None = None
+        self._opened = 0  # time.monotonic_ns() when this process last opened a generation
         self._stamp = self._read_stamp()
         self._rec = recommender if recommender is not None else Recommender.load(self.path, backend=backend,
                                                                                 encoder=encoder)
@@ -484,12 +488,15 @@ class LiveRecommender:
     def get(self) -> Recommender:
         """The current generation. A change younger than ``SWITCH_IN_BACKGROUND_NS`` is opened by a
         background thread while searches go on with the previous one for those milliseconds (a
-        busy worker never stalls on a switch); an older one is opened before answering."""
+        busy worker never stalls on a switch), at most once per ``MIN_SWITCH_INTERVAL_NS``; an
+        older one is opened before answering."""
         stamp = self._read_stamp()
         if stamp == self._stamp or stamp == self._failed:
             return self._rec
         if stamp is not None and time.time_ns() - stamp[1] > SWITCH_IN_BACKGROUND_NS:
             return self.refresh()  # an older change (an idle worker): never answer from before it
+        if time.monotonic_ns() - self._opened < MIN_SWITCH_INTERVAL_NS:
+            return self._rec  # opened one a moment ago: a later request opens the newest
         if self._lock.acquire(blocking=False):
             try:
                 threading.Thread(target=self._switch, args=(stamp,), name="lookalike-switch", daemon=True).start()
@@ -523,3 +530,4 @@ class LiveRecommender:
             return
         logger.info("now serving generation %d of %s (%d products)", rec.generation, self.path, len(rec))
         self._rec, self._stamp = rec, stamp
+        self._opened = time.monotonic_ns()

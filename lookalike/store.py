@@ -81,15 +81,23 @@ class Segment:
     folder: Path
     vectors: np.ndarray
     colour: np.ndarray
-    metadata: pd.DataFrame
+    #: every column as a plain array (text columns as ``str`` objects): what readers index row by row
+    cells: dict[str, np.ndarray] = field(compare=False, repr=False)
     files: dict[str, Any] = field(default_factory=dict)  # name -> checksum record ({} for format 1)
-    #: every column as a plain array (text columns as objects): what readers index row by row
-    cells: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
     #: what readers build from an immutable segment once (its search index), shared by generations
     derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.vectors)
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """The segment's metadata as a table, built on first use (readers need only :attr:`cells`;
+        building a DataFrame per change segment cost a serving worker ~3 ms per new generation)."""
+        frame = self.derived.get("frame")
+        if frame is None:
+            frame = self.derived["frame"] = columns_frame(self.cells)
+        return frame  # type: ignore[no-any-return]
 
     def read(self, name: str) -> bytes | None:
         """A further file of the segment (``index.faiss``, ``projection.npz``), checked; None if absent."""
@@ -256,16 +264,52 @@ def _load_projection(snap: Snapshot) -> Projection | None:
     return projection
 
 
-def _metadata(path: Path, expected: dict[str, Any] | None) -> pd.DataFrame:
+def _write_parquet(metadata: pd.DataFrame, out: Any) -> None:
+    """``metadata.to_parquet(out, index=False)``, on Arrow's thread pool only for big tables."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(metadata, preserve_index=False,
+                                        nthreads=None if len(metadata) > 10_000 else 1), out)
+
+
+#: a metadata file this large is read and converted by Arrow's thread pools
+_THREADED_READ_BYTES = 1 << 20
+
+
+def _metadata(path: Path, expected: dict[str, Any] | None, id_column: str) -> dict[str, np.ndarray]:
+    """A segment's ``metadata.parquet`` as plain column arrays: numbers as NumPy arrays, text
+    (and the id column, whatever its type) as ``str`` objects, straight from Arrow."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     data = read_checked(path, expected)
     try:
-        meta = pd.read_parquet(io.BytesIO(data))
+        # a change's segment is a few rows: Arrow's thread pools would cost more than the read
+        table = pq.ParquetFile(io.BytesIO(data)).read(use_threads=len(data) > _THREADED_READ_BYTES)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
         raise IndexFormatError(f"{path} is damaged: {type(exc).__name__}: {exc}") from None
-    missing = [c for c in HIDDEN_COLUMNS if c not in meta.columns]
+    missing = [c for c in HIDDEN_COLUMNS if c not in table.column_names]
     if missing:
         raise IndexFormatError(f"{path} is damaged: column {missing[0]} is missing")
-    return meta
+    if id_column not in table.column_names:
+        raise IndexFormatError(f"{path} is damaged: the id column {id_column!r} is missing")
+    cells: dict[str, np.ndarray] = {}
+    for name, column in zip(table.column_names, table.columns):
+        kind = column.type
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+        if numeric and name != id_column and column.null_count == 0:
+            cells[name] = column.to_numpy()
+        else:
+            values = np.empty(len(column), dtype=object)
+            values[:] = [v if isinstance(v, str) else _text(v) for v in column.to_pylist()]
+            cells[name] = values
+    return cells
+
+
+def _text(value: Any) -> str:
+    """A non-text cell as text (a missing value reads as ``nan``, as pandas gave it)."""
+    return "nan" if value is None else str(value)
 
 
 def _load_segment(folder: Path, name: str, files: dict[str, Any], *, mmap: bool, id_column: str) -> Segment:
@@ -278,10 +322,8 @@ def _load_segment(folder: Path, name: str, files: dict[str, Any], *, mmap: bool,
                 return hit
     vectors = load_npy(folder / "vectors.npy", files.get("vectors.npy") if files else None, mmap=mmap)
     colour = load_npy(folder / "colour.npy", files.get("colour.npy") if files else None)
-    meta = _metadata(folder / "metadata.parquet", files.get("metadata.parquet") if files else None)
-    if id_column not in meta.columns:
-        raise IndexFormatError(f"{folder / 'metadata.parquet'} is damaged: the id column {id_column!r} is missing")
-    n = len(meta)
+    cells = _metadata(folder / "metadata.parquet", files.get("metadata.parquet") if files else None, id_column)
+    n = len(cells[id_column])
     if vectors.ndim != 2 or len(vectors) != n or colour.ndim != 2 or len(colour) != n:
         raise IndexFormatError(
             f"{folder} is inconsistent: vectors {vectors.shape}, colour {colour.shape}, metadata {n} rows"
@@ -290,8 +332,7 @@ def _load_segment(folder: Path, name: str, files: dict[str, Any], *, mmap: bool,
         raise IndexFormatError(f"{folder} is damaged: vectors are {vectors.dtype}, not float32")
     if not mmap and (not np.isfinite(vectors).all() or not np.isfinite(colour).all()):
         raise IndexFormatError(f"{folder / 'vectors.npy'} is damaged: it holds NaN or infinite values")
-    meta[id_column] = meta[id_column].astype(str)
-    seg = Segment(name, folder, vectors, colour, meta, dict(files), _cells(meta))
+    seg = Segment(name, folder, vectors, colour, cells, dict(files))
     if files:
         with _cache_lock:
             _SEGMENT_CACHE[key] = seg
@@ -395,12 +436,11 @@ class Store:
             if len(seg) != rows or seg.vectors.shape[1] != record["dim"]:
                 raise IndexFormatError(
                     f"{self.path} is inconsistent: manifest says {rows} x {record['dim']}, "
-                    f"vectors are {seg.vectors.shape}, metadata has {len(seg.metadata)} rows"
+                    f"vectors are {seg.vectors.shape}, metadata has {len(seg.cells[id_column])} rows"
                 )
-            meta = seg.metadata
             try:
-                exact = meta["_dup_exact"].to_numpy(np.int64)
-                near = meta["_dup_near"].to_numpy(np.int64)
+                exact = np.asarray(seg.cells["_dup_exact"], dtype=np.int64)
+                near = np.asarray(seg.cells["_dup_near"], dtype=np.int64)
             except KeyError as exc:
                 raise IndexFormatError(f"{self.path}/metadata.parquet is damaged: column {exc} is missing") from None
             return Snapshot(self.path, 0, record, [seg], np.ones(len(seg), bool), exact, near)
@@ -588,7 +628,7 @@ class Writer:
                 "colour.npy": save_npy(tmp / "colour.npy", np.asarray(colour, dtype=np.float32), sync=False),
             }
             buf = io.BytesIO()
-            metadata.to_parquet(buf, index=False)
+            _write_parquet(metadata, buf)
             files["metadata.parquet"] = write_bytes_durably(tmp / "metadata.parquet", buf.getvalue(), sync=False)
             if projection is not None:
                 files[PROJECTION_FILE] = write_bytes_durably(tmp / PROJECTION_FILE, projection.to_bytes(), sync=False)
@@ -598,7 +638,8 @@ class Writer:
             os.rename(tmp, final)
             # this process reads the segment from memory, not back from the disk it just wrote
             seg = Segment(name, final, np.asarray(vectors, dtype=np.float32), np.asarray(colour, dtype=np.float32),
-                          metadata, files, _cells(metadata))
+                          _cells(metadata), files)
+            seg.derived["frame"] = metadata
             with _cache_lock:
                 _SEGMENT_CACHE[(str(final), str(files["vectors.npy"]["sha256"]), False)] = seg
             # made durable by commit(), all at once: nothing refers to the segment before that

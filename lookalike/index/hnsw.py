@@ -147,4 +147,5 @@ class HNSWIndex:
                                   where=str(segment.folder / FILE))
 
         return open_segments(snapshot, metric=metric, name=cls.name,
-                             part=lambda seg: cached(seg, ("hnsw", metric), lambda: make(seg)))
+                             part=lambda seg: cached(seg, ("hnsw", metric), lambda: make(seg)),
+                             foldable=lambda seg: FILE not in seg.files)
