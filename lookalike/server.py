@@ -406,7 +406,13 @@ def create_app(
         if "live" not in holder:
             holder["live"] = await run_in_threadpool(LiveRecommender, index_path)
             logger.info("serving %r", holder["live"].get())
-        yield
+        if writer is not None:
+            writer.start()  # in the background: the model is ready before the first write
+        try:
+            yield
+        finally:
+            if writer is not None:
+                await run_in_threadpool(writer.close)
 
     app = FastAPI(
         title="lookalike",
@@ -572,9 +578,9 @@ def create_app(
         too_large = _Refused(413, f"request body is over the limit of {max_upload_bytes:,} bytes")
         return b"".join([chunk async for chunk in _limited_body(request, limit, too_large)])
 
-    add_write_routes(app, index_path=index_path, current=rec, refresh=lambda: holder["live"].refresh(),
-                     write_token=write_token, read_body=read_body, max_pixels=max_pixels, errors=errors,
-                     error_model=ErrorOut)
+    writer = add_write_routes(app, index_path=index_path, current=rec, refresh=lambda: holder["live"].refresh(),
+                              write_token=write_token, read_body=read_body, max_pixels=max_pixels, errors=errors,
+                              error_model=ErrorOut)
     return app
 
 

@@ -6,12 +6,19 @@ constant time and never logged. A read token, when given, guards every read endp
 way (``/health`` stays open for load balancers). Every write goes through
 :class:`lookalike.Index`, which serialises writers across processes and commits one generation
 per change; every server worker follows the new generation on its next request.
+
+A worker hands its writes to a child process of its own (:class:`WriterProcess`), which commits
+the writes that arrive together as one generation: a write's CPU (planning, embedding, Parquet)
+then never holds the worker's interpreter lock while its searches wait, and a stream of writes
+makes fewer generations for the workers to open (benchmarks/bench_reads_under_writes.py).
 """
 
 
+import asyncio
 import hmac
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +26,7 @@ from .errors import ImageError, InvalidQueryError, UnknownProductError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_token", "token_guard", "add_write_routes", "WRITE_TOKEN_ENV", "READ_TOKEN_ENV"]
+__all__ = ["load_token", "token_guard", "add_write_routes", "WriterProcess", "WRITE_TOKEN_ENV", "READ_TOKEN_ENV"]
 
 WRITE_TOKEN_ENV = "LOOKALIKE_WRITE_TOKEN"
 READ_TOKEN_ENV = "LOOKALIKE_READ_TOKEN"
@@ -27,6 +34,9 @@ READ_TOKEN_ENV = "LOOKALIKE_READ_TOKEN"
 MIN_TOKEN_LENGTH = 16
 #: metadata fields one write may carry
 MAX_FIELDS = 64
+#: the most writes one worker commits together, and the most photo bytes in them
+MAX_BATCH = 16
+MAX_BATCH_BYTES = 64 << 20
 
 
 def load_token(path: str | os.PathLike | None, env: str) -> str | None:
@@ -79,9 +89,159 @@ def token_guard(token: str | None, realm: str) -> Callable[..., None]:
     return guard
 
 
+class WriterProcess:
+    """One child process that applies a server worker's writes through :class:`lookalike.Index`,
+    committing the writes that queue up meanwhile together (group commit).
+
+    :meth:`start` (the worker's lifespan) spawns it and loads the model there, before the first
+    write. :meth:`upsert` and :meth:`remove` queue a write and await its report without holding
+    the worker's event loop or interpreter lock. While the child works, new writes wait; the
+    next batch then takes all of them (distinct ids, one kind, at most ``MAX_BATCH``) as one
+    change: one commit and one generation, so a stream of writes costs the searches one
+    generation switch per batch instead of one per write. A batch that fails as a whole (e.g.
+    an unknown column in one write) is applied again one write at a time, so each write gets
+    its own answer.
+
+    The child ends with the worker: :meth:`close` at shutdown, and a watch on its parent for a
+    worker killed outright. A child that died (killed, out of memory) is replaced at the next
+    write; the writes it was doing answer 503 (committed or not, as a crash leaves them: the
+    store never keeps half a change).
+    """
+
+    def __init__(self, index_path: str | os.PathLike) -> None:
+        self.index_path = str(index_path)
+        self._pool: Any = None
+        self._ready: Any = None
+        self._guard = threading.Lock()
+        self._queue: list[tuple[str, str, Any, asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None
+
+    def start(self) -> Any:
+        """Start the child (idempotent); returns the future of its warm-up."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with self._guard:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_start,
+                    initargs=(self.index_path, os.getpid()))
+                self._ready = self._pool.submit(_child_ready)
+            return self._ready
+
+    async def upsert(self, pid: str, metadata: dict[str, str], photo: bytes | None = None,
+                     suffix: str = ".jpg") -> Any:
+        """Add or change one product (``photo`` None: metadata only); its batch's report."""
+        return await self._submit("upsert", pid, (pid, metadata, photo, suffix))
+
+    async def remove(self, pid: str) -> Any:
+        """Remove one product; its batch's report."""
+        return await self._submit("remove", pid, pid)
+
+    async def _submit(self, kind: str, pid: str, payload: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((kind, pid, payload, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            kind, ids, batch, size = self._queue[0][0], set(), [], 0
+            while (self._queue and len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES
+                   and self._queue[0][0] == kind and self._queue[0][1] not in ids):
+                item = self._queue.pop(0)
+                ids.add(item[1])
+                batch.append(item)
+                size += len(item[2][2] or b"") if kind == "upsert" else 0
+            try:
+                report = await self._run(kind, [item[2] for item in batch])
+                outcomes: list[Any] = [report] * len(batch)
+            except Refused as exc:
+                outcomes = [exc] * len(batch)
+            except Exception:  # noqa: BLE001 - one write spoils the batch: each on its own
+                outcomes = []
+                for item in batch:
+                    try:
+                        outcomes.append(await self._run(kind, [item[2]]))
+                    except Exception as exc:  # noqa: BLE001 - handed to the request that sent it
+                        outcomes.append(exc)
+            for item, outcome in zip(batch, outcomes):
+                if item[3].done():
+                    continue  # the client went away
+                if isinstance(outcome, BaseException):
+                    item[3].set_exception(outcome)
+                else:
+                    item[3].set_result(outcome)
+
+    async def _run(self, kind: str, payloads: list[Any]) -> Any:
+        from concurrent.futures.process import BrokenProcessPool
+
+        from .errors import LookalikeError
+
+        self.start()
+        try:
+            return await asyncio.wrap_future(self._pool.submit(_child_batch, kind, payloads))
+        except BrokenProcessPool:
+            logger.error("the writer process of %s ended; a new one starts with the next write", self.index_path)
+            self.close()
+            raise Refused(503, "the write was interrupted (the writer process ended): check the product "
+                               "and send it again") from None
+        except LookalikeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. the lock not had in time, in one line
+            raise Refused(503, f"the write failed: {type(exc).__name__}: {exc}") from None
+
+    def close(self) -> None:
+        """Stop the child (after the batch it is doing, if any)."""
+        with self._guard:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_CHILD: dict[str, Any] = {}
+
+
+def _child_start(index_path: str, parent: int) -> None:  # pragma: no cover - runs in the child
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker stops us
+    threading.Thread(target=_watch_parent, args=(parent,), name="lookalike-parent-watch", daemon=True).start()
+    from .live import Index
+
+    # one thread for the model and one decode: an upload must not take every core from the searches
+    _CHILD["index"] = Index(index_path, lock_timeout=30.0, threads=1, workers=1)
+
+
+def _watch_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)  # the worker is gone: nobody waits for our answers
+
+
+def _child_ready() -> bool:  # pragma: no cover - runs in the child
+    index = _CHILD["index"]
+    try:  # open the model now, so that the first photo upload does not wait for it
+        encoder = index.encoder(index.store.snapshot())
+        session = getattr(encoder, "_onnx_session", None)
+        if getattr(encoder, "runtime", None) == "onnx" and session is not None:
+            session()
+    except Exception as exc:  # noqa: BLE001 - a model that can't be had leaves metadata writes working
+        logger.warning("photo uploads are unavailable: %s", exc)
+    return True
+
+
+def _child_batch(kind: str, payloads: list[Any]) -> Any:  # pragma: no cover - runs in the child
+    index = _CHILD["index"]
+    return index.remove(payloads) if kind == "remove" else index.upsert_uploads(payloads)
+
+
 def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], refresh: Callable[[], Any],
                      write_token: str | None, read_body: Callable[..., Any], max_pixels: int, errors: dict[Any, Any],
-                     error_model: Any) -> None:
+                     error_model: Any) -> WriterProcess | None:
     """``PUT`` and ``DELETE /products/{id}`` on ``app``. ``current()`` is the recommender of the
     current generation; ``read_body(request)`` returns the request body within the upload limit
     (raising :class:`Refused` beyond it); ``refresh()`` opens the generation a write made, so this
@@ -90,16 +250,13 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    from .live import Index
-
     def writes_on(request: Request) -> None:
         if write_token is None:
             raise Refused(403, "writes are off on this server: start it with --write-token-file "
                                f"(or ${WRITE_TOKEN_ENV}) to allow them")
         check_bearer(request.headers.get("authorization"), write_token, "write")
 
-    # one thread for the model and one decode: an upload must not take every core from the searches
-    index = Index(index_path, lock_timeout=30.0, threads=1, workers=1)
+    writer = WriterProcess(index_path) if write_token is not None else None
     done = {
         200: {"description": "the change is committed and visible to every worker's next search"},
         201: {"description": "a new product was added"},
@@ -142,8 +299,9 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
             if pid not in rec:
                 raise UnknownProductError(f"unknown product id: {pid} (send a photo to add it)")
             existing = rec.product(pid)
-            row = {**existing, **fields, rec.id_column: pid, rec.manifest["catalog"]["image_column"]: ""}
-            report = await run_in_threadpool(index.upsert, [row])
+            row = {**existing, **fields}
+            row.pop(rec.manifest["catalog"]["image_column"], None)
+            report = await writer.upsert(pid, row)
             await run_in_threadpool(refresh)
             return answer(report, pid)
         if ctype != "multipart/form-data":
@@ -155,7 +313,7 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
             fields = {**{k: v for k, v in rec.product(pid).items() if k != rec.manifest["catalog"]["image_column"]},
                       **fields}
         fields.pop(rec.id_column, None)
-        report = await run_in_threadpool(index.upsert_photo, pid, photo, fields, suffix=suffix)
+        report = await writer.upsert(pid, fields, photo, suffix)
         await run_in_threadpool(refresh)
         return answer(report, pid)
 
@@ -163,9 +321,11 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
                 dependencies=[Depends(writes_on)])
     async def delete_product(product_id: str) -> Any:
         pid = product_id.strip()
-        report = await run_in_threadpool(index.remove, [pid])
+        report = await writer.remove(pid)
         await run_in_threadpool(refresh)
         return answer(report, pid)
+
+    return writer
 
 
 def _json_fields(body: bytes) -> dict[str, str]:

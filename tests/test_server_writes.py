@@ -279,3 +279,74 @@ def test_similar_etag_and_cache_follow_the_generation(client, table):
     after = client.get(f"/products/{pid}/similar", params={"k": 3}, headers={"If-None-Match": tag})
     assert after.status_code == 200 and after.headers["etag"] != tag
     assert after.json()["results"][0]["ProductTitle"] == "changed since"
+
+
+# -- the writer process: group commit ------------------------------------------------------
+def _in_writer(index: Path, work):
+    """Run ``await work(writer)`` against a started WriterProcess, closing it afterwards."""
+    import asyncio
+
+    from lookalike.server_writes import WriterProcess
+
+    writer = WriterProcess(index)
+
+    async def main():
+        await asyncio.wrap_future(writer.start())
+        return await work(writer)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        writer.close()
+
+
+def test_writes_that_wait_together_are_committed_as_one_generation(index, table):
+    """Group commit: writes queued while the writer process works share one generation, and
+    each gets the outcome of its own row."""
+    import asyncio
+
+    rec = Recommender.load(index)
+    before = rec.generation
+    ids = rec.ids[:6]
+    new = table.iloc[40]
+
+    async def work(writer):
+        jobs = [writer.upsert(pid, {**rec.product(pid), "ProductTitle": f"batched {pid}"}) for pid in ids]
+        jobs.append(writer.upsert("new-b", {"Gender": new["Gender"]}, (IMAGES / new["Image"]).read_bytes(), ".jpg"))
+        return await asyncio.gather(*jobs)
+
+    reports = _in_writer(index, work)
+    assert {r.generation for r in reports} == {before + 1}  # all seven in one commit
+    status = {c.id: c.status for c in reports[0].changes}
+    assert status == {**{pid: "metadata" for pid in ids}, "new-b": "added"}
+    after = Recommender.load(index)
+    assert after.generation == before + 1
+    assert all(after.product(pid)["ProductTitle"] == f"batched {pid}" for pid in ids)
+    assert after.similar(image=IMAGES / new["Image"], k=1).ids == ["new-b"]
+
+
+def test_one_bad_write_does_not_spoil_its_batch(index):
+    """A batch refused as a whole is applied one write at a time: the good ones land, the bad
+    one gets its own error; a repeated id waits for the next batch, so the later write wins."""
+    import asyncio
+
+    from lookalike.errors import CatalogError
+
+    rec = Recommender.load(index)
+    a, b = rec.ids[:2]
+
+    async def work(writer):
+        return await asyncio.gather(
+            writer.upsert(a, {**rec.product(a), "ProductTitle": "first"}),
+            writer.upsert(b, {"NoSuchColumn": "x"}),
+            writer.upsert(a, {**rec.product(a), "ProductTitle": "second"}),
+            writer.remove(b),
+            return_exceptions=True)
+
+    first, bad, second, removed = _in_writer(index, work)
+    assert isinstance(bad, CatalogError) and "NoSuchColumn" in str(bad)
+    assert {c.id: c.status for c in first.changes} == {a: "metadata"}
+    assert second.generation > first.generation  # the repeated id went in a later batch
+    assert {c.id: c.status for c in removed.changes} == {b: "removed"}
+    after = Recommender.load(index)
+    assert after.product(a)["ProductTitle"] == "second" and b not in after
