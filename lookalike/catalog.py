@@ -102,8 +102,16 @@ def _check_unique_columns(header: list[str], what: str) -> None:
         )
 
 
+#: tables this small are checked cell by cell for being text already
+_SMALL_TABLE = 1000
+
+
 def _as_text(df: pd.DataFrame) -> pd.DataFrame:
     """Every cell as text; missing cells empty, whole-number floats without ``.0``."""
+    if len(df) <= _SMALL_TABLE and all(
+            df[c].dtype == object or isinstance(df[c].dtype, pd.StringDtype) for c in df.columns) and all(
+            isinstance(v, str) for c in df.columns for v in df[c].tolist()):
+        return df.astype(object)  # already text (a few rows from code or HTTP): no trip through pandas' string dtype
     df = df.copy()
     for col in df.columns:
         values = df[col]

@@ -13,6 +13,7 @@ with its reason (unknown ids included); nothing is dropped silently.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import time
@@ -341,11 +342,8 @@ class Index:
             )
         if id_col not in table.columns:
             raise CatalogError(f"rows have no id column {id_col!r}")
-        for c in columns:
-            if c not in table.columns:
-                table[c] = ""
-        table = table[columns].copy()
-        table[id_col] = table[id_col].astype(str).str.strip()
+        table = table.reindex(columns=columns, fill_value="")
+        table[id_col] = [str(v).strip() for v in table[id_col].tolist()]
         report = ChangeReport("upsert")
         # empty and repeated ids, in the request's own order: the first row of an id wins
         first: dict[str, int] = {}
@@ -490,10 +488,14 @@ class Index:
         lost = {int(g) for g in near[dead_now] if g >= 0}
         segments = w.segment_records()
         columns = [c for c in snap.segments[0].cells if c in _segment_columns(snap)]
-        new_meta = pd.DataFrame([{c: r.meta.get(c, "") for c in columns} for r in rows], columns=columns)
-        if len(rows):
-            new_meta["_row"] = new_meta["_row"].astype(np.int64)
-            new_meta["_dhash"] = np.array([r.dhash for r in rows], dtype=np.uint64).astype(np.int64)
+        # plain columns: text as str objects, the two numbers as int64 (no DataFrame for a few rows)
+        new_meta: dict[str, np.ndarray] = {}
+        for c in columns:
+            values = np.empty(len(rows), dtype=object)
+            values[:] = [str(r.meta.get(c, "")) for r in rows]
+            new_meta[c] = values
+        new_meta["_row"] = np.array([int(r.meta["_row"]) for r in rows], dtype=np.int64)
+        new_meta["_dhash"] = np.array([r.dhash for r in rows], dtype=np.uint64).astype(np.int64)
         new_vec = np.array([r.vector for r in rows], dtype=np.float32).reshape(len(rows), snap.manifest["dim"])
         new_col = np.array([r.colour for r in rows], dtype=np.float32).reshape(len(rows), COLOUR_DIM)
         phys_segments = list(snap.segments)
@@ -504,10 +506,11 @@ class Index:
             deltas = snap.segments[1:]
             old_vec = np.concatenate([s.vectors for s in deltas])[keep - first]
             old_col = np.concatenate([s.colour for s in deltas])[keep - first]
-            old_meta = pd.concat([s.metadata for s in deltas], ignore_index=True).iloc[keep - first]
             new_vec = np.concatenate([old_vec, new_vec])
             new_col = np.concatenate([old_col, new_col])
-            new_meta = pd.concat([old_meta[columns], new_meta], ignore_index=True)
+            new_meta = {c: np.concatenate([*(s.cells[c] for s in deltas), new_meta[c]])[
+                np.concatenate([keep - first, np.arange(len(rows)) + sum(len(s) for s in deltas)])]
+                for c in new_meta}
             segments = segments[:1]
             phys_segments = phys_segments[:1]
             live = np.concatenate([live[:first], np.ones(len(keep), bool)])
@@ -523,9 +526,9 @@ class Index:
         all_vec = np.concatenate([*(s.vectors for s in phys_segments), new_vec])
         all_col = np.concatenate([*(s.colour for s in phys_segments), new_col])
         all_sha1 = np.concatenate([*(s.cells["_sha1"] for s in phys_segments),
-                                   new_meta["_sha1"].to_numpy(dtype=object)]) if len(live) else np.zeros(0, object)
+                                   new_meta["_sha1"]]) if len(live) else np.zeros(0, object)
         all_dhash = np.concatenate([*(s.cells["_dhash"] for s in phys_segments),
-                                    new_meta["_dhash"].to_numpy(np.int64)]) if len(live) else np.zeros(0, np.int64)
+                                    new_meta["_dhash"]]) if len(live) else np.zeros(0, np.int64)
         n_new = len(new_vec)
         touched = np.arange(len(live) - n_new, len(live))
         if lost:
@@ -647,8 +650,12 @@ def _with_counts(manifest: Mapping[str, Any], near_live: np.ndarray) -> dict[str
     return settings
 
 
-def _report_frame(report: ChangeReport) -> pd.DataFrame:
-    return pd.DataFrame(
-        [{"row": c.row, "id": c.id, "image": "", "status": c.status, "reason": c.reason} for c in report.changes],
-        columns=["row", "id", "image", "status", "reason"],
-    )
+def _report_frame(report: ChangeReport) -> str:
+    """The generation's report as CSV text, as ``build`` writes its own (row, id, image, status, reason)."""
+    import csv
+
+    out = io.StringIO()
+    rows = csv.writer(out, lineterminator="\n")
+    rows.writerow(["row", "id", "image", "status", "reason"])
+    rows.writerows([c.row, c.id, "", c.status, c.reason] for c in report.changes)
+    return out.getvalue()

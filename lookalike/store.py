@@ -264,13 +264,17 @@ def _load_projection(snap: Snapshot) -> Projection | None:
     return projection
 
 
-def _write_parquet(metadata: pd.DataFrame, out: Any) -> None:
-    """``metadata.to_parquet(out, index=False)``, on Arrow's thread pool only for big tables."""
+def _write_parquet(metadata: pd.DataFrame | Mapping[str, np.ndarray], out: Any) -> None:
+    """A segment's metadata as Parquet: a table through pandas (Arrow's thread pool only for big
+    ones), plain columns (a live change's few rows) straight through Arrow."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pandas(metadata, preserve_index=False,
-                                        nthreads=None if len(metadata) > 10_000 else 1), out)
+    if isinstance(metadata, pd.DataFrame):
+        table = pa.Table.from_pandas(metadata, preserve_index=False, nthreads=None if len(metadata) > 10_000 else 1)
+    else:
+        table = pa.table({c: pa.array(v.tolist() if v.dtype == object else v) for c, v in metadata.items()})
+    pq.write_table(table, out)
 
 
 #: a metadata file this large is read and converted by Arrow's thread pools
@@ -615,9 +619,10 @@ class Writer:
             return [{"name": ".", "rows": len(self.base.segments[0]), "files": {}}]
         return [dict(s) for s in self.base.manifest["segments"]]
 
-    def add_segment(self, vectors: np.ndarray, colour: np.ndarray, metadata: pd.DataFrame, *,
-                    projection: Projection | None = None, extra: dict[str, bytes] | None = None) -> dict[str, Any]:
-        """Write a new immutable segment; returns its record for :meth:`commit`."""
+    def add_segment(self, vectors: np.ndarray, colour: np.ndarray, metadata: pd.DataFrame | Mapping[str, np.ndarray],
+                    *, projection: Projection | None = None, extra: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """Write a new immutable segment; returns its record for :meth:`commit`. ``metadata`` is a
+        table or plain columns (text as ``str`` objects, numbers as NumPy arrays)."""
         name = f"seg-{self.generation + 1:06d}-{uuid.uuid4().hex[:8]}"
         tmp = self.path / SEGMENTS / f".tmp-{name}"
         tmp.mkdir(parents=True)
@@ -638,8 +643,9 @@ class Writer:
             os.rename(tmp, final)
             # this process reads the segment from memory, not back from the disk it just wrote
             seg = Segment(name, final, np.asarray(vectors, dtype=np.float32), np.asarray(colour, dtype=np.float32),
-                          _cells(metadata), files)
-            seg.derived["frame"] = metadata
+                          _cells(metadata) if isinstance(metadata, pd.DataFrame) else dict(metadata), files)
+            if isinstance(metadata, pd.DataFrame):
+                seg.derived["frame"] = metadata
             with _cache_lock:
                 _SEGMENT_CACHE[(str(final), str(files["vectors.npy"]["sha256"]), False)] = seg
             # made durable by commit(), all at once: nothing refers to the segment before that
@@ -650,9 +656,10 @@ class Writer:
         return {"name": name, "rows": int(len(vectors)), "files": files}
 
     def commit(self, *, settings: dict[str, Any], segments: list[dict[str, Any]], live: np.ndarray,
-               dup_exact: np.ndarray, dup_near: np.ndarray, report: pd.DataFrame, operation: dict[str, Any],
+               dup_exact: np.ndarray, dup_near: np.ndarray, report: pd.DataFrame | str, operation: dict[str, Any],
                projection_segment: str | None) -> int:
-        """Make a new generation current. Nothing is visible to readers before the last rename."""
+        """Make a new generation current (``report``: a table, or its CSV text). Nothing is visible
+        to readers before the last rename."""
         n = self.generation + 1
         gens = self.path / GENERATIONS
         self._pending = n
@@ -660,7 +667,8 @@ class Writer:
             state_rows = np.stack([np.asarray(live, bool).astype(np.int64), np.asarray(dup_exact, np.int64),
                                    np.asarray(dup_near, np.int64)])
             state = save_npy(gens / f"{n}.{STATE}", state_rows, sync=False)
-            report_file = write_bytes_durably(gens / f"{n}.report.csv", report.to_csv(index=False).encode("utf-8"),
+            report_file = write_bytes_durably(gens / f"{n}.report.csv", (report if isinstance(report, str) else
+                                                                            report.to_csv(index=False)).encode("utf-8"),
                                               sync=False)
             skip = ("format", "format_version", "generation", "parent", "segments", "state", "report_file",
                     "operation", "projection_segment")
@@ -677,7 +685,7 @@ class Writer:
             }
             import json
 
-            write_bytes_durably(gens / f"{n}.json", (json.dumps(record, indent=1, default=str) + "\n").encode(),
+            write_bytes_durably(gens / f"{n}.json", (json.dumps(record, default=str) + "\n").encode(),
                                 sync=False)
             # everything the generation needs reaches the disk before CURRENT names it
             _fsync_all([*self._unsynced, *(gens / f"{n}.{x}" for x in (STATE, "report.csv", "json")),
