@@ -350,3 +350,66 @@ def test_one_bad_write_does_not_spoil_its_batch(index):
     assert {c.id: c.status for c in removed.changes} == {b: "removed"}
     after = Recommender.load(index)
     assert after.product(a)["ProductTitle"] == "second" and b not in after
+
+
+def test_a_writer_process_that_died_is_replaced(index):
+    """A killed writer process answers its write with a 503 (one line) and the next write
+    starts a new one."""
+    import os
+    import signal
+
+    from lookalike.server_writes import Refused
+
+    rec = Recommender.load(index)
+    a, b = rec.ids[:2]
+
+    async def work(writer):
+        first = await writer.upsert(a, {**rec.product(a), "ProductTitle": "before the kill"})
+        for pid in list(writer._pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        try:
+            await writer.upsert(b, {**rec.product(b), "ProductTitle": "lost"})
+        except Refused as exc:
+            refused = exc
+        else:
+            refused = None
+        again = await writer.upsert(b, {**rec.product(b), "ProductTitle": "after the kill"})
+        return first, refused, again
+
+    first, refused, again = _in_writer(index, work)
+    assert refused is not None and refused.status == 503 and "\n" not in refused.detail
+    assert {c.id: c.status for c in again.changes} == {b: "metadata"}
+    after = Recommender.load(index)
+    assert after.product(a)["ProductTitle"] == "before the kill"
+    assert after.product(b)["ProductTitle"] == "after the kill"
+
+
+def test_the_writer_process_ends_with_its_worker(index, tmp_path):
+    """A worker killed outright (no shutdown) leaves no writer process behind."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import os, sys\n"
+        "from lookalike.server_writes import WriterProcess\n"
+        "w = WriterProcess(sys.argv[1]); w.start().result(timeout=120)\n"
+        "print(list(w._pool._processes)[0], flush=True)\n"
+        "os._exit(0)\n"
+    )
+    log = tmp_path / "out.txt"
+    with open(log, "w") as f:  # a file, not a pipe: a child left alive must not hold up the run
+        done = subprocess.run([sys.executable, "-c", script, str(index)], stdout=f, stderr=subprocess.STDOUT,
+                              timeout=180)
+    assert done.returncode == 0, log.read_text()[-2000:]
+    child = int(log.read_text().split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, 9)
+    raise AssertionError(f"writer process {child} outlived its parent")
