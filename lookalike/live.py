@@ -33,7 +33,7 @@ from .errors import CatalogError, InvalidQueryError
 from .images import COLOUR_DIM
 from .index import REMOTE_BACKENDS, make_index
 from .pipeline import encode_rows, hidden_columns, stored_vectors
-from .store import ALL_HIDDEN, HIDDEN_COLUMNS, Snapshot, Store, Writer
+from .store import ALL_HIDDEN, HIDDEN_COLUMNS, Snapshot, Store, Writer, text_column
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ class Index:
             report = ChangeReport("compact")
             settings = _with_counts(snap.manifest, near)
             gen = w.commit(settings=settings, segments=[seg], live=np.ones(len(vectors), bool), dup_exact=exact,
-                           dup_near=near, report=_report_frame(report), operation={"kind": "compact"},
+                           dup_near=near, report=_report_csv(report), operation={"kind": "compact"},
                            projection_segment=seg["name"] if snap.projection is not None else None)
             _forget_unused_photos(self.photos, set(stored["_image"].tolist()))
             report.generation, report.seconds = gen, time.perf_counter() - t0
@@ -489,11 +489,7 @@ class Index:
         segments = w.segment_records()
         columns = [c for c in snap.segments[0].cells if c in _segment_columns(snap)]
         # plain columns: text as str objects, the two numbers as int64 (no DataFrame for a few rows)
-        new_meta: dict[str, np.ndarray] = {}
-        for c in columns:
-            values = np.empty(len(rows), dtype=object)
-            values[:] = [str(r.meta.get(c, "")) for r in rows]
-            new_meta[c] = values
+        new_meta = {c: text_column([str(r.meta.get(c, "")) for r in rows]) for c in columns}
         new_meta["_row"] = np.array([int(r.meta["_row"]) for r in rows], dtype=np.int64)
         new_meta["_dhash"] = np.array([r.dhash for r in rows], dtype=np.uint64).astype(np.int64)
         new_vec = np.array([r.vector for r in rows], dtype=np.float32).reshape(len(rows), snap.manifest["dim"])
@@ -541,7 +537,7 @@ class Index:
         if catalog_info:
             settings["catalog"] = {**settings["catalog"], **catalog_info}
         gen = w.commit(settings=settings, segments=segments, live=live, dup_exact=exact, dup_near=near,
-                       report=_report_frame(report), operation={"kind": operation, **{
+                       report=_report_csv(report), operation={"kind": operation, **{
                            k: v for k, v in report.counts().items() if v}},
                        projection_segment=snap.manifest.get("projection_segment") if snap.generation else (
                            "." if snap.projection is not None else None))
@@ -650,7 +646,7 @@ def _with_counts(manifest: Mapping[str, Any], near_live: np.ndarray) -> dict[str
     return settings
 
 
-def _report_frame(report: ChangeReport) -> str:
+def _report_csv(report: ChangeReport) -> str:
     """The generation's report as CSV text, as ``build`` writes its own (row, id, image, status, reason)."""
     import csv
 

@@ -223,12 +223,13 @@ def _watch_parent(parent: int) -> None:  # pragma: no cover - runs in the child
 
 
 def _child_ready() -> bool:  # pragma: no cover - runs in the child
+    import numpy as np
+
     index = _CHILD["index"]
-    try:  # open the model now, so that the first photo upload does not wait for it
+    try:  # load the model now (one blank photo through it), so the first upload does not wait for it
         encoder = index.encoder(index.store.snapshot())
-        session = getattr(encoder, "_onnx_session", None)
-        if getattr(encoder, "runtime", None) == "onnx" and session is not None:
-            session()
+        side = encoder.preprocess.size
+        encoder.encode_pixels(np.zeros((1, side, side, 3), dtype=np.uint8))
     except Exception as exc:  # noqa: BLE001 - a model that can't be had leaves metadata writes working
         logger.warning("photo uploads are unavailable: %s", exc)
     return True

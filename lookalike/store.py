@@ -227,6 +227,13 @@ def columns_frame(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame({c: (v.astype(str) if v.dtype == object else v) for c, v in columns.items()})
 
 
+def text_column(values: list[str]) -> np.ndarray:
+    """Text as a 1-d array of ``str`` objects (``np.array`` would make fixed-width unicode)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 def _cells(meta: pd.DataFrame) -> dict[str, np.ndarray]:
     out = {}
     for c in meta.columns:
@@ -234,9 +241,7 @@ def _cells(meta: pd.DataFrame) -> dict[str, np.ndarray]:
         if col.dtype.kind in "iufb":
             out[c] = col.to_numpy()
         else:  # plain str objects (cheaper than pandas' string conversions for the few rows of a change)
-            values = np.empty(len(col), dtype=object)
-            values[:] = [v if isinstance(v, str) else str(v) for v in col.tolist()]
-            out[c] = values
+            out[c] = text_column([v if isinstance(v, str) else str(v) for v in col.tolist()])
     return out
 
 
@@ -305,9 +310,7 @@ def _metadata(path: Path, expected: dict[str, Any] | None, id_column: str) -> di
         if numeric and name != id_column and column.null_count == 0:
             cells[name] = column.to_numpy()
         else:
-            values = np.empty(len(column), dtype=object)
-            values[:] = [v if isinstance(v, str) else _text(v) for v in column.to_pylist()]
-            cells[name] = values
+            cells[name] = text_column([v if isinstance(v, str) else _text(v) for v in column.to_pylist()])
     return cells
 
 
