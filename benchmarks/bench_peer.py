@@ -38,7 +38,6 @@ from pathlib import Path
 
 import bench_server as bs
 import numpy as np
-from bench_reads_under_writes import tree_cpu_seconds
 from bench_scale import load_test
 from machine import print_machine
 
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for clients in args.clients:
                     for engine in ("lookalike", "milvus"):
                         pid = proc.pid if engine == "lookalike" else server.pid
-                        cpu0 = tree_cpu_seconds(pid)
+                        cpu0 = bs.tree_cpu_seconds(pid)
                         if engine == "lookalike":
                             run = asyncio.run(bs.load(port, ids, clients, 10**7, args.seconds, seed=clients))
                             done, qps = run["requests"], run["throughput_rps"]
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                         else:
                             run = load_test(milvus_one, len(queries), clients, args.seconds, 10**7)
                             done, qps, p50, p99 = run["queries"], run["qps"], run["p50_ms"], run["p99_ms"]
-                        cpu = tree_cpu_seconds(pid) - cpu0
+                        cpu = bs.tree_cpu_seconds(pid) - cpu0
                         row = {"engine": engine, "clients": clients, "queries": done, "qps": round(qps, 1),
                                "p50_ms": p50, "p99_ms": p99,
                                "server_cpu_ms_per_query": round(cpu / max(done, 1) * 1000, 3),

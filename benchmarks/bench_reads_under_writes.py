@@ -27,7 +27,6 @@ import asyncio
 import http.client
 import json
 import multiprocessing
-import os
 import random
 import secrets
 import shutil
@@ -40,27 +39,6 @@ from typing import Any
 
 import bench_server as bs
 from machine import print_machine  # benchmarks/ is the script's folder
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU seconds of process ``root`` and all its descendants (Linux /proc):
-    the server's parent, its workers and their writer processes."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
-    tree, grew = {root}, True
-    while grew:
-        more = {pid for pid, (ppid, _) in stats.items() if ppid in tree and pid not in tree}
-        tree |= more
-        grew = bool(more)
-    return sum(stats[pid][1] for pid in tree if pid in stats)
 
 
 def writer(port: int, token: str, ids: list[str], photos: list[Path], rate: float, stop: Any,
@@ -177,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                                      args.writes_per_s, stop, f"r{r}-",
                                                                      args.photo_every, args.write_connections))
                         t.start()
-                    cpu0 = tree_cpu_seconds(proc.pid)
+                    cpu0 = bs.tree_cpu_seconds(proc.pid)
                     run = asyncio.run(bs.load(port, ids, args.clients, 10**7, args.seconds, seed=r))
                     stop.set()
                     if t is not None:
@@ -190,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
                                          "p50_ms": round(lat[len(lat) // 2], 1),
                                          "p99_ms": round(lat[int(0.99 * (len(lat) - 1))], 1),
                                          "late_p99_ms": round(late[int(0.99 * (len(late) - 1))], 1)}
-                    run["server_cpu_s"] = round(tree_cpu_seconds(proc.pid) - cpu0, 2)
+                    run["server_cpu_s"] = round(bs.tree_cpu_seconds(proc.pid) - cpu0, 2)
                     run["mode"], run["round"] = mode, r
                     result["runs"].append(run)
                     print(json.dumps(run), flush=True)
