@@ -56,13 +56,19 @@ def describe() -> dict[str, Any]:
         info["onnxruntime"] = f"{ort.__version__} {ort.get_device()} providers={ort.get_available_providers()}"
     except Exception:  # noqa: BLE001
         pass
+    try:
+        import openvino as ov
+
+        info["openvino"] = ov.__version__
+    except Exception:  # noqa: BLE001 - the extra may be missing
+        pass
     return info
 
 
 def print_machine() -> dict[str, Any]:
     info = describe()
     print(f"machine: {info['cpu']}, {info['cores']} cores; kernel flags: {' '.join(info['kernel_flags'])}")
-    for key in ("numpy", "numpy_simd", "blas", "onnxruntime", "env"):
+    for key in ("numpy", "numpy_simd", "blas", "onnxruntime", "openvino", "env"):
         if info.get(key):
             print(f"  {key}: {info[key]}")
     return info

@@ -2,8 +2,9 @@
 
 Runs each stage of the photo path serially over a catalogue's photos and reports CPU
 milliseconds per photo (``time.thread_time``: this thread's CPU, not wall time), so stages
-can be compared across machines. The model is timed in batches of 32 with ONNX Runtime on one
-intra-op thread. Prints the CPU model and flags first.
+can be compared across machines. The model is timed in batches of 32 on one intra-op thread,
+on each installed runtime (ONNX Runtime with its NumPy normalisation, OpenVINO with it folded
+in); the total counts the faster. Prints the CPU model and flags first.
 
     python benchmarks/profile_build.py ../shared/datasets/fashion-images-fullres/fashion.csv
 """
@@ -24,6 +25,7 @@ from PIL import Image, ImageOps
 
 from lookalike.catalog import load_catalog
 from lookalike.encoders import get_encoder
+from lookalike.encoders.runtimes import ENGINES, engine_available, normalise, open_session
 from lookalike.images import colour_descriptor, dhash, prepare
 
 
@@ -37,8 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     machine = print_machine()
     cat = load_catalog(args.catalog)
     paths = cat.image_paths[: args.limit]
-    enc = get_encoder(precision=args.precision, threads=1)
-    enc.prepare()
+    enc = get_encoder(precision=args.precision, threads=1, runtime="onnx")
+    path = enc.export()
     pre = enc.preprocess
     cpu: dict[str, list[float]] = {k: [] for k in ("read", "sha1", "decode", "orient_rgb", "resize", "colour",
                                                    "dhash")}
@@ -68,27 +70,32 @@ def main(argv: list[str] | None = None) -> dict:
             cpu[key].append(b - a)
         pixels.append(px)
     batch = np.stack(pixels)
-    norm, model = [], []
-    enc.encode_pixels(batch[:32])  # warm-up
+    mean, std = enc.spec.mean, enc.spec.std
+    norm = []
     for s in range(0, len(batch), 32):
-        chunk = batch[s : s + 32]
         t = time.thread_time()
-        x = enc._normalise(chunk)
-        t1 = time.thread_time()
-        enc._feature_map(x)
-        t2 = time.thread_time()
-        norm.append((t1 - t) / len(chunk))
-        model.append((t2 - t1) / len(chunk))
+        normalise(batch[s : s + 32], mean, std)
+        norm.append((time.thread_time() - t) / len(batch[s : s + 32]))
+    model: dict[str, float] = {}
+    for engine in (e for e in ENGINES if engine_available(e)):
+        session = open_session(engine, path, 1, mean, std)
+        session.run(batch[:32])  # warm-up
+        t = time.thread_time()
+        for s in range(0, len(batch), 32):
+            session.run(batch[s : s + 32])
+        model[engine] = 1000 * (time.thread_time() - t) / len(batch)  # onnx: normalisation included
     rows = {k: 1000 * statistics.mean(v) for k, v in cpu.items()}
-    rows["normalise"] = 1000 * statistics.mean(norm)
-    rows["model"] = 1000 * statistics.mean(model)
-    total = sum(rows.values())
+    rows["normalise"] = 1000 * statistics.mean(norm)  # part of onnx's model time below
+    best = min(model, key=model.get)
+    for engine, ms in model.items():
+        rows[f"model[{engine}]"] = ms
+    total = sum(v for k, v in rows.items() if not k.startswith("model") and k != "normalise") + model[best]
     print(f"\n{len(paths)} photos from {args.catalog} ({enc.precision}, {pre.size} px, 1 thread)")
     print(f"{'stage':<12} {'CPU ms/photo':>12} {'share':>7}")
     for k, v in rows.items():
         print(f"{k:<12} {v:12.2f} {v / total:7.1%}")
-    print(f"{'total':<12} {total:12.2f}")
-    result = {"machine": machine, "photos": len(paths), "precision": enc.precision, "size": pre.size,
+    print(f"{'total':<12} {total:12.2f}  (with model[{best}]; normalise is inside model[onnx])")
+    result = {"machine": machine, "photos": len(paths), "precision": enc.precision, "size": pre.size, "fastest": best,
               "cpu_ms_per_photo": {k: round(v, 3) for k, v in rows.items()}, "total_ms": round(total, 2)}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

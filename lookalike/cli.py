@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         POOLINGS,
         __version__,
     )
+    from .encoders import RUNTIMES
 
     parser = argparse.ArgumentParser(
         prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue."
@@ -122,8 +123,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="side of the square model input (default: the model's, 320 for efficientnet-lite0, "
                         "224 for resnet50)")
     b.add_argument("--precision", default=None, choices=("int8", "fp32"),
-                   help="model arithmetic with ONNX Runtime (default: int8 for efficientnet-lite0, "
-                        "about 2x faster at the same quality; fp32 for resnet50)")
+                   help="model arithmetic (default: int8 for efficientnet-lite0, about 2x faster at the "
+                        "same quality; fp32 for resnet50)")
+    b.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what runs the model: auto = ONNX Runtime or OpenVINO, whichever a one-time "
+                        "calibration on this machine measured faster (docs/benchmarks.md)")
     b.add_argument("--projection-dim", type=_whole_number, default=256, metavar="D",
                    help="PCA dimensions fitted on the catalogue (0: keep the pooled vectors)")
     b.add_argument("--metric", default=DEFAULT_METRIC, choices=METRICS)
@@ -346,8 +350,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
         allow_outside_images=args.allow_outside_images,
         model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size,
-        precision=args.precision, metric=args.metric, projection_dim=args.projection_dim or None,
-        backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
+        precision=args.precision, runtime=args.runtime, metric=args.metric,
+        projection_dim=args.projection_dim or None, backend=args.backend, batch_size=args.batch_size, workers=args.workers, update=args.update,
         milvus_uri=args.milvus_uri, collection=args.collection, engine=args.engine, ray_address=args.ray_address,
         actors=args.actors, colour_weight=args.colour_weight,
         show_progress_bar=None if not args.quiet else False,
@@ -523,7 +527,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("rows", f"{m['rows']} (of {m['catalog']['rows_total']} catalogue rows; {m['report']['skipped']} skipped)"),
         ("model", f"{m['model']['name']} / pooling {m['model']['pooling']} / {m['model']['resize']} "
                   f"{m['model']['input_size']}px / {m['model'].get('precision', 'fp32')} "
-                  f"/ weights {m['model'].get('weights', '')}"),
+                  f"on {m['model'].get('runtime') or 'onnx'} / weights {m['model'].get('weights', '')}"),
         ("vectors", f"{m['dim']}-d float32, metric {m['metric']}, back end {m['index']['backend']}"),
         ("colour weight", str(m.get("colour_weight", 0.0))),
         ("duplicates", f"{m['duplicates']['rows']} products in {m['duplicates']['groups']} photo groups"),

@@ -30,7 +30,15 @@ from .config import (
     progress_enabled,
 )
 from .duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
-from .encoders import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, Encoder, get_encoder, l2_normalize
+from .encoders import (
+    DEFAULT_MODEL,
+    DEFAULT_POOLING,
+    DEFAULT_RESIZE,
+    Encoder,
+    get_encoder,
+    l2_normalize,
+    runtime_record,
+)
 from .engines import DEFAULT_ENGINE, get_engine
 from .engines.local import Encoded, encode_rows
 from .errors import CatalogError, InvalidQueryError, LookalikeError
@@ -167,7 +175,7 @@ def build(
     precision: str | None = None,
     projection_dim: int | None = DEFAULT_PROJECTION_DIM,
     projection: Projection | None = None,
-    runtime: str = "onnx",
+    runtime: str = "auto",
     backend: str = DEFAULT_BACKEND,
     colour_weight: float | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -293,7 +301,7 @@ def build(
     dup_rows = int((near_groups >= 0).sum())
     n_groups = int(len(np.unique(near_groups[near_groups >= 0])))
     manifest = {
-        "model": {**settings, "weights": getattr(enc, "weights_id", ""), "runtime": getattr(enc, "runtime", "")},
+        "model": {**settings, "weights": getattr(enc, "weights_id", ""), **runtime_record(enc)},
         "dim": int(vectors.shape[1]),
         "projection": None if projection is None else {"kind": "pca", "dim": projection.dim,
                                                       "input_dim": projection.input_dim},

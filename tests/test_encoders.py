@@ -195,7 +195,7 @@ def test_unknown_model_pooling_runtime_list_the_choices():
     with pytest.raises(ModelError) as err:
         get_encoder(pooling="median")
     assert "median" in str(err.value) and all(p in str(err.value) for p in POOLINGS)
-    with pytest.raises(ModelError, match="onnx, torch"):
+    with pytest.raises(ModelError, match="auto, onnx, openvino, torch"):
         get_encoder(runtime="tensorrt")
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_RESIZE",
     "get_encoder",
     "EncoderSettings",
+    "runtime_record",
     "pool",
     "l2_normalize",
 ]
@@ -78,7 +79,7 @@ def get_encoder(
     *,
     pooling: str = DEFAULT_POOLING,
     weights: str | Path | None = None,
-    runtime: str = "onnx",
+    runtime: str = "auto",
     resize: str = DEFAULT_RESIZE,
     size: int | None = None,
     precision: str | None = None,
@@ -89,6 +90,8 @@ def get_encoder(
     ``size`` is the side of the square model input; ``None`` takes the model's default.
     ``precision`` is ``"int8"`` or ``"fp32"`` (``None``: the model's default with ONNX Runtime,
     int8 for efficientnet-lite0, whose quality was measured, fp32 for resnet50; torch: fp32).
+    ``runtime`` is ``"auto"`` (ONNX Runtime or OpenVINO, calibrated once per machine: see
+    :mod:`lookalike.encoders.calibrate`), ``"onnx"``, ``"openvino"`` or ``"torch"``.
     """
     try:
         spec = MODELS[name]
@@ -114,7 +117,7 @@ class EncoderSettings:
     resize: str = DEFAULT_RESIZE
     size: int | None = None
     precision: str | None = None
-    runtime: str = "onnx"
+    runtime: str = "auto"
     weights: str | None = None
 
     @classmethod
@@ -135,3 +138,13 @@ class EncoderSettings:
         """A new encoder with these settings (``threads``: ONNX Runtime / torch threads)."""
         return get_encoder(self.model, pooling=self.pooling, weights=self.weights, runtime=self.runtime,
                            resize=self.resize, size=self.size, precision=self.precision, threads=threads)
+
+
+def runtime_record(enc: Any) -> dict[str, Any]:
+    """What ran the model, for a manifest: the runtime and, where it was calibrated, why."""
+    record: dict[str, Any] = {"runtime": getattr(enc, "engine", getattr(enc, "runtime", ""))}
+    calibration = getattr(enc, "calibration", None)
+    if calibration:
+        record["calibration"] = {k: calibration[k] for k in ("photos_per_s", "min_cosine", "tolerance", "threads",
+                                                             "cpu", "measured") if k in calibration}
+    return record

@@ -1,4 +1,4 @@
-"""CNN encoders run through ONNX Runtime (exported once, cached) or eager PyTorch."""
+"""CNN encoders: exported once to ONNX (cached) and run on ONNX Runtime or OpenVINO, or eager PyTorch."""
 
 from __future__ import annotations
 
@@ -19,12 +19,16 @@ from ..config import cache_dir, progress_enabled
 from ..errors import MissingDependencyError, ModelError
 from ..images import ImageSource, Preprocess, model_input
 from .base import POOLINGS, l2_normalize, pool, pooled_dim
+from .runtimes import Session, normalise, open_session
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ModelSpec", "CNNEncoder", "RUNTIMES", "PRECISIONS"]
 
-RUNTIMES = ("onnx", "torch")
+#: "auto": ONNX Runtime or OpenVINO, whichever a one-time calibration on this machine measured
+#: faster with vectors within tolerance (:mod:`.calibrate`); "onnx" and "openvino" force one;
+#: "torch": eager PyTorch (fp32, slow; the reference for the export)
+RUNTIMES = ("auto", "onnx", "openvino", "torch")
 #: int8: the ONNX export quantized once (static, per-channel, 7-bit weights so no CPU's
 #: int8 path saturates), calibrated on the bundled demo photos; about 2x faster than fp32
 #: on 2 cores with the same P@5 for efficientnet-lite0 (docs/quality.md). fp32: the plain
@@ -63,8 +67,8 @@ def _weights_key(path: Path) -> str:
 class CNNEncoder:
     """An ImageNet CNN whose last feature map is pooled into one vector per photo.
 
-    The network runs in ONNX Runtime by default: the PyTorch model is exported once to
-    ``<cache>/onnx/`` and later runs load that file without importing torch.
+    The PyTorch model is exported once to ``<cache>/onnx/``; later runs load that file
+    without importing torch, in ONNX Runtime or OpenVINO (``runtime``).
     """
 
     def __init__(
@@ -73,7 +77,7 @@ class CNNEncoder:
         *,
         pooling: str = "gem",
         weights: str | os.PathLike | None = None,
-        runtime: str = "onnx",
+        runtime: str = "auto",
         resize: str = "squash",
         size: int | None = None,
         precision: str | None = None,
@@ -81,11 +85,11 @@ class CNNEncoder:
     ) -> None:
         size = spec.input_size if size is None else int(size)
         if precision is None:
-            precision = spec.precision if runtime == "onnx" else "fp32"
+            precision = "fp32" if runtime == "torch" else spec.precision
         if precision not in PRECISIONS:
             raise ModelError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if runtime == "torch" and precision != "fp32":
-            raise ModelError("the torch runtime runs fp32 only; int8 needs runtime onnx")
+            raise ModelError("the torch runtime runs fp32 only; int8 needs runtime auto, onnx or openvino")
         if not MIN_SIZE <= size <= MAX_SIZE or size % spec.stride:
             raise ModelError(f"input size must be a multiple of {spec.stride} from {MIN_SIZE} to {MAX_SIZE} "
                              f"pixels, not {size}")
@@ -103,15 +107,21 @@ class CNNEncoder:
         self.grid = size // spec.stride  # side of the last feature map
         self.dim = pooled_dim(spec.channels, self.grid, pooling)
         self.weights_path = self._resolve_weights(weights)
-        self._session: Any = None
+        self._session: Session | None = None
+        #: how the runtime was chosen (calibration figures) once ``runtime="auto"`` resolved
+        self.calibration: dict[str, Any] | None = None
         self._torch_model: Any = None
         self._lock = threading.Lock()
-        self._mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self._inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).reshape(1, 3, 1, 1)
 
     def __repr__(self) -> str:
         return (f"CNNEncoder({self.name!r}, pooling={self.pooling!r}, dim={self.dim}, size={self.preprocess.size}, "
                 f"runtime={self.runtime!r}, precision={self.precision!r})")
+
+    @property
+    def engine(self) -> str:
+        """The runtime that runs (or will run) the model: ``runtime``, or for ``"auto"`` the
+        calibrated choice once a session is open (``"auto"`` before)."""
+        return self._session.engine if self._session is not None else self.runtime
 
     # -- weights ---------------------------------------------------------------------
     def _resolve_weights(self, weights: str | os.PathLike | None) -> Path:
@@ -218,7 +228,7 @@ class CNNEncoder:
             self._export(fp32)
         photos = sorted((demo_catalog().parent / "images").glob("*.jpg"))[:CALIBRATION_PHOTOS]
         pixels = np.stack([model_input(p, self.preprocess) for p in photos])
-        batches = [self._normalise(pixels[i : i + 8]) for i in range(0, len(pixels), 8)]
+        batches = [normalise(pixels[i : i + 8], self.spec.mean, self.spec.std) for i in range(0, len(pixels), 8)]
 
         class _Photos(CalibrationDataReader):
             def __init__(self) -> None:
@@ -246,10 +256,20 @@ class CNNEncoder:
 
     def prepare(self) -> Path | None:
         """Make sure the cached ONNX export exists, exporting (and quantizing) now rather than
-        on the first query; returns its path, ``None`` for the torch runtime. No session is
-        opened, so a server can call this before it forks its workers."""
-        if self.runtime != "onnx":
+        on the first query, and for ``runtime="auto"`` that this machine's calibration is on
+        record (measured in a child process); returns the export's path, ``None`` for the
+        torch runtime. No session is opened here, so a server can call this before it forks."""
+        if self.runtime == "torch":
             return None
+        path = self.export()
+        if self.runtime == "auto":
+            from .calibrate import calibrate_in_child
+
+            calibrate_in_child(self)
+        return path
+
+    def export(self) -> Path:
+        """The cached ONNX export for these settings, made now (once) if it is not there yet."""
         with self._lock:
             return self._ensure_export()
 
@@ -259,41 +279,35 @@ class CNNEncoder:
             self._export_int8(path) if self.precision == "int8" else self._export(path)
         return path
 
-    def _onnx_session(self) -> Any:
+    def _onnx_session(self) -> Session:
         if self._session is None:
             with self._lock:
                 if self._session is None:
-                    try:
-                        import onnxruntime as ort
-                    except ImportError as exc:
-                        raise MissingDependencyError(
-                            "onnxruntime is needed for runtime='onnx': pip install onnxruntime"
-                        ) from exc
                     path = self._ensure_export()
-                    opts = ort.SessionOptions()
-                    opts.intra_op_num_threads = self.threads or os.cpu_count() or 1
-                    opts.inter_op_num_threads = 1
-                    # photo decoding shares the cores: threads that spin while idle slow it
-                    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                    opts.log_severity_level = 3
+                    engine = self.runtime
+                    if engine == "auto":
+                        from .calibrate import choose_runtime
+
+                        self.calibration = choose_runtime(self)
+                        engine = self.calibration["runtime"]
                     try:
-                        self._session = ort.InferenceSession(
-                            str(path), opts, providers=["CPUExecutionProvider"]
-                        )
+                        self._session = open_session(engine, path, self.threads, self.spec.mean, self.spec.std)
+                    except MissingDependencyError:
+                        raise
                     except Exception as exc:  # noqa: BLE001 - a damaged cache file
                         path.unlink(missing_ok=True)
                         raise ModelError(f"cached ONNX model was unusable and was removed: {exc}") from exc
         return self._session
 
-    def _feature_map(self, x: np.ndarray) -> np.ndarray:
-        if self.runtime == "onnx":
-            return self._onnx_session().run(None, {"pixels": x})[0]
+    def _feature_map(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 ``(n, size, size, 3)`` photos -> the last feature map ``(n, channels, g, g)``."""
+        if self.runtime != "torch":
+            return self._onnx_session().run(pixels)
         import torch
 
         module = self._torch_module()
         with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+            return module(torch.from_numpy(normalise(pixels, self.spec.mean, self.spec.std))).numpy()
 
     # -- encoding --------------------------------------------------------------------
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -302,15 +316,7 @@ class CNNEncoder:
             pixels = pixels[None]
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return pool(self._feature_map(self._normalise(pixels)), self.pooling)
-
-    def _normalise(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 ``(n, h, w, 3)`` -> the float32 ``(n, 3, h, w)`` the network takes."""
-        # make the channel-first copy on uint8 (4x fewer bytes) before converting
-        x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).astype(np.float32)
-        x -= self._mean
-        x *= self._inv_std
-        return x
+        return pool(self._feature_map(pixels), self.pooling)
 
     def encode(
         self,

@@ -1,0 +1,141 @@
+"""Where an exported model runs: ONNX Runtime or OpenVINO, behind one small interface.
+
+Both open the same cached ONNX export (normalised float ``(n, 3, size, size)`` in) and take
+the photos as decoded, uint8 ``(n, size, size, 3)``. ONNX Runtime gets them normalised by
+NumPy: folding that into its graph made int8 ~20% slower (the Transpose, Cast, Sub and Mul in
+front of its QuantizeLinear run apart). OpenVINO folds them into its first layer itself
+(``PrePostProcessor``). ONNX Runtime is the reference; OpenVINO is used where a calibration on
+the machine (:mod:`.calibrate`) measured it faster and its vectors agreed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..config import cache_dir
+from ..errors import MissingDependencyError, ModelError
+
+__all__ = ["ENGINES", "Session", "open_session", "engine_available", "engine_version", "normalise"]
+
+#: the runtimes a cached export can run on; the first is the reference
+ENGINES = ("onnx", "openvino")
+
+
+def normalise(pixels: np.ndarray, mean: Any, std: Any) -> np.ndarray:
+    """uint8 ``(n, h, w, 3)`` -> the float32 ``(n, 3, h, w)`` the exported network takes."""
+    # make the channel-first copy on uint8 (4x fewer bytes) before converting
+    x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).astype(np.float32)
+    x -= np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    x *= (1.0 / np.asarray(std, dtype=np.float32)).reshape(1, 3, 1, 1)
+    return x
+
+
+class Session(Protocol):
+    """One loaded model: uint8 ``(n, size, size, 3)`` pixels in, the last feature map out."""
+
+    engine: str
+
+    def run(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+def engine_available(engine: str) -> bool:
+    """Whether ``engine``'s Python package imports here (OpenVINO is the extra ``openvino``)."""
+    return engine_version(engine) is not None
+
+
+def engine_version(engine: str) -> str | None:
+    try:
+        if engine == "onnx":
+            import onnxruntime as ort
+
+            return str(ort.__version__)
+        if engine == "openvino":
+            import openvino as ov
+
+            return str(ov.__version__)
+    except ImportError:
+        return None
+    raise ModelError(f"unknown runtime {engine!r}; choose one of {', '.join(ENGINES)}")
+
+
+class OnnxRuntimeSession:
+    """ONNX Runtime on the CPU; ``run`` may be called from several threads at once."""
+
+    engine = "onnx"
+
+    def __init__(self, path: Path, threads: int, mean: Any, std: Any) -> None:
+        self._mean, self._std = mean, std
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise MissingDependencyError("onnxruntime is needed for runtime='onnx': pip install onnxruntime") from exc
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        # photo decoding shares the cores: threads that spin while idle slow it
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: normalise(pixels, self._mean, self._std)})[0]
+
+
+class OpenVinoSession:
+    """OpenVINO's CPU plugin, in fp32 arithmetic for fp32 layers (never bf16 behind our back).
+
+    Its compiled blobs are cached under ``<cache>/openvino`` (a later start compiles in ~0.1 s).
+    An infer request serves one call at a time, so each thread gets its own.
+    """
+
+    engine = "openvino"
+
+    def __init__(self, path: Path, threads: int, mean: Any, std: Any) -> None:
+        try:
+            import openvino as ov
+            from openvino.preprocess import PrePostProcessor
+        except ImportError as exc:
+            raise MissingDependencyError("OpenVINO is needed for runtime='openvino': "
+                                         "pip install 'lookalike[openvino]'") from exc
+        core = ov.Core()
+        blobs = cache_dir() / "openvino"
+        blobs.mkdir(parents=True, exist_ok=True)
+        core.set_property({"CACHE_DIR": str(blobs)})
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            # bf16 (its default where the CPU has it) moves vectors by more than int8 vs int8
+            "INFERENCE_PRECISION_HINT": "f32",
+            # decoding threads share these cores: threads pinned to a core would wait on them
+            "ENABLE_CPU_PINNING": False,
+        }
+        steps = PrePostProcessor(core.read_model(str(path)))
+        steps.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+        steps.input().preprocess().convert_element_type(ov.Type.f32).mean(list(map(float, mean))).scale(
+            list(map(float, std)))
+        steps.input().model().set_layout(ov.Layout("NCHW"))
+        self._compiled = core.compile_model(steps.build(), "CPU", config)
+        self._local = threading.local()
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return np.array(request.infer({0: np.ascontiguousarray(pixels)})[0])  # a copy: the request reuses its buffer
+
+
+def open_session(engine: str, path: Path, threads: int | None, mean: Any, std: Any) -> Session:
+    """Load the export at ``path`` on ``engine`` with ``threads`` intra-op threads (None: all
+    cores); ``mean`` and ``std`` (per channel, pixel units) normalise its uint8 input."""
+    n = threads or os.cpu_count() or 1
+    opener: Any = {"onnx": OnnxRuntimeSession, "openvino": OpenVinoSession}.get(engine)
+    if opener is None:
+        raise ModelError(f"unknown runtime {engine!r}; choose one of {', '.join(ENGINES)}")
+    return opener(path, n, mean, std)

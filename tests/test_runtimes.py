@@ -1,0 +1,153 @@
+"""Runtimes: ONNX Runtime and OpenVINO give the same vectors within the stated tolerance, and
+the one-time calibration picks the faster of those that agree, keeps its record and says why."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lookalike import ModelError, demo_catalog, get_encoder
+from lookalike.encoders import calibrate, runtimes
+from lookalike.encoders.runtimes import engine_available
+
+PHOTOS = sorted((demo_catalog().parent / "images").glob("*.jpg"))[:8]
+needs_openvino = pytest.mark.skipif(not engine_available("openvino"), reason="extra openvino not installed")
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@needs_openvino
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_openvino_gives_onnxruntimes_vectors_within_tolerance(precision):
+    ort = get_encoder(precision=precision, runtime="onnx").encode(PHOTOS)
+    ov_enc = get_encoder(precision=precision, runtime="openvino")
+    ov = ov_enc.encode(PHOTOS)
+    assert ov_enc.engine == "openvino" and ov.shape == ort.shape and ov.dtype == np.float32
+    assert _cosines(ov, ort).min() >= calibrate.TOLERANCE
+    if precision == "fp32":  # fp32 arithmetic on both (bf16 is never allowed in): equal to rounding
+        assert np.abs(ov - ort).max() <= 1e-3 * np.abs(ort).max()
+    # int8 on either runtime stays far closer to itself than int8 is to fp32
+    assert not np.array_equal(ov, ort) or precision == "fp32"
+
+
+@needs_openvino
+def test_openvino_serves_concurrent_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = get_encoder(runtime="openvino")
+    alone = enc.encode(PHOTOS[:4])
+    with ThreadPoolExecutor(4) as pool:  # one infer request per thread: no call sees another's output
+        outs = list(pool.map(lambda i: enc.encode([PHOTOS[i % 4]]), range(16)))
+    for i, out in enumerate(outs):
+        assert np.allclose(out[0], alone[i % 4], atol=1e-5)
+
+
+@pytest.fixture
+def record_at(tmp_path, monkeypatch):
+    """Calibration records go to a fresh folder (the exports stay in the shared cache)."""
+    path = tmp_path / "calibration.json"
+    monkeypatch.setattr(calibrate, "calibration_path", lambda enc: path)
+    return path
+
+
+def test_calibration_measures_once_and_keeps_its_record(record_at, monkeypatch):
+    enc = get_encoder()
+    enc.encode(PHOTOS[:1])
+    record = json.loads(record_at.read_text())
+    assert enc.engine == record["runtime"] and enc.calibration == record
+    assert record["min_cosine"]["onnx"] == pytest.approx(1.0)
+    assert record["cpu"]["model"] and record["threads"] >= 1 and record["tolerance"] == calibrate.TOLERANCE
+    if engine_available("openvino"):
+        assert set(record["photos_per_s"]) == {"onnx", "openvino"} and record["rounds"] == calibrate.ROUNDS
+        fastest = max(record["photos_per_s"], key=record["photos_per_s"].get)
+        ratio = record["photos_per_s"][fastest] / record["photos_per_s"]["onnx"]
+        assert record["runtime"] == (fastest if ratio >= calibrate.MARGIN else "onnx")
+
+    def measure_again(enc):
+        raise AssertionError("calibrated twice")
+
+    monkeypatch.setattr(calibrate, "measure", measure_again)
+    again = get_encoder()
+    again.encode(PHOTOS[:1])
+    assert again.engine == record["runtime"]
+
+
+@needs_openvino
+def test_a_faster_runtime_whose_vectors_disagree_is_not_chosen(record_at, monkeypatch):
+    real = runtimes.open_session
+
+    class Garbled:
+        engine = "openvino"
+
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, pixels):  # fast, but not the model: shuffled channels
+            out = self.session.run(pixels)
+            return out[:, ::-1].copy()
+
+    def opener(engine, *args):
+        session = real(engine, *args)
+        return Garbled(session) if engine == "openvino" else session
+
+    monkeypatch.setattr(calibrate, "open_session", opener)
+    monkeypatch.setattr(calibrate, "MARGIN", 0.0)  # even a slower runtime would win on speed
+    enc = get_encoder()
+    enc.encode(PHOTOS[:1])
+    assert enc.engine == "onnx"
+    assert enc.calibration["min_cosine"]["openvino"] < calibrate.TOLERANCE
+
+
+def test_without_openvino_calibration_keeps_onnxruntime(record_at, monkeypatch):
+    real = runtimes.engine_version
+    monkeypatch.setattr(calibrate, "engine_version", lambda e: None if e == "openvino" else real(e))
+    enc = get_encoder()
+    enc.encode(PHOTOS[:1])
+    assert enc.engine == "onnx" and enc.calibration["unavailable"] == {"openvino": "not installed"}
+
+
+def test_prepare_calibrates_in_a_child_and_opens_nothing(record_at, monkeypatch):
+    """A server calls prepare() before it forks: the record is made by another process."""
+    import subprocess
+
+    calls = []
+
+    def child(cmd, **kw):
+        calls.append(cmd)
+        record_at.write_text(json.dumps({"runtime": "onnx", "photos_per_s": {"onnx": 1.0}}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(calibrate.subprocess, "run", child)
+    enc = get_encoder()
+    enc.prepare()
+    assert enc._session is None and len(calls) == 1 and calls[0][1:3] == ["-m", "lookalike.encoders.calibrate"]
+    assert json.loads(calls[0][3])["model"] == enc.name
+    enc.prepare()
+    assert len(calls) == 1  # on record: no second child
+    enc.encode(PHOTOS[:1])
+    assert enc.engine == "onnx"
+
+
+def test_calibration_child_runs_for_real(tmp_path):
+    """The module the server starts: it measures and prints the record it kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOOKALIKE_CALIBRATION_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "lookalike.encoders.calibrate", json.dumps({"precision": "fp32"})],
+                         capture_output=True, text=True, env=env, check=True, timeout=300)
+    record = json.loads(out.stdout)
+    assert record["runtime"] in runtimes.ENGINES and record["export"].endswith(".onnx")
+    assert list(tmp_path.glob("*.json"))
+
+
+def test_runtime_choices_are_checked():
+    with pytest.raises(ModelError, match="auto, onnx, openvino, torch"):
+        get_encoder(runtime="tensorrt")
+    with pytest.raises(ModelError, match="unknown runtime"):
+        runtimes.open_session("tensorrt", PHOTOS[0], 1, (0, 0, 0), (1, 1, 1))
