@@ -107,6 +107,9 @@ class _Row:
     colour: np.ndarray
     dhash: int
     sha1: str
+    #: the physical row of the same product whose photo features this row copies unchanged
+    #: (a metadata change): it takes that row's duplicate groups without regrouping
+    copy_of: int | None = None
 
 
 def _table(rows: Any) -> pd.DataFrame:
@@ -342,7 +345,9 @@ class Index:
             )
         if id_col not in table.columns:
             raise CatalogError(f"rows have no id column {id_col!r}")
-        table = table.reindex(columns=columns, fill_value="")
+        # plain object columns (a reindex would make pandas' string arrays for the missing ones)
+        table = pd.DataFrame({c: table[c].astype(object) if c in table.columns else "" for c in columns},
+                             index=table.index)
         table[id_col] = [str(v).strip() for v in table[id_col].tolist()]
         report = ChangeReport("upsert")
         # empty and repeated ids, in the request's own order: the first row of an id wins
@@ -371,7 +376,8 @@ class Index:
             if pid not in row_of:
                 report.changes.append(Change(int(i) + 1, pid, "skipped", "no photo named, and the product is not indexed"))
             else:
-                plan.append(self._from_stored(snap, row_of[pid], table.loc[i], int(i) + 1, columns, keep_photo=True))
+                plan.append(self._from_stored(snap, row_of[pid], table.loc[i], int(i) + 1, columns, keep_photo=True,
+                                              own=True))
         with_photo = table[named.to_numpy()]
         if len(with_photo):
             cat = load_catalog(with_photo.reset_index(drop=True), images=root, id_column=id_col, image_column=img_col)
@@ -391,7 +397,7 @@ class Index:
                 old = row_of.get(pid)
                 image = str(cat.image_paths[j].resolve())
                 if old is not None and meta["_sha1"][old] == digests[j]:
-                    plan.append(self._from_stored(snap, old, cat.table.iloc[j], row, columns, image=image))
+                    plan.append(self._from_stored(snap, old, cat.table.iloc[j], row, columns, image=image, own=True))
                 elif digests[j] in by_sha1:
                     # the same photo bytes as an indexed product: its vector, bit for bit, as a build gives
                     # byte-identical photos (equal scores then rank by id, whatever the order of changes)
@@ -406,9 +412,11 @@ class Index:
         return final, report, root
 
     def _from_stored(self, snap: Snapshot, old: int, values: pd.Series, row: int, columns: list[str], *,
-                     keep_photo: bool = False, image: str | None = None, status: str | None = None) -> "_Row":
+                     keep_photo: bool = False, image: str | None = None, status: str | None = None,
+                     own: bool = False) -> "_Row":
         """A row written from what the index stores for row ``old`` (its vector, colour, hashes)
-        with the request's metadata: a metadata change, or a photo the index already holds."""
+        with the request's metadata: a metadata change (``own``: ``old`` is this product's row),
+        or a photo the index already holds."""
         vectors, colour = snap.take(np.array([old]))
         meta = snap.dense_columns()
         cat_info = snap.manifest["catalog"]
@@ -424,7 +432,8 @@ class Index:
             same = new == current and str(hidden["_image"]) == str(meta["_image"][old])
             status = "unchanged" if same else "metadata"
         return _Row(new[cat_info["id_column"]], {**new, **hidden, "_status": status, "_request_row": str(row)},
-                    vectors[0], colour[0], int(np.int64(meta["_dhash"][old]).view(np.uint64)), str(meta["_sha1"][old]))
+                    vectors[0], colour[0], int(np.int64(meta["_dhash"][old]).view(np.uint64)), str(meta["_sha1"][old]),
+                    copy_of=snap.physical_row(old) if own else None)
 
     def _embed(self, snap: Snapshot, plan: list[Any], show_progress_bar: bool | None) -> None:
         pending = [p for p in plan if isinstance(p, _Pending)]
@@ -485,7 +494,12 @@ class Index:
         dead_now = live & np.isin(physical_ids, list(changed_ids))
         live[dead_now] = False
         exact, near = snap.dup_exact.copy(), snap.dup_near.copy()
-        lost = {int(g) for g in near[dead_now] if g >= 0}
+        # a metadata change keeps its photo's features: it takes the groups of the row it replaces,
+        # which then lose no member (groups are components over features alone)
+        kept = {r.copy_of for r in rows if r.copy_of is not None and dead_now[r.copy_of]}
+        inherit_exact = np.array([exact[r.copy_of] if r.copy_of in kept else -1 for r in rows], dtype=np.int64)
+        inherit_near = np.array([near[r.copy_of] if r.copy_of in kept else -1 for r in rows], dtype=np.int64)
+        lost = {int(g) for g in near[np.setdiff1d(np.flatnonzero(dead_now), list(kept))] if g >= 0}
         segments = w.segment_records()
         columns = [c for c in snap.segments[0].cells if c in _segment_columns(snap)]
         # plain columns: text as str objects, the two numbers as int64 (no DataFrame for a few rows)
@@ -516,22 +530,18 @@ class Index:
             seg = w.add_segment(new_vec, new_col, new_meta)
             segments.append(seg)
             live = np.concatenate([live, np.ones(len(rows), bool)])
-            exact = np.concatenate([exact, np.full(len(rows), -1, np.int64)])
-            near = np.concatenate([near, np.full(len(rows), -1, np.int64)])
-        # duplicate groups of the rows written and of the groups that lost a member
-        all_vec = np.concatenate([*(s.vectors for s in phys_segments), new_vec])
-        all_col = np.concatenate([*(s.colour for s in phys_segments), new_col])
-        all_sha1 = np.concatenate([*(s.cells["_sha1"] for s in phys_segments),
-                                   new_meta["_sha1"]]) if len(live) else np.zeros(0, object)
-        all_dhash = np.concatenate([*(s.cells["_dhash"] for s in phys_segments),
-                                    new_meta["_dhash"]]) if len(live) else np.zeros(0, np.int64)
-        n_new = len(new_vec)
-        touched = np.arange(len(live) - n_new, len(live))
+            exact = np.concatenate([exact, inherit_exact])
+            near = np.concatenate([near, inherit_near])
+        exact[~live] = -1
+        near[~live] = -1
+        # duplicate groups of the rows written (but metadata changes) and of groups that lost a member
+        n_new = len(new_vec)  # folded change rows (regrouped too), then this change's rows
+        fresh = np.array([r.copy_of not in kept for r in rows], dtype=bool)
+        touched = np.arange(len(live) - n_new, len(live))[np.concatenate([np.ones(n_new - len(rows), bool), fresh])]
         if lost:
             touched = np.concatenate([touched, np.flatnonzero(live & np.isin(near, list(lost)))])
-        exact, near = regroup(exact, near, live, all_sha1, all_dhash.astype(np.int64).view(np.uint64),
-                              _unit(all_vec, projected=snap.projection is not None, live=live,
-                                    unit=snap.manifest["metric"] == "cosine"), all_col, touched)
+        if len(touched):
+            exact, near = self._regroup(snap, phys_segments, new_vec, new_col, new_meta, live, exact, near, touched)
         _write_remote(snap, rows, gone)
         settings = _with_counts(snap.manifest, near[live])
         if catalog_info:
@@ -544,6 +554,19 @@ class Index:
         report.generation, report.seconds = gen, time.perf_counter() - t0
         logger.info("%s", report.summary())
         return report
+
+    @staticmethod
+    def _regroup(snap: Snapshot, phys_segments: list[Any], new_vec: np.ndarray, new_col: np.ndarray,
+                 new_meta: Mapping[str, np.ndarray], live: np.ndarray, exact: np.ndarray, near: np.ndarray,
+                 touched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Duplicate groups again for the ``touched`` physical rows (see :func:`regroup`)."""
+        all_vec = np.concatenate([*(s.vectors for s in phys_segments), new_vec])
+        all_col = np.concatenate([*(s.colour for s in phys_segments), new_col])
+        all_sha1 = np.concatenate([*(s.cells["_sha1"] for s in phys_segments), new_meta["_sha1"]])
+        all_dhash = np.concatenate([*(s.cells["_dhash"] for s in phys_segments), new_meta["_dhash"]])
+        return regroup(exact, near, live, all_sha1, all_dhash.astype(np.int64).view(np.uint64),
+                       _unit(all_vec, projected=snap.projection is not None, live=live,
+                             unit=snap.manifest["metric"] == "cosine"), all_col, touched)
 
 
 @dataclass

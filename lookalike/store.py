@@ -152,12 +152,19 @@ class Snapshot:
                             self._gather([s.colour for s in self.segments]))
         return self._arrays
 
+    def _live_rows(self) -> np.ndarray:
+        if self._physical is None:
+            self._physical = np.flatnonzero(self.live)
+        return self._physical
+
+    def physical_row(self, dense_row: int) -> int:
+        """Where live row ``dense_row`` lies across the segments (dead rows counted)."""
+        return int(self._live_rows()[dense_row])
+
     def take(self, dense_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(vectors, colour) of some live rows, read from the segments alone (a memory-mapped
         index reads only these rows)."""
-        if self._physical is None:
-            self._physical = np.flatnonzero(self.live)
-        phys = self._physical[np.asarray(dense_rows, dtype=np.int64)]
+        phys = self._live_rows()[np.asarray(dense_rows, dtype=np.int64)]
         offsets = self.offsets()
         which = np.searchsorted(offsets, phys, side="right") - 1
         dim = int(self.manifest["dim"])
@@ -768,7 +775,15 @@ def _recover_legacy_swap(path: Path) -> None:
         logger.warning("recovered the previous index of %s from %s", path, olds[-1].name)
 
 
+#: index folders whose legacy swap leftovers this process already removed (the search lists
+#: the parent folder, which may be large: once per folder and process is enough)
+_CLEANED: set[Path] = set()
+
+
 def _clean_legacy_swap_leftovers(path: Path) -> None:
+    if path in _CLEANED:
+        return
+    _CLEANED.add(path)
     for pattern in (f".{path.name}.building-*", f".{path.name}.old-*"):
         for p in path.parent.glob(pattern):
             shutil.rmtree(p, ignore_errors=True)

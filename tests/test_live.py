@@ -367,6 +367,25 @@ def test_removing_one_of_two_identical_listings_leaves_the_other_alone(via, idx,
     assert gone not in rec.similar(keep, k=98).ids and len(rec.similar(keep, k=97)) == 97
 
 
+def test_a_metadata_change_keeps_its_duplicate_group_without_regrouping(idx, encoder, monkeypatch):
+    """A product whose photo is unchanged keeps its features, so it takes the groups of the row
+    it replaces; regrouping (the costly part of a small change) runs only for new photos."""
+    keep, other = TWINS
+    calls = []
+    real = lookalike.live.regroup
+    monkeypatch.setattr(lookalike.live, "regroup", lambda *a: calls.append(a) or real(*a))
+    ix = Index.open(idx, encoder=encoder)
+    assert ix.upsert([{**demo_row(keep), "ProductTitle": "renamed"}]).counts()["metadata"] == 1
+    assert ix.upsert([{"ProductId": other, "Gender": "Unisex"}]).counts()["metadata"] == 1
+    assert calls == []
+    rec = Recommender.load(idx)
+    assert rec.product(keep)["ProductTitle"] == "renamed" and rec.product(other)["Gender"] == "Unisex"
+    for near in (True, False):
+        assert set(TWINS) in [set(g) for g in rec.duplicates(near=near)]
+    ix.remove([other])  # a removal still regroups what is left of the group
+    assert len(calls) == 1 and Recommender.load(idx).duplicates() == []
+
+
 def test_identical_photos_get_identical_vectors(idx, encoder):
     pid = DEMO_TABLE["ProductId"].iloc[0]
     Index.open(idx, encoder=encoder).upsert([{**demo_row(pid), "ProductId": "twin"}], images=DEMO_IMAGES)
