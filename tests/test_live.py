@@ -798,9 +798,12 @@ def _check_hnsw(path: Path, removed: set[str], new: dict[str, Path]) -> None:
         assert not removed & set(top.ids)
 
 
-def test_small_change_segments_are_searched_as_one_block(idx, encoder):
-    """Change segments after the base are folded into one exact block (a search per tiny
-    segment cost more than the search); answers equal exact search over the live rows."""
+@pytest.mark.parametrize("whole", [True, False], ids=["all-rows-at-once", "segment-by-segment"])
+def test_a_changed_generation_searches_like_exact_search_over_its_live_rows(idx, encoder, monkeypatch, whole):
+    """All rows of an exact generation are scored at once (ExactRun); a batch too large for that
+    searches segment by segment, the small change segments folded into one exact block. Both
+    answer as exact search over the live rows, with and without per-query filters."""
+    import lookalike.index.segmented as segmented
     from lookalike.index.exact import ExactIndex
     from lookalike.index.segmented import SegmentedIndex, physical_rows
 
@@ -812,23 +815,31 @@ def test_small_change_segments_are_searched_as_one_block(idx, encoder):
     snap = Store(idx).snapshot()
     metric = snap.manifest["metric"]
     assert len(snap.segments) == 5
+    if not whole:
+        monkeypatch.setattr(segmented, "RUN_SCORES", 100)  # 12 queries x 103 rows is more
     got = ExactIndex.open(snap, metric=metric)
-    assert isinstance(got, SegmentedIndex) and len(got.parts) == 2
     rows = np.concatenate([physical_rows(seg, metric) for seg in snap.segments])[snap.live]
     oracle = ExactIndex(rows, metric=metric)
     rng = np.random.default_rng(0)
     queries = rows[rng.choice(len(rows), 12, replace=False)]
     allowed = rng.random((12, len(rows))) < 0.5
-    for mask in (None, allowed):
+    for mask in (None, allowed, allowed[0]):
         s, r = got.search(queries, 7, allowed=mask)
-        want_s, _ = oracle.search(queries, 7, allowed=mask)
+        want_s, want_r = oracle.search(queries, 7, allowed=mask)
         np.testing.assert_allclose(s, want_s, atol=1e-5)
         # every row found scores what the oracle gives it, and passes the filter
         direct = np.einsum("qd,qkd->qk", queries, rows[r]) if metric == "cosine" else None
         if direct is not None:
             np.testing.assert_allclose(s, direct, atol=1e-5)
         if mask is not None:
-            assert np.take_along_axis(mask, r, 1).all()
+            assert np.broadcast_to(mask, (12, len(rows)))[np.arange(12)[:, None], r].all()
+        one_s, one_r = got.search(queries[0], 7, allowed=None if mask is None else np.atleast_2d(mask)[0])
+        np.testing.assert_allclose(one_s[0], want_s[0], atol=1e-5)
+    parts = getattr(got, "_parts", got)  # over RUN_SCORES rows: the per-segment index itself
+    if whole:
+        assert parts is None and isinstance(got.run, segmented.ExactRun)
+    else:  # the base and one folded block of the four change segments
+        assert isinstance(parts, SegmentedIndex) and len(parts.parts) == 2
 
 
 @pytest.fixture(scope="module")

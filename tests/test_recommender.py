@@ -319,9 +319,14 @@ def test_export_equals_similar_for_each_product(demo_rec, kw):
     assert table["query_id"].unique().tolist() == demo_rec.ids
     for pid, rows in table.groupby("query_id", sort=False):
         res = demo_rec.similar(pid, k=5, **kw)
-        assert rows["id"].tolist() == res.ids, pid
         assert rows["rank"].tolist() == [r.rank for r in res]
-        assert np.allclose(rows["score"].to_numpy(), [r.score for r in res], atol=1e-5)
+        scores = rows["score"].to_numpy()
+        assert np.allclose(scores, [r.score for r in res], atol=1e-5)
+        # the same ids in the same order, except that products whose scores tie to the last
+        # float bits may swap (a batch of queries rounds its products differently from one)
+        for score, got, want in zip(scores, rows["id"].tolist(), res.ids):
+            tied = {i for i, sc in zip(res.ids, (r.score for r in res)) if abs(sc - score) <= 1e-6}
+            assert got == want or {got, want} <= tied, (pid, rows["id"].tolist(), res.ids)
 
 
 def test_export_subset_of_ids(demo_rec):

@@ -65,6 +65,53 @@ class SegmentedIndex:
         return {}
 
 
+class ExactRun:
+    """Exact search over every segment of a generation at once: the scores of all physical rows
+    side by side, dead rows masked, one top k. Per-segment searches each cost a mask, a top k
+    and their merge (~0.1 ms of Python apiece): with one change segment beside the base, a
+    similar-by-id query took 0.66 ms instead of 0.41."""
+
+    def __init__(self, blocks: list[np.ndarray], live: np.ndarray, *, metric: str, name: str) -> None:
+        self.blocks = blocks
+        self.live = live
+        self.metric = metric
+        self.name = name  # type: ignore[misc]
+        self.n = int(live.sum())
+        self._physical = np.flatnonzero(live)
+        self._dense_of = np.cumsum(live) - 1
+        self._rows = np.arange(len(live), dtype=np.int64)
+        self._sq = np.concatenate([(b**2).sum(axis=1) for b in blocks]) if metric == "euclidean" else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        k = max(0, min(k, self.n))
+        if k == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        s = np.concatenate([queries @ b.T for b in self.blocks], axis=1)
+        if self._sq is not None:
+            qsq = (queries**2).sum(axis=1, keepdims=True)
+            s = -np.sqrt(np.maximum(qsq + self._sq[None, :] - 2.0 * s, 0.0))
+        if allowed is None:
+            mask = self.live
+        else:
+            mask = np.zeros((*allowed.shape[:-1], len(self.live)), dtype=bool)
+            mask[..., self._physical] = allowed
+        s = np.where(mask if mask.ndim == 2 else mask[None, :], s, -np.inf)
+        best_s, best_r = topk_sorted(s.astype(np.float32, copy=False), np.broadcast_to(self._rows, s.shape), k)
+        return best_s, np.where(best_r >= 0, self._dense_of[np.maximum(best_r, 0)], -1)
+
+    def serialize(self) -> dict[str, bytes]:
+        return {}
+
+
+#: ExactRun scores a batch of queries against all rows at once: above this many scores
+#: (queries x rows) the segments are searched one by one, in bounded blocks
+RUN_SCORES = 1 << 24
+
+
 def physical_rows(seg: Any, metric: str) -> np.ndarray:
     """All rows of a segment as a back end searches them (dead ones too), built once per segment."""
     key = ("rows", metric)
@@ -99,7 +146,44 @@ def open_segments(snapshot: Any, *, metric: str, part: Callable[[Any], Any], nam
     """One generation's index: ``part(segment)`` is the index over all of a segment's rows
     (cached on the segment), rows removed since are masked out of its searches. Consecutive
     change segments (after the first) that are ``foldable`` (searched exactly) and small are
-    searched as one exact block."""
+    searched as one exact block. Where every segment is searched exactly and the generation
+    has changes, all rows are scored at once (:class:`ExactRun`)."""
+    segments = snapshot.segments
+    changed = len(segments) > 1 or (len(segments) == 1 and not snapshot.live.all())
+    if changed and all(foldable(seg) for seg in segments) and len(snapshot.live) <= RUN_SCORES:
+        return _Bounded(ExactRun([physical_rows(seg, metric) for seg in segments], snapshot.live, metric=metric,
+                                 name=name), lambda: _parts(snapshot, metric=metric, part=part, name=name,
+                                                            foldable=foldable))
+    return _parts(snapshot, metric=metric, part=part, name=name, foldable=foldable)
+
+
+class _Bounded:
+    """:class:`ExactRun` for batches it can score at once; the per-segment search beyond."""
+
+    def __init__(self, run: ExactRun, parts: Callable[[], VectorIndex]) -> None:
+        self.run = run
+        self._make_parts = parts
+        self._parts: VectorIndex | None = None
+        self.metric = run.metric
+        self.name = run.name
+
+    def __len__(self) -> int:
+        return len(self.run)
+
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if len(queries) * len(self.run.live) <= RUN_SCORES:
+            return self.run.search(queries, k, allowed=allowed)
+        if self._parts is None:
+            self._parts = self._make_parts()
+        return self._parts.search(queries, k, allowed=allowed)
+
+    def serialize(self) -> dict[str, bytes]:
+        return {}
+
+
+def _parts(snapshot: Any, *, metric: str, part: Callable[[Any], Any], name: str,
+           foldable: Callable[[Any], bool]) -> VectorIndex:
     groups: list[list[Any]] = []
     for i, seg in enumerate(snapshot.segments):
         small = i > 0 and len(seg) <= FOLD_ROWS and foldable(seg)
