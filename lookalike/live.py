@@ -112,16 +112,24 @@ class _Row:
     copy_of: int | None = None
 
 
-def _table(rows: Any) -> pd.DataFrame:
+@dataclass
+class _Rows:
+    """A change request as plain rows of text: its columns in order, and one dict per row."""
+
+    columns: list[str]
+    records: list[dict[str, str]]
+
+
+def _table(rows: Any) -> pd.DataFrame | _Rows:
     if isinstance(rows, pd.DataFrame):
         df = rows.copy()
     elif isinstance(rows, (str, os.PathLike)):
         df = read_table(rows)
     else:
         records = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
-        # a few rows from code or HTTP: text as it is, without a trip through pandas' string dtype
+        # a few rows from code or HTTP: text as it is, no DataFrame (a one-row change is ~1 ms of pandas)
         records = [{str(k).strip(): "" if v is None or v != v else str(v) for k, v in r.items()} for r in records]
-        return pd.DataFrame(records, dtype=object).fillna("")
+        return _Rows(list(dict.fromkeys(c for r in records for c in r)), records)
     df.columns = [str(c).strip() for c in df.columns]
     return df.astype("string").fillna("").astype(object)
 
@@ -198,7 +206,7 @@ class Index:
         with self._writer() as w:
             return self._upsert(w, table, images, show_progress_bar, t0)
 
-    def _upsert(self, w: Writer, table: pd.DataFrame, images: str | os.PathLike | None,
+    def _upsert(self, w: Writer, table: pd.DataFrame | _Rows, images: str | os.PathLike | None,
                 show_progress_bar: bool | None, t0: float) -> ChangeReport:
         snap = self._base(w)
         plan, report, root = self._plan(snap, table, images=images, remove_missing=False)
@@ -331,12 +339,16 @@ class Index:
             raise CatalogError(f"{self.path} has no index yet: build one first")
         return w.base
 
-    def _plan(self, snap: Snapshot, table: pd.DataFrame, *, images: str | os.PathLike | None,
+    def _plan(self, snap: Snapshot, table: pd.DataFrame | _Rows, *, images: str | os.PathLike | None,
               remove_missing: bool) -> tuple[list[Any], ChangeReport, Path]:
         """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
         cat_info = snap.manifest["catalog"]
         id_col, img_col = cat_info["id_column"], cat_info["image_column"]
         columns = list(cat_info.get("columns") or [c for c in snap.dense_columns() if c not in ALL_HIDDEN])
+        if isinstance(table, pd.DataFrame):
+            given = [str(c) for c in table.columns]
+            records = [dict(zip(given, values)) for values in table.itertuples(index=False, name=None)]
+            table = _Rows(given, records)
         unknown = [c for c in table.columns if c not in columns]
         if unknown:
             raise CatalogError(
@@ -345,43 +357,40 @@ class Index:
             )
         if id_col not in table.columns:
             raise CatalogError(f"rows have no id column {id_col!r}")
-        # plain object columns (a reindex would make pandas' string arrays for the missing ones)
-        table = pd.DataFrame({c: table[c].astype(object) if c in table.columns else "" for c in columns},
-                             index=table.index)
-        table[id_col] = [str(v).strip() for v in table[id_col].tolist()]
         report = ChangeReport("upsert")
         # empty and repeated ids, in the request's own order: the first row of an id wins
         first: dict[str, int] = {}
-        keep: list[int] = []
-        for i, pid in enumerate(table[id_col].tolist()):
+        rows: list[tuple[int, dict[str, str]]] = []  # (row of the request, its cells in the index's columns)
+        for i, record in enumerate(table.records):
+            pid = str(record.get(id_col, "")).strip()
             if not pid:
                 report.changes.append(Change(i + 1, pid, "skipped", "empty id"))
             elif pid in first:
                 report.changes.append(Change(i + 1, pid, "skipped", f"duplicate id (first on row {first[pid]})"))
             else:
                 first[pid] = i + 1
-                keep.append(i)
-        table = table.iloc[keep]  # the index keeps each row's place in the request
+                rows.append((i + 1, {**{c: record.get(c, "") for c in columns}, id_col: pid}))
         meta = snap.dense_columns()
         row_of = {pid: i for i, pid in enumerate(meta[id_col].tolist())}
         by_sha1: dict[str, int] = {}
         for i, sha in enumerate(meta["_sha1"].tolist()):
             by_sha1.setdefault(sha, i)
         root = Path(images if images is not None else (cat_info.get("images_root") or _default_root(cat_info)))
-        named = table[img_col].astype(str).str.strip() != ""
         plan: list[Any] = []
-        # rows without a photo: metadata changes of indexed products
-        for i in table.index[~named.to_numpy()]:
-            pid = table.at[i, id_col]
+        # rows without a photo: metadata changes of indexed products (no pandas for these)
+        for row, cells in rows:
+            pid = cells[id_col]
+            if str(cells[img_col]).strip():
+                continue
             if pid not in row_of:
-                report.changes.append(Change(int(i) + 1, pid, "skipped", "no photo named, and the product is not indexed"))
+                report.changes.append(Change(row, pid, "skipped", "no photo named, and the product is not indexed"))
             else:
-                plan.append(self._from_stored(snap, row_of[pid], table.loc[i], int(i) + 1, columns, keep_photo=True,
-                                              own=True))
-        with_photo = table[named.to_numpy()]
-        if len(with_photo):
-            cat = load_catalog(with_photo.reset_index(drop=True), images=root, id_column=id_col, image_column=img_col)
-            rows_in_table = (with_photo.index.to_numpy() + 1).tolist()
+                plan.append(self._from_stored(snap, row_of[pid], cells, row, columns, keep_photo=True, own=True))
+        with_photo = [(row, cells) for row, cells in rows if str(cells[img_col]).strip()]
+        if with_photo:
+            cat = load_catalog(pd.DataFrame([cells for _, cells in with_photo], columns=columns, dtype=object),
+                               images=root, id_column=id_col, image_column=img_col)
+            rows_in_table = [row for row, _ in with_photo]
             for p in cat.problems:
                 row = rows_in_table[p.row - 1]
                 status = "kept" if remove_missing and p.id in row_of else "skipped"
@@ -411,7 +420,7 @@ class Index:
         final = [p for p in plan if not (isinstance(p, _Row) and p.meta["_status"] == "unchanged")]
         return final, report, root
 
-    def _from_stored(self, snap: Snapshot, old: int, values: pd.Series, row: int, columns: list[str], *,
+    def _from_stored(self, snap: Snapshot, old: int, values: Mapping[str, Any], row: int, columns: list[str], *,
                      keep_photo: bool = False, image: str | None = None, status: str | None = None,
                      own: bool = False) -> "_Row":
         """A row written from what the index stores for row ``old`` (its vector, colour, hashes)
@@ -535,9 +544,9 @@ class Index:
         exact[~live] = -1
         near[~live] = -1
         # duplicate groups of the rows written (but metadata changes) and of groups that lost a member
-        n_new = len(new_vec)  # folded change rows (regrouped too), then this change's rows
+        # (rows folded into the new segment keep their features, hence their groups)
         fresh = np.array([r.copy_of not in kept for r in rows], dtype=bool)
-        touched = np.arange(len(live) - n_new, len(live))[np.concatenate([np.ones(n_new - len(rows), bool), fresh])]
+        touched = np.arange(len(live) - len(rows), len(live))[fresh]
         if lost:
             touched = np.concatenate([touched, np.flatnonzero(live & np.isin(near, list(lost)))])
         if len(touched):
