@@ -352,6 +352,23 @@ def test_one_bad_write_does_not_spoil_its_batch(index):
     assert after.product(a)["ProductTitle"] == "second" and b not in after
 
 
+def test_the_writer_process_yields_the_cores_to_searches(index, monkeypatch):
+    """It runs at a lower priority (WRITER_NICE, or $LOOKALIKE_WRITER_NICE) than its worker."""
+    import os
+
+    from lookalike.server_writes import WRITER_NICE
+
+    monkeypatch.delenv("LOOKALIKE_WRITER_NICE", raising=False)
+
+    async def work(writer):
+        return [os.getpriority(os.PRIO_PROCESS, pid) for pid in writer._pool._processes]
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert WRITER_NICE > 0 and _in_writer(index, work) == [min(19, own + WRITER_NICE)]
+    monkeypatch.setenv("LOOKALIKE_WRITER_NICE", "0")
+    assert _in_writer(index, work) == [own]
+
+
 def test_a_writer_process_that_died_is_replaced(index):
     """A killed writer process answers its write with a 503 (one line) and the next write
     starts a new one."""
