@@ -151,3 +151,31 @@ def test_runtime_choices_are_checked():
         get_encoder(runtime="tensorrt")
     with pytest.raises(ModelError, match="unknown runtime"):
         runtimes.open_session("tensorrt", PHOTOS[0], 1, (0, 0, 0), (1, 1, 1))
+
+
+def test_a_calibration_that_fails_falls_back_to_onnxruntime(record_at, monkeypatch, caplog):
+    def broken(enc):
+        raise RuntimeError("no demo photos")
+
+    monkeypatch.setattr(calibrate, "measure", broken)
+    enc = get_encoder()
+    assert enc.encode(PHOTOS[:1]).shape == (1, enc.dim)
+    assert enc.engine == "onnx" and "no demo photos" in enc.calibration["error"]
+    assert not record_at.exists()  # nothing kept: the next process tries again
+    assert "using ONNX Runtime" in caplog.text
+
+
+def test_a_read_only_cache_still_calibrates(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    monkeypatch.setenv("LOOKALIKE_CALIBRATION_DIR", str(folder / "sub"))
+    import os
+
+    if os.access(folder, os.W_OK):  # root ignores the mode: make the folder a file instead
+        folder.chmod(0o700)
+        folder.rmdir()
+        folder.write_text("not a folder")
+    enc = get_encoder()
+    assert enc.encode(PHOTOS[:1]).shape == (1, enc.dim)
+    assert enc.engine in runtimes.ENGINES and enc.calibration["photos_per_s"]

@@ -97,10 +97,15 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def choose_runtime(enc: Any) -> dict[str, Any]:
-    """The runtime for ``enc`` on this machine: the record kept, or measured now and kept."""
+    """The runtime for ``enc`` on this machine: the record kept, or measured now and kept.
+
+    Never fails for want of a record: a cache folder that can't be written means measuring for
+    this process alone, and a calibration that fails means ONNX Runtime (the reference)."""
     path = calibration_path(enc)
     record = _read(path)
-    if record is None:
+    if record is not None:
+        return record
+    try:
         with _locked(path):
             record = _read(path)  # another process may have measured while we waited
             if record is None:
@@ -110,7 +115,21 @@ def choose_runtime(enc: Any) -> dict[str, Any]:
                 tmp.replace(path)
                 logger.info("runtime calibration for %s: %s (photos/s %s)", enc.name, record["runtime"],
                             record["photos_per_s"])
+    except OSError as exc:
+        logger.warning("can't keep the runtime calibration in %s (%s); measuring for this process", path.parent, exc)
+        record = record or _measured_or_reference(enc)
+    except Exception as exc:  # noqa: BLE001 - a failed calibration must not stop the model
+        logger.warning("runtime calibration failed (%s: %s); using ONNX Runtime", type(exc).__name__, exc)
+        record = {"runtime": "onnx", "photos_per_s": {}, "error": f"{type(exc).__name__}: {exc}"[:200]}
     return record
+
+
+def _measured_or_reference(enc: Any) -> dict[str, Any]:
+    try:
+        return measure(enc)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("runtime calibration failed (%s: %s); using ONNX Runtime", type(exc).__name__, exc)
+        return {"runtime": "onnx", "photos_per_s": {}, "error": f"{type(exc).__name__}: {exc}"[:200]}
 
 
 def measure(enc: Any) -> dict[str, Any]:
