@@ -245,6 +245,15 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--by", default=None, help="column to split by (default: Gender if present)")
     st.add_argument("--format", default="table", choices=("table", "json"))
 
+    ca = sub.add_parser("calibrate", help="which runtime runs the model fastest on this machine (kept; "
+                                          "build and serve use it)")
+    ca.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
+    ca.add_argument("--precision", default=None, choices=("int8", "fp32"))
+    ca.add_argument("--size", type=_positive_int, default=None, metavar="PX")
+    ca.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: all cores)")
+    ca.add_argument("--again", action="store_true", help="forget the kept measurement and measure anew")
+    ca.add_argument("--format", default="table", choices=("table", "json"))
+
     ev = sub.add_parser("evaluate", help="P@k, recall@k and mAP@k against the catalogue's labels")
     ev.add_argument("index", type=Path, nargs="+", help="one index, or several with --compare")
     ev.add_argument("--label", action="append", required=True, metavar="COL")
@@ -615,6 +624,30 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .encoders import get_encoder
+    from .encoders.calibrate import calibrate, calibration_path
+
+    enc = get_encoder(args.model, precision=args.precision, size=args.size, threads=args.threads)
+    record = calibrate(enc, again=args.again)
+    if args.format == "json":
+        print(json.dumps(record, indent=2))
+        return 0
+    rates, cosines = record.get("photos_per_s", {}), record.get("min_cosine", {})
+    print(f"{'runtime':<10} {'photos/s':>9} {'min cosine':>11}")
+    for engine in dict.fromkeys([*rates, *cosines]):
+        mark = "  <- chosen" if engine == record["runtime"] else ""
+        print(f"{engine:<10} {rates.get(engine, float('nan')):>9.1f} {cosines.get(engine, float('nan')):>11.5f}{mark}")
+    for engine, why in record.get("unavailable", {}).items():
+        print(f"{engine:<10} unavailable: {why}")
+    if record.get("error"):
+        print(f"calibration failed ({record['error']}); ONNX Runtime is used")
+    cpu = record.get("cpu", {})
+    print(f"{enc.name} {enc.precision} at {enc.preprocess.size} px, {record.get('threads', '?')} threads, "
+          f"on {cpu.get('model', '?')}; kept in {calibration_path(enc)}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import compare, format_scores
     from .recommender import Recommender
@@ -671,6 +704,7 @@ COMMANDS = {
     "app": _cmd_app,
     "stats": _cmd_stats,
     "evaluate": _cmd_evaluate,
+    "calibrate": _cmd_calibrate,
     "build": _cmd_build,
     "similar": _cmd_similar,
     "export": _cmd_export,

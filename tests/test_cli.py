@@ -410,3 +410,26 @@ def test_build_allow_outside_images(capsys, tmp_path):
     manifest = Recommender.load(tmp_path / "b").manifest["catalog"]
     assert manifest["allow_outside_images"] is True
     assert manifest["images_root"] == str((tmp_path / "shop" / "images").resolve())
+
+
+def test_calibrate_shows_each_runtime_and_keeps_the_choice(capsys, tmp_path, monkeypatch):
+    import lookalike.encoders.calibrate as calibrate
+
+    monkeypatch.setenv("LOOKALIKE_CALIBRATION_DIR", str(tmp_path))
+    code, out, _ = run(capsys, "calibrate", "--format", "json")
+    assert code == 0
+    record = json.loads(out)
+    kept = list(tmp_path.glob("*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == record
+    code, out, _ = run(capsys, "calibrate")  # the kept record, as a table
+    lines = _lines(out)
+    assert code == 0 and lines[0].split() == ["runtime", "photos/s", "min", "cosine"]
+    chosen = [line for line in lines if line.endswith("<- chosen")]
+    assert len(chosen) == 1 and chosen[0].split()[0] == record["runtime"]
+    assert str(kept[0]) in lines[-1]
+
+    calls = []
+    real = calibrate.measure
+    monkeypatch.setattr(calibrate, "measure", lambda enc: calls.append(enc) or real(enc))
+    assert run(capsys, "calibrate")[0] == 0 and calls == []  # kept: not measured again
+    assert run(capsys, "calibrate", "--again")[0] == 0 and len(calls) == 1

@@ -37,8 +37,8 @@ from .runtimes import ENGINES, engine_version, open_session
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TOLERANCE", "MARGIN", "choose_runtime", "calibrate_in_child", "calibration_path", "cpu_signature",
-           "measure"]
+__all__ = ["TOLERANCE", "MARGIN", "choose_runtime", "calibrate", "calibrate_in_child", "calibration_path",
+           "cpu_signature", "measure"]
 
 #: a runtime's pooled vectors must have at least this cosine with ONNX Runtime's on every
 #: calibration photo (measured: OpenVINO fp32 1.0000, int8 >= 0.998; int8 vs fp32 is ~0.90)
@@ -122,6 +122,16 @@ def choose_runtime(enc: Any) -> dict[str, Any]:
         logger.warning("runtime calibration failed (%s: %s); using ONNX Runtime", type(exc).__name__, exc)
         record = {"runtime": "onnx", "photos_per_s": {}, "error": f"{type(exc).__name__}: {exc}"[:200]}
     return record
+
+
+def calibrate(enc: Any, *, again: bool = False) -> dict[str, Any]:
+    """This machine's record for ``enc`` (``lookalike calibrate``): exported first if needed;
+    ``again`` forgets the kept record and measures anew (after an upgrade, or if the machine
+    was busy the first time)."""
+    enc.export()
+    if again:
+        calibration_path(enc).unlink(missing_ok=True)
+    return choose_runtime(enc)
 
 
 def _measured_or_reference(enc: Any) -> dict[str, Any]:
