@@ -48,19 +48,25 @@ def engine_available(engine: str) -> bool:
     return engine_version(engine) is not None
 
 
+#: the distribution and module of each runtime
+_PACKAGES = {"onnx": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino")}
+
+
 def engine_version(engine: str) -> str | None:
+    """The installed version of ``engine``'s package, ``None`` if it is missing; read from the
+    package's metadata, without importing it (the runtime not chosen is never imported)."""
+    import importlib.metadata
+    import importlib.util
+
+    if engine not in _PACKAGES:
+        raise ModelError(f"unknown runtime {engine!r}; choose one of {', '.join(ENGINES)}")
+    dist, module = _PACKAGES[engine]
     try:
-        if engine == "onnx":
-            import onnxruntime as ort
-
-            return str(ort.__version__)
-        if engine == "openvino":
-            import openvino as ov
-
-            return str(ov.__version__)
-    except ImportError:
+        if importlib.util.find_spec(module) is None:
+            return None
+        return importlib.metadata.version(dist)
+    except (ImportError, ValueError, importlib.metadata.PackageNotFoundError):
         return None
-    raise ModelError(f"unknown runtime {engine!r}; choose one of {', '.join(ENGINES)}")
 
 
 class OnnxRuntimeSession:
