@@ -154,6 +154,10 @@ def test_runtime_choices_are_checked():
 
 
 def test_a_calibration_that_fails_falls_back_to_onnxruntime(record_at, monkeypatch, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="lookalike")  # a CLI test earlier may have quietened it
+
     def broken(enc):
         raise RuntimeError("no demo photos")
 
