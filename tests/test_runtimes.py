@@ -30,8 +30,9 @@ def test_openvino_gives_onnxruntimes_vectors_within_tolerance(precision):
     assert _cosines(ov, ort).min() >= calibrate.TOLERANCE
     if precision == "fp32":  # fp32 arithmetic on both (bf16 is never allowed in): equal to rounding
         assert np.abs(ov - ort).max() <= 1e-3 * np.abs(ort).max()
-    # int8 on either runtime stays far closer to itself than int8 is to fp32
-    assert not np.array_equal(ov, ort) or precision == "fp32"
+    if precision == "int8":  # the runtimes differ far less than int8 differs from fp32
+        fp32 = get_encoder(precision="fp32", runtime="onnx").encode(PHOTOS)
+        assert _cosines(ov, ort).min() > _cosines(ort, fp32).min()
 
 
 @needs_openvino
