@@ -184,3 +184,18 @@ def test_a_read_only_cache_still_calibrates(tmp_path, monkeypatch):
     enc = get_encoder()
     assert enc.encode(PHOTOS[:1]).shape == (1, enc.dim)
     assert enc.engine in runtimes.ENGINES and enc.calibration["photos_per_s"]
+
+
+def test_a_runtime_that_cannot_load_the_export_leaves_it_in_place(monkeypatch):
+    """OpenVINO failing (say, too old a release) is one clear error; the export stays for ONNX Runtime."""
+    import lookalike.encoders.cnn as cnn
+
+    def refuse(engine, *args):
+        raise RuntimeError(f"{engine} says no")
+
+    enc = get_encoder(runtime="openvino")
+    path = enc.export()
+    monkeypatch.setattr(cnn, "open_session", refuse)
+    with pytest.raises(ModelError, match="openvino could not load .*openvino says no.*--runtime onnx"):
+        enc.encode(PHOTOS[:1])
+    assert path.is_file()

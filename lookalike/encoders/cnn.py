@@ -294,7 +294,10 @@ class CNNEncoder:
                         self._session = open_session(engine, path, self.threads, self.spec.mean, self.spec.std)
                     except MissingDependencyError:
                         raise
-                    except Exception as exc:  # noqa: BLE001 - a damaged cache file
+                    except Exception as exc:  # noqa: BLE001 - a damaged cache file, or a runtime too old
+                        if engine != "onnx":  # the reference decides whether the file is to blame
+                            raise ModelError(f"{engine} could not load {path.name} ({type(exc).__name__}: "
+                                             f"{exc}); use --runtime onnx") from exc
                         path.unlink(missing_ok=True)
                         raise ModelError(f"cached ONNX model was unusable and was removed: {exc}") from exc
         return self._session
