@@ -199,3 +199,16 @@ def test_a_runtime_that_cannot_load_the_export_leaves_it_in_place(monkeypatch):
     with pytest.raises(ModelError, match="openvino could not load .*openvino says no.*--runtime onnx"):
         enc.encode(PHOTOS[:1])
     assert path.is_file()
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "auto"])
+def test_a_damaged_export_is_removed_and_made_again(tmp_path, monkeypatch, runtime):
+    monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path / "cache"))
+    enc = get_encoder(size=64, precision="fp32", runtime=runtime)  # tiny input: a quick export
+    path = enc.export()
+    path.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="unusable and was removed"):
+        enc.encode(PHOTOS[:1])
+    assert not path.exists()
+    again = get_encoder(size=64, precision="fp32", runtime=runtime)
+    assert again.encode(PHOTOS[:1]).shape == (1, again.dim) and path.is_file()
