@@ -120,18 +120,17 @@ class _Rows:
     records: list[dict[str, str]]
 
 
-def _table(rows: Any) -> pd.DataFrame | _Rows:
-    if isinstance(rows, pd.DataFrame):
-        df = rows.copy()
-    elif isinstance(rows, (str, os.PathLike)):
-        df = read_table(rows)
-    else:
-        records = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
-        # a few rows from code or HTTP: text as it is, no DataFrame (a one-row change is ~1 ms of pandas)
-        records = [{str(k).strip(): "" if v is None or v != v else str(v) for k, v in r.items()} for r in records]
-        return _Rows(list(dict.fromkeys(c for r in records for c in r)), records)
-    df.columns = [str(c).strip() for c in df.columns]
-    return df.astype("string").fillna("").astype(object)
+def _table(rows: Any) -> _Rows:
+    """A table, a CSV/TSV/Parquet path, a dict or dicts as plain rows of text (missing cells empty)."""
+    if isinstance(rows, (pd.DataFrame, str, os.PathLike)):
+        df = rows if isinstance(rows, pd.DataFrame) else read_table(rows)
+        columns = [str(c).strip() for c in df.columns]
+        values = df.astype("string").fillna("").astype(object).itertuples(index=False, name=None)
+        return _Rows(columns, [dict(zip(columns, v)) for v in values])
+    records = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
+    # a few rows from code or HTTP: text as it is, no DataFrame (a one-row change is ~1 ms of pandas)
+    records = [{str(k).strip(): "" if v is None or v != v else str(v) for k, v in r.items()} for r in records]
+    return _Rows(list(dict.fromkeys(c for r in records for c in r)), records)
 
 
 class Index:
@@ -206,7 +205,7 @@ class Index:
         with self._writer() as w:
             return self._upsert(w, table, images, show_progress_bar, t0)
 
-    def _upsert(self, w: Writer, table: pd.DataFrame | _Rows, images: str | os.PathLike | None,
+    def _upsert(self, w: Writer, table: _Rows, images: str | os.PathLike | None,
                 show_progress_bar: bool | None, t0: float) -> ChangeReport:
         snap = self._base(w)
         plan, report, root = self._plan(snap, table, images=images, remove_missing=False)
@@ -280,10 +279,10 @@ class Index:
         empty production. A row whose photo can't be read now keeps its indexed version.
         """
         t0 = time.perf_counter()
-        table = catalog if isinstance(catalog, pd.DataFrame) else read_table(catalog)
+        table = _table(catalog)
         with self._writer() as w:
             snap = self._base(w)
-            plan, report, root = self._plan(snap, _table(table), images=images, remove_missing=True)
+            plan, report, root = self._plan(snap, table, images=images, remove_missing=True)
             listed = {c.id for c in report.changes} | {r.id for r in plan}
             present = snap.dense_columns()[snap.id_column].tolist()
             gone = {pid for pid in present if pid not in listed}
@@ -302,7 +301,7 @@ class Index:
                 report.generation, report.seconds = snap.generation, time.perf_counter() - t0
                 return report
             self._embed(snap, plan, show_progress_bar)
-            catalog_info: dict[str, Any] = {"rows_total": len(table), **_roots(snap, root)}
+            catalog_info: dict[str, Any] = {"rows_total": len(table.records), **_roots(snap, root)}
             if not isinstance(catalog, pd.DataFrame):
                 catalog_info.update(path=str(Path(catalog).resolve()), sha256=file_sha256(Path(catalog)))
             if not snap.manifest["catalog"].get("images_root"):
@@ -339,16 +338,12 @@ class Index:
             raise CatalogError(f"{self.path} has no index yet: build one first")
         return w.base
 
-    def _plan(self, snap: Snapshot, table: pd.DataFrame | _Rows, *, images: str | os.PathLike | None,
+    def _plan(self, snap: Snapshot, table: _Rows, *, images: str | os.PathLike | None,
               remove_missing: bool) -> tuple[list[Any], ChangeReport, Path]:
         """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
         cat_info = snap.manifest["catalog"]
         id_col, img_col = cat_info["id_column"], cat_info["image_column"]
         columns = list(cat_info.get("columns") or [c for c in snap.dense_columns() if c not in ALL_HIDDEN])
-        if isinstance(table, pd.DataFrame):
-            given = [str(c) for c in table.columns]
-            records = [dict(zip(given, values)) for values in table.itertuples(index=False, name=None)]
-            table = _Rows(given, records)
         unknown = [c for c in table.columns if c not in columns]
         if unknown:
             raise CatalogError(
