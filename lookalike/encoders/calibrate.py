@@ -109,18 +109,16 @@ def choose_runtime(enc: Any) -> dict[str, Any]:
         with _locked(path):
             record = _read(path)  # another process may have measured while we waited
             if record is None:
-                record = measure(enc)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(record, indent=2) + "\n")
-                tmp.replace(path)
-                logger.info("runtime calibration for %s: %s (photos/s %s)", enc.name, record["runtime"],
-                            record["photos_per_s"])
+                record = _measured_or_reference(enc)
+                if "error" not in record:  # a failed calibration is not kept: the next process tries again
+                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                    tmp.write_text(json.dumps(record, indent=2) + "\n")
+                    tmp.replace(path)
+                    logger.info("runtime calibration for %s: %s (photos/s %s)", enc.name, record["runtime"],
+                                record["photos_per_s"])
     except OSError as exc:
         logger.warning("can't keep the runtime calibration in %s (%s); measuring for this process", path.parent, exc)
         record = record or _measured_or_reference(enc)
-    except Exception as exc:  # noqa: BLE001 - a failed calibration must not stop the model
-        logger.warning("runtime calibration failed (%s: %s); using ONNX Runtime", type(exc).__name__, exc)
-        record = {"runtime": "onnx", "photos_per_s": {}, "error": f"{type(exc).__name__}: {exc}"[:200]}
     return record
 
 
@@ -135,6 +133,7 @@ def calibrate(enc: Any, *, again: bool = False) -> dict[str, Any]:
 
 
 def _measured_or_reference(enc: Any) -> dict[str, Any]:
+    """:func:`measure`, or where it fails, ONNX Runtime (the reference) with the reason."""
     try:
         return measure(enc)
     except Exception as exc:  # noqa: BLE001
@@ -200,13 +199,14 @@ def calibrate_in_child(enc: Any) -> dict[str, Any] | None:
     when the child failed (each worker then calibrates on first use)."""
     from . import EncoderSettings
 
-    record = _read(calibration_path(enc))
+    path = calibration_path(enc)
+    record = _read(path)
     if record is not None:
         return record
     settings = EncoderSettings.of(enc).__dict__ | {"threads": enc.threads}
     proc = subprocess.run([sys.executable, "-m", "lookalike.encoders.calibrate", json.dumps(settings)],
                           capture_output=True, text=True, check=False)
-    record = _read(calibration_path(enc))
+    record = _read(path)
     if record is None:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         logger.warning("runtime calibration failed (%s); workers will calibrate on first use", tail[0])
@@ -216,12 +216,11 @@ def calibrate_in_child(enc: Any) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> int:
     from . import EncoderSettings
 
-    args = json.loads((argv if argv is not None else sys.argv[1:])[0]) if (argv or sys.argv[1:]) else {}
+    argv = sys.argv[1:] if argv is None else argv
+    args = json.loads(argv[0]) if argv else {}
     threads = args.pop("threads", None)
     enc = EncoderSettings(**{**args, "runtime": "auto"}).make(threads=threads)
-    enc.export()
-    record = choose_runtime(enc)
-    print(json.dumps(record, indent=2))
+    print(json.dumps(calibrate(enc), indent=2))
     return 0
 
 
