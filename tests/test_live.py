@@ -800,9 +800,10 @@ def _check_hnsw(path: Path, removed: set[str], new: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("whole", [True, False], ids=["all-rows-at-once", "segment-by-segment"])
 def test_a_changed_generation_searches_like_exact_search_over_its_live_rows(idx, encoder, monkeypatch, whole):
-    """All rows of an exact generation are scored at once (ExactRun); a batch too large for that
-    searches segment by segment, the small change segments folded into one exact block. Both
-    answer as exact search over the live rows, with and without per-query filters."""
+    """All rows of an exact generation are scored at once (ExactRun, a few queries at a time when a
+    batch would hold too many scores); a generation too large for that searches segment by segment,
+    the small change segments folded into one exact block. Both answer as exact search over the
+    live rows, with and without per-query filters."""
     import lookalike.index.segmented as segmented
     from lookalike.index.exact import ExactIndex
     from lookalike.index.segmented import SegmentedIndex, physical_rows
@@ -815,8 +816,8 @@ def test_a_changed_generation_searches_like_exact_search_over_its_live_rows(idx,
     snap = Store(idx).snapshot()
     metric = snap.manifest["metric"]
     assert len(snap.segments) == 5
-    if not whole:
-        monkeypatch.setattr(segmented, "RUN_SCORES", 100)  # 12 queries x 103 rows is more
+    # whole: 5 queries at a time (12 x 103 scores are more than 600); else: 103 rows are over 100
+    monkeypatch.setattr(segmented, "RUN_SCORES", 600 if whole else 100)
     got = ExactIndex.open(snap, metric=metric)
     rows = np.concatenate([physical_rows(seg, metric) for seg in snap.segments])[snap.live]
     oracle = ExactIndex(rows, metric=metric)
@@ -835,11 +836,10 @@ def test_a_changed_generation_searches_like_exact_search_over_its_live_rows(idx,
             assert np.broadcast_to(mask, (12, len(rows)))[np.arange(12)[:, None], r].all()
         one_s, one_r = got.search(queries[0], 7, allowed=None if mask is None else np.atleast_2d(mask)[0])
         np.testing.assert_allclose(one_s[0], want_s[0], atol=1e-5)
-    parts = getattr(got, "_parts", got)  # over RUN_SCORES rows: the per-segment index itself
     if whole:
-        assert parts is None and isinstance(got.run, segmented.ExactRun)
+        assert isinstance(got, segmented.ExactRun)
     else:  # the base and one folded block of the four change segments
-        assert isinstance(parts, SegmentedIndex) and len(parts.parts) == 2
+        assert isinstance(got, SegmentedIndex) and len(got.parts) == 2
 
 
 @pytest.fixture(scope="module")

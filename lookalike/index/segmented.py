@@ -90,6 +90,11 @@ class ExactRun:
         k = max(0, min(k, self.n))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        step = max(1, RUN_SCORES // len(self.live))  # queries scored at once: memory stays bounded
+        if len(queries) > step:
+            found = [self.search(queries[i : i + step], k, allowed=allowed if allowed is None or allowed.ndim == 1
+                                 else allowed[i : i + step]) for i in range(0, len(queries), step)]
+            return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
         s = np.concatenate([queries @ b.T for b in self.blocks], axis=1)
         if self._sq is not None:
             qsq = (queries**2).sum(axis=1, keepdims=True)
@@ -107,8 +112,8 @@ class ExactRun:
         return {}
 
 
-#: ExactRun scores a batch of queries against all rows at once: above this many scores
-#: (queries x rows) the segments are searched one by one, in bounded blocks
+#: the most scores (queries x rows) ExactRun holds at once; a generation of more rows than this
+#: is searched segment by segment, in bounded blocks
 RUN_SCORES = 1 << 24
 
 
@@ -151,35 +156,8 @@ def open_segments(snapshot: Any, *, metric: str, part: Callable[[Any], Any], nam
     segments = snapshot.segments
     changed = len(segments) > 1 or (len(segments) == 1 and not snapshot.live.all())
     if changed and all(foldable(seg) for seg in segments) and len(snapshot.live) <= RUN_SCORES:
-        return _Bounded(ExactRun([physical_rows(seg, metric) for seg in segments], snapshot.live, metric=metric,
-                                 name=name), lambda: _parts(snapshot, metric=metric, part=part, name=name,
-                                                            foldable=foldable))
+        return ExactRun([physical_rows(seg, metric) for seg in segments], snapshot.live, metric=metric, name=name)
     return _parts(snapshot, metric=metric, part=part, name=name, foldable=foldable)
-
-
-class _Bounded:
-    """:class:`ExactRun` for batches it can score at once; the per-segment search beyond."""
-
-    def __init__(self, run: ExactRun, parts: Callable[[], VectorIndex]) -> None:
-        self.run = run
-        self._make_parts = parts
-        self._parts: VectorIndex | None = None
-        self.metric = run.metric
-        self.name = run.name
-
-    def __len__(self) -> int:
-        return len(self.run)
-
-    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if len(queries) * len(self.run.live) <= RUN_SCORES:
-            return self.run.search(queries, k, allowed=allowed)
-        if self._parts is None:
-            self._parts = self._make_parts()
-        return self._parts.search(queries, k, allowed=allowed)
-
-    def serialize(self) -> dict[str, bytes]:
-        return {}
 
 
 def _parts(snapshot: Any, *, metric: str, part: Callable[[Any], Any], name: str,
