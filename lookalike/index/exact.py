@@ -8,7 +8,13 @@ import numpy as np
 
 from .base import topk_sorted
 
-__all__ = ["ExactIndex"]
+__all__ = ["ExactIndex", "euclidean_scores"]
+
+
+def euclidean_scores(dots: np.ndarray, qsq: np.ndarray, sq: np.ndarray) -> np.ndarray:
+    """Scores for metric euclidean (higher is nearer: minus the distance) from the dot products
+    of queries and rows, the queries' squared norms ``(b, 1)`` and the rows' ``(n,)``."""
+    return -np.sqrt(np.maximum(qsq + sq[None, :] - 2.0 * dots, 0.0))
 
 
 class ExactIndex:
@@ -38,8 +44,7 @@ class ExactIndex:
             stop = min(n, start + self.block_rows)
             s = queries @ self.vectors[start:stop].T
             if self._sq is not None:
-                d2 = np.maximum(qsq + self._sq[None, start:stop] - 2.0 * s, 0.0)
-                s = -np.sqrt(d2)
+                s = euclidean_scores(s, qsq, self._sq[start:stop])
             if allowed is not None:
                 mask = allowed[..., start:stop]
                 s = np.where(mask if mask.ndim == 2 else mask[None, :], s, -np.inf)

@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from .base import VectorIndex, topk_sorted
-from .exact import ExactIndex
+from .exact import ExactIndex, euclidean_scores
 
 __all__ = ["SegmentedIndex", "open_segments"]
 
@@ -97,8 +97,7 @@ class ExactRun:
             return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
         s = np.concatenate([queries @ b.T for b in self.blocks], axis=1)
         if self._sq is not None:
-            qsq = (queries**2).sum(axis=1, keepdims=True)
-            s = -np.sqrt(np.maximum(qsq + self._sq[None, :] - 2.0 * s, 0.0))
+            s = euclidean_scores(s, (queries**2).sum(axis=1, keepdims=True), self._sq)
         if allowed is None:
             mask = self.live
         else:
