@@ -11,6 +11,8 @@ import platform
 import subprocess
 from typing import Any
 
+import isa  # benchmarks/ is the script's folder
+
 #: the CPU features that decide which kernels NumPy/OpenBLAS, ONNX Runtime (MLAS) and FAISS run
 KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                 "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
@@ -31,9 +33,13 @@ def _lscpu() -> dict[str, str]:
 def describe() -> dict[str, Any]:
     cpu = _lscpu()
     flags = set(cpu.get("Flags", "").split())
+    emulated = isa.active()
+    if emulated:  # /proc/cpuinfo shows the real CPU; the process sees the masked one
+        flags = {f for f in flags if not f.startswith(("avx512", "avx_vnni", "amx", "gfni", "vaes", "vpclmul"))}
     info: dict[str, Any] = {
         "cpu": cpu.get("Model name", platform.processor() or "unknown"),
         "cores": os.cpu_count(),
+        "isa": f"emulated {emulated}-only: {isa.HIDDEN[emulated]} hidden (benchmarks/isa.py)" if emulated else "native",
         "kernel_flags": [f for f in KERNEL_FLAGS if f in flags],
         "python": platform.python_version(),
         "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS",
@@ -59,15 +65,20 @@ def describe() -> dict[str, Any]:
     try:
         import openvino as ov
 
-        info["openvino"] = ov.__version__
+        info["openvino"] = (f"{ov.__version__} "
+                            f"capabilities={ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')}")
     except Exception:  # noqa: BLE001 - the extra may be missing
         pass
     return info
 
 
 def print_machine() -> dict[str, Any]:
+    """Print and return what this benchmark runs on; first re-run it under ``$LOOKALIKE_BENCH_ISA``."""
+    isa.reexec_if_requested()
     info = describe()
     print(f"machine: {info['cpu']}, {info['cores']} cores; kernel flags: {' '.join(info['kernel_flags'])}")
+    if info["isa"] != "native":
+        print(f"  isa: {info['isa']}")
     for key in ("numpy", "numpy_simd", "blas", "onnxruntime", "openvino", "env"):
         if info.get(key):
             print(f"  {key}: {info[key]}")
