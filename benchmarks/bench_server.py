@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent clients, comma-separated")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--workers", type=int, default=2, help="`lookalike serve --workers` (its default on 2 cores)")
+    ap.add_argument("--no-result-cache", action="store_true",
+                    help="serve with --result-cache 0, so every request searches (issue 12's target)")
     args = ap.parse_args(argv)
     machine = print_machine()
     global WORKERS
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     index = ensure_index(args.index)
     port = free_port()
-    proc = start_server(index, port)
+    proc = start_server(index, port, extra=["--result-cache", "0"] if args.no_result_cache else None)
     runs: list[list[dict[str, Any]]] = []
     try:
         info = health(port)
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_after": [round(x, 2) for x in load_after]},
         "versions": {"fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__},
         "settings": {"requests": args.requests, "max_seconds": args.max_seconds, "runs": args.runs,
-                     "warmup": args.warmup},
+                     "warmup": args.warmup, "result_cache": not args.no_result_cache},
         "target_p99_ms_at_32": TARGET_P99_MS,
         "library_in_process": lib,
         "summary_median_of_runs": summary,

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from lookalike.catalog import load_catalog
 from lookalike.encoders import get_encoder
 from lookalike.encoders.runtimes import ENGINES, engine_available, normalise, open_session
-from lookalike.images import colour_descriptor, dhash, prepare
+from lookalike.images import _lean_eighth_scale, colour_descriptor, dhash, prepare
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit", type=int, default=200, help="photos to profile")
     ap.add_argument("--precision", default=None, choices=("int8", "fp32"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--full-scans", action="store_true",
+                    help="decode every scan of progressive JPEGs (before lookalike.jpeg), for comparison")
     args = ap.parse_args(argv)
     machine = print_machine()
     cat = load_catalog(args.catalog)
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
         img = Image.open(io.BytesIO(data))
         if img.format == "JPEG":
             img.draft("RGB", (pre.draft, pre.draft))
+            if not args.full_scans:  # as the library does: progressive 1/8-scale JPEGs skip scans
+                img = _lean_eighth_scale(img, pre.draft, len(data))
         img.load()
         t3 = time.thread_time()
         img = ImageOps.exif_transpose(img) or img

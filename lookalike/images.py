@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 from .errors import ImageError
+from .jpeg import eighth_scale_scans
 
 __all__ = [
     "Preprocess",
@@ -65,6 +66,8 @@ DEFAULT_MAX_PIXELS = 64_000_000
 DRAFT_FRACTION = 0.7
 #: decodes of at least this many pixels give their memory back to the system afterwards
 TRIM_AFTER_PIXELS = 4_000_000
+#: progressive JPEGs up to this size are rewritten for 1/8-scale decoding (lookalike.jpeg)
+LEAN_MAX_BYTES = 64 << 20
 #: transparent photos are shrunk in strips of about this many pixels
 _STRIP_PIXELS = 2_000_000
 
@@ -280,6 +283,7 @@ def _decode(img: Image.Image, draft: int | None, nbytes: int | None) -> Image.Im
             # draft() scales by a power of two, keeping both sides >= the requested ones;
             # EXIF may rotate later, so request a square.
             img.draft("RGB", (draft, draft))
+            img = _lean_eighth_scale(img, draft, nbytes)
     img.load()
     if jpeg:
         _check_jpeg_fill(img)
@@ -293,6 +297,26 @@ def _decode(img: Image.Image, draft: int | None, nbytes: int | None) -> Image.Im
         out = out.transpose(method)
         out.info = {}  # the orientation is applied: a second open_image must not apply it again
     return out
+
+
+def _lean_eighth_scale(img: Image.Image, draft: int, nbytes: int | None) -> Image.Image:
+    """A progressive JPEG drafted to 1/8 scale, opened again without the scans that scale does
+    not read (:mod:`lookalike.jpeg`): the same pixels for about a third of the decoding. Any
+    other photo, or one the rewrite does not take, comes back as it was."""
+    if (getattr(img, "decoderconfig", (1,))[0] != 8 or not img.info.get("progressive") or nbytes is None
+            or nbytes > LEAN_MAX_BYTES or img.fp is None):
+        return img
+    try:
+        img.fp.seek(0)
+        data = img.fp.read(nbytes + 1)
+    except (OSError, ValueError, AttributeError):
+        return img
+    lean = eighth_scale_scans(data) if len(data) == nbytes else None
+    if lean is None:
+        return img
+    out = Image.open(io.BytesIO(lean))
+    out.draft("RGB", (draft, draft))
+    return out if out.size == img.size and out.mode == img.mode else img
 
 
 def _shrink(img: Image.Image, draft: int | None) -> Image.Image:
