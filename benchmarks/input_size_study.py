@@ -8,10 +8,15 @@ and both within the query's Gender: shape only (colour weight 0) and at the defa
 weight, duplicates collapsed as in `lookalike export`. ``--low-res`` repeats chosen sizes on
 copies of the photos cut down to at most ``--cut`` px (80: catalogue thumbnails), to check
 that a larger input is not a trick of these 512-px photos. ``--fp32`` repeats chosen sizes
-with the fp32 export instead of the default int8 one.
+with the fp32 export instead of the default int8 one. ``--framings`` repeats everything per
+framing: ``squash`` (the reference's), ``pad`` or ``crop``, each with ``trim+`` in front to cut
+the studio background around the product first (the default since issue 12: ``trim+pad``).
 
     python benchmarks/input_size_study.py ../shared/datasets/fashion-images/fashion.csv \
         --out benchmarks/results/input_size.json
+    python benchmarks/input_size_study.py ../shared/datasets/fashion-images/fashion.csv \
+        --sizes 256 288 320 --framings squash trim+squash trim+pad --fp32 --low-res 288 320 \
+        --out benchmarks/results/framing.json
 """
 
 from __future__ import annotations
@@ -52,8 +57,9 @@ def _shrunk_copy(catalog: Path, folder: Path, side: int) -> Path:
 
 
 def _row(rec: Recommender, photos: str, size: int, seconds: float) -> dict:
-    row: dict = {"photos": photos, "size": size, "precision": rec.manifest["model"]["precision"],
-                 "build_s": round(seconds, 1)}
+    m = rec.manifest["model"]
+    row: dict = {"photos": photos, "size": size, "precision": m["precision"],
+                 "framing": ("trim+" if m.get("trim") else "") + m["resize"], "build_s": round(seconds, 1)}
     for tag, weight in (("shape", 0.0), ("default", DEFAULT_COLOUR_WEIGHT)):
         s = evaluate(rec, LABELS, k=5, same="Gender", colour_weight=weight, show_progress_bar=False)
         for key in ("p@5_ProductType", "p@5_Colour", "p@5_all"):
@@ -70,29 +76,32 @@ def main() -> None:
     ap.add_argument("--cut", type=int, default=80, metavar="PX", help="long side of the cut-down copies")
     ap.add_argument("--fp32", type=int, nargs="*", default=[320], metavar="SIZE",
                     help="sizes to repeat in fp32 (none: skip)")
+    ap.add_argument("--framings", nargs="*", default=["trim+pad"],
+                    help="how photos become the input: squash, pad or crop, with trim+ to cut the background first")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     print_machine()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [(args.catalog, "as given", s, None) for s in args.sizes]
-        runs += [(args.catalog, "as given", s, "fp32") for s in args.fp32]
+        runs = [(args.catalog, "as given", s, None, f) for f in args.framings for s in args.sizes]
+        runs += [(args.catalog, "as given", s, "fp32", f) for f in args.framings for s in args.fp32]
         if args.low_res:
             small = _shrunk_copy(args.catalog, Path(tmp) / "small", args.cut)
-            runs += [(small, f"cut to {args.cut} px", s, None) for s in args.low_res]
-        for catalog, photos, size, precision in runs:
+            runs += [(small, f"cut to {args.cut} px", s, None, f) for f in args.framings for s in args.low_res]
+        for catalog, photos, size, precision, framing in runs:
             idx = Path(tmp) / f"idx-{size}-{len(rows)}"
             t0 = time.perf_counter()
-            build(catalog, idx, size=size, precision=precision, show_progress_bar=False)
+            build(catalog, idx, size=size, precision=precision, resize=framing.removeprefix("trim+"),
+                  trim=framing.startswith("trim+"), show_progress_bar=False)
             row = _row(Recommender.load(idx), photos, size, time.perf_counter() - t0)
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\nP@5 within Gender, k=5, duplicates collapsed; colour weight 0 | {DEFAULT_COLOUR_WEIGHT}")
-    print("| photos | input px | precision | ProductType | both | ProductType (w) | Colour (w) | both (w) "
-          "| build s |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| photos | framing | input px | precision | ProductType | both | ProductType (w) | Colour (w) "
+          "| both (w) | build s |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['photos']} | {r['size']} | {r['precision']} | {r['shape_p@5_ProductType']:.3f} "
+        print(f"| {r['photos']} | {r['framing']} | {r['size']} | {r['precision']} | {r['shape_p@5_ProductType']:.3f} "
               f"| {r['shape_p@5_all']:.3f} "
               f"| {r['default_p@5_ProductType']:.3f} | {r['default_p@5_Colour']:.3f} "
               f"| {r['default_p@5_all']:.3f} | {r['build_s']} |")

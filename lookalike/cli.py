@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         POOLINGS,
         __version__,
     )
-    from .encoders import RUNTIMES
+    from .encoders import DEFAULT_RESIZE, DEFAULT_TRIM, RUNTIMES
 
     parser = argparse.ArgumentParser(
         prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue."
@@ -117,10 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--weights", type=Path, default=None, help="model weights file (resnet50: torchvision format)")
     b.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS,
                    help="none = the reference's flattened map")
-    b.add_argument("--resize", default="squash", choices=("squash", "pad", "crop"),
-                   help="how photos become the square model input (squash, as the reference)")
+    b.add_argument("--resize", default=DEFAULT_RESIZE, choices=("squash", "pad", "crop"),
+                   help="how photos become the square model input (default pad: fitted on white; "
+                        "squash stretches them, as the reference)")
+    b.add_argument("--trim", action=argparse.BooleanOptionalAction, default=DEFAULT_TRIM,
+                   help="cut the studio background around each product first (default: on; "
+                        "--no-trim keeps the whole photo, as the reference)")
     b.add_argument("--size", type=_positive_int, default=None, metavar="PX",
-                   help="side of the square model input (default: the model's, 320 for efficientnet-lite0, "
+                   help="side of the square model input (default: the model's, 256 for efficientnet-lite0, "
                         "224 for resnet50)")
     b.add_argument("--precision", default=None, choices=("int8", "fp32"),
                    help="model arithmetic (default: int8 for efficientnet-lite0, about 2x faster at the "
@@ -358,7 +362,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     report = build(
         args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
         allow_outside_images=args.allow_outside_images,
-        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, size=args.size,
+        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, trim=args.trim,
+        size=args.size,
         precision=args.precision, runtime=args.runtime, metric=args.metric,
         projection_dim=args.projection_dim or None, backend=args.backend, batch_size=args.batch_size,
         workers=args.workers, update=args.update,
@@ -535,7 +540,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("index", str(args.index)),
         ("generation", f"{rec.generation} (made by {op}; {len(m.get('segments', [])) or 1} segment(s))"),
         ("rows", f"{m['rows']} (of {m['catalog']['rows_total']} catalogue rows; {m['report']['skipped']} skipped)"),
-        ("model", f"{m['model']['name']} / pooling {m['model']['pooling']} / {m['model']['resize']} "
+        ("model", f"{m['model']['name']} / pooling {m['model']['pooling']} / "
+                  f"{'trimmed, ' if m['model'].get('trim') else ''}{m['model']['resize']} "
                   f"{m['model']['input_size']}px / {m['model'].get('precision', 'fp32')} "
                   f"on {m['model'].get('runtime') or 'onnx'} / weights {m['model'].get('weights', '')}"),
         ("vectors", f"{m['dim']}-d float32, metric {m['metric']}, back end {m['index']['backend']}"),

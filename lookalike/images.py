@@ -66,6 +66,10 @@ DEFAULT_MAX_PIXELS = 64_000_000
 DRAFT_FRACTION = 0.7
 #: decodes of at least this many pixels give their memory back to the system afterwards
 TRIM_AFTER_PIXELS = 4_000_000
+#: a pixel whose channels all lie within this of the background colour is background
+BACKGROUND_TOLERANCE = 24
+#: trimming: a row or column is product where this share of its pixels is; the margin kept
+TRIM_LINE, TRIM_MARGIN = 0.005, 0.10
 #: progressive JPEGs up to this size are rewritten for 1/8-scale decoding (lookalike.jpeg)
 LEAN_MAX_BYTES = 64 << 20
 #: transparent photos are shrunk in strips of about this many pixels
@@ -85,11 +89,14 @@ class Preprocess:
     ``resize``: ``"pad"`` fits the whole photo into the square and fills the rest with
     ``fill`` (studio backgrounds are white, so padding is invisible); ``"squash"`` stretches
     it to the square like the reference recipe; ``"crop"`` cuts the centre square.
+    ``trim`` first cuts away the uniform background around the product
+    (:func:`trim_background`), so the product fills the input whatever its framing.
     """
 
     size: int = 224
     resize: str = "squash"
     fill: int = 255
+    trim: bool = False
 
     def __post_init__(self) -> None:
         if self.resize not in ("pad", "squash", "crop"):
@@ -545,8 +552,45 @@ def model_input(source: ImageSource, pre: Preprocess) -> np.ndarray:
     return prepare(open_image(source, draft=pre.draft), pre)
 
 
+def _background(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The background colour of a studio photo (the median of its border pixels) and the mask
+    of the pixels that differ from it: those are the product."""
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    bg = np.median(border, axis=0)
+    # channel by channel: a max over the last axis of 3 is ten times slower in NumPy
+    fg = np.abs(rgb[..., 0] - bg[0]) > BACKGROUND_TOLERANCE
+    for c in range(1, rgb.shape[2]):
+        fg |= np.abs(rgb[..., c] - bg[c]) > BACKGROUND_TOLERANCE
+    return bg, fg
+
+
+def trim_background(img: Image.Image) -> Image.Image:
+    """The photo cut to its product plus a ``TRIM_MARGIN`` margin each side.
+
+    Rows and columns where at least ``TRIM_LINE`` of the pixels differ from the background
+    bound the product. A photo with too little product (a white shirt on white), or none to
+    cut, comes back whole.
+    """
+    w, h = img.size
+    if w < 16 or h < 16:
+        return img
+    _, fg = _background(np.asarray(img, dtype=np.int16))
+    if fg.mean() < 0.03:
+        return img
+    rows = np.flatnonzero(fg.sum(axis=1) > TRIM_LINE * w)
+    cols = np.flatnonzero(fg.sum(axis=0) > TRIM_LINE * h)
+    if not len(rows) or not len(cols):
+        return img
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    dy, dx = int((bottom - top) * TRIM_MARGIN), int((right - left) * TRIM_MARGIN)
+    box = (max(0, left - dx), max(0, top - dy), min(w, right + dx), min(h, bottom + dy))
+    return img if box == (0, 0, w, h) else img.crop(box)
+
+
 def prepare(img: Image.Image, pre: Preprocess) -> np.ndarray:
     """Resize an RGB photo to the model's square input; uint8 (size, size, 3)."""
+    if pre.trim:
+        img = trim_background(img)
     size = pre.size
     w, h = img.size
     if pre.resize == "squash":
@@ -578,13 +622,9 @@ def colour_descriptor(pixels: np.ndarray) -> np.ndarray:
     img = Image.fromarray(pixels)
     if img.size[0] > 64:
         img = img.resize((64, 64), Image.BILINEAR)
-    rgb = np.asarray(img, dtype=np.float32)
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    bg = np.median(border, axis=0)
-    dist = np.abs(rgb - bg).max(axis=2)
-    fg = dist > 24
+    _, fg = _background(np.asarray(img, dtype=np.float32))
     if fg.mean() < 0.03:
-        fg = dist >= 0  # a product the colour of its background: use everything
+        fg = np.ones_like(fg)  # a product the colour of its background: use everything
     hsv = np.asarray(img.convert("HSV"), dtype=np.float32)[fg] / 255.0
     h, s, v = hsv[:, 0], hsv[:, 1], hsv[:, 2]
     chromatic = (s > 0.2) & (v > 0.2)

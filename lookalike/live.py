@@ -180,13 +180,15 @@ class Index:
         m = snap.manifest["model"]
         if self._encoder is None:
             self._encoder = get_encoder(m["name"], pooling=m.get("pooling", "grid2"), resize=m.get("resize", "squash"),
-                                        size=m.get("input_size"), precision=m.get("precision", "fp32"),
-                                        threads=self.threads)
+                                        trim=m.get("trim", False), size=m.get("input_size"),
+                                        precision=m.get("precision", "fp32"), threads=self.threads)
         enc = self._encoder
-        if (enc.name, enc.pooling, enc.dim, enc.preprocess.size) != (m["name"], m.get("pooling"), m["dim"],
-                                                                        m.get("input_size", enc.preprocess.size)):
+        pre = enc.preprocess
+        if (enc.name, enc.pooling, enc.dim, pre.size, pre.trim) != (
+                m["name"], m.get("pooling"), m["dim"], m.get("input_size", pre.size), m.get("trim", False)):
             raise InvalidQueryError(f"{self.path} was built with {m['name']}/{m.get('pooling')} at "
-                                    f"{m.get('input_size')} px; the encoder given is {enc!r}")
+                                    f"{m.get('input_size')} px{', trimmed' if m.get('trim') else ''}; "
+                                    f"the encoder given is {enc!r}")
         return enc
 
     # -- operations --------------------------------------------------------------------

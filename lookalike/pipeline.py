@@ -34,6 +34,7 @@ from .encoders import (
     DEFAULT_MODEL,
     DEFAULT_POOLING,
     DEFAULT_RESIZE,
+    DEFAULT_TRIM,
     Encoder,
     get_encoder,
     l2_normalize,
@@ -171,6 +172,7 @@ def build(
     metric: str = DEFAULT_METRIC,
     weights: str | os.PathLike | None = None,
     resize: str = DEFAULT_RESIZE,
+    trim: bool = DEFAULT_TRIM,
     size: int | None = None,
     precision: str | None = None,
     projection_dim: int | None = DEFAULT_PROJECTION_DIM,
@@ -197,7 +199,7 @@ def build(
 
     With ``update=True`` rows of an existing index at ``out`` whose id and photo bytes are
     unchanged are reused instead of encoded again: adding products costs only the new ones.
-    ``size`` is the side of the square model input (``None``: the model's default, 320 px for
+    ``size`` is the side of the square model input (``None``: the model's default, 256 px for
     efficientnet-lite0, 224 px for resnet50); ``precision`` is ``"int8"`` or ``"fp32"``
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
@@ -224,9 +226,12 @@ def build(
         allow_outside_images=allow_outside_images,
     )
     enc = encoder or get_encoder(
-        model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, size=size, precision=precision
+        model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
+        precision=precision,
+        streams=workers if runner.name == "local" else 1,  # each local worker decodes and embeds its own batches
     )
     settings = {"name": enc.name, "pooling": enc.pooling, "resize": enc.preprocess.resize,
+                "trim": enc.preprocess.trim,
                 "input_size": enc.preprocess.size, "precision": getattr(enc, "precision", "fp32"),
                 "dim": enc.dim, "projection_dim": projection_dim or 0}
     reuse, old_projection = _reusable(out, settings) if update and out.exists() else ({}, None)

@@ -224,7 +224,8 @@ class Recommender:
         if self._encoder is None:
             m = self.manifest["model"]
             enc = get_encoder(m["name"], pooling=m["pooling"], resize=m.get("resize", "squash"),
-                              size=m.get("input_size"), precision=m.get("precision", "fp32"))
+                              trim=m.get("trim", False), size=m.get("input_size"),
+                              precision=m.get("precision", "fp32"))
             if isinstance(enc, CNNEncoder) and m.get("weights") and enc.weights_id != m["weights"]:
                 logger.warning("index was built with weights %s, now using %s", m["weights"], enc.weights_id)
             if enc.dim != m["dim"]:

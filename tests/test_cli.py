@@ -213,7 +213,8 @@ def test_info(capsys, demo_index):
     m = record(demo_index)
     assert fields["rows"] == "99 (of 99 catalogue rows; 0 skipped)"
     assert fields["model"].startswith(
-        f"efficientnet-lite0 / pooling {m['model']['pooling']} / {m['model']['resize']} 320px / int8 "
+        f"efficientnet-lite0 / pooling {m['model']['pooling']} / trimmed, {m['model']['resize']} "
+        f"{m['model']['input_size']}px / int8 "
         f"on {m['model']['runtime']} / weights"
     )
     assert fields["vectors"].startswith(f"{m['dim']}-d float32, metric cosine")

@@ -26,8 +26,8 @@ from lookalike.images import open_image, prepare
 
 DEMO_IMAGES = demo_catalog().parent / "images"
 PHOTOS = sorted(DEMO_IMAGES.glob("*.jpg"))[:4]
-#: EfficientNet-Lite0's last map is 1280 x 10 x 10 at its default 320-px input
-DIMS = {"gem": 1280, "avg": 1280, "max": 1280, "none": 1280 * 10 * 10, "grid2": 4 * 1280}
+#: EfficientNet-Lite0's last map is 1280 x 8 x 8 at its default 256-px input
+DIMS = {"gem": 1280, "avg": 1280, "max": 1280, "none": 1280 * 8 * 8, "grid2": 4 * 1280}
 
 
 def _close(a: np.ndarray, b: np.ndarray, rel: float) -> bool:
@@ -46,7 +46,8 @@ def test_encoder_contract(encoder, onnx_vectors):
     assert isinstance(encoder, Encoder)
     assert (encoder.name, encoder.pooling) == (DEFAULT_MODEL, DEFAULT_POOLING)
     assert encoder.dim == DIMS[encoder.pooling]
-    assert encoder.preprocess.size == 320 and encoder.grid == 10
+    assert encoder.preprocess.size == 256 and encoder.grid == 8
+    assert encoder.preprocess.trim and encoder.preprocess.resize == "pad"
     assert onnx_vectors.shape == (len(PHOTOS), encoder.dim) and onnx_vectors.dtype == np.float32
     assert np.isfinite(onnx_vectors).all()
     assert len({v.tobytes() for v in onnx_vectors}) == len(PHOTOS)  # different photos, different vectors
@@ -68,12 +69,12 @@ def test_pooling_relations(encoder):
     encs = {p: get_encoder(pooling=p) for p in ("avg", "gem", "max", "none")}
     v = {p: e.encode(PHOTOS[:2]) for p, e in encs.items()}
     assert np.all(v["gem"] >= v["avg"] - 1e-3) and np.all(v["gem"] <= v["max"] + 1e-3)
-    fmap = v["none"].reshape(2, 10, 10, 1280)  # channels-last flattening, as the reference
+    fmap = v["none"].reshape(2, encoder.grid, encoder.grid, 1280)  # channels-last flattening, as the reference
     assert np.allclose(fmap.mean(axis=(1, 2)), v["avg"], atol=1e-4)
     assert np.allclose(fmap.max(axis=(1, 2)), v["max"], atol=1e-5)
 
 
-@pytest.mark.parametrize(("size", "grid"), [(224, 7), (256, 8)])
+@pytest.mark.parametrize(("size", "grid"), [(224, 7), (320, 10)])
 def test_input_size_sets_map_and_export(size, grid, onnx_vectors):
     """Other input sides work: the map is size / 32 wide, and each side has its own export."""
     enc = get_encoder(pooling="none", size=size)
@@ -110,7 +111,7 @@ def test_sources_bytes_pil_and_prepared_pixels(encoder, onnx_vectors):
     from_bytes = encoder.encode([path.read_bytes()])
     from_pil = encoder.encode(Image.open(path))
     from_str = encoder.encode(str(path))
-    pixels = prepare(open_image(path, draft=320), encoder.preprocess)
+    pixels = prepare(open_image(path, draft=encoder.preprocess.draft), encoder.preprocess)
     from_pixels = encoder.encode_pixels(pixels[None])
     for got in (from_bytes, from_pil, from_str, from_pixels):
         assert _close(got[0], onnx_vectors[0], 1e-4)

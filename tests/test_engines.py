@@ -68,6 +68,35 @@ def bad_catalog(tmp_path_factory) -> Path:
 
 
 # -- without Ray ----------------------------------------------------------------------------
+class _Count:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+
+def test_workers_that_decode_and_embed_their_own_batches_give_the_streamed_rows(bad_catalog, encoder):
+    """An encoder taking two callers (``streams``, as build makes it) has each worker decode and
+    embed whole batches; the rows, reports and vectors are those of decode-ahead streaming."""
+    from lookalike import get_encoder
+
+    cat = load_catalog(bad_catalog)
+    positions = list(range(len(cat.ids)))
+    streamed = LocalEngine().encode(cat, positions, encoder, batch_size=8, workers=2)
+    side_by_side = get_encoder(streams=2)
+    bar = _Count()
+    workers = LocalEngine().encode(cat, positions, side_by_side, batch_size=8, workers=2, bar=bar)
+    assert workers.positions == streamed.positions and len(workers.positions) == len(positions) - 2
+    assert [(p.row, p.id, p.reason) for p in workers.problems] == [(p.row, p.id, p.reason) for p in streamed.problems]
+    assert np.abs(workers.raw - streamed.raw).max() <= 1e-5 * np.abs(streamed.raw).max()
+    np.testing.assert_array_equal(workers.colour, streamed.colour)
+    np.testing.assert_array_equal(workers.dhash, streamed.dhash)
+    assert workers.sha1 == streamed.sha1
+    assert bar.n == len(positions)
+
+
+
 def test_engine_choices_are_checked():
     assert DEFAULT_ENGINE == "local" and set(ENGINES) == {"local", "ray"}
     assert isinstance(get_engine(), LocalEngine)

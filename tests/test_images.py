@@ -443,3 +443,51 @@ def test_memory_is_given_back_after_big_decodes_only(monkeypatch):
     assert calls == [1]
     monkeypatch.undo()
     images._give_memory_back()  # malloc_trim where glibc has it, nothing elsewhere; never raises
+
+
+# -- trimming the studio background (issue 12: the same P@5 from a 256-px input) -------------------
+def _studio(w: int, h: int, box: tuple[int, int, int, int], colour=(200, 30, 40), bg=(250, 250, 250)) -> Image.Image:
+    img = Image.new("RGB", (w, h), bg)
+    img.paste(Image.new("RGB", (box[2] - box[0], box[3] - box[1]), colour), box[:2])
+    return img
+
+
+def test_trim_cuts_to_the_product_and_its_margin():
+    from lookalike.images import TRIM_MARGIN, trim_background
+
+    img = _studio(300, 400, (100, 150, 200, 300))
+    out = trim_background(img)
+    dx, dy = int(100 * TRIM_MARGIN), int(150 * TRIM_MARGIN)
+    assert out.size == (100 + 2 * dx, 150 + 2 * dy)
+    arr = np.asarray(out)
+    assert (arr[dy:-dy, dx:-dx] == (200, 30, 40)).all() and (arr[:dy] == 250).all()
+
+
+def test_trim_leaves_photos_without_a_product_to_cut_as_they_are():
+    from lookalike.images import trim_background
+
+    for img in (Image.new("RGB", (300, 400), (255, 255, 255)),  # nothing but background
+                _studio(300, 400, (140, 190, 150, 200)),  # too little product to trust (< 3%)
+                _studio(300, 400, (0, 0, 300, 400)),  # product fills the frame
+                _studio(12, 12, (3, 3, 9, 9))):  # too small to judge
+        assert trim_background(img) is img
+
+
+def test_trimmed_real_photos_keep_their_product(fullres_dir):
+    """On real studio photos the cut keeps every product pixel and drops background."""
+    from lookalike.images import _background, trim_background
+
+    for path in sorted((fullres_dir / "images").glob("*.jpg"))[:20]:
+        img = open_image(path, draft=180)
+        out = trim_background(img)
+        _, fg = _background(np.asarray(img, dtype=np.int16))
+        assert out.size[0] * out.size[1] <= img.size[0] * img.size[1]
+        assert np.count_nonzero(_background(np.asarray(out, dtype=np.int16))[1]) >= 0.95 * np.count_nonzero(fg)
+
+
+def test_prepare_trims_only_when_asked():
+    img = _studio(300, 400, (100, 150, 200, 300))
+    whole = prepare(img, Preprocess(size=64, resize="pad"))
+    trimmed = prepare(img, Preprocess(size=64, resize="pad", trim=True))
+    red = lambda a: np.count_nonzero((a[..., 0] > 150) & (a[..., 1] < 100))  # noqa: E731
+    assert red(trimmed) > 2 * red(whole)

@@ -22,10 +22,15 @@ QUERIES = ({"same": "Gender"}, {}, {"where": {"Colour": ["Black", "White"]}},
 
 
 def _same(a, b) -> None:
-    """Same products in the same order, scores equal to float32 precision."""
-    assert a.ids == b.ids
+    """Same products in the same order, scores equal to float32 precision. Where two products
+    hold the same photo (equal vectors, one duplicate group: one of them is shown), either
+    may fill the place: which of exactly tied rows Milvus hands back is its own choice."""
     assert np.allclose([r.score for r in a], [r.score for r in b], atol=1e-6)
-    assert [r.metadata for r in a] == [r.metadata for r in b]
+    for x, y in zip(a, b, strict=True):
+        if x.id != y.id:
+            assert x.metadata["Image"] == y.metadata["Image"], (a.ids, b.ids)  # one photo file
+        else:
+            assert x.metadata == y.metadata
 
 
 def _check_against_exact(index: Path, pids: list[str]) -> None:

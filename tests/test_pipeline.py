@@ -67,7 +67,8 @@ def test_manifest_and_layout(small, encoder):
         data = (base(out) / name).read_bytes()
         assert rec["size"] == len(data) and len(rec["sha256"]) == 64 and isinstance(rec["crc32"], int)
     assert m["model"]["name"] == encoder.name and m["model"]["pooling"] == encoder.pooling
-    assert m["model"]["dim"] == encoder.dim and m["model"]["input_size"] == encoder.preprocess.size == 320
+    assert m["model"]["dim"] == encoder.dim and m["model"]["input_size"] == encoder.preprocess.size == 256
+    assert m["model"]["trim"] is True and m["model"]["resize"] == "pad"
     assert m["model"]["resize"] == encoder.preprocess.resize
     # the runtime this machine's calibration chose, and the figures it was chosen on
     assert m["model"]["runtime"] == encoder.engine in ("onnx", "openvino")

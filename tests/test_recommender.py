@@ -263,7 +263,8 @@ def test_by_photo_of_an_indexed_product(demo_rec):
 
 def test_photo_queries_use_the_model_settings_the_index_was_built_with(tmp_path):
     """An index built at 224 px in fp32 (older indexes, or `build --size 224 --precision fp32`)
-    embeds photos that way: the defaults (320 px, int8) would give other vectors."""
+    embeds photos that way: the defaults (256 px trimmed, int8) would give other vectors. An index
+    from before trimming (no ``trim`` in its manifest) embeds photos untrimmed."""
     table = pd.read_csv(demo_catalog(), dtype=str, keep_default_na=False).iloc[:12]
     table.to_csv(tmp_path / "cat.csv", index=False)
     build(tmp_path / "cat.csv", tmp_path / "idx", images=demo_catalog().parent / "images", size=224,
@@ -278,6 +279,10 @@ def test_photo_queries_use_the_model_settings_the_index_was_built_with(tmp_path)
     # manifests written before precision was recorded were fp32
     edit_record(tmp_path / "idx", lambda m: m["model"].pop("precision"))
     assert Recommender.load(tmp_path / "idx").encoder.precision == "fp32"
+    # and those written before trimming were untrimmed
+    assert rec.manifest["model"]["trim"] is True
+    edit_record(tmp_path / "idx", lambda m: m["model"].pop("trim"))
+    assert Recommender.load(tmp_path / "idx").encoder.preprocess.trim is False
 
 
 def test_by_photo_of_an_indexed_product_full_set(full_rec, fashion_dir):

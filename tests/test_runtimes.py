@@ -47,6 +47,47 @@ def test_openvino_serves_concurrent_threads():
         assert np.allclose(out[0], alone[i % 4], atol=1e-6)
 
 
+@needs_openvino
+def test_openvino_keeps_its_folded_model_as_ir_and_loads_it_to_the_same_vectors(tmp_path, monkeypatch):
+    """The second start compiles from the kept IR (no ONNX read, same vectors); a damaged IR
+    is made again from the export."""
+    import shutil
+
+    import openvino as ov
+
+    export = get_encoder(runtime="onnx").export()
+    (tmp_path / "onnx").mkdir()
+    shutil.copy2(export, tmp_path / "onnx" / export.name)
+    monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path))
+    first = get_encoder(runtime="openvino").encode(PHOTOS)  # from the ONNX file; keeps the IR
+    kept = sorted((tmp_path / "openvino").glob("*-u8nhwc-*"))
+    assert [p.suffix for p in kept] == [".bin", ".xml"]
+    with monkeypatch.context() as m:
+        m.setattr(ov.Core, "read_model", lambda *a, **k: pytest.fail("read the ONNX file again"))
+        assert np.array_equal(get_encoder(runtime="openvino").encode(PHOTOS), first)
+    kept[0].write_bytes(b"damaged")
+    for blob in (tmp_path / "openvino").glob("*.blob"):  # else the compiled blob is all it reads
+        blob.unlink()
+    assert np.array_equal(get_encoder(runtime="openvino").encode(PHOTOS), first)
+    assert kept[0].stat().st_size > 1000
+
+
+@pytest.mark.parametrize("runtime", ["onnx", pytest.param("openvino", marks=needs_openvino)])
+def test_an_encoder_with_streams_serves_its_callers_side_by_side_with_the_same_vectors(runtime):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lookalike.images import model_input
+
+    one = get_encoder(runtime=runtime)
+    two = get_encoder(runtime=runtime, streams=2)
+    pixels = np.stack([model_input(p, one.preprocess) for p in PHOTOS])
+    want = one.encode_pixels(pixels)
+    with ThreadPoolExecutor(2) as pool:
+        halves = list(pool.map(two.encode_pixels, [pixels[:4], pixels[4:]] * 3))
+    for i, got in enumerate(halves):
+        assert np.allclose(got, want[:4] if i % 2 == 0 else want[4:], atol=1e-5 * np.abs(want).max())
+
+
 @pytest.fixture
 def record_at(tmp_path, monkeypatch):
     """Calibration records go to a fresh folder (the exports stay in the shared cache)."""

@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_POOLING",
     "DEFAULT_RESIZE",
+    "DEFAULT_TRIM",
     "get_encoder",
     "EncoderSettings",
     "runtime_record",
@@ -31,8 +32,11 @@ __all__ = [
 
 DEFAULT_MODEL = "efficientnet-lite0"
 DEFAULT_POOLING = "grid2"
-#: how photos become the square model input; "squash" measured best (docs/quality.md)
-DEFAULT_RESIZE = "squash"
+#: how photos become the square model input, after cutting the studio background around the
+#: product (trim): fitted into the square on white ("pad"). Trimmed and padded at 256 px, P@5
+#: equals the untrimmed squash at 320 px for 36% less model work (docs/quality.md).
+DEFAULT_RESIZE = "pad"
+DEFAULT_TRIM = True
 
 
 def _lite0_weights() -> Path | None:
@@ -47,9 +51,10 @@ MODELS: dict[str, ModelSpec] = {
     "efficientnet-lite0": ModelSpec(
         name="efficientnet-lite0",
         channels=1280,
-        # trained at 224, but 320 retrieves better, also for photos of 80 px (docs/quality.md,
-        # benchmarks/input_size_study.py): ImageNet nets see objects larger in training
-        input_size=320,
+        # trained at 224, but larger inputs retrieve better (ImageNet nets see objects larger in
+        # training): 320 px untrimmed, or 256 px with the background trimmed, the default
+        # (docs/quality.md, benchmarks/input_size_study.py)
+        input_size=256,
         stride=32,
         # int8: about 2x faster on 2 cores, P@5 unchanged on the 2,906 set (docs/quality.md)
         precision="int8",
@@ -84,22 +89,27 @@ def get_encoder(
     size: int | None = None,
     precision: str | None = None,
     threads: int | None = None,
+    streams: int = 1,
+    trim: bool = DEFAULT_TRIM,
 ) -> CNNEncoder:
     """Build the encoder registered as ``name`` (weights are located, not loaded, here).
 
     ``size`` is the side of the square model input; ``None`` takes the model's default.
+    ``trim`` cuts the uniform background around the product before ``resize``.
     ``precision`` is ``"int8"`` or ``"fp32"`` (``None``: the model's default with ONNX Runtime,
     int8 for efficientnet-lite0, whose quality was measured, fp32 for resnet50; torch: fp32).
     ``runtime`` is ``"auto"`` (ONNX Runtime or OpenVINO, calibrated once per machine: see
     :mod:`lookalike.encoders.calibrate`), ``"onnx"``, ``"openvino"`` or ``"torch"``.
+    ``threads`` (None: every core) are the model's; ``streams`` threads may encode at once,
+    each on its share of them (a build's workers; 1 gives a single call all of them).
     """
     try:
         spec = MODELS[name]
     except KeyError:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
     return CNNEncoder(
-        spec, pooling=pooling, weights=weights, runtime=runtime, resize=resize, size=size,
-        precision=precision, threads=threads,
+        spec, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
+        precision=precision, threads=threads, streams=streams,
     )
 
 
@@ -115,6 +125,7 @@ class EncoderSettings:
     model: str = DEFAULT_MODEL
     pooling: str = DEFAULT_POOLING
     resize: str = DEFAULT_RESIZE
+    trim: bool = DEFAULT_TRIM
     size: int | None = None
     precision: str | None = None
     runtime: str = "auto"
@@ -131,13 +142,15 @@ class EncoderSettings:
                              "only encoders made by get_encoder() can")
         own = enc.spec.find_weights()
         weights = None if own is not None and own == enc.weights_path else str(enc.weights_path)
-        return cls(model=enc.name, pooling=enc.pooling, resize=enc.preprocess.resize, size=enc.preprocess.size,
+        return cls(model=enc.name, pooling=enc.pooling, resize=enc.preprocess.resize, trim=enc.preprocess.trim,
+                   size=enc.preprocess.size,
                    precision=enc.precision, runtime=enc.runtime, weights=weights)
 
     def make(self, *, threads: int | None = None) -> CNNEncoder:
         """A new encoder with these settings (``threads``: ONNX Runtime / torch threads)."""
         return get_encoder(self.model, pooling=self.pooling, weights=self.weights, runtime=self.runtime,
-                           resize=self.resize, size=self.size, precision=self.precision, threads=threads)
+                           resize=self.resize, trim=self.trim, size=self.size, precision=self.precision,
+                           threads=threads)
 
 
 def runtime_record(enc: Any) -> dict[str, Any]:

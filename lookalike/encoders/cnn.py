@@ -79,9 +79,11 @@ class CNNEncoder:
         weights: str | os.PathLike | None = None,
         runtime: str = "auto",
         resize: str = "squash",
+        trim: bool = False,
         size: int | None = None,
         precision: str | None = None,
         threads: int | None = None,
+        streams: int = 1,
     ) -> None:
         size = spec.input_size if size is None else int(size)
         if precision is None:
@@ -103,7 +105,10 @@ class CNNEncoder:
         self.runtime = runtime
         self.precision = precision
         self.threads = threads
-        self.preprocess = Preprocess(size=size, resize=resize)
+        #: how many threads may call encode_pixels at once, each on its share of ``threads``
+        #: (a build's decode-and-embed workers); 1 gives one call all of them
+        self.streams = max(1, int(streams))
+        self.preprocess = Preprocess(size=size, resize=resize, trim=bool(trim))
         self.grid = size // spec.stride  # side of the last feature map
         self.dim = pooled_dim(spec.channels, self.grid, pooling)
         self.weights_path = self._resolve_weights(weights)
@@ -115,6 +120,7 @@ class CNNEncoder:
 
     def __repr__(self) -> str:
         return (f"CNNEncoder({self.name!r}, pooling={self.pooling!r}, dim={self.dim}, size={self.preprocess.size}, "
+                f"trim={self.preprocess.trim}, "
                 f"runtime={self.runtime!r}, precision={self.precision!r})")
 
     @property
@@ -291,7 +297,8 @@ class CNNEncoder:
                         self.calibration = choose_runtime(self)
                         engine = self.calibration["runtime"]
                     try:
-                        self._session = open_session(engine, path, self.threads, self.spec.mean, self.spec.std)
+                        self._session = open_session(engine, path, self.threads, self.spec.mean, self.spec.std,
+                                                     self.streams)
                     except MissingDependencyError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - a damaged cache file, or a runtime too old
@@ -301,6 +308,14 @@ class CNNEncoder:
                         path.unlink(missing_ok=True)
                         raise ModelError(f"cached ONNX model was unusable and was removed: {exc}") from exc
         return self._session
+
+    def load(self) -> None:
+        """Load the model now rather than on the first encode (a build does it while its
+        workers decode their first photos)."""
+        if self.runtime == "torch":
+            self._torch_module()
+        else:
+            self._onnx_session()
 
     def _feature_map(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 ``(n, size, size, 3)`` photos -> the last feature map ``(n, channels, g, g)``."""

@@ -10,6 +10,9 @@ the machine (:mod:`.calibrate`) measured it faster and its vectors agreed.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -19,6 +22,8 @@ import numpy as np
 
 from ..config import cache_dir
 from ..errors import MissingDependencyError, ModelError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ENGINES", "Session", "open_session", "engine_available", "engine_version", "normalise"]
 
@@ -70,18 +75,22 @@ def engine_version(engine: str) -> str | None:
 
 
 class OnnxRuntimeSession:
-    """ONNX Runtime on the CPU; ``run`` may be called from several threads at once."""
+    """ONNX Runtime on the CPU; ``run`` may be called from several threads at once.
+
+    With ``streams`` callers at once, each run gets ``threads // streams`` intra-op threads; at
+    one, it runs on the calling thread, so callers work side by side without a shared pool.
+    """
 
     engine = "onnx"
 
-    def __init__(self, path: Path, threads: int, mean: Any, std: Any) -> None:
+    def __init__(self, path: Path, threads: int, mean: Any, std: Any, streams: int = 1) -> None:
         self._mean, self._std = mean, std
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise MissingDependencyError("onnxruntime is needed for runtime='onnx': pip install onnxruntime") from exc
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = max(1, threads // max(1, streams))
         opts.inter_op_num_threads = 1
         # photo decoding shares the cores: threads that spin while idle slow it
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -98,12 +107,17 @@ class OpenVinoSession:
     """OpenVINO's CPU plugin, in fp32 arithmetic for fp32 layers (never bf16 behind our back).
 
     Its compiled blobs are cached under ``<cache>/openvino`` (a later start compiles in ~0.1 s).
-    An infer request serves one call at a time, so each thread gets its own.
+    An infer request serves one call at a time, so each thread gets its own. With ``streams``
+    callers at once the model gets that many streams (``threads`` shared among them): requests
+    on one stream would run one after another.
+
+    The export with its uint8 NHWC input folded in is kept as OpenVINO IR beside the blobs, so a
+    later start compiles straight from the blob cache without reading the ONNX file.
     """
 
     engine = "openvino"
 
-    def __init__(self, path: Path, threads: int, mean: Any, std: Any) -> None:
+    def __init__(self, path: Path, threads: int, mean: Any, std: Any, streams: int = 1) -> None:
         try:
             import openvino as ov
             from openvino.preprocess import PrePostProcessor
@@ -114,20 +128,31 @@ class OpenVinoSession:
         blobs = cache_dir() / "openvino"
         blobs.mkdir(parents=True, exist_ok=True)
         core.set_property({"CACHE_DIR": str(blobs)})
-        config = {
+        config: dict[str, Any] = {
             "INFERENCE_NUM_THREADS": threads,
-            "PERFORMANCE_HINT": "LATENCY",
             # bf16 (its default where the CPU has it) moves vectors by more than int8 vs int8
             "INFERENCE_PRECISION_HINT": "f32",
             # decoding threads share these cores: threads pinned to a core would wait on them
             "ENABLE_CPU_PINNING": False,
         }
-        steps = PrePostProcessor(core.read_model(str(path)))
-        steps.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
-        steps.input().preprocess().convert_element_type(ov.Type.f32).mean(list(map(float, mean))).scale(
-            list(map(float, std)))
-        steps.input().model().set_layout(ov.Layout("NCHW"))
-        self._compiled = core.compile_model(steps.build(), "CPU", config)
+        config.update({"NUM_STREAMS": streams} if streams > 1 else {"PERFORMANCE_HINT": "LATENCY"})
+        stat = path.stat()
+        key = hashlib.sha1(repr((path.name, stat.st_size, stat.st_mtime_ns, list(map(float, mean)),
+                                 list(map(float, std)), ov.__version__)).encode()).hexdigest()[:16]
+        ir = blobs / f"{path.stem}-u8nhwc-{key}.xml"
+        self._compiled = None
+        if ir.is_file() and ir.with_suffix(".bin").is_file():
+            with contextlib.suppress(Exception):  # a damaged IR is made again below
+                self._compiled = core.compile_model(str(ir), "CPU", config)
+        if self._compiled is None:
+            steps = PrePostProcessor(core.read_model(str(path)))
+            steps.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+            steps.input().preprocess().convert_element_type(ov.Type.f32).mean(list(map(float, mean))).scale(
+                list(map(float, std)))
+            steps.input().model().set_layout(ov.Layout("NCHW"))
+            model = steps.build()
+            self._compiled = core.compile_model(model, "CPU", config)
+            _save_ir(ov, model, ir)
         self._local = threading.local()
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
@@ -137,11 +162,27 @@ class OpenVinoSession:
         return np.array(request.infer({0: np.ascontiguousarray(pixels)})[0])  # a copy: the request reuses its buffer
 
 
-def open_session(engine: str, path: Path, threads: int | None, mean: Any, std: Any) -> Session:
+def _save_ir(ov: Any, model: Any, ir: Path) -> None:
+    """Keep ``model`` as IR at ``ir`` (and its .bin), written aside and moved into place; a
+    cache that can't be written only costs the next start its 0.1 s."""
+    tmp = ir.with_name(f"{ir.stem}.{os.getpid()}.{threading.get_ident()}.tmp.xml")
+    try:
+        ov.save_model(model, str(tmp), compress_to_fp16=False)  # fp16 weights would move the vectors
+        os.replace(tmp.with_suffix(".bin"), ir.with_suffix(".bin"))
+        os.replace(tmp, ir)
+    except Exception as exc:  # noqa: BLE001 - OSError, or OpenVINO's own error types
+        logger.debug("could not keep OpenVINO IR %s: %s", ir, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".bin").unlink(missing_ok=True)
+
+
+def open_session(engine: str, path: Path, threads: int | None, mean: Any, std: Any, streams: int = 1) -> Session:
     """Load the export at ``path`` on ``engine`` with ``threads`` intra-op threads (None: all
-    cores); ``mean`` and ``std`` (per channel, pixel units) normalise its uint8 input."""
+    cores) shared by ``streams`` threads calling ``run`` at once; ``mean`` and ``std`` (per
+    channel, pixel units) normalise its uint8 input."""
     n = threads or os.cpu_count() or 1
     opener: Any = {"onnx": OnnxRuntimeSession, "openvino": OpenVinoSession}.get(engine)
     if opener is None:
         raise ModelError(f"unknown runtime {engine!r}; choose one of {', '.join(ENGINES)}")
-    return opener(path, n, mean, std)
+    return opener(path, n, mean, std, max(1, min(streams, n)))

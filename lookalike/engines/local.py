@@ -1,9 +1,12 @@
 """The local engine: the photo stage of a build in this process.
 
-Photos are read and decoded by a thread pool (Pillow releases the GIL while it decodes,
-and JPEG draft mode decodes big photos at 1/2 to 1/8 scale) while the model encodes the
-previous batch. Rows whose photo can't be used are reported, never dropped silently.
-This is the exact engine: every other engine is tested against it.
+With an encoder that takes several callers at once (``streams``, as ``build`` makes it), each
+of ``workers`` threads reads, decodes and embeds whole batches of its own: every core runs one
+thread, and no model thread waits at a barrier for a core a decoder holds. Otherwise a thread
+pool decodes (Pillow releases the GIL while it decodes, and JPEG draft mode decodes big photos
+at 1/2 to 1/8 scale) while this thread embeds the previous batch. Rows whose photo can't be
+used are reported, never dropped silently. This is the exact engine: every other engine is
+tested against it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import hashlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -91,6 +95,8 @@ def encode_rows(
     bar: Any = None,
 ) -> Encoded:
     """Decode, describe and embed some rows of a catalogue (the stage ``build`` and live changes share)."""
+    if workers > 1 and getattr(enc, "streams", 1) > 1 and len(positions) > batch_size:
+        return _encode_in_workers(cat, positions, enc, batch_size=batch_size, workers=workers, bar=bar)
     m = len(positions)
     raw = np.zeros((m, enc.dim), dtype=np.float32)
     colour = np.zeros((m, COLOUR_DIM), dtype=np.float32)
@@ -125,6 +131,54 @@ def encode_rows(
         if len(batch_pos) >= batch_size:
             flush()
     flush()
+    keep = np.flatnonzero(ok)
+    return Encoded([positions[j] for j in keep], raw[keep], colour[keep], dhashes[keep],
+                   [sha1s[j] for j in keep], problems)
+
+
+def _encode_in_workers(
+    cat: Catalog, positions: list[int], enc: Encoder, *, batch_size: int, workers: int, bar: Any
+) -> Encoded:
+    """:func:`encode_rows` with each worker decoding and embedding batches of its own."""
+    m = len(positions)
+    paths = [cat.image_paths[i] for i in positions]
+    # batches small enough that the last ones keep every worker busy to the end
+    size = max(4, min(batch_size, -(-m // (4 * workers))))
+    batches = [range(s, min(s + size, m)) for s in range(0, m, size)]
+
+    def work(batch: range) -> tuple[list[tuple[int, Decoded | None, str, str]], np.ndarray | None]:
+        items = [(j, *_read_and_decode(paths[j], enc.preprocess)) for j in batch]
+        pixels = [d.pixels for _, d, _, _ in items if d is not None]
+        return items, enc.encode_pixels(np.stack(pixels)) if pixels else None
+
+    raw = np.zeros((m, enc.dim), dtype=np.float32)
+    colour = np.zeros((m, COLOUR_DIM), dtype=np.float32)
+    dhashes = np.zeros(m, dtype=np.uint64)
+    sha1s = [""] * m
+    ok = np.zeros(m, dtype=bool)
+    problems: list[RowProblem] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-embed") as pool:
+        todo = iter(batches)
+        pending: deque[Future[Any]] = deque(pool.submit(work, b) for b in islice(todo, workers + 1))
+        load = getattr(enc, "load", None)
+        if load is not None:
+            load()  # while the workers decode their first photos
+        while pending:
+            items, vectors = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(work, nxt))
+            done = [j for j, d, _, _ in items if d is not None]
+            for j, decoded, reason, digest in items:
+                if decoded is None:
+                    problems.append(row_problem(cat, positions[j], reason))
+                else:
+                    colour[j], dhashes[j], sha1s[j] = decoded.colour, decoded.dhash, digest
+            if done:
+                raw[done] = vectors
+                ok[done] = True
+            if bar is not None:
+                bar.update(len(items))
     keep = np.flatnonzero(ok)
     return Encoded([positions[j] for j in keep], raw[keep], colour[keep], dhashes[keep],
                    [sha1s[j] for j in keep], problems)
