@@ -394,6 +394,7 @@ class Index:
                 reason = p.reason + ("; the indexed version was kept" if status == "kept" else "")
                 report.changes.append(Change(row, p.id, status, reason))
             digests = _digests(cat.image_paths, self.workers)
+            records = cat.table.to_dict("records")  # pandas row access per product cost more than the rest
             for j, pid in enumerate(cat.ids):
                 row = rows_in_table[cat.rows[j] - 1]
                 if not digests[j]:
@@ -401,20 +402,27 @@ class Index:
                     report.changes.append(Change(row, pid, status, "unreadable file"))
                     continue
                 old = row_of.get(pid)
-                image = str(cat.image_paths[j].resolve())
+                image = str(cat.image_paths[j])  # load_catalog resolved it
                 if old is not None and meta["_sha1"][old] == digests[j]:
-                    plan.append(self._from_stored(snap, old, cat.table.iloc[j], row, columns, image=image, own=True))
+                    if image == str(meta["_image"][old]) and all(str(records[j][c]) == str(meta[c][old])
+                                                                 for c in columns):
+                        plan.append(_Unchanged(row, pid))  # most rows of a nightly sync: nothing to read
+                    else:
+                        plan.append(self._from_stored(snap, old, records[j], row, columns, image=image, own=True))
                 elif digests[j] in by_sha1:
                     # the same photo bytes as an indexed product: its vector, bit for bit, as a build gives
                     # byte-identical photos (equal scores then rank by id, whatever the order of changes)
-                    plan.append(self._from_stored(snap, by_sha1[digests[j]], cat.table.iloc[j], row, columns,
+                    plan.append(self._from_stored(snap, by_sha1[digests[j]], records[j], row, columns,
                                                   image=image, status="added" if old is None else "re-embedded"))
                 else:
                     plan.append(_Pending(cat, j, row, pid, "added" if old is None else "re-embedded"))
         for p in plan:
-            if isinstance(p, _Row) and p.meta["_status"] == "unchanged":
+            if isinstance(p, _Unchanged):
+                report.changes.append(Change(p.row, p.id, "unchanged"))
+            elif isinstance(p, _Row) and p.meta["_status"] == "unchanged":
                 report.changes.append(Change(int(p.meta["_request_row"]), p.id, "unchanged"))
-        final = [p for p in plan if not (isinstance(p, _Row) and p.meta["_status"] == "unchanged")]
+        final = [p for p in plan if not isinstance(p, _Unchanged)
+                 and not (isinstance(p, _Row) and p.meta["_status"] == "unchanged")]
         return final, report, root
 
     def _from_stored(self, snap: Snapshot, old: int, values: Mapping[str, Any], row: int, columns: list[str], *,
@@ -573,6 +581,14 @@ class Index:
         return regroup(exact, near, live, all_sha1, all_dhash.astype(np.int64).view(np.uint64),
                        _unit(all_vec, projected=snap.projection is not None, live=live,
                              unit=snap.manifest["metric"] == "cosine"), all_col, touched)
+
+
+@dataclass(frozen=True)
+class _Unchanged:
+    """A row whose photo bytes, photo path and metadata equal what the index holds."""
+
+    row: int
+    id: str
 
 
 @dataclass
