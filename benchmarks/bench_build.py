@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpu": round(ref_sum["median_cpu_s"] / lk_sum["median_cpu_s"], 2),
             "per_round_wall": [round(a["wall_s"] / b["wall_s"], 2) for a, b in zip(ref_runs, lk_runs, strict=True)],
         },
-        "target_ratio": 4.0,
+        "target_ratio": 5.0,  # issue 12, on any x86 CPU (issue 5 asked for 4)
     }
     if args.stages:
         env_keep = os.environ.get("LOOKALIKE_CACHE_DIR")
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"| {cold['loadavg_before'][0]:.1f} |")
     ratio = result["ratio_reference_over_lookalike"]
     print(f"\nreference / lookalike: {ratio['wall']:.2f}x wall (per round {ratio['per_round_wall']}), "
-          f"{ratio['cpu']:.2f}x CPU; target 4x")
+          f"{ratio['cpu']:.2f}x CPU; target 5x")
     if "lookalike_stages" in result:
         print(f"lookalike stages (in-process, not overlapped): {result['lookalike_stages']}")
     return result

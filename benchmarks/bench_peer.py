@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import random
 import shutil
 import statistics
@@ -35,8 +37,10 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
+from typing import Any, Iterator
 
 import bench_server as bs
+import isa
 import numpy as np
 from bench_scale import load_test
 from machine import print_machine
@@ -65,6 +69,20 @@ def get_json(port: int, path: str) -> dict:
         return json.loads(resp.read())
 
 
+@contextlib.contextmanager
+def _unmasked_peer(running_server: Any, base: Path) -> Iterator[Any]:
+    """Start the peer on the CPU as it is, even under ``LOOKALIKE_BENCH_ISA``: Milvus' Go runtime
+    installs its own SIGSEGV handler, which the CPUID mask needs. The peer keeps AVX-512 then,
+    which can only favour it; lookalike's server, started afterwards, runs masked."""
+    with contextlib.ExitStack() as stack:
+        saved = {k: os.environ.pop(k) for k in ("LD_PRELOAD", "GLIBC_TUNABLES") if k in os.environ}
+        try:
+            server = stack.enter_context(running_server(base))
+        finally:
+            os.environ.update(saved)
+        yield server
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--index", type=Path, default=bs.DEFAULT_INDEX)
@@ -85,10 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(ids)} products, rows of {rows.shape[1]} floats", flush=True)
     rng = random.Random(0)
     queries = [rng.randrange(len(ids)) for _ in range(20_000)]
-    result: dict = {"machine": machine, "products": len(ids), "k": 5, "seconds": args.seconds, "runs": []}
+    result: dict = {"machine": machine, "products": len(ids), "k": 5, "seconds": args.seconds, "runs": [],
+                    "peer_isa": "native (AVX-512 kept: see _unmasked)" if isa.active() else "native"}
     tmp = Path(tempfile.mkdtemp(prefix="bench-peer-"))
     try:
-        with running_server(tmp / "milvus") as server:
+        with _unmasked_peer(running_server, tmp / "milvus") as server:
             print(f"milvus: {server}", flush=True)
             store = MilvusStore(server.uri, timeout=60, consistency="Bounded")
             store.create("peer", dim=rows.shape[1], columns=["Gender"], index=IndexSpec("FLAT", {}))
