@@ -97,19 +97,13 @@ def encode_rows(
     """Decode, describe and embed some rows of a catalogue (the stage ``build`` and live changes share)."""
     if workers > 1 and getattr(enc, "streams", 1) > 1 and len(positions) > batch_size:
         return _encode_in_workers(cat, positions, enc, batch_size=batch_size, workers=workers, bar=bar)
-    m = len(positions)
-    raw = np.zeros((m, enc.dim), dtype=np.float32)
-    colour = np.zeros((m, COLOUR_DIM), dtype=np.float32)
-    dhashes = np.zeros(m, dtype=np.uint64)
-    sha1s = [""] * m
-    ok = np.zeros(m, dtype=bool)
-    problems: list[RowProblem] = []
+    out = _Collected(cat, positions, enc.dim)
     batch_pos: list[int] = []
     batch_px: list[np.ndarray] = []
 
     def flush() -> None:
         if batch_pos:
-            raw[batch_pos] = enc.encode_pixels(np.stack(batch_px))
+            out.raw[batch_pos] = enc.encode_pixels(np.stack(batch_px))
             if bar is not None:
                 bar.update(len(batch_pos))
             batch_pos.clear()
@@ -118,22 +112,44 @@ def encode_rows(
     stream = _decoded_stream([cat.image_paths[i] for i in positions], enc.preprocess, workers,
                              ahead=max(2 * batch_size, 4 * workers))
     for j, decoded, reason, digest in stream:
-        i = positions[j]
-        if decoded is None:
-            problems.append(row_problem(cat, i, reason))
+        if not out.add(j, decoded, reason, digest):
             if bar is not None:
                 bar.update(1)
             continue
-        colour[j], dhashes[j], sha1s[j] = decoded.colour, decoded.dhash, digest
-        ok[j] = True
         batch_pos.append(j)
-        batch_px.append(decoded.pixels)
+        batch_px.append(decoded.pixels)  # type: ignore[union-attr]
         if len(batch_pos) >= batch_size:
             flush()
     flush()
-    keep = np.flatnonzero(ok)
-    return Encoded([positions[j] for j in keep], raw[keep], colour[keep], dhashes[keep],
-                   [sha1s[j] for j in keep], problems)
+    return out.encoded()
+
+
+class _Collected:
+    """What the photo stage makes of some catalogue rows, filled in as they come."""
+
+    def __init__(self, cat: Catalog, positions: list[int], dim: int) -> None:
+        m = len(positions)
+        self.cat, self.positions = cat, positions
+        self.raw = np.zeros((m, dim), dtype=np.float32)
+        self.colour = np.zeros((m, COLOUR_DIM), dtype=np.float32)
+        self.dhash = np.zeros(m, dtype=np.uint64)
+        self.sha1 = [""] * m
+        self.ok = np.zeros(m, dtype=bool)
+        self.problems: list[RowProblem] = []
+
+    def add(self, j: int, decoded: Decoded | None, reason: str, digest: str) -> bool:
+        """Keep item ``j``'s descriptors, or report why it has none; whether it has them."""
+        if decoded is None:
+            self.problems.append(row_problem(self.cat, self.positions[j], reason))
+            return False
+        self.colour[j], self.dhash[j], self.sha1[j] = decoded.colour, decoded.dhash, digest
+        self.ok[j] = True
+        return True
+
+    def encoded(self) -> Encoded:
+        keep = np.flatnonzero(self.ok)
+        return Encoded([self.positions[j] for j in keep], self.raw[keep], self.colour[keep], self.dhash[keep],
+                       [self.sha1[j] for j in keep], self.problems)
 
 
 def _encode_in_workers(
@@ -151,12 +167,7 @@ def _encode_in_workers(
         pixels = [d.pixels for _, d, _, _ in items if d is not None]
         return items, enc.encode_pixels(np.stack(pixels)) if pixels else None
 
-    raw = np.zeros((m, enc.dim), dtype=np.float32)
-    colour = np.zeros((m, COLOUR_DIM), dtype=np.float32)
-    dhashes = np.zeros(m, dtype=np.uint64)
-    sha1s = [""] * m
-    ok = np.zeros(m, dtype=bool)
-    problems: list[RowProblem] = []
+    out = _Collected(cat, positions, enc.dim)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-embed") as pool:
         todo = iter(batches)
         pending: deque[Future[Any]] = deque(pool.submit(work, b) for b in islice(todo, workers + 1))
@@ -168,20 +179,12 @@ def _encode_in_workers(
             nxt = next(todo, None)
             if nxt is not None:
                 pending.append(pool.submit(work, nxt))
-            done = [j for j, d, _, _ in items if d is not None]
-            for j, decoded, reason, digest in items:
-                if decoded is None:
-                    problems.append(row_problem(cat, positions[j], reason))
-                else:
-                    colour[j], dhashes[j], sha1s[j] = decoded.colour, decoded.dhash, digest
+            done = [j for j, decoded, reason, digest in items if out.add(j, decoded, reason, digest)]
             if done:
-                raw[done] = vectors
-                ok[done] = True
+                out.raw[done] = vectors
             if bar is not None:
                 bar.update(len(items))
-    keep = np.flatnonzero(ok)
-    return Encoded([positions[j] for j in keep], raw[keep], colour[keep], dhashes[keep],
-                   [sha1s[j] for j in keep], problems)
+    return out.encoded()
 
 
 class LocalEngine:
