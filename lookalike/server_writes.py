@@ -130,7 +130,7 @@ class WriterProcess:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
                     max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_start,
-                    initargs=(self.index_path, os.getpid()))
+                    initargs=(self.index_path, os.getpid(), writer_nice()))
                 self._ready = self._pool.submit(_child_ready)
             return self._ready
 
@@ -208,12 +208,26 @@ class WriterProcess:
 _CHILD: dict[str, Any] = {}
 
 
-def _child_start(index_path: str, parent: int) -> None:  # pragma: no cover - runs in the child
+def writer_nice() -> int:
+    """The writer process's nice increment: ``$LOOKALIKE_WRITER_NICE`` if it is a whole number
+    (a warning names a value that is not), else ``WRITER_NICE``."""
+    value = os.environ.get("LOOKALIKE_WRITER_NICE", "").strip()
+    if not value:
+        return WRITER_NICE
+    try:
+        return int(value)
+    except ValueError:
+        logger.warning("LOOKALIKE_WRITER_NICE=%r is not a whole number; the writer process runs at nice +%d",
+                       value, WRITER_NICE)
+        return WRITER_NICE
+
+
+def _child_start(index_path: str, parent: int, nice: int) -> None:  # pragma: no cover - runs in the child
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker stops us
-    with contextlib.suppress(OSError, ValueError):
-        os.nice(int(os.environ.get("LOOKALIKE_WRITER_NICE", WRITER_NICE)))
+    with contextlib.suppress(OSError):
+        os.nice(nice)
     threading.Thread(target=_watch_parent, args=(parent,), name="lookalike-parent-watch", daemon=True).start()
     from .live import Index
 

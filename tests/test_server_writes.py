@@ -369,6 +369,19 @@ def test_the_writer_process_yields_the_cores_to_searches(index, monkeypatch):
     assert _in_writer(index, work) == [own]
 
 
+def test_a_writer_nice_that_is_not_a_number_is_named_and_the_default_kept(monkeypatch, caplog):
+    import logging
+
+    from lookalike.server_writes import WRITER_NICE, writer_nice
+
+    caplog.set_level(logging.WARNING, logger="lookalike")
+    monkeypatch.setenv("LOOKALIKE_WRITER_NICE", "low")
+    assert writer_nice() == WRITER_NICE
+    assert "LOOKALIKE_WRITER_NICE='low' is not a whole number" in caplog.text
+    monkeypatch.setenv("LOOKALIKE_WRITER_NICE", " 7 ")
+    assert writer_nice() == 7
+
+
 def test_a_writer_process_that_died_is_replaced(index):
     """A killed writer process answers its write with a 503 (one line) and the next write
     starts a new one."""
