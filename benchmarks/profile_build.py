@@ -12,6 +12,7 @@ in); the total counts the faster. Prints the CPU model and flags first.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -26,7 +27,7 @@ from PIL import Image, ImageOps
 from lookalike.catalog import load_catalog
 from lookalike.encoders import get_encoder
 from lookalike.encoders.runtimes import ENGINES, engine_available, normalise, open_session
-from lookalike.images import _lean_eighth_scale, colour_descriptor, dhash, prepare
+from lookalike.images import _lean_eighth_scale, colour_descriptor, dhash, prepare, trim_background
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     enc = get_encoder(precision=args.precision, threads=1, runtime="onnx")
     path = enc.export()
     pre = enc.preprocess
-    cpu: dict[str, list[float]] = {k: [] for k in ("read", "sha1", "decode", "orient_rgb", "resize", "colour",
-                                                   "dhash")}
+    cpu: dict[str, list[float]] = {k: [] for k in ("read", "sha1", "decode", "orient_rgb", "trim", "resize",
+                                                   "colour", "dhash")}
+    untrimmed = dataclasses.replace(pre, trim=False)
     pixels = []
     for p in paths:
         t = time.thread_time()
@@ -63,14 +65,17 @@ def main(argv: list[str] | None = None) -> dict:
         img = ImageOps.exif_transpose(img) or img
         img = img.convert("RGB") if img.mode != "RGB" else img
         t4 = time.thread_time()
-        px = prepare(img, pre)
+        if pre.trim:
+            img = trim_background(img)
+        t4b = time.thread_time()
+        px = prepare(img, untrimmed)
         t5 = time.thread_time()
         colour_descriptor(px)
         t6 = time.thread_time()
         dhash(px)
         t7 = time.thread_time()
         for key, a, b in (("read", t, t1), ("sha1", t1, t2), ("decode", t2, t3), ("orient_rgb", t3, t4),
-                          ("resize", t4, t5), ("colour", t5, t6), ("dhash", t6, t7)):
+                          ("trim", t4, t4b), ("resize", t4b, t5), ("colour", t5, t6), ("dhash", t6, t7)):
             cpu[key].append(b - a)
         pixels.append(px)
     batch = np.stack(pixels)
