@@ -70,6 +70,7 @@ def eighth_scale_scans(data: bytes) -> bytes | None:
     pos = 2
     kept = [data[:2]]
     frame: dict[int, tuple[int, int]] | None = None  # component id -> (h, v) sampling factors
+    full: set[int] = set()  # components at full resolution: one pixel per block at 1/8 scale
     width = height = 0
     dropped = False
     scans = 0
@@ -103,6 +104,8 @@ def eighth_scale_scans(data: bytes) -> bytes | None:
                 if not (1 <= h <= 4 and 1 <= v <= 4) or cid in frame:
                     return None
                 frame[cid] = (h, v)
+            most = (max(h for h, _ in frame.values()), max(v for _, v in frame.values()))
+            full = {cid for cid, hv in frame.items() if hv == most}
         elif marker == 0xDD:  # restart interval: the appended scan would need restart markers
             if length != 4 or struct.unpack_from(">H", data, pos + 4)[0] != 0:
                 return None
@@ -120,9 +123,7 @@ def eighth_scale_scans(data: bytes) -> bytes | None:
             found = _NEXT_MARKER.search(data, end)
             if found is None:
                 return None
-            max_h = max(h for h, _ in frame.values())
-            max_v = max(v for _, v in frame.values())
-            if spectral_start > 0 and count == 1 and frame[ids[0]] == (max_h, max_v):
+            if spectral_start > 0 and count == 1 and ids[0] in full:
                 dropped = True  # AC of a component that decodes to one pixel per block
             else:
                 kept.append(data[pos:found.start()])
@@ -132,10 +133,8 @@ def eighth_scale_scans(data: bytes) -> bytes | None:
         pos = end
     if frame is None or not dropped:
         return None
-    max_h = max(h for h, _ in frame.values())
-    max_v = max(v for _, v in frame.values())
     blocks = ((width + 7) // 8) * ((height + 7) // 8)  # a full-resolution component, non-interleaved
     kept.append(_DHT)
-    kept.extend(_zero_ac_scan(cid, blocks) for cid, hv in frame.items() if hv == (max_h, max_v))
+    kept.extend(_zero_ac_scan(cid, blocks) for cid in frame if cid in full)
     kept.append(b"\xff\xd9")
     return b"".join(kept)

@@ -404,11 +404,7 @@ class Index:
                 old = row_of.get(pid)
                 image = str(cat.image_paths[j])  # load_catalog resolved it
                 if old is not None and meta["_sha1"][old] == digests[j]:
-                    if image == str(meta["_image"][old]) and all(str(records[j][c]) == str(meta[c][old])
-                                                                 for c in columns):
-                        plan.append(_Unchanged(row, pid))  # most rows of a nightly sync: nothing to read
-                    else:
-                        plan.append(self._from_stored(snap, old, records[j], row, columns, image=image, own=True))
+                    plan.append(self._from_stored(snap, old, records[j], row, columns, image=image, own=True))
                 elif digests[j] in by_sha1:
                     # the same photo bytes as an indexed product: its vector, bit for bit, as a build gives
                     # byte-identical photos (equal scores then rank by id, whatever the order of changes)
@@ -416,22 +412,17 @@ class Index:
                                                   image=image, status="added" if old is None else "re-embedded"))
                 else:
                     plan.append(_Pending(cat, j, row, pid, "added" if old is None else "re-embedded"))
-        for p in plan:
-            if isinstance(p, _Unchanged):
-                report.changes.append(Change(p.row, p.id, "unchanged"))
-            elif isinstance(p, _Row) and p.meta["_status"] == "unchanged":
-                report.changes.append(Change(int(p.meta["_request_row"]), p.id, "unchanged"))
-        final = [p for p in plan if not isinstance(p, _Unchanged)
-                 and not (isinstance(p, _Row) and p.meta["_status"] == "unchanged")]
-        return final, report, root
+        report.changes.extend(Change(p.row, p.id, "unchanged") for p in plan if isinstance(p, _Unchanged))
+        return [p for p in plan if not isinstance(p, _Unchanged)], report, root
 
     def _from_stored(self, snap: Snapshot, old: int, values: Mapping[str, Any], row: int, columns: list[str], *,
                      keep_photo: bool = False, image: str | None = None, status: str | None = None,
-                     own: bool = False) -> "_Row":
+                     own: bool = False) -> "_Row | _Unchanged":
         """A row written from what the index stores for row ``old`` (its vector, colour, hashes)
         with the request's metadata: a metadata change (``own``: ``old`` is this product's row),
-        or a photo the index already holds."""
-        vectors, colour = snap.take(np.array([old]))
+        or a photo the index already holds. A product whose metadata and photo path equal what
+        the index holds is ``_Unchanged``, found before anything stored is read (most rows of a
+        nightly sync)."""
         meta = snap.dense_columns()
         cat_info = snap.manifest["catalog"]
         current = {c: str(meta[c][old]) for c in columns}
@@ -443,8 +434,10 @@ class Index:
             hidden["_image"] = image
         hidden["_row"] = row
         if status is None:
-            same = new == current and str(hidden["_image"]) == str(meta["_image"][old])
-            status = "unchanged" if same else "metadata"
+            if new == current and str(hidden["_image"]) == str(meta["_image"][old]):
+                return _Unchanged(row, new[cat_info["id_column"]])
+            status = "metadata"
+        vectors, colour = snap.take(np.array([old]))
         return _Row(new[cat_info["id_column"]], {**new, **hidden, "_status": status, "_request_row": str(row)},
                     vectors[0], colour[0], int(np.int64(meta["_dhash"][old]).view(np.uint64)), str(meta["_sha1"][old]),
                     copy_of=snap.physical_row(old) if own else None)

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -46,6 +46,22 @@ def _read_and_decode(path: Path, pre: Preprocess) -> tuple[Decoded | None, str, 
     return decoded, reason, digest
 
 
+def _in_order(pool: ThreadPoolExecutor, fn: Any, items: Iterable[Any], ahead: int) -> Iterator[Any]:
+    """``fn(item)`` for each item, in order, run on ``pool`` at most ``ahead`` items in advance
+    of the one being read. The first ``ahead`` are submitted now, before the first read."""
+    todo = iter(items)
+    pending: deque[Future[Any]] = deque(pool.submit(fn, item) for item in islice(todo, ahead))
+
+    def results() -> Iterator[Any]:
+        while pending:
+            done = pending.popleft()
+            for item in islice(todo, 1):
+                pending.append(pool.submit(fn, item))
+            yield done.result()
+
+    return results()
+
+
 def _decoded_stream(
     paths: list[Path], pre: Preprocess, workers: int, ahead: int
 ) -> Iterator[tuple[int, Decoded | None, str, str]]:
@@ -55,18 +71,8 @@ def _decoded_stream(
             yield (i, *_read_and_decode(p, pre))
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-decode") as pool:
-        pending: deque[tuple[int, Future[Any]]] = deque()
-        it = iter(enumerate(paths))
-        for i, p in it:
-            pending.append((i, pool.submit(_read_and_decode, p, pre)))
-            if len(pending) >= ahead:
-                break
-        while pending:
-            i, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt[0], pool.submit(_read_and_decode, nxt[1], pre)))
-            yield (i, *fut.result())
+        for i, result in enumerate(_in_order(pool, lambda p: _read_and_decode(p, pre), paths, ahead)):
+            yield (i, *result)
 
 
 @dataclass
@@ -169,16 +175,11 @@ def _encode_in_workers(
 
     out = _Collected(cat, positions, enc.dim)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-embed") as pool:
-        todo = iter(batches)
-        pending: deque[Future[Any]] = deque(pool.submit(work, b) for b in islice(todo, workers + 1))
+        results = _in_order(pool, work, batches, workers + 1)
         load = getattr(enc, "load", None)
         if load is not None:
             load()  # while the workers decode their first photos
-        while pending:
-            items, vectors = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(work, nxt))
+        for items, vectors in results:
             done = [j for j, decoded, reason, digest in items if out.add(j, decoded, reason, digest)]
             if done:
                 out.raw[done] = vectors
