@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import shutil
 import statistics
@@ -75,11 +74,8 @@ def _unmasked_peer(running_server: Any, base: Path) -> Iterator[Any]:
     installs its own SIGSEGV handler, which the CPUID mask needs. The peer keeps AVX-512 then,
     which can only favour it; lookalike's server, started afterwards, runs masked."""
     with contextlib.ExitStack() as stack:
-        saved = {k: os.environ.pop(k) for k in ("LD_PRELOAD", "GLIBC_TUNABLES") if k in os.environ}
-        try:
+        with isa.unmasked():
             server = stack.enter_context(running_server(base))
-        finally:
-            os.environ.update(saved)
         yield server
 
 

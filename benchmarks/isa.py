@@ -22,17 +22,21 @@ asks for one, and then reports the features its process sees.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "isa" / "cpuid_mask.c"
 #: what each emulated ISA hides: documentation for reports (the bits are in cpuid_mask.c)
 HIDDEN = {"avx2": "AVX-512 (all), AVX-VNNI, AVX512-BF16/FP16, AMX, GFNI, VAES, VPCLMULQDQ"}
+#: /proc/cpuinfo flags (as lscpu prints them) of what each emulated ISA hides
+HIDDEN_FLAGS = {"avx2": ("avx512", "avx_vnni", "amx", "gfni", "vaes", "vpclmul")}
 GLIBC_HWCAPS = {"avx2": "glibc.cpu.hwcaps=" + ",".join(
     f"-{f}" for f in ("AVX512F", "AVX512CD", "AVX512BW", "AVX512DQ", "AVX512VL", "AVX512ER", "AVX512PF",
                       "AVX512_VNNI", "AVX_VNNI", "AVX512_BF16", "AVX512_FP16"))}
@@ -84,6 +88,17 @@ def env_for(isa: str, base: dict[str, str] | None = None) -> dict[str, str]:
     env["GLIBC_TUNABLES"] = GLIBC_HWCAPS[isa]
     env[ENV] = isa
     return env
+
+
+@contextlib.contextmanager
+def unmasked() -> Iterator[None]:
+    """Programs started in this block run on the CPU as it is (the variables env_for sets are
+    taken away), this process's own mask staying as it is."""
+    saved = {k: os.environ.pop(k) for k in ("LD_PRELOAD", "GLIBC_TUNABLES") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def reexec_if_requested() -> None:

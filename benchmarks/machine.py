@@ -35,7 +35,7 @@ def describe() -> dict[str, Any]:
     flags = set(cpu.get("Flags", "").split())
     emulated = isa.active()
     if emulated:  # /proc/cpuinfo shows the real CPU; the process sees the masked one
-        flags = {f for f in flags if not f.startswith(("avx512", "avx_vnni", "amx", "gfni", "vaes", "vpclmul"))}
+        flags = {f for f in flags if not f.startswith(isa.HIDDEN_FLAGS[emulated])}
     info: dict[str, Any] = {
         "cpu": cpu.get("Model name", platform.processor() or "unknown"),
         "cores": os.cpu_count(),
