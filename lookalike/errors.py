@@ -7,6 +7,8 @@
      ├── ImageError              a query photo can't be read (catalogue photos are per-row data)
      ├── ModelError              unknown model, missing or mismatched weights
      ├── IndexFormatError        not an index, corrupt, or built with another format/model
+     ├── StorageError            the index folder can't be written now (disk full, read-only, I/O error)
+     │    └── IndexLockedError   another process holds the writer lock past the wait
      ├── UnknownProductError     an id that is not in the index (also a KeyError)
      ├── InvalidQueryError       bad k, unknown column, bad filter (also a ValueError)
      └── MissingDependencyError  an optional extra is not installed (also an ImportError)
@@ -23,6 +25,8 @@ __all__ = [
     "ImageError",
     "ModelError",
     "IndexFormatError",
+    "StorageError",
+    "IndexLockedError",
     "UnknownProductError",
     "InvalidQueryError",
     "MissingDependencyError",
@@ -47,6 +51,32 @@ class ModelError(LookalikeError):
 
 class IndexFormatError(LookalikeError):
     """The folder is not a lookalike index, is damaged, or is of another format version."""
+
+
+class StorageError(LookalikeError):
+    """A write could not be made for a reason of the machine, not of the request: the disk is
+    full, the folder is read-only, an I/O error. Nothing was committed; the same write can
+    succeed later. ``public`` says it without a local path (what the HTTP service answers)."""
+
+    def __init__(self, message: str, public: str = "the index can't be written now") -> None:
+        super().__init__(message, public)  # both in args: the error crosses processes by pickle
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def public(self) -> str:
+        return str(self.args[1])
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, doing: str) -> "StorageError":
+        reason = exc.strerror or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename else ""
+        return cls(f"can't {doing}: {reason}{where}", f"the index can't be written now: {reason}")
+
+
+class IndexLockedError(StorageError):
+    """Another process held the index's writer lock for longer than the wait allows."""
 
 
 class UnknownProductError(LookalikeError, KeyError):

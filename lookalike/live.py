@@ -12,6 +12,7 @@ with its reason (unknown ids included); nothing is dropped silently.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -20,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,15 +30,15 @@ from .catalog import Catalog, file_sha256, load_catalog, read_table
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabled
 from .duplicates import find_duplicate_groups, regroup
 from .encoders import Encoder, get_encoder, l2_normalize
-from .errors import CatalogError, InvalidQueryError
+from .errors import CatalogError, InvalidQueryError, StorageError
 from .images import COLOUR_DIM
 from .index import REMOTE_BACKENDS, make_index
 from .pipeline import encode_rows, hidden_columns, stored_vectors
-from .store import ALL_HIDDEN, HIDDEN_COLUMNS, Snapshot, Store, Writer, text_column
+from .store import ALL_HIDDEN, HIDDEN_COLUMNS, Snapshot, Store, Writer, product_etag, text_column
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Index", "ChangeReport", "Change", "DEFAULT_MAX_REMOVAL", "MAX_DELTA_SEGMENTS", "PHOTOS"]
+__all__ = ["Index", "ChangeReport", "Change", "Upload", "DEFAULT_MAX_REMOVAL", "MAX_DELTA_SEGMENTS", "PHOTOS"]
 
 #: share of the index a sync may remove before it refuses (a broken mount, an empty export)
 DEFAULT_MAX_REMOVAL = 0.5
@@ -51,7 +52,8 @@ APPLIED = ("added", "re-embedded", "metadata", "removed")
 @dataclass(frozen=True)
 class Change:
     """What happened to one row: ``added``, ``re-embedded``, ``metadata``, ``unchanged``,
-    ``removed``, ``kept`` (sync left the indexed version: see reason) or ``skipped``."""
+    ``removed``, ``kept`` (sync left the indexed version: see reason), ``skipped``, or
+    ``conflict`` (a conditional write whose product changed since the version it named)."""
 
     row: int  # 1-based row of the input (0 for a removal by id)
     id: str
@@ -67,9 +69,12 @@ class ChangeReport:
     changes: list[Change] = field(default_factory=list)
     generation: int = 0
     seconds: float = 0.0
+    #: the entity tag (:func:`~lookalike.store.product_etag`) of each product written or found
+    #: unchanged, as of ``generation``: what a later conditional write names
+    versions: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in (*APPLIED, "unchanged", "kept", "skipped")}
+        out = {s: 0 for s in (*APPLIED, "unchanged", "kept", "skipped")}  # "conflict" only when there are
         for c in self.changes:
             out[c.status] = out.get(c.status, 0) + 1
         return out
@@ -81,7 +86,7 @@ class ChangeReport:
 
     @property
     def problems(self) -> list[Change]:
-        return [c for c in self.changes if c.status in ("skipped", "kept")]
+        return [c for c in self.changes if c.status in ("skipped", "kept", "conflict")]
 
     def summary(self) -> str:
         c = self.counts()
@@ -118,6 +123,36 @@ class _Rows:
 
     columns: list[str]
     records: list[dict[str, str]]
+    #: the request's own row number of each record (None: 1, 2, 3, ...)
+    numbers: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One product write as a service receives it, applied by :meth:`Index.upsert_uploads`
+    against the product *as the index holds it when the write commits* (under the writer lock),
+    so writes to one product compose whatever view their sender had.
+
+    ``fields`` are the columns to set: the others keep their values (or are empty for a new
+    product); the id and photo columns are set by ``id`` and ``photo``, not by ``fields``.
+    ``photo`` is the photo's bytes (``None``: keep the stored photo and vector; the product must
+    then be indexed). ``if_match`` makes the write conditional: the product's entity tag (from
+    :attr:`ChangeReport.versions` or ``Recommender.etag``), or ``"*"`` for "it exists"; a
+    product that changed since is reported ``conflict`` and left as it is."""
+
+    id: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+    photo: bytes | None = None
+    suffix: str = ".jpg"
+    if_match: str | None = None
+
+
+def _matches(condition: str, etag: str | None) -> bool:
+    """HTTP's ``If-Match``: ``*`` matches any existing version, else one of the listed tags."""
+    if etag is None:
+        return False
+    tags = [t.strip() for t in condition.split(",") if t.strip()]
+    return "*" in tags or etag in tags
 
 
 def _table(rows: Any) -> _Rows:
@@ -171,9 +206,16 @@ class Index:
 
         return Recommender.load(self.path, **kw)
 
-    def _writer(self) -> Writer:
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[Writer]:
+        """The store's writer; a disk that is full, read-only or failing while the change is
+        written is a :class:`StorageError` (nothing is committed: the previous generation stays)."""
         kw = {} if self.lock_timeout is None else {"timeout": self.lock_timeout}
-        return self.store.writer(**kw)
+        try:
+            with self.store.writer(**kw) as w:
+                yield w
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, f"write to {self.path}") from None
 
     def encoder(self, snap: Snapshot) -> Encoder:
         """The model that built the index, as it built it."""
@@ -208,34 +250,58 @@ class Index:
             return self._upsert(w, table, images, show_progress_bar, t0)
 
     def _upsert(self, w: Writer, table: _Rows, images: str | os.PathLike | None,
-                show_progress_bar: bool | None, t0: float) -> ChangeReport:
+                show_progress_bar: bool | None, t0: float, refused: Sequence[Change] = ()) -> ChangeReport:
         snap = self._base(w)
         plan, report, root = self._plan(snap, table, images=images, remove_missing=False)
+        report.changes.extend(refused)
         self._embed(snap, plan, show_progress_bar)
         return self._apply(w, snap, plan, set(), report, "upsert", t0, catalog_info=_roots(snap, root))
 
     def upsert_photo(self, pid: str, photo: bytes, metadata: Mapping[str, str] | None = None,
                      *, suffix: str = ".jpg") -> ChangeReport:
         """Add or change one product from photo bytes (an upload): the photo is kept, durably,
-        in the index's ``photos/`` folder under its content hash."""
-        return self.upsert_uploads([(pid, metadata or {}, photo, suffix)])
+        in the index's ``photos/`` folder under its content hash; columns not in ``metadata``
+        keep their values."""
+        return self.upsert_uploads([Upload(pid, metadata or {}, photo, suffix)])
 
-    def upsert_uploads(self, uploads: Sequence[tuple[str, Mapping[str, str], bytes | None, str]]) -> ChangeReport:
-        """Several uploads as one change (one generation): each ``(id, metadata, photo bytes or
-        None, suffix)``. Without photo bytes a row keeps its stored photo and vector (a metadata
-        change of an indexed product). A server groups the writes that wait for the lock this
-        way (group commit): one commit, one duplicate regrouping and one generation for all."""
+    def upsert_uploads(self, uploads: Sequence[Upload | tuple[Any, ...]]) -> ChangeReport:
+        """Several writes as one change (one generation), each an :class:`Upload` (or the tuple
+        of its fields), each merged with its product as of the current generation, under the
+        writer lock (see :class:`Upload`). A server groups the writes that wait for the lock this
+        way (group commit): one commit, one duplicate regrouping and one generation for all.
+        Each write's outcome is in the report, with its product's new entity tag in
+        :attr:`ChangeReport.versions`."""
         t0 = time.perf_counter()
+        asked = [u if isinstance(u, Upload) else Upload(*u) for u in uploads]
         with self._writer() as w:  # under the lock: a temporary file found by a writer is stale
-            cat = self._base(w).manifest["catalog"]
-            rows = []
-            for pid, metadata, photo, suffix in uploads:
-                image = ""
-                if photo is not None:
-                    image = self._keep_photo(photo, suffix).name
-                rows.append({**{k: str(v) for k, v in metadata.items()}, cat["id_column"]: pid,
-                             cat["image_column"]: image})
-            return self._upsert(w, _table(rows), self.photos, None, t0)
+            snap = self._base(w)
+            cat = snap.manifest["catalog"]
+            id_col, img_col = cat["id_column"], cat["image_column"]
+            columns, meta = _columns(snap), snap.dense_columns()
+            row_of = {pid: i for i, pid in enumerate(meta[id_col].tolist())}
+            refused, rows, numbers = [], [], []
+            for number, up in enumerate(asked, 1):
+                old = row_of.get(up.id)
+                if up.if_match is not None and not _matches(up.if_match, _stored_etag(meta, columns, old)):
+                    why = "the product is not indexed" if old is None else "the product changed since that version"
+                    refused.append(Change(number, up.id, "conflict", f"If-Match {up.if_match}: {why}"))
+                    continue
+                stored = {} if old is None else {c: str(meta[c][old]) for c in columns}
+                row = {**stored, **{str(k): str(v) for k, v in up.fields.items() if k not in (id_col, img_col)},
+                       id_col: up.id, img_col: "" if up.photo is None else self._keep_photo(up.photo, up.suffix).name}
+                rows.append(row)
+                numbers.append(number)
+            if not rows:
+                report = ChangeReport("upsert", sorted(refused, key=lambda c: c.row), snap.generation,
+                                      time.perf_counter() - t0)
+                return report
+            table = _table(rows)
+            table.numbers = numbers
+            report = self._upsert(w, table, self.photos, None, t0, refused=refused)
+            for c in report.changes:
+                if c.status == "unchanged":
+                    report.versions[c.id] = _stored_etag(meta, columns, row_of.get(c.id)) or ""
+            return report
 
     def _keep_photo(self, photo: bytes, suffix: str) -> Path:
         """The upload, durably in ``photos/`` under its content hash."""
@@ -251,18 +317,27 @@ class Index:
             fsync_dir(self.photos)
         return target
 
-    def remove(self, ids: Iterable[object]) -> ChangeReport:
-        """Remove products by id; unknown ids are reported, not fatal."""
+    def remove(self, ids: Iterable[object], *, if_match: Mapping[str, str] | None = None) -> ChangeReport:
+        """Remove products by id; unknown ids are reported, not fatal. ``if_match`` maps ids to
+        the entity tag (or ``"*"``) each must still have (see :class:`Upload`): a product that
+        changed since is reported ``conflict`` and kept."""
         t0 = time.perf_counter()
         wanted = [str(i).strip() for i in ids]
         with self._writer() as w:
             snap = self._base(w)
-            known = set(snap.dense_columns()[snap.id_column].tolist())
+            meta = snap.dense_columns()
+            row_of = {pid: i for i, pid in enumerate(meta[snap.id_column].tolist())}
+            known = set(row_of)
             report = ChangeReport("remove")
             gone: set[str] = set()
             for pid in wanted:
+                condition = (if_match or {}).get(pid)
                 if pid in gone:
                     report.changes.append(Change(0, pid, "skipped", "already removed by this request"))
+                elif condition is not None and not _matches(condition, _stored_etag(meta, _columns(snap),
+                                                                                       row_of.get(pid))):
+                    why = "the product is not indexed" if pid not in known else "the product changed since that version"
+                    report.changes.append(Change(0, pid, "conflict", f"If-Match {condition}: {why}"))
                 elif pid in known:
                     gone.add(pid)
                     report.changes.append(Change(0, pid, "removed"))
@@ -345,7 +420,7 @@ class Index:
         """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
         cat_info = snap.manifest["catalog"]
         id_col, img_col = cat_info["id_column"], cat_info["image_column"]
-        columns = list(cat_info.get("columns") or [c for c in snap.dense_columns() if c not in ALL_HIDDEN])
+        columns = _columns(snap)
         unknown = [c for c in table.columns if c not in columns]
         if unknown:
             raise CatalogError(
@@ -358,15 +433,16 @@ class Index:
         # empty and repeated ids, in the request's own order: the first row of an id wins
         first: dict[str, int] = {}
         rows: list[tuple[int, dict[str, str]]] = []  # (row of the request, its cells in the index's columns)
-        for i, record in enumerate(table.records):
+        numbers = table.numbers or range(1, len(table.records) + 1)
+        for number, record in zip(numbers, table.records):
             pid = str(record.get(id_col, "")).strip()
             if not pid:
-                report.changes.append(Change(i + 1, pid, "skipped", "empty id"))
+                report.changes.append(Change(number, pid, "skipped", "empty id"))
             elif pid in first:
-                report.changes.append(Change(i + 1, pid, "skipped", f"duplicate id (first on row {first[pid]})"))
+                report.changes.append(Change(number, pid, "skipped", f"duplicate id (first on row {first[pid]})"))
             else:
-                first[pid] = i + 1
-                rows.append((i + 1, {**{c: record.get(c, "") for c in columns}, id_col: pid}))
+                first[pid] = number
+                rows.append((number, {**{c: record.get(c, "") for c in columns}, id_col: pid}))
         meta = snap.dense_columns()
         row_of = {pid: i for i, pid in enumerate(meta[id_col].tolist())}
         by_sha1: dict[str, int] = {}
@@ -550,6 +626,8 @@ class Index:
         if len(touched):
             exact, near = self._regroup(snap, phys_segments, new_vec, new_col, new_meta, live, exact, near, touched)
         _write_remote(snap, rows, gone)
+        catalogue = _columns(snap)
+        report.versions.update({r.id: product_etag(r.meta, catalogue, r.sha1) for r in rows})
         settings = _with_counts(snap.manifest, near[live])
         if catalog_info:
             settings["catalog"] = {**settings["catalog"], **catalog_info}
@@ -594,6 +672,18 @@ class _Pending:
     id: str
     status: str
     result: Any = None  # a _Row once embedded, else the reason it could not be
+
+
+def _columns(snap: Snapshot) -> list[str]:
+    """The catalogue's own columns, as the index stores them."""
+    return list(snap.manifest["catalog"].get("columns") or [c for c in snap.dense_columns() if c not in ALL_HIDDEN])
+
+
+def _stored_etag(meta: Mapping[str, Any], columns: Sequence[str], row: int | None) -> str | None:
+    """The entity tag of the product at dense row ``row`` (None: not indexed)."""
+    if row is None:
+        return None
+    return product_etag({c: meta[c][row] for c in columns}, columns, str(meta["_sha1"][row]))
 
 
 def _segment_columns(snap: Snapshot) -> list[str]:

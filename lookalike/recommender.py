@@ -245,6 +245,14 @@ class Recommender:
         i = self.row(pid)
         return {c: self._cells[c][i] for c in self.columns}
 
+    def etag(self, pid: object) -> str:
+        """The entity tag of the product's current version (its cells and photo): what a
+        conditional write (``If-Match``) names; any change to the product gives a new one."""
+        from .store import product_etag
+
+        i = self.row(pid)
+        return product_etag({c: self._cells[c][i] for c in self.columns}, self.columns, str(self._data["_sha1"][i]))
+
     def image_path(self, pid: object) -> Path:
         """The product's photo on this machine (never a URL from the catalogue)."""
         return Path(str(self._data["_image"][self.row(pid)]))
@@ -486,14 +494,21 @@ class LiveRecommender:
             return None  # a format-1 folder (no CURRENT) until its first write
         return (st.st_ino, st.st_mtime_ns)
 
-    def get(self) -> Recommender:
+    def get(self, *, fresh: bool = False, min_generation: int = 0) -> Recommender:
         """The current generation. A change younger than ``SWITCH_IN_BACKGROUND_NS`` is opened by a
         background thread while searches go on with the previous one for those milliseconds (a
         busy worker never stalls on a switch), at most once per ``MIN_SWITCH_INTERVAL_NS``; an
-        older one is opened before answering."""
+        older one is opened before answering.
+
+        ``fresh`` opens a new generation before answering, however young (read your writes: a
+        product read right after a write, on any process, shows it); so does a
+        ``min_generation`` newer than the one held (a client that names the generation its
+        write returned)."""
         stamp = self._read_stamp()
         if stamp == self._stamp or stamp == self._failed:
             return self._rec
+        if fresh or self._rec.generation < min_generation:
+            return self.refresh()
         if stamp is not None and time.time_ns() - stamp[1] > SWITCH_IN_BACKGROUND_NS:
             return self.refresh()  # an older change (an idle worker): never answer from before it
         if time.monotonic_ns() - self._opened < MIN_SWITCH_INTERVAL_NS:

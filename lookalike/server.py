@@ -8,6 +8,8 @@ answer into JSON and every :class:`~lookalike.errors.LookalikeError` into a stat
     ImageError                   415 not an image, 413 too many pixels, 400 corrupt or empty
     ModelError, MissingDependencyError
                                  503   (photo queries need the model)
+    StorageError                 503 + Retry-After (a write met a full or read-only disk, or
+                                       the lock held elsewhere; the answer names no local path)
     anything else lookalike      500
 
 Errors are ``{"detail": "one line"}``. Uploads are refused with 413 while they are read,
@@ -43,13 +45,23 @@ from .errors import (
     LookalikeError,
     MissingDependencyError,
     ModelError,
+    StorageError,
     UnknownProductError,
     require,
 )
 from .images import _cores, open_image, open_photo_file, set_decode_slots, sniff_image_type
 from .live import PHOTOS
 from .recommender import MAX_IDS, MAX_K, LiveRecommender, Recommender
-from .server_writes import READ_TOKEN_ENV, WRITE_TOKEN_ENV, Refused, add_write_routes, load_token, token_guard
+from .server_writes import (
+    MAX_JSON_BYTES,
+    READ_TOKEN_ENV,
+    RETRY_AFTER_S,
+    WRITE_TOKEN_ENV,
+    Refused,
+    add_write_routes,
+    load_token,
+    token_guard,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -72,8 +84,6 @@ __all__ = [
 
 #: largest request body accepted by ``POST /similar`` (a photo upload or a JSON query)
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-#: largest JSON body (at most ``MAX_IDS`` ids and a few filters need far less)
-MAX_JSON_BYTES = 64 * 1024
 #: uploaded photos with more pixels than this are refused from their header (40 MP)
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_HOST = "127.0.0.1"
@@ -115,7 +125,7 @@ def _status_for(exc: LookalikeError) -> int:
         return 422
     if isinstance(exc, ImageError):
         return _image_status(exc)
-    if isinstance(exc, (ModelError, MissingDependencyError)):
+    if isinstance(exc, (ModelError, MissingDependencyError, StorageError)):
         return 503
     return 500
 
@@ -207,6 +217,22 @@ def _search_query(params: Any) -> dict[str, Any]:
             raise _Refused(422, "query.collapse_duplicates: Input should be a valid boolean, unable to interpret input")
         opts["collapse_duplicates"] = text in _TRUE
     return opts
+
+
+#: a request header naming the generation a search must see at least (the one a write returned)
+MIN_GENERATION_HEADER = "lookalike-min-generation"
+
+
+def _min_generation(request: Any) -> int:
+    """The ``Lookalike-Min-Generation`` header: searches switch to a new generation in the
+    background (milliseconds after it is committed); a client that must see its own write names
+    the generation the write returned, and the worker opens it before answering."""
+    text = request.headers.get(MIN_GENERATION_HEADER)
+    if text is None:
+        return 0
+    if not text.strip().isdigit():
+        raise _Refused(422, f"the {MIN_GENERATION_HEADER} header must be a generation number, not {text[:20]!r}")
+    return int(text)
 
 
 def _parse_where(items: list[str]) -> dict[str, list[str]]:
@@ -427,9 +453,10 @@ def create_app(
         for code, why in ((404, "unknown product id"), (422, "bad parameter: k, a column, a filter"))
     }
 
-    def rec() -> Recommender:
-        """The current generation's recommender: a new one after every committed change."""
-        return holder["live"].get()
+    def rec(fresh: bool = False, min_generation: int = 0) -> Recommender:
+        """The current generation's recommender: a new one after every committed change
+        (``fresh``: opened before answering, however young; see :meth:`LiveRecommender.get`)."""
+        return holder["live"].get(fresh=fresh, min_generation=min_generation)
 
     def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
@@ -445,6 +472,8 @@ def create_app(
         status = _status_for(exc)
         if status >= 500:
             logger.error("%s %s: %s", request.method, request.url.path, exc)
+        if isinstance(exc, StorageError):  # the log has the path; the answer does not
+            return error(status, exc.public, {"Retry-After": str(RETRY_AFTER_S)})
         return error(status, str(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -471,9 +500,13 @@ def create_app(
 
     @app.get("/products/{product_id}", response_model=ProductOut, responses={404: errors[404]},
              summary="A product's catalogue columns", dependencies=reads)
-    def product(product_id: str) -> Any:
-        r = rec()
-        return JSONResponse({**r.product(product_id), "id": r.ids[r.row(product_id)]})
+    def product(request: Request, product_id: str) -> Any:
+        r = rec(fresh=True)  # read your writes: a write just acknowledged by any worker shows
+        tag = r.etag(product_id)
+        headers = {"ETag": tag, "Cache-Control": "no-cache", "Lookalike-Generation": str(r.generation)}
+        if tag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return JSONResponse({**r.product(product_id), "id": r.ids[r.row(product_id)]}, headers=headers)
 
     @app.get(
         "/products/{product_id}/image",
@@ -496,7 +529,7 @@ def create_app(
             f"of {', '.join(map(str, THUMBNAIL_SIZES))} at or above this, 16..{MAX_THUMBNAIL}"
         ),
     ) -> Any:
-        return _photo_response(request, rec(), product_id, size, thumbs)
+        return _photo_response(request, rec(fresh=True), product_id, size, thumbs)
 
     k_query = Query(
         DEFAULT_K, description=f"number of results, 1..{MAX_K}", json_schema_extra={"minimum": 1, "maximum": MAX_K}
@@ -572,10 +605,12 @@ def create_app(
             return error(exc.status, exc.detail)
         return JSONResponse(found.to_dict())
 
-    async def read_body(request: Request) -> bytes:
-        """A write's whole body, refused (413) as soon as it passes the upload limit."""
-        limit = max_upload_bytes + _MULTIPART_SLACK
-        too_large = _Refused(413, f"request body is over the limit of {max_upload_bytes:,} bytes")
+    async def read_body(request: Request, limit: int | None = None) -> bytes:
+        """A write's whole body, refused (413) as soon as it passes ``limit`` (default: the upload
+        limit, with room for the multipart framing)."""
+        shown = limit or max_upload_bytes
+        limit = limit or max_upload_bytes + _MULTIPART_SLACK
+        too_large = _Refused(413, f"request body is over the limit of {shown:,} bytes")
         return b"".join([chunk async for chunk in _limited_body(request, limit, too_large)])
 
     writer = add_write_routes(app, index_path=index_path, current=rec, refresh=lambda: holder["live"].refresh(),
@@ -590,13 +625,13 @@ class _SimilarById:
     request, benchmarks/profile_request.py): the same parameters and checks, parsed by hand; the
     search is short, so it runs on the event loop."""
 
-    def __init__(self, rec: Callable[[], Recommender], results: "_ResultCache", read_guard: Callable[..., None]) -> None:
+    def __init__(self, rec: Callable[..., Recommender], results: "_ResultCache", read_guard: Callable[..., None]) -> None:
         self.rec, self.results, self.read_guard = rec, results, read_guard
 
     def answer(self, request: Any, product_id: str, opts: dict[str, Any]) -> Any:
         from fastapi.responses import Response
 
-        r = self.rec()
+        r = self.rec(min_generation=_min_generation(request))
         key = (r.generation, r.manifest.get("created"), product_id, tuple(sorted(request.query_params.multi_items())))
         tag = '"' + hashlib.sha1(repr(key).encode()).hexdigest()[:24] + '"'
         headers = {"ETag": tag, "Cache-Control": "no-cache"}
@@ -643,9 +678,10 @@ async def _similar_post(request: Any, opts: dict[str, Any], rec: Callable[[], Re
             raise _Refused(422, _describe(exc.errors())) from None
         opts.update({name: value for name, value in asked.model_dump(exclude={"ids"}).items() if value is not None})
         ids = [str(i) for i in asked.ids]
-        return await run_in_threadpool(lambda: rec().similar(ids, **opts))
+        at_least = _min_generation(request)
+        return await run_in_threadpool(lambda: rec(min_generation=at_least).similar(ids, **opts))
     photo = await _read_upload(request.headers, body, max_upload_bytes, too_large)
-    return await run_in_threadpool(_photo_query, rec(), photo, max_pixels, opts)
+    return await run_in_threadpool(_photo_query, rec(min_generation=_min_generation(request)), photo, max_pixels, opts)
 
 
 async def _limited_body(request: Any, limit: int, too_large: Refused) -> AsyncIterator[bytes]:

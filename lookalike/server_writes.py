@@ -10,7 +10,16 @@ per change; every server worker follows the new generation on its next request.
 A worker hands its writes to a child process of its own (:class:`WriterProcess`), which commits
 the writes that arrive together as one generation: a write's CPU (planning, embedding, Parquet)
 then never holds the worker's interpreter lock while its searches wait, and a stream of writes
-makes fewer generations for the workers to open (benchmarks/bench_reads_under_writes.py).
+makes fewer generations for the workers to open (benchmarks/bench_reads_under_writes.py). An
+index searched in Milvus Lite is written from a thread of the one serving process instead:
+Milvus Lite lets one process open its ``.db``.
+
+What a write guarantees (docs/server.md): a partial write is merged with the product as the
+index holds it when the write commits, under the writer lock, so writes to one product always
+compose; its answer names the generation that holds it and the product's new ``ETag``; a
+``PUT``/``DELETE`` with ``If-Match`` answers 412 when the product changed since that version;
+the machine's faults (a full or read-only disk, the lock held elsewhere) answer 503 with
+``Retry-After``, naming no local path.
 """
 
 
@@ -23,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ImageError, InvalidQueryError, UnknownProductError
+from .errors import ImageError, InvalidQueryError, LookalikeError, StorageError, UnknownProductError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +44,12 @@ READ_TOKEN_ENV = "LOOKALIKE_READ_TOKEN"
 MIN_TOKEN_LENGTH = 16
 #: metadata fields one write may carry
 MAX_FIELDS = 64
+#: the largest JSON body, of a search or a metadata write (a product's few fields need far less)
+MAX_JSON_BYTES = 64 * 1024
+#: seconds a client is told to wait (``Retry-After``) after a 503 of the write path
+RETRY_AFTER_S = 5
+#: seconds a write waits for the writer lock another process holds (then 503)
+LOCK_WAIT_S = 30.0
 #: the most writes one worker commits together, and the most photo bytes in them
 MAX_BATCH = 16
 MAX_BATCH_BYTES = 64 << 20
@@ -103,18 +118,25 @@ class WriterProcess:
     the worker's event loop or interpreter lock. While the child works, new writes wait; the
     next batch then takes all of them (distinct ids, one kind, at most ``MAX_BATCH``) as one
     change: one commit and one generation, so a stream of writes costs the searches one
-    generation switch per batch instead of one per write. A batch that fails as a whole (e.g.
-    an unknown column in one write) is applied again one write at a time, so each write gets
-    its own answer.
+    generation switch per batch instead of one per write. A batch refused for one of its writes
+    (e.g. an unknown column) is applied again one write at a time, so each write gets its own
+    answer; a batch that failed for the machine's reasons (:class:`StorageError`: the disk, the
+    lock) is not, so no write waits for the lock twice.
 
     The child ends with the worker: :meth:`close` at shutdown, and a watch on its parent for a
-    worker killed outright. A child that died (killed, out of memory) is replaced at the next
-    write; the writes it was doing answer 503 (committed or not, as a crash leaves them: the
-    store never keeps half a change).
+    worker killed outright. A child found dead before a write (killed while idle, out of memory)
+    is replaced first, and the write goes to the new one; the writes a child was doing when it
+    died answer 503 (committed or not, as a crash leaves them: the store never keeps half a
+    change). ``in_process=True`` runs the writes on one thread of this process instead (an index
+    in Milvus Lite, whose ``.db`` only one process may open).
     """
 
-    def __init__(self, index_path: str | os.PathLike) -> None:
+    def __init__(self, index_path: str | os.PathLike, *, in_process: bool = False,
+                 lock_wait: float | None = None) -> None:
         self.index_path = str(index_path)
+        self.in_process = in_process
+        #: seconds a write waits for the writer lock (default ``LOCK_WAIT_S``), once
+        self.lock_wait = LOCK_WAIT_S if lock_wait is None else lock_wait
         self._pool: Any = None
         self._ready: Any = None
         self._guard = threading.Lock()
@@ -124,24 +146,43 @@ class WriterProcess:
     def start(self) -> Any:
         """Start the child (idempotent); returns the future of its warm-up."""
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
         with self._guard:
+            if self._pool is not None and not self.in_process and not self._alive():
+                logger.warning("the writer process of %s had ended; starting a new one", self.index_path)
+                pool, self._pool = self._pool, None
+                pool.shutdown(wait=False, cancel_futures=True)
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_start,
-                    initargs=(self.index_path, os.getpid(), writer_nice()))
+                if self.in_process:
+                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-writer",
+                                                    initializer=_open_index, initargs=(self.index_path, self.lock_wait))
+                else:
+                    self._pool = ProcessPoolExecutor(
+                        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_child_start,
+                        initargs=(self.index_path, os.getpid(), writer_nice(), self.lock_wait))
                 self._ready = self._pool.submit(_child_ready)
             return self._ready
 
-    async def upsert(self, pid: str, metadata: dict[str, str], photo: bytes | None = None,
-                     suffix: str = ".jpg") -> Any:
-        """Add or change one product (``photo`` None: metadata only); its batch's report."""
-        return await self._submit("upsert", pid, (pid, metadata, photo, suffix))
+    def _alive(self) -> bool:
+        """Whether the child process is still there (``waitpid`` through ``is_alive``: a child
+        killed while idle is noticed here, before a write is handed to it)."""
+        if getattr(self._pool, "_broken", False):  # the pool's own watcher saw it die
+            return False
+        processes = getattr(self._pool, "_processes", None) or {}
+        return all(p.is_alive() for p in list(processes.values()))
 
-    async def remove(self, pid: str) -> Any:
+    async def upsert(self, pid: str, fields: dict[str, str], photo: bytes | None = None,
+                     suffix: str = ".jpg", *, if_match: str | None = None) -> Any:
+        """Add or change one product (``photo`` None: metadata only), merged with the product as
+        committed (see :class:`lookalike.live.Upload`); its batch's report."""
+        from .live import Upload
+
+        return await self._submit("upsert", pid, Upload(pid, fields, photo, suffix, if_match))
+
+    async def remove(self, pid: str, *, if_match: str | None = None) -> Any:
         """Remove one product; its batch's report."""
-        return await self._submit("remove", pid, pid)
+        return await self._submit("remove", pid, (pid, if_match))
 
     async def _submit(self, kind: str, pid: str, payload: Any) -> Any:
         future = asyncio.get_running_loop().create_future()
@@ -158,11 +199,11 @@ class WriterProcess:
                 item = self._queue.pop(0)
                 ids.add(item[1])
                 batch.append(item)
-                size += len(item[2][2] or b"") if kind == "upsert" else 0
+                size += len(item[2].photo or b"") if kind == "upsert" else 0
             try:
                 report = await self._run(kind, [item[2] for item in batch])
                 outcomes: list[Any] = [report] * len(batch)
-            except Refused as exc:
+            except (Refused, StorageError) as exc:  # the machine, not a write: the same for all
                 outcomes = [exc] * len(batch)
             except Exception:  # noqa: BLE001 - one write spoils the batch: each on its own
                 outcomes = []
@@ -182,8 +223,6 @@ class WriterProcess:
     async def _run(self, kind: str, payloads: list[Any]) -> Any:
         from concurrent.futures.process import BrokenProcessPool
 
-        from .errors import LookalikeError
-
         self.start()
         try:
             return await asyncio.wrap_future(self._pool.submit(_child_batch, kind, payloads))
@@ -191,11 +230,13 @@ class WriterProcess:
             logger.error("the writer process of %s ended; a new one starts with the next write", self.index_path)
             self.close()
             raise Refused(503, "the write was interrupted (the writer process ended): check the product "
-                               "and send it again") from None
+                               "and send it again", {"Retry-After": str(RETRY_AFTER_S)}) from None
         except LookalikeError:
             raise
-        except Exception as exc:  # noqa: BLE001 - e.g. the lock not had in time, in one line
-            raise Refused(503, f"the write failed: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a fault of the machine, in one line and no path
+            logger.error("a write to %s failed: %s: %s", self.index_path, type(exc).__name__, exc)
+            raise StorageError(f"the write failed: {type(exc).__name__}: {exc}",
+                               f"the write failed ({type(exc).__name__}); nothing was committed") from None
 
     def close(self) -> None:
         """Stop the child (after the batch it is doing, if any)."""
@@ -222,17 +263,22 @@ def writer_nice() -> int:
         return WRITER_NICE
 
 
-def _child_start(index_path: str, parent: int, nice: int) -> None:  # pragma: no cover - runs in the child
+def _child_start(index_path: str, parent: int, nice: int, lock_wait: float) -> None:  # pragma: no cover - child
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the worker stops us
     with contextlib.suppress(OSError):
         os.nice(nice)
     threading.Thread(target=_watch_parent, args=(parent,), name="lookalike-parent-watch", daemon=True).start()
+    _open_index(index_path, lock_wait)
+
+
+def _open_index(index_path: str, lock_wait: float) -> None:
     from .live import Index
 
-    # one thread for the model and one decode: an upload must not take every core from the searches
-    _CHILD["index"] = Index(index_path, lock_timeout=30.0, threads=1, workers=1)
+    # one thread for the model and one decode: an upload must not take every core from the searches;
+    # the lock is waited for once per write (a batch that met a held lock is not retried write by write)
+    _CHILD["index"] = Index(index_path, lock_timeout=lock_wait, threads=1, workers=1)
 
 
 def _watch_parent(parent: int) -> None:  # pragma: no cover - runs in the child
@@ -258,7 +304,10 @@ def _child_ready() -> bool:  # pragma: no cover - runs in the child
 
 def _child_batch(kind: str, payloads: list[Any]) -> Any:  # pragma: no cover - runs in the child
     index = _CHILD["index"]
-    return index.remove(payloads) if kind == "remove" else index.upsert_uploads(payloads)
+    if kind == "remove":
+        return index.remove([pid for pid, _ in payloads],
+                            if_match={pid: tag for pid, tag in payloads if tag is not None})
+    return index.upsert_uploads(payloads)
 
 
 def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], refresh: Callable[[], Any],
@@ -278,33 +327,56 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
                                f"(or ${WRITE_TOKEN_ENV}) to allow them")
         check_bearer(request.headers.get("authorization"), write_token, "write")
 
-    writer = WriterProcess(index_path) if write_token is not None else None
+    writer = None
+    if write_token is not None:
+        backend = current().manifest.get("index", {})
+        lite = backend.get("backend") == "milvus" and not str(backend.get("uri", "")).startswith(
+            ("http://", "https://", "tcp://"))
+        writer = WriterProcess(index_path, in_process=lite)
     done = {
-        200: {"description": "the change is committed and visible to every worker's next search"},
+        200: {"description": "the change is committed; the body names its generation, the `ETag` header "
+                             "the product's new version"},
         201: {"description": "a new product was added"},
         401: {"model": error_model, "description": "no bearer token"},
         403: {"model": error_model, "description": "wrong token, or writes are off"},
         **{k: v for k, v in errors.items() if k in (404, 422)},
+        412: {"model": error_model, "description": "If-Match: the product changed since that version"},
         413: {"model": error_model, "description": "body or photo too large"},
         415: {"model": error_model, "description": "not an image, or neither multipart nor JSON"},
+        503: {"model": error_model, "description": "the index can't be written now (disk, lock, writer "
+                                                   "process): try again after `Retry-After` seconds"},
     }
 
     def answer(report: Any, pid: str) -> JSONResponse:
         change = next((c for c in report.changes if c.id == pid), None)
+        if change is not None and change.status == "conflict":
+            raise Refused(412, change.reason)
         if change is None or change.status == "skipped":
             reason = change.reason if change is not None else "nothing was applied"
-            if "not indexed" in reason or "unknown product" in reason:
+            if "not indexed" in reason:
+                raise UnknownProductError(f"unknown product id: {pid} (send a photo to add it)")
+            if "unknown product" in reason:
                 raise UnknownProductError(f"unknown product id: {pid}")
             raise InvalidQueryError(reason)
         body = {"id": pid, "status": change.status, "generation": report.generation}
-        return JSONResponse(body, status_code=201 if change.status == "added" else 200)
+        headers = {"Lookalike-Generation": str(report.generation)}
+        if pid in report.versions:
+            headers["ETag"] = body["etag"] = report.versions[pid]
+        return JSONResponse(body, status_code=201 if change.status == "added" else 200, headers=headers)
+
+    async def commit(request: Request, write: Any, pid: str) -> JSONResponse:
+        report = await write
+        await run_in_threadpool(refresh)  # this worker's next answer shows it; the others check CURRENT
+        return answer(report, pid)
 
     @app.put("/products/{product_id}", responses=done, summary="Add or change a product",
              dependencies=[Depends(writes_on)],
              description="Multipart: a photo in the field `image` plus metadata fields (a new or re-shot "
              "product); or a JSON object of metadata fields alone (the photo and its vector are kept). "
-             "Columns the index does not have are refused; missing ones are left empty for a new product "
-             "and unchanged for an existing one.",
+             "Columns the index does not have are refused; columns not sent keep the values the product "
+             "has when the write commits (empty for a new product), so writes to one product compose. "
+             "`If-Match: <ETag>` (from a GET or an earlier write) makes the write conditional: 412 when "
+             f"the product changed since. JSON bodies: at most {MAX_JSON_BYTES // 1024} KiB.",
              openapi_extra={"requestBody": {"required": True, "content": {
                  "multipart/form-data": {"schema": {"type": "object", "properties": {
                      "image": {"type": "string", "format": "binary"}}, "additionalProperties": {"type": "string"}}},
@@ -314,38 +386,23 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
         pid = product_id.strip()
         if not pid:
             raise InvalidQueryError("the product id is empty")
+        if_match = request.headers.get("if-match")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
-            fields = _json_fields(await read_body(request))
-            rec = current()
-            if pid not in rec:
-                raise UnknownProductError(f"unknown product id: {pid} (send a photo to add it)")
-            existing = rec.product(pid)
-            row = {**existing, **fields}
-            row.pop(rec.manifest["catalog"]["image_column"], None)
-            report = await writer.upsert(pid, row)
-            await run_in_threadpool(refresh)
-            return answer(report, pid)
+            fields = _json_fields(await read_body(request, MAX_JSON_BYTES))
+            return await commit(request, writer.upsert(pid, fields, if_match=if_match), pid)
         if ctype != "multipart/form-data":
             raise Refused(415, "send multipart/form-data (field 'image' plus metadata) or application/json metadata")
         photo, fields = await _form(request, read_body)
         suffix = await run_in_threadpool(_check_photo, photo, max_pixels)
-        rec = current()
-        if pid in rec:  # unchanged columns keep their values
-            fields = {**{k: v for k, v in rec.product(pid).items() if k != rec.manifest["catalog"]["image_column"]},
-                      **fields}
-        fields.pop(rec.id_column, None)
-        report = await writer.upsert(pid, fields, photo, suffix)
-        await run_in_threadpool(refresh)
-        return answer(report, pid)
+        return await commit(request, writer.upsert(pid, fields, photo, suffix, if_match=if_match), pid)
 
     @app.delete("/products/{product_id}", responses=done, summary="Remove a product",
-                dependencies=[Depends(writes_on)])
-    async def delete_product(product_id: str) -> Any:
+                dependencies=[Depends(writes_on)],
+                description="`If-Match: <ETag>` makes the removal conditional: 412 when the product changed since.")
+    async def delete_product(product_id: str, request: Request) -> Any:
         pid = product_id.strip()
-        report = await writer.remove(pid)
-        await run_in_threadpool(refresh)
-        return answer(report, pid)
+        return await commit(request, writer.remove(pid, if_match=request.headers.get("if-match")), pid)
 
     return writer
 
@@ -357,6 +414,8 @@ def _json_fields(body: bytes) -> dict[str, str]:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidQueryError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of nested brackets: refused, never a traceback
+        raise InvalidQueryError("the body is not valid JSON: nested too deeply") from None
     if not isinstance(value, dict) or not value:
         raise InvalidQueryError("send a JSON object of metadata fields, e.g. {\"ProductTitle\": \"...\"}")
     if len(value) > MAX_FIELDS:

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Lock
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,7 @@ from .artifacts import (
     save_npy,
     write_bytes_durably,
 )
-from .errors import IndexFormatError, LookalikeError
+from .errors import IndexFormatError, IndexLockedError, LookalikeError, StorageError
 from .projection import FILE as PROJECTION_FILE
 from .projection import Projection
 
@@ -232,6 +232,16 @@ class Columns(Mapping[str, np.ndarray]):
 def columns_frame(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """A DataFrame of plain column arrays (text as ``str``, numbers as they are)."""
     return pd.DataFrame({c: (v.astype(str) if v.dtype == object else v) for c, v in columns.items()})
+
+
+def product_etag(cells: Mapping[str, Any], columns: Sequence[str], sha1: str) -> str:
+    """A product version's HTTP entity tag: a digest of its catalogue cells and its photo bytes'
+    hash, so any change to either (and only a change) gives a new tag. Quoted, as HTTP writes it."""
+    import hashlib
+    import json
+
+    text = json.dumps([[c, str(cells.get(c, ""))] for c in sorted(columns)] + [str(sha1)], ensure_ascii=False)
+    return '"' + hashlib.sha1(text.encode("utf-8")).hexdigest()[:24] + '"'
 
 
 def text_column(values: list[str]) -> np.ndarray:
@@ -569,8 +579,8 @@ class Writer:
                 raise IndexFormatError(f"{path} exists and is not a lookalike index; not overwriting it")
         try:
             self._fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise IndexFormatError(f"can't write to {path}: {exc.strerror or exc}") from None
+        except OSError as exc:  # a read-only file system, a folder without write permission
+            raise StorageError.from_os_error(exc, f"write to {path}") from None
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -580,13 +590,17 @@ class Writer:
                 if time.monotonic() > deadline:
                     os.close(self._fd)
                     self._fd = None
-                    raise LookalikeError(
-                        f"{path} is being written by another process (waited {self.timeout:.0f} s)"
+                    raise IndexLockedError(
+                        f"{path} is being written by another process (waited {self.timeout:.0f} s)",
+                        "the index is being written by another process; try again shortly",
                     ) from None
                 time.sleep(0.01)
         try:
-            for sub in (GENERATIONS, SEGMENTS):
-                (path / sub).mkdir(exist_ok=True)
+            try:
+                for sub in (GENERATIONS, SEGMENTS):
+                    (path / sub).mkdir(exist_ok=True)
+            except OSError as exc:
+                raise StorageError.from_os_error(exc, f"write to {path}") from None
             _clean_legacy_swap_leftovers(path)
             for p in (path / "photos").glob(".tmp-*"):  # uploads are written under this lock: cut short
                 p.unlink(missing_ok=True)
@@ -662,7 +676,7 @@ class Writer:
             self._unsynced += [final / f for f in files] + [final]
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise LookalikeError(f"can't write the index at {self.path}: {exc.strerror or exc}") from None
+            raise StorageError.from_os_error(exc, f"write the index at {self.path}") from None
         return {"name": name, "rows": int(len(vectors)), "files": files}
 
     def commit(self, *, settings: dict[str, Any], segments: list[dict[str, Any]], live: np.ndarray,
@@ -706,7 +720,7 @@ class Writer:
             os.replace(tmp, self.path / CURRENT)
             fsync_dir(self.path)
         except OSError as exc:
-            raise LookalikeError(f"can't write the index at {self.path}: {exc.strerror or exc}") from None
+            raise StorageError.from_os_error(exc, f"write the index at {self.path}") from None
         self._new_segments.clear()
         self._pending = None
         previous = self.base_record
