@@ -153,11 +153,14 @@ def test_partial_writes_compose_and_each_is_read_back_at_once_on_any_worker(serv
     expected = served.product(other)[1]
     for attempt in range(2):
         changes = {field: f"concurrent {attempt} {field}" for field in FIELDS}
-        with ThreadPoolExecutor(len(changes)) as pool:
+        with ThreadPoolExecutor(len(changes) + 1) as pool:
+            shot = pool.submit(served.put_photo, other, photos[attempt])  # a photo-only PUT among them
             answers = list(pool.map(lambda kv: served.put_json(other, {kv[0]: kv[1]}), changes.items()))
-        assert [a[0] for a in answers] == [200] * len(changes), [a[1] for a in answers]
+            answers.append(shot.result())
+        assert [a[0] for a in answers] == [200] * (len(changes) + 1), [a[1] for a in answers]
         expected.update(changes)
         assert {k: served.product(other)[1][k] for k in FIELDS} == {k: expected[k] for k in FIELDS}
+        assert served.call("GET", f"/products/{other}/image")[1] == photos[attempt]
     # and so does the library, reading the folder afresh
     rec = Recommender.load(index)
     assert {k: rec.product(pid)[k] for k in FIELDS} == {k: model[k] for k in FIELDS}
