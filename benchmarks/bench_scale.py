@@ -163,7 +163,7 @@ def load_tests(name: str, one_plain: Callable[[int], Any], one_filtered: Callabl
 
 # -- parts --------------------------------------------------------------------------------
 def run_exact(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from lookalike.index import ExactIndex
+    from lookalike.index import ExactIndex, Filter
 
     vectors, q, qg = ctx["vectors"], ctx["queries"], ctx["qgenders"]
     r0 = rss_mib()
@@ -177,11 +177,11 @@ def run_exact(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     for g in range(4):
         sel = qg == g
         if sel.any():
-            _, truth_f[sel] = index.search(q[sel], K, allowed=masks[g])
+            _, truth_f[sel] = index.search(q[sel], K, filter=Filter.of_mask(masks[g]))
     gt_s = time.perf_counter() - t0
     ctx["truth"], ctx["truth_f"] = truth, truth_f
     print(f"  ground truth for {len(q)} queries x 2 in {gt_s:.1f} s", flush=True)
-    qps = load_tests("exact", lambda i: index.search(q[i], K), lambda i: index.search(q[i], K, allowed=masks[qg[i]]),
+    qps = load_tests("exact", lambda i: index.search(q[i], K), lambda i: index.search(q[i], K, filter=Filter.of_mask(masks[qg[i]])),
                      len(q), args.seconds, args.max_queries)
     return {"backend": "exact", "rows": len(vectors), "build_s": round(build_s, 2),
             "rss_growth_mib": round(rss_mib() - r0, 1), "bytes_per_product": vectors.shape[1] * 4,
@@ -190,6 +190,7 @@ def run_exact(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_hnsw(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from lookalike.index import Filter
     from lookalike.index.hnsw import HNSWIndex
 
     vectors, q, qg, masks = ctx["vectors"], ctx["queries"], ctx["qgenders"], ctx["masks"]
@@ -223,7 +224,7 @@ def run_hnsw(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         _, r = index.search(q, K)
         found_f = []
         for i in range(len(q)):  # one query at a time: the graph walk (a batch > 32 goes exact)
-            _, rf = index.search(q[i], K, allowed=masks[qg[i]])
+            _, rf = index.search(q[i], K, filter=Filter.of_mask(masks[qg[i]]))
             found_f.append(rf[0])
         return recall(r, truth), recall(found_f, truth_f)
 
@@ -241,7 +242,7 @@ def run_hnsw(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         chosen = args.ef_sweep[-1]
     index.ef_search = chosen
     final = next(s for s in sweep if s["ef_search"] == chosen)
-    qps = load_tests("hnsw", lambda i: index.search(q[i], K), lambda i: index.search(q[i], K, allowed=masks[qg[i]]),
+    qps = load_tests("hnsw", lambda i: index.search(q[i], K), lambda i: index.search(q[i], K, filter=Filter.of_mask(masks[qg[i]])),
                      len(q), args.seconds, args.max_queries)
     return {"backend": "hnsw", "rows": n, "params": {"M": m, "efConstruction": efc, "ef_search": chosen,
             "filtered_efSearch": f"ef_search * n / allowed (~{chosen * 4})"},
@@ -436,7 +437,7 @@ def main() -> None:
     print(f"data: {args.rows:,} x {DIM} in {time.perf_counter() - t0:.1f} s; gender shares "
           f"{[round(float(m.mean()), 3) for m in masks]}; RSS {rss_mib():.0f} MiB", flush=True)
     if "exact" not in parts:  # ground truth is still exact's
-        from lookalike.index import ExactIndex
+        from lookalike.index import ExactIndex, Filter
 
         ix = ExactIndex(vectors, metric="cosine")
         _, ctx["truth"] = ix.search(q, K)
@@ -444,7 +445,7 @@ def main() -> None:
         for g in range(4):
             sel = qg == g
             if sel.any():
-                _, ctx["truth_f"][sel] = ix.search(q[sel], K, allowed=masks[g])
+                _, ctx["truth_f"][sel] = ix.search(q[sel], K, filter=Filter.of_mask(masks[g]))
         del ix
 
     results, errors = [], {}

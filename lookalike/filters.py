@@ -1,5 +1,6 @@
-"""Which rows a query may return: the rules of ``same``, ``where`` and query exclusion, given to
-local back ends as a row mask and to remote ones (Milvus) as a :class:`~lookalike.index.Filter`."""
+"""Which rows a query may return: the rules of ``same``, ``where`` and query exclusion, as one
+:class:`~lookalike.index.Filter` per search (:meth:`RowFilters.filter`), which local back ends
+ask for a row mask and remote ones (Milvus) translate."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ class RowFilters:
     def check_column(self, col: str) -> None:
         if col not in self.columns:
             raise InvalidQueryError(f"unknown column {col!r}; columns are: {', '.join(self.columns)}")
+
+    def check_where(self, where: Where | None) -> None:
+        """Refuse a ``where`` that names an unknown column, before any search."""
+        for col in where or {}:
+            self.check_column(col)
 
     def codes(self, col: str) -> tuple[np.ndarray, pd.Index]:
         """Each row's value of ``col`` as a small integer, and the values."""
@@ -80,15 +86,30 @@ class RowFilters:
             allowed &= codes[None, :] == codes[rows][:, None]
         return allowed
 
-    def filter_for(self, rows: Sequence[int], same: Sequence[str], where: Where | None) -> Filter:
-        """What :meth:`allowed_for` allows, as a :class:`Filter` (for back ends that can't take a mask)."""
+    def filter(self, rows: Sequence[int] | None, same: Sequence[str], where: Where | None) -> Filter:
+        """The one :class:`Filter` of a search: for the query products ``rows`` (``None``: a photo
+        query), their ``same`` values and no product of theirs nor a byte-identical photo of one,
+        inside ``where``. Its mask (:meth:`allowed_for`) is computed only if a back end asks."""
+        if rows is None:
+            return Filter(where_values(where), mask=lambda: self.where_mask(where))
+        return Filter(*self._expressed(rows, same, where), mask=lambda: self.allowed_for(rows, same,
+                                                                                           self.where_mask(where)))
+
+    def pair_filter(self, rows: np.ndarray, same: Sequence[str], where: Where | None) -> Filter:
+        """One query per row, each with its own exclusions and ``same`` values (``export``): a
+        per-query mask, which no expression says."""
+        return Filter(mask=lambda: self.pair_masks(rows, same, self.where_mask(where)), expressible=False)
+
+    def _expressed(self, rows: Sequence[int], same: Sequence[str],
+                   where: Where | None) -> tuple[dict[str, list[str]], list[str]]:
+        """What :meth:`allowed_for` allows as ``where`` values and excluded ids."""
         values = where_values(where)
         for col in same:
             theirs = list(dict.fromkeys(str(self.cells[col][r]) for r in rows))
             values[col] = [v for v in values[col] if v in theirs] if col in values else theirs
         groups = self.exact_group
         twins = np.flatnonzero(_in(groups, np.unique(groups[list(rows)])))
-        return Filter(values, [self.ids[r] for r in twins])
+        return values, [self.ids[r] for r in twins]
 
 
 def where_values(where: Where | None) -> dict[str, list[str]]:

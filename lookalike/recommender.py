@@ -26,9 +26,9 @@ import pandas as pd
 from .config import DEFAULT_K
 from .encoders import MODELS, CNNEncoder, Encoder, get_encoder, l2_normalize
 from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
-from .filters import RowFilters, Where, where_values
+from .filters import RowFilters, Where
 from .images import ImageSource, colour_descriptor, model_input
-from .index import Filter, VectorIndex, open_index
+from .index import Backend, Filter, VectorIndex, open_index
 from .projection import Projection
 from .store import ALL_HIDDEN, Snapshot, Store
 
@@ -72,6 +72,11 @@ class Results:
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": self.query, "results": [r.to_dict() for r in self.items]}
+
+
+#: scores this close are ties, ranked by product id (float32 scores of one vector scored in
+#: two matrix products differ by up to ~1e-7)
+TIE_EPS = 1e-6
 
 
 class Recommender:
@@ -170,18 +175,24 @@ class Recommender:
         cls,
         path: str | os.PathLike,
         *,
-        backend: str | None = None,
+        backend: str | Backend | None = None,
+        index: VectorIndex | None = None,
         encoder: Encoder | None = None,
         mmap: bool = False,
     ) -> "Recommender":
         """Open the current generation of an index. Raises :class:`IndexFormatError` for anything amiss.
 
+        ``backend`` searches with another back end than the one the index was built for (a name
+        of ``lookalike.index.BACKENDS``, or a class with ``open(snapshot, metric=)``); ``index``
+        is a back end already opened over this generation's rows, used as it is.
         An index searched in Milvus is memory-mapped: only the rows a search returns are read."""
-        return cls.from_snapshot(Store(path).snapshot(mmap=mmap or None), backend=backend, encoder=encoder)
+        return cls.from_snapshot(Store(path).snapshot(mmap=mmap or None), backend=backend, index=index,
+                                 encoder=encoder)
 
     @classmethod
     def from_snapshot(
-        cls, snapshot: Snapshot, *, backend: str | None = None, encoder: Encoder | None = None
+        cls, snapshot: Snapshot, *, backend: str | Backend | None = None, index: VectorIndex | None = None,
+        encoder: Encoder | None = None,
     ) -> "Recommender":
         """A recommender over one loaded generation (:meth:`lookalike.store.Store.snapshot`)."""
         path, manifest = snapshot.path, snapshot.manifest
@@ -198,8 +209,11 @@ class Recommender:
                 f"not {encoder.name}/{encoder.pooling} ({encoder.dim}-d)"
             )
         meta = snapshot.dense_columns()
-        chosen = backend or manifest.get("index", {}).get("backend", "exact")
-        index = open_index(chosen, snapshot, metric=metric)
+        if index is None:
+            index = open_index(backend or manifest.get("index", {}).get("backend", "exact"), snapshot, metric=metric)
+        elif len(index) != len(meta[snapshot.id_column]):
+            raise IndexFormatError(f"the back end given holds {len(index)} rows; generation {snapshot.generation} "
+                                   f"of {path} has {len(meta[snapshot.id_column])}")
         projection = snapshot.projection
         if projection is not None and projection.dim != manifest["dim"]:
             raise IndexFormatError(f"{path} is inconsistent: projection gives {projection.dim}-d vectors")
@@ -299,40 +313,23 @@ class Recommender:
         return np.concatenate([(1.0 - w) * l2_normalize(shape), w * l2_normalize(colour)], axis=-1)
 
     # -- search ------------------------------------------------------------------------
-    def _search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        allowed: np.ndarray | None,
-        collapse: bool,
-        filter: Filter | None = None,
-    ) -> list[list[tuple[int, float]]]:
-        """Top-k rows per query; with ``collapse``, one row per duplicate-photo group.
-
-        ``filter`` says what ``allowed`` says, as data, for back ends that search remotely."""
+    def _search(self, queries: np.ndarray, k: int, filter: Filter | None, collapse: bool) -> list[list[tuple[int, float]]]:
+        """Top-k rows per query, inside ``filter``; with ``collapse``, one row per duplicate-photo group."""
         b = len(queries)
         if len(self) == 0:
             return [[] for _ in range(b)]
         want = k
         results: list[list[tuple[int, float]]] = [[] for _ in range(b)]
         todo = list(range(b))
-        n_allowed = len(self) if allowed is None else None
+        n_allowed = len(self) if filter is None else None
         while todo:
             fetch = min(len(self), want + (8 if collapse else 0))
-            sub_allowed = None if allowed is None else (allowed[todo] if allowed.ndim == 2 else allowed)
-            if filter is not None and getattr(self.index, "accepts_filter", False):
-                scores, rows = self.index.search(queries[todo], fetch, allowed=sub_allowed,  # type: ignore[call-arg]
-                                                 filter=filter)
-            else:
-                scores, rows = self.index.search(queries[todo], fetch, allowed=sub_allowed)
+            scores, rows = self.index.search(queries[todo], fetch, filter=None if filter is None else filter.take(todo))
             again = []
             for j, q in enumerate(todo):
                 picked: list[tuple[int, float]] = []
                 seen: set[int] = set()
-                # equal scores (identical photos) rank by product id, whatever the rows' order on
-                # disk: results do not depend on the order in which products were added
-                line = sorted(((float(s), int(r)) for s, r in zip(scores[j], rows[j]) if r >= 0),
-                              key=lambda sr: (-sr[0], self.ids[sr[1]]))
+                line = self._ranked(scores[j], rows[j])
                 for s, r in line:
                     g = int(self._near_group[r])
                     if collapse and g in seen:
@@ -349,6 +346,26 @@ class Recommender:
             todo = again
             want = fetch * 4
         return results
+
+    def _ranked(self, scores: np.ndarray, rows: np.ndarray) -> list[tuple[float, int]]:
+        """One query's hits, best first; equal scores (identical photos) rank by product id,
+        whatever the rows' order on disk, so results do not depend on the order in which
+        products were added. Scores within ``TIE_EPS`` of the first of a run are equal, and all
+        get the first's: the same vector scored in two segments' matrix products may differ in
+        its last bits (a twin added live ranked before its source by 1.5e-8)."""
+        line = sorted(((float(s), int(r)) for s, r in zip(scores, rows) if r >= 0), key=lambda sr: -sr[0])
+        out: list[tuple[float, int]] = []
+        i = 0
+        while i < len(line):
+            j = i + 1
+            while j < len(line) and line[i][0] - line[j][0] <= TIE_EPS:
+                j += 1
+            if j == i + 1:
+                out.append(line[i])
+            else:  # one score for the run, so scores never rise down the list
+                out.extend((line[i][0], r) for _, r in sorted(line[i:j], key=lambda sr: self.ids[sr[1]]))
+            i = j
+        return out
 
     def _results(self, query: dict[str, Any], found: list[tuple[int, float]]) -> Results:
         items = [
@@ -378,7 +395,7 @@ class Recommender:
         for col in same:
             self._check_column(col)
         w = self._weight(colour_weight)
-        base = self.where_mask(where)
+        self._filters.check_where(where)
         if (ids is None) == (image is None):
             raise InvalidQueryError("give product ids or an image, not both or neither")
         if image is not None:
@@ -386,7 +403,8 @@ class Recommender:
                 raise InvalidQueryError("'same' needs product ids; filter a photo query with 'where'")
             shape, colour = self.embed_image(image)
             q = self._query_vector(shape, colour, w)[None, :]
-            found = self._search(q, k, base, collapse_duplicates, Filter(where_values(where)))[0]
+            found = self._search(q, k, self._filters.filter(None, (), where) if where else None,
+                                 collapse_duplicates)[0]
             name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
             return self._results({"image": name, "k": k, "where": dict(where or {})}, found)
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[arg-type]
@@ -399,8 +417,7 @@ class Recommender:
         if self.metric == "cosine":
             shape = l2_normalize(shape)
         q = self._query_vector(shape.mean(0), l2_normalize(colour).mean(0), w)[None, :]
-        allowed = self._filters.allowed_for(rows, same, base)
-        found = self._search(q, k, allowed, collapse_duplicates, self._filters.filter_for(rows, same, where))[0]
+        found = self._search(q, k, self._filters.filter(rows, same, where), collapse_duplicates)[0]
         query = {"ids": [self.ids[r] for r in rows], "k": k, "same": same, "where": dict(where or {})}
         return self._results(query, found)
 
@@ -438,7 +455,7 @@ class Recommender:
         for col in same:
             self._check_column(col)
         w = self._weight(colour_weight)
-        base = self.where_mask(where)
+        self._filters.check_where(where)
         rows_all = list(range(len(self))) if ids is None else [self.row(p) for p in ids]
         shape = np.asarray(self.vectors, dtype=np.float32)
         out_q, out_rank, out_id, out_s = [], [], [], []
@@ -449,8 +466,8 @@ class Recommender:
             if self.metric == "cosine":
                 qs = l2_normalize(qs)
             q = self._query_vector(qs, l2_normalize(self.colour[rows]), w)
-            allowed = self._filters.pair_masks(rows, same, base)
-            for r, found in zip(rows, self._search(q, k, allowed, collapse_duplicates)):
+            for r, found in zip(rows, self._search(q, k, self._filters.pair_filter(rows, same, where),
+                                                   collapse_duplicates)):
                 for rank, (row, s) in enumerate(found, start=1):
                     out_q.append(self.ids[r])
                     out_rank.append(rank)

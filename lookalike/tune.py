@@ -23,7 +23,7 @@ import pandas as pd
 from .encoders import l2_normalize
 from .errors import InvalidQueryError
 from .evaluate import score_export
-from .index import ExactIndex, make_index
+from .index import ExactIndex, Filter, make_index
 from .projection import Projection
 from .store import Store
 
@@ -74,7 +74,7 @@ def _search_subset(vec: np.ndarray, rows: np.ndarray, allowed_same: list[np.ndar
         sub &= codes[rows][:, None] == codes[rows][None, :]
     allowed = np.zeros((len(rows), len(vec)), dtype=bool)
     allowed[:, rows] = sub
-    _, found = ExactIndex(vec).search(vec[rows], k, allowed=allowed)
+    _, found = ExactIndex(vec).search(vec[rows], k, filter=Filter.of_mask(allowed))
     return [[int(r) for r in hits if r >= 0] for hits in found]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,11 @@ import pytest
 from layout import base
 
 from lookalike import IndexFormatError, InvalidQueryError, Recommender
-from lookalike.index import BACKENDS, ExactIndex, VectorIndex, make_index, topk_sorted
+from lookalike.index import BACKENDS, ExactIndex, Filter, VectorIndex, make_index, topk_sorted
 from lookalike.index.hnsw import HNSWIndex
 
-pytest.importorskip("faiss")
+#: the HNSW tests need faiss (the `faiss` extra); the exact oracle's tests run without it
+needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="the faiss extra is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +99,13 @@ def test_exact_masks_1d_and_2d(random_data, metric):
     stored = unit if metric == "cosine" else data
     index = ExactIndex(stored, metric=metric, block_rows=50)
     one = rng.random(500) < 0.3
-    scores, rows = index.search(queries, 8, allowed=one)
+    scores, rows = index.search(queries, 8, filter=Filter.of_mask(one))
     ref_s, ref_r = _reference(stored, queries, 8, metric, one[None, :])
     assert np.array_equal(rows, ref_r) and one[rows].all()
     assert np.allclose(scores, ref_s, atol=1e-4)
 
     per_query = rng.random((len(queries), 500)) < 0.1
-    scores, rows = index.search(queries, 8, allowed=per_query)
+    scores, rows = index.search(queries, 8, filter=Filter.of_mask(per_query))
     ref_s, ref_r = _reference(stored, queries, 8, metric, per_query)
     assert np.array_equal(rows, ref_r)
     assert np.take_along_axis(per_query, rows, 1).all()
@@ -115,14 +117,14 @@ def test_exact_k_larger_than_allowed_pads(random_data):
     index = ExactIndex(unit, metric="cosine", block_rows=100)
     allowed = np.zeros(500, dtype=bool)
     allowed[[3, 250, 499]] = True
-    scores, rows = index.search(queries[:4], 6, allowed=allowed)
+    scores, rows = index.search(queries[:4], 6, filter=Filter.of_mask(allowed))
     assert rows.shape == scores.shape == (4, 6)
     assert (rows[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
     assert all(set(r[:3]) == {3, 250, 499} for r in rows)
     # a query with nothing allowed gets only padding
     mask = np.ones((2, 500), dtype=bool)
     mask[1] = False
-    scores, rows = index.search(queries[:2], 4, allowed=mask)
+    scores, rows = index.search(queries[:2], 4, filter=Filter.of_mask(mask))
     assert (rows[1] == -1).all() and np.isneginf(scores[1]).all() and (rows[0] >= 0).all()
     # k larger than the whole index is clipped to it
     scores, rows = index.search(queries[:1], 900)
@@ -149,6 +151,7 @@ def test_unknown_backend():
 
 
 # -- HNSW vs the oracle on real vectors ---------------------------------------------------
+@needs_faiss
 def test_hnsw_recall_unfiltered(real):
     vectors, _, qrows = real
     q = vectors[qrows]
@@ -159,6 +162,7 @@ def test_hnsw_recall_unfiltered(real):
     assert recall_at_k(vectors, q, exact_s, rows) >= 0.95
 
 
+@needs_faiss
 def test_hnsw_recall_with_gender_masks(real):
     vectors, gender, qrows = real
     q = vectors[qrows]
@@ -166,47 +170,50 @@ def test_hnsw_recall_with_gender_masks(real):
     # force the filtered graph walk: the default takes exact brute force below 4,096 rows
     hnsw = make_index("hnsw", vectors, metric="cosine", brute_force_below=0)
     own = gender[None, :] == gender[qrows][:, None]  # 2-D: each query's own gender
-    exact_s, _ = exact.search(q, 10, allowed=own)
-    _, rows = hnsw.search(q, 10, allowed=own)
+    exact_s, _ = exact.search(q, 10, filter=Filter.of_mask(own))
+    _, rows = hnsw.search(q, 10, filter=Filter.of_mask(own))
     assert np.take_along_axis(own, rows, 1).all()
     assert recall_at_k(vectors, q, exact_s, rows) >= 0.95
 
     men = gender == "Men"  # 1-D: one gender for all, queried by its own products
     qm = vectors[np.flatnonzero(men)[::4]]
-    exact_s, _ = exact.search(qm, 10, allowed=men)
-    _, rows = hnsw.search(qm, 10, allowed=men)
+    exact_s, _ = exact.search(qm, 10, filter=Filter.of_mask(men))
+    _, rows = hnsw.search(qm, 10, filter=Filter.of_mask(men))
     assert men[rows].all()
     assert recall_at_k(vectors, qm, exact_s, rows) >= 0.95
 
 
+@needs_faiss
 def test_hnsw_recall_with_one_gender_for_all_queries(real):
     vectors, gender, qrows = real
     q = vectors[qrows]  # queries of every gender, results restricted to one (a `where` filter)
     men = gender == "Men"
     hnsw = make_index("hnsw", vectors, metric="cosine", brute_force_below=0)
-    exact_s, _ = ExactIndex(vectors).search(q, 10, allowed=men)
-    _, rows = hnsw.search(q, 10, allowed=men)
+    exact_s, _ = ExactIndex(vectors).search(q, 10, filter=Filter.of_mask(men))
+    _, rows = hnsw.search(q, 10, filter=Filter.of_mask(men))
     assert men[rows].all()
     assert recall_at_k(vectors, q, exact_s, rows) >= 0.95
 
 
+@needs_faiss
 def test_hnsw_small_filter_is_exact(real):
     vectors, gender, qrows = real
     q = vectors[qrows[:50]]
     girls = gender == "Girls"
     hnsw = make_index("hnsw", vectors, metric="cosine")  # default: brute force under 4,096 rows
-    s1, r1 = hnsw.search(q, 10, allowed=girls)
-    s2, r2 = ExactIndex(vectors).search(q, 10, allowed=girls)
+    s1, r1 = hnsw.search(q, 10, filter=Filter.of_mask(girls))
+    s2, r2 = ExactIndex(vectors).search(q, 10, filter=Filter.of_mask(girls))
     # the same rows up to float rounding among (near-)tied scores
     assert np.allclose(s1, s2, atol=1e-6) and girls[r1].all()
     assert recall_at_k(vectors, q, s2, r1) == 1.0
     assert (r1 == r2).mean() > 0.95
     tiny = np.zeros(len(vectors), bool)
     tiny[:3] = True
-    s, r = hnsw.search(q[:2], 5, allowed=tiny)
+    s, r = hnsw.search(q[:2], 5, filter=Filter.of_mask(tiny))
     assert (r[:, 3:] == -1).all() and np.isneginf(s[:, 3:]).all()
 
 
+@needs_faiss
 def test_hnsw_euclidean(real):
     vectors, _, qrows = real
     raw = vectors * np.linspace(0.5, 2.0, len(vectors), dtype=np.float32)[:, None]  # not unit length
@@ -217,6 +224,7 @@ def test_hnsw_euclidean(real):
     assert (scores <= 1e-6).all() and np.all(np.diff(scores, axis=1) <= 1e-6)  # minus distances
 
 
+@needs_faiss
 def test_hnsw_serialize_and_load(real, tmp_path):
     vectors, _, qrows = real
     hnsw = make_index("hnsw", vectors, metric="cosine")
@@ -230,6 +238,7 @@ def test_hnsw_serialize_and_load(real, tmp_path):
         HNSWIndex.from_bytes(b"garbage", vectors, metric="cosine")
 
 
+@needs_faiss
 def test_built_hnsw_index_is_loaded_with_its_backend(fashion_index):
     rec = Recommender.load(fashion_index)
     assert rec.manifest["index"]["backend"] == "hnsw" and rec.index.name == "hnsw"
@@ -237,6 +246,7 @@ def test_built_hnsw_index_is_loaded_with_its_backend(fashion_index):
     assert Recommender.load(fashion_index, backend="exact").index.name == "exact"
 
 
+@needs_faiss
 def test_built_hnsw_index_recall(fashion_index, real):
     """The graph `build(backend='hnsw')` writes (shape and colour side by side), searched the way
     the recommender does with colour weight 0 (zeros in the colour part)."""
@@ -265,7 +275,7 @@ def test_exact_run_over_segments_equals_exact_search_over_live_rows(metric):
     allowed = rng.random((6, len(rows))) < 0.6
     assert len(run) == len(rows)
     for mask in (None, allowed):
-        s, r = run.search(queries, 5, allowed=mask)
-        want_s, want_r = oracle.search(queries, 5, allowed=mask)
+        s, r = run.search(queries, 5, filter=Filter.of_mask(mask))
+        want_s, want_r = oracle.search(queries, 5, filter=Filter.of_mask(mask))
         np.testing.assert_allclose(s, want_s, rtol=1e-5, atol=1e-5)
         assert (r == want_r).all()

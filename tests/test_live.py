@@ -805,6 +805,7 @@ def test_a_changed_generation_searches_like_exact_search_over_its_live_rows(idx,
     the small change segments folded into one exact block. Both answer as exact search over the
     live rows, with and without per-query filters."""
     import lookalike.index.segmented as segmented
+    from lookalike.index import Filter
     from lookalike.index.exact import ExactIndex
     from lookalike.index.segmented import SegmentedIndex, physical_rows
 
@@ -825,8 +826,8 @@ def test_a_changed_generation_searches_like_exact_search_over_its_live_rows(idx,
     queries = rows[rng.choice(len(rows), 12, replace=False)]
     allowed = rng.random((12, len(rows))) < 0.5
     for mask in (None, allowed, allowed[0]):
-        s, r = got.search(queries, 7, allowed=mask)
-        want_s, want_r = oracle.search(queries, 7, allowed=mask)
+        s, r = got.search(queries, 7, filter=Filter.of_mask(mask))
+        want_s, want_r = oracle.search(queries, 7, filter=Filter.of_mask(mask))
         np.testing.assert_allclose(s, want_s, atol=1e-5)
         # every row found scores what the oracle gives it, and passes the filter
         direct = np.einsum("qd,qkd->qk", queries, rows[r]) if metric == "cosine" else None
@@ -834,7 +835,7 @@ def test_a_changed_generation_searches_like_exact_search_over_its_live_rows(idx,
             np.testing.assert_allclose(s, direct, atol=1e-5)
         if mask is not None:
             assert np.broadcast_to(mask, (12, len(rows)))[np.arange(12)[:, None], r].all()
-        one_s, one_r = got.search(queries[0], 7, allowed=None if mask is None else np.atleast_2d(mask)[0])
+        one_s, one_r = got.search(queries[0], 7, filter=Filter.of_mask(None if mask is None else np.atleast_2d(mask)[0]))
         np.testing.assert_allclose(one_s[0], want_s[0], atol=1e-5)
     if whole:
         assert isinstance(got, segmented.ExactRun)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lookalike.errors import IndexFormatError, InvalidQueryError, LookalikeError, MissingDependencyError
-from lookalike.index import ExactIndex
+from lookalike.index import ExactIndex, Filter
 
 pytest.importorskip("pymilvus", reason="pymilvus is not installed: pip install 'lookalike[milvus]'")
 
@@ -128,7 +128,7 @@ def test_where_is_pushed_into_the_search(store, demo, genders):
     wanted = [genders] if isinstance(genders, str) else genders
     allowed = demo["meta"]["Gender"].isin(wanted).to_numpy()
     assert 0 < allowed.sum() < 99
-    scores, exact_rows = ExactIndex(demo["data"]).search(q, K, allowed=allowed)
+    scores, exact_rows = ExactIndex(demo["data"]).search(q, K, filter=Filter.of_mask(allowed))
     expr = filter_expression({"Gender": genders}, fields=store.fields)
     got = store.search(q, K, expr=expr)
     assert_like_exact(demo, got, q, scores, exact_rows)
@@ -144,7 +144,7 @@ def test_exclusion_of_the_query_duplicate_group_with_a_where(store, demo):
     women = demo["meta"]["Gender"].eq("Women").to_numpy()
     for where, base in ((None, np.ones(99, bool)), ({"Gender": ["Women"]}, women)):
         allowed = (groups[None, :] != groups[rows][:, None]) & base[None, :]
-        scores, exact_rows = ExactIndex(demo["data"]).search(q, K, allowed=allowed)
+        scores, exact_rows = ExactIndex(demo["data"]).search(q, K, filter=Filter.of_mask(allowed))
         got = [
             store.search(q[j : j + 1], K, expr=filter_expression(where, exclude={"dup_exact": [groups[r]]},
                                                                  fields=store.fields))[0]

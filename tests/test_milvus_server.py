@@ -19,7 +19,7 @@ pytest.importorskip("milvus", reason="the Milvus standalone is not installed: pi
 from milvus_server import in_private_netns, rss_mib, running_server  # noqa: E402
 from test_milvus import NASTY, load_demo, queries, upsert_demo  # noqa: E402
 
-from lookalike.index import ExactIndex  # noqa: E402
+from lookalike.index import ExactIndex, Filter  # noqa: E402
 from lookalike.index.milvus import IndexSpec, MilvusStore, filter_expression  # noqa: E402
 
 K = 10
@@ -52,7 +52,7 @@ def recall(demo, got, q, allowed, *, data=None, row=None) -> float:
     """Share of returned ids that belong in the exact top k (ties at the k-th score count)."""
     data = demo["data"] if data is None else data
     row = demo["row"] if row is None else row
-    scores, _ = ExactIndex(data).search(q, K, allowed=allowed)
+    scores, _ = ExactIndex(data).search(q, K, filter=Filter.of_mask(allowed))
     hits = total = 0
     for found, qv, s_row in zip(got, q, scores, strict=True):
         want = s_row[np.isfinite(s_row)]
@@ -171,6 +171,20 @@ def test_build_similar_filters_photo_and_changes_through_the_server(server, demo
     exact = Recommender.load(tmp_path / "index", backend="exact")
     for pid in rec.ids[::5]:
         assert rec.similar(pid, k=5, same="Gender").ids == exact.similar(pid, k=5, same="Gender").ids
+
+
+def test_the_back_end_conformance_suite_through_the_server(server, encoder, tmp_path):
+    """tests/test_backends.py's checks, on a build whose vectors live in the real server, as
+    built and after the same live changes."""
+    from test_backends import apply_live_changes, run_checks
+
+    from lookalike import build, demo_catalog
+
+    build(demo_catalog(), tmp_path / "index", encoder=encoder, backend="milvus", milvus_uri=server.uri,
+          collection="conformance", show_progress_bar=False)
+    run_checks(tmp_path / "index")
+    apply_live_changes(tmp_path / "index", encoder)
+    run_checks(tmp_path / "index")
 
 
 def test_upsert_and_delete_then_stop(store, demo):

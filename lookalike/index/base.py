@@ -1,48 +1,84 @@
-"""The vector-index contract: ``search(queries, k, allowed=) -> (scores, rows)``.
+"""The vector-index contract: ``open(snapshot, metric=)`` and ``search(queries, k, *, filter=) -> (scores, rows)``.
 
 Every back end scores by inner product between a query and the stored rows (for
-``euclidean`` it reports minus the distance), so higher always means more alike. ``allowed``
-is a boolean mask over rows, one for all queries ``(n,)`` or one per query ``(b, n)``;
-rows outside it are never returned. Missing results are ``row == -1`` and ``-inf`` scores.
+``euclidean`` it reports minus the distance), so higher always means more alike. Missing
+results are ``row == -1`` and ``-inf`` scores.
 
-A back end opens over one generation of an index (``cls.open(snapshot, metric=)``),
-where rows are the generation's live rows in segment order: removed rows never show.
+A back end opens over one generation of an index (``cls.open(snapshot, metric=)``), where
+rows are the generation's live rows in segment order: removed rows never show. A search's
+constraints travel as one :class:`Filter`: a back end that searches in this process asks it
+for a row mask (:meth:`Filter.mask`); one that searches elsewhere translates its ``where`` and
+``exclude_ids`` (Milvus: an expression, ``lookalike.index.milvus.expression``), the way
+qdrant-client's local mode evaluates the very filter its server receives.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["VectorIndex", "Filter", "topk_sorted"]
+__all__ = ["VectorIndex", "Backend", "Filter", "mask_of", "topk_sorted"]
 
 
-@dataclass(frozen=True)
 class Filter:
-    """A search's constraints as data, for back ends that can't take a row mask (Milvus):
-    rows whose ``where`` columns hold one of the values (columns combine with AND), and none of
-    the ``exclude_ids`` products. Local back ends get the same constraints as a mask."""
+    """Which rows one search may return: rows whose ``where`` columns hold one of the values
+    (columns combine with AND) and that are none of the ``exclude_ids`` products; the same
+    constraints as a boolean row mask over the generation's rows, ``(n,)`` for every query or
+    ``(b, n)`` one per query, computed when a back end first asks (a remote back end never does).
 
-    where: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    exclude_ids: Sequence[str] = ()
+    ``expressible`` is False when ``where``/``exclude_ids`` can't say all the mask says (one
+    exclusion per query, as ``export`` asks): a remote back end then searches exactly, here.
+    Build one with :meth:`RowFilters.filter <lookalike.filters.RowFilters.filter>`, or
+    :meth:`of_mask` for a mask alone.
+    """
 
-    def expression(self, fields: Mapping[str, str]) -> str:
-        from .milvus import exclusion_expression, filter_expression
+    __slots__ = ("where", "exclude_ids", "expressible", "_mask", "_make")
 
-        parts = [p for p in (filter_expression(self.where, fields=fields),
-                             exclusion_expression(self.exclude_ids)) if p]
-        return " and ".join(parts)
+    def __init__(self, where: Mapping[str, Sequence[str]] | None = None, exclude_ids: Sequence[str] = (), *,
+                 mask: np.ndarray | Callable[[], np.ndarray | None] | None = None, expressible: bool = True) -> None:
+        self.where: Mapping[str, Sequence[str]] = dict(where or {})
+        self.exclude_ids: Sequence[str] = tuple(exclude_ids)
+        self.expressible = expressible
+        self._make = mask if callable(mask) else None
+        self._mask = None if callable(mask) else mask
+
+    @classmethod
+    def of_mask(cls, mask: np.ndarray | None) -> "Filter | None":
+        """A filter that only a mask says (``None`` for no mask: every row)."""
+        return None if mask is None else cls(mask=mask, expressible=False)
+
+    def mask(self) -> np.ndarray | None:
+        """The rows allowed, ``(n,)`` or ``(b, n)``; ``None``: every row."""
+        if self._make is not None:
+            self._mask, self._make = self._make(), None
+        return self._mask
+
+    def take(self, queries: Sequence[int]) -> "Filter":
+        """The filter of a subset of the queries (a per-query mask keeps their lines)."""
+        mask = self.mask()
+        if mask is None or mask.ndim == 1:
+            return self
+        return Filter(self.where, self.exclude_ids, mask=mask[list(queries)], expressible=self.expressible)
+
+    def __repr__(self) -> str:
+        return f"Filter(where={dict(self.where)!r}, exclude_ids={list(self.exclude_ids)!r})"
+
+
+def mask_of(filter: Filter | None) -> np.ndarray | None:
+    """The row mask of an optional filter."""
+    return None if filter is None else filter.mask()
 
 
 @runtime_checkable
 class VectorIndex(Protocol):
+    """An index over one generation's rows: what a :class:`Backend` opens."""
+
     name: ClassVar[str]
     metric: str
 
     def search(
-        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, *, filter: Filter | None = None
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def __len__(self) -> int: ...
@@ -50,6 +86,16 @@ class VectorIndex(Protocol):
     def serialize(self) -> dict[str, bytes]:
         """Files the back end needs beyond ``vectors.npy``, stored in the segment (may be none)."""
         ...
+
+
+class Backend(Protocol):
+    """A back end, as the name -> class table (``lookalike.index.BACKENDS``) holds it: its name,
+    and how it opens over one generation (:class:`lookalike.store.Snapshot`)."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    def open(cls, snapshot: Any, *, metric: str) -> VectorIndex: ...
 
 
 def topk_sorted(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import topk_sorted
+from .base import Filter, mask_of, topk_sorted
 
 __all__ = ["ExactIndex", "euclidean_scores"]
 
@@ -31,9 +31,8 @@ class ExactIndex:
     def __len__(self) -> int:
         return len(self.vectors)
 
-    def search(
-        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        allowed = mask_of(filter)
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         b, n = len(queries), len(self.vectors)
         k = max(0, min(k, n))

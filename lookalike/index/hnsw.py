@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import IndexFormatError, require
-from .base import topk_sorted
+from .base import Filter, mask_of, topk_sorted
 
 __all__ = ["HNSWIndex"]
 
@@ -71,9 +71,8 @@ class HNSWIndex:
             s = -np.sqrt(np.maximum((q**2).sum() + (x**2).sum(1) - 2 * s, 0.0))
         return topk_sorted(s[None, :].astype(np.float32), rows[None, :].astype(np.int64), k)
 
-    def search(
-        self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        allowed = mask_of(filter)
         faiss = self.faiss
         queries = np.atleast_2d(np.ascontiguousarray(queries, dtype=np.float32))
         b, n = len(queries), len(self.vectors)
@@ -95,7 +94,7 @@ class HNSWIndex:
             return s, r
         if b > self.batch_exact_above:
             # many queries at once (an export): blocked matrix products beat graph walks
-            return self._exact().search(queries, k, allowed=allowed)
+            return self._exact().search(queries, k, filter=filter)
         for j in range(b):
             mask = allowed[j] if allowed.ndim == 2 else allowed
             count = int(mask.sum())

@@ -45,6 +45,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from ..errors import IndexFormatError, InvalidQueryError, LookalikeError, require
+from .base import Filter, topk_sorted
 
 __all__ = [
     "MilvusStore",
@@ -149,6 +150,14 @@ def filter_expression(
         if numbers:
             parts.append(f"{name} not in [{', '.join(map(str, numbers))}]")
     return " and ".join(f"({p})" for p in parts)
+
+
+def expression(filter: Filter | None, fields: Mapping[str, str]) -> str:
+    """A search :class:`~lookalike.index.base.Filter` as a Milvus expression (``""``: none)."""
+    if filter is None:
+        return ""
+    parts = [filter_expression(filter.where, fields=fields), exclusion_expression(filter.exclude_ids)]
+    return " and ".join(p for p in parts if p)
 
 
 def exclusion_expression(ids: Sequence[str]) -> str:
@@ -568,13 +577,12 @@ class MilvusIndex:
     exactly from the index's own rows, so scores equal the exact back end's.
 
     The vectors stay in Milvus: a serving process reads only the rows Milvus returned (the
-    index folder's vectors are memory-mapped). Positional masks can't travel to Milvus, so
-    searches take a :class:`~lookalike.index.base.Filter` instead; a search that only has a
-    mask (``export``) runs on the exact oracle.
+    index folder's vectors are memory-mapped). A search's :class:`~lookalike.index.base.Filter`
+    travels as an expression (:func:`expression`); its row mask is never computed. A filter that
+    only a mask can say (``export``: one exclusion per query) runs on the exact oracle.
     """
 
     name = "milvus"
-    accepts_filter = True
 
     def __init__(self, snapshot: Any, *, metric: str) -> None:
         if metric != "cosine":
@@ -607,27 +615,21 @@ class MilvusIndex:
             self._exact = ExactIndex.open(self.snapshot, metric=self.metric)
         return self._exact
 
-    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
-               filter: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        from .base import topk_sorted
-
+    def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         b = len(queries)
         k = max(0, min(k, len(self.ids)))
         if k == 0:
             return np.zeros((b, 0), np.float32), np.zeros((b, 0), np.int64)
-        if filter is None and allowed is not None:
-            return self.exact().search(queries, k, allowed=allowed)  # type: ignore[no-any-return]
-        expr = filter.expression(self.store.fields) if filter is not None else ""
+        if filter is not None and not filter.expressible:  # a mask alone (export): exactly, here
+            return self.exact().search(queries, k, filter=filter)  # type: ignore[no-any-return]
+        expr = expression(filter, self.store.fields)
         # Milvus may hold rows this generation does not (a change being committed): over-fetch
         found = self.store.search(queries, min(MAX_K, k + 16), expr=expr)
         out_s = np.full((b, k), -np.inf, np.float32)
         out_r = np.full((b, k), -1, np.int64)
         for j, hits in enumerate(found):
             rows = np.array([self._row_of[p] for p, _ in hits if p in self._row_of], dtype=np.int64)
-            if allowed is not None and len(rows):
-                mask = allowed[j] if allowed.ndim == 2 else allowed
-                rows = rows[mask[rows]]
             if not len(rows):
                 continue
             vectors, colour = self.snapshot.take(rows)

@@ -13,7 +13,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from .base import VectorIndex, topk_sorted
+from .base import Filter, VectorIndex, mask_of, topk_sorted
 from .exact import ExactIndex, euclidean_scores
 
 __all__ = ["SegmentedIndex", "open_segments"]
@@ -40,7 +40,8 @@ class SegmentedIndex:
     def __len__(self) -> int:
         return self.n
 
-    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        allowed = mask_of(filter)
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         b = len(queries)
         k = max(0, min(k, self.n))
@@ -52,10 +53,10 @@ class SegmentedIndex:
             if p.physical is not None:
                 mask = np.zeros((*(sub.shape[:-1] if sub is not None else ()), len(p.index)), dtype=bool)
                 mask[..., p.physical] = True if sub is None else sub
-                s, r = p.index.search(queries, k, allowed=mask)
+                s, r = p.index.search(queries, k, filter=Filter.of_mask(mask))
                 r = np.where(r >= 0, p.dense_of[np.maximum(r, 0)] + p.start, -1)  # type: ignore[index]
             else:
-                s, r = p.index.search(queries, k, allowed=sub)
+                s, r = p.index.search(queries, k, filter=Filter.of_mask(sub))
                 r = np.where(r >= 0, r + p.start, -1)
             all_s.append(s.astype(np.float32, copy=False))
             all_r.append(r.astype(np.int64, copy=False))
@@ -85,15 +86,17 @@ class ExactRun:
     def __len__(self) -> int:
         return self.n
 
-    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, *, filter: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        allowed = mask_of(filter)
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         k = max(0, min(k, self.n))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         step = max(1, RUN_SCORES // len(self.live))  # queries scored at once: memory stays bounded
         if len(queries) > step:
-            found = [self.search(queries[i : i + step], k, allowed=allowed if allowed is None or allowed.ndim == 1
-                                 else allowed[i : i + step]) for i in range(0, len(queries), step)]
+            found = [self.search(queries[i : i + step], k, filter=None if filter is None else
+                                 filter.take(range(i, min(i + step, len(queries)))))
+                     for i in range(0, len(queries), step)]
             return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
         s = np.concatenate([queries @ b.T for b in self.blocks], axis=1)
         if self._sq is not None:
