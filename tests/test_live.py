@@ -609,6 +609,85 @@ def test_sync_dry_run_counts_what_a_real_sync_does(shop, shop_idx, encoder):
     assert dry.counts() == real.counts()
 
 
+# -- files cut short: a truncated export never blanks a product ------------------------------
+def _titled(pids: list[str]) -> pd.DataFrame:
+    """The demo catalogue with a new title on ``pids``: a sync that blanked them would show."""
+    table = DEMO_TABLE.copy()
+    table.loc[table["ProductId"].isin(pids), "ProductTitle"] += " (new season)"
+    return table
+
+
+def _cut_after(data: bytes, needle: bytes) -> bytes:
+    """The bytes of a file cut right after the last ``needle``: mid-row, no newline."""
+    return data[: data.rindex(needle) + len(needle)]
+
+
+@VIA
+def test_sync_refuses_a_file_whose_last_line_is_cut(via, idx, encoder, capsys, tmp_path):
+    last = DEMO_TABLE.iloc[-1]
+    csv = tmp_path / "today.csv"
+    _titled([last["ProductId"]]).to_csv(csv, index=False)
+    csv.write_bytes(_cut_after(csv.read_bytes(), f"{last['ProductId']},{last['Gender']}".encode()))
+    before = files_of(idx)
+    if via == "lib":
+        with pytest.raises(CatalogError, match=r"today.csv looks cut short: its last line \(row 99\) has 2 of 9 "
+                                               r"cells .*nothing was changed"):
+            Index.open(idx, encoder=encoder).sync(csv, images=DEMO_IMAGES)
+    else:
+        code, out, err = _cli(capsys, "-q", "sync", idx, csv, "--images", DEMO_IMAGES)
+        assert code == 1 and out == "" and err.count("\n") == 1
+        assert err.startswith("lookalike: error: today.csv looks cut short: its last line (row 99) has 2 of 9 cells")
+        code, out, err = _cli(capsys, "-q", "sync", idx, csv, "--images", DEMO_IMAGES, "--dry-run")
+        assert code == 1 and "looks cut short" in err
+    assert files_of(idx) == before
+    # the same rows with the file's last newline: a short row, kept as indexed, not a refusal
+    csv.write_bytes(csv.read_bytes() + b"\n")
+    report = Index.open(idx, encoder=encoder).sync(csv, images=DEMO_IMAGES)
+    assert report.counts()["kept"] == 1 and report.counts()["removed"] == 0
+    [kept] = report.problems
+    assert (kept.row, kept.id, kept.status) == (99, last["ProductId"], "kept")
+    assert kept.reason == "cut short: the row has 2 of 9 cells; the indexed version was kept"
+    assert stored(idx, last["ProductId"])[2]["ProductTitle"] == last["ProductTitle"]
+
+
+def test_sync_keeps_a_short_row_inside_the_file_as_indexed(idx, encoder, tmp_path):
+    """A row with fewer cells than the header in the middle of a file whose other rows are
+    whole: that product keeps its indexed version (its title is not blanked), the rest applies."""
+    short, other = DEMO_TABLE["ProductId"].iloc[40], DEMO_TABLE["ProductId"].iloc[41]
+    csv = tmp_path / "today.csv"
+    _titled([short, other]).to_csv(csv, index=False)
+    lines = csv.read_text().splitlines()
+    lines[41] = ",".join(lines[41].split(",")[:6])  # data row 41: 6 of 9 cells
+    csv.write_text("\n".join(lines) + "\n")
+    before = stored(idx, short)
+    report = Index.open(idx, encoder=encoder).sync(csv, images=DEMO_IMAGES)
+    assert {c.id: c.status for c in report.changes if c.status != "unchanged"} == {short: "kept", other: "metadata"}
+    assert report.problems[0].reason == "cut short: the row has 6 of 9 cells; the indexed version was kept"
+    assert stored(idx, short)[2] == before[2]
+    assert stored(idx, other)[2]["ProductTitle"].endswith(" (new season)")
+
+
+@VIA
+def test_add_of_a_cut_file_applies_the_whole_rows_only(via, idx, encoder, capsys, tmp_path):
+    pids = DEMO_TABLE["ProductId"].iloc[:3].tolist()
+    csv = tmp_path / "changes.csv"
+    _titled(pids).head(3).to_csv(csv, index=False)
+    csv.write_bytes(_cut_after(csv.read_bytes(), b" (new"))  # inside the third row's title
+    before = stored(idx, pids[2])
+    if via == "lib":
+        got = _from_report(Index.open(idx, encoder=encoder).upsert(csv, images=DEMO_IMAGES))
+    else:
+        code, out, err = _cli(capsys, "-q", "add", idx, csv, "--images", DEMO_IMAGES, "--format", "json")
+        assert code != 1, err
+        data = json.loads(out)
+        got = Outcome(data["counts"], data["changes"], data["generation"])
+    assert got.status(pids[0]) == got.status(pids[1]) == ["metadata"]
+    assert got.status(pids[2]) == ["skipped"]
+    assert got.reason(pids[2]) == ("cut short: the row has 8 of 9 cells and ends the file without a newline "
+                                   "(a truncated export?)")
+    assert stored(idx, pids[2])[2] == before[2]
+
+
 def _upsert_and_sync_from_a_dataframe(idx: Path, encoder) -> list[str]:
     ix = Index.open(idx, encoder=encoder)
     first = ix.upsert([{**demo_row(DEMO_TABLE["ProductId"].iloc[0]), "ProductId": "a1"}])
