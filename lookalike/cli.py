@@ -1,6 +1,9 @@
 """The ``lookalike`` command: parses arguments, calls the library, prints, maps errors to exit codes.
 
-Exit codes: 0 ok, 1 a lookalike error (one line on stderr), 2 bad usage, 130 interrupted.
+Exit codes (:data:`EXIT_CODES`): 0 done, every row applied; 1 a user error (one line on stderr,
+nothing changed); 2 a command line argparse can't parse (usage and one line); 3 done, but some
+rows were refused (``build``, ``add``, ``remove``, ``sync``: the summary and the report say which
+and why); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,17 +16,36 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_ROWS_REFUSED", "EXIT_INTERRUPTED", "EXIT_CODES"]
 
 logger = logging.getLogger("lookalike.cli")
 
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # argparse's own
+EXIT_ROWS_REFUSED = 3
+EXIT_INTERRUPTED = 130
+#: what each exit status means, as ``lookalike --help`` lists them
+EXIT_CODES = {
+    EXIT_OK: "done; every row applied",
+    EXIT_ERROR: "a user error: one line on stderr, nothing changed",
+    EXIT_USAGE: "a command line that can't be parsed (unknown option, missing argument)",
+    EXIT_ROWS_REFUSED: "done, but some rows were refused (build, add, remove, sync): the summary lists them "
+                       "with their reasons",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+_EPILOG = "exit status:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
+_ROWS_EPILOG = f"exit status {EXIT_ROWS_REFUSED} when some rows were refused (0 when every row was applied)"
+
 
 def _where(items: Sequence[str] | None) -> dict[str, list[str]]:
+    from .errors import InvalidQueryError
+
     out: dict[str, list[str]] = {}
     for item in items or ():
         sep = "=" if "=" in item else (":" if ":" in item else None)
         if sep is None:
-            raise argparse.ArgumentTypeError(f"--where takes COLUMN=VALUE, not {item!r}")
+            raise InvalidQueryError(f"--where takes COLUMN=VALUE, not {item!r}")
         col, _, value = item.partition(sep)
         values = [v.strip() for v in value.split(",")] if value else [""]
         out.setdefault(col.strip(), []).extend(values)
@@ -101,14 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     from .encoders import DEFAULT_RESIZE, DEFAULT_TRIM, RUNTIMES
 
     parser = argparse.ArgumentParser(
-        prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue."
+        prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("build", help="embed a catalogue's photos into an index folder")
+    b = sub.add_parser("build", help="embed a catalogue's photos into an index folder", epilog=_ROWS_EPILOG)
     b.add_argument("catalog", type=Path, help="CSV, TSV or Parquet table, one row per product")
     b.add_argument("--images", type=Path, default=None,
                    help="folder the image paths are relative to (searched recursively by file name)")
@@ -161,20 +184,21 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--actors", type=_positive_int, default=None, metavar="N",
                    help="Ray actors with --engine ray, each loading the model once (default: one per CPU)")
 
-    ad = sub.add_parser("add", help="add or change products of an index (no rebuild)")
+    ad = sub.add_parser("add", help="add or change products of an index (no rebuild)", epilog=_ROWS_EPILOG)
     ad.add_argument("index", type=Path)
     ad.add_argument("rows", type=Path, help="CSV, TSV or Parquet in the catalogue's schema")
     ad.add_argument("--images", type=Path, default=None,
                     help="folder the photo paths are relative to (default: the build's)")
     ad.add_argument("--format", default="table", choices=("table", "json"))
 
-    rm = sub.add_parser("remove", help="remove products from an index by id")
+    rm = sub.add_parser("remove", help="remove products from an index by id", epilog=_ROWS_EPILOG)
     rm.add_argument("index", type=Path)
     rm.add_argument("--id", dest="ids", action="append", default=[], metavar="ID", help="repeatable")
     rm.add_argument("--ids-file", type=Path, default=None, help="one id per line")
     rm.add_argument("--format", default="table", choices=("table", "json"))
 
-    sy = sub.add_parser("sync", help="bring an index in line with today's catalogue (the nightly job)")
+    sy = sub.add_parser("sync", help="bring an index in line with today's catalogue (the nightly job)",
+                        epilog=_ROWS_EPILOG)
     sy.add_argument("index", type=Path)
     sy.add_argument("catalog", type=Path, help="today's full catalogue (CSV, TSV or Parquet)")
     sy.add_argument("--images", type=Path, default=None, help="folder the photo paths are relative to")
@@ -372,7 +396,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         show_progress_bar=None if not args.quiet else False,
     )
     print(report.summary())
-    return 0
+    return EXIT_ROWS_REFUSED if report.problems else EXIT_OK
 
 
 def _print_change(report: Any, fmt: str, out: Path | None = None) -> int:
@@ -383,7 +407,7 @@ def _print_change(report: Any, fmt: str, out: Path | None = None) -> int:
                           "counts": report.counts(), "changes": report.to_frame().to_dict("records")}, indent=2))
     else:
         print(report.summary())
-    return 0
+    return EXIT_ROWS_REFUSED if report.problems else EXIT_OK
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
@@ -656,12 +680,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .errors import InvalidQueryError
     from .evaluate import compare, format_scores
     from .recommender import Recommender
 
     weights = [float(w) for w in args.colour_weights.split(",")] if args.colour_weights else [args.colour_weight]
     if len(args.index) > 1 and not args.compare:
-        raise argparse.ArgumentTypeError("several indexes need --compare")
+        raise InvalidQueryError("several indexes need --compare")
     runs = []
     for path in args.index:
         rec = Recommender.load(path)
@@ -753,21 +778,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except LookalikeError as exc:
+    except (LookalikeError, _CannotWrite, argparse.ArgumentTypeError) as exc:  # a bad value past argparse
         print(f"lookalike: error: {exc}", file=sys.stderr)
-        return 1
-    except argparse.ArgumentTypeError as exc:
-        print(f"lookalike: error: {exc}", file=sys.stderr)
-        return 2
-    except _CannotWrite as exc:
-        print(f"lookalike: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("lookalike: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return EXIT_OK
     except OSError as exc:  # an output that failed while written (disk full, a folder removed meanwhile)
         where = f": {exc.filename}" if exc.filename else ""
         print(f"lookalike: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR

@@ -77,7 +77,7 @@ def test_build(capsys, tmp_path):
         "--workers",
         "2",
     )
-    assert code == 0, err
+    assert code == 3, err  # done, one row refused
     lines = _lines(stdout)
     assert lines[0].startswith(f"indexed 8 of 9 catalogue rows into {out} in ")
     assert lines[1] == f"skipped 1 rows (see {report_path(out)}):"
@@ -85,6 +85,19 @@ def test_build(capsys, tmp_path):
     rec = Recommender.load(out)
     assert len(rec) == 8 and rec.id_column == "sku"
     assert rec.manifest["build"]["batch_size"] == 4
+
+
+def test_build_exits_0_when_every_row_is_indexed_and_3_when_some_are_not(capsys, tmp_path):
+    table = pd.read_csv(DEMO, dtype=str).head(4)
+    table.to_csv(tmp_path / "good.csv", index=False)
+    code, stdout, err = run(capsys, "-q", "build", tmp_path / "good.csv", "--images", DEMO_IMAGES,
+                            "--out", tmp_path / "a")
+    assert code == 0 and "indexed 4 of 4" in stdout, err
+    data = (tmp_path / "good.csv").read_bytes()
+    (tmp_path / "cut.csv").write_bytes(data[: data.rstrip(b"\n").rindex(b",")])  # a truncated export
+    code, stdout, err = run(capsys, "-q", "build", tmp_path / "cut.csv", "--images", DEMO_IMAGES,
+                            "--out", tmp_path / "b")
+    assert code == 3 and "indexed 3 of 4" in stdout and "cut short" in stdout, err
 
 
 def test_build_options_reach_the_manifest(capsys, tmp_path):
@@ -324,7 +337,7 @@ def test_user_errors_print_one_line(case, capsys, tmp_path, demo_index, corrupt_
         "catalog": DEMO,
     }
     code, stdout, err = run(capsys, *(a.format(**values) for a in argv))
-    assert code != 0
+    assert code == 1
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("lookalike: error: ") and words in lines[0], lines[0]
@@ -370,6 +383,11 @@ def test_python_dash_m_help():
     assert done.stdout.startswith("usage: lookalike")
     for command in ("build", "similar", "export", "info", "duplicates", "demo"):
         assert command in done.stdout
+    assert "exit status:" in done.stdout
+    for code in ("0", "1", "2", "3"):
+        assert any(line.split()[:1] == [code] for line in done.stdout.split("exit status:")[1].splitlines())
+    for command in ("build", "add", "remove", "sync"):
+        assert "exit status 3 when some rows were refused" in " ".join(_python(command, "--help").stdout.split())
     version = _python("--version")
     assert version.returncode == 0 and version.stdout.startswith("lookalike ")
 
@@ -404,7 +422,7 @@ def test_build_allow_outside_images(capsys, tmp_path):
     table["Image"] = [*table["Image"].iloc[:2], "../../elsewhere/x.jpg"]
     table.to_csv(tmp_path / "shop" / "c.csv", index=False)
     code, out, _ = run(capsys, "-q", "build", tmp_path / "shop" / "c.csv", "--out", tmp_path / "a")
-    assert code == 0 and "indexed 2 of 3" in out and "photo is outside the images folder" in out
+    assert code == 3 and "indexed 2 of 3" in out and "photo is outside the images folder" in out
     code, out, _ = run(capsys, "-q", "build", tmp_path / "shop" / "c.csv", "--out", tmp_path / "b",
                        "--allow-outside-images")
     assert code == 0 and "indexed 3 of 3" in out

@@ -123,8 +123,9 @@ def _cli(capsys, *argv: Any) -> tuple[int, str, str]:
 
 def _cli_json(capsys, *argv: Any) -> Outcome:
     code, out, err = _cli(capsys, "-q", *argv, "--format", "json")
-    assert code == 0, err
     data = json.loads(out)
+    refused = [c for c in data["changes"] if c["status"] in ("skipped", "kept")]
+    assert code == (3 if refused else 0), (code, err, refused)  # 3: some rows were refused
     return Outcome(data["counts"], data["changes"], data["generation"])
 
 
@@ -425,7 +426,7 @@ def test_cli_remove_needs_ids(idx, capsys):
 def test_cli_table_output_and_compact(idx, capsys, tmp_path):
     pid = DEMO_TABLE["ProductId"].iloc[0]
     code, out, err = _cli(capsys, "-q", "remove", idx, "--id", pid, "--id", "nope")
-    assert code == 0, err
+    assert code == 3, err  # done, one id refused
     assert out.splitlines()[0].startswith("remove: added 0, re-embedded 0, metadata 0, removed 1, unchanged 0, "
                                           "problems 1 -> generation 2")
     assert "id nope: skipped: unknown product id: nope" in out
@@ -433,6 +434,33 @@ def test_cli_table_output_and_compact(idx, capsys, tmp_path):
     assert code == 0 and out.startswith(f"compacted {idx} into generation 3")
     snap = Store(idx).snapshot()
     assert len(snap.segments) == 1 and snap.live.all() and snap.rows == 98
+
+
+def test_cli_exit_status_says_whether_every_row_was_applied(idx, capsys, tmp_path):
+    """0 when every row was applied, 3 when some were refused (a nightly job tells them apart),
+    for add, remove and sync alike; 1 for an error, with nothing changed."""
+    pids = DEMO_TABLE["ProductId"].tolist()
+    pd.DataFrame([demo_row(pids[0], ProductTitle="new title")]).to_csv(tmp_path / "good.csv", index=False)
+    pd.DataFrame([demo_row(pids[1], ProductTitle="newer"), demo_row(pids[5], ProductId="new-1", Image="gone.jpg")]).to_csv(
+        tmp_path / "half.csv", index=False)
+    assert _cli(capsys, "-q", "add", idx, tmp_path / "good.csv", "--images", DEMO_IMAGES)[0] == 0
+    code, out, _ = _cli(capsys, "-q", "add", idx, tmp_path / "half.csv", "--images", DEMO_IMAGES)
+    assert code == 3 and "id new-1: skipped: photo file not found: gone.jpg" in out
+    assert _cli(capsys, "-q", "remove", idx, "--id", pids[2])[0] == 0
+    code, out, _ = _cli(capsys, "-q", "remove", idx, "--id", "99999999")
+    assert code == 3 and "id 99999999: skipped: unknown product id: 99999999" in out
+    today = DEMO_TABLE[DEMO_TABLE["ProductId"] != pids[2]].copy()
+    today.loc[today["ProductId"] == pids[0], "ProductTitle"] = "new title"
+    today.loc[today["ProductId"] == pids[1], "ProductTitle"] = "newer"
+    today.to_csv(tmp_path / "today.csv", index=False)
+    code, out, _ = _cli(capsys, "-q", "sync", idx, tmp_path / "today.csv", "--images", DEMO_IMAGES)
+    assert code == 0 and "problems 0" in out
+    today.loc[today["ProductId"] == pids[3], "Image"] = "gone.jpg"
+    today.to_csv(tmp_path / "today.csv", index=False)
+    for flags in (["--dry-run"], []):
+        code, out, _ = _cli(capsys, "-q", "sync", idx, tmp_path / "today.csv", "--images", DEMO_IMAGES, *flags)
+        assert code == 3 and "problems 1" in out and f"id {pids[3]}: kept: photo file not found" in out
+    assert _cli(capsys, "-q", "sync", idx, tmp_path / "nowhere.csv")[0] == 1
 
 
 # -- sync ------------------------------------------------------------------------------------
@@ -597,7 +625,7 @@ def test_sync_dry_run_changes_nothing(via, shop, shop_idx, encoder, capsys, tmp_
         assert code == 1  # no such catalogue: one line
         table.to_csv(tmp_path / "dry.csv", index=False)
         code, out, err = _cli(capsys, "-q", "sync", idx, tmp_path / "dry.csv", "--images", images, "--dry-run")
-        assert code == 0 and out.startswith("dry run: nothing was changed")
+        assert code == 3 and out.startswith("dry run: nothing was changed")  # 3: a row would be kept
         assert files_of(idx) == before
 
 
@@ -678,7 +706,7 @@ def test_add_of_a_cut_file_applies_the_whole_rows_only(via, idx, encoder, capsys
         got = _from_report(Index.open(idx, encoder=encoder).upsert(csv, images=DEMO_IMAGES))
     else:
         code, out, err = _cli(capsys, "-q", "add", idx, csv, "--images", DEMO_IMAGES, "--format", "json")
-        assert code != 1, err
+        assert code == 3, err
         data = json.loads(out)
         got = Outcome(data["counts"], data["changes"], data["generation"])
     assert got.status(pids[0]) == got.status(pids[1]) == ["metadata"]
