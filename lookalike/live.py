@@ -28,7 +28,7 @@ import pandas as pd
 from .catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_file
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabled
 from .duplicates import find_duplicate_groups, regroup
-from .encoders import Encoder, get_encoder, l2_normalize
+from .encoders import Encoder, get_encoder, l2_normalize, prepare_once
 from .errors import CatalogError, InvalidQueryError
 from .images import COLOUR_DIM
 from .index import REMOTE_BACKENDS, make_index
@@ -466,6 +466,7 @@ class Index:
         if not pending:
             return
         enc = self.encoder(snap)
+        prepare_once(enc, show_progress_bar=show_progress_bar)
         from tqdm.auto import tqdm
 
         by_cat: dict[int, list[_Pending]] = {}
