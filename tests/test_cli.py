@@ -336,7 +336,7 @@ def test_first_run_says_it_prepares_the_model_before_any_progress_bar(capsys, tm
     code, stdout, err = run(capsys, "build", tmp_path / "c.csv", "--images", DEMO_IMAGES, "--out", tmp_path / "a")
     assert code == 0 and prepared == ["efficientnet-lite0"]
     first = err.lstrip("\r").splitlines()[0]
-    assert first.startswith("preparing the model efficientnet-lite0 for this machine, once (about 15 s; kept in ")
+    assert first.startswith("preparing the model efficientnet-lite0 for this machine, once (about 20 s; kept in ")
     assert "build:" in err.split(first, 1)[1]  # the progress bar comes after it
     prepared.clear()
     code, stdout, err = run(capsys, "-q", "build", tmp_path / "c.csv", "--images", DEMO_IMAGES, "--out",
