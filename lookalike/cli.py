@@ -342,7 +342,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     fmt = "  ".join("{:<%d}" % w for w in widths)
     lines = [fmt.format(*columns), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*(v[:48] for v in row)) for row in cells]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _default_columns(rec: Any) -> list[str]:
