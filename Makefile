@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint readme bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,11 @@ test: setup
 	else $(BIN)/python -m pytest -q -m milvus_server tests/test_milvus_server.py; fi
 
 lint: setup
-	$(BIN)/ruff check lookalike tests benchmarks
+	$(BIN)/ruff check lookalike tests benchmarks scripts
+
+# README.md's example outputs, made again from the bundled sample (tests/test_readme.py checks them)
+readme: setup
+	$(BIN)/python scripts/readme_examples.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -17,7 +17,7 @@ from .errors import CatalogError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Catalog", "RowProblem", "read_table", "load_catalog", "file_sha256"]
+__all__ = ["Catalog", "RowProblem", "TableFile", "read_table", "read_table_file", "load_catalog", "file_sha256"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -61,17 +61,52 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class TableFile:
+    """A catalogue file read as text, and the rows in it that are cut short.
+
+    A row is *cut short* when it has fewer cells than the header: pandas would fill the
+    missing cells with empty text, and an empty title or photo cell is a real change, so such
+    a row is never used as it reads; :func:`load_catalog` and the live changes report it as a
+    problem with its reason. ``cut_at_end`` is the signature of a truncated export: the last
+    row is cut short and the file does not end with a newline.
+    """
+
+    table: pd.DataFrame  # every cell as text; the cells a short row lacks read as empty
+    short_rows: dict[int, int] = field(default_factory=dict)  # 1-based data row -> cells it has
+    cut_at_end: bool = False
+
+    @property
+    def width(self) -> int:
+        return len(self.table.columns)
+
+    def reason(self, row: int) -> str:
+        """Why ``row`` (1-based) can't be used, as a row problem says it."""
+        end = " and ends the file without a newline (a truncated export?)" if self.cut_at_end and \
+            row == len(self.table) else ""
+        return f"cut short: the row has {self.short_rows[row]} of {self.width} cells{end}"
+
+
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV/TSV or Parquet table with every cell as text (ids like 00123 stay whole).
 
     A float column of whole numbers (what a Parquet writer makes of integer ids with a gap)
     reads as ``42419``, not ``42419.0``; its missing cells read as empty text. Two columns
-    with the same name are a :class:`CatalogError` (pandas would rename one ``Gender.1``).
+    with the same name are a :class:`CatalogError` (pandas would rename one ``Gender.1``), and
+    so is a file that ends inside a quoted field (cut mid-field, or a quote never closed). The
+    cells a row shorter than the header lacks read as empty: :func:`read_table_file` says which
+    rows those are.
     """
+    return read_table_file(path).table
+
+
+def read_table_file(path: str | os.PathLike) -> TableFile:
+    """:func:`read_table`, with the rows cut short (fewer cells than the header)."""
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"catalogue not found: {path}")
     suffix = path.suffix.lower()
+    short: dict[int, int] = {}
     try:
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
@@ -85,11 +120,47 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
                 path, dtype=str, keep_default_na=False, sep=sep, encoding="utf-8-sig",
                 on_bad_lines="error",
             )
-    except (ValueError, OSError, pd.errors.ParserError, UnicodeDecodeError, csv.Error) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CatalogError(f"can't read catalogue {path}: {first}") from None
+            # a short row's missing cells read as empty text, so its last cell is empty: only
+            # then are the rows' cells counted (a second, slower pass over the file)
+            if len(df.columns) > 1 and (df[df.columns[-1]] == "").any():
+                short = _short_rows(path, sep, len(df))
+    except pd.errors.ParserError as exc:
+        if "EOF inside string" in str(exc):
+            raise CatalogError(
+                f"can't read catalogue {path}: it ends inside a quoted field (the export was cut short, "
+                "or a quote is never closed)"
+            ) from None
+        raise CatalogError(f"can't read catalogue {path}: {_first_line(exc)}") from None
+    except (ValueError, OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CatalogError(f"can't read catalogue {path}: {_first_line(exc)}") from None
     df.columns = [str(c).strip() for c in df.columns]
-    return df
+    cut_at_end = len(df) in short and not _ends_with_newline(path)
+    return TableFile(df, short, cut_at_end)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _short_rows(path: Path, sep: str, rows: int) -> dict[int, int]:
+    """Data rows (1-based) with fewer cells than the header, and how many cells they have."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        records = csv.reader(f, delimiter=sep)
+        width = len(next(records, []))
+        # pandas skips blank lines (whitespace only included): so does the count
+        cells = [len(r) for r in records if r and not (len(r) == 1 and not r[0].strip())]
+    if len(cells) != rows:  # a file pandas and the csv module split differently: don't guess
+        logger.warning("can't tell which rows of %s are cut short (%d records, %d rows)", path, len(cells), rows)
+        return {}
+    return {i + 1: n for i, n in enumerate(cells) if n < width}
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) in (b"\n", b"\r")
 
 
 def _check_unique_columns(header: list[str], what: str) -> None:
@@ -209,8 +280,9 @@ def load_catalog(
 
     ``images`` is the folder that image paths are relative to (default: the catalogue's
     folder, then its ``images/`` subfolder); a photo not found there is looked up by file
-    name anywhere below it, as in the Kaggle layout. Rows with an empty or repeated id, or
-    without a photo on disk, are returned as :class:`RowProblem` s, never dropped silently.
+    name anywhere below it, as in the Kaggle layout. Rows with an empty or repeated id, rows
+    cut short (fewer cells than the header: see :class:`TableFile`), or rows without a photo
+    on disk, are returned as :class:`RowProblem` s, never dropped silently.
 
     Photos must resolve inside the images folder (links included): an absolute path, a
     ``../`` path or a link to a file elsewhere is a row problem, unless
@@ -219,10 +291,11 @@ def load_catalog(
     """
     if isinstance(path, pd.DataFrame):
         _check_unique_columns([str(c) for c in path.columns], "the catalogue table")
-        df, source = _as_text(path), None
+        df, source, read = _as_text(path), None, None
     else:
         source = Path(path)
-        df = read_table(source)
+        read = read_table_file(source)
+        df = read.table
     for col, what in ((id_column, "id"), (image_column, "image")):
         if col not in df.columns:
             raise CatalogError(
@@ -244,6 +317,9 @@ def load_catalog(
     imgs = df[image_column].astype(str).str.strip()
     for i, (pid, img) in enumerate(zip(ids, imgs)):
         row = i + 1
+        if read is not None and row in read.short_rows:
+            problems.append(RowProblem(row, pid, img, read.reason(row)))
+            continue
         if not pid:
             problems.append(RowProblem(row, pid, img, "empty id"))
             continue

@@ -1,6 +1,9 @@
 """The ``lookalike`` command: parses arguments, calls the library, prints, maps errors to exit codes.
 
-Exit codes: 0 ok, 1 a lookalike error (one line on stderr), 2 bad usage, 130 interrupted.
+Exit codes (:data:`EXIT_CODES`): 0 done, every row applied; 1 a user error (one line on stderr,
+nothing changed); 2 a command line argparse can't parse (usage and one line); 3 done, but some
+rows were refused (``build``, ``add``, ``remove``, ``sync``: the summary and the report say which
+and why); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,17 +16,36 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_ROWS_REFUSED", "EXIT_INTERRUPTED", "EXIT_CODES"]
 
 logger = logging.getLogger("lookalike.cli")
 
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # argparse's own
+EXIT_ROWS_REFUSED = 3
+EXIT_INTERRUPTED = 130
+#: what each exit status means, as ``lookalike --help`` lists them
+EXIT_CODES = {
+    EXIT_OK: "done; every row applied",
+    EXIT_ERROR: "a user error: one line on stderr, nothing changed",
+    EXIT_USAGE: "a command line that can't be parsed (unknown option, missing argument)",
+    EXIT_ROWS_REFUSED: "done, but some rows were refused (build, add, remove, sync): the summary lists them "
+                       "with their reasons",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+_EPILOG = "exit status:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
+_ROWS_EPILOG = f"exit status {EXIT_ROWS_REFUSED} when some rows were refused (0 when every row was applied)"
+
 
 def _where(items: Sequence[str] | None) -> dict[str, list[str]]:
+    from .errors import InvalidQueryError
+
     out: dict[str, list[str]] = {}
     for item in items or ():
         sep = "=" if "=" in item else (":" if ":" in item else None)
         if sep is None:
-            raise argparse.ArgumentTypeError(f"--where takes COLUMN=VALUE, not {item!r}")
+            raise InvalidQueryError(f"--where takes COLUMN=VALUE, not {item!r}")
         col, _, value = item.partition(sep)
         values = [v.strip() for v in value.split(",")] if value else [""]
         out.setdefault(col.strip(), []).extend(values)
@@ -101,14 +123,24 @@ def _parser() -> argparse.ArgumentParser:
     from .encoders import DEFAULT_RESIZE, DEFAULT_TRIM, RUNTIMES
 
     parser = argparse.ArgumentParser(
-        prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue."
+        prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
+    verbose = {"action": "count", "help": "more logging (-vv for debug)"}
+    quiet = {"action": "store_true", "help": "only errors; no progress bars"}
+    parser.add_argument("-v", "--verbose", default=0, **verbose)
+    parser.add_argument("-q", "--quiet", **quiet)
+    # the same two after the command (`lookalike build ... -q`); absent there, the ones before it count
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", default=argparse.SUPPRESS, **verbose)
+    common.add_argument("-q", "--quiet", default=argparse.SUPPRESS, **quiet)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("build", help="embed a catalogue's photos into an index folder")
+    def add_command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    b = add_command("build", help="embed a catalogue's photos into an index folder", epilog=_ROWS_EPILOG)
     b.add_argument("catalog", type=Path, help="CSV, TSV or Parquet table, one row per product")
     b.add_argument("--images", type=Path, default=None,
                    help="folder the image paths are relative to (searched recursively by file name)")
@@ -161,20 +193,21 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--actors", type=_positive_int, default=None, metavar="N",
                    help="Ray actors with --engine ray, each loading the model once (default: one per CPU)")
 
-    ad = sub.add_parser("add", help="add or change products of an index (no rebuild)")
+    ad = add_command("add", help="add or change products of an index (no rebuild)", epilog=_ROWS_EPILOG)
     ad.add_argument("index", type=Path)
     ad.add_argument("rows", type=Path, help="CSV, TSV or Parquet in the catalogue's schema")
     ad.add_argument("--images", type=Path, default=None,
                     help="folder the photo paths are relative to (default: the build's)")
     ad.add_argument("--format", default="table", choices=("table", "json"))
 
-    rm = sub.add_parser("remove", help="remove products from an index by id")
+    rm = add_command("remove", help="remove products from an index by id", epilog=_ROWS_EPILOG)
     rm.add_argument("index", type=Path)
     rm.add_argument("--id", dest="ids", action="append", default=[], metavar="ID", help="repeatable")
     rm.add_argument("--ids-file", type=Path, default=None, help="one id per line")
     rm.add_argument("--format", default="table", choices=("table", "json"))
 
-    sy = sub.add_parser("sync", help="bring an index in line with today's catalogue (the nightly job)")
+    sy = add_command("sync", help="bring an index in line with today's catalogue (the nightly job)",
+                        epilog=_ROWS_EPILOG)
     sy.add_argument("index", type=Path)
     sy.add_argument("catalog", type=Path, help="today's full catalogue (CSV, TSV or Parquet)")
     sy.add_argument("--images", type=Path, default=None, help="folder the photo paths are relative to")
@@ -185,10 +218,10 @@ def _parser() -> argparse.ArgumentParser:
     sy.add_argument("--report", type=Path, default=None, metavar="OUT.csv", help="also write the per-row report")
     sy.add_argument("--format", default="table", choices=("table", "json"))
 
-    co = sub.add_parser("compact", help="fold live changes and removals into one segment")
+    co = add_command("compact", help="fold live changes and removals into one segment")
     co.add_argument("index", type=Path)
 
-    s = sub.add_parser("similar", help="products that look like a product (or several, or a photo)")
+    s = add_command("similar", help="products that look like a product (or several, or a photo)")
     s.add_argument("index", type=Path)
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--id", dest="ids", action="append", metavar="ID",
@@ -201,24 +234,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sheet", type=Path, default=None, metavar="OUT.png",
                    help="also draw a contact sheet of the query and its results")
 
-    e = sub.add_parser("export", help="the top-k table for every product (for a shop's site)")
+    e = add_command("export", help="the top-k table for every product (for a shop's site)")
     e.add_argument("index", type=Path)
     e.add_argument("out", type=Path, help="OUT.csv or OUT.parquet")
     e.add_argument("-k", type=_positive_int, default=10)
     _add_filters(e)
 
-    i = sub.add_parser("info", help="an index's size and settings")
+    i = add_command("info", help="an index's size and settings")
     i.add_argument("index", type=Path)
     i.add_argument("--format", default="table", choices=("table", "json"))
     i.add_argument("--verify", action="store_true",
                    help="check every file against its recorded sha256 (exit 1 when anything is damaged)")
 
-    d = sub.add_parser("duplicates", help="groups of products with identical or near-identical photos")
+    d = add_command("duplicates", help="groups of products with identical or near-identical photos")
     d.add_argument("index", type=Path)
     d.add_argument("--exact", action="store_true", help="byte-identical photos only")
     d.add_argument("--format", default="table", choices=("table", "json"))
 
-    v = sub.add_parser("serve", help="HTTP API over an index (extra: server)")
+    v = add_command("serve", help="HTTP API over an index (extra: server)")
     v.add_argument("index", type=Path)
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
@@ -238,18 +271,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="close a connection that has not sent a whole request line and headers this long "
                         "after connecting or starting its next request (default 10)")
 
-    a = sub.add_parser("app", help="the web page over an index (extra: ui)")
+    a = add_command("app", help="the web page over an index (extra: ui)")
     a.add_argument("index", type=Path)
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8501)
 
-    st = sub.add_parser("stats", help="what a catalogue holds: counts per gender, category, type, colour")
+    st = add_command("stats", help="what a catalogue holds: counts per gender, category, type, colour")
     st.add_argument("catalog", type=Path, help="catalogue table, or an index folder")
     st.add_argument("--out", type=Path, default=None, help="folder for PNG charts")
     st.add_argument("--by", default=None, help="column to split by (default: Gender if present)")
     st.add_argument("--format", default="table", choices=("table", "json"))
 
-    ca = sub.add_parser("calibrate", help="which runtime runs the model fastest on this machine (kept; "
+    ca = add_command("calibrate", help="which runtime runs the model fastest on this machine (kept; "
                                           "build and serve use it)")
     ca.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
     ca.add_argument("--precision", default=None, choices=("int8", "fp32"))
@@ -258,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
     ca.add_argument("--again", action="store_true", help="forget the kept measurement and measure anew")
     ca.add_argument("--format", default="table", choices=("table", "json"))
 
-    ev = sub.add_parser("evaluate", help="P@k, recall@k and mAP@k against the catalogue's labels")
+    ev = add_command("evaluate", help="P@k, recall@k and mAP@k against the catalogue's labels")
     ev.add_argument("index", type=Path, nargs="+", help="one index, or several with --compare")
     ev.add_argument("--label", action="append", required=True, metavar="COL")
     ev.add_argument("-k", type=_positive_int, default=5)
@@ -271,7 +304,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--chart", type=Path, default=None, metavar="OUT.png", help="where --compare draws")
     _add_filters(ev)
 
-    t = sub.add_parser("tune", help="learn a projection from label columns; reports held-out quality")
+    t = add_command("tune", help="learn a projection from label columns; reports held-out quality")
     t.add_argument("index", type=Path)
     t.add_argument("--label", action="append", required=True, metavar="COL")
     t.add_argument("--out", type=Path, required=True, help="where to write the tuned index")
@@ -283,12 +316,21 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("-k", type=_positive_int, default=5)
     t.add_argument("--format", default="table", choices=("table", "json"))
 
-    m = sub.add_parser("demo", help="build the bundled sample catalogue and show recommendations")
-    m.add_argument("--out", type=Path, default=None, help="where to put the demo index")
+    m = add_command("demo", help="build the bundled sample catalogue and show recommendations")
+    m.add_argument("--out", type=Path, default=None,
+                   help="where to put the demo index (default: demo-index in your cache folder, beside the model "
+                        "cache: $LOOKALIKE_CACHE_DIR, else $XDG_CACHE_HOME/lookalike, else ~/.cache/lookalike)")
     m.add_argument("--no-app", action="store_true", help="print results instead of opening the web page")
     m.add_argument("--port", type=int, default=8501)
 
     return parser
+
+
+def demo_index_path() -> Path:
+    """Where ``lookalike demo`` puts its index: the user's own cache folder, beside the model cache."""
+    from .config import cache_dir
+
+    return cache_dir() / "demo-index"
 
 
 # -- output helpers -----------------------------------------------------------------------
@@ -300,7 +342,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     fmt = "  ".join("{:<%d}" % w for w in widths)
     lines = [fmt.format(*columns), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*(v[:48] for v in row)) for row in cells]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _default_columns(rec: Any) -> list[str]:
@@ -372,7 +414,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         show_progress_bar=None if not args.quiet else False,
     )
     print(report.summary())
-    return 0
+    return EXIT_ROWS_REFUSED if report.problems else EXIT_OK
 
 
 def _print_change(report: Any, fmt: str, out: Path | None = None) -> int:
@@ -383,7 +425,7 @@ def _print_change(report: Any, fmt: str, out: Path | None = None) -> int:
                           "counts": report.counts(), "changes": report.to_frame().to_dict("records")}, indent=2))
     else:
         print(report.summary())
-    return 0
+    return EXIT_ROWS_REFUSED if report.problems else EXIT_OK
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
@@ -568,20 +610,32 @@ def _cmd_duplicates(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(groups, indent=2))
         return 0
-    for g in groups:
-        titles = {rec.product(p).get("ProductTitle", "") for p in g}
-        print(f"{len(g):3d}  {' '.join(g)}" + (f"   {sorted(titles)[0][:50]}" if titles else ""))
-    print(f"{sum(len(g) for g in groups)} products in {len(groups)} groups", file=sys.stderr)
+    # a group is byte-identical when all its photos are one file's bytes, else near-identical
+    # (re-encoded, resized or re-cropped copies; it may hold byte-identical ones too)
+    exact = {pid: n for n, g in enumerate(rec.duplicates(near=False)) for pid in g}
+    kinds = ["byte-identical" if g[0] in exact and len({exact.get(p) for p in g}) == 1 else "near-identical"
+             for g in groups]
+    title = "ProductTitle" if "ProductTitle" in rec.columns else None
+    rows = [(kind, str(len(g)), rec.product(g[0]).get(title, "")[:44] if title else "", " ".join(g))
+            for kind, g in zip(kinds, groups)]
+    head = ("photos", "products", "title of the first" if title else "", "ids")
+    widths = [max(len(r[j]) for r in [head, *rows]) for j in range(4)]
+    for cells in [head, tuple("-" * w for w in widths), *rows]:
+        line = f"{cells[0]:<{widths[0]}}  {cells[1]:>{widths[1]}}  " + (f"{cells[2]:<{widths[2]}}  " if title else "")
+        print(line + cells[3])
+    if not rows:
+        print("(no groups)")
+    near = kinds.count("near-identical")
+    print(f"{sum(len(g) for g in groups)} products in {len(groups)} groups ({len(groups) - near} byte-identical, "
+          f"{near} near-identical)", file=sys.stderr)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import tempfile
-
     from . import build, demo_catalog
     from .recommender import Recommender
 
-    out = args.out or Path(tempfile.gettempdir()) / "lookalike-demo-index"
+    out = args.out or demo_index_path()
     report = build(demo_catalog(), out, show_progress_bar=None if not args.quiet else False)
     print(report.summary())
     rec = Recommender.load(out)
@@ -656,12 +710,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .errors import InvalidQueryError
     from .evaluate import compare, format_scores
     from .recommender import Recommender
 
     weights = [float(w) for w in args.colour_weights.split(",")] if args.colour_weights else [args.colour_weight]
     if len(args.index) > 1 and not args.compare:
-        raise argparse.ArgumentTypeError("several indexes need --compare")
+        raise InvalidQueryError("several indexes need --compare")
     runs = []
     for path in args.index:
         rec = Recommender.load(path)
@@ -753,21 +808,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except LookalikeError as exc:
+    except (LookalikeError, _CannotWrite, argparse.ArgumentTypeError) as exc:  # a bad value past argparse
         print(f"lookalike: error: {exc}", file=sys.stderr)
-        return 1
-    except argparse.ArgumentTypeError as exc:
-        print(f"lookalike: error: {exc}", file=sys.stderr)
-        return 2
-    except _CannotWrite as exc:
-        print(f"lookalike: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("lookalike: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return EXIT_OK
     except OSError as exc:  # an output that failed while written (disk full, a folder removed meanwhile)
         where = f": {exc.filename}" if exc.filename else ""
         print(f"lookalike: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR

@@ -26,10 +26,10 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .catalog import Catalog, file_sha256, load_catalog, read_table
+from .catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_file
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabled
 from .duplicates import find_duplicate_groups, regroup
-from .encoders import Encoder, get_encoder, l2_normalize
+from .encoders import Encoder, get_encoder, l2_normalize, prepare_once
 from .errors import CatalogError, InvalidQueryError, StorageError
 from .images import COLOUR_DIM
 from .index import REMOTE_BACKENDS, make_index
@@ -123,6 +123,10 @@ class _Rows:
 
     columns: list[str]
     records: list[dict[str, str]]
+    #: a file's rows cut short (1-based row -> reason): problems, never applied with blank cells
+    short: dict[int, str] = field(default_factory=dict)
+    #: the file's last line is cut short and ends without a newline (a truncated export)
+    cut_at_end: bool = False
     #: the request's own row number of each record (None: 1, 2, 3, ...)
     numbers: list[int] | None = None
 
@@ -158,10 +162,11 @@ def _matches(condition: str, etag: str | None) -> bool:
 def _table(rows: Any) -> _Rows:
     """A table, a CSV/TSV/Parquet path, a dict or dicts as plain rows of text (missing cells empty)."""
     if isinstance(rows, (pd.DataFrame, str, os.PathLike)):
-        df = rows if isinstance(rows, pd.DataFrame) else read_table(rows)
-        columns = [str(c).strip() for c in df.columns]
-        values = df.astype("string").fillna("").astype(object).itertuples(index=False, name=None)
-        return _Rows(columns, [dict(zip(columns, v)) for v in values])
+        read = TableFile(rows) if isinstance(rows, pd.DataFrame) else read_table_file(rows)
+        columns = [str(c).strip() for c in read.table.columns]
+        values = read.table.astype("string").fillna("").astype(object).itertuples(index=False, name=None)
+        return _Rows(columns, [dict(zip(columns, v)) for v in values],
+                     {row: read.reason(row) for row in read.short_rows}, read.cut_at_end)
     records = [dict(rows)] if isinstance(rows, Mapping) else [dict(r) for r in rows]
     # a few rows from code or HTTP: text as it is, no DataFrame (a one-row change is ~1 ms of pandas)
     records = [{str(k).strip(): "" if v is None or v != v else str(v) for k, v in r.items()} for r in records]
@@ -353,10 +358,20 @@ class Index:
 
         A sync that would remove more than ``max_removal`` of the index is refused, with nothing
         changed, unless ``allow_mass_removal``: a broken mount or an empty export must never
-        empty production. A row whose photo can't be read now keeps its indexed version.
+        empty production. So is a file whose last line is cut short (fewer cells than the
+        header, and no newline at the end of the file): a truncated export, whose last id may be
+        cut too. A row whose photo can't be read now, or that is cut short (a row with fewer
+        cells than the header), keeps its indexed version.
         """
         t0 = time.perf_counter()
         table = _table(catalog)
+        if table.cut_at_end:
+            last = len(table.records)
+            raise CatalogError(
+                f"{Path(catalog).name} looks cut short: its last line (row {last}) "
+                f"{table.short[last].removeprefix('cut short: the row ')}; nothing was changed. "
+                "Export the catalogue again"
+            )
         with self._writer() as w:
             snap = self._base(w)
             plan, report, root = self._plan(snap, table, images=images, remove_missing=True)
@@ -430,21 +445,25 @@ class Index:
         if id_col not in table.columns:
             raise CatalogError(f"rows have no id column {id_col!r}")
         report = ChangeReport("upsert")
-        # empty and repeated ids, in the request's own order: the first row of an id wins
+        meta = snap.dense_columns()
+        row_of = {pid: i for i, pid in enumerate(meta[id_col].tolist())}
+        # rows cut short, empty and repeated ids, in the request's own order: the first row of an id wins
         first: dict[str, int] = {}
         rows: list[tuple[int, dict[str, str]]] = []  # (row of the request, its cells in the index's columns)
         numbers = table.numbers or range(1, len(table.records) + 1)
         for number, record in zip(numbers, table.records):
             pid = str(record.get(id_col, "")).strip()
-            if not pid:
+            if number in table.short:  # its missing cells are not blanks to write
+                status = "kept" if remove_missing and pid in row_of else "skipped"
+                reason = table.short[number] + ("; the indexed version was kept" if status == "kept" else "")
+                report.changes.append(Change(number, pid, status, reason))
+            elif not pid:
                 report.changes.append(Change(number, pid, "skipped", "empty id"))
             elif pid in first:
                 report.changes.append(Change(number, pid, "skipped", f"duplicate id (first on row {first[pid]})"))
             else:
                 first[pid] = number
                 rows.append((number, {**{c: record.get(c, "") for c in columns}, id_col: pid}))
-        meta = snap.dense_columns()
-        row_of = {pid: i for i, pid in enumerate(meta[id_col].tolist())}
         by_sha1: dict[str, int] = {}
         for i, sha in enumerate(meta["_sha1"].tolist()):
             by_sha1.setdefault(sha, i)
@@ -523,6 +542,7 @@ class Index:
         if not pending:
             return
         enc = self.encoder(snap)
+        prepare_once(enc, show_progress_bar=show_progress_bar)
         from tqdm.auto import tqdm
 
         by_cat: dict[int, list[_Pending]] = {}

@@ -38,6 +38,7 @@ from .encoders import (
     Encoder,
     get_encoder,
     l2_normalize,
+    prepare_once,
     runtime_record,
 )
 from .engines import DEFAULT_ENGINE, get_engine
@@ -242,6 +243,8 @@ def build(
 
     n = len(cat.image_paths)
     ids = cat.ids
+    if len(reuse) < n:  # photos to embed: a model made on this machine first says so, before the bar
+        prepare_once(enc, show_progress_bar=show_progress_bar)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n, unit="photo", desc="build", disable=not progress_enabled(show_progress_bar))

@@ -375,3 +375,60 @@ def test_build_gives_hostile_photos_a_reason_each(tmp_path, encoder):
     rec = Recommender.load(tmp_path / "index")
     assert rec.manifest["catalog"]["images_root"] == str(images.resolve())
     assert rec.manifest["catalog"]["allow_outside_images"] is False
+
+
+# -- rows cut short: a truncated export ------------------------------------------------------
+def _cut(csv: Path, cells: int) -> bytes:
+    """The file's bytes cut inside its last row, leaving that row ``cells`` cells (the last one
+    cut mid-text) and no newline: what an export cut off by a full disk or a timeout leaves."""
+    data = csv.read_bytes().rstrip(b"\n")
+    start = data.rindex(b"\n") + 1
+    last = data[start:].split(b",")
+    return data[:start] + b",".join(last[: cells - 1] + [last[cells - 1][:3]])
+
+
+@pytest.mark.parametrize("cells", [1, 2, 8])
+def test_a_row_cut_short_is_a_row_problem_not_blank_cells(small, cells):
+    folder, table = small
+    (folder / "cut.csv").write_bytes(_cut(folder / "catalog.csv", cells))
+    cat = load_catalog(folder / "cut.csv")
+    assert cat.ids == table["ProductId"].tolist()[:5] and cat.total_rows == 6
+    [problem] = cat.problems
+    assert problem.row == 6
+    assert problem.reason == (f"cut short: the row has {cells} of 9 cells and ends the file without a newline "
+                              "(a truncated export?)")
+
+
+def test_a_short_row_inside_the_file_is_a_row_problem(small):
+    from lookalike.catalog import read_table_file
+
+    folder, table = small
+    lines = (folder / "catalog.csv").read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:4])  # data row 3: 4 of 9 cells, the file goes on
+    lines[4] = lines[4].rsplit(",", 1)[0] + ","  # data row 4: a real empty last cell is no cut
+    (folder / "short.csv").write_text("\n".join(lines) + "\n")
+    read = read_table_file(folder / "short.csv")
+    assert read.short_rows == {3: 4} and not read.cut_at_end
+    cat = load_catalog(folder / "short.csv")
+    assert [(p.row, p.reason) for p in cat.problems] == [(3, "cut short: the row has 4 of 9 cells"),
+                                                         (4, "no photo named")]
+
+
+def test_a_file_ending_inside_a_quoted_field_is_refused(tmp_path):
+    table = _demo_rows(3)
+    table.loc[2, "ProductTitle"] = "Puma Men, Women and Kids Shoe"  # quoted: it holds a comma
+    table.to_csv(tmp_path / "c.csv", index=False)
+    data = (tmp_path / "c.csv").read_bytes()
+    (tmp_path / "cut.csv").write_bytes(data[: data.index(b"Women and")])
+    with pytest.raises(CatalogError, match="ends inside a quoted field"):
+        load_catalog(tmp_path / "cut.csv", images=DEMO_IMAGES)
+
+
+def test_build_of_a_cut_file_indexes_the_whole_rows_and_reports_the_cut_one(small, tmp_path, encoder):
+    folder, table = small
+    (folder / "cut.csv").write_bytes(_cut(folder / "catalog.csv", 8))
+    report = build(folder / "cut.csv", tmp_path / "index", encoder=encoder, show_progress_bar=False)
+    assert report.indexed == 5 and [p.row for p in report.problems] == [6]
+    assert "cut short" in report.summary()
+    saved = pd.read_csv(report_path(tmp_path / "index"), dtype=str, keep_default_na=False)
+    assert saved[saved["row"] == "6"]["reason"].iat[0].startswith("cut short: the row has 8 of 9 cells")

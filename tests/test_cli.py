@@ -77,7 +77,7 @@ def test_build(capsys, tmp_path):
         "--workers",
         "2",
     )
-    assert code == 0, err
+    assert code == 3, err  # done, one row refused
     lines = _lines(stdout)
     assert lines[0].startswith(f"indexed 8 of 9 catalogue rows into {out} in ")
     assert lines[1] == f"skipped 1 rows (see {report_path(out)}):"
@@ -85,6 +85,19 @@ def test_build(capsys, tmp_path):
     rec = Recommender.load(out)
     assert len(rec) == 8 and rec.id_column == "sku"
     assert rec.manifest["build"]["batch_size"] == 4
+
+
+def test_build_exits_0_when_every_row_is_indexed_and_3_when_some_are_not(capsys, tmp_path):
+    table = pd.read_csv(DEMO, dtype=str).head(4)
+    table.to_csv(tmp_path / "good.csv", index=False)
+    code, stdout, err = run(capsys, "-q", "build", tmp_path / "good.csv", "--images", DEMO_IMAGES,
+                            "--out", tmp_path / "a")
+    assert code == 0 and "indexed 4 of 4" in stdout, err
+    data = (tmp_path / "good.csv").read_bytes()
+    (tmp_path / "cut.csv").write_bytes(data[: data.rstrip(b"\n").rindex(b",")])  # a truncated export
+    code, stdout, err = run(capsys, "-q", "build", tmp_path / "cut.csv", "--images", DEMO_IMAGES,
+                            "--out", tmp_path / "b")
+    assert code == 3 and "indexed 3 of 4" in stdout and "cut short" in stdout, err
 
 
 def test_build_options_reach_the_manifest(capsys, tmp_path):
@@ -232,13 +245,58 @@ def test_duplicates(capsys, demo_index, demo_rec):
     assert json.loads(stdout) == demo_rec.duplicates()
     code, stdout, err = run(capsys, "duplicates", demo_index, "--exact")
     groups = demo_rec.duplicates(near=False)
-    assert code == 0 and len(_lines(stdout)) == len(groups)
-    assert err.strip() == f"{sum(map(len, groups))} products in {len(groups)} groups"
+    lines = _lines(stdout)
+    assert code == 0 and len(lines) == 2 + len(groups)
+    assert lines[0].split() == ["photos", "products", "title", "of", "the", "first", "ids"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[2].split()[:2] == ["byte-identical", "2"] and lines[2].endswith("21838 23129")
+    assert err.strip() == f"{sum(map(len, groups))} products in {len(groups)} groups ({len(groups)} byte-identical, " \
+                          "0 near-identical)"
 
 
-def test_demo_no_app(capsys, tmp_path):
-    out = tmp_path / "demo-index"
-    code, stdout, err = run(capsys, "-q", "demo", "--no-app", "--out", out)
+def test_duplicates_tells_byte_identical_photos_from_near_identical_ones(capsys, tmp_path):
+    """A photo copied under a second id is byte-identical; the same photo saved again as a JPEG
+    of another quality (other bytes, the same picture) is near-identical."""
+    table = pd.read_csv(DEMO, dtype=str, keep_default_na=False).iloc[[0, 10, 20, 30, 40]].reset_index(drop=True)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in table["Image"]:
+        shutil.copy(DEMO_IMAGES / name, images / name)
+    Image.open(DEMO_IMAGES / table["Image"][0]).save(images / "resaved.jpg", quality=90)
+    extra = [{**table.iloc[0].to_dict(), "ProductId": "resaved", "Image": "resaved.jpg"},
+             {**table.iloc[1].to_dict(), "ProductId": "copied", "Image": table["Image"][1]}]
+    pd.concat([table, pd.DataFrame(extra)]).to_csv(tmp_path / "c.csv", index=False)
+    assert run(capsys, "-q", "build", tmp_path / "c.csv", "--out", tmp_path / "index")[0] == 0
+    code, stdout, err = run(capsys, "duplicates", tmp_path / "index")
+    assert code == 0
+    rows = {line.split()[0]: line.split()[-2:] for line in _lines(stdout)[2:]}
+    assert rows == {"near-identical": [table["ProductId"][0], "resaved"],
+                    "byte-identical": [table["ProductId"][1], "copied"]}
+    assert err.strip() == "4 products in 2 groups (1 byte-identical, 1 near-identical)"
+
+
+def _private_cache(tmp_path: Path, monkeypatch) -> Path:
+    """A user whose cache folder is ``tmp_path/cache`` ($XDG_CACHE_HOME), holding the suite's
+    exported models (linked: nothing is exported again)."""
+    from lookalike.config import cache_dir
+
+    models = cache_dir()
+    monkeypatch.delenv("LOOKALIKE_CACHE_DIR")
+    monkeypatch.delenv("LOOKALIKE_CALIBRATION_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "lookalike").mkdir(parents=True)
+    for name in ("onnx", "calibration", "openvino"):
+        if (models / name).is_dir():
+            (tmp_path / "cache" / "lookalike" / name).symlink_to(models / name)
+    return tmp_path / "cache" / "lookalike"
+
+
+def test_demo_no_app(capsys, tmp_path, monkeypatch):
+    """The demo's index goes to the user's own cache folder, beside the model cache (not a
+    fixed /tmp path another user may hold)."""
+    cache = _private_cache(tmp_path, monkeypatch)
+    out = cache / "demo-index"
+    code, stdout, err = run(capsys, "demo", "--no-app", "-q")
     assert code == 0, err
     lines = _lines(stdout)
     assert lines[0].startswith(f"indexed 99 of 99 catalogue rows into {out}")
@@ -248,6 +306,54 @@ def test_demo_no_app(capsys, tmp_path):
     assert head and lines[head[0]].endswith("same Gender:")
     rows = lines[head[0] + 3 :]
     assert [line.split()[1] for line in rows] == rec.similar(first, k=5, same="Gender").ids
+    code, stdout, err = run(capsys, "demo", "--no-app", "-q", "--out", tmp_path / "elsewhere")
+    assert code == 0 and f"into {tmp_path / 'elsewhere'} in" in stdout
+
+
+# -- -q and -v, before or after the command ----------------------------------------------------
+def test_quiet_and_verbose_after_the_command(capsys, tmp_path, demo_index):
+    table = pd.read_csv(DEMO, dtype=str).head(3)
+    table.to_csv(tmp_path / "c.csv", index=False)
+    code, stdout, err = run(capsys, "build", tmp_path / "c.csv", "--images", DEMO_IMAGES, "--out",
+                            tmp_path / "index", "-q")
+    assert code == 0 and err == "" and stdout.startswith("indexed 3 of 3")  # no progress bar
+    code, stdout, err = run(capsys, "info", demo_index, "-v")
+    assert code == 0 and logging.getLogger().level == logging.INFO
+    code, stdout, err = run(capsys, "-q", "info", demo_index, "-vv")
+    assert code == 0 and logging.getLogger().level == logging.ERROR  # -q wins, wherever it is
+
+
+# -- a newcomer's first run: one line, then the model is prepared --------------------------------
+def test_first_run_says_it_prepares_the_model_before_any_progress_bar(capsys, tmp_path, monkeypatch):
+    from lookalike.encoders import CNNEncoder
+
+    prepared: list[str] = []
+    monkeypatch.setattr(CNNEncoder, "is_prepared", lambda self: bool(prepared))
+    real = CNNEncoder.prepare
+    monkeypatch.setattr(CNNEncoder, "prepare", lambda self: prepared.append(self.name) or real(self))
+    table = pd.read_csv(DEMO, dtype=str).head(3)
+    table.to_csv(tmp_path / "c.csv", index=False)
+    code, stdout, err = run(capsys, "build", tmp_path / "c.csv", "--images", DEMO_IMAGES, "--out", tmp_path / "a")
+    assert code == 0 and prepared == ["efficientnet-lite0"]
+    first = err.lstrip("\r").splitlines()[0]
+    assert first.startswith("preparing the model efficientnet-lite0 for this machine, once (about 20 s; kept in ")
+    assert "build:" in err.split(first, 1)[1]  # the progress bar comes after it
+    prepared.clear()
+    code, stdout, err = run(capsys, "-q", "build", tmp_path / "c.csv", "--images", DEMO_IMAGES, "--out",
+                            tmp_path / "b")
+    assert code == 0 and prepared == ["efficientnet-lite0"] and err == ""  # -q: prepared without a word
+    code, stdout, err = run(capsys, "build", tmp_path / "c.csv", "--images", DEMO_IMAGES, "--out", tmp_path / "c")
+    assert code == 0 and "preparing" not in err  # prepared already: nothing said
+
+
+def test_an_encoder_is_prepared_once_its_export_and_calibration_are_kept(tmp_path, monkeypatch, encoder):
+    from lookalike import get_encoder
+
+    encoder.encode(DEMO_IMAGES / "13683.jpg")
+    assert encoder.is_prepared()
+    monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path))
+    assert not get_encoder().is_prepared() and not get_encoder(runtime="onnx").is_prepared()
+    assert get_encoder(runtime="torch").is_prepared()  # nothing to export
 
 
 # -- user errors: one line, no traceback, non-zero exit -------------------------------------------
@@ -324,7 +430,7 @@ def test_user_errors_print_one_line(case, capsys, tmp_path, demo_index, corrupt_
         "catalog": DEMO,
     }
     code, stdout, err = run(capsys, *(a.format(**values) for a in argv))
-    assert code != 0
+    assert code == 1
     lines = err.splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("lookalike: error: ") and words in lines[0], lines[0]
@@ -370,6 +476,11 @@ def test_python_dash_m_help():
     assert done.stdout.startswith("usage: lookalike")
     for command in ("build", "similar", "export", "info", "duplicates", "demo"):
         assert command in done.stdout
+    assert "exit status:" in done.stdout
+    for code in ("0", "1", "2", "3"):
+        assert any(line.split()[:1] == [code] for line in done.stdout.split("exit status:")[1].splitlines())
+    for command in ("build", "add", "remove", "sync"):
+        assert "exit status 3 when some rows were refused" in " ".join(_python(command, "--help").stdout.split())
     version = _python("--version")
     assert version.returncode == 0 and version.stdout.startswith("lookalike ")
 
@@ -404,7 +515,7 @@ def test_build_allow_outside_images(capsys, tmp_path):
     table["Image"] = [*table["Image"].iloc[:2], "../../elsewhere/x.jpg"]
     table.to_csv(tmp_path / "shop" / "c.csv", index=False)
     code, out, _ = run(capsys, "-q", "build", tmp_path / "shop" / "c.csv", "--out", tmp_path / "a")
-    assert code == 0 and "indexed 2 of 3" in out and "photo is outside the images folder" in out
+    assert code == 3 and "indexed 2 of 3" in out and "photo is outside the images folder" in out
     code, out, _ = run(capsys, "-q", "build", tmp_path / "shop" / "c.csv", "--out", tmp_path / "b",
                        "--allow-outside-images")
     assert code == 0 and "indexed 3 of 3" in out

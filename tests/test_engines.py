@@ -269,7 +269,8 @@ def test_cli_build_on_its_own_private_ray(bad_catalog, tmp_path, monkeypatch):
     assert not ray.is_initialized()
     monkeypatch.delenv("RAY_BACKEND_LOG_LEVEL", raising=False)  # the CLI sets it; undo after
     with _Watch() as watch:
-        assert main(["-q", "build", str(bad_catalog), "--out", str(tmp_path / "index"), "--engine", "ray"]) == 0
+        # 3: done, with the bad rows refused
+        assert main(["-q", "build", str(bad_catalog), "--out", str(tmp_path / "index"), "--engine", "ray"]) == 3
     assert not ray.is_initialized()
     assert watch.saw_actors(), watch.listeners
     assert not _beyond_loopback(watch.listeners), watch.listeners

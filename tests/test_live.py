@@ -123,8 +123,9 @@ def _cli(capsys, *argv: Any) -> tuple[int, str, str]:
 
 def _cli_json(capsys, *argv: Any) -> Outcome:
     code, out, err = _cli(capsys, "-q", *argv, "--format", "json")
-    assert code == 0, err
     data = json.loads(out)
+    refused = [c for c in data["changes"] if c["status"] in ("skipped", "kept")]
+    assert code == (3 if refused else 0), (code, err, refused)  # 3: some rows were refused
     return Outcome(data["counts"], data["changes"], data["generation"])
 
 
@@ -425,7 +426,7 @@ def test_cli_remove_needs_ids(idx, capsys):
 def test_cli_table_output_and_compact(idx, capsys, tmp_path):
     pid = DEMO_TABLE["ProductId"].iloc[0]
     code, out, err = _cli(capsys, "-q", "remove", idx, "--id", pid, "--id", "nope")
-    assert code == 0, err
+    assert code == 3, err  # done, one id refused
     assert out.splitlines()[0].startswith("remove: added 0, re-embedded 0, metadata 0, removed 1, unchanged 0, "
                                           "problems 1 -> generation 2")
     assert "id nope: skipped: unknown product id: nope" in out
@@ -433,6 +434,33 @@ def test_cli_table_output_and_compact(idx, capsys, tmp_path):
     assert code == 0 and out.startswith(f"compacted {idx} into generation 3")
     snap = Store(idx).snapshot()
     assert len(snap.segments) == 1 and snap.live.all() and snap.rows == 98
+
+
+def test_cli_exit_status_says_whether_every_row_was_applied(idx, capsys, tmp_path):
+    """0 when every row was applied, 3 when some were refused (a nightly job tells them apart),
+    for add, remove and sync alike; 1 for an error, with nothing changed."""
+    pids = DEMO_TABLE["ProductId"].tolist()
+    pd.DataFrame([demo_row(pids[0], ProductTitle="new title")]).to_csv(tmp_path / "good.csv", index=False)
+    pd.DataFrame([demo_row(pids[1], ProductTitle="newer"), demo_row(pids[5], ProductId="new-1", Image="gone.jpg")]).to_csv(
+        tmp_path / "half.csv", index=False)
+    assert _cli(capsys, "-q", "add", idx, tmp_path / "good.csv", "--images", DEMO_IMAGES)[0] == 0
+    code, out, _ = _cli(capsys, "-q", "add", idx, tmp_path / "half.csv", "--images", DEMO_IMAGES)
+    assert code == 3 and "id new-1: skipped: photo file not found: gone.jpg" in out
+    assert _cli(capsys, "-q", "remove", idx, "--id", pids[2])[0] == 0
+    code, out, _ = _cli(capsys, "-q", "remove", idx, "--id", "99999999")
+    assert code == 3 and "id 99999999: skipped: unknown product id: 99999999" in out
+    today = DEMO_TABLE[DEMO_TABLE["ProductId"] != pids[2]].copy()
+    today.loc[today["ProductId"] == pids[0], "ProductTitle"] = "new title"
+    today.loc[today["ProductId"] == pids[1], "ProductTitle"] = "newer"
+    today.to_csv(tmp_path / "today.csv", index=False)
+    code, out, _ = _cli(capsys, "-q", "sync", idx, tmp_path / "today.csv", "--images", DEMO_IMAGES)
+    assert code == 0 and "problems 0" in out
+    today.loc[today["ProductId"] == pids[3], "Image"] = "gone.jpg"
+    today.to_csv(tmp_path / "today.csv", index=False)
+    for flags in (["--dry-run"], []):
+        code, out, _ = _cli(capsys, "-q", "sync", idx, tmp_path / "today.csv", "--images", DEMO_IMAGES, *flags)
+        assert code == 3 and "problems 1" in out and f"id {pids[3]}: kept: photo file not found" in out
+    assert _cli(capsys, "-q", "sync", idx, tmp_path / "nowhere.csv")[0] == 1
 
 
 # -- sync ------------------------------------------------------------------------------------
@@ -597,7 +625,7 @@ def test_sync_dry_run_changes_nothing(via, shop, shop_idx, encoder, capsys, tmp_
         assert code == 1  # no such catalogue: one line
         table.to_csv(tmp_path / "dry.csv", index=False)
         code, out, err = _cli(capsys, "-q", "sync", idx, tmp_path / "dry.csv", "--images", images, "--dry-run")
-        assert code == 0 and out.startswith("dry run: nothing was changed")
+        assert code == 3 and out.startswith("dry run: nothing was changed")  # 3: a row would be kept
         assert files_of(idx) == before
 
 
@@ -607,6 +635,85 @@ def test_sync_dry_run_counts_what_a_real_sync_does(shop, shop_idx, encoder):
     dry = ix.sync(table, images=shop[1], dry_run=True)
     real = ix.sync(table, images=shop[1])
     assert dry.counts() == real.counts()
+
+
+# -- files cut short: a truncated export never blanks a product ------------------------------
+def _titled(pids: list[str]) -> pd.DataFrame:
+    """The demo catalogue with a new title on ``pids``: a sync that blanked them would show."""
+    table = DEMO_TABLE.copy()
+    table.loc[table["ProductId"].isin(pids), "ProductTitle"] += " (new season)"
+    return table
+
+
+def _cut_after(data: bytes, needle: bytes) -> bytes:
+    """The bytes of a file cut right after the last ``needle``: mid-row, no newline."""
+    return data[: data.rindex(needle) + len(needle)]
+
+
+@VIA
+def test_sync_refuses_a_file_whose_last_line_is_cut(via, idx, encoder, capsys, tmp_path):
+    last = DEMO_TABLE.iloc[-1]
+    csv = tmp_path / "today.csv"
+    _titled([last["ProductId"]]).to_csv(csv, index=False)
+    csv.write_bytes(_cut_after(csv.read_bytes(), f"{last['ProductId']},{last['Gender']}".encode()))
+    before = files_of(idx)
+    if via == "lib":
+        with pytest.raises(CatalogError, match=r"today.csv looks cut short: its last line \(row 99\) has 2 of 9 "
+                                               r"cells .*nothing was changed"):
+            Index.open(idx, encoder=encoder).sync(csv, images=DEMO_IMAGES)
+    else:
+        code, out, err = _cli(capsys, "-q", "sync", idx, csv, "--images", DEMO_IMAGES)
+        assert code == 1 and out == "" and err.count("\n") == 1
+        assert err.startswith("lookalike: error: today.csv looks cut short: its last line (row 99) has 2 of 9 cells")
+        code, out, err = _cli(capsys, "-q", "sync", idx, csv, "--images", DEMO_IMAGES, "--dry-run")
+        assert code == 1 and "looks cut short" in err
+    assert files_of(idx) == before
+    # the same rows with the file's last newline: a short row, kept as indexed, not a refusal
+    csv.write_bytes(csv.read_bytes() + b"\n")
+    report = Index.open(idx, encoder=encoder).sync(csv, images=DEMO_IMAGES)
+    assert report.counts()["kept"] == 1 and report.counts()["removed"] == 0
+    [kept] = report.problems
+    assert (kept.row, kept.id, kept.status) == (99, last["ProductId"], "kept")
+    assert kept.reason == "cut short: the row has 2 of 9 cells; the indexed version was kept"
+    assert stored(idx, last["ProductId"])[2]["ProductTitle"] == last["ProductTitle"]
+
+
+def test_sync_keeps_a_short_row_inside_the_file_as_indexed(idx, encoder, tmp_path):
+    """A row with fewer cells than the header in the middle of a file whose other rows are
+    whole: that product keeps its indexed version (its title is not blanked), the rest applies."""
+    short, other = DEMO_TABLE["ProductId"].iloc[40], DEMO_TABLE["ProductId"].iloc[41]
+    csv = tmp_path / "today.csv"
+    _titled([short, other]).to_csv(csv, index=False)
+    lines = csv.read_text().splitlines()
+    lines[41] = ",".join(lines[41].split(",")[:6])  # data row 41: 6 of 9 cells
+    csv.write_text("\n".join(lines) + "\n")
+    before = stored(idx, short)
+    report = Index.open(idx, encoder=encoder).sync(csv, images=DEMO_IMAGES)
+    assert {c.id: c.status for c in report.changes if c.status != "unchanged"} == {short: "kept", other: "metadata"}
+    assert report.problems[0].reason == "cut short: the row has 6 of 9 cells; the indexed version was kept"
+    assert stored(idx, short)[2] == before[2]
+    assert stored(idx, other)[2]["ProductTitle"].endswith(" (new season)")
+
+
+@VIA
+def test_add_of_a_cut_file_applies_the_whole_rows_only(via, idx, encoder, capsys, tmp_path):
+    pids = DEMO_TABLE["ProductId"].iloc[:3].tolist()
+    csv = tmp_path / "changes.csv"
+    _titled(pids).head(3).to_csv(csv, index=False)
+    csv.write_bytes(_cut_after(csv.read_bytes(), b" (new"))  # inside the third row's title
+    before = stored(idx, pids[2])
+    if via == "lib":
+        got = _from_report(Index.open(idx, encoder=encoder).upsert(csv, images=DEMO_IMAGES))
+    else:
+        code, out, err = _cli(capsys, "-q", "add", idx, csv, "--images", DEMO_IMAGES, "--format", "json")
+        assert code == 3, err
+        data = json.loads(out)
+        got = Outcome(data["counts"], data["changes"], data["generation"])
+    assert got.status(pids[0]) == got.status(pids[1]) == ["metadata"]
+    assert got.status(pids[2]) == ["skipped"]
+    assert got.reason(pids[2]) == ("cut short: the row has 8 of 9 cells and ends the file without a newline "
+                                   "(a truncated export?)")
+    assert stored(idx, pids[2])[2] == before[2]
 
 
 def _upsert_and_sync_from_a_dataframe(idx: Path, encoder) -> list[str]:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import cache_dir, progress_enabled
 from ..errors import ModelError
 from .base import POOLINGS, Encoder, l2_normalize, pool
-from .cnn import PRECISIONS, RUNTIMES, CNNEncoder, ModelSpec
+from .cnn import PRECISIONS, PREPARE_SECONDS, RUNTIMES, CNNEncoder, ModelSpec
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Encoder",
@@ -26,6 +31,7 @@ __all__ = [
     "get_encoder",
     "EncoderSettings",
     "runtime_record",
+    "prepare_once",
     "pool",
     "l2_normalize",
 ]
@@ -161,3 +167,26 @@ def runtime_record(enc: Any) -> dict[str, Any]:
         record["calibration"] = {k: calibration[k] for k in ("photos_per_s", "min_cosine", "tolerance", "threads",
                                                              "cpu", "measured") if k in calibration}
     return record
+
+
+def prepare_once(enc: Any, *, show_progress_bar: bool | None = None) -> None:
+    """Prepare a model this machine has not prepared yet (ONNX export, int8 quantization, the
+    runtime measurement: about :data:`~lookalike.encoders.cnn.PREPARE_SECONDS` s, once), saying
+    so in one line first; nothing when it is prepared already, or can't be (not a
+    :class:`CNNEncoder`).
+
+    Work that shows a progress bar calls this before the bar starts: the first run would
+    otherwise show a bar stuck at 0 with an ETA of minutes while the model is made. The line
+    goes where the bars go (stderr, with ``show_progress_bar``), else to the log at INFO.
+    """
+    is_prepared = getattr(enc, "is_prepared", None)
+    if is_prepared is None or is_prepared():
+        return
+    line = f"preparing the model {enc.name} for this machine, once (about {PREPARE_SECONDS} s; kept in {cache_dir()})"
+    if progress_enabled(show_progress_bar):
+        from tqdm.auto import tqdm
+
+        tqdm.write(line, file=sys.stderr)
+    else:
+        logger.info("%s", line)
+    enc.prepare()

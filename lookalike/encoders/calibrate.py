@@ -38,6 +38,7 @@ from .runtimes import ENGINES, engine_version, open_session
 logger = logging.getLogger(__name__)
 
 __all__ = ["TOLERANCE", "MARGIN", "choose_runtime", "calibrate", "calibrate_in_child", "calibration_path",
+           "is_calibrated",
            "cpu_signature", "measure"]
 
 #: a runtime's pooled vectors must have at least this cosine with ONNX Runtime's on every
@@ -79,6 +80,11 @@ def calibration_path(enc: Any) -> Path:
     key = hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
     folder = os.environ.get("LOOKALIKE_CALIBRATION_DIR")
     return (Path(folder) if folder else cache_dir() / "calibration") / f"{enc.name}-{key}.json"
+
+
+def is_calibrated(enc: Any) -> bool:
+    """Whether this machine's choice for ``enc`` is on record (nothing to measure first)."""
+    return _read(calibration_path(enc)) is not None
 
 
 def _read(path: Path) -> dict[str, Any] | None:

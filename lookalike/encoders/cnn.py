@@ -34,6 +34,9 @@ RUNTIMES = ("auto", "onnx", "openvino", "torch")
 #: on 2 cores with the same P@5 for efficientnet-lite0 (docs/quality.md). fp32: the plain
 #: export; the torch runtime is fp32 only.
 PRECISIONS = ("int8", "fp32")
+#: about how long the first run on a machine prepares the default model (ONNX export, int8
+#: quantization and the runtime measurement): 11 to 24 s measured on a shared 2-core machine
+PREPARE_SECONDS = 20
 #: how many bundled demo photos calibrate the int8 activation ranges
 CALIBRATION_PHOTOS = 64
 #: bump when the exported graph changes, so stale cached exports are never used
@@ -273,6 +276,21 @@ class CNNEncoder:
 
             calibrate_in_child(self)
         return path
+
+    def is_prepared(self) -> bool:
+        """Whether the model loads in about a second: its cached export is there and, for
+        ``runtime="auto"``, this machine's calibration is on record. When not, :meth:`prepare`
+        (or the first encode) exports, quantizes and measures it first, once (about
+        :data:`PREPARE_SECONDS`)."""
+        if self.runtime == "torch" or self._session is not None:
+            return True
+        if not self.onnx_path().is_file():
+            return False
+        if self.runtime != "auto":
+            return True
+        from .calibrate import is_calibrated
+
+        return is_calibrated(self)
 
     def export(self) -> Path:
         """The cached ONNX export for these settings, made now (once) if it is not there yet."""
