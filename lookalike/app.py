@@ -172,7 +172,7 @@ def sidebar(rec: Recommender, facts: dict[str, Any]) -> Settings:
             if chosen:
                 s.where[col] = chosen
     sb.divider()
-    sb.caption(f"{len(rec):,} products · model {rec.manifest['model']['name']} · lookalike {__version__}")
+    sb.caption(f"{len(rec):,} products · model {rec.settings.model.name} · lookalike {__version__}")
     return s
 
 

@@ -120,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         POOLINGS,
         __version__,
     )
+    from .config import DEFAULT_EXPORT_K
     from .encoders import DEFAULT_RESIZE, DEFAULT_TRIM, RUNTIMES
 
     parser = argparse.ArgumentParser(
@@ -237,7 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     e = add_command("export", help="the top-k table for every product (for a shop's site)")
     e.add_argument("index", type=Path)
     e.add_argument("out", type=Path, help="OUT.csv or OUT.parquet")
-    e.add_argument("-k", type=_positive_int, default=10)
+    e.add_argument("-k", type=_positive_int, default=DEFAULT_EXPORT_K, help=f"results per product (default {DEFAULT_EXPORT_K})")
     _add_filters(e)
 
     i = add_command("info", help="an index's size and settings")
@@ -572,27 +573,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if damaged:
             raise IndexFormatError(f"{args.index} is damaged: {len(damaged)} file(s) do not match their record")
     rec = Recommender.load(args.index)
-    m = rec.manifest
+    record, s = rec.manifest, rec.settings
     if args.format == "json":
-        print(json.dumps(m, indent=2))
+        print(json.dumps(record, indent=2))
         return 0
     size = sum(f.stat().st_size for f in Path(args.index).rglob("*") if f.is_file())
-    op = m.get("operation", {}).get("kind", "build")
+    op = (record.get("operation") or {}).get("kind", "build")  # the commit's own record, not a setting
+    model = s.model
     lines = [
         ("index", str(args.index)),
-        ("generation", f"{rec.generation} (made by {op}; {len(m.get('segments', [])) or 1} segment(s))"),
-        ("rows", f"{m['rows']} (of {m['catalog']['rows_total']} catalogue rows; {m['report']['skipped']} skipped)"),
-        ("model", f"{m['model']['name']} / pooling {m['model']['pooling']} / "
-                  f"{'trimmed, ' if m['model'].get('trim') else ''}{m['model']['resize']} "
-                  f"{m['model']['input_size']}px / {m['model'].get('precision', 'fp32')} "
-                  f"on {m['model'].get('runtime') or 'onnx'} / weights {m['model'].get('weights', '')}"),
-        ("vectors", f"{m['dim']}-d float32, metric {m['metric']}, back end {m['index']['backend']}"),
-        ("colour weight", str(m.get("colour_weight", 0.0))),
-        ("duplicates", f"{m['duplicates']['rows']} products in {m['duplicates']['groups']} photo groups"),
-        ("catalogue", f"{m['catalog']['path']} (sha256 {m['catalog']['sha256'][:12]})"),
+        ("generation", f"{rec.generation} (made by {op}; {len(record.get('segments') or []) or 1} segment(s))"),
+        ("rows", f"{len(rec)} (of {s.catalog.rows_total} catalogue rows; {s.report.get('skipped', 0)} skipped)"),
+        ("model", f"{model.name} / pooling {model.pooling} / {'trimmed, ' if model.trim else ''}{model.resize} "
+                  f"{model.input_size}px / {model.precision} on {model.runtime or 'onnx'} / weights {model.weights}"),
+        ("vectors", f"{s.dim}-d float32, metric {s.metric}, back end {s.index.backend}"),
+        ("colour weight", str(s.colour_weight)),
+        ("duplicates", f"{s.duplicates.get('rows', 0)} products in {s.duplicates.get('groups', 0)} photo groups"),
+        ("catalogue", f"{s.catalog.path} (sha256 {(s.catalog.sha256 or '')[:12]})"),
         ("columns", ", ".join(rec.columns)),
-        ("built", f"{m['created']} in {m['build']['seconds']} s by lookalike {m['lookalike_version']}"),
-        ("size on disk", f"{size / 1e6:.1f} MB ({size / max(1, m['rows']):.0f} bytes per product)"),
+        ("built", f"in {s.build.get('seconds', '?')} s by lookalike {record.get('lookalike_version', '?')}; "
+                  f"this generation committed {s.created or '?'}"),
+        ("size on disk", f"{size / 1e6:.1f} MB ({size / max(1, len(rec)):.0f} bytes per product)"),
     ]
     if args.verify:
         lines.append(("verified", "every file matches its sha256" if rec.generation else "no checksums (format 1)"))

@@ -146,7 +146,7 @@ def evaluate(
     out = score_export(export, rec.metadata, id_column=rec.id_column, labels=labels, k=k,
                        pool_sizes=pools, group_by=group_by)
     out["settings"] = {
-        "model": rec.manifest["model"]["name"], "pooling": rec.manifest["model"]["pooling"],
+        "model": rec.settings.model.name, "pooling": rec.settings.model.pooling,
         "metric": rec.metric, "colour_weight": rec._weight(colour_weight), "same": same,
         "where": dict(where or {}), "collapse_duplicates": collapse_duplicates, "labels": labels,
     }
@@ -169,8 +169,8 @@ def compare(
     for rec, weight in runs:
         scores = evaluate(rec, labels, k=k, same=same, where=where, group_by=group_by, colour_weight=weight,
                           collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar)
-        m = rec.manifest["model"]
-        name = f"{rec.path.name}: {m['name']}/{m['pooling']} w={scores['settings']['colour_weight']:g}"
+        m = rec.settings.model
+        name = f"{rec.path.name}: {m.name}/{m.pooling} w={scores['settings']['colour_weight']:g}"
         out.append({"name": name, "index": str(rec.path), "scores": scores})
     return out
 

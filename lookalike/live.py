@@ -29,10 +29,11 @@ import pandas as pd
 from .catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_file
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabled
 from .duplicates import find_duplicate_groups, regroup
-from .encoders import Encoder, get_encoder, l2_normalize, prepare_once
+from .encoders import Encoder, l2_normalize, prepare_once
 from .errors import CatalogError, InvalidQueryError, StorageError
 from .images import COLOUR_DIM
 from .index import REMOTE_BACKENDS, make_index
+from .manifest import Manifest
 from .pipeline import encode_rows, hidden_columns, stored_vectors
 from .store import ALL_HIDDEN, HIDDEN_COLUMNS, Snapshot, Store, Writer, product_etag, text_column
 
@@ -224,18 +225,13 @@ class Index:
 
     def encoder(self, snap: Snapshot) -> Encoder:
         """The model that built the index, as it built it."""
-        m = snap.manifest["model"]
+        m = snap.settings.model
         if self._encoder is None:
-            self._encoder = get_encoder(m["name"], pooling=m.get("pooling", "grid2"), resize=m.get("resize", "squash"),
-                                        trim=m.get("trim", False), size=m.get("input_size"),
-                                        precision=m.get("precision", "fp32"), threads=self.threads)
+            self._encoder = m.encoder_settings().make(threads=self.threads)
         enc = self._encoder
-        pre = enc.preprocess
-        if (enc.name, enc.pooling, enc.dim, pre.size, pre.trim) != (
-                m["name"], m.get("pooling"), m["dim"], m.get("input_size", pre.size), m.get("trim", False)):
-            raise InvalidQueryError(f"{self.path} was built with {m['name']}/{m.get('pooling')} at "
-                                    f"{m.get('input_size')} px{', trimmed' if m.get('trim') else ''}; "
-                                    f"the encoder given is {enc!r}")
+        if not m.describes(enc):
+            raise InvalidQueryError(f"{self.path} was built with {m.name}/{m.pooling} at "
+                                    f"{m.input_size} px{', trimmed' if m.trim else ''}; the encoder given is {enc!r}")
         return enc
 
     # -- operations --------------------------------------------------------------------
@@ -280,8 +276,8 @@ class Index:
         asked = [u if isinstance(u, Upload) else Upload(*u) for u in uploads]
         with self._writer() as w:  # under the lock: a temporary file found by a writer is stale
             snap = self._base(w)
-            cat = snap.manifest["catalog"]
-            id_col, img_col = cat["id_column"], cat["image_column"]
+            cat = snap.settings.catalog
+            id_col, img_col = cat.id_column, cat.image_column
             columns, meta = _columns(snap), snap.dense_columns()
             row_of = {pid: i for i, pid in enumerate(meta[id_col].tolist())}
             refused, rows, numbers = [], [], []
@@ -396,7 +392,7 @@ class Index:
             catalog_info: dict[str, Any] = {"rows_total": len(table.records), **_roots(snap, root)}
             if not isinstance(catalog, pd.DataFrame):
                 catalog_info.update(path=str(Path(catalog).resolve()), sha256=file_sha256(Path(catalog)))
-            if not snap.manifest["catalog"].get("images_root"):
+            if not snap.settings.catalog.images_root:
                 catalog_info["images_root"] = str(root.resolve())
             return self._apply(w, snap, plan, gone, report, "sync", t0, catalog_info=catalog_info)
 
@@ -410,14 +406,13 @@ class Index:
             sha1s = stored["_sha1"].tolist()
             dh = stored["_dhash"].to_numpy(np.int64).view(np.uint64)
             exact, near = find_duplicate_groups(sha1s, dh, _unit(vectors, projected=snap.projection is not None), colour)
-            backend = snap.manifest.get("index", {}).get("backend", "exact")
-            searchable = np.hstack([vectors, colour]) if snap.manifest["metric"] == "cosine" else vectors
+            backend, metric = snap.settings.index.backend, snap.settings.metric
+            searchable = np.hstack([vectors, colour]) if metric == "cosine" else vectors
             local = len(vectors) and backend not in REMOTE_BACKENDS  # Milvus already holds every live row
-            extra = make_index(backend, searchable, metric=snap.manifest["metric"]).serialize() if local else {}
+            extra = make_index(backend, searchable, metric=metric).serialize() if local else {}
             seg = w.add_segment(vectors, colour, stored, projection=snap.projection, extra=extra)
             report = ChangeReport("compact")
-            settings = _with_counts(snap.manifest, near)
-            gen = w.commit(settings=settings, segments=[seg], live=np.ones(len(vectors), bool), dup_exact=exact,
+            gen = w.commit(settings=_with_counts(snap, near).to_json(), segments=[seg], live=np.ones(len(vectors), bool), dup_exact=exact,
                            dup_near=near, report=_report_csv(report), operation={"kind": "compact"},
                            projection_segment=seg["name"] if snap.projection is not None else None)
             _forget_unused_photos(self.photos, set(stored["_image"].tolist()))
@@ -433,8 +428,8 @@ class Index:
     def _plan(self, snap: Snapshot, table: _Rows, *, images: str | os.PathLike | None,
               remove_missing: bool) -> tuple[list[Any], ChangeReport, Path]:
         """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
-        cat_info = snap.manifest["catalog"]
-        id_col, img_col = cat_info["id_column"], cat_info["image_column"]
+        cat_info = snap.settings.catalog
+        id_col, img_col = cat_info.id_column, cat_info.image_column
         columns = _columns(snap)
         unknown = [c for c in table.columns if c not in columns]
         if unknown:
@@ -467,7 +462,7 @@ class Index:
         by_sha1: dict[str, int] = {}
         for i, sha in enumerate(meta["_sha1"].tolist()):
             by_sha1.setdefault(sha, i)
-        root = Path(images if images is not None else (cat_info.get("images_root") or _default_root(cat_info)))
+        root = Path(images) if images is not None else cat_info.default_root()
         plan: list[Any] = []
         # rows without a photo: metadata changes of indexed products (no pandas for these)
         for row, cells in rows:
@@ -519,21 +514,21 @@ class Index:
         the index holds is ``_Unchanged``, found before anything stored is read (most rows of a
         nightly sync)."""
         meta = snap.dense_columns()
-        cat_info = snap.manifest["catalog"]
+        cat_info = snap.settings.catalog
         current = {c: str(meta[c][old]) for c in columns}
         new = {c: str(values[c]) for c in columns}
         if keep_photo:
-            new[cat_info["image_column"]] = current[cat_info["image_column"]]
+            new[cat_info.image_column] = current[cat_info.image_column]
         hidden = {c: meta[c][old] for c in HIDDEN_COLUMNS}
         if image is not None:
             hidden["_image"] = image
         hidden["_row"] = row
         if status is None:
             if new == current and str(hidden["_image"]) == str(meta["_image"][old]):
-                return _Unchanged(row, new[cat_info["id_column"]])
+                return _Unchanged(row, new[cat_info.id_column])
             status = "metadata"
         vectors, colour = snap.take(np.array([old]))
-        return _Row(new[cat_info["id_column"]], {**new, **hidden, "_status": status, "_request_row": str(row)},
+        return _Row(new[cat_info.id_column], {**new, **hidden, "_status": status, "_request_row": str(row)},
                     vectors[0], colour[0], int(np.int64(meta["_dhash"][old]).view(np.uint64)), str(meta["_sha1"][old]),
                     copy_of=snap.physical_row(old) if own else None)
 
@@ -554,7 +549,7 @@ class Index:
                 cat = group[0].cat
                 done = encode_rows(cat, [p.position for p in group], enc, batch_size=self.batch_size,
                                    workers=self.workers, bar=bar)
-                vectors = stored_vectors(done.raw, snap.projection, snap.manifest["metric"])
+                vectors = stored_vectors(done.raw, snap.projection, snap.settings.metric)
                 hidden = hidden_columns(cat, done.positions, done.sha1, done.dhash)
                 at = {pos: k for k, pos in enumerate(done.positions)}
                 for p in group:
@@ -609,7 +604,7 @@ class Index:
         new_meta = {c: text_column([str(r.meta.get(c, "")) for r in rows]) for c in columns}
         new_meta["_row"] = np.array([int(r.meta["_row"]) for r in rows], dtype=np.int64)
         new_meta["_dhash"] = np.array([r.dhash for r in rows], dtype=np.uint64).astype(np.int64)
-        new_vec = np.array([r.vector for r in rows], dtype=np.float32).reshape(len(rows), snap.manifest["dim"])
+        new_vec = np.array([r.vector for r in rows], dtype=np.float32).reshape(len(rows), snap.settings.dim)
         new_col = np.array([r.colour for r in rows], dtype=np.float32).reshape(len(rows), COLOUR_DIM)
         phys_segments = list(snap.segments)
         if len(segments) - 1 >= MAX_DELTA_SEGMENTS:
@@ -648,13 +643,13 @@ class Index:
         _write_remote(snap, rows, gone)
         catalogue = _columns(snap)
         report.versions.update({r.id: product_etag(r.meta, catalogue, r.sha1) for r in rows})
-        settings = _with_counts(snap.manifest, near[live])
+        settings = _with_counts(snap, near[live])
         if catalog_info:
-            settings["catalog"] = {**settings["catalog"], **catalog_info}
-        gen = w.commit(settings=settings, segments=segments, live=live, dup_exact=exact, dup_near=near,
+            settings = settings.with_catalog(**catalog_info)
+        gen = w.commit(settings=settings.to_json(), segments=segments, live=live, dup_exact=exact, dup_near=near,
                        report=_report_csv(report), operation={"kind": operation, **{
                            k: v for k, v in report.counts().items() if v}},
-                       projection_segment=snap.manifest.get("projection_segment") if snap.generation else (
+                       projection_segment=snap.settings.projection_segment if snap.generation else (
                            "." if snap.projection is not None else None))
         report.generation, report.seconds = gen, time.perf_counter() - t0
         logger.info("%s", report.summary())
@@ -671,7 +666,7 @@ class Index:
         all_dhash = np.concatenate([*(s.cells["_dhash"] for s in phys_segments), new_meta["_dhash"]])
         return regroup(exact, near, live, all_sha1, all_dhash.astype(np.int64).view(np.uint64),
                        _unit(all_vec, projected=snap.projection is not None, live=live,
-                             unit=snap.manifest["metric"] == "cosine"), all_col, touched)
+                             unit=snap.settings.metric == "cosine"), all_col, touched)
 
 
 @dataclass(frozen=True)
@@ -696,7 +691,7 @@ class _Pending:
 
 def _columns(snap: Snapshot) -> list[str]:
     """The catalogue's own columns, as the index stores them."""
-    return list(snap.manifest["catalog"].get("columns") or [c for c in snap.dense_columns() if c not in ALL_HIDDEN])
+    return list(snap.settings.catalog.columns or [c for c in snap.dense_columns() if c not in ALL_HIDDEN])
 
 
 def _stored_etag(meta: Mapping[str, Any], columns: Sequence[str], row: int | None) -> str | None:
@@ -707,7 +702,7 @@ def _stored_etag(meta: Mapping[str, Any], columns: Sequence[str], row: int | Non
 
 
 def _segment_columns(snap: Snapshot) -> list[str]:
-    columns = list(snap.manifest["catalog"].get("columns") or [])
+    columns = list(snap.settings.catalog.columns)
     return [*columns, *HIDDEN_COLUMNS]
 
 
@@ -727,14 +722,14 @@ def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
     """For an index searched in Milvus: the change goes there first, then the generation is
     committed (a crash between the two leaves Milvus ahead; readers ignore rows their generation
     lacks, and the next sync or change brings them level)."""
-    config = snap.manifest.get("index", {})
-    if config.get("backend") != "milvus":
+    config = snap.settings.index
+    if config.backend != "milvus":
         return
     from .index.milvus import connect, write_rows
 
-    store = connect(config)
+    store = connect(config.to_json())
     if rows:
-        columns = list(snap.manifest["catalog"]["columns"])
+        columns = list(snap.settings.catalog.columns)
         write_rows(store, [r.id for r in rows], np.array([r.vector for r in rows], np.float32),
                    np.array([r.colour for r in rows], np.float32), {c: [r.meta.get(c, "") for r in rows] for c in columns})
     if gone:
@@ -744,17 +739,12 @@ def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
 def _roots(snap: Snapshot, root: Path) -> dict[str, Any]:
     """The catalogue's photo folders, with the one a change took photos from: the server serves
     photos from these folders only."""
-    cat = snap.manifest["catalog"]
-    roots = list(cat.get("images_roots", []))
+    cat = snap.settings.catalog
+    roots = list(cat.images_roots)
     resolved = str(root.resolve())
-    if cat.get("images_root") and resolved != cat.get("images_root") and resolved not in roots and root.name != PHOTOS:
+    if cat.images_root and resolved != cat.images_root and resolved not in roots and root.name != PHOTOS:
         roots.append(resolved)
-    return {"images_roots": roots} if roots else {}
-
-
-def _default_root(cat_info: Mapping[str, Any]) -> Path:
-    path = cat_info.get("path")
-    return Path(path).parent if path else Path.cwd()
+    return {"images_roots": tuple(roots)} if roots else {}
 
 
 def _unit(vectors: np.ndarray, *, projected: bool, live: np.ndarray | None = None, unit: bool = False) -> np.ndarray:
@@ -785,13 +775,10 @@ def _digests(paths: Sequence[Path], workers: int) -> list[str]:
         return list(pool.map(one, paths))
 
 
-def _with_counts(manifest: Mapping[str, Any], near_live: np.ndarray) -> dict[str, Any]:
-    settings = dict(manifest)
-    dup = dict(settings.get("duplicates", {}))
+def _with_counts(snap: Snapshot, near_live: np.ndarray) -> Manifest:
+    """The base generation's settings with the duplicate counts of the new one."""
     grouped = near_live[near_live >= 0]
-    dup.update(groups=int(len(np.unique(grouped))), rows=int(len(grouped)))
-    settings["duplicates"] = dup
-    return settings
+    return snap.settings.with_duplicates(int(len(np.unique(grouped))), int(len(grouped)))
 
 
 def _report_csv(report: ChangeReport) -> str:

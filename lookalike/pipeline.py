@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from .engines.local import Encoded, encode_rows
 from .errors import CatalogError, InvalidQueryError, LookalikeError
 from .images import COLOUR_DIM
 from .index import BACKENDS, DEFAULT_BACKEND, make_index
+from .manifest import BackendSettings, CatalogSettings, Manifest, ModelSettings
 from .projection import DEFAULT_PROJECTION_DIM, Projection
 from .store import Store
 
@@ -118,7 +119,7 @@ def report_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _reusable(
-    out: Path, settings: dict[str, Any]
+    out: Path, model: ModelSettings
 ) -> tuple[dict[str, tuple[str, np.ndarray, np.ndarray, int]], Projection | None]:
     """Rows of an existing index built with the same settings: id -> (sha1, vector, colour, dhash).
 
@@ -126,7 +127,7 @@ def _reusable(
     """
     try:
         snap = Store(out).snapshot()
-        if any(snap.manifest.get("model", {}).get(k) != v for k, v in settings.items()):
+        if not snap.settings.model.same_vectors(model):
             logger.info("existing index was built with other settings; encoding everything")
             return {}, None
         vectors, colour, meta = snap.dense()
@@ -231,11 +232,12 @@ def build(
         precision=precision,
         streams=workers if runner.name == "local" else 1,  # each local worker decodes and embeds its own batches
     )
-    settings = {"name": enc.name, "pooling": enc.pooling, "resize": enc.preprocess.resize,
-                "trim": enc.preprocess.trim,
-                "input_size": enc.preprocess.size, "precision": getattr(enc, "precision", "fp32"),
-                "dim": enc.dim, "projection_dim": projection_dim or 0}
-    reuse, old_projection = _reusable(out, settings) if update and out.exists() else ({}, None)
+    model_settings = ModelSettings(name=enc.name, pooling=enc.pooling, dim=enc.dim, resize=enc.preprocess.resize,
+                                   trim=enc.preprocess.trim, input_size=enc.preprocess.size,
+                                   precision=getattr(enc, "precision", "fp32"), projection_dim=projection_dim or 0,
+                                   weights=getattr(enc, "weights_id", ""),
+                                   requested_runtime=str(getattr(enc, "runtime", runtime)))
+    reuse, old_projection = _reusable(out, model_settings) if update and out.exists() else ({}, None)
     if reuse and projection is None:
         projection = old_projection
     elif reuse:
@@ -308,34 +310,30 @@ def build(
                            metric=metric).serialize()
     dup_rows = int((near_groups >= 0).sum())
     n_groups = int(len(np.unique(near_groups[near_groups >= 0])))
-    manifest = {
-        "model": {**settings, "weights": getattr(enc, "weights_id", ""), **runtime_record(enc)},
-        "dim": int(vectors.shape[1]),
-        "projection": None if projection is None else {"kind": "pca", "dim": projection.dim,
-                                                      "input_dim": projection.input_dim},
-        "colour_dim": COLOUR_DIM,
-        "metric": metric,
-        "index": {"backend": backend, **(remote or {})},
-        "colour_weight": colour_weight,
-        "duplicates": {"near_cosine": NEAR_COSINE, "near_hamming": NEAR_HAMMING, "near_colour": NEAR_COLOUR,
-                       "groups": n_groups, "rows": dup_rows},
-        "catalog": {
-            "path": str(cat.source.resolve()) if cat.source else None,
-            "sha256": cat.sha256,
-            "rows_total": cat.total_rows,
-            "id_column": cat.id_column,
-            "image_column": cat.image_column,
-            "images_root": cat.images_root and str(cat.images_root),
-            "allow_outside_images": cat.allow_outside_images,
-            "columns": [c for c in cat.table.columns],
-        },
-        "build": {"engine": runner.name, "batch_size": batch_size, "workers": workers, "seconds": round(time.perf_counter() - t0, 3),
-                  "reused": len(reused_pos)},
-        "report": {"indexed": len(positions), "skipped": len(problems)},
-    }
+    remote = dict(remote or {})
+    manifest = Manifest(
+        model=replace(model_settings, **runtime_record(enc)),  # the runtime is chosen once photos ran
+        dim=int(vectors.shape[1]),
+        projection=None if projection is None else {"kind": "pca", "dim": projection.dim,
+                                                    "input_dim": projection.input_dim},
+        colour_dim=COLOUR_DIM,
+        metric=metric,
+        index=BackendSettings(backend, uri=remote.pop("uri", ""), collection=remote.pop("collection", ""), extra=remote),
+        colour_weight=colour_weight,
+        duplicates={"near_cosine": NEAR_COSINE, "near_hamming": NEAR_HAMMING, "near_colour": NEAR_COLOUR,
+                    "groups": n_groups, "rows": dup_rows},
+        catalog=CatalogSettings(
+            path=str(cat.source.resolve()) if cat.source else None, sha256=cat.sha256, rows_total=cat.total_rows,
+            id_column=cat.id_column, image_column=cat.image_column,
+            images_root=str(cat.images_root) if cat.images_root else None,
+            allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns)),
+        build={"engine": runner.name, "batch_size": batch_size, "workers": workers,
+               "seconds": round(time.perf_counter() - t0, 3), "reused": len(reused_pos)},
+        report={"indexed": len(positions), "skipped": len(problems)},
+    )
     with Store(out).writer(create=True) as w:
         seg = w.add_segment(vectors, colour, meta, projection=projection, extra=extra)
-        w.commit(settings=manifest, segments=[seg], live=np.ones(len(positions), bool), dup_exact=exact_groups,
+        w.commit(settings=manifest.to_json(), segments=[seg], live=np.ones(len(positions), bool), dup_exact=exact_groups,
                  dup_near=near_groups, report=report, operation={"kind": "build"},
                  projection_segment=seg["name"] if projection is not None else None)
     result = BuildReport(out=out, total_rows=cat.total_rows, indexed=len(positions), problems=problems,

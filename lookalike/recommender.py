@@ -23,12 +23,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import DEFAULT_K
-from .encoders import MODELS, CNNEncoder, Encoder, get_encoder, l2_normalize
+from .config import DEFAULT_EXPORT_K, DEFAULT_K
+from .encoders import MODELS, CNNEncoder, Encoder, l2_normalize
 from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
 from .filters import RowFilters, Where
 from .images import ImageSource, colour_descriptor, model_input
 from .index import Backend, Filter, VectorIndex, open_index
+from .manifest import Manifest
 from .projection import Projection
 from .store import ALL_HIDDEN, Snapshot, Store
 
@@ -99,13 +100,15 @@ class Recommender:
         #: the index generation this recommender reads (it never changes under it)
         self.generation = generation
         self.projection = projection
+        #: the generation's record as stored; its settings, typed: :attr:`settings`
         self.manifest = manifest
+        self.settings = Manifest.from_json(manifest, path)
         self._arrays = None if vectors is None or colour is None else (vectors, colour)
         self._snapshot: Snapshot | None = None
         self.index = index
-        self.metric: str = manifest["metric"]
-        self.colour_weight: float = float(manifest.get("colour_weight", 0.0))
-        self.id_column: str = manifest["catalog"]["id_column"]
+        self.metric: str = self.settings.metric
+        self.colour_weight: float = self.settings.colour_weight
+        self.id_column: str = self.settings.catalog.id_column
         self._encoder = encoder
         self.metadata = metadata  # type: ignore[assignment]
 
@@ -195,29 +198,25 @@ class Recommender:
         encoder: Encoder | None = None,
     ) -> "Recommender":
         """A recommender over one loaded generation (:meth:`lookalike.store.Store.snapshot`)."""
-        path, manifest = snapshot.path, snapshot.manifest
-        model, metric = manifest["model"], manifest["metric"]
-        if model.get("name") not in MODELS:
+        path, settings = snapshot.path, snapshot.settings
+        model, metric = settings.model, settings.metric
+        if model.name not in MODELS:
+            raise IndexFormatError(f"{path} was built with model {model.name!r}, which this lookalike does not know")
+        if encoder is not None and (encoder.name, encoder.pooling, encoder.dim) != (model.name, model.pooling, model.dim):
             raise IndexFormatError(
-                f"{path} was built with model {model.get('name')!r}, which this lookalike does not know"
-            )
-        if encoder is not None and (encoder.name, encoder.pooling, encoder.dim) != (
-            model["name"], model.get("pooling"), model["dim"]
-        ):
-            raise IndexFormatError(
-                f"{path} was built with {model['name']}/{model.get('pooling')} ({model['dim']}-d), "
+                f"{path} was built with {model.name}/{model.pooling} ({model.dim}-d), "
                 f"not {encoder.name}/{encoder.pooling} ({encoder.dim}-d)"
             )
         meta = snapshot.dense_columns()
         if index is None:
-            index = open_index(backend or manifest.get("index", {}).get("backend", "exact"), snapshot, metric=metric)
+            index = open_index(backend or settings.index.backend, snapshot, metric=metric)
         elif len(index) != len(meta[snapshot.id_column]):
             raise IndexFormatError(f"the back end given holds {len(index)} rows; generation {snapshot.generation} "
                                    f"of {path} has {len(meta[snapshot.id_column])}")
         projection = snapshot.projection
-        if projection is not None and projection.dim != manifest["dim"]:
+        if projection is not None and projection.dim != settings.dim:
             raise IndexFormatError(f"{path} is inconsistent: projection gives {projection.dim}-d vectors")
-        rec = cls(path, manifest, None, None, meta, index, encoder=encoder, projection=projection,
+        rec = cls(path, snapshot.manifest, None, None, meta, index, encoder=encoder, projection=projection,
                   generation=snapshot.generation)
         rec._snapshot = snapshot
         return rec
@@ -229,21 +228,19 @@ class Recommender:
         return str(pid) in self._row_of
 
     def __repr__(self) -> str:
-        m = self.manifest["model"]
-        return f"Recommender({str(self.path)!r}, rows={len(self)}, model={m['name']}/{m['pooling']}, metric={self.metric})"
+        m = self.settings.model
+        return f"Recommender({str(self.path)!r}, rows={len(self)}, model={m.name}/{m.pooling}, metric={self.metric})"
 
     @property
     def encoder(self) -> Encoder:
         """The model that built the index (created on first use: photo queries need it)."""
         if self._encoder is None:
-            m = self.manifest["model"]
-            enc = get_encoder(m["name"], pooling=m["pooling"], resize=m.get("resize", "squash"),
-                              trim=m.get("trim", False), size=m.get("input_size"),
-                              precision=m.get("precision", "fp32"))
-            if isinstance(enc, CNNEncoder) and m.get("weights") and enc.weights_id != m["weights"]:
-                logger.warning("index was built with weights %s, now using %s", m["weights"], enc.weights_id)
-            if enc.dim != m["dim"]:
-                raise ModelError(f"model gives {enc.dim}-d vectors, the index was built from {m['dim']}-d")
+            m = self.settings.model
+            enc = m.encoder_settings().make()
+            if isinstance(enc, CNNEncoder) and m.weights and enc.weights_id != m.weights:
+                logger.warning("index was built with weights %s, now using %s", m.weights, enc.weights_id)
+            if enc.dim != m.dim:
+                raise ModelError(f"model gives {enc.dim}-d vectors, the index was built from {m.dim}-d")
             self._encoder = enc
         return self._encoder
 
@@ -432,7 +429,7 @@ class Recommender:
     def export(
         self,
         *,
-        k: int = 10,
+        k: int = DEFAULT_EXPORT_K,
         same: Sequence[str] | str = (),
         where: Where | None = None,
         colour_weight: float | None = None,

@@ -329,10 +329,7 @@ def add_write_routes(app: Any, *, index_path: Path, current: Callable[[], Any], 
 
     writer = None
     if write_token is not None:
-        backend = current().manifest.get("index", {})
-        lite = backend.get("backend") == "milvus" and not str(backend.get("uri", "")).startswith(
-            ("http://", "https://", "tcp://"))
-        writer = WriterProcess(index_path, in_process=lite)
+        writer = WriterProcess(index_path, in_process=current().settings.index.milvus_lite)
     done = {
         200: {"description": "the change is committed; the body names its generation, the `ETag` header "
                              "the product's new version"},

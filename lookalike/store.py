@@ -43,6 +43,7 @@ from .artifacts import (
     write_bytes_durably,
 )
 from .errors import IndexFormatError, IndexLockedError, LookalikeError, StorageError
+from .manifest import Manifest
 from .projection import FILE as PROJECTION_FILE
 from .projection import Projection
 
@@ -113,7 +114,9 @@ class Snapshot:
                  live: np.ndarray, dup_exact: np.ndarray, dup_near: np.ndarray) -> None:
         self.path = path
         self.generation = generation
+        #: the generation's record as stored; its settings, typed: :attr:`settings`
         self.manifest = manifest
+        self.settings = Manifest.from_json(manifest, path)
         self.segments = segments
         self.live = live
         self.dup_exact = dup_exact
@@ -134,7 +137,7 @@ class Snapshot:
 
     @property
     def id_column(self) -> str:
-        return str(self.manifest["catalog"]["id_column"])
+        return self.settings.catalog.id_column
 
     def offsets(self) -> np.ndarray:
         return np.cumsum([0] + [len(s) for s in self.segments])
@@ -147,7 +150,7 @@ class Snapshot:
         """(vectors, colour) of the live rows, in segment order."""
         if self._arrays is None:
             if not self.segments:
-                return np.zeros((0, int(self.manifest["dim"])), np.float32), np.zeros((0, 0), np.float32)
+                return np.zeros((0, self.settings.dim), np.float32), np.zeros((0, 0), np.float32)
             self._arrays = (self._gather([s.vectors for s in self.segments]),
                             self._gather([s.colour for s in self.segments]))
         return self._arrays
@@ -167,7 +170,7 @@ class Snapshot:
         phys = self._live_rows()[np.asarray(dense_rows, dtype=np.int64)]
         offsets = self.offsets()
         which = np.searchsorted(offsets, phys, side="right") - 1
-        dim = int(self.manifest["dim"])
+        dim = self.settings.dim
         vectors = np.zeros((len(phys), dim), np.float32)
         colour = np.zeros((len(phys), self.segments[0].colour.shape[1] if self.segments else 0), np.float32)
         for si in np.unique(which):
@@ -263,19 +266,19 @@ def _cells(meta: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def _load_projection(snap: Snapshot) -> Projection | None:
-    name = snap.manifest.get("projection_segment")
+    name = snap.settings.projection_segment
     holder = next((s for s in snap.segments if s.name == name), None) if name else None
     if holder is None and snap.generation == 0 and snap.segments:
         holder = snap.segments[0]
     if holder is None:
-        if snap.manifest.get("projection"):
+        if snap.settings.projection:
             raise IndexFormatError(f"{snap.path} is incomplete: {PROJECTION_FILE} is missing")
         return None
     if PROJECTION_FILE in holder.derived:  # read once per segment, shared by its generations
         return holder.derived[PROJECTION_FILE]  # type: ignore[no-any-return]
     data = holder.read(PROJECTION_FILE)
     if data is None:
-        if snap.manifest.get("projection"):
+        if snap.settings.projection:
             raise IndexFormatError(f"{snap.path} is incomplete: {PROJECTION_FILE} is missing")
         return None
     try:
@@ -365,19 +368,6 @@ def _load_segment(folder: Path, name: str, files: dict[str, Any], *, mmap: bool,
     return seg
 
 
-def _settings_check(manifest: dict[str, Any], where: Path) -> None:
-    """Fail with one line when the settings a reader depends on are malformed."""
-    try:
-        model, catalog = manifest["model"], manifest["catalog"]
-        ok = (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("dim"), int)
-              and isinstance(catalog, dict) and isinstance(catalog.get("id_column"), str)
-              and manifest["metric"] in ("cosine", "euclidean") and isinstance(manifest["dim"], int))
-    except (KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise IndexFormatError(f"{where} is damaged: its settings (model, metric, dim, id column) are malformed")
-
-
 class Store:
     """An index folder. ``Store(path).snapshot()`` to read, ``with Store(path).writer() as w`` to write."""
 
@@ -417,7 +407,7 @@ class Store:
         """The commit of generation ``n`` (its JSON), checked for format and shape."""
         if n == 0:
             manifest = read_legacy_manifest(self.path)
-            _settings_check(manifest, self.path / MANIFEST)
+            Manifest.from_json(manifest, self.path / MANIFEST)  # refuses malformed settings
             return manifest
         path = self.path / GENERATIONS / f"{n}.json"
         record = read_json(path)
@@ -428,7 +418,7 @@ class Store:
                 f"{self.path} has index format {record.get('format_version')!r}; this lookalike reads "
                 f"format {FORMAT_VERSION}: upgrade lookalike or rebuild the index"
             )
-        _settings_check(record, path)
+        Manifest.from_json(record, path)  # refuses malformed settings
         segs = record.get("segments")
         if not isinstance(segs, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str)
                                                  and isinstance(s.get("files"), dict) for s in segs):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -105,8 +106,8 @@ def tune(
     """Fit on the non-held-out products, write the tuned index to ``out``, report held-out quality."""
     index, out = Path(index), Path(out)
     snap = Store(index).snapshot()
-    manifest = snap.manifest
-    if manifest["metric"] != "cosine":
+    settings = snap.settings
+    if settings.metric != "cosine":
         raise InvalidQueryError("tune needs an index built with metric cosine")
     if not 0.0 < holdout < 1.0 or not 0.0 < share < 1.0:
         raise InvalidQueryError("holdout and share must be between 0 and 1")
@@ -116,7 +117,7 @@ def tune(
             raise InvalidQueryError(f"unknown column {col!r}")
     if not labels:
         raise InvalidQueryError("give at least one label column")
-    id_column = manifest["catalog"]["id_column"]
+    id_column = settings.catalog.id_column
     ids = meta[id_column].astype(str).tolist()
     exact = meta["_dup_exact"].to_numpy().copy()
     alone = exact < 0
@@ -139,21 +140,20 @@ def tune(
     after = _holdout_scores(tuned, meta, id_column, held_rows, list(labels), list(same), exact, k)
 
     old = snap.projection
-    backend = manifest.get("index", {}).get("backend", "exact")
+    backend = settings.index.backend
     info = {"labels": list(labels), "same": list(same), "holdout": holdout, "dim": d, "share": share,
             "seed": seed, "fitted_on": int(len(fit_rows)), "held_out": int(len(held_rows)),
             "source": str(index.resolve()), "held_out_before": before, "held_out_after": after}
-    settings = dict(manifest)
-    settings.update(dim=int(tuned.shape[1]), tune=info,
-                    projection=None if old is None else {"kind": "pca+tune", "dim": int(tuned.shape[1]),
-                                                         "input_dim": old.input_dim})
+    tuned_settings = replace(settings, dim=int(tuned.shape[1]), extra={**settings.extra, "tune": info},
+                             projection=None if old is None else {"kind": "pca+tune", "dim": int(tuned.shape[1]),
+                                                                  "input_dim": old.input_dim})
     # photo queries go through the same map: PCA, normalise, post (the index normalises)
     projection = None if old is None else Projection(old.mean, old.components, post)
     stored = meta.drop(columns=["_dup_exact", "_dup_near"])
     with Store(out).writer(create=True) as w:
         seg = w.add_segment(tuned, colour, stored, projection=projection,
                             extra=make_index(backend, np.hstack([tuned, colour]), metric="cosine").serialize())
-        w.commit(settings=settings, segments=[seg], live=np.ones(len(tuned), bool),
+        w.commit(settings=tuned_settings.to_json(), segments=[seg], live=np.ones(len(tuned), bool),
                  dup_exact=meta["_dup_exact"].to_numpy(), dup_near=meta["_dup_near"].to_numpy(),
                  report=Store(index).report(), operation={"kind": "tune", "source": str(index.resolve())},
                  projection_segment=seg["name"] if projection is not None else None)

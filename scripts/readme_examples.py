@@ -15,11 +15,10 @@ What varies from run to run is normalised, not invented (:func:`normalise`):
 - the absolute path of the sample reads ``lookalike/data/demo``, that of the scratch folder ``.``;
 - the size on disk (``info``) reads ``#.# MB (# bytes per product)``: its files hold the above.
 
-The model runs on ONNX Runtime, the reference: the build is asked for it (``--runtime onnx``)
-and photo queries and live changes, which would take this machine's calibrated runtime, are
-given it too. OpenVINO's vectors agree to a cosine of about 0.997, which moves scores in the
-third decimal and can swap close ranks: a README made with the calibrated choice would be this
-machine's.
+The model runs on ONNX Runtime, the reference: the build is asked for it (``--runtime onnx``),
+and photo queries and live changes of that index follow what its build asked for. OpenVINO's
+vectors agree to a cosine of about 0.997, which moves scores in the third decimal and can swap
+close ranks: a README made with the calibrated choice would be this machine's.
 
 Output goes to one stream (stdout and stderr interleaved as a terminal shows them), without
 progress bars. Each command's exit status must be the one given here, or the script fails.
@@ -33,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
-import functools
 import io
 import logging
 import os
@@ -122,23 +120,6 @@ def _captured(out: io.StringIO) -> Iterator[None]:
         tqdm.auto.tqdm = saved[3]
 
 
-@contextlib.contextmanager
-def _reference_runtime() -> Iterator[None]:
-    """Photo queries and live changes on ONNX Runtime, as the build (see the module's doc)."""
-    import lookalike.live
-    import lookalike.recommender
-
-    modules = (lookalike.live, lookalike.recommender)
-    saved = [m.get_encoder for m in modules]
-    for m, real in zip(modules, saved):
-        m.get_encoder = functools.partial(real, runtime="onnx")  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        for m, real in zip(modules, saved):
-            m.get_encoder = real  # type: ignore[assignment]
-
-
 def _run(command: str) -> tuple[int, str]:
     """One command of an example: ``lookalike ...`` through the CLI, or ``head -N FILE``."""
     argv = shlex.split(command, comments=True)
@@ -164,7 +145,7 @@ def render(scratch: Path) -> dict[str, str]:
     (scratch / SAMPLE).symlink_to(DEMO_DIR.resolve(), target_is_directory=True)
     get_encoder(runtime="onnx").prepare()  # a first run's one-time preparation is no example's output
     blocks = {}
-    with _inside(scratch), _reference_runtime():
+    with _inside(scratch):
         for ex in EXAMPLES:
             printed = []
             for command, expected in zip(ex.commands, ex.exit_codes, strict=True):

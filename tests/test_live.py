@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import lookalike.encoders
 import lookalike.live
 from lookalike import (
     CatalogError,
@@ -93,7 +94,7 @@ class Counter:
 
         monkeypatch.setattr(encoder, "encode_pixels", counting)
         # the CLI makes its own encoder: give it the session one, so it is counted too
-        monkeypatch.setattr(lookalike.live, "get_encoder", lambda *a, **kw: encoder)
+        monkeypatch.setattr(lookalike.encoders.EncoderSettings, "make", lambda *a, **kw: encoder)
 
 
 class Outcome:

@@ -390,7 +390,7 @@ def test_body_over_the_limit_is_refused_while_streaming(demo_rec):
 
 
 def test_model_that_cannot_load_is_503(demo_index, photo, monkeypatch):
-    from lookalike import Recommender, recommender
+    from lookalike import Recommender
     from lookalike.errors import ModelError
 
     rec = Recommender.load(demo_index)  # no encoder yet: photo queries create it
@@ -398,7 +398,9 @@ def test_model_that_cannot_load_is_503(demo_index, photo, monkeypatch):
     def broken(*args, **kwargs):
         raise ModelError("weights not found")
 
-    monkeypatch.setattr(recommender, "get_encoder", broken)
+    from lookalike.encoders import EncoderSettings
+
+    monkeypatch.setattr(EncoderSettings, "make", broken)  # how a reader makes the index's model
     with TestClient(create_app(rec)) as c:
         resp = _upload(c, photo)
         assert resp.status_code == 503

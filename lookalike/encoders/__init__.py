@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import cache_dir, progress_enabled
+from ..config import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, DEFAULT_TRIM, cache_dir, progress_enabled
 from ..errors import ModelError
 from .base import POOLINGS, Encoder, l2_normalize, pool
 from .cnn import PRECISIONS, PREPARE_SECONDS, RUNTIMES, CNNEncoder, ModelSpec
@@ -36,13 +36,6 @@ __all__ = [
     "l2_normalize",
 ]
 
-DEFAULT_MODEL = "efficientnet-lite0"
-DEFAULT_POOLING = "grid2"
-#: how photos become the square model input, after cutting the studio background around the
-#: product (trim): fitted into the square on white ("pad"). Trimmed and padded at 256 px, P@5
-#: equals the untrimmed squash at 320 px for 36% less model work (docs/quality.md).
-DEFAULT_RESIZE = "pad"
-DEFAULT_TRIM = True
 
 
 def _lite0_weights() -> Path | None:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..config import cache_dir, progress_enabled
+from ..config import DEFAULT_POOLING, DEFAULT_RESIZE, DEFAULT_TRIM, cache_dir, progress_enabled
 from ..errors import MissingDependencyError, ModelError
 from ..images import ImageSource, Preprocess, model_input
 from .base import POOLINGS, l2_normalize, pool, pooled_dim
@@ -78,11 +78,11 @@ class CNNEncoder:
         self,
         spec: ModelSpec,
         *,
-        pooling: str = "gem",
+        pooling: str = DEFAULT_POOLING,
         weights: str | os.PathLike | None = None,
         runtime: str = "auto",
-        resize: str = "squash",
-        trim: bool = False,
+        resize: str = DEFAULT_RESIZE,
+        trim: bool = DEFAULT_TRIM,
         size: int | None = None,
         precision: str | None = None,
         threads: int | None = None,

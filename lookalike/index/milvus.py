@@ -588,7 +588,7 @@ class MilvusIndex:
         if metric != "cosine":
             raise InvalidQueryError("the milvus back end needs metric cosine (inner products)")
         self.snapshot = snapshot
-        self._config = dict(snapshot.manifest.get("index", {}))
+        self._config = snapshot.settings.index.to_json()
         self.metric = metric
         self.ids = snapshot.dense_columns()[snapshot.id_column].tolist()
         self._row_of = {pid: i for i, pid in enumerate(self.ids)}

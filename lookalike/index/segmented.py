@@ -187,7 +187,7 @@ def _parts(snapshot: Any, *, metric: str, part: Callable[[Any], Any], name: str,
             parts.append(_Part(index, start, count, np.flatnonzero(live), np.cumsum(live) - 1))
         start += count
     if not parts:
-        width = int(snapshot.manifest["dim"]) + (int(snapshot.manifest.get("colour_dim", 0)) if metric == "cosine" else 0)
+        width = snapshot.settings.dim + (snapshot.settings.colour_dim if metric == "cosine" else 0)
         return ExactIndex(np.zeros((0, width), np.float32), metric=metric)
     if len(parts) == 1 and parts[0].physical is None:
         return parts[0].index  # type: ignore[no-any-return]
