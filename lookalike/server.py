@@ -542,7 +542,7 @@ def create_app(
     ids_schema = SimilarIn.model_json_schema()
     upload_schema = {
         "type": "object",
-        "properties": {"image": {"type": "string", "format": "binary", "description": "a photo (JPEG, PNG, WebP…)"}},
+        "properties": {"image": {"type": "string", "format": "binary", "description": "a photo: JPEG, PNG, WebP, GIF, BMP or TIFF"}},
         "required": ["image"],
     }
 

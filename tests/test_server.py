@@ -558,13 +558,17 @@ def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, 
 # -- hostile uploads ------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own header check
 def test_hostile_uploads_get_a_4xx_with_one_line(client, photo):
-    from hostile import cut_jpeg, lying_jpeg, png
+    from hostile import cut_jpeg, eps, lying_jpeg, pillow_file, png
 
     cases = [
         (png(20_000, 20_000, rows=b""), "image/png", 413, "image too large"),  # past Pillow's own limit
         (png(10_000, 10_000, rows=b""), "image/png", 413, "image too large"),  # past ours, Pillow warns
         (lying_jpeg(6000, 6000), "image/jpeg", 400, "truncated or corrupt"),
         (cut_jpeg(photo), "image/jpeg", 400, "truncated or corrupt"),
+        # formats Pillow opens but lookalike does not: EPS would run Ghostscript where installed
+        (eps(), "image/jpeg", 415, "not an image"),
+        (pillow_file("PCX"), "image/jpeg", 415, "not an image"),
+        (pillow_file("PPM"), "image/x-portable-pixmap", 415, "not an image"),
     ]
     for data, ctype, status, words in cases:
         resp = _upload(client, data, ctype=ctype)
