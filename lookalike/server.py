@@ -381,8 +381,9 @@ def create_app(
     ``max_upload_bytes`` caps a request body (413 beyond); ``max_pixels`` caps an uploaded
     photo's width x height (413 beyond, never decoded). ``write_token`` turns on ``PUT`` and
     ``DELETE /products/{id}`` for requests bearing it; ``read_token`` guards every read but
-    ``/health`` (see :mod:`lookalike.server_writes`). ``result_cache`` answers of
-    ``GET /products/{id}/similar`` are kept per worker (0: none); a new generation empties it.
+    ``/health``, the schema pages ``/openapi.json``, ``/docs`` and ``/redoc`` included (see
+    :mod:`lookalike.server_writes`). ``result_cache`` answers of ``GET /products/{id}/similar``
+    are kept per worker (0: none); a new generation empties it.
     """
     require("fastapi", "server")
     from fastapi import Depends, FastAPI, Query, Request
@@ -419,7 +420,11 @@ def create_app(
         version=__version__,
         description="Visual 'more like this' recommendations over one product catalogue.",
         lifespan=lifespan,
+        openapi_url=None,  # the schema pages are added below, behind the read token
+        docs_url=None,
+        redoc_url=None,
     )
+    _add_schema_routes(app, token_guard(read_token, "read"))
     thumbs = _Thumbnails(THUMBNAIL_CACHE_BYTES)
     results = _ResultCache(result_cache)
     errors: dict[int | str, dict[str, Any]] = {
@@ -582,6 +587,37 @@ def create_app(
                               write_token=write_token, read_body=read_body, max_pixels=max_pixels, errors=errors,
                               error_model=ErrorOut)
     return app
+
+
+def _add_schema_routes(app: "FastAPI", guard: Callable[..., None]) -> None:
+    """``/openapi.json``, ``/docs`` and ``/redoc`` as FastAPI serves them, each behind ``guard``
+    (the read token, a no-op without one): the schema lists every endpoint and column filter,
+    so it is a read like any other. A browser does not send the token by itself; behind a read
+    token, open the pages through a proxy or an extension that adds the header."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    def schema_url(request: Any) -> str:
+        return request.scope.get("root_path", "").rstrip("/") + "/openapi.json"
+
+    async def openapi(request: Any) -> JSONResponse:
+        guard(request)
+        root_path = request.scope.get("root_path", "").rstrip("/")
+        schema = app.openapi()
+        if root_path and app.root_path_in_servers and root_path not in {s.get("url") for s in schema.get("servers", [])}:
+            schema = {**schema, "servers": [{"url": root_path}, *schema.get("servers", [])]}
+        return JSONResponse(schema)
+
+    async def docs(request: Any) -> HTMLResponse:
+        guard(request)
+        return get_swagger_ui_html(openapi_url=schema_url(request), title=f"{app.title} - Swagger UI")
+
+    async def redoc(request: Any) -> HTMLResponse:
+        guard(request)
+        return get_redoc_html(openapi_url=schema_url(request), title=f"{app.title} - ReDoc")
+
+    for path, endpoint in (("/openapi.json", openapi), ("/docs", docs), ("/redoc", redoc)):
+        app.add_route(path, endpoint, include_in_schema=False)
 
 
 class _SimilarById:

@@ -76,12 +76,30 @@ def test_unknown_product_is_404(client):
 
 def test_openapi_docs(client):
     assert client.get("/docs").status_code == 200
+    assert client.get("/redoc").status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/health", "/products/{product_id}", "/products/{product_id}/image",
             "/products/{product_id}/similar", "/similar"} <= set(schema["paths"])
     body = schema["paths"]["/similar"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)
 
+
+
+def test_schema_pages_need_the_read_token(demo_rec):
+    """The schema lists every endpoint: behind a read token it is a read like the others;
+    /health stays open for load balancers."""
+    token = "read-token-0123456789"
+    with TestClient(create_app(demo_rec, read_token=token)) as c:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            resp = c.get(path)
+            assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer"), path
+            assert "paths" not in resp.text and "swagger" not in resp.text.lower(), path
+            assert c.get(path, headers={"Authorization": "Bearer not-the-read-token"}).status_code == 403, path
+            assert c.get(path, headers={"Authorization": f"Bearer {token}"}).status_code == 200, path
+        schema = c.get("/openapi.json", headers={"Authorization": f"Bearer {token}"}).json()
+        assert "/similar" in schema["paths"] and "/docs" not in schema["paths"]
+        assert "/openapi.json" in c.get("/docs", headers={"Authorization": f"Bearer {token}"}).text
+        assert c.get("/health").status_code == 200
 
 # -- photos of products ----------------------------------------------------------------
 def test_image_is_the_indexed_file(client, demo_rec):
