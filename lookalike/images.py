@@ -7,6 +7,10 @@ raises :class:`~lookalike.errors.ImageError` with one clear line instead.
 This is the one place where photos are opened, for builds, the CLI and the server alike,
 so the defences against hostile files live here:
 
+- only JPEG, PNG, WebP, GIF, BMP and TIFF are decoded (``ALLOWED_FORMATS``): the first bytes
+  must be one of them before Pillow sees the file, and Pillow then tries only that format's
+  plugin, so its other plugins (EPS, which runs Ghostscript, and dozens of rarely used
+  parsers) are never reached by a catalogue photo or an upload;
 - a photo with more than ``max_pixels`` pixels is refused from its header, and so is one
   past Pillow's own decompression-bomb limit;
 - decoding costs memory in proportion to the pixels, so at most :func:`decode_slots`
@@ -58,8 +62,12 @@ __all__ = [
     "set_decode_slots",
     "COLOUR_DIM",
     "DEFAULT_MAX_PIXELS",
+    "ALLOWED_FORMATS",
 ]
 
+#: the only formats decoded (Pillow's names), recognised by their first bytes; anything else is
+#: "not an image" before Pillow sees it (docs/security.md)
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 #: Photos larger than this many pixels are refused before decoding (decompression bombs).
 DEFAULT_MAX_PIXELS = 64_000_000
 #: JPEG draft decoding keeps at least this share of the model input side (see Preprocess.draft)
@@ -209,6 +217,7 @@ def _open(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int | None
             raise ImageError("empty file")
         fp: object = io.BytesIO(source)
         nbytes = len(source)
+        head = bytes(source[:_SNIFF_BYTES])
     else:
         path = Path(source)
         if not path.exists():
@@ -219,8 +228,18 @@ def _open(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int | None
         if nbytes == 0:
             raise ImageError("empty file")
         fp = path
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_SNIFF_BYTES)
+        except OSError as exc:
+            raise ImageError(f"unreadable image: {exc.strerror or exc}") from None
+    # the allowlist: Pillow tries only the plugin of the format the first bytes name (the
+    # file may change after this read; formats= still keeps Pillow to that one plugin)
+    fmt = _FORMAT_OF.get(sniff_image_type(head) or "")
+    if fmt is None:
+        raise ImageError("not an image (unrecognised file format)")
     try:
-        img = Image.open(fp)  # type: ignore[arg-type]
+        img = Image.open(fp, formats=(fmt,))  # type: ignore[arg-type]
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised file format)") from None
     except _BOMBS as exc:  # past Pillow's own limit (the warning, when warnings are errors)
@@ -321,7 +340,7 @@ def _lean_eighth_scale(img: Image.Image, draft: int, nbytes: int | None) -> Imag
     lean = eighth_scale_scans(data) if len(data) == nbytes else None
     if lean is None:
         return img
-    out = Image.open(io.BytesIO(lean))
+    out = Image.open(io.BytesIO(lean), formats=("JPEG",))
     out.draft("RGB", (draft, draft))
     return out if out.size == img.size and out.mode == img.mode else img
 
@@ -488,8 +507,14 @@ _MAGIC = (
     (b"GIF89a", "image/gif"),
     (b"II*\x00", "image/tiff"),
     (b"MM\x00*", "image/tiff"),
+    (b"II+\x00", "image/tiff"),  # BigTIFF
+    (b"MM\x00+", "image/tiff"),
     (b"BM", "image/bmp"),
 )
+#: a sniffed media type -> the one Pillow plugin allowed to open it (ALLOWED_FORMATS)
+_FORMAT_OF = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/gif": "GIF",
+              "image/bmp": "BMP", "image/tiff": "TIFF"}
+_SNIFF_BYTES = 16
 
 
 def sniff_image_type(head: bytes) -> str | None:

@@ -45,3 +45,16 @@ def lying_jpeg(width: int = 7000, height: int = 7000) -> bytes:
 def cut_jpeg(data: bytes, keep: float = 0.3) -> bytes:
     """A JPEG cut short and given its end marker back: libjpeg decodes it without an error."""
     return data[: int(len(data) * keep)] + b"\xff\xd9"
+
+
+def eps(side: int = 16) -> bytes:
+    """A small valid EPS: Pillow's EPS plugin opens it (and would run Ghostscript to draw it)."""
+    return (f"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 {side} {side}\n%%EndComments\n"
+            f"newpath 0 0 moveto {side} 0 lineto {side} {side} lineto closepath fill\nshowpage\n%%EOF\n").encode()
+
+
+def pillow_file(fmt: str, size: tuple[int, int] = (32, 24)) -> bytes:
+    """A real file in a format Pillow reads and writes (PCX, PPM, TGA…), made by Pillow."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 40)).save(buf, format=fmt)
+    return buf.getvalue()

@@ -337,12 +337,13 @@ def test_repeated_column_names_are_a_catalog_error(tmp_path):
 
 
 def test_build_gives_hostile_photos_a_reason_each(tmp_path, encoder):
-    """Bombs, lying or cut JPEGs and paths out of the folder are rows with reasons; a 16-bit
-    PNG is indexed; the manifest records the images folder for the server's checks."""
+    """Bombs, lying or cut JPEGs, formats outside the allowlist (EPS, PCX) and paths out of the
+    folder are rows with reasons; a 16-bit PNG is indexed; the manifest records the images
+    folder for the server's checks."""
     import io
 
     import numpy as np
-    from hostile import cut_jpeg, lying_jpeg, png
+    from hostile import cut_jpeg, eps, lying_jpeg, pillow_file, png
     from PIL import Image
 
     from lookalike import Recommender
@@ -354,6 +355,8 @@ def test_build_gives_hostile_photos_a_reason_each(tmp_path, encoder):
     (images / "bomb.png").write_bytes(png(20_000, 20_000, rows=b""))
     (images / "lying.jpg").write_bytes(lying_jpeg())
     (images / "cut.jpg").write_bytes(cut_jpeg(photo))
+    (images / "drawing.eps").write_bytes(eps())
+    (images / "pcx.jpg").write_bytes(pillow_file("PCX"))
     grey16 = np.asarray(Image.open(images / table["Image"].iat[1]).convert("L"), dtype=np.uint16) * 257
     buf = io.BytesIO()
     Image.fromarray(grey16).save(buf, format="PNG")
@@ -363,7 +366,8 @@ def test_build_gives_hostile_photos_a_reason_each(tmp_path, encoder):
     rows = [(table["ProductId"].iat[0], table["Image"].iat[0], None),
             ("91", "bomb.png", "image too large"), ("92", "lying.jpg", "truncated or corrupt image"),
             ("93", "cut.jpg", "truncated or corrupt image"), ("94", "deep16.png", None),
-            ("95", "../secret.png", "photo is outside the images folder")]
+            ("95", "../secret.png", "photo is outside the images folder"),
+            ("96", "drawing.eps", "not an image"), ("97", "pcx.jpg", "not an image")]
     frame = pd.DataFrame([{**template, "ProductId": pid, "Image": img} for pid, img, _ in rows])
     frame.to_csv(tmp_path / "c.csv", index=False)
     report = build(tmp_path / "c.csv", tmp_path / "index", encoder=encoder, show_progress_bar=False)

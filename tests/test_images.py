@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import cut_jpeg, lying_jpeg, png
+from hostile import cut_jpeg, eps, lying_jpeg, pillow_file, png
 from PIL import Image
 
 from lookalike import ImageError, demo_catalog
 from lookalike.images import (
+    ALLOWED_FORMATS,
     COLOUR_DIM,
     DEFAULT_MAX_PIXELS,
     Preprocess,
@@ -431,6 +432,44 @@ def test_sniff_image_type(fmt, media):
     assert sniff_image_type(buf.getvalue()[:16]) == media
     assert sniff_image_type(b"<html><script>") is None
 
+
+
+# -- only an allowlist of formats reaches Pillow ----------------------------------------------
+@pytest.mark.parametrize("fmt", ["EPS", "PCX", "PPM"])
+def test_formats_outside_the_allowlist_never_reach_pillow(fmt, tmp_path, monkeypatch):
+    """EPS (Pillow runs Ghostscript to draw it) and other formats Pillow would open are "not an
+    image", from bytes and from a file whatever its name, without Pillow seeing them."""
+    data = eps() if fmt == "EPS" else pillow_file(fmt)
+    with Image.open(io.BytesIO(data)) as img:  # a real file of its format: Pillow alone opens it
+        assert img.format == fmt
+    real_open, opened = Image.open, []
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    (tmp_path / "photo.jpg").write_bytes(data)
+    for source in (data, tmp_path / "photo.jpg"):
+        with pytest.raises(ImageError, match=r"^not an image \(unrecognised file format\)$"):
+            open_image(source, draft=224)
+        decoded, reason = load(source, PRE)
+        assert decoded is None and reason.startswith("not an image")
+    assert opened == []
+
+
+def test_pillow_tries_only_the_plugin_of_the_sniffed_format(tmp_path, monkeypatch):
+    from lookalike import images
+
+    assert sorted(images._FORMAT_OF.values()) == sorted(ALLOWED_FORMATS)
+    real_open, tried = Image.open, []
+
+    def spy(fp, mode="r", formats=None):  # type: ignore[no-untyped-def]
+        tried.append(formats)
+        return real_open(fp, mode, formats)
+
+    monkeypatch.setattr(Image, "open", spy)
+    for fmt in ALLOWED_FORMATS:
+        buf = io.BytesIO()
+        _scene().save(buf, format=fmt)
+        (tmp_path / f"photo.{fmt}").write_bytes(buf.getvalue())
+        assert open_image(buf.getvalue()).size == open_image(tmp_path / f"photo.{fmt}").size == _scene().size
+    assert tried == [(fmt,) for fmt in ALLOWED_FORMATS for _ in range(2)]
 
 def test_memory_is_given_back_after_big_decodes_only(monkeypatch):
     from lookalike import images

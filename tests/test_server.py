@@ -76,12 +76,30 @@ def test_unknown_product_is_404(client):
 
 def test_openapi_docs(client):
     assert client.get("/docs").status_code == 200
+    assert client.get("/redoc").status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/health", "/products/{product_id}", "/products/{product_id}/image",
             "/products/{product_id}/similar", "/similar"} <= set(schema["paths"])
     body = schema["paths"]["/similar"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)
 
+
+
+def test_schema_pages_need_the_read_token(demo_rec):
+    """The schema lists every endpoint: behind a read token it is a read like the others;
+    /health stays open for load balancers."""
+    token = "read-token-0123456789"
+    with TestClient(create_app(demo_rec, read_token=token)) as c:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            resp = c.get(path)
+            assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer"), path
+            assert "paths" not in resp.text and "swagger" not in resp.text.lower(), path
+            assert c.get(path, headers={"Authorization": "Bearer not-the-read-token"}).status_code == 403, path
+            assert c.get(path, headers={"Authorization": f"Bearer {token}"}).status_code == 200, path
+        schema = c.get("/openapi.json", headers={"Authorization": f"Bearer {token}"}).json()
+        assert "/similar" in schema["paths"] and "/docs" not in schema["paths"]
+        assert "/openapi.json" in c.get("/docs", headers={"Authorization": f"Bearer {token}"}).text
+        assert c.get("/health").status_code == 200
 
 # -- photos of products ----------------------------------------------------------------
 def test_image_is_the_indexed_file(client, demo_rec):
@@ -411,8 +429,8 @@ def test_model_that_cannot_load_is_503(demo_index, photo, monkeypatch):
 # -- the app factory and the runner ------------------------------------------------------
 @pytest.mark.parametrize("workers", [1, 2])
 def test_lookalike_serve_on_loopback(demo_index, tmp_path, workers):
-    """`lookalike serve` (run_server + uvicorn) answers on 127.0.0.1 and stops on SIGTERM,
-    pre-forked workers included (none is left behind)."""
+    """`lookalike serve` (run_server + uvicorn) shows its URL, answers on 127.0.0.1 and stops
+    on SIGTERM, pre-forked workers included (none is left behind)."""
     import signal
     import socket
     import subprocess
@@ -439,10 +457,12 @@ def test_lookalike_serve_on_loopback(demo_index, tmp_path, workers):
                 assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
                 time.sleep(0.2)
         assert len(body["results"]) == 3
+        assert f"Uvicorn running on http://127.0.0.1:{port}" in (tmp_path / "serve.log").read_text()
     finally:
         proc.terminate()
-        # uvicorn shuts down gracefully, then re-raises the signal it caught
-        assert proc.wait(timeout=20) in (0, -signal.SIGTERM)
+        # one process: uvicorn shuts down gracefully, then re-raises the signal it caught;
+        # workers: the supervising parent stops them and exits 0
+        assert proc.wait(timeout=20) in ((0, -signal.SIGTERM) if workers == 1 else (0,))
         with socket.socket() as s:  # every worker is gone: nothing listens on the port
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
@@ -560,13 +580,17 @@ def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, 
 # -- hostile uploads ------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own header check
 def test_hostile_uploads_get_a_4xx_with_one_line(client, photo):
-    from hostile import cut_jpeg, lying_jpeg, png
+    from hostile import cut_jpeg, eps, lying_jpeg, pillow_file, png
 
     cases = [
         (png(20_000, 20_000, rows=b""), "image/png", 413, "image too large"),  # past Pillow's own limit
         (png(10_000, 10_000, rows=b""), "image/png", 413, "image too large"),  # past ours, Pillow warns
         (lying_jpeg(6000, 6000), "image/jpeg", 400, "truncated or corrupt"),
         (cut_jpeg(photo), "image/jpeg", 400, "truncated or corrupt"),
+        # formats Pillow opens but lookalike does not: EPS would run Ghostscript where installed
+        (eps(), "image/jpeg", 415, "not an image"),
+        (pillow_file("PCX"), "image/jpeg", 415, "not an image"),
+        (pillow_file("PPM"), "image/x-portable-pixmap", 415, "not an image"),
     ]
     for data, ctype, status, words in cases:
         resp = _upload(client, data, ctype=ctype)
