@@ -698,7 +698,7 @@ def test_photo_outside_the_recorded_root_is_not_served(small_index, tmp_path):
     with TestClient(create_app(rec)) as c:
         assert c.get(f"/products/{rec.ids[0]}/image").status_code == 404
     # an index built with allow_outside_images records it, and serves such files
-    rec.manifest["catalog"]["allow_outside_images"] = True
+    rec.settings = rec.settings.with_catalog(allow_outside_images=True)
     with TestClient(create_app(rec)) as c:
         assert c.get(f"/products/{rec.ids[0]}/image").content == elsewhere.read_bytes()
 
