@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import io
 import math
 import os
@@ -55,7 +54,6 @@ __all__ = [
     "load",
     "colour_descriptor",
     "dhash",
-    "file_digest",
     "open_photo_file",
     "sniff_image_type",
     "decode_slots",
@@ -675,15 +673,6 @@ def dhash(pixels: np.ndarray) -> int:
     a = np.asarray(grey, dtype=np.int16)
     bits = (a[:, 1:] > a[:, :-1]).flatten()
     return int(sum(1 << i for i, b in enumerate(bits) if b))
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-1 of a file's bytes: byte-identical photos get the same digest."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load(

@@ -13,12 +13,10 @@ with its reason (unknown ids included); nothing is dropped silently.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -30,12 +28,24 @@ from .catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_f
 from .config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabled
 from .duplicates import find_duplicate_groups, regroup
 from .encoders import Encoder, l2_normalize, prepare_once
+from .engines.local import encode_rows
 from .errors import CatalogError, InvalidQueryError, StorageError
 from .images import COLOUR_DIM
 from .index import REMOTE_BACKENDS, make_index
 from .manifest import Manifest
-from .pipeline import encode_rows, hidden_columns, stored_vectors
-from .store import ALL_HIDDEN, HIDDEN_COLUMNS, Snapshot, Store, Writer, product_etag, text_column
+from .rows import (
+    ALL_HIDDEN,
+    HIDDEN_COLUMNS,
+    StoredRows,
+    file_sha1s,
+    hidden_columns,
+    photo_sha1,
+    product_etag,
+    searchable,
+    stored_vectors,
+    text_column,
+)
+from .store import Snapshot, Store, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +316,7 @@ class Index:
 
     def _keep_photo(self, photo: bytes, suffix: str) -> Path:
         """The upload, durably in ``photos/`` under its content hash."""
-        digest = hashlib.sha1(photo).hexdigest()
+        digest = photo_sha1(photo)
         self.photos.mkdir(exist_ok=True)
         target = self.photos / f"{digest}{suffix}"
         if not target.exists():
@@ -407,9 +417,8 @@ class Index:
             dh = stored["_dhash"].to_numpy(np.int64).view(np.uint64)
             exact, near = find_duplicate_groups(sha1s, dh, _unit(vectors, projected=snap.projection is not None), colour)
             backend, metric = snap.settings.index.backend, snap.settings.metric
-            searchable = np.hstack([vectors, colour]) if metric == "cosine" else vectors
             local = len(vectors) and backend not in REMOTE_BACKENDS  # Milvus already holds every live row
-            extra = make_index(backend, searchable, metric=metric).serialize() if local else {}
+            extra = make_index(backend, searchable(vectors, colour, metric), metric=metric).serialize() if local else {}
             seg = w.add_segment(vectors, colour, stored, projection=snap.projection, extra=extra)
             report = ChangeReport("compact")
             gen = w.commit(settings=_with_counts(snap, near).to_json(), segments=[seg], live=np.ones(len(vectors), bool), dup_exact=exact,
@@ -441,7 +450,8 @@ class Index:
             raise CatalogError(f"rows have no id column {id_col!r}")
         report = ChangeReport("upsert")
         meta = snap.dense_columns()
-        row_of = {pid: i for i, pid in enumerate(meta[id_col].tolist())}
+        stored = StoredRows.of(meta, id_col)
+        row_of = stored.row_of
         # rows cut short, empty and repeated ids, in the request's own order: the first row of an id wins
         first: dict[str, int] = {}
         rows: list[tuple[int, dict[str, str]]] = []  # (row of the request, its cells in the index's columns)
@@ -459,9 +469,6 @@ class Index:
             else:
                 first[pid] = number
                 rows.append((number, {**{c: record.get(c, "") for c in columns}, id_col: pid}))
-        by_sha1: dict[str, int] = {}
-        for i, sha in enumerate(meta["_sha1"].tolist()):
-            by_sha1.setdefault(sha, i)
         root = Path(images) if images is not None else cat_info.default_root()
         plan: list[Any] = []
         # rows without a photo: metadata changes of indexed products (no pandas for these)
@@ -483,7 +490,7 @@ class Index:
                 status = "kept" if remove_missing and p.id in row_of else "skipped"
                 reason = p.reason + ("; the indexed version was kept" if status == "kept" else "")
                 report.changes.append(Change(row, p.id, status, reason))
-            digests = _digests(cat.image_paths, self.workers)
+            digests = file_sha1s(cat.image_paths, self.workers)
             records = cat.table.to_dict("records")  # pandas row access per product cost more than the rest
             for j, pid in enumerate(cat.ids):
                 row = rows_in_table[cat.rows[j] - 1]
@@ -493,12 +500,11 @@ class Index:
                     continue
                 old = row_of.get(pid)
                 image = str(cat.image_paths[j])  # load_catalog resolved it
-                if old is not None and meta["_sha1"][old] == digests[j]:
+                source, own = stored.reuse(pid, digests[j])
+                if own:
                     plan.append(self._from_stored(snap, old, records[j], row, columns, image=image, own=True))
-                elif digests[j] in by_sha1:
-                    # the same photo bytes as an indexed product: its vector, bit for bit, as a build gives
-                    # byte-identical photos (equal scores then rank by id, whatever the order of changes)
-                    plan.append(self._from_stored(snap, by_sha1[digests[j]], records[j], row, columns,
+                elif source is not None:  # photo bytes the index holds: their vector, bit for bit
+                    plan.append(self._from_stored(snap, source, records[j], row, columns,
                                                   image=image, status="added" if old is None else "re-embedded"))
                 else:
                     plan.append(_Pending(cat, j, row, pid, "added" if old is None else "re-embedded"))
@@ -550,7 +556,8 @@ class Index:
                 done = encode_rows(cat, [p.position for p in group], enc, batch_size=self.batch_size,
                                    workers=self.workers, bar=bar)
                 vectors = stored_vectors(done.raw, snap.projection, snap.settings.metric)
-                hidden = hidden_columns(cat, done.positions, done.sha1, done.dhash)
+                hidden = hidden_columns([cat.image_paths[i] for i in done.positions],
+                                        [cat.rows[i] for i in done.positions], done.sha1, done.dhash)
                 at = {pos: k for k, pos in enumerate(done.positions)}
                 for p in group:
                     k = at.get(p.position)
@@ -756,23 +763,6 @@ def _unit(vectors: np.ndarray, *, projected: bool, live: np.ndarray | None = Non
     if not projected:
         x = x - (x[live] if live is not None else x).mean(axis=0)
     return l2_normalize(x)
-
-
-def _digests(paths: Sequence[Path], workers: int) -> list[str]:
-    def one(p: Path) -> str:
-        try:
-            h = hashlib.sha1()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            return h.hexdigest()
-        except OSError:
-            return ""
-
-    if workers <= 1 or len(paths) < 16:
-        return [one(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lookalike-hash") as pool:
-        return list(pool.map(one, paths))
 
 
 def _with_counts(snap: Snapshot, near_live: np.ndarray) -> Manifest:

@@ -9,7 +9,7 @@ goes through it; nothing else reads the record's settings with ``.get(key, fallb
 
 What older records lack, and what it meant when they were written: ``resize`` (squash),
 ``trim`` (off), ``precision`` (fp32), ``input_size`` (the model's own), ``colour_weight`` (0),
-``colour_dim`` (the descriptor's size), ``index`` (the exact back end), ``projection_dim`` (0).
+``colour_dim`` (0: no colour part), ``index`` (the exact back end), ``projection_dim`` (0).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ __all__ = ["Manifest", "ModelSettings", "CatalogSettings", "BackendSettings", "R
 
 #: a Milvus uri with one of these schemes is a server; anything else is a Milvus Lite ``.db``
 REMOTE_SCHEMES = ("http://", "https://", "tcp://")
-_COLOUR_DIM = 48  # checked against lookalike.images.COLOUR_DIM in the tests (no import: it is heavy)
 #: what a record holds about the commit itself (written by Writer.commit), not settings
 RECORD_KEYS = frozenset({"format", "format_version", "generation", "parent", "created", "lookalike_version",
                          "rows", "operation", "segments", "projection_segment", "state", "report_file"})
@@ -146,7 +145,7 @@ class Manifest:
     catalog: CatalogSettings
     metric: str
     dim: int
-    colour_dim: int = _COLOUR_DIM
+    colour_dim: int = 0
     colour_weight: float = 0.0
     index: BackendSettings = field(default_factory=BackendSettings)
     projection: Mapping[str, Any] | None = None
@@ -184,7 +183,7 @@ class Manifest:
                     allow_outside_images=bool(c.get("allow_outside_images", False))),
                 metric=_metric(record["metric"]),
                 dim=_int(record["dim"]),
-                colour_dim=int(record.get("colour_dim") or _COLOUR_DIM),
+                colour_dim=int(record.get("colour_dim") or 0),
                 colour_weight=float(record.get("colour_weight") or 0.0),
                 index=BackendSettings(backend=str(index.pop("backend", "exact")), uri=str(index.pop("uri", "") or ""),
                                       collection=str(index.pop("collection", "") or ""), extra=index),

@@ -7,7 +7,6 @@ reported, never dropped silently.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -42,17 +41,17 @@ from .encoders import (
     runtime_record,
 )
 from .engines import DEFAULT_ENGINE, get_engine
-from .engines.local import Encoded, encode_rows
 from .errors import CatalogError, InvalidQueryError, LookalikeError
 from .images import COLOUR_DIM
 from .index import BACKENDS, DEFAULT_BACKEND, make_index
 from .manifest import BackendSettings, CatalogSettings, Manifest, ModelSettings
 from .projection import DEFAULT_PROJECTION_DIM, Projection
+from .rows import StoredRows, file_sha1s, hidden_columns, searchable, stored_vectors
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build", "BuildReport", "Encoded", "encode_rows", "stored_vectors", "hidden_columns", "report_table"]
+__all__ = ["build", "BuildReport", "report_table"]
 
 
 @dataclass
@@ -97,50 +96,9 @@ class BuildReport:
         return "\n".join(lines)
 
 
-def stored_vectors(raw: np.ndarray, projection: Projection | None, metric: str) -> np.ndarray:
-    """What the index stores for pooled model output: projected, L2-normalised for cosine."""
-    out = projection.apply(raw) if projection is not None else np.asarray(raw, dtype=np.float32)
-    return l2_normalize(out) if metric == "cosine" else out
-
-
-def hidden_columns(cat: Catalog, positions: list[int], sha1s: list[str], dhashes: np.ndarray) -> dict[str, Any]:
-    """The columns a segment stores beside the catalogue's own (see :mod:`lookalike.artifacts`)."""
-    return {
-        "_image": [str(cat.image_paths[i].resolve()) for i in positions],
-        "_row": [cat.rows[i] for i in positions],
-        "_sha1": list(sha1s),
-        "_dhash": np.asarray(dhashes, dtype=np.uint64).astype(np.int64),  # parquet has no uint64 everywhere
-    }
-
-
 def report_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """A per-row report: one line per catalogue row touched, sorted by row."""
     return pd.DataFrame(rows, columns=["row", "id", "image", "status", "reason"]).sort_values("row", kind="stable")
-
-
-def _reusable(
-    out: Path, model: ModelSettings
-) -> tuple[dict[str, tuple[str, np.ndarray, np.ndarray, int]], Projection | None]:
-    """Rows of an existing index built with the same settings: id -> (sha1, vector, colour, dhash).
-
-    Reused rows are already projected, so the old projection is kept for the new rows too.
-    """
-    try:
-        snap = Store(out).snapshot()
-        if not snap.settings.model.same_vectors(model):
-            logger.info("existing index was built with other settings; encoding everything")
-            return {}, None
-        vectors, colour, meta = snap.dense()
-    except LookalikeError as exc:
-        logger.info("can't reuse %s: %s", out, exc)
-        return {}, None
-    id_col = snap.id_column
-    # cosine indexes keep normalised vectors; normalising them again changes nothing
-    rows = {
-        pid: (sha, np.asarray(vectors[i]), colour[i], int(np.int64(dh).view(np.uint64)))
-        for i, (pid, sha, dh) in enumerate(zip(meta[id_col], meta["_sha1"], meta["_dhash"]))
-    }
-    return rows, snap.projection
 
 
 def _check_settings(metric: str, backend: str, colour_weight: float | None, batch_size: int, workers: int,
@@ -216,7 +174,9 @@ def build(
     the same index (see :mod:`lookalike.engines`).
     """
     t0 = time.perf_counter()
-    colour_weight = _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim)
+    opts = _Options(metric, backend, _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim),
+                    projection_dim, projection, batch_size, workers, update, milvus_uri, collection, runtime,
+                    show_progress_bar)
     if backend == "milvus" and (not milvus_uri or metric != "cosine"):
         raise InvalidQueryError("--backend milvus needs --milvus-uri (a .db path or http://host:19530) and metric cosine")
     runner = get_engine(engine, ray_address=ray_address, actors=actors)
@@ -232,131 +192,221 @@ def build(
         precision=precision,
         streams=workers if runner.name == "local" else 1,  # each local worker decodes and embeds its own batches
     )
-    model_settings = ModelSettings(name=enc.name, pooling=enc.pooling, dim=enc.dim, resize=enc.preprocess.resize,
-                                   trim=enc.preprocess.trim, input_size=enc.preprocess.size,
-                                   precision=getattr(enc, "precision", "fp32"), projection_dim=projection_dim or 0,
-                                   weights=getattr(enc, "weights_id", ""),
-                                   requested_runtime=str(getattr(enc, "runtime", runtime)))
-    reuse, old_projection = _reusable(out, model_settings) if update and out.exists() else ({}, None)
-    if reuse and projection is None:
-        projection = old_projection
-    elif reuse:
-        reuse = {}  # a given projection makes the old vectors incomparable
+    return _build(cat, out, enc, runner, opts, t0)
 
-    n = len(cat.image_paths)
-    ids = cat.ids
-    if len(reuse) < n:  # photos to embed: a model made on this machine first says so, before the bar
-        prepare_once(enc, show_progress_bar=show_progress_bar)
+
+@dataclass(frozen=True)
+class _Options:
+    """A build's settings beyond the catalogue, the model and the engine (see :func:`build`)."""
+
+    metric: str
+    backend: str
+    colour_weight: float
+    projection_dim: int | None
+    projection: Projection | None
+    batch_size: int
+    workers: int
+    update: bool
+    milvus_uri: str | os.PathLike | None
+    collection: str | None
+    runtime: str
+    show_progress_bar: bool | None
+
+
+def _build(cat: Catalog, out: Path, enc: Encoder, runner: Any, opts: _Options, t0: float) -> BuildReport:
+    """The stages: plan (what to embed, what to reuse) -> the engine's photo stage -> finalize
+    (projection, duplicates, rows) -> commit."""
+    model = ModelSettings(name=enc.name, pooling=enc.pooling, dim=enc.dim, resize=enc.preprocess.resize,
+                          trim=enc.preprocess.trim, input_size=enc.preprocess.size,
+                          precision=getattr(enc, "precision", "fp32"), projection_dim=opts.projection_dim or 0,
+                          weights=getattr(enc, "weights_id", ""),
+                          requested_runtime=str(getattr(enc, "runtime", opts.runtime)))
+    plan = _plan(cat, out, model, opts.projection, update=opts.update, workers=opts.workers)
+    if plan.todo:  # photos to embed: a model made on this machine first says so, before the bar
+        prepare_once(enc, show_progress_bar=opts.show_progress_bar)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, unit="photo", desc="build", disable=not progress_enabled(show_progress_bar))
-    reused_pos: list[int] = []
-    reused_rows: list[tuple[str, np.ndarray, np.ndarray, int]] = []
-    todo: list[int] = []
-    for i, pid in enumerate(ids):
-        hit = reuse.get(pid)
-        if hit is not None:
-            try:
-                digest = hashlib.sha1(cat.image_paths[i].read_bytes()).hexdigest()
-            except OSError:
-                digest = ""
-            if digest == hit[0]:
-                reused_pos.append(i)
-                reused_rows.append(hit)
-                bar.update(1)
-                continue
-        todo.append(i)
+    bar = tqdm(total=len(cat.image_paths), unit="photo", desc="build",
+               disable=not progress_enabled(opts.show_progress_bar))
+    bar.update(len(plan.reused))
     try:
-        enc_rows = runner.encode(cat, todo, enc, batch_size=batch_size, workers=workers, bar=bar)
+        encoded = runner.encode(cat, plan.todo, enc, batch_size=opts.batch_size, workers=opts.workers, bar=bar)
     finally:
         bar.close()
-    problems = list(cat.problems) + enc_rows.problems
-    if projection is None and projection_dim and enc.dim > projection_dim and len(enc_rows.positions) > 1:
-        projection = Projection.fit(enc_rows.raw, projection_dim)
-    fresh = stored_vectors(enc_rows.raw, projection, metric)
-    # rows in catalogue order: reused and freshly encoded alike
-    order = np.argsort(np.array(reused_pos + enc_rows.positions, dtype=np.int64), kind="stable")
-    dim = projection.dim if projection is not None else enc.dim
-    reused_vec = np.array([r[1] for r in reused_rows], dtype=np.float32).reshape(-1, dim)
-    positions = list(np.array(reused_pos + enc_rows.positions, dtype=np.int64)[order])
-    vectors = np.concatenate([reused_vec, fresh])[order]
-    colour = np.concatenate([np.array([r[2] for r in reused_rows], np.float32).reshape(-1, COLOUR_DIM),
-                             enc_rows.colour])[order]
-    dhashes = np.concatenate([np.array([r[3] for r in reused_rows], np.uint64), enc_rows.dhash])[order]
-    sha1s = [([r[0] for r in reused_rows] + enc_rows.sha1)[j] for j in order]
-    if not positions:
-        reasons = BuildReport(out, cat.total_rows, 0, problems).reasons()
-        top = ", ".join(f"{n} {reason}" for reason, n in list(reasons.items())[:3])
-        raise CatalogError(f"nothing could be indexed: all {cat.total_rows} catalogue rows failed ({top}); "
-                           f"{'the index at ' + str(out) + ' was left as it was' if out.exists() else 'no index written'}")
-    meta = cat.table.iloc[positions].reset_index(drop=True).astype(str)
-    for col, values in hidden_columns(cat, positions, sha1s, dhashes).items():
-        meta[col] = values
-    # compare photos in a centred space (projected vectors already are), where cosine spreads
-    unit = l2_normalize(vectors if projection is not None else vectors - vectors.mean(axis=0))
-    exact_groups, near_groups = find_duplicate_groups(sha1s, dhashes, unit, colour)
-    problems.sort(key=lambda p: p.row)
-    report = report_table(
-        [{"row": cat.rows[i], "id": ids[i], "image": str(cat.table[cat.image_column].iat[i]), "status": "indexed",
-          "reason": ""} for i in positions]
-        + [{"row": p.row, "id": p.id, "image": p.image, "status": "skipped", "reason": p.reason} for p in problems]
-    )
-    remote = None
-    if backend == "milvus":
-        remote = _write_milvus(out, str(milvus_uri), collection, vectors, colour, meta, cat)
-        extra: dict[str, bytes] = {}
-    else:
-        extra = make_index(backend, np.hstack([vectors, colour]) if metric == "cosine" else vectors,
-                           metric=metric).serialize()
-    dup_rows = int((near_groups >= 0).sum())
-    n_groups = int(len(np.unique(near_groups[near_groups >= 0])))
-    remote = dict(remote or {})
-    manifest = Manifest(
-        model=replace(model_settings, **runtime_record(enc)),  # the runtime is chosen once photos ran
-        dim=int(vectors.shape[1]),
-        projection=None if projection is None else {"kind": "pca", "dim": projection.dim,
-                                                    "input_dim": projection.input_dim},
+    rows = _finalize(cat, plan, encoded, enc.dim, opts.projection_dim, opts.metric, out)
+    build_info = {"engine": runner.name, "batch_size": opts.batch_size, "workers": opts.workers,
+                  "seconds": round(time.perf_counter() - t0, 3), "reused": len(plan.reused)}
+    settings = _manifest(cat, rows, replace(model, **runtime_record(enc)), opts, build_info)  # runtime: chosen now
+    _commit(out, rows, settings, milvus_uri=opts.milvus_uri, collection=opts.collection)
+    result = BuildReport(out=out, total_rows=cat.total_rows, indexed=len(rows.positions), problems=rows.problems,
+                         reused=len(plan.reused), seconds=time.perf_counter() - t0,
+                         duplicate_groups=rows.duplicate_groups, duplicate_rows=rows.duplicate_rows,
+                         report_path=Store(out).report_path())
+    logger.info("%s", result.summary())
+    return result
+
+
+def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options, build_info: dict[str, Any]) -> Manifest:
+    """The settings the new generation records (the back end's location is added at commit)."""
+    return Manifest(
+        model=model,
+        dim=int(rows.vectors.shape[1]),
+        projection=None if rows.projection is None else {"kind": "pca", "dim": rows.projection.dim,
+                                                         "input_dim": rows.projection.input_dim},
         colour_dim=COLOUR_DIM,
-        metric=metric,
-        index=BackendSettings(backend, uri=remote.pop("uri", ""), collection=remote.pop("collection", ""), extra=remote),
-        colour_weight=colour_weight,
+        metric=opts.metric,
+        index=BackendSettings(opts.backend),
+        colour_weight=opts.colour_weight,
         duplicates={"near_cosine": NEAR_COSINE, "near_hamming": NEAR_HAMMING, "near_colour": NEAR_COLOUR,
-                    "groups": n_groups, "rows": dup_rows},
+                    "groups": rows.duplicate_groups, "rows": rows.duplicate_rows},
         catalog=CatalogSettings(
             path=str(cat.source.resolve()) if cat.source else None, sha256=cat.sha256, rows_total=cat.total_rows,
             id_column=cat.id_column, image_column=cat.image_column,
             images_root=str(cat.images_root) if cat.images_root else None,
             allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns)),
-        build={"engine": runner.name, "batch_size": batch_size, "workers": workers,
-               "seconds": round(time.perf_counter() - t0, 3), "reused": len(reused_pos)},
-        report={"indexed": len(positions), "skipped": len(problems)},
+        build=build_info,
+        report={"indexed": len(rows.positions), "skipped": len(rows.problems)},
     )
+
+
+@dataclass
+class _Plan:
+    """What a build embeds and what it reuses: catalogue positions, and for the reused ones the
+    stored arrays (of an ``--update``'s previous generation, whose projection is kept)."""
+
+    todo: list[int]
+    reused: list[int] = field(default_factory=list)
+    vectors: np.ndarray | None = None
+    colour: np.ndarray | None = None
+    dhash: np.ndarray | None = None
+    sha1: list[str] = field(default_factory=list)
+    projection: Projection | None = None
+
+
+def _plan(cat: Catalog, out: Path, model: ModelSettings, projection: Projection | None, *, update: bool,
+          workers: int) -> _Plan:
+    """Stage 1: with ``update``, the rows of the index at ``out`` built with the same model
+    settings whose photo bytes the catalogue still has (the same reuse path as a live change,
+    :class:`~lookalike.rows.StoredRows`); everything else is to embed. Reused rows are projected
+    already, so their projection is kept; a given ``projection`` makes them incomparable."""
+    everything = _Plan(list(range(len(cat.image_paths))), projection=projection)
+    if not update or not out.exists() or projection is not None:
+        return everything
+    try:
+        snap = Store(out).snapshot()
+        if not snap.settings.model.same_vectors(model):
+            logger.info("existing index was built with other settings; encoding everything")
+            return everything
+        meta = snap.dense_columns()
+    except LookalikeError as exc:
+        logger.info("can't reuse %s: %s", out, exc)
+        return everything
+    stored = StoredRows.of(meta, snap.id_column)
+    digests = file_sha1s(cat.image_paths, workers)
+    at = [stored.reuse(pid, digest)[0] if digest else None for pid, digest in zip(cat.ids, digests)]
+    reused = [i for i, row in enumerate(at) if row is not None]
+    rows = np.array([at[i] for i in reused], dtype=np.int64)
+    vectors, colour = snap.take(rows)
+    dhash = np.asarray(meta["_dhash"], dtype=np.int64)[rows].view(np.uint64)
+    return _Plan([i for i, row in enumerate(at) if row is None], reused, vectors, colour, dhash,
+                 [digests[i] for i in reused], snap.projection)
+
+
+@dataclass
+class _Rows:
+    """A build's rows in catalogue order, ready to commit (stage 3's output)."""
+
+    positions: list[int]
+    vectors: np.ndarray
+    colour: np.ndarray
+    meta: pd.DataFrame
+    exact: np.ndarray
+    near: np.ndarray
+    report: pd.DataFrame
+    problems: list[RowProblem]
+    projection: Projection | None
+
+    @property
+    def duplicate_rows(self) -> int:
+        return int((self.near >= 0).sum())
+
+    @property
+    def duplicate_groups(self) -> int:
+        return int(len(np.unique(self.near[self.near >= 0])))
+
+
+def _finalize(cat: Catalog, plan: _Plan, encoded: Any, dim: int, projection_dim: int | None, metric: str,
+              out: Path) -> _Rows:
+    """Stage 3: the projection (fitted on the new photos unless kept), reused and new rows merged
+    in catalogue order, their hidden columns, duplicate groups and the per-row report. A build in
+    which no row could be indexed is refused: :class:`CatalogError`, the index left as it was."""
+    problems = sorted([*cat.problems, *encoded.problems], key=lambda p: p.row)
+    projection = plan.projection
+    if projection is None and not plan.reused and projection_dim and dim > projection_dim and len(encoded.positions) > 1:
+        projection = Projection.fit(encoded.raw, projection_dim)
+    fresh = stored_vectors(encoded.raw, projection, metric)
+    order = np.argsort(np.array(plan.reused + encoded.positions, dtype=np.int64), kind="stable")
+    positions = [int(p) for p in np.array(plan.reused + encoded.positions, dtype=np.int64)[order]]
+    if not positions:
+        reasons = BuildReport(out, cat.total_rows, 0, problems).reasons()
+        top = ", ".join(f"{n} {reason}" for reason, n in list(reasons.items())[:3])
+        raise CatalogError(f"nothing could be indexed: all {cat.total_rows} catalogue rows failed ({top}); "
+                           f"{'the index at ' + str(out) + ' was left as it was' if out.exists() else 'no index written'}")
+    width = projection.dim if projection is not None else dim
+    old_vec = plan.vectors if plan.vectors is not None else np.zeros((0, width), np.float32)
+    old_col = plan.colour if plan.colour is not None else np.zeros((0, COLOUR_DIM), np.float32)
+    old_dh = plan.dhash if plan.dhash is not None else np.zeros(0, np.uint64)
+    vectors = np.concatenate([old_vec.reshape(-1, width), fresh.reshape(-1, width)])[order]
+    colour = np.concatenate([old_col.reshape(-1, COLOUR_DIM), encoded.colour.reshape(-1, COLOUR_DIM)])[order]
+    dhashes = np.concatenate([old_dh.astype(np.uint64), np.asarray(encoded.dhash, np.uint64)])[order]
+    sha1s = [(plan.sha1 + list(encoded.sha1))[j] for j in order]
+    meta = cat.table.iloc[positions].reset_index(drop=True).astype(str)
+    for col, values in hidden_columns([cat.image_paths[i] for i in positions], [cat.rows[i] for i in positions],
+                                      sha1s, dhashes).items():
+        meta[col] = values
+    # compare photos in a centred space (projected vectors already are), where cosine spreads
+    unit = l2_normalize(vectors if projection is not None else vectors - vectors.mean(axis=0))
+    exact, near = find_duplicate_groups(sha1s, dhashes, unit, colour)
+    report = report_table(
+        [{"row": cat.rows[i], "id": cat.ids[i], "image": str(cat.table[cat.image_column].iat[i]),
+          "status": "indexed", "reason": ""} for i in positions]
+        + [{"row": p.row, "id": p.id, "image": p.image, "status": "skipped", "reason": p.reason} for p in problems]
+    )
+    return _Rows(positions, vectors, colour, meta, exact, near, report, problems, projection)
+
+
+def _commit(out: Path, rows: _Rows, settings: Manifest, *, milvus_uri: str | os.PathLike | None,
+            collection: str | None) -> None:
+    """Stage 4: the vectors to their back end (a new Milvus collection, or the folder's own
+    index file), then one segment and one generation, committed atomically."""
+    extra: dict[str, bytes] = {}
+    if settings.index.backend == "milvus":
+        remote = _write_milvus(out, str(milvus_uri), collection, rows.vectors, rows.colour, rows.meta,
+                               settings.catalog.id_column, list(settings.catalog.columns))
+        settings = replace(settings, index=remote)
+    else:
+        extra = make_index(settings.index.backend, searchable(rows.vectors, rows.colour, settings.metric),
+                           metric=settings.metric).serialize()
     with Store(out).writer(create=True) as w:
-        seg = w.add_segment(vectors, colour, meta, projection=projection, extra=extra)
-        w.commit(settings=manifest.to_json(), segments=[seg], live=np.ones(len(positions), bool), dup_exact=exact_groups,
-                 dup_near=near_groups, report=report, operation={"kind": "build"},
-                 projection_segment=seg["name"] if projection is not None else None)
-    result = BuildReport(out=out, total_rows=cat.total_rows, indexed=len(positions), problems=problems,
-                         reused=len(reused_pos), seconds=time.perf_counter() - t0,
-                         duplicate_groups=n_groups, duplicate_rows=dup_rows, report_path=Store(out).report_path())
-    logger.info("%s", result.summary())
-    return result
+        seg = w.add_segment(rows.vectors, rows.colour, rows.meta, projection=rows.projection, extra=extra)
+        w.commit(settings=settings.to_json(), segments=[seg], live=np.ones(len(rows.positions), bool),
+                 dup_exact=rows.exact, dup_near=rows.near, report=rows.report, operation={"kind": "build"},
+                 projection_segment=seg["name"] if rows.projection is not None else None)
 
 
 def _write_milvus(out: Path, uri: str, collection: str | None, vectors: np.ndarray, colour: np.ndarray,
-                  meta: pd.DataFrame, cat: Catalog) -> dict[str, Any]:
+                  meta: pd.DataFrame, id_column: str, columns: list[str]) -> BackendSettings:
     """A new collection holding every product (readers of the previous build keep theirs)."""
     from .index.milvus import MilvusStore, collection_name, write_rows
 
     name = collection_name(collection or out.resolve().name)
-    columns = [c for c in cat.table.columns]
     local = not uri.startswith(("http://", "https://", "tcp://"))
     uri = str(Path(uri).expanduser().resolve()) if local else uri
     store = MilvusStore(uri)
     try:
         store.create(name, vectors.shape[1] + colour.shape[1], columns)
-        write_rows(store, meta[cat.id_column].tolist(), vectors, colour, {c: meta[c].tolist() for c in columns})
+        write_rows(store, meta[id_column].tolist(), vectors, colour, {c: meta[c].tolist() for c in columns})
         kind = store.index.index_type
     finally:
         store.close()
-    return {"uri": uri, "collection": name, "index_type": kind}
+    return BackendSettings("milvus", uri=uri, collection=name, extra={"index_type": kind})

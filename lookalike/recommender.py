@@ -31,6 +31,7 @@ from .images import ImageSource, colour_descriptor, model_input
 from .index import Backend, Filter, VectorIndex, open_index
 from .manifest import Manifest
 from .projection import Projection
+from .rows import query_vector
 from .store import ALL_HIDDEN, Snapshot, Store
 
 logger = logging.getLogger(__name__)
@@ -305,9 +306,7 @@ class Recommender:
         return w
 
     def _query_vector(self, shape: np.ndarray, colour: np.ndarray, w: float) -> np.ndarray:
-        if self.metric != "cosine":
-            return shape.astype(np.float32)
-        return np.concatenate([(1.0 - w) * l2_normalize(shape), w * l2_normalize(colour)], axis=-1)
+        return query_vector(shape, colour, w, self.metric)
 
     # -- search ------------------------------------------------------------------------
     def _search(self, queries: np.ndarray, k: int, filter: Filter | None, collapse: bool) -> list[list[tuple[int, float]]]:

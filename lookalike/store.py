@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Lock
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -46,18 +46,13 @@ from .errors import IndexFormatError, IndexLockedError, LookalikeError, StorageE
 from .manifest import Manifest
 from .projection import FILE as PROJECTION_FILE
 from .projection import Projection
+from .rows import ALL_HIDDEN, GROUP_COLUMNS, HIDDEN_COLUMNS, product_etag, text_column  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Store", "Snapshot", "Segment", "Writer", "HIDDEN_COLUMNS", "GROUP_COLUMNS", "ALL_HIDDEN",
            "DEFAULT_LOCK_TIMEOUT"]
 
-#: columns every segment's metadata carries besides the catalogue's own
-HIDDEN_COLUMNS = ("_image", "_row", "_sha1", "_dhash")
-#: columns the dense view adds from the generation's state
-GROUP_COLUMNS = ("_dup_exact", "_dup_near")
-#: every column of a reader's metadata that is not the catalogue's own
-ALL_HIDDEN = (*HIDDEN_COLUMNS, *GROUP_COLUMNS)
 DEFAULT_LOCK_TIMEOUT = 120.0
 GENERATIONS = "generations"
 #: a generation's state: int64 (3, rows): live (0/1), duplicate group, near-duplicate group
@@ -235,23 +230,6 @@ class Columns(Mapping[str, np.ndarray]):
 def columns_frame(columns: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """A DataFrame of plain column arrays (text as ``str``, numbers as they are)."""
     return pd.DataFrame({c: (v.astype(str) if v.dtype == object else v) for c, v in columns.items()})
-
-
-def product_etag(cells: Mapping[str, Any], columns: Sequence[str], sha1: str) -> str:
-    """A product version's HTTP entity tag: a digest of its catalogue cells and its photo bytes'
-    hash, so any change to either (and only a change) gives a new tag. Quoted, as HTTP writes it."""
-    import hashlib
-    import json
-
-    text = json.dumps([[c, str(cells.get(c, ""))] for c in sorted(columns)] + [str(sha1)], ensure_ascii=False)
-    return '"' + hashlib.sha1(text.encode("utf-8")).hexdigest()[:24] + '"'
-
-
-def text_column(values: list[str]) -> np.ndarray:
-    """Text as a 1-d array of ``str`` objects (``np.array`` would make fixed-width unicode)."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
 
 
 def _cells(meta: pd.DataFrame) -> dict[str, np.ndarray]:

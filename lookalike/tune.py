@@ -26,6 +26,7 @@ from .errors import InvalidQueryError
 from .evaluate import score_export
 from .index import ExactIndex, Filter, make_index
 from .projection import Projection
+from .rows import searchable
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def tune(
     stored = meta.drop(columns=["_dup_exact", "_dup_near"])
     with Store(out).writer(create=True) as w:
         seg = w.add_segment(tuned, colour, stored, projection=projection,
-                            extra=make_index(backend, np.hstack([tuned, colour]), metric="cosine").serialize())
+                            extra=make_index(backend, searchable(tuned, colour, "cosine"), metric="cosine").serialize())
         w.commit(settings=tuned_settings.to_json(), segments=[seg], live=np.ones(len(tuned), bool),
                  dup_exact=meta["_dup_exact"].to_numpy(), dup_near=meta["_dup_near"].to_numpy(),
                  report=Store(index).report(), operation={"kind": "tune", "source": str(index.resolve())},

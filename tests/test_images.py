@@ -19,13 +19,13 @@ from lookalike.images import (
     Preprocess,
     colour_descriptor,
     dhash,
-    file_digest,
     load,
     open_image,
     open_photo_file,
     prepare,
     sniff_image_type,
 )
+from lookalike.rows import file_sha1
 
 DEMO_IMAGES = demo_catalog().parent / "images"
 PRE = Preprocess()
@@ -171,9 +171,9 @@ def test_bad_inputs_raise_image_error_with_one_line(tmp_path):
 
 def test_descriptors(fashion_dir):
     a, b = fashion_dir / "images" / "21838.jpg", fashion_dir / "images" / "23129.jpg"
-    assert file_digest(a) == file_digest(b)  # byte-identical photos
+    assert file_sha1(a) == file_sha1(b)  # byte-identical photos
     other = fashion_dir / "images" / "42419.jpg"
-    assert file_digest(a) != file_digest(other)
+    assert file_sha1(a) != file_sha1(other)
     pa, po = load(a, PRE)[0], load(other, PRE)[0]
     assert pa.dhash == dhash(pa.pixels) and 0 <= pa.dhash < 2**64
     assert pa.dhash != po.dhash

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..images import ImageSource, Preprocess
+from ..rows import l2_normalize  # defined with the row format it serves
 
 __all__ = ["Encoder", "POOLINGS", "pool", "pooled_dim", "l2_normalize"]
 
@@ -68,8 +69,3 @@ def pool(fmap: np.ndarray, pooling: str) -> np.ndarray:
     else:
         raise ModelError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)

@@ -11,7 +11,6 @@ tested against it.
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from ..catalog import Catalog, RowProblem
 from ..config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
 from ..encoders import Encoder
 from ..images import COLOUR_DIM, Decoded, Preprocess, load
+from ..rows import photo_sha1
 
 __all__ = ["LocalEngine", "Encoded", "encode_rows", "row_problem"]
 
@@ -41,7 +41,7 @@ def _read_and_decode(path: Path, pre: Preprocess) -> tuple[Decoded | None, str, 
         return None, f"unreadable file: {exc.strerror or exc}", ""
     if not data:
         return None, "empty file", ""
-    digest = hashlib.sha1(data).hexdigest()
+    digest = photo_sha1(data)
     decoded, reason = load(data, pre)
     return decoded, reason, digest
 

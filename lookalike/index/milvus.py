@@ -45,6 +45,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from ..errors import IndexFormatError, InvalidQueryError, LookalikeError, require
+from ..rows import searchable
 from .base import Filter, topk_sorted
 
 __all__ = [
@@ -568,7 +569,7 @@ def write_rows(store: MilvusStore, ids: Sequence[str], vectors: np.ndarray, colo
                columns: Mapping[str, Sequence[str]]) -> None:
     """Upsert products: the stored vector is ``[shape, colour]`` as the exact back end searches it."""
     if len(ids):
-        store.upsert(list(ids), np.hstack([vectors, colour]).astype(np.float32),
+        store.upsert(list(ids), searchable(vectors, colour, "cosine"),
                      {c: [str(v) for v in vals] for c, vals in columns.items()})
 
 
@@ -633,7 +634,7 @@ class MilvusIndex:
             if not len(rows):
                 continue
             vectors, colour = self.snapshot.take(rows)
-            scores = (queries[j : j + 1] @ np.hstack([vectors, colour]).T).astype(np.float32)  # as ExactIndex does
+            scores = (queries[j : j + 1] @ searchable(vectors, colour, "cosine").T).astype(np.float32)  # as ExactIndex does
             s, r = topk_sorted(scores, rows[None, :], k)
             out_s[j], out_r[j] = s[0], r[0]
         return out_s, out_r

@@ -13,6 +13,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from ..rows import searchable
 from .base import Filter, VectorIndex, mask_of, topk_sorted
 from .exact import ExactIndex, euclidean_scores
 
@@ -123,8 +124,7 @@ def physical_rows(seg: Any, metric: str) -> np.ndarray:
     """All rows of a segment as a back end searches them (dead ones too), built once per segment."""
     key = ("rows", metric)
     if key not in seg.derived:
-        seg.derived[key] = (np.hstack([seg.vectors, seg.colour]) if metric == "cosine"
-                            else np.ascontiguousarray(seg.vectors, dtype=np.float32))
+        seg.derived[key] = searchable(seg.vectors, seg.colour, metric)
     return seg.derived[key]  # type: ignore[no-any-return]
 
 
