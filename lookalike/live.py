@@ -729,18 +729,16 @@ def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
     """For an index searched in Milvus: the change goes there first, then the generation is
     committed (a crash between the two leaves Milvus ahead; readers ignore rows their generation
     lacks, and the next sync or change brings them level)."""
-    config = snap.settings.index
-    if config.backend != "milvus":
+    if snap.settings.index.backend != "milvus":
         return
-    from .index.milvus import connect, write_rows
+    from .index.milvus import MilvusTarget
 
-    store = connect(config.to_json())
+    target = MilvusTarget.of(snap.settings.index)
     if rows:
         columns = list(snap.settings.catalog.columns)
-        write_rows(store, [r.id for r in rows], np.array([r.vector for r in rows], np.float32),
-                   np.array([r.colour for r in rows], np.float32), {c: [r.meta.get(c, "") for r in rows] for c in columns})
-    if gone:
-        store.delete(sorted(gone))
+        target.write([r.id for r in rows], np.array([r.vector for r in rows], np.float32),
+                     np.array([r.colour for r in rows], np.float32), {c: [r.meta.get(c, "") for r in rows] for c in columns})
+    target.delete(sorted(gone))
 
 
 def _roots(snap: Snapshot, root: Path) -> dict[str, Any]:

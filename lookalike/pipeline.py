@@ -381,9 +381,17 @@ def _commit(out: Path, rows: _Rows, settings: Manifest, *, milvus_uri: str | os.
     index file), then one segment and one generation, committed atomically."""
     extra: dict[str, bytes] = {}
     if settings.index.backend == "milvus":
-        remote = _write_milvus(out, str(milvus_uri), collection, rows.vectors, rows.colour, rows.meta,
-                               settings.catalog.id_column, list(settings.catalog.columns))
-        settings = replace(settings, index=remote)
+        from .index.milvus import MilvusTarget
+
+        columns = list(settings.catalog.columns)
+        target = MilvusTarget.create(out, str(milvus_uri), collection, rows.vectors.shape[1] + rows.colour.shape[1],
+                                     columns)
+        try:
+            target.write(rows.meta[settings.catalog.id_column].tolist(), rows.vectors, rows.colour,
+                         {c: rows.meta[c].tolist() for c in columns})
+        finally:
+            target.close()
+        settings = replace(settings, index=target.settings)
     else:
         extra = make_index(settings.index.backend, searchable(rows.vectors, rows.colour, settings.metric),
                            metric=settings.metric).serialize()
@@ -392,21 +400,3 @@ def _commit(out: Path, rows: _Rows, settings: Manifest, *, milvus_uri: str | os.
         w.commit(settings=settings.to_json(), segments=[seg], live=np.ones(len(rows.positions), bool),
                  dup_exact=rows.exact, dup_near=rows.near, report=rows.report, operation={"kind": "build"},
                  projection_segment=seg["name"] if rows.projection is not None else None)
-
-
-def _write_milvus(out: Path, uri: str, collection: str | None, vectors: np.ndarray, colour: np.ndarray,
-                  meta: pd.DataFrame, id_column: str, columns: list[str]) -> BackendSettings:
-    """A new collection holding every product (readers of the previous build keep theirs)."""
-    from .index.milvus import MilvusStore, collection_name, write_rows
-
-    name = collection_name(collection or out.resolve().name)
-    local = not uri.startswith(("http://", "https://", "tcp://"))
-    uri = str(Path(uri).expanduser().resolve()) if local else uri
-    store = MilvusStore(uri)
-    try:
-        store.create(name, vectors.shape[1] + colour.shape[1], columns)
-        write_rows(store, meta[id_column].tolist(), vectors, colour, {c: meta[c].tolist() for c in columns})
-        kind = store.index.index_type
-    finally:
-        store.close()
-    return BackendSettings("milvus", uri=uri, collection=name, extra={"index_type": kind})

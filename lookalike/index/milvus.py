@@ -573,6 +573,51 @@ def write_rows(store: MilvusStore, ids: Sequence[str], vectors: np.ndarray, colo
                      {c: [str(v) for v in vals] for c, vals in columns.items()})
 
 
+class MilvusTarget:
+    """Where the vectors of an index searched in Milvus are written: by a build (a new collection,
+    :meth:`create`) and by every live change (the index's collection, :meth:`of`), through the
+    same two calls. The stored vector is ``[shape, colour]``, as the exact back end searches it."""
+
+    def __init__(self, store: MilvusStore, settings: Any, *, owned: bool) -> None:
+        self.store, self.settings, self._owned = store, settings, owned
+
+    @classmethod
+    def create(cls, folder: Path, uri: str, collection: str | None, width: int, columns: Sequence[str]) -> "MilvusTarget":
+        """A new collection for a build of ``folder`` (readers of the previous build keep theirs)."""
+        from ..manifest import REMOTE_SCHEMES, BackendSettings
+
+        name = collection_name(collection or folder.resolve().name)
+        uri = uri if uri.startswith(REMOTE_SCHEMES) else str(Path(uri).expanduser().resolve())
+        store = MilvusStore(uri)
+        try:
+            store.create(name, width, list(columns))
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, BackendSettings("milvus", uri=uri, collection=name,
+                                          extra={"index_type": store.index.index_type}), owned=True)
+
+    @classmethod
+    def of(cls, settings: Any) -> "MilvusTarget":
+        """The collection an index's settings (:class:`~lookalike.manifest.BackendSettings`) name,
+        on this process's connection."""
+        return cls(connect(settings.to_json()), settings, owned=False)
+
+    def write(self, ids: Sequence[str], vectors: np.ndarray, colour: np.ndarray,
+              columns: Mapping[str, Sequence[str]]) -> None:
+        """Upsert products (their catalogue columns as text)."""
+        write_rows(self.store, ids, vectors, colour, columns)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.store.delete(sorted(ids))
+
+    def close(self) -> None:
+        """Close a connection this target opened (a build's); the process's shared one stays."""
+        if self._owned:
+            self.store.close()
+
+
 class MilvusIndex:
     """Search in Milvus, filters pushed into the search as expressions; candidates re-scored
     exactly from the index's own rows, so scores equal the exact back end's.
