@@ -128,8 +128,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
-    verbose = {"action": "count", "help": "more logging (-vv for debug)"}
-    quiet = {"action": "store_true", "help": "only errors; no progress bars"}
+    verbose: dict[str, Any] = {"action": "count", "help": "more logging (-vv for debug)"}
+    quiet: dict[str, Any] = {"action": "store_true", "help": "only errors; no progress bars"}
     parser.add_argument("-v", "--verbose", default=0, **verbose)
     parser.add_argument("-q", "--quiet", **quiet)
     # the same two after the command (`lookalike build ... -q`); absent there, the ones before it count
@@ -787,7 +787,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(level)
-    handler._lookalike_cli = True  # type: ignore[attr-defined]
+    handler._lookalike_cli = True  # type: ignore[attr-defined]  # a mark to find our own handler again
     root.addHandler(handler)
     root.setLevel(level)
     # the library shows progress bars when its logger is at INFO or below

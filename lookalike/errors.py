@@ -19,6 +19,8 @@ exceptions: they land in the build report with a reason each.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "LookalikeError",
     "CatalogError",
@@ -94,7 +96,7 @@ class MissingDependencyError(LookalikeError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
 
-def require(module: str, extra: str):  # type: ignore[no-untyped-def]
+def require(module: str, extra: str) -> Any:
     """Import an optional module or fail with the exact install command."""
     import importlib
 

@@ -58,7 +58,7 @@ class RowFilters:
         for col, values in where.items():
             codes, uniques = self.codes(col)
             vals = [values] if isinstance(values, str) else list(values)
-            wanted = [uniques.get_loc(v) for v in map(str, vals) if v in uniques]
+            wanted = np.flatnonzero(uniques.isin([str(v) for v in vals]))  # the codes of those values
             mask &= np.isin(codes, wanted)
         return mask
 

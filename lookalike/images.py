@@ -36,7 +36,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Sequence, Union
+from typing import Any, BinaryIO, Sequence, Union
 
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
@@ -191,7 +191,7 @@ def _give_memory_back() -> None:
         except (OSError, AttributeError, TypeError):
             pass
     if _malloc_trim:
-        _malloc_trim(0)  # type: ignore[operator]
+        _malloc_trim(0)  # type: ignore[operator]  # a ctypes function, found at import
 
 
 # -- opening ------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def _open(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int | None
     if fmt is None:
         raise ImageError("not an image (unrecognised file format)")
     try:
-        img = Image.open(fp, formats=(fmt,))  # type: ignore[arg-type]
+        img = Image.open(fp, formats=(fmt,))  # type: ignore[arg-type]  # Pillow's stub wants a list; it takes any sequence
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised file format)") from None
     except _BOMBS as exc:  # past Pillow's own limit (the warning, when warnings are errors)
@@ -284,7 +284,7 @@ def open_image(
                 img.close()  # frees the full-size pixels now, not at the next garbage collection
     if pixels >= TRIM_AFTER_PIXELS:
         _give_memory_back()
-    return out  # type: ignore[return-value]
+    return out
 
 
 _ORIENTATION = 0x0112
@@ -328,11 +328,12 @@ def _lean_eighth_scale(img: Image.Image, draft: int, nbytes: int | None) -> Imag
     not read (:mod:`lookalike.jpeg`): the same pixels for about a third of the decoding. Any
     other photo, or one the rewrite does not take, comes back as it was."""
     if (getattr(img, "decoderconfig", (1,))[0] != 8 or not img.info.get("progressive") or nbytes is None
-            or nbytes > LEAN_MAX_BYTES or img.fp is None):
+            or nbytes > LEAN_MAX_BYTES or getattr(img, "fp", None) is None):
         return img
+    fp: Any = img.fp  # type: ignore[attr-defined]  # an ImageFile's open source; Image.Image declares none
     try:
-        img.fp.seek(0)
-        data = img.fp.read(nbytes + 1)
+        fp.seek(0)
+        data = fp.read(nbytes + 1)
     except (OSError, ValueError, AttributeError):
         return img
     lean = eighth_scale_scans(data) if len(data) == nbytes else None
@@ -457,13 +458,14 @@ def _check_jpeg_length(img: Image.Image, nbytes: int | None) -> None:
     claims 7000x7000 over a few hundred bytes of scan is mostly missing: libjpeg would fill
     the rest with grey, without an error.
     """
-    if nbytes is None or img.fp is None:
+    fp: Any = getattr(img, "fp", None)  # an ImageFile's open source (Image.Image declares no fp)
+    if nbytes is None or fp is None:
         return
     try:
-        start = img.fp.tell()  # Pillow stops reading at the start of the scan
-        img.fp.seek(0)
-        head = img.fp.read(start)
-        img.fp.seek(start)
+        start = fp.tell()  # Pillow stops reading at the start of the scan
+        fp.seek(0)
+        head = fp.read(start)
+        fp.seek(start)
     except (OSError, ValueError, AttributeError):
         return
     if any(marker in head for marker in _ARITHMETIC_SOF):
@@ -492,7 +494,7 @@ def _check_jpeg_fill(img: Image.Image) -> None:
     for y in (h // 2, 5 * h // 8, 3 * h // 4, 7 * h // 8, h - 1):
         extrema = img.crop((0, y, w, y + 1)).getextrema()
         bands = (extrema,) if img.mode == "L" else extrema
-        if any(lo != 128 or hi != 128 for lo, hi in bands):  # type: ignore[misc]
+        if any(lo != 128 or hi != 128 for lo, hi in bands):  # type: ignore[misc]  # getextrema: one pair per band
             return
     raise ImageError("truncated or corrupt image: its lower half is missing (decoder fill)")
 
@@ -617,17 +619,17 @@ def prepare(img: Image.Image, pre: Preprocess) -> np.ndarray:
     size = pre.size
     w, h = img.size
     if pre.resize == "squash":
-        out = img.resize((size, size), Image.BICUBIC)
+        out = img.resize((size, size), Image.Resampling.BICUBIC)
     elif pre.resize == "crop":
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        out = img.resize((nw, nh), Image.BICUBIC)
+        out = img.resize((nw, nh), Image.Resampling.BICUBIC)
         left, top = (nw - size) // 2, (nh - size) // 2
         out = out.crop((left, top, left + size, top + size))
     else:
         scale = size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        small = img.resize((nw, nh), Image.BICUBIC)
+        small = img.resize((nw, nh), Image.Resampling.BICUBIC)
         out = Image.new("RGB", (size, size), (pre.fill,) * 3)
         out.paste(small, ((size - nw) // 2, (size - nh) // 2))
     return np.asarray(out, dtype=np.uint8)
@@ -644,7 +646,7 @@ def colour_descriptor(pixels: np.ndarray) -> np.ndarray:
     """
     img = Image.fromarray(pixels)
     if img.size[0] > 64:
-        img = img.resize((64, 64), Image.BILINEAR)
+        img = img.resize((64, 64), Image.Resampling.BILINEAR)
     _, fg = _background(np.asarray(img, dtype=np.float32))
     if fg.mean() < 0.03:
         fg = np.ones_like(fg)  # a product the colour of its background: use everything
@@ -669,7 +671,7 @@ def colour_descriptor(pixels: np.ndarray) -> np.ndarray:
 
 def dhash(pixels: np.ndarray) -> int:
     """64-bit difference hash: near-identical photos differ in few bits."""
-    grey = Image.fromarray(pixels).convert("L").resize((9, 8), Image.BILINEAR)
+    grey = Image.fromarray(pixels).convert("L").resize((9, 8), Image.Resampling.BILINEAR)
     a = np.asarray(grey, dtype=np.int16)
     bits = (a[:, 1:] > a[:, :-1]).flatten()
     return int(sum(1 << i for i, b in enumerate(bits) if b))

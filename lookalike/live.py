@@ -226,9 +226,9 @@ class Index:
     def _writer(self) -> Iterator[Writer]:
         """The store's writer; a disk that is full, read-only or failing while the change is
         written is a :class:`StorageError` (nothing is committed: the previous generation stays)."""
-        kw = {} if self.lock_timeout is None else {"timeout": self.lock_timeout}
         try:
-            with self.store.writer(**kw) as w:
+            wait = {} if self.lock_timeout is None else {"timeout": self.lock_timeout}
+            with self.store.writer(**wait) as w:  # type: ignore[arg-type]  # only timeout, a float
                 yield w
         except OSError as exc:
             raise StorageError.from_os_error(exc, f"write to {self.path}") from None
@@ -374,7 +374,7 @@ class Index:
         if table.cut_at_end:
             last = len(table.records)
             raise CatalogError(
-                f"{Path(catalog).name} looks cut short: its last line (row {last}) "
+                f"{Path(str(catalog)).name} looks cut short: its last line (row {last}) "
                 f"{table.short[last].removeprefix('cut short: the row ')}; nothing was changed. "
                 "Export the catalogue again"
             )
@@ -491,7 +491,8 @@ class Index:
                 reason = p.reason + ("; the indexed version was kept" if status == "kept" else "")
                 report.changes.append(Change(row, p.id, status, reason))
             digests = file_sha1s(cat.image_paths, self.workers)
-            records = cat.table.to_dict("records")  # pandas row access per product cost more than the rest
+            records: list[dict[str, Any]] = cat.table.to_dict("records")  # type: ignore[assignment]  # str columns
+            # (pandas row access per product cost more than the rest)
             for j, pid in enumerate(cat.ids):
                 row = rows_in_table[cat.rows[j] - 1]
                 if not digests[j]:
@@ -501,8 +502,8 @@ class Index:
                 old = row_of.get(pid)
                 image = str(cat.image_paths[j])  # load_catalog resolved it
                 source, own = stored.reuse(pid, digests[j])
-                if own:
-                    plan.append(self._from_stored(snap, old, records[j], row, columns, image=image, own=True))
+                if own and source is not None:
+                    plan.append(self._from_stored(snap, source, records[j], row, columns, image=image, own=True))
                 elif source is not None:  # photo bytes the index holds: their vector, bit for bit
                     plan.append(self._from_stored(snap, source, records[j], row, columns,
                                                   image=image, status="added" if old is None else "re-embedded"))
@@ -565,7 +566,7 @@ class Index:
                         reason = next((q.reason for q in done.problems if q.row == cat.rows[p.position]), "unreadable")
                         p.result = reason
                         continue
-                    meta = {c: str(cat.table[c].iat[p.position]) for c in cat.table.columns}
+                    meta: dict[str, Any] = {str(c): str(cat.table[c].iat[p.position]) for c in cat.table.columns}
                     meta.update({c: hidden[c][k] for c in HIDDEN_COLUMNS})
                     meta["_row"] = p.row
                     p.result = _Row(p.id, meta, vectors[k], done.colour[k], int(done.dhash[k]), done.sha1[k])

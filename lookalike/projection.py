@@ -87,7 +87,7 @@ class Projection:
         arrays = {"mean": self.mean, "components": self.components}
         if self.post is not None:
             arrays["post"] = self.post
-        np.savez(buf, **arrays)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types allow_pickle into **kwds
         return buf.getvalue()
 
     @classmethod

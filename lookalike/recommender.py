@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -62,7 +62,7 @@ class Results:
     query: dict[str, Any]
     items: list[Recommendation]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Recommendation]:
         return iter(self.items)
 
     def __len__(self) -> int:
@@ -111,7 +111,9 @@ class Recommender:
         self.colour_weight: float = self.settings.colour_weight
         self.id_column: str = self.settings.catalog.id_column
         self._encoder = encoder
-        self.metadata = metadata  # type: ignore[assignment]
+        self._frame: pd.DataFrame | None = None
+        self._data: dict[str, np.ndarray] = {}
+        self.metadata = metadata
 
     @property
     def vectors(self) -> np.ndarray:
@@ -150,7 +152,7 @@ class Recommender:
         if isinstance(metadata, pd.DataFrame):
             data = {c: (metadata[c].to_numpy() if metadata[c].dtype.kind in "iufb"
                         else metadata[c].astype(str).to_numpy(dtype=object)) for c in metadata.columns}
-            self._frame: pd.DataFrame | None = metadata
+            self._frame = metadata
         else:
             data, self._frame = dict(metadata), None
         # plain arrays per column: result rows are read one cell at a time, and a pandas
@@ -403,7 +405,7 @@ class Recommender:
                                  collapse_duplicates)[0]
             name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
             return self._results({"image": name, "k": k, "where": dict(where or {})}, found)
-        id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[arg-type]
+        id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[call-overload]  # a sequence, the signature says
         if not id_list:
             raise InvalidQueryError("give at least one product id")
         if len(id_list) > MAX_IDS:

@@ -93,7 +93,7 @@ class Segment:
         frame = self.derived.get("frame")
         if frame is None:
             frame = self.derived["frame"] = columns_frame(self.cells)
-        return frame  # type: ignore[no-any-return]
+        return frame
 
     def read(self, name: str) -> bytes | None:
         """A further file of the segment (``index.faiss``, ``projection.npz``), checked; None if absent."""
@@ -194,7 +194,7 @@ class Snapshot:
     def projection(self) -> Projection | None:
         if self._projection is False:
             self._projection = _load_projection(self)
-        return self._projection  # type: ignore[return-value]
+        return self._projection  # type: ignore[return-value]  # False only until loaded, just above
 
 
 class Columns(Mapping[str, np.ndarray]):
@@ -253,7 +253,7 @@ def _load_projection(snap: Snapshot) -> Projection | None:
             raise IndexFormatError(f"{snap.path} is incomplete: {PROJECTION_FILE} is missing")
         return None
     if PROJECTION_FILE in holder.derived:  # read once per segment, shared by its generations
-        return holder.derived[PROJECTION_FILE]  # type: ignore[no-any-return]
+        return holder.derived[PROJECTION_FILE]
     data = holder.read(PROJECTION_FILE)
     if data is None:
         if snap.settings.projection:

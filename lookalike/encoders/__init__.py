@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,7 @@ def get_encoder(
     name: str = DEFAULT_MODEL,
     *,
     pooling: str = DEFAULT_POOLING,
-    weights: str | Path | None = None,
+    weights: str | os.PathLike | None = None,
     runtime: str = "auto",
     resize: str = DEFAULT_RESIZE,
     size: int | None = None,

@@ -63,7 +63,8 @@ def cpu_signature() -> dict[str, str]:
     # /proc/cpuinfo names the CPU; the features this process gets from CPUID, which pick the
     # kernels, can be fewer (masked by a hypervisor, or by benchmarks/isa.py): NumPy's runtime
     # detection asks CPUID itself.
-    seen = sorted(k for k, v in getattr(np._core._multiarray_umath, "__cpu_features__", {}).items() if v)
+    features = getattr(np._core._multiarray_umath, "__cpu_features__", {})  # type: ignore[attr-defined]  # private
+    seen = sorted(k for k, v in features.items() if v)
     signature = " ".join(sorted(flags.split())) + " | " + " ".join(seen)
     return {"model": model, "flags": hashlib.sha1(signature.encode()).hexdigest()[:12],
             "cores": str(os.cpu_count() or 1)}

@@ -368,7 +368,7 @@ class CNNEncoder:
         catalogue builder uses per-row decoding instead and never raises for one photo.
         """
         single = isinstance(images, (str, os.PathLike, bytes, bytearray)) or hasattr(images, "mode")
-        items: Sequence[ImageSource] = [images] if single else images  # type: ignore[list-item]
+        items: Sequence[ImageSource] = [images] if single else images  # type: ignore[list-item,assignment]  # narrowed by `single`
         out = []
         from tqdm.auto import tqdm
 

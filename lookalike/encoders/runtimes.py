@@ -140,7 +140,7 @@ class OpenVinoSession:
         key = hashlib.sha1(repr((path.name, stat.st_size, stat.st_mtime_ns, list(map(float, mean)),
                                  list(map(float, std)), ov.__version__)).encode()).hexdigest()[:16]
         ir = blobs / f"{path.stem}-u8nhwc-{key}.xml"
-        self._compiled = None
+        self._compiled: Any = None
         if ir.is_file() and ir.with_suffix(".bin").is_file():
             with contextlib.suppress(Exception):  # a damaged IR is made again below
                 self._compiled = core.compile_model(str(ir), "CPU", config)

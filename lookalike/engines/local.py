@@ -123,7 +123,7 @@ def encode_rows(
                 bar.update(1)
             continue
         batch_pos.append(j)
-        batch_px.append(decoded.pixels)  # type: ignore[union-attr]
+        batch_px.append(decoded.pixels)  # type: ignore[union-attr]  # None was handled above (a problem row)
         if len(batch_pos) >= batch_size:
             flush()
     flush()

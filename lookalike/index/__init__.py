@@ -42,11 +42,11 @@ def backend_class(name: str) -> Any:
 
 def make_index(name: str, vectors: np.ndarray, *, metric: str, **options: Any) -> VectorIndex:
     """Build a back end over ``vectors`` (rows already normalised for cosine)."""
-    return backend_class(name)(vectors, metric=metric, **options)  # type: ignore[no-any-return]
+    return backend_class(name)(vectors, metric=metric, **options)
 
 
 def open_index(backend: str | Any, snapshot: Any, *, metric: str) -> VectorIndex:
     """The back end (a name, or a class with ``open``) over one generation
     (:class:`lookalike.store.Snapshot`): its live rows, in segment order."""
     cls = backend_class(backend) if isinstance(backend, str) else backend
-    return cls.open(snapshot, metric=metric)  # type: ignore[no-any-return]
+    return cls.open(snapshot, metric=metric)

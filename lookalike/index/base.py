@@ -74,8 +74,12 @@ def mask_of(filter: Filter | None) -> np.ndarray | None:
 class VectorIndex(Protocol):
     """An index over one generation's rows: what a :class:`Backend` opens."""
 
-    name: ClassVar[str]
     metric: str
+
+    @property
+    def name(self) -> str:
+        """The back end's name (``exact``, ``hnsw``, ``milvus``…)."""
+        ...
 
     def search(
         self, queries: np.ndarray, k: int, *, filter: Filter | None = None

@@ -42,7 +42,7 @@ class ExactIndex:
         for start in range(0, n, self.block_rows):
             stop = min(n, start + self.block_rows)
             s = queries @ self.vectors[start:stop].T
-            if self._sq is not None:
+            if self._sq is not None and qsq is not None:
                 s = euclidean_scores(s, qsq, self._sq[start:stop])
             if allowed is not None:
                 mask = allowed[..., start:stop]

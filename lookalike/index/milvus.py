@@ -668,7 +668,7 @@ class MilvusIndex:
         if k == 0:
             return np.zeros((b, 0), np.float32), np.zeros((b, 0), np.int64)
         if filter is not None and not filter.expressible:  # a mask alone (export): exactly, here
-            return self.exact().search(queries, k, filter=filter)  # type: ignore[no-any-return]
+            return self.exact().search(queries, k, filter=filter)
         expr = expression(filter, self.store.fields)
         # Milvus may hold rows this generation does not (a change being committed): over-fetch
         found = self.store.search(queries, min(MAX_K, k + 16), expr=expr)

@@ -36,7 +36,7 @@ class SegmentedIndex:
         self.parts = parts
         self.n = n
         self.metric = metric
-        self.name = name  # type: ignore[misc]
+        self.name = name  # type: ignore[misc]  # one class serves every back end's name
 
     def __len__(self) -> int:
         return self.n
@@ -55,7 +55,7 @@ class SegmentedIndex:
                 mask = np.zeros((*(sub.shape[:-1] if sub is not None else ()), len(p.index)), dtype=bool)
                 mask[..., p.physical] = True if sub is None else sub
                 s, r = p.index.search(queries, k, filter=Filter.of_mask(mask))
-                r = np.where(r >= 0, p.dense_of[np.maximum(r, 0)] + p.start, -1)  # type: ignore[index]
+                r = np.where(r >= 0, p.dense_of[np.maximum(r, 0)] + p.start, -1)  # type: ignore[index]  # set with physical
             else:
                 s, r = p.index.search(queries, k, filter=Filter.of_mask(sub))
                 r = np.where(r >= 0, r + p.start, -1)
@@ -77,7 +77,7 @@ class ExactRun:
         self.blocks = blocks
         self.live = live
         self.metric = metric
-        self.name = name  # type: ignore[misc]
+        self.name = name  # one class serves every back end's name
         self.n = int(live.sum())
         self._physical = np.flatnonzero(live)
         self._dense_of = np.cumsum(live) - 1
@@ -125,7 +125,7 @@ def physical_rows(seg: Any, metric: str) -> np.ndarray:
     key = ("rows", metric)
     if key not in seg.derived:
         seg.derived[key] = searchable(seg.vectors, seg.colour, metric)
-    return seg.derived[key]  # type: ignore[no-any-return]
+    return seg.derived[key]
 
 
 def cached(seg: Any, key: Any, make: Callable[[], Any]) -> Any:
@@ -190,5 +190,5 @@ def _parts(snapshot: Any, *, metric: str, part: Callable[[Any], Any], name: str,
         width = snapshot.settings.dim + (snapshot.settings.colour_dim if metric == "cosine" else 0)
         return ExactIndex(np.zeros((0, width), np.float32), metric=metric)
     if len(parts) == 1 and parts[0].physical is None:
-        return parts[0].index  # type: ignore[no-any-return]
+        return parts[0].index
     return SegmentedIndex(parts, start, metric=metric, name=name)
