@@ -268,6 +268,37 @@ class _FileFinder:
         return None, f"photo file not found: {value}"
 
 
+def _resolve_rows(ids: pd.Series, imgs: pd.Series, finder: "_FileFinder",
+                  read: "TableFile | None") -> tuple[list[int], list[Path], list[RowProblem]]:
+    """Each row's photo found, or the row's problem (cut short, empty or repeated id, no photo)."""
+    keep: list[int] = []
+    paths: list[Path] = []
+    problems: list[RowProblem] = []
+    seen: dict[str, int] = {}
+    for i, (pid, img) in enumerate(zip(ids, imgs)):
+        row = i + 1
+        if read is not None and row in read.short_rows:
+            problems.append(RowProblem(row, pid, img, read.reason(row)))
+            continue
+        if not pid:
+            problems.append(RowProblem(row, pid, img, "empty id"))
+            continue
+        if pid in seen:
+            problems.append(RowProblem(row, pid, img, f"duplicate id (first on row {seen[pid]})"))
+            continue
+        seen[pid] = row
+        if not img:
+            problems.append(RowProblem(row, pid, img, "no photo named"))
+            continue
+        found, reason = finder.find(img)
+        if found is None:
+            problems.append(RowProblem(row, pid, img, reason))
+            continue
+        keep.append(i)
+        paths.append(found)
+    return keep, paths, problems
+
+
 def load_catalog(
     path: str | os.PathLike | pd.DataFrame,
     *,
@@ -309,33 +340,8 @@ def load_catalog(
         if not root.is_dir():
             raise CatalogError(f"images folder not found: {root}")
     finder = _FileFinder(root, allow_outside=allow_outside_images)
-    keep: list[int] = []
-    paths: list[Path] = []
-    problems: list[RowProblem] = []
-    seen: dict[str, int] = {}
     ids = df[id_column].astype(str).str.strip()
-    imgs = df[image_column].astype(str).str.strip()
-    for i, (pid, img) in enumerate(zip(ids, imgs)):
-        row = i + 1
-        if read is not None and row in read.short_rows:
-            problems.append(RowProblem(row, pid, img, read.reason(row)))
-            continue
-        if not pid:
-            problems.append(RowProblem(row, pid, img, "empty id"))
-            continue
-        if pid in seen:
-            problems.append(RowProblem(row, pid, img, f"duplicate id (first on row {seen[pid]})"))
-            continue
-        seen[pid] = row
-        if not img:
-            problems.append(RowProblem(row, pid, img, "no photo named"))
-            continue
-        found, reason = finder.find(img)
-        if found is None:
-            problems.append(RowProblem(row, pid, img, reason))
-            continue
-        keep.append(i)
-        paths.append(found)
+    keep, paths, problems = _resolve_rows(ids, df[image_column].astype(str).str.strip(), finder, read)
     table = df.iloc[keep].copy()
     table[id_column] = ids.iloc[keep].values
     table = table.reset_index(drop=True)

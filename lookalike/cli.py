@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_ROWS_REFUSED", "EXIT_INTERRUPTED", "EXIT_CODES"]
 
@@ -103,7 +103,8 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
                    help="list products whose photos are near-identical to each other too")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """build: a catalogue into an index folder."""
     from . import (
         BACKENDS,
         DEFAULT_BATCH_SIZE,
@@ -118,28 +119,8 @@ def _parser() -> argparse.ArgumentParser:
         METRICS,
         MODELS,
         POOLINGS,
-        __version__,
     )
-    from .config import DEFAULT_EXPORT_K
     from .encoders import DEFAULT_RESIZE, DEFAULT_TRIM, RUNTIMES
-
-    parser = argparse.ArgumentParser(
-        prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
-    verbose: dict[str, Any] = {"action": "count", "help": "more logging (-vv for debug)"}
-    quiet: dict[str, Any] = {"action": "store_true", "help": "only errors; no progress bars"}
-    parser.add_argument("-v", "--verbose", default=0, **verbose)
-    parser.add_argument("-q", "--quiet", **quiet)
-    # the same two after the command (`lookalike build ... -q`); absent there, the ones before it count
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", default=argparse.SUPPRESS, **verbose)
-    common.add_argument("-q", "--quiet", default=argparse.SUPPRESS, **quiet)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add_command(name: str, **kw: Any) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], **kw)
 
     b = add_command("build", help="embed a catalogue's photos into an index folder", epilog=_ROWS_EPILOG)
     b.add_argument("catalog", type=Path, help="CSV, TSV or Parquet table, one row per product")
@@ -194,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--actors", type=_positive_int, default=None, metavar="N",
                    help="Ray actors with --engine ray, each loading the model once (default: one per CPU)")
 
+
+def _change_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """add, remove, sync, compact: the living catalogue."""
     ad = add_command("add", help="add or change products of an index (no rebuild)", epilog=_ROWS_EPILOG)
     ad.add_argument("index", type=Path)
     ad.add_argument("rows", type=Path, help="CSV, TSV or Parquet in the catalogue's schema")
@@ -221,6 +205,11 @@ def _parser() -> argparse.ArgumentParser:
 
     co = add_command("compact", help="fold live changes and removals into one segment")
     co.add_argument("index", type=Path)
+
+
+def _query_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """similar, export, info, duplicates: reading an index."""
+    from .config import DEFAULT_EXPORT_K
 
     s = add_command("similar", help="products that look like a product (or several, or a photo)")
     s.add_argument("index", type=Path)
@@ -252,6 +241,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--exact", action="store_true", help="byte-identical photos only")
     d.add_argument("--format", default="table", choices=("table", "json"))
 
+
+def _shell_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """serve, app: the HTTP API and the page."""
     v = add_command("serve", help="HTTP API over an index (extra: server)")
     v.add_argument("index", type=Path)
     v.add_argument("--host", default="127.0.0.1")
@@ -276,6 +268,11 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("index", type=Path)
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8501)
+
+
+def _analysis_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """stats, calibrate, evaluate, tune, demo."""
+    from . import DEFAULT_MODEL, MODELS
 
     st = add_command("stats", help="what a catalogue holds: counts per gender, category, type, colour")
     st.add_argument("catalog", type=Path, help="catalogue table, or an index folder")
@@ -324,6 +321,30 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--no-app", action="store_true", help="print results instead of opening the web page")
     m.add_argument("--port", type=int, default=8501)
 
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
+    verbose: dict[str, Any] = {"action": "count", "help": "more logging (-vv for debug)"}
+    quiet: dict[str, Any] = {"action": "store_true", "help": "only errors; no progress bars"}
+    parser.add_argument("-v", "--verbose", default=0, **verbose)
+    parser.add_argument("-q", "--quiet", **quiet)
+    # the same two after the command (`lookalike build ... -q`); absent there, the ones before it count
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", default=argparse.SUPPRESS, **verbose)
+    common.add_argument("-q", "--quiet", default=argparse.SUPPRESS, **quiet)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    for commands in (_build_command, _change_commands, _query_commands, _shell_commands, _analysis_commands):
+        commands(add_command)
     return parser
 
 

@@ -576,20 +576,7 @@ class Index:
     def _apply(self, w: Writer, snap: Snapshot, plan: list[Any], gone: set[str], report: ChangeReport,
                operation: str, t0: float, catalog_info: dict[str, Any] | None = None) -> ChangeReport:
         """Write the planned rows as one segment and commit a generation (nothing to do: no commit)."""
-        rows: list[_Row] = []
-        for p in plan:
-            if isinstance(p, _Pending):
-                if isinstance(p.result, _Row):
-                    rows.append(p.result)
-                    report.changes.append(Change(p.row, p.id, p.status))
-                else:
-                    status = "kept" if operation == "sync" and p.status == "re-embedded" else "skipped"
-                    reason = str(p.result) + ("; the indexed version was kept" if status == "kept" else "")
-                    report.changes.append(Change(p.row, p.id, status, reason))
-            else:
-                rows.append(p)
-                report.changes.append(Change(int(p.meta["_request_row"]), p.id, p.meta["_status"]))
-        report.changes.sort(key=lambda c: (c.row == 0, c.row, c.id))
+        rows = _written(plan, report, operation)
         if not rows and not gone:
             report.generation, report.seconds = snap.generation, time.perf_counter() - t0
             return report
@@ -675,6 +662,25 @@ class Index:
         return regroup(exact, near, live, all_sha1, all_dhash.astype(np.int64).view(np.uint64),
                        _unit(all_vec, projected=snap.projection is not None, live=live,
                              unit=snap.settings.metric == "cosine"), all_col, touched)
+
+
+def _written(plan: list[Any], report: ChangeReport, operation: str) -> list["_Row"]:
+    """The rows a change writes, each planned row's outcome added to ``report`` (sorted)."""
+    rows: list[_Row] = []
+    for p in plan:
+        if isinstance(p, _Pending):
+            if isinstance(p.result, _Row):
+                rows.append(p.result)
+                report.changes.append(Change(p.row, p.id, p.status))
+            else:
+                status = "kept" if operation == "sync" and p.status == "re-embedded" else "skipped"
+                reason = str(p.result) + ("; the indexed version was kept" if status == "kept" else "")
+                report.changes.append(Change(p.row, p.id, status, reason))
+        else:
+            rows.append(p)
+            report.changes.append(Change(int(p.meta["_request_row"]), p.id, p.meta["_status"]))
+    report.changes.sort(key=lambda c: (c.row == 0, c.row, c.id))
+    return rows
 
 
 @dataclass(frozen=True)
