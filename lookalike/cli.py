@@ -83,13 +83,15 @@ def _seconds(text: str) -> float:
 
 
 def _weight(text: str) -> float:
+    from .config import check_colour_weight
+    from .errors import InvalidQueryError
+
     try:
-        value = float(text)
+        return check_colour_weight(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, not {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, not {value}")
-    return value
+    except InvalidQueryError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, not {text}") from None
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
@@ -533,7 +535,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
         res = rec.similar(image=args.image, k=args.k, **_filters(args))
     columns = args.columns.split(",") if args.columns else _default_columns(rec)
     for c in columns:
-        rec._check_column(c)
+        rec.check_column(c)
     if args.format == "json":
         print(json.dumps(res.to_dict(), indent=2))
     elif args.format == "csv":

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_COLOUR_WEIGHT",
     "METRICS",
     "cache_dir",
+    "check_colour_weight",
     "progress_enabled",
 ]
 
@@ -44,6 +45,16 @@ DEFAULT_IMAGE_COLUMN = "Image"
 #: on the 2,906-product set (docs/quality.md): 0.15 lifts P@5 same Colour from about 0.35 to
 #: 0.46 for about -0.01 ProductType, the same trade on photos cut down to 80 px
 DEFAULT_COLOUR_WEIGHT = 0.15
+
+
+def check_colour_weight(weight: float) -> float:
+    """A colour weight as a float, or :class:`InvalidQueryError` outside 0..1 (the one check of it)."""
+    from .errors import InvalidQueryError
+
+    w = float(weight)
+    if not 0.0 <= w <= 1.0:
+        raise InvalidQueryError(f"colour weight must be between 0 and 1, not {w}")
+    return w
 
 
 def cache_dir() -> Path:

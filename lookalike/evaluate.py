@@ -102,8 +102,7 @@ def _pool_sizes(rec: "Recommender", labels: Sequence[str], same: Sequence[str],
     n = len(rec)
     keys = _keys(rec.metadata, labels)
     base = rec.where_mask(where)
-    groups = rec._exact_group  # what a query never returns: byte-identical photos of itself
-    parts = [np.asarray(groups)] + [rec._column_codes(c)[0] for c in same]
+    parts = [rec.exact_groups] + [rec.column_codes(c)[0] for c in same]  # a query never returns its twins
     out: dict[str, np.ndarray] = {}
     allowed_base = np.ones(n, bool) if base is None else base
     for lab, key in keys.items():
@@ -139,7 +138,7 @@ def evaluate(
         raise InvalidQueryError("give at least one label column")
     same = [same] if isinstance(same, str) else list(same)
     for col in [*labels, *group_by]:
-        rec._check_column(col)
+        rec.check_column(col)
     export = rec.export(k=k, same=same, where=where, colour_weight=colour_weight,
                         collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar)
     pools = _pool_sizes(rec, labels, same, where)
@@ -147,7 +146,7 @@ def evaluate(
                        pool_sizes=pools, group_by=group_by)
     out["settings"] = {
         "model": rec.settings.model.name, "pooling": rec.settings.model.pooling,
-        "metric": rec.metric, "colour_weight": rec._weight(colour_weight), "same": same,
+        "metric": rec.metric, "colour_weight": rec.colour_weight_for(colour_weight), "same": same,
         "where": dict(where or {}), "collapse_duplicates": collapse_duplicates, "labels": labels,
     }
     return out

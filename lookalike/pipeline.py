@@ -26,6 +26,7 @@ from .config import (
     DEFAULT_METRIC,
     DEFAULT_WORKERS,
     METRICS,
+    check_colour_weight,
     progress_enabled,
 )
 from .duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
@@ -109,8 +110,7 @@ def _check_settings(metric: str, backend: str, colour_weight: float | None, batc
         raise InvalidQueryError(f"unknown index back end {backend!r}; choose one of {', '.join(BACKENDS)}")
     if colour_weight is None:  # the default blend for cosine; euclidean has no blend
         colour_weight = DEFAULT_COLOUR_WEIGHT if metric == "cosine" else 0.0
-    if not 0.0 <= colour_weight <= 1.0:
-        raise InvalidQueryError(f"colour weight must be between 0 and 1, not {colour_weight}")
+    colour_weight = check_colour_weight(colour_weight)
     if metric == "euclidean" and colour_weight:
         raise InvalidQueryError("colour blending needs metric cosine")
     if batch_size < 1 or workers < 0:

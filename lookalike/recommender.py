@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import DEFAULT_EXPORT_K, DEFAULT_K
+from .config import DEFAULT_EXPORT_K, DEFAULT_K, check_colour_weight
 from .encoders import MODELS, CNNEncoder, Encoder, l2_normalize
 from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
 from .filters import RowFilters, Where
@@ -282,11 +282,18 @@ class Recommender:
         return list(groups.values())
 
     # -- filters (lookalike.filters) ----------------------------------------------------
-    def _check_column(self, col: str) -> None:
+    def check_column(self, col: str) -> None:
+        """Refuse a column the index does not have, naming those it has."""
         self._filters.check_column(col)
 
-    def _column_codes(self, col: str) -> tuple[np.ndarray, pd.Index]:
+    def column_codes(self, col: str) -> tuple[np.ndarray, pd.Index]:
+        """Each product's value of ``col`` as a small integer, and the values."""
         return self._filters.codes(col)
+
+    @property
+    def exact_groups(self) -> np.ndarray:
+        """Each product's group of byte-identical photos (what a query of it never returns)."""
+        return np.asarray(self._exact_group)
 
     def where_mask(self, where: Where | None) -> np.ndarray | None:
         """Rows whose columns hold one of the given values (columns combine with AND)."""
@@ -299,10 +306,9 @@ class Recommender:
             raise InvalidQueryError(f"k must be at most {MAX_K}, not {k}")
         return int(k)
 
-    def _weight(self, colour_weight: float | None) -> float:
-        w = self.colour_weight if colour_weight is None else float(colour_weight)
-        if not 0.0 <= w <= 1.0:
-            raise InvalidQueryError(f"colour weight must be between 0 and 1, not {w}")
+    def colour_weight_for(self, colour_weight: float | None) -> float:
+        """The colour weight a query uses: the one given (checked), else the index's."""
+        w = self.colour_weight if colour_weight is None else check_colour_weight(colour_weight)
         if w and self.metric != "cosine":
             raise InvalidQueryError("colour weight needs an index built with metric cosine")
         return w
@@ -391,8 +397,8 @@ class Recommender:
         k = self._check_k(k)
         same = [same] if isinstance(same, str) else list(same)
         for col in same:
-            self._check_column(col)
-        w = self._weight(colour_weight)
+            self.check_column(col)
+        w = self.colour_weight_for(colour_weight)
         self._filters.check_where(where)
         if (ids is None) == (image is None):
             raise InvalidQueryError("give product ids or an image, not both or neither")
@@ -451,8 +457,8 @@ class Recommender:
         k = self._check_k(k)
         same = [same] if isinstance(same, str) else list(same)
         for col in same:
-            self._check_column(col)
-        w = self._weight(colour_weight)
+            self.check_column(col)
+        w = self.colour_weight_for(colour_weight)
         self._filters.check_where(where)
         rows_all = list(range(len(self))) if ids is None else [self.row(p) for p in ids]
         shape = np.asarray(self.vectors, dtype=np.float32)
