@@ -336,3 +336,19 @@ def test_resnet50_bad_state_dict_through_onnx_is_a_model_error(broken, tmp_path,
     with pytest.raises(ModelError):
         get_encoder("resnet50", weights=path).encode(PHOTOS[:1])
     assert not list((tmp_path / "cache").rglob("*.onnx"))  # nothing half-exported left behind
+
+
+def test_weights_are_named_by_content_not_by_install(encoder, tmp_path):
+    """The manifest's weights key is the same for the same file installed anew (another mtime,
+    another folder) and differs when the content does: a reinstall must not read as other weights."""
+    from lookalike.encoders.cnn import _weights_key
+
+    original = encoder.weights_path
+    copy = tmp_path / original.name
+    copy.write_bytes(original.read_bytes())
+    os.utime(copy, (1_000_000_000, 1_000_000_000))
+    assert _weights_key(copy) == _weights_key(original)
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    assert _weights_key(copy) != _weights_key(original)

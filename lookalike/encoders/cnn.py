@@ -62,9 +62,21 @@ class ModelSpec:
     precision: str = "fp32"  # default arithmetic with ONNX Runtime (see PRECISIONS)
 
 
+_WEIGHTS_KEYS: dict[tuple[str, int, int], str] = {}
+
+
 def _weights_key(path: Path) -> str:
+    """A short key of the weights file's content, the same on every machine that has these weights
+    (a key of size and mtime changed with each install). Hashed once per file and mtime a process."""
     st = path.stat()
-    return hashlib.sha1(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _WEIGHTS_KEYS:
+        digest = hashlib.sha1()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        _WEIGHTS_KEYS[memo] = digest.hexdigest()[:12]
+    return _WEIGHTS_KEYS[memo]
 
 
 class CNNEncoder:
@@ -171,7 +183,7 @@ class CNNEncoder:
 
     @property
     def weights_id(self) -> str:
-        """Names the weights in manifests: file name plus a short key of size and mtime."""
+        """Names the weights in manifests: file name plus a short key of the file's content."""
         return f"{self.weights_path.name}#{_weights_key(self.weights_path)}"
 
     # -- runtimes --------------------------------------------------------------------

@@ -26,7 +26,9 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -107,6 +109,7 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
         env["RAY_AUTH_TOKEN"] = _token
     saved_env = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}  # Ray sets some itself
     tmp = tempfile.mkdtemp(prefix="lookalike-ray-")
+    already = _descendants()
     try:
         os.environ.update(env)  # inherited by the Ray processes started below
         with _loopback_only():
@@ -123,11 +126,66 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
         logger.info("started a private Ray instance on %s with %s CPUs", node, num_cpus or _cpu_count())
         yield
     finally:
+        started = _descendants() - already
         ray.shutdown()  # also after a failed start: it stops what was started
+        _reap(started)
         for k in [k for k in os.environ if k.startswith("RAY_") and k not in saved_env]:
             del os.environ[k]
         os.environ.update(saved_env)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _descendants() -> set[tuple[int, str]]:
+    """This process's live descendants, each as (pid, start time) so a reused pid is not mistaken."""
+    parents: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if fields[0] != "Z":
+                    parents[int(entry)] = (int(fields[1]), fields[19])
+    tree: set[tuple[int, str]] = set()
+    todo = [os.getpid()]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, start) in parents.items():
+            if ppid == parent and (pid, start) not in tree:
+                tree.add((pid, start))
+                todo.append(pid)
+    return tree
+
+
+def _reap(started: set[tuple[int, str]], *, grace: float = 10.0) -> None:
+    """Stop what Ray started and did not stop itself: ``ray.shutdown()`` returns before its
+    processes have exited, and on a loaded machine a raylet can outlive it by many seconds.
+    Wait ``grace`` seconds, then SIGTERM, then SIGKILL, so the block leaves no process behind."""
+    def alive() -> set[tuple[int, str]]:
+        return _still_running(started)
+
+    deadline = time.monotonic() + grace
+    while (left := alive()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+        if not left:
+            return
+        logger.info("Ray left %d process(es) after shutdown; sending %s", len(left), sig.name)
+        for pid, _ in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while (left := alive()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _still_running(wanted: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Those of ``wanted`` still running, wherever they were reparented to."""
+    live = set()
+    for pid, start in wanted:
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and fields[19] == start:
+                live.add((pid, start))
+    return live
 
 
 def _last_line(exc: BaseException) -> str:
