@@ -5,7 +5,9 @@ answer into JSON and every :class:`~lookalike.errors.LookalikeError` into a stat
 
     UnknownProductError          404
     InvalidQueryError            422   (bad k, unknown column, bad filter, bad body)
-    ImageError                   415 not an image, 413 too many pixels, 400 corrupt or empty
+    NotAnImageError              415
+    ImageTooLargeError           413   (too many pixels, from the photo's header)
+    ImageError                   400   (corrupt, truncated, empty)
     ModelError, MissingDependencyError
                                  503   (photo queries need the model)
     StorageError                 503 + Retry-After (a write met a full or read-only disk, or
@@ -41,10 +43,13 @@ from .config import DEFAULT_K
 from .errors import (
     CatalogError,
     ImageError,
+    ImageNotFoundError,
+    ImageTooLargeError,
     InvalidQueryError,
     LookalikeError,
     MissingDependencyError,
     ModelError,
+    NotAnImageError,
     StorageError,
     UnknownProductError,
     require,
@@ -109,28 +114,24 @@ _CACHE_CONTROL = "public, max-age=86400"
 
 
 # -- error mapping --------------------------------------------------------------------
-def _image_status(exc: ImageError) -> int:
-    # ImageError has no reason code yet, so this reads the first words of lookalike.images'
-    # messages; tests/test_server.py pins each case (text file, huge PNG, truncated JPEG).
-    msg = str(exc)
-    if msg.startswith("not an image"):
-        return 415
-    if msg.startswith("image too large"):
-        return 413
-    return 400
+#: the HTTP status of each library error; an error takes the status of the nearest class in its
+#: MRO listed here (NotAnImageError 415 before ImageError 400), any other LookalikeError is a 500
+STATUS_OF_ERROR: dict[type[LookalikeError], int] = {
+    UnknownProductError: 404,
+    InvalidQueryError: 422,
+    CatalogError: 422,
+    NotAnImageError: 415,
+    ImageTooLargeError: 413,
+    ImageError: 400,  # corrupt, truncated, empty
+    ModelError: 503,
+    MissingDependencyError: 503,
+    StorageError: 503,
+}
 
 
 def _status_for(exc: LookalikeError) -> int:
-    """The HTTP status of a library error."""
-    if isinstance(exc, UnknownProductError):
-        return 404
-    if isinstance(exc, (InvalidQueryError, CatalogError)):
-        return 422
-    if isinstance(exc, ImageError):
-        return _image_status(exc)
-    if isinstance(exc, (ModelError, MissingDependencyError, StorageError)):
-        return 503
-    return 500
+    """The HTTP status of a library error, by its type (``STATUS_OF_ERROR``)."""
+    return next((STATUS_OF_ERROR[cls] for cls in type(exc).__mro__ if cls in STATUS_OF_ERROR), 500)
 
 
 _Refused = Refused  # an HTTP-level refusal (lookalike.server_writes.Refused)
@@ -353,7 +354,7 @@ def _open_photo(rec: Recommender, product_id: str) -> tuple[BinaryIO, os.stat_re
         photo = open_photo_file(path, root=None if catalog.allow_outside_images else roots)
     except ImageError as exc:  # logged with the path; the answer names none
         logger.warning("not serving the photo of product %s (%s): %s", product_id, path, exc)
-        what = "missing" if str(exc) == "file not found" else "not available"
+        what = "missing" if isinstance(exc, ImageNotFoundError) else "not available"
         raise UnknownProductError(f"the photo of product {product_id} is {what} on the server") from None
     st = os.fstat(photo.fileno())
     media = sniff_image_type(photo.read(16)) or "application/octet-stream"

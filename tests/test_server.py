@@ -577,6 +577,23 @@ def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, 
 
 
 
+# -- statuses by error type -------------------------------------------------------------------
+@pytest.mark.parametrize("error, status", [
+    ("UnknownProductError", 404), ("InvalidQueryError", 422), ("CatalogError", 422),
+    ("NotAnImageError", 415), ("ImageTooLargeError", 413), ("ImageError", 400), ("ImageNotFoundError", 400),
+    ("ModelError", 503), ("MissingDependencyError", 503), ("StorageError", 503), ("IndexLockedError", 503),
+    ("IndexFormatError", 500), ("LookalikeError", 500),
+])
+def test_the_status_of_an_error_is_chosen_by_its_type(error, status):
+    """Not by its words: a NotAnImageError that says "image too large" is still a 415."""
+    from lookalike import errors
+    from lookalike.server import _status_for
+
+    kind = getattr(errors, error)
+    assert _status_for(kind("image too large: whatever it says")) == status
+    assert _status_for(type("Narrower", (kind,), {})("x")) == status  # a subclass takes its base's status
+
+
 # -- hostile uploads ------------------------------------------------------------------------
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own header check
 def test_hostile_uploads_get_a_4xx_with_one_line(client, photo):
