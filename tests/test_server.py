@@ -560,11 +560,11 @@ def test_serve_on_a_taken_port_is_one_line(demo_index, capsys, workers):
 # -- the model is made ready before workers fork --------------------------------------------
 def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, tmp_path, monkeypatch, caplog):
     from lookalike import Recommender
-    from lookalike.server import _prepare_photo_search
+    from lookalike.server.serve import prepare_photo_search
 
     monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path / "cache"))
     rec = Recommender.load(demo_index)
-    _prepare_photo_search(rec)  # an empty cache: exported and quantized here, not on an upload
+    prepare_photo_search(rec)  # an empty cache: exported and quantized here, not on an upload
     assert rec.encoder.onnx_path().is_file() and rec.encoder._session is None  # no session yet
 
     def no_model(self):
@@ -572,7 +572,7 @@ def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, 
 
     monkeypatch.setattr(Recommender, "encoder", property(no_model))
     with caplog.at_level("WARNING", logger="lookalike.server"):
-        _prepare_photo_search(Recommender.load(demo_index))  # by-id serving goes on
+        prepare_photo_search(Recommender.load(demo_index))  # by-id serving goes on
     assert "search by photo is unavailable: no weights" in caplog.text
 
 
@@ -587,11 +587,11 @@ def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, 
 def test_the_status_of_an_error_is_chosen_by_its_type(error, status):
     """Not by its words: a NotAnImageError that says "image too large" is still a 415."""
     from lookalike import errors
-    from lookalike.server import _status_for
+    from lookalike.server.edge import status_for
 
     kind = getattr(errors, error)
-    assert _status_for(kind("image too large: whatever it says")) == status
-    assert _status_for(type("Narrower", (kind,), {})("x")) == status  # a subclass takes its base's status
+    assert status_for(kind("image too large: whatever it says")) == status
+    assert status_for(type("Narrower", (kind,), {})("x")) == status  # a subclass takes its base's status
 
 
 # -- hostile uploads ------------------------------------------------------------------------
@@ -721,7 +721,7 @@ def test_photo_outside_the_recorded_root_is_not_served(small_index, tmp_path):
 
 
 def test_thumbnails_come_in_a_few_sizes_and_a_bounded_cache(small_index):
-    from lookalike.server import THUMBNAIL_SIZES, _Thumbnails
+    from lookalike.server.caches import THUMBNAIL_SIZES, Thumbnails
 
     rec, paths = small_index
     with TestClient(create_app(rec)) as c:
@@ -733,7 +733,7 @@ def test_thumbnails_come_in_a_few_sizes_and_a_bounded_cache(small_index):
             assert max(Image.open(io.BytesIO(resp.content)).size) <= side
             tags.setdefault(side, set()).add(resp.headers["etag"])
         assert set(tags) == {64, 128, 256, 1024} and all(len(t) == 1 for t in tags.values())
-    cache = _Thumbnails(max_bytes=250)
+    cache = Thumbnails(max_bytes=250)
     for i in range(10):
         cache.get(i, lambda: b"x" * 100)
     assert cache.bytes <= 250 and len(cache._items) == 2
@@ -744,9 +744,9 @@ def test_a_thumbnail_wanted_by_many_is_drawn_once():
     import threading
     import time
 
-    from lookalike.server import _Thumbnails
+    from lookalike.server.caches import Thumbnails
 
-    cache, draws = _Thumbnails(max_bytes=10_000), []
+    cache, draws = Thumbnails(max_bytes=10_000), []
 
     def draw():  # type: ignore[no-untyped-def]
         draws.append(1)
@@ -779,10 +779,10 @@ def test_slow_and_idle_connections_are_closed(demo_rec):
 
     import uvicorn
 
-    from lookalike.server import _uvicorn_options
+    from lookalike.server.serve import uvicorn_options
 
     port = _free_port()
-    options = _uvicorn_options(access_log=False, timeout_keep_alive=0.5, timeout_headers=0.5)
+    options = uvicorn_options(access_log=False, timeout_keep_alive=0.5, timeout_headers=0.5)
     server = uvicorn.Server(uvicorn.Config(create_app(demo_rec), host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
