@@ -33,7 +33,8 @@ The modules, each one concern::
     edge.py        Refused, the error → status table, bearer tokens, body limits
     caches.py      the result cache and the thumbnails, per worker
     schema.py      the pydantic models and the schema pages behind the read token
-    serve.py       run_server, the uvicorn options, the header-timeout protocol
+    serve.py       run_server and the uvicorn options
+    protocol.py    uvicorn's h11 protocol with a header deadline and one write per answer
     supervisor.py  pre-forked workers and the parent that replaces them
 
 ::

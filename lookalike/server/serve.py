@@ -3,7 +3,8 @@
 ``run_server`` loads the index once, makes the model for photo queries ready, limits BLAS to one
 thread per search, and runs uvicorn: in this process (one worker) or in pre-forked workers under
 :class:`~lookalike.server.supervisor.Supervisor`. Every connection runs uvicorn's h11 protocol
-with a deadline for each request's line and headers (``header_timeout_protocol``).
+with a deadline for each request's line and headers and one write per answer
+(:func:`~lookalike.server.protocol.h11_protocol`).
 """
 
 import logging
@@ -16,11 +17,12 @@ from ..recommender import Recommender
 from .app import create_app
 from .caches import DEFAULT_RESULT_CACHE
 from .edge import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, READ_TOKEN_ENV, WRITE_TOKEN_ENV, load_token
+from .protocol import h11_protocol
 from .supervisor import prefork
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_server", "uvicorn_options", "header_timeout_protocol", "prepare_photo_search", "DEFAULT_HOST",
+__all__ = ["run_server", "uvicorn_options", "prepare_photo_search", "DEFAULT_HOST",
            "DEFAULT_PORT", "DEFAULT_TIMEOUT_KEEP_ALIVE", "DEFAULT_TIMEOUT_HEADERS"]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -127,53 +129,7 @@ def _quiet_bomb_warnings() -> None:
 def uvicorn_options(*, access_log: bool, timeout_keep_alive: float, timeout_headers: float) -> dict[str, Any]:
     """uvicorn settings shared by one process and pre-forked workers."""
     return {"access_log": access_log, "log_level": "info", "timeout_keep_alive": timeout_keep_alive,
-            "http": header_timeout_protocol(timeout_headers)}
-
-
-def header_timeout_protocol(seconds: float) -> Any:
-    """uvicorn's h11 protocol with a deadline for each request's line and headers.
-
-    uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but has no deadline
-    for headers: a client that connects and sends nothing, or half a request line, holds
-    its connection for ever (slowloris). The clock starts when the connection opens and
-    when the first byte of a next request arrives, and stops once the headers are in.
-    """
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HeaderTimeoutProtocol(H11Protocol):
-        _header_timer: Any = None
-
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            before = self.cycle
-            if before is None or before.response_complete:
-                self._arm()  # bytes of a new request: its headers are due within the deadline
-            super().data_received(data)
-            if self.cycle is not before:
-                self._disarm()  # a whole request line and headers arrived
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _headers_too_slow(self) -> None:
-            self._header_timer = None
-            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
-                self.transport.close()
-
-    return HeaderTimeoutProtocol
+            "http": h11_protocol(timeout_headers)}
 
 
 def _check_address(host: str, port: int) -> None:
