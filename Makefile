@@ -30,6 +30,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check lookalike tests benchmarks scripts
+	$(BIN)/mypy lookalike
 
 # README.md's example outputs, made again from the bundled sample (tests/test_readme.py checks them)
 readme: setup

@@ -13,9 +13,18 @@ microseconds per request) so that, on a small machine, the load generator takes 
 CPU as possible away from the server it measures. Every response's status is checked and
 a sample of bodies is parsed. Loopback only: nothing leaves the machine.
 
+Each level also records the CPU the server's processes (the supervisor and every worker) and
+the client spent per request, and the same search in process (``Recommender.similar``, CPU
+per search), so what the HTTP layer costs beside the search reads off one table.
+
+``--code DIR`` (repeatable) compares source trees, e.g. two git worktrees: the server runs
+with ``PYTHONPATH=DIR`` (that tree's ``lookalike``), the client and the index stay the same,
+and the runs alternate between the trees, a fresh server for each run.
+
 Usage::
 
     python benchmarks/bench_server.py [--index DIR] [--requests 2000] [--runs 3]
+    python benchmarks/bench_server.py --levels 32 --runs 3 --code ../wt-before --code .
 """
 
 from __future__ import annotations
@@ -24,7 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import socket
 import statistics
@@ -69,11 +77,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(index: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen:
+def start_server(index: Path, port: int, extra: list[str] | None = None, code: Path | None = None) -> subprocess.Popen:
+    """``lookalike serve`` on loopback; ``code``: the source tree whose ``lookalike`` it runs."""
     cmd = [sys.executable, "-m", "lookalike", "serve", str(index), "--host", "127.0.0.1", "--port", str(port),
            "--workers", str(WORKERS), *(extra or [])]
+    env = None
+    if code is not None:  # run from the tree too: `python -m` puts the working folder first on sys.path
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")]))}
+        cmd[cmd.index(str(index))] = str(Path(index).resolve())
     log = tempfile.TemporaryFile(mode="w+")  # not a pipe: a chatty server must never block on it
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=code)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -223,30 +236,119 @@ async def load(port: int, ids: list[str], clients: int, requests: int, max_secon
     }
 
 
-def library_latency(index: Path, ids: list[str], n: int = 300) -> dict[str, float]:
+_LOADED: dict[str, Any] = {}
+
+
+def library_latency(index: Path, ids: list[str], n: int = 300, seed: int = 1) -> dict[str, float]:
     """The same query in-process, for comparison: what the HTTP layer adds."""
     from lookalike import Recommender
 
-    try:  # as `lookalike serve` does: one BLAS thread per search
-        from threadpoolctl import threadpool_limits
+    if str(index) not in _LOADED:
+        try:  # as `lookalike serve` does: one BLAS thread per search
+            from threadpoolctl import threadpool_limits
 
-        threadpool_limits(limits=1, user_api="blas")
-    except ImportError:
-        pass
-    rec = Recommender.load(index)
-    rng = random.Random(1)
+            threadpool_limits(limits=1, user_api="blas")
+        except ImportError:
+            pass
+        _LOADED[str(index)] = Recommender.load(index)
+    rec = _LOADED[str(index)]
+    rng = random.Random(seed)
     for _ in range(20):
         rec.similar(rng.choice(ids), k=5, same="Gender")
     ms = []
+    cpu0 = time.thread_time()  # this thread's CPU: what a worker's event loop pays for a search
     for _ in range(n):
         t0 = time.perf_counter()
         rec.similar(rng.choice(ids), k=5, same="Gender")
         ms.append((time.perf_counter() - t0) * 1000)
+    cpu = (time.thread_time() - cpu0) / n * 1000
     ms.sort()
-    return {"p50_ms": round(ms[len(ms) // 2], 2), "p99_ms": round(ms[int(0.99 * (len(ms) - 1))], 2)}
+    return {"p50_ms": round(ms[len(ms) // 2], 2), "p99_ms": round(ms[int(0.99 * (len(ms) - 1))], 2),
+            "cpu_ms_per_search": round(cpu, 3)}
 
 
 # -- main ----------------------------------------------------------------------------------
+def measure(port: int, proc: subprocess.Popen, index: Path, ids: list[str], levels: list[int],
+            args: argparse.Namespace, r: int) -> list[dict[str, Any]]:
+    """One run: every level against one server, with the CPU its processes and the client spent,
+    and the CPU of the same search in process, measured right after (the machine's speed drifts)."""
+    run = []
+    for c in levels:
+        before, client0 = tree_cpu_seconds(proc.pid), time.process_time()
+        stats = asyncio.run(load(port, ids, c, args.requests, args.max_seconds, seed=100 * r + c))
+        after, client = tree_cpu_seconds(proc.pid), time.process_time() - client0
+        if stats["requests"]:
+            stats["server_cpu_ms_per_request"] = round((after - before) / stats["requests"] * 1000, 3)
+            stats["client_cpu_ms_per_request"] = round(client / stats["requests"] * 1000, 3)
+            search = library_latency(index, ids, n=300, seed=100 * r + c)["cpu_ms_per_search"]
+            stats["search_cpu_ms_in_process"] = search
+            stats["http_cpu_ms_per_request"] = round(stats["server_cpu_ms_per_request"] - search, 3)
+        run.append(stats)
+    return run
+
+
+def serve_and_measure(index: Path, ids: list[str], levels: list[int], args: argparse.Namespace, code: Path | None,
+                      rounds: list[int]) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
+    """The runs numbered ``rounds`` against one server (of ``code``), started here after a warm-up."""
+    port = free_port()
+    proc = start_server(index, port, extra=["--result-cache", "0"] if args.no_result_cache else None, code=code)
+    runs = []
+    try:
+        info = health(port)
+        asyncio.run(load(port, ids, 8, args.warmup, 30.0, seed=0))
+        for r in rounds:
+            runs.append(measure(port, proc, index, ids, levels, args, r))
+            label = f"{code} " if code is not None else ""
+            print(f"{label}run {r + 1}: " + ", ".join(
+                f"{x['clients']}c {x['throughput_rps']:.0f} req/s p99 {x['p99_ms']} ms" for x in runs[-1]),
+                file=sys.stderr)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return runs, info
+
+
+def summarise(runs: list[list[dict[str, Any]]], levels: list[int]) -> list[dict[str, Any]]:
+    summary = []
+    for j, c in enumerate(levels):
+        per = [run[j] for run in runs]
+        row = {"clients": c, **{key: round(statistics.median(x[key] for x in per), 2)
+                                for key in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")}}
+        for key in ("server_cpu_ms_per_request", "client_cpu_ms_per_request", "search_cpu_ms_in_process",
+                    "http_cpu_ms_per_request"):
+            row[key] = round(statistics.median(x[key] for x in per), 3) if all(key in x for x in per) else None
+        row["throughput_spread"] = [min(x["throughput_rps"] for x in per), max(x["throughput_rps"] for x in per)]
+        row["p99_spread"] = [min(x["p99_ms"] for x in per), max(x["p99_ms"] for x in per)]
+        row["requests"] = sum(x["requests"] for x in per)
+        row["errors"] = sum(sum(x["errors"].values()) for x in per)
+        summary.append(row)
+    return summary
+
+
+def print_table(summary: list[dict[str, Any]], cache_off: bool) -> None:
+    print("| clients | throughput (req/s) | p50 (ms) | p90 (ms) | p99 (ms) | server CPU (ms/req) | "
+          "client CPU (ms/req) | errors |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for s in summary:
+        cpu = "–" if s["server_cpu_ms_per_request"] is None else f"{s['server_cpu_ms_per_request']:.2f}"
+        client = "–" if s["client_cpu_ms_per_request"] is None else f"{s['client_cpu_ms_per_request']:.2f}"
+        print(f"| {s['clients']} | {s['throughput_rps']:.0f} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | "
+              f"{s['p99_ms']:.1f} | {cpu} | {client} | {s['errors']} |")
+    at32 = next((s for s in summary if s["clients"] == 32), None)
+    if at32:
+        verdict = "met" if at32["p99_ms"] <= TARGET_P99_MS else "MISSED"
+        print(f"target p99 ≤ {TARGET_P99_MS:.0f} ms at 32 clients: {verdict} ({at32['p99_ms']:.1f} ms; runs "
+              f"{at32['throughput_spread'][0]:.0f}–{at32['throughput_spread'][1]:.0f} req/s, p99 "
+              f"{at32['p99_spread'][0]:.1f}–{at32['p99_spread'][1]:.1f} ms)")
+        if at32["http_cpu_ms_per_request"] is not None and cache_off:  # with the cache, many answers skip the search
+            print(f"server CPU per request {at32['server_cpu_ms_per_request']:.3f} ms; the same search in "
+                  f"process {at32['search_cpu_ms_in_process']:.3f} ms; the HTTP layer (the difference, median "
+                  f"of the runs) {at32['http_cpu_ms_per_request']:.3f} ms")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="index folder to reuse, or to build into")
@@ -259,96 +361,71 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="`lookalike serve --workers` (its default on 2 cores)")
     ap.add_argument("--no-result-cache", action="store_true",
                     help="serve with --result-cache 0, so every request searches (issue 12's target)")
+    ap.add_argument("--code", type=Path, action="append", default=None, metavar="DIR",
+                    help="a source tree to serve from (PYTHONPATH=DIR); repeat to alternate runs between trees")
     args = ap.parse_args(argv)
     machine = print_machine()
     global WORKERS
     WORKERS = args.workers
     levels = [int(x) for x in args.levels.split(",")]
-
     index = ensure_index(args.index)
-    port = free_port()
-    proc = start_server(index, port, extra=["--result-cache", "0"] if args.no_result_cache else None)
-    runs: list[list[dict[str, Any]]] = []
-    try:
-        info = health(port)
 
-        from lookalike import Recommender
+    from lookalike import Recommender
 
-        ids = Recommender.load(index).ids
-        load_before = os.getloadavg()
-        asyncio.run(load(port, ids, 8, args.warmup, 30.0, seed=0))
-        for r in range(args.runs):
-            run = []
-            for c in levels:
-                before = cpu_seconds(proc.pid)
-                stats = asyncio.run(load(port, ids, c, args.requests, args.max_seconds, seed=100 * r + c))
-                after = cpu_seconds(proc.pid)
-                if before is not None and after is not None and stats["requests"]:
-                    stats["server_cpu_ms_per_request"] = round((after - before) / stats["requests"] * 1000, 2)
-                run.append(stats)
-            runs.append(run)
-            print(f"run {r + 1}: " + ", ".join(f"{x['clients']}c p99 {x['p99_ms']} ms" for x in runs[-1]),
-                  file=sys.stderr)
-        load_after = os.getloadavg()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    ids = Recommender.load(index).ids
+    load_before = os.getloadavg()
+    codes: list[Path | None] = [c.resolve() for c in args.code] if args.code else [None]
+    runs: dict[str, list[list[dict[str, Any]]]] = {str(c): [] for c in codes}
+    if len(codes) == 1:
+        runs[str(codes[0])], info = serve_and_measure(index, ids, levels, args, codes[0], list(range(args.runs)))
+    else:
+        for r in range(args.runs):  # alternating: a fresh server of each tree for each run
+            for code in codes:
+                got, info = serve_and_measure(index, ids, levels, args, code, [r])
+                runs[str(code)] += got
+    load_after = os.getloadavg()
     lib = library_latency(index, ids)
+    write_results(args, machine, index, info, lib, codes, runs, levels, load_before, load_after)
+    return 0
 
-    summary = []
-    for j, c in enumerate(levels):
-        per = [run[j] for run in runs]
-        summary.append({
-            "clients": c,
-            **{key: round(statistics.median(x[key] for x in per), 2)
-               for key in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms", "max_ms")},
-            "server_cpu_ms_per_request": (
-                round(statistics.median(x["server_cpu_ms_per_request"] for x in per), 2)
-                if all("server_cpu_ms_per_request" in x for x in per) else None
-            ),
-            "requests": sum(x["requests"] for x in per),
-            "errors": sum(sum(x["errors"].values()) for x in per),
-        })
+
+def write_results(args: argparse.Namespace, machine: dict[str, Any], index: Path, info: dict[str, Any],
+                  lib: dict[str, float], codes: list[Path | None], runs: dict[str, list[list[dict[str, Any]]]],
+                  levels: list[int], load_before: tuple[float, ...], load_after: tuple[float, ...]) -> None:
     import fastapi
     import uvicorn
 
+    summaries = {key: summarise(value, levels) for key, value in runs.items()}
     result = {
         "query": "GET /products/{id}/similar?k=5&same=Gender, random ids",
         "index": {"path": str(index), "rows": info["rows"], "model": info["model"], "backend": info["backend"]},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in load_after]},
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
         "versions": {"fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__},
         "settings": {"requests": args.requests, "max_seconds": args.max_seconds, "runs": args.runs,
-                     "warmup": args.warmup, "result_cache": not args.no_result_cache},
+                     "warmup": args.warmup, "result_cache": not args.no_result_cache, "workers": args.workers,
+                     "alternating": len(codes) > 1},
         "target_p99_ms_at_32": TARGET_P99_MS,
         "library_in_process": lib,
-        "summary_median_of_runs": summary,
-        "runs": runs,
+        "machine": machine,
     }
+    if codes == [None]:
+        result["summary_median_of_runs"], result["runs"] = summaries["None"], runs["None"]
+    else:
+        result["code"] = {key: {"summary_median_of_runs": summaries[key], "runs": runs[key]} for key in runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result["machine"] = machine
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
+    cache = "off" if args.no_result_cache else "on"
     print(f"similar-by-id over HTTP, {info['rows']} products ({info['model']}, {info['backend']}), "
-          f"{os.cpu_count()} CPUs, median of {args.runs} runs; "
-          f"load average {load_before[0]:.1f} → {load_after[0]:.1f}\n")
-    print("| clients | throughput (req/s) | p50 (ms) | p90 (ms) | p99 (ms) | server CPU (ms/req) | errors |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for s in summary:
-        cpu = "–" if s["server_cpu_ms_per_request"] is None else f"{s['server_cpu_ms_per_request']:.2f}"
-        print(f"| {s['clients']} | {s['throughput_rps']:.0f} | {s['p50_ms']:.1f} | {s['p90_ms']:.1f} | "
-              f"{s['p99_ms']:.1f} | {cpu} | {s['errors']} |")
-    print(f"\nin-process `Recommender.similar`: p50 {lib['p50_ms']} ms, p99 {lib['p99_ms']} ms")
-    at32 = next((s for s in summary if s["clients"] == 32), None)
-    if at32:
-        verdict = "met" if at32["p99_ms"] <= TARGET_P99_MS else "MISSED"
-        print(f"target p99 ≤ {TARGET_P99_MS:.0f} ms at 32 clients: {verdict} ({at32['p99_ms']:.1f} ms)")
+          f"{os.cpu_count()} CPUs, {args.workers} workers, result cache {cache}, median of {args.runs} runs; "
+          f"load average {load_before[0]:.1f} → {load_after[0]:.1f}")
+    for key, summary in summaries.items():
+        print(f"\n{'' if key == 'None' else key}")
+        print_table(summary, args.no_result_cache)
+    print(f"\nin-process `Recommender.similar`: p50 {lib['p50_ms']} ms, p99 {lib['p99_ms']} ms, "
+          f"CPU {lib['cpu_ms_per_search']} ms a search")
     print(f"\nwritten: {args.out}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

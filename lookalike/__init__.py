@@ -29,11 +29,14 @@ from .engines import DEFAULT_ENGINE, ENGINES
 from .errors import (
     CatalogError,
     ImageError,
+    ImageNotFoundError,
+    ImageTooLargeError,
     IndexFormatError,
     InvalidQueryError,
     LookalikeError,
     MissingDependencyError,
     ModelError,
+    NotAnImageError,
     UnknownProductError,
 )
 from .index import BACKENDS, ExactIndex, VectorIndex
@@ -83,6 +86,9 @@ __all__ = [
     "LookalikeError",
     "CatalogError",
     "ImageError",
+    "NotAnImageError",
+    "ImageTooLargeError",
+    "ImageNotFoundError",
     "ModelError",
     "IndexFormatError",
     "UnknownProductError",

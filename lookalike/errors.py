@@ -4,7 +4,11 @@
 
     LookalikeError
      ├── CatalogError            the catalogue table can't be read or lacks a column
-     ├── ImageError              a query photo can't be read (catalogue photos are per-row data)
+     ├── ImageError              a query photo can't be read: corrupt, truncated, empty (catalogue
+     │    │                      photos are per-row data)
+     │    ├── NotAnImageError    not one of the photo formats read (JPEG, PNG, WebP, GIF, BMP, TIFF)
+     │    ├── ImageTooLargeError more pixels than the limit: refused from its header, never decoded
+     │    └── ImageNotFoundError no file at the photo's path
      ├── ModelError              unknown model, missing or mismatched weights
      ├── IndexFormatError        not an index, corrupt, or built with another format/model
      ├── StorageError            the index folder can't be written now (disk full, read-only, I/O error)
@@ -25,6 +29,9 @@ __all__ = [
     "LookalikeError",
     "CatalogError",
     "ImageError",
+    "NotAnImageError",
+    "ImageTooLargeError",
+    "ImageNotFoundError",
     "ModelError",
     "IndexFormatError",
     "StorageError",
@@ -44,7 +51,19 @@ class CatalogError(LookalikeError):
 
 
 class ImageError(LookalikeError):
-    """A query image can't be opened or decoded."""
+    """A query image can't be opened or decoded (corrupt, truncated, empty, an unusable mode)."""
+
+
+class NotAnImageError(ImageError):
+    """The bytes are not one of the photo formats lookalike decodes (HTTP 415)."""
+
+
+class ImageTooLargeError(ImageError):
+    """The photo has more pixels than the limit (ours or Pillow's), seen from its header (HTTP 413)."""
+
+
+class ImageNotFoundError(ImageError):
+    """There is no file at the photo's path."""
 
 
 class ModelError(LookalikeError):

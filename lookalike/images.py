@@ -2,7 +2,11 @@
 
 Everything here is per item and never raises for a bad catalogue photo: :func:`load`
 returns ``(Decoded | None, reason)``. Query photos go through :func:`open_image`, which
-raises :class:`~lookalike.errors.ImageError` with one clear line instead.
+raises :class:`~lookalike.errors.ImageError` with one clear line instead, of a subclass that says
+which kind: :class:`~lookalike.errors.NotAnImageError` (not an allowed format),
+:class:`~lookalike.errors.ImageTooLargeError` (too many pixels, from the header),
+:class:`~lookalike.errors.ImageNotFoundError` (no file); corrupt, truncated or empty photos are
+plain ``ImageError``.
 
 This is the one place where photos are opened, for builds, the CLI and the server alike,
 so the defences against hostile files live here:
@@ -41,7 +45,7 @@ from typing import Any, BinaryIO, Sequence, Union
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, ImageNotFoundError, ImageTooLargeError, NotAnImageError
 from .jpeg import eighth_scale_scans
 
 __all__ = [
@@ -219,7 +223,7 @@ def _open(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int | None
     else:
         path = Path(source)
         if not path.exists():
-            raise ImageError(f"file not found: {path}")
+            raise ImageNotFoundError(f"file not found: {path}")
         if path.is_dir():
             raise ImageError(f"is a folder, not a photo: {path}")
         nbytes = path.stat().st_size
@@ -235,13 +239,13 @@ def _open(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int | None
     # file may change after this read; formats= still keeps Pillow to that one plugin)
     fmt = _FORMAT_OF.get(sniff_image_type(head) or "")
     if fmt is None:
-        raise ImageError("not an image (unrecognised file format)")
+        raise NotAnImageError("not an image (unrecognised file format)")
     try:
         img = Image.open(fp, formats=(fmt,))  # type: ignore[arg-type]  # Pillow's stub wants a list; it takes any sequence
     except UnidentifiedImageError:
-        raise ImageError("not an image (unrecognised file format)") from None
+        raise NotAnImageError("not an image (unrecognised file format)") from None
     except _BOMBS as exc:  # past Pillow's own limit (the warning, when warnings are errors)
-        raise ImageError(_too_large(exc, max_pixels)) from None
+        raise ImageTooLargeError(_too_large(exc, max_pixels)) from None
     except OSError as exc:
         raise ImageError(f"unreadable image: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a format plugin choking on a hostile header
@@ -249,7 +253,7 @@ def _open(source: ImageSource, max_pixels: int) -> tuple[Image.Image, int | None
     w, h = img.size
     if w * h > max_pixels:
         img.close()
-        raise ImageError(f"image too large: {w}x{h} pixels (limit {max_pixels:,})")
+        raise ImageTooLargeError(f"image too large: {w}x{h} pixels (limit {max_pixels:,})")
     if w == 0 or h == 0:
         img.close()
         raise ImageError("image has no pixels")
@@ -276,7 +280,7 @@ def open_image(
         except ImageError:
             raise
         except _BOMBS as exc:
-            raise ImageError(_too_large(exc, max_pixels)) from None
+            raise ImageTooLargeError(_too_large(exc, max_pixels)) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(f"truncated or corrupt image: {exc}") from None
         finally:
@@ -557,7 +561,7 @@ def open_photo_file(
     try:
         fd = os.open(real, flags)
     except FileNotFoundError:
-        raise ImageError("file not found") from None
+        raise ImageNotFoundError("file not found") from None
     except OSError as exc:
         raise ImageError(f"can't open the photo: {exc.strerror or type(exc).__name__}") from None
     try:

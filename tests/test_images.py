@@ -11,7 +11,7 @@ import pytest
 from hostile import cut_jpeg, eps, lying_jpeg, pillow_file, png
 from PIL import Image
 
-from lookalike import ImageError, demo_catalog
+from lookalike import ImageError, ImageNotFoundError, ImageTooLargeError, NotAnImageError, demo_catalog
 from lookalike.images import (
     ALLOWED_FORMATS,
     COLOUR_DIM,
@@ -343,6 +343,35 @@ def test_decodes_wait_for_a_free_slot(monkeypatch):
     assert most[0] == 2
     with pytest.raises(ValueError):
         images.set_decode_slots(0)
+
+
+def test_each_bad_photo_raises_its_kind_of_image_error(tmp_path):
+    """The kind of failure is the exception's type (the server maps types to statuses), never
+    only its words; every kind is still an ImageError for callers that catch that."""
+    photo = _demo_photo().read_bytes()
+    (tmp_path / "text.jpg").write_text("hello")
+    cases = [
+        (tmp_path / "missing.jpg", ImageNotFoundError),
+        (tmp_path / "text.jpg", NotAnImageError),
+        (b"hello", NotAnImageError),
+        (eps(), NotAnImageError),
+        (pillow_file("PCX"), NotAnImageError),
+        (b"GIF89a garbage", NotAnImageError),  # the plugin can't read the header: unrecognised
+        (png(20_000, 20_000, rows=b""), ImageTooLargeError),  # past Pillow's own limit
+        (png(10_000, 10_000, rows=b""), ImageTooLargeError),  # past ours
+        (b"", ImageError),
+        (photo[: len(photo) // 2], ImageError),
+        (lying_jpeg(7000, 7000), ImageError),
+        (cut_jpeg(photo, 0.3), ImageError),
+        (b"\x89PNG\r\n\x1a\n garbage", ImageError),
+        (tmp_path, ImageError),
+    ]
+    for source, kind in cases:
+        with pytest.raises(ImageError) as err:
+            open_image(source, draft=224)
+        assert type(err.value) is kind, (source if isinstance(source, Path) else source[:16], err.value)
+    with pytest.raises(ImageNotFoundError, match="^file not found$"):
+        open_photo_file(tmp_path / "gone.jpg")
 
 
 # -- bombs and damaged files --------------------------------------------------------------

@@ -560,11 +560,11 @@ def test_serve_on_a_taken_port_is_one_line(demo_index, capsys, workers):
 # -- the model is made ready before workers fork --------------------------------------------
 def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, tmp_path, monkeypatch, caplog):
     from lookalike import Recommender
-    from lookalike.server import _prepare_photo_search
+    from lookalike.server.serve import prepare_photo_search
 
     monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path / "cache"))
     rec = Recommender.load(demo_index)
-    _prepare_photo_search(rec)  # an empty cache: exported and quantized here, not on an upload
+    prepare_photo_search(rec)  # an empty cache: exported and quantized here, not on an upload
     assert rec.encoder.onnx_path().is_file() and rec.encoder._session is None  # no session yet
 
     def no_model(self):
@@ -572,9 +572,26 @@ def test_prepare_photo_search_exports_once_and_never_blocks_serving(demo_index, 
 
     monkeypatch.setattr(Recommender, "encoder", property(no_model))
     with caplog.at_level("WARNING", logger="lookalike.server"):
-        _prepare_photo_search(Recommender.load(demo_index))  # by-id serving goes on
+        prepare_photo_search(Recommender.load(demo_index))  # by-id serving goes on
     assert "search by photo is unavailable: no weights" in caplog.text
 
+
+
+# -- statuses by error type -------------------------------------------------------------------
+@pytest.mark.parametrize("error, status", [
+    ("UnknownProductError", 404), ("InvalidQueryError", 422), ("CatalogError", 422),
+    ("NotAnImageError", 415), ("ImageTooLargeError", 413), ("ImageError", 400), ("ImageNotFoundError", 400),
+    ("ModelError", 503), ("MissingDependencyError", 503), ("StorageError", 503), ("IndexLockedError", 503),
+    ("IndexFormatError", 500), ("LookalikeError", 500),
+])
+def test_the_status_of_an_error_is_chosen_by_its_type(error, status):
+    """Not by its words: a NotAnImageError that says "image too large" is still a 415."""
+    from lookalike import errors
+    from lookalike.server.edge import status_for
+
+    kind = getattr(errors, error)
+    assert status_for(kind("image too large: whatever it says")) == status
+    assert status_for(type("Narrower", (kind,), {})("x")) == status  # a subclass takes its base's status
 
 
 # -- hostile uploads ------------------------------------------------------------------------
@@ -704,7 +721,7 @@ def test_photo_outside_the_recorded_root_is_not_served(small_index, tmp_path):
 
 
 def test_thumbnails_come_in_a_few_sizes_and_a_bounded_cache(small_index):
-    from lookalike.server import THUMBNAIL_SIZES, _Thumbnails
+    from lookalike.server.caches import THUMBNAIL_SIZES, Thumbnails
 
     rec, paths = small_index
     with TestClient(create_app(rec)) as c:
@@ -716,7 +733,7 @@ def test_thumbnails_come_in_a_few_sizes_and_a_bounded_cache(small_index):
             assert max(Image.open(io.BytesIO(resp.content)).size) <= side
             tags.setdefault(side, set()).add(resp.headers["etag"])
         assert set(tags) == {64, 128, 256, 1024} and all(len(t) == 1 for t in tags.values())
-    cache = _Thumbnails(max_bytes=250)
+    cache = Thumbnails(max_bytes=250)
     for i in range(10):
         cache.get(i, lambda: b"x" * 100)
     assert cache.bytes <= 250 and len(cache._items) == 2
@@ -727,9 +744,9 @@ def test_a_thumbnail_wanted_by_many_is_drawn_once():
     import threading
     import time
 
-    from lookalike.server import _Thumbnails
+    from lookalike.server.caches import Thumbnails
 
-    cache, draws = _Thumbnails(max_bytes=10_000), []
+    cache, draws = Thumbnails(max_bytes=10_000), []
 
     def draw():  # type: ignore[no-untyped-def]
         draws.append(1)
@@ -762,10 +779,10 @@ def test_slow_and_idle_connections_are_closed(demo_rec):
 
     import uvicorn
 
-    from lookalike.server import _uvicorn_options
+    from lookalike.server.serve import uvicorn_options
 
     port = _free_port()
-    options = _uvicorn_options(access_log=False, timeout_keep_alive=0.5, timeout_headers=0.5)
+    options = uvicorn_options(access_log=False, timeout_keep_alive=0.5, timeout_headers=0.5)
     server = uvicorn.Server(uvicorn.Config(create_app(demo_rec), host="127.0.0.1", port=port, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -793,6 +810,134 @@ def test_slow_and_idle_connections_are_closed(demo_rec):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+
+def test_a_slow_next_request_on_a_kept_connection_is_closed(demo_rec):
+    """The header deadline starts again at the first byte of a next request on a keep-alive
+    connection (here the keep-alive timeout is long, so only the deadline can close it)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from lookalike.server.serve import uvicorn_options
+
+    port = _free_port()
+    options = uvicorn_options(access_log=False, timeout_keep_alive=30, timeout_headers=0.5)
+    server = uvicorn.Server(uvicorn.Config(create_app(demo_rec), host="127.0.0.1", port=port, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            for _ in range(3):  # whole requests never start the clock
+                conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = conn.recv(65536)
+                assert head.startswith(b"HTTP/1.1 200") and head.rstrip().endswith(b"}"), head
+            time.sleep(0.7)  # longer than the deadline: an idle kept connection stays
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            t0 = time.monotonic()
+            conn.sendall(b"GET /hea")  # half a next request line
+            assert conn.recv(4096) == b""  # closed by the server
+            assert time.monotonic() - t0 < 3
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+class _Transport:
+    """A connection's transport that records each write (no socket)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 40000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("path", ["/health", f"/products/{QUERY}/similar?k=5&same=Gender",
+                                  f"/products/{QUERY}/similar?k=0", f"/products/{QUERY}/image?size=64",
+                                  "/products/nope"])
+def test_each_answer_is_written_with_one_call(demo_rec, path):
+    """uvicorn writes the status line and headers, then the body: two sends and, with TCP_NODELAY,
+    two segments per answer. The protocol the server runs holds them and writes once (a photo
+    streamed from its file goes out as its head, then its chunks: the file is read in a thread)."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from lookalike.server.serve import uvicorn_options
+
+    async def go() -> list[bytes]:
+        options = uvicorn_options(access_log=False, timeout_keep_alive=5, timeout_headers=10)
+        config = uvicorn.Config(create_app(demo_rec), lifespan="off", **options)
+        config.load()
+        proto = config.http_protocol_class(config=config, server_state=ServerState(), app_state={},
+                                           _loop=asyncio.get_running_loop())
+        transport = _Transport()
+        proto.connection_made(transport)
+        proto.data_received(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        for _ in range(2000):
+            if proto.cycle is not None and proto.cycle.response_complete:
+                break
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        proto.connection_lost(None)
+        return transport.writes
+
+    writes = asyncio.run(go())
+    assert len(writes) == 1, [w[:40] for w in writes]
+    head, _, body = writes[0].partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    assert len(body) == length > 0
+
+
+def test_held_writes_go_out_by_64_kib_and_at_the_end_of_the_turn():
+    import asyncio
+
+    from lookalike.server.protocol import OneWritePerAnswer
+
+    async def go() -> tuple[list[int], list[int]]:
+        transport = _Transport()
+        held = OneWritePerAnswer(transport, asyncio.get_running_loop())
+        held.write(b"h" * 100)
+        held.write(b"")
+        held.write(b"b" * 40_000)
+        assert transport.writes == [] and held.get_write_buffer_size() == 40_100
+        held.write(b"c" * 40_000)  # past 64 KiB: written now
+        during = [len(w) for w in transport.writes]
+        held.write(b"d" * 10)
+        await asyncio.sleep(0)  # the loop's turn ends: nothing is held longer
+        return during, [len(w) for w in transport.writes]
+
+    during, after = asyncio.run(go())
+    assert during == [80_100] and after == [80_100, 10]
 
 
 # -- memory under hostile uploads, measured on a real `lookalike serve` -----------------------

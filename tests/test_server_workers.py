@@ -183,13 +183,13 @@ def test_workers_that_fail_at_start_are_a_crash_loop_too(tmp_path):
     any other, named by their exit status; the supervisor stops after MAX_WORKER_DEATHS."""
     script = (
         "import socket, sys, types\n"
-        "from lookalike.server import _Supervisor\n"
+        "from lookalike.server.supervisor import Supervisor\n"
         "class Server:\n"
         "    def __init__(self, config): self.started = False\n"
         "    def run(self, sockets): raise RuntimeError('the app would not start')\n"
         "sockets = [socket.socket() for _ in range(2)]\n"
         "config = types.SimpleNamespace(host='127.0.0.1', port=1)\n"
-        "sys.exit(_Supervisor(types.SimpleNamespace(Server=Server), config, sockets).run())\n"
+        "sys.exit(Supervisor(types.SimpleNamespace(Server=Server), config, sockets).run())\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from lookalike import Recommender, build, demo_catalog  # noqa: E402
 from lookalike.errors import InvalidQueryError  # noqa: E402
 from lookalike.server import create_app  # noqa: E402
-from lookalike.server_writes import load_token  # noqa: E402
+from lookalike.server.edge import load_token  # noqa: E402
 
 DEMO = demo_catalog()
 IMAGES = DEMO.parent / "images"
@@ -289,7 +289,7 @@ def _in_writer(index: Path, work):
     """Run ``await work(writer)`` against a started WriterProcess, closing it afterwards."""
     import asyncio
 
-    from lookalike.server_writes import WriterProcess
+    from lookalike.server.writer import WriterProcess
 
     writer = WriterProcess(index)
 
@@ -359,7 +359,7 @@ def test_the_writer_process_yields_the_cores_to_searches(index, monkeypatch):
     """It runs at a lower priority (WRITER_NICE, or $LOOKALIKE_WRITER_NICE) than its worker."""
     import os
 
-    from lookalike.server_writes import WRITER_NICE
+    from lookalike.server.writer import WRITER_NICE
 
     monkeypatch.delenv("LOOKALIKE_WRITER_NICE", raising=False)
 
@@ -375,7 +375,7 @@ def test_the_writer_process_yields_the_cores_to_searches(index, monkeypatch):
 def test_a_writer_nice_that_is_not_a_number_is_named_and_the_default_kept(monkeypatch, caplog):
     import logging
 
-    from lookalike.server_writes import WRITER_NICE, writer_nice
+    from lookalike.server.writer import WRITER_NICE, writer_nice
 
     caplog.set_level(logging.WARNING, logger="lookalike")
     monkeypatch.setenv("LOOKALIKE_WRITER_NICE", "low")
@@ -391,7 +391,7 @@ def test_a_writer_process_that_died_idle_is_replaced_before_the_next_write(index
     import os
     import signal
 
-    from lookalike.server_writes import Refused
+    from lookalike.server.edge import Refused
 
     rec = Recommender.load(index)
     a, b = rec.ids[:2]
@@ -430,7 +430,7 @@ def test_the_writer_process_ends_with_its_worker(index, tmp_path):
 
     script = (
         "import os, sys\n"
-        "from lookalike.server_writes import WriterProcess\n"
+        "from lookalike.server.writer import WriterProcess\n"
         "w = WriterProcess(sys.argv[1]); w.start().result(timeout=120)\n"
         "print(list(w._pool._processes)[0], flush=True)\n"
         "os._exit(0)\n"

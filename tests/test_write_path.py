@@ -280,7 +280,7 @@ def _fault_answer(resp, index: Path) -> None:
 
 
 def test_a_lock_held_elsewhere_is_a_503_after_one_bounded_wait(index, encoder, table, monkeypatch):
-    import lookalike.server_writes as sw
+    import lookalike.server.writer as sw
 
     monkeypatch.setattr(sw, "LOCK_WAIT_S", 2.0)
     app = create_app(Recommender.load(index, encoder=encoder), write_token=TOKEN)

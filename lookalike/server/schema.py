@@ -1,0 +1,118 @@
+"""The documented surface: the pydantic models of the HTTP edge and the schema pages
+(``/openapi.json``, ``/docs``, ``/redoc``) behind the read token."""
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+from ..recommender import MAX_IDS, MAX_K
+
+__all__ = ["Schemas", "schemas", "add_schema_routes"]
+
+
+@dataclass(frozen=True)
+class Schemas:
+    """The pydantic models, built on first use (pydantic is a server extra)."""
+
+    ErrorOut: Any
+    HealthOut: Any
+    ProductOut: Any
+    SimilarOut: Any
+    SimilarIn: Any
+
+    def error(self, why: str) -> dict[str, Any]:
+        """An OpenAPI ``responses`` entry of an error answer."""
+        return {"model": self.ErrorOut, "description": why}
+
+    @property
+    def lookup_errors(self) -> dict[int | str, dict[str, Any]]:
+        """The errors every product route may answer."""
+        return {404: self.error("unknown product id"), 422: self.error("bad parameter: k, a column, a filter")}
+
+
+def schemas() -> Schemas:
+    """The models, built here so that importing the server does not import pydantic."""
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+    class ErrorOut(BaseModel):
+        detail: str = Field(examples=["unknown product id: 99999"])
+
+    class HealthOut(BaseModel):
+        status: str = Field(examples=["ok"])
+        rows: int
+        model: str = Field(examples=["efficientnet-lite0/gem"])
+        metric: str
+        backend: str
+        id_column: str
+        columns: list[str]
+        version: str
+
+    class ProductOut(BaseModel):
+        """A product: ``id`` plus every catalogue column, as text."""
+
+        model_config = ConfigDict(extra="allow")
+        __pydantic_extra__: dict[str, str]
+        id: str
+
+    class RecommendationOut(BaseModel):
+        """One result: ``id``, ``rank`` (1 = most alike), ``score`` (higher = more alike),
+        and the product's catalogue columns."""
+
+        model_config = ConfigDict(extra="allow")
+        __pydantic_extra__: dict[str, str]
+        id: str
+        rank: int
+        score: float
+
+    class SimilarOut(BaseModel):
+        query: dict[str, Any] = Field(description="what was asked, as the library understood it")
+        results: list[RecommendationOut]
+
+    class SimilarIn(BaseModel):
+        """Products that look like several products at once (e.g. recently viewed items)."""
+
+        model_config = ConfigDict(extra="forbid")
+        ids: list[Union[StrictStr, StrictInt]] = Field(
+            max_length=MAX_IDS, description=f"product ids, at most {MAX_IDS}", examples=[["13683", "39386"]]
+        )
+        k: Optional[StrictInt] = Field(None, description=f"number of results, 1..{MAX_K} (default: the k in the URL)")
+        same: Union[str, list[str], None] = Field(
+            None, description="keep results to the query products' values of these columns", examples=[["Gender"]]
+        )
+        where: Optional[dict[str, Union[str, list[str]]]] = Field(
+            None, description="keep results whose column holds one of the values", examples=[{"Colour": ["Blue"]}]
+        )
+        colour_weight: Optional[float] = Field(None, strict=True, description="share of the score given to colour, 0..1")
+        collapse_duplicates: Optional[StrictBool] = Field(None, description="at most one product per identical photo")
+
+    return Schemas(ErrorOut, HealthOut, ProductOut, SimilarOut, SimilarIn)
+
+
+def add_schema_routes(app: Any, guard: Callable[..., None]) -> None:
+    """``/openapi.json``, ``/docs`` and ``/redoc`` as FastAPI serves them, each behind ``guard``
+    (the read token, a no-op without one): the schema lists every endpoint and column filter,
+    so it is a read like any other. A browser does not send the token by itself; behind a read
+    token, open the pages through a proxy or an extension that adds the header."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    def schema_url(request: Any) -> str:
+        return request.scope.get("root_path", "").rstrip("/") + "/openapi.json"
+
+    async def openapi(request: Any) -> JSONResponse:
+        guard(request)
+        root_path = request.scope.get("root_path", "").rstrip("/")
+        schema = app.openapi()
+        if root_path and app.root_path_in_servers and root_path not in {s.get("url") for s in schema.get("servers", [])}:
+            schema = {**schema, "servers": [{"url": root_path}, *schema.get("servers", [])]}
+        return JSONResponse(schema)
+
+    async def docs(request: Any) -> HTMLResponse:
+        guard(request)
+        return get_swagger_ui_html(openapi_url=schema_url(request), title=f"{app.title} - Swagger UI")
+
+    async def redoc(request: Any) -> HTMLResponse:
+        guard(request)
+        return get_redoc_html(openapi_url=schema_url(request), title=f"{app.title} - ReDoc")
+
+    for path, endpoint in (("/openapi.json", openapi), ("/docs", docs), ("/redoc", redoc)):
+        app.add_route(path, endpoint, include_in_schema=False)
