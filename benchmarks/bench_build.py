@@ -84,11 +84,11 @@ def stages(csv: Path, images: Path, workers: int | None = None) -> dict[str, flo
 import json, time
 t = time.perf_counter()
 import numpy as np
-from lookalike.catalog import load_catalog
+from lookalike.reading.catalog import load_catalog
 from lookalike.config import DEFAULT_WORKERS
 from lookalike.encoders import get_encoder
 from lookalike.engines.local import _decoded_stream
-from lookalike.pipeline import build
+from lookalike.writing.build import build
 r = {{"imports_s": time.perf_counter() - t}}
 t = time.perf_counter(); cat = load_catalog({str(csv)!r}, images={str(images)!r})
 r["catalog_s"] = time.perf_counter() - t

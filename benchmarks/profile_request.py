@@ -24,7 +24,7 @@ from pathlib import Path
 import bench_server as bs
 from machine import print_machine  # benchmarks/ is the script's folder
 
-LAYERS = (("lookalike.recommender", "search + result rows"), ("lookalike.index", "vector index"),
+LAYERS = (("lookalike.search.recommender", "search + result rows"), ("lookalike.search.backends", "vector index"),
           ("lookalike.server", "lookalike endpoint"), ("fastapi", "FastAPI routing and dependencies"),
           ("starlette", "Starlette"), ("pydantic", "pydantic validation"), ("json", "JSON"),
           ("numpy", "NumPy"), ("asyncio", "asyncio"), ("anyio", "thread pool (anyio)"))

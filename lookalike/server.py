@@ -16,7 +16,7 @@ Errors are ``{"detail": "one line"}``. Uploads are refused with 413 while they a
 as soon as they pass ``max_upload_bytes`` (JSON bodies: ``MAX_JSON_BYTES``); photos with
 more than ``max_pixels`` pixels are refused from their header, before decoding. Product
 photos are served only as the index recorded them, checked again on every request
-(``lookalike.images.open_photo_file``). What the service trusts and refuses, and how to run
+(``lookalike.reading.images.open_photo_file``). What the service trusts and refuses, and how to run
 it behind a reverse proxy: docs/security.md.
 
 ::
@@ -36,9 +36,9 @@ from pathlib import Path
 from threading import Lock
 from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Callable, Hashable, Iterator, Optional, Union
 
-from . import __version__
-from .config import DEFAULT_K
-from .errors import (
+from lookalike import __version__
+from lookalike.config import DEFAULT_K
+from lookalike.errors import (
     CatalogError,
     ImageError,
     InvalidQueryError,
@@ -49,10 +49,9 @@ from .errors import (
     UnknownProductError,
     require,
 )
-from .images import _cores, open_image, open_photo_file, set_decode_slots, sniff_image_type
-from .live import PHOTOS
-from .recommender import MAX_IDS, MAX_K, LiveRecommender, Recommender
-from .server_writes import (
+from lookalike.reading.images import _cores, open_image, open_photo_file, set_decode_slots, sniff_image_type
+from lookalike.search.recommender import MAX_IDS, MAX_K, LiveRecommender, Recommender
+from lookalike.server_writes import (
     MAX_JSON_BYTES,
     READ_TOKEN_ENV,
     RETRY_AFTER_S,
@@ -62,6 +61,7 @@ from .server_writes import (
     load_token,
     token_guard,
 )
+from lookalike.writing.writer import PHOTOS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -110,7 +110,7 @@ _CACHE_CONTROL = "public, max-age=86400"
 
 # -- error mapping --------------------------------------------------------------------
 def _image_status(exc: ImageError) -> int:
-    # ImageError has no reason code yet, so this reads the first words of lookalike.images'
+    # ImageError has no reason code yet, so this reads the first words of lookalike.reading.images'
     # messages; tests/test_server.py pins each case (text file, huge PNG, truncated JPEG).
     msg = str(exc)
     if msg.startswith("not an image"):

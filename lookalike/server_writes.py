@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ImageError, InvalidQueryError, LookalikeError, StorageError, UnknownProductError
+from lookalike.errors import ImageError, InvalidQueryError, LookalikeError, StorageError, UnknownProductError
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +175,8 @@ class WriterProcess:
     async def upsert(self, pid: str, fields: dict[str, str], photo: bytes | None = None,
                      suffix: str = ".jpg", *, if_match: str | None = None) -> Any:
         """Add or change one product (``photo`` None: metadata only), merged with the product as
-        committed (see :class:`lookalike.live.Upload`); its batch's report."""
-        from .live import Upload
+        committed (see :class:`lookalike.writing.writer.Upload`); its batch's report."""
+        from lookalike.writing.writer import Upload
 
         return await self._submit("upsert", pid, Upload(pid, fields, photo, suffix, if_match))
 
@@ -274,11 +274,11 @@ def _child_start(index_path: str, parent: int, nice: int, lock_wait: float) -> N
 
 
 def _open_index(index_path: str, lock_wait: float) -> None:
-    from .live import Index
+    from lookalike.writing.writer import IndexWriter
 
     # one thread for the model and one decode: an upload must not take every core from the searches;
     # the lock is waited for once per write (a batch that met a held lock is not retried write by write)
-    _CHILD["index"] = Index(index_path, lock_timeout=lock_wait, threads=1, workers=1)
+    _CHILD["index"] = IndexWriter(index_path, lock_timeout=lock_wait, threads=1, workers=1)
 
 
 def _watch_parent(parent: int) -> None:  # pragma: no cover - runs in the child
@@ -456,7 +456,7 @@ def _check_photo(photo: bytes, max_pixels: int) -> str:
 
     from PIL import Image
 
-    from .images import open_image
+    from lookalike.reading.images import open_image
 
     open_image(photo, max_pixels=max_pixels, draft=64)  # ImageError for anything that is not a photo
     with Image.open(io.BytesIO(photo)) as img:

@@ -80,7 +80,7 @@ def test_generated_catalogues_build_or_fail_in_one_line(tmp_path_factory, capsys
         if code != 0:
             assert code == 1 and len(err) == 1 and err[0].startswith("lookalike: error: "), err
             return
-        from lookalike.store import Store
+        from lookalike.folder.store import Store
 
         report = Store(tmp / "idx").report()
         assert len(report) == len(pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding))
