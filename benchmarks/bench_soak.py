@@ -29,8 +29,8 @@ checked against a model of what the acknowledged writes must have left (issue 18
    Every ``--kill-every`` seconds (the first at half that), kill -9 a random worker process or
    writer child process of the server (found through ``/proc``: the serve parent forks the
    workers, each worker spawns one writer child; ``--kill-targets`` narrows the choice). The
-   serve parent does not replace a killed worker, so the last worker is never killed (a writer
-   child is, instead) and the soak goes on with one worker after the first worker kill.
+   serve parent's supervisor replaces a killed worker; the last live worker is never killed (a
+   writer child is, instead).
 4. A write answered 5xx, or not answered at all, within ``--kill-window`` seconds after a kill
    is *unknown* (the model allows both outcomes); outside the windows it is an error (and
    unknown too, so it is counted once). A 4xx is not applied.
@@ -86,6 +86,10 @@ HOT_SHARE = 0.6
 PAIR_SHARE = 0.5
 #: removals stop while fewer products are there (an add is sent instead)
 MIN_PRESENT = 60
+#: removals take the sample's own products (rows of the built base segment) only while this
+#: share of them is left, added ones after that: the readers ask for the sample's ids, so most
+#: of their answers stay searches, not 404s (a first version drained them within minutes)
+MIN_ORIGINAL_SHARE = 0.8
 #: how long after the last write answer the final check waits (a worker opens a change older
 #: than 0.5 s before answering)
 SETTLE_S = 1.0
@@ -344,6 +348,9 @@ def write_stream(port: int, token: str, catalogue: dict[str, dict[str, str]], me
         free = sorted(present - busy - retired)
         if op == "delete":
             free = [p for p in free if p not in hot]
+            originals = sum(p in catalogue for p in present)
+            if originals <= MIN_ORIGINAL_SHARE * len(catalogue):
+                free = [p for p in free if p not in catalogue]
             if len(present) <= MIN_PRESENT or not free:
                 op = "add"
         if op == "add":
@@ -597,7 +604,7 @@ def server_tree(parent: int) -> tuple[list[int], list[int]]:
 async def killer(parent: int, every: float, seconds: float, targets: str, rng: random.Random,
                  kills: list[dict], seen: set[int]) -> None:
     """kill -9 a worker or a writer child every ``every`` s, the first at ``every / 2``; never the
-    last worker (the parent does not replace one)."""
+    last live worker (the supervisor replaces a killed one within a second or so)."""
     start = time.monotonic()
     k = 0
     while True:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .catalog import Catalog, RowProblem, load_catalog
-from .config import (
+from lookalike.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_COLOUR_WEIGHT,
     DEFAULT_ID_COLUMN,
@@ -23,10 +22,10 @@ from .config import (
     DEFAULT_WORKERS,
     METRICS,
 )
-from .demo import demo_catalog
-from .encoders import DEFAULT_MODEL, DEFAULT_POOLING, MODELS, POOLINGS, Encoder, get_encoder
-from .engines import DEFAULT_ENGINE, ENGINES
-from .errors import (
+from lookalike.demo import demo_catalog
+from lookalike.encoders import DEFAULT_MODEL, DEFAULT_POOLING, MODELS, POOLINGS, Encoder, get_encoder
+from lookalike.engines import DEFAULT_ENGINE, ENGINES
+from lookalike.errors import (
     CatalogError,
     ImageError,
     ImageNotFoundError,
@@ -39,10 +38,11 @@ from .errors import (
     NotAnImageError,
     UnknownProductError,
 )
-from .index import BACKENDS, ExactIndex, VectorIndex
-from .live import Change, ChangeReport, Index
-from .pipeline import BuildReport, build
-from .recommender import Recommendation, Recommender, Results
+from lookalike.reading.catalog import Catalog, RowProblem, load_catalog
+from lookalike.search.backends import BACKENDS, ExactIndex, VectorIndex
+from lookalike.search.recommender import Recommendation, Recommender, Results
+from lookalike.writing.build import BuildReport, build
+from lookalike.writing.writer import Change, ChangeReport, Index, IndexWriter
 
 __all__ = [
     "__version__",
@@ -54,6 +54,7 @@ __all__ = [
     "RowProblem",
     "demo_catalog",
     # changing an index
+    "IndexWriter",
     "Index",
     "ChangeReport",
     "Change",

@@ -39,7 +39,7 @@ _ROWS_EPILOG = f"exit status {EXIT_ROWS_REFUSED} when some rows were refused (0 
 
 
 def _where(items: Sequence[str] | None) -> dict[str, list[str]]:
-    from .errors import InvalidQueryError
+    from lookalike.errors import InvalidQueryError
 
     out: dict[str, list[str]] = {}
     for item in items or ():
@@ -83,8 +83,8 @@ def _seconds(text: str) -> float:
 
 
 def _weight(text: str) -> float:
-    from .config import check_colour_weight
-    from .errors import InvalidQueryError
+    from lookalike.config import check_colour_weight
+    from lookalike.errors import InvalidQueryError
 
     try:
         return check_colour_weight(float(text))
@@ -107,7 +107,7 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 
 def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     """build: a catalogue into an index folder."""
-    from . import (
+    from lookalike import (
         BACKENDS,
         DEFAULT_BATCH_SIZE,
         DEFAULT_ENGINE,
@@ -122,7 +122,7 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
         MODELS,
         POOLINGS,
     )
-    from .encoders import DEFAULT_RESIZE, DEFAULT_TRIM, RUNTIMES
+    from lookalike.encoders import DEFAULT_RESIZE, DEFAULT_TRIM, RUNTIMES
 
     b = add_command("build", help="embed a catalogue's photos into an index folder", epilog=_ROWS_EPILOG)
     b.add_argument("catalog", type=Path, help="CSV, TSV or Parquet table, one row per product")
@@ -211,7 +211,7 @@ def _change_commands(add_command: Callable[..., argparse.ArgumentParser]) -> Non
 
 def _query_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     """similar, export, info, duplicates: reading an index."""
-    from .config import DEFAULT_EXPORT_K
+    from lookalike.config import DEFAULT_EXPORT_K
 
     s = add_command("similar", help="products that look like a product (or several, or a photo)")
     s.add_argument("index", type=Path)
@@ -274,7 +274,7 @@ def _shell_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None
 
 def _analysis_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     """stats, calibrate, evaluate, tune, demo."""
-    from . import DEFAULT_MODEL, MODELS
+    from lookalike import DEFAULT_MODEL, MODELS
 
     st = add_command("stats", help="what a catalogue holds: counts per gender, category, type, colour")
     st.add_argument("catalog", type=Path, help="catalogue table, or an index folder")
@@ -325,7 +325,7 @@ def _analysis_commands(add_command: Callable[..., argparse.ArgumentParser]) -> N
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from lookalike import __version__
 
     parser = argparse.ArgumentParser(
         prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue.",
@@ -352,7 +352,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def demo_index_path() -> Path:
     """Where ``lookalike demo`` puts its index: the user's own cache folder, beside the model cache."""
-    from .config import cache_dir
+    from lookalike.config import cache_dir
 
     return cache_dir() / "demo-index"
 
@@ -420,7 +420,7 @@ def _quiet_ray(verbose: int) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from . import build
+    from lookalike import build
 
     _check_writable(args.out, folder=True)
     if args.engine == "ray":
@@ -453,16 +453,16 @@ def _print_change(report: Any, fmt: str, out: Path | None = None) -> int:
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
-    from .live import Index
+    from lookalike.writing.writer import IndexWriter
 
-    report = Index.open(args.index).upsert(args.rows, images=args.images,
+    report = IndexWriter.open(args.index).upsert(args.rows, images=args.images,
                                            show_progress_bar=None if not args.quiet else False)
     return _print_change(report, args.format)
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
-    from .errors import InvalidQueryError
-    from .live import Index
+    from lookalike.errors import InvalidQueryError
+    from lookalike.writing.writer import IndexWriter
 
     ids = list(args.ids)
     if args.ids_file is not None:
@@ -472,13 +472,13 @@ def _cmd_remove(args: argparse.Namespace) -> int:
             raise InvalidQueryError(f"can't read {args.ids_file}: {exc.strerror or exc}") from None
     if not ids:
         raise InvalidQueryError("give --id ID (repeatable) or --ids-file FILE")
-    return _print_change(Index.open(args.index).remove(ids), args.format)
+    return _print_change(IndexWriter.open(args.index).remove(ids), args.format)
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from .live import Index
+    from lookalike.writing.writer import IndexWriter
 
-    report = Index.open(args.index).sync(
+    report = IndexWriter.open(args.index).sync(
         args.catalog, images=args.images, max_removal=args.max_removal, allow_mass_removal=args.allow_mass_removal,
         dry_run=args.dry_run, show_progress_bar=None if not args.quiet else False,
     )
@@ -488,16 +488,16 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
-    from .live import Index
+    from lookalike.writing.writer import IndexWriter
 
-    report = Index.open(args.index).compact()
+    report = IndexWriter.open(args.index).compact()
     print(f"compacted {args.index} into generation {report.generation} in {report.seconds:.2f} s")
     return 0
 
 
 def _write_table(table: Any, out: Path) -> None:
     """Write a CSV or Parquet file whole, or not at all; one error line when it can't be."""
-    from .errors import InvalidQueryError
+    from lookalike.errors import InvalidQueryError
 
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
@@ -524,7 +524,7 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_similar(args: argparse.Namespace) -> int:
-    from .recommender import Recommender
+    from lookalike.search.recommender import Recommender
 
     if args.sheet:
         _check_writable(args.sheet)
@@ -555,7 +555,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
         rows = [{"rank": r.rank, "id": r.id, "score": f"{r.score:.4f}", **r.metadata} for r in res]
         print(_table(rows, ["rank", "id", "score", *columns]))
     if args.sheet:
-        from .sheet import contact_sheet
+        from lookalike.analysis.sheet import contact_sheet
 
         contact_sheet(rec, res, args.sheet, query_image=args.image)
         print(f"contact sheet: {args.sheet}", file=sys.stderr)
@@ -563,8 +563,8 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .errors import InvalidQueryError
-    from .recommender import Recommender
+    from lookalike.errors import InvalidQueryError
+    from lookalike.search.recommender import Recommender
 
     suffix = args.out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
@@ -584,9 +584,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .errors import IndexFormatError
-    from .recommender import Recommender
-    from .store import Store
+    from lookalike.errors import IndexFormatError
+    from lookalike.folder.store import Store
+    from lookalike.search.recommender import Recommender
 
     if args.verify:
         problems = Store(args.index).verify()
@@ -627,7 +627,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_duplicates(args: argparse.Namespace) -> int:
-    from .recommender import Recommender
+    from lookalike.search.recommender import Recommender
 
     rec = Recommender.load(args.index)
     groups = rec.duplicates(near=not args.exact)
@@ -656,8 +656,8 @@ def _cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import build, demo_catalog
-    from .recommender import Recommender
+    from lookalike import build, demo_catalog
+    from lookalike.search.recommender import Recommender
 
     out = args.out or demo_index_path()
     report = build(demo_catalog(), out, show_progress_bar=None if not args.quiet else False)
@@ -671,14 +671,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                  ["rank", "id", "score", *_default_columns(rec)]))
     if args.no_app:
         return 0
-    from .launch import run_app
+    from lookalike.launch import run_app
 
     print(f"\nweb page: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
     return run_app(out, port=args.port)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import run_server
+    from lookalike.server import run_server
 
     timeouts = {name: value for name, value in (("timeout_keep_alive", args.timeout_keep_alive),
                                                  ("timeout_headers", args.timeout_headers)) if value is not None}
@@ -689,13 +689,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    from .launch import run_app
+    from lookalike.launch import run_app
 
     return run_app(args.index, host=args.host, port=args.port)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from .stats import catalog_stats, format_stats, load_stats_table, save_charts
+    from lookalike.analysis.stats import catalog_stats, format_stats, load_stats_table, save_charts
 
     table = load_stats_table(args.catalog)
     stats = catalog_stats(table, by=args.by)
@@ -710,8 +710,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from .encoders import get_encoder
-    from .encoders.calibrate import calibrate, calibration_path
+    from lookalike.encoders import get_encoder
+    from lookalike.encoders.calibrate import calibrate, calibration_path
 
     enc = get_encoder(args.model, precision=args.precision, size=args.size, threads=args.threads)
     record = calibrate(enc, again=args.again)
@@ -734,9 +734,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .errors import InvalidQueryError
-    from .evaluate import compare, format_scores
-    from .recommender import Recommender
+    from lookalike.analysis.evaluate import compare, format_scores
+    from lookalike.errors import InvalidQueryError
+    from lookalike.search.recommender import Recommender
 
     weights = [float(w) for w in args.colour_weights.split(",")] if args.colour_weights else [args.colour_weight]
     if len(args.index) > 1 and not args.compare:
@@ -754,7 +754,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(format_scores(results))
     if args.compare:
-        from .evaluate import compare_chart
+        from lookalike.analysis.evaluate import compare_chart
 
         chart = args.chart or Path("lookalike-compare.png")
         compare_chart(results, chart)
@@ -763,7 +763,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .tune import tune
+    from lookalike.analysis.tune import tune
 
     info = tune(args.index, args.out, labels=args.label, same=args.same, holdout=args.holdout, dim=args.dim,
                 share=args.share, k=args.k)
@@ -825,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from PIL import Image
 
-    from .errors import LookalikeError
+    from lookalike.errors import LookalikeError
 
     # photos past Pillow's own pixel limit are refused by lookalike with one line; no warning on top
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)

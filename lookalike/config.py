@@ -49,7 +49,7 @@ DEFAULT_COLOUR_WEIGHT = 0.15
 
 def check_colour_weight(weight: float) -> float:
     """A colour weight as a float, or :class:`InvalidQueryError` outside 0..1 (the one check of it)."""
-    from .errors import InvalidQueryError
+    from lookalike.errors import InvalidQueryError
 
     w = float(weight)
     if not 0.0 <= w <= 1.0:

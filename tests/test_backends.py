@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from lookalike import Index, Recommender, build, demo_catalog
-from lookalike.index import BACKENDS
+from lookalike.search.backends import BACKENDS
 
 DEMO = demo_catalog()
 IMAGES = DEMO.parent / "images"
@@ -210,12 +210,12 @@ def test_ties_rank_by_id_and_collapse_keeps_the_first(changed):
 def test_approximate_search_keeps_its_recall_bound(built, backend):
     """The graph walk itself (not the brute force a small set gets), with and without a
     filter: recall@10 against the oracle stays >= 0.95."""
-    from lookalike.store import Store
+    from lookalike.folder.store import Store
 
     snap = Store(built).snapshot()
     if backend == "hnsw":
-        from lookalike.index.hnsw import HNSWIndex
-        from lookalike.index.segmented import physical_rows
+        from lookalike.search.backends.hnsw import HNSWIndex
+        from lookalike.search.backends.segmented import physical_rows
 
         walk = HNSWIndex(physical_rows(snap.segments[0], "cosine"), metric="cosine", brute_force_below=0)
         rec = Recommender.from_snapshot(snap, index=walk)
@@ -233,7 +233,7 @@ def test_approximate_search_keeps_its_recall_bound(built, backend):
 
 def test_a_back_end_instance_must_hold_the_generation_s_rows(built):
     from lookalike import IndexFormatError
-    from lookalike.index import ExactIndex
+    from lookalike.search.backends import ExactIndex
 
     with pytest.raises(IndexFormatError, match="holds 2 rows"):
         Recommender.load(built, index=ExactIndex(np.zeros((2, 4), np.float32)))

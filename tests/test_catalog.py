@@ -404,7 +404,7 @@ def test_a_row_cut_short_is_a_row_problem_not_blank_cells(small, cells):
 
 
 def test_a_short_row_inside_the_file_is_a_row_problem(small):
-    from lookalike.catalog import read_table_file
+    from lookalike.reading.catalog import read_table_file
 
     folder, table = small
     lines = (folder / "catalog.csv").read_text().splitlines()

@@ -36,7 +36,7 @@ from lookalike import (
 )
 from lookalike.encoders import EncoderSettings
 from lookalike.engines import LocalEngine, get_engine
-from lookalike.store import Store
+from lookalike.folder.store import Store
 
 DEMO = demo_catalog()
 HAVE_RAY = importlib.util.find_spec("ray") is not None

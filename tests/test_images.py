@@ -12,7 +12,8 @@ from hostile import cut_jpeg, eps, lying_jpeg, pillow_file, png
 from PIL import Image
 
 from lookalike import ImageError, ImageNotFoundError, ImageTooLargeError, NotAnImageError, demo_catalog
-from lookalike.images import (
+from lookalike.folder.rows import file_sha1
+from lookalike.reading.images import (
     ALLOWED_FORMATS,
     COLOUR_DIM,
     DEFAULT_MAX_PIXELS,
@@ -25,7 +26,6 @@ from lookalike.images import (
     prepare,
     sniff_image_type,
 )
-from lookalike.rows import file_sha1
 
 DEMO_IMAGES = demo_catalog().parent / "images"
 PRE = Preprocess()
@@ -521,7 +521,7 @@ def _studio(w: int, h: int, box: tuple[int, int, int, int], colour=(200, 30, 40)
 
 
 def test_trim_cuts_to_the_product_and_its_margin():
-    from lookalike.images import TRIM_MARGIN, trim_background
+    from lookalike.reading.images import TRIM_MARGIN, trim_background
 
     img = _studio(300, 400, (100, 150, 200, 300))
     out = trim_background(img)
@@ -532,7 +532,7 @@ def test_trim_cuts_to_the_product_and_its_margin():
 
 
 def test_trim_leaves_photos_without_a_product_to_cut_as_they_are():
-    from lookalike.images import trim_background
+    from lookalike.reading.images import trim_background
 
     for img in (Image.new("RGB", (300, 400), (255, 255, 255)),  # nothing but background
                 _studio(300, 400, (140, 190, 150, 200)),  # too little product to trust (< 3%)
@@ -543,7 +543,7 @@ def test_trim_leaves_photos_without_a_product_to_cut_as_they_are():
 
 def test_trimmed_real_photos_keep_their_product(fullres_dir):
     """On real studio photos the cut keeps every product pixel and drops background."""
-    from lookalike.images import _background, trim_background
+    from lookalike.reading.images import _background, trim_background
 
     for path in sorted((fullres_dir / "images").glob("*.jpg"))[:20]:
         img = open_image(path, draft=180)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lookalike.errors import IndexFormatError, MissingDependencyError, ModelError  # noqa: E402
-from lookalike.recommender import MAX_K  # noqa: E402
+from lookalike.search.recommender import MAX_K  # noqa: E402
 from lookalike.server import MAX_THUMBNAIL, create_app, run_server  # noqa: E402
 
 DEMO_IMAGES = Path(__file__).resolve().parents[1] / "lookalike" / "data" / "demo" / "images"

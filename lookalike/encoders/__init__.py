@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, DEFAULT_TRIM, cache_dir, progress_enabled
-from ..errors import ModelError
-from .base import POOLINGS, Encoder, l2_normalize, pool
-from .cnn import PRECISIONS, PREPARE_SECONDS, RUNTIMES, CNNEncoder, ModelSpec
+from lookalike.config import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, DEFAULT_TRIM, cache_dir, progress_enabled
+from lookalike.encoders.base import POOLINGS, Encoder, l2_normalize, pool
+from lookalike.encoders.cnn import PRECISIONS, PREPARE_SECONDS, RUNTIMES, CNNEncoder, ModelSpec
+from lookalike.errors import ModelError
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..config import cache_dir
-from ..errors import MissingDependencyError, ModelError
+from lookalike.config import cache_dir
+from lookalike.errors import MissingDependencyError, ModelError
 
 logger = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..catalog import Catalog
-from ..config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
-from ..encoders import CNNEncoder, Encoder, EncoderSettings
-from ..errors import LookalikeError, require
-from ..images import COLOUR_DIM
-from .local import Encoded, _read_and_decode, row_problem
+from lookalike.config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
+from lookalike.encoders import CNNEncoder, Encoder, EncoderSettings
+from lookalike.engines.local import Encoded, _read_and_decode, row_problem
+from lookalike.errors import LookalikeError, require
+from lookalike.reading.catalog import Catalog
+from lookalike.reading.images import COLOUR_DIM
 
 logger = logging.getLogger(__name__)
 

@@ -12,18 +12,18 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Callable, Iterator, Optional
 
-from .. import __version__
-from ..config import DEFAULT_K
-from ..errors import ImageError, ImageNotFoundError, InvalidQueryError, UnknownProductError
-from ..images import open_image, open_photo_file, sniff_image_type
-from ..live import PHOTOS
-from ..recommender import MAX_K, Recommender
-from .caches import MAX_THUMBNAIL, THUMBNAIL_SIZES, Thumbnails
-from .edge import MAX_JSON_BYTES, MULTIPART_SLACK, Refused, describe, error_response, limited_body
+from lookalike import __version__
+from lookalike.config import DEFAULT_K
+from lookalike.errors import ImageError, ImageNotFoundError, InvalidQueryError, UnknownProductError
+from lookalike.reading.images import open_image, open_photo_file, sniff_image_type
+from lookalike.search.recommender import MAX_K, Recommender
+from lookalike.server.caches import MAX_THUMBNAIL, THUMBNAIL_SIZES, Thumbnails
+from lookalike.server.edge import MAX_JSON_BYTES, MULTIPART_SLACK, Refused, describe, error_response, limited_body
+from lookalike.writing.writer import PHOTOS
 
 if TYPE_CHECKING:
-    from .app import Service
-    from .schema import Schemas
+    from lookalike.server.app import Service
+    from lookalike.server.schema import Schemas
 
 logger = logging.getLogger(__name__)
 

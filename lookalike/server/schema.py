@@ -4,7 +4,7 @@
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
-from ..recommender import MAX_IDS, MAX_K
+from lookalike.search.recommender import MAX_IDS, MAX_K
 
 __all__ = ["Schemas", "schemas", "add_schema_routes"]
 

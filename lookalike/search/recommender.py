@@ -23,16 +23,16 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import DEFAULT_EXPORT_K, DEFAULT_K, check_colour_weight
-from .encoders import MODELS, CNNEncoder, Encoder, l2_normalize
-from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
-from .filters import RowFilters, Where
-from .images import ImageSource, colour_descriptor, model_input
-from .index import Backend, Filter, VectorIndex, open_index
-from .manifest import Manifest
-from .projection import Projection
-from .rows import query_vector
-from .store import ALL_HIDDEN, Snapshot, Store
+from lookalike.config import DEFAULT_EXPORT_K, DEFAULT_K, check_colour_weight
+from lookalike.encoders import MODELS, CNNEncoder, Encoder, l2_normalize
+from lookalike.errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
+from lookalike.folder.manifest import Manifest
+from lookalike.folder.projection import Projection
+from lookalike.folder.rows import query_vector
+from lookalike.folder.store import ALL_HIDDEN, Snapshot, Store
+from lookalike.reading.images import ImageSource, colour_descriptor, model_input
+from lookalike.search.backends import Backend, Filter, VectorIndex, open_index
+from lookalike.search.filters import RowFilters, Where
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Recommender:
     def metadata(self) -> pd.DataFrame:
         """Every product's catalogue and hidden columns, row i for row i of the vectors."""
         if self._frame is None:
-            from .store import columns_frame
+            from lookalike.folder.store import columns_frame
 
             self._frame = columns_frame(self._data)
         return self._frame
@@ -189,7 +189,7 @@ class Recommender:
         """Open the current generation of an index. Raises :class:`IndexFormatError` for anything amiss.
 
         ``backend`` searches with another back end than the one the index was built for (a name
-        of ``lookalike.index.BACKENDS``, or a class with ``open(snapshot, metric=)``); ``index``
+        of ``lookalike.search.backends.BACKENDS``, or a class with ``open(snapshot, metric=)``); ``index``
         is a back end already opened over this generation's rows, used as it is.
         An index searched in Milvus is memory-mapped: only the rows a search returns are read."""
         return cls.from_snapshot(Store(path).snapshot(mmap=mmap or None), backend=backend, index=index,
@@ -200,7 +200,7 @@ class Recommender:
         cls, snapshot: Snapshot, *, backend: str | Backend | None = None, index: VectorIndex | None = None,
         encoder: Encoder | None = None,
     ) -> "Recommender":
-        """A recommender over one loaded generation (:meth:`lookalike.store.Store.snapshot`)."""
+        """A recommender over one loaded generation (:meth:`lookalike.folder.store.Store.snapshot`)."""
         path, settings = snapshot.path, snapshot.settings
         model, metric = settings.model, settings.metric
         if model.name not in MODELS:
@@ -262,7 +262,7 @@ class Recommender:
     def etag(self, pid: object) -> str:
         """The entity tag of the product's current version (its cells and photo): what a
         conditional write (``If-Match``) names; any change to the product gives a new one."""
-        from .store import product_etag
+        from lookalike.folder.store import product_etag
 
         i = self.row(pid)
         return product_etag({c: self._cells[c][i] for c in self.columns}, self.columns, str(self._data["_sha1"][i]))
@@ -281,7 +281,7 @@ class Recommender:
                 groups.setdefault(int(gid), []).append(pid)
         return list(groups.values())
 
-    # -- filters (lookalike.filters) ----------------------------------------------------
+    # -- filters (lookalike.search.filters) ----------------------------------------------------
     def check_column(self, col: str) -> None:
         """Refuse a column the index does not have, naming those it has."""
         self._filters.check_column(col)
@@ -452,7 +452,7 @@ class Recommender:
         """
         from tqdm.auto import tqdm
 
-        from .config import progress_enabled
+        from lookalike.config import progress_enabled
 
         k = self._check_k(k)
         same = [same] if isinstance(same, str) else list(same)

@@ -1,6 +1,6 @@
 """A living catalogue: add, change and remove products of an index without a rebuild.
 
-``Index.open(path)`` is the write side of an index folder (reading stays with
+``IndexWriter.open(path)`` is the write side of an index folder (reading stays with
 :class:`~lookalike.Recommender`). Every operation takes the store's writer lock, embeds what it
 must with the index's own model, input size, precision and fitted projection (never refitted),
 writes one new segment and commits one new generation: readers see the index before or after
@@ -24,16 +24,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_file
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabled
-from .duplicates import find_duplicate_groups, regroup
-from .encoders import Encoder, l2_normalize, prepare_once
-from .engines.local import encode_rows
-from .errors import CatalogError, InvalidQueryError, StorageError
-from .images import COLOUR_DIM
-from .index import REMOTE_BACKENDS, make_index
-from .manifest import Manifest
-from .rows import (
+from lookalike.config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabled
+from lookalike.encoders import Encoder, l2_normalize, prepare_once
+from lookalike.engines.local import encode_rows
+from lookalike.errors import CatalogError, InvalidQueryError, StorageError
+from lookalike.folder.manifest import Manifest
+from lookalike.folder.rows import (
     ALL_HIDDEN,
     HIDDEN_COLUMNS,
     StoredRows,
@@ -45,11 +41,15 @@ from .rows import (
     stored_vectors,
     text_column,
 )
-from .store import Snapshot, Store, Writer
+from lookalike.folder.store import Snapshot, Store, Writer
+from lookalike.reading.catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_file
+from lookalike.reading.images import COLOUR_DIM
+from lookalike.search.backends import REMOTE_BACKENDS, make_index
+from lookalike.writing.duplicates import find_duplicate_groups, regroup
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Index", "ChangeReport", "Change", "Upload", "DEFAULT_MAX_REMOVAL", "MAX_DELTA_SEGMENTS", "PHOTOS"]
+__all__ = ["IndexWriter", "Index", "ChangeReport", "Change", "Upload", "DEFAULT_MAX_REMOVAL", "MAX_DELTA_SEGMENTS", "PHOTOS"]
 
 #: share of the index a sync may remove before it refuses (a broken mount, an empty export)
 DEFAULT_MAX_REMOVAL = 0.5
@@ -80,7 +80,7 @@ class ChangeReport:
     changes: list[Change] = field(default_factory=list)
     generation: int = 0
     seconds: float = 0.0
-    #: the entity tag (:func:`~lookalike.store.product_etag`) of each product written or found
+    #: the entity tag (:func:`~lookalike.folder.store.product_etag`) of each product written or found
     #: unchanged, as of ``generation``: what a later conditional write names
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -144,7 +144,7 @@ class _Rows:
 
 @dataclass(frozen=True)
 class Upload:
-    """One product write as a service receives it, applied by :meth:`Index.upsert_uploads`
+    """One product write as a service receives it, applied by :meth:`IndexWriter.upsert_uploads`
     against the product *as the index holds it when the write commits* (under the writer lock),
     so writes to one product compose whatever view their sender had.
 
@@ -184,7 +184,7 @@ def _table(rows: Any) -> _Rows:
     return _Rows(list(dict.fromkeys(c for r in records for c in r)), records)
 
 
-class Index:
+class IndexWriter:
     """The write side of an index folder: upsert, remove, sync and compact (see module doc)."""
 
     def __init__(self, path: str | os.PathLike, *, encoder: Encoder | None = None,
@@ -198,7 +198,7 @@ class Index:
         self.lock_timeout = lock_timeout
 
     @classmethod
-    def open(cls, path: str | os.PathLike, **kw: Any) -> "Index":
+    def open(cls, path: str | os.PathLike, **kw: Any) -> "IndexWriter":
         """An existing index (raises :class:`IndexFormatError` when there is none)."""
         index = cls(path, **kw)
         index.store.snapshot()
@@ -218,7 +218,7 @@ class Index:
         return self.path / PHOTOS
 
     def recommender(self, **kw: Any) -> Any:
-        from .recommender import Recommender
+        from lookalike.search.recommender import Recommender
 
         return Recommender.load(self.path, **kw)
 
@@ -320,7 +320,7 @@ class Index:
         self.photos.mkdir(exist_ok=True)
         target = self.photos / f"{digest}{suffix}"
         if not target.exists():
-            from .artifacts import fsync_dir, write_bytes_durably
+            from lookalike.folder.artifacts import fsync_dir, write_bytes_durably
 
             tmp = self.photos / f".tmp-{digest}{suffix}"
             write_bytes_durably(tmp, photo)
@@ -664,6 +664,10 @@ class Index:
                              unit=snap.settings.metric == "cosine"), all_col, touched)
 
 
+#: the former name of :class:`IndexWriter` (kept for code written against lookalike 0.1)
+Index = IndexWriter
+
+
 def _written(plan: list[Any], report: ChangeReport, operation: str) -> list["_Row"]:
     """The rows a change writes, each planned row's outcome added to ``report`` (sorted)."""
     rows: list[_Row] = []
@@ -725,7 +729,7 @@ def _forget_unused_photos(folder: Path, used: set[str]) -> None:
     that no upload in flight can still be about to use them."""
     if not folder.is_dir():
         return
-    from .store import STALE_UPLOAD_S
+    from lookalike.folder.store import STALE_UPLOAD_S
 
     for p in folder.iterdir():
         if str(p.resolve()) not in used and time.time() - p.stat().st_mtime > STALE_UPLOAD_S:
@@ -738,7 +742,7 @@ def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
     lacks, and the next sync or change brings them level)."""
     if snap.settings.index.backend != "milvus":
         return
-    from .index.milvus import MilvusTarget
+    from lookalike.search.backends.milvus import MilvusTarget
 
     target = MilvusTarget.of(snap.settings.index)
     if rows:

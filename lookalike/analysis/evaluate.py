@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InvalidQueryError
+from lookalike.errors import InvalidQueryError
 
 if TYPE_CHECKING:
-    from .recommender import Recommender, Where
+    from lookalike.search.recommender import Recommender, Where
 
 __all__ = ["evaluate", "score_export", "ALL"]
 
@@ -212,7 +212,7 @@ def compare_chart(results: list[dict[str, Any]], out: Any) -> Any:
     """Grouped bars: each P@k / mAP@k metric, one bar per run. Needs matplotlib (extra eval)."""
     from pathlib import Path
 
-    from .errors import require
+    from lookalike.errors import require
 
     require("matplotlib", "eval")
     import matplotlib

@@ -44,9 +44,9 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from ..errors import IndexFormatError, InvalidQueryError, LookalikeError, require
-from ..rows import searchable
-from .base import Filter, topk_sorted
+from lookalike.errors import IndexFormatError, InvalidQueryError, LookalikeError, require
+from lookalike.folder.rows import searchable
+from lookalike.search.backends.base import Filter, topk_sorted
 
 __all__ = [
     "MilvusStore",
@@ -154,7 +154,7 @@ def filter_expression(
 
 
 def expression(filter: Filter | None, fields: Mapping[str, str]) -> str:
-    """A search :class:`~lookalike.index.base.Filter` as a Milvus expression (``""``: none)."""
+    """A search :class:`~lookalike.search.backends.base.Filter` as a Milvus expression (``""``: none)."""
     if filter is None:
         return ""
     parts = [filter_expression(filter.where, fields=fields), exclusion_expression(filter.exclude_ids)]
@@ -584,7 +584,7 @@ class MilvusTarget:
     @classmethod
     def create(cls, folder: Path, uri: str, collection: str | None, width: int, columns: Sequence[str]) -> "MilvusTarget":
         """A new collection for a build of ``folder`` (readers of the previous build keep theirs)."""
-        from ..manifest import REMOTE_SCHEMES, BackendSettings
+        from lookalike.folder.manifest import REMOTE_SCHEMES, BackendSettings
 
         name = collection_name(collection or folder.resolve().name)
         uri = uri if uri.startswith(REMOTE_SCHEMES) else str(Path(uri).expanduser().resolve())
@@ -599,7 +599,7 @@ class MilvusTarget:
 
     @classmethod
     def of(cls, settings: Any) -> "MilvusTarget":
-        """The collection an index's settings (:class:`~lookalike.manifest.BackendSettings`) name,
+        """The collection an index's settings (:class:`~lookalike.folder.manifest.BackendSettings`) name,
         on this process's connection."""
         return cls(connect(settings.to_json()), settings, owned=False)
 
@@ -623,7 +623,7 @@ class MilvusIndex:
     exactly from the index's own rows, so scores equal the exact back end's.
 
     The vectors stay in Milvus: a serving process reads only the rows Milvus returned (the
-    index folder's vectors are memory-mapped). A search's :class:`~lookalike.index.base.Filter`
+    index folder's vectors are memory-mapped). A search's :class:`~lookalike.search.backends.base.Filter`
     travels as an expression (:func:`expression`); its row mask is never computed. A filter that
     only a mask can say (``export``: one exclusion per query) runs on the exact oracle.
     """
@@ -656,7 +656,7 @@ class MilvusIndex:
     def exact(self) -> Any:
         """The exact oracle over the same generation (for mask-only searches)."""
         if self._exact is None:
-            from .exact import ExactIndex
+            from lookalike.search.backends.exact import ExactIndex
 
             self._exact = ExactIndex.open(self.snapshot, metric=self.metric)
         return self._exact

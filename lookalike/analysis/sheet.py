@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import ImageError
-from .images import ImageSource, open_image
+from lookalike.errors import ImageError
+from lookalike.reading.images import ImageSource, open_image
 
 if TYPE_CHECKING:
-    from .recommender import Recommender, Results
+    from lookalike.search.recommender import Recommender, Results
 
 __all__ = ["contact_sheet"]
 

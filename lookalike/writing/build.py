@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .catalog import Catalog, RowProblem, load_catalog
-from .config import (
+from lookalike.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_COLOUR_WEIGHT,
     DEFAULT_ID_COLUMN,
@@ -29,8 +28,7 @@ from .config import (
     check_colour_weight,
     progress_enabled,
 )
-from .duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
-from .encoders import (
+from lookalike.encoders import (
     DEFAULT_MODEL,
     DEFAULT_POOLING,
     DEFAULT_RESIZE,
@@ -41,14 +39,16 @@ from .encoders import (
     prepare_once,
     runtime_record,
 )
-from .engines import DEFAULT_ENGINE, get_engine
-from .errors import CatalogError, InvalidQueryError, LookalikeError
-from .images import COLOUR_DIM
-from .index import BACKENDS, DEFAULT_BACKEND, make_index
-from .manifest import BackendSettings, CatalogSettings, Manifest, ModelSettings
-from .projection import DEFAULT_PROJECTION_DIM, Projection
-from .rows import StoredRows, file_sha1s, hidden_columns, searchable, stored_vectors
-from .store import Store
+from lookalike.engines import DEFAULT_ENGINE, get_engine
+from lookalike.errors import CatalogError, InvalidQueryError, LookalikeError
+from lookalike.folder.manifest import BackendSettings, CatalogSettings, Manifest, ModelSettings
+from lookalike.folder.projection import DEFAULT_PROJECTION_DIM, Projection
+from lookalike.folder.rows import StoredRows, file_sha1s, hidden_columns, searchable, stored_vectors
+from lookalike.folder.store import Store
+from lookalike.reading.catalog import Catalog, RowProblem, load_catalog
+from lookalike.reading.images import COLOUR_DIM
+from lookalike.search.backends import BACKENDS, DEFAULT_BACKEND, make_index
+from lookalike.writing.duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def build(
     actors: int | None = None,
     show_progress_bar: bool | None = None,
 ) -> BuildReport:
-    """Build an index folder from a catalogue; see :mod:`lookalike.artifacts` for its layout.
+    """Build an index folder from a catalogue; see :mod:`lookalike.folder.artifacts` for its layout.
 
     The new index becomes the folder's next generation in one atomic step: readers see the old
     index or the new one, and a build in which no row could be indexed is refused (raises
@@ -287,7 +287,7 @@ def _plan(cat: Catalog, out: Path, model: ModelSettings, projection: Projection 
           workers: int) -> _Plan:
     """Stage 1: with ``update``, the rows of the index at ``out`` built with the same model
     settings whose photo bytes the catalogue still has (the same reuse path as a live change,
-    :class:`~lookalike.rows.StoredRows`); everything else is to embed. Reused rows are projected
+    :class:`~lookalike.folder.rows.StoredRows`); everything else is to embed. Reused rows are projected
     already, so their projection is kept; a given ``projection`` makes them incomparable."""
     everything = _Plan(list(range(len(cat.image_paths))), projection=projection)
     if not update or not out.exists() or projection is not None:
@@ -381,7 +381,7 @@ def _commit(out: Path, rows: _Rows, settings: Manifest, *, milvus_uri: str | os.
     index file), then one segment and one generation, committed atomically."""
     extra: dict[str, bytes] = {}
     if settings.index.backend == "milvus":
-        from .index.milvus import MilvusTarget
+        from lookalike.search.backends.milvus import MilvusTarget
 
         columns = list(settings.catalog.columns)
         target = MilvusTarget.create(out, str(milvus_uri), collection, rows.vectors.shape[1] + rows.colour.shape[1],

@@ -8,7 +8,7 @@ A back end opens over one generation of an index (``cls.open(snapshot, metric=)`
 rows are the generation's live rows in segment order: removed rows never show. A search's
 constraints travel as one :class:`Filter`: a back end that searches in this process asks it
 for a row mask (:meth:`Filter.mask`); one that searches elsewhere translates its ``where`` and
-``exclude_ids`` (Milvus: an expression, ``lookalike.index.milvus.expression``), the way
+``exclude_ids`` (Milvus: an expression, ``lookalike.search.backends.milvus.expression``), the way
 qdrant-client's local mode evaluates the very filter its server receives.
 """
 
@@ -29,7 +29,7 @@ class Filter:
 
     ``expressible`` is False when ``where``/``exclude_ids`` can't say all the mask says (one
     exclusion per query, as ``export`` asks): a remote back end then searches exactly, here.
-    Build one with :meth:`RowFilters.filter <lookalike.filters.RowFilters.filter>`, or
+    Build one with :meth:`RowFilters.filter <lookalike.search.filters.RowFilters.filter>`, or
     :meth:`of_mask` for a mask alone.
     """
 
@@ -93,8 +93,8 @@ class VectorIndex(Protocol):
 
 
 class Backend(Protocol):
-    """A back end, as the name -> class table (``lookalike.index.BACKENDS``) holds it: its name,
-    and how it opens over one generation (:class:`lookalike.store.Snapshot`)."""
+    """A back end, as the name -> class table (``lookalike.search.backends.BACKENDS``) holds it: its name,
+    and how it opens over one generation (:class:`lookalike.folder.store.Snapshot`)."""
 
     name: ClassVar[str]
 

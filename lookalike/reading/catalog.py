@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN
-from .errors import CatalogError
+from lookalike.config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN
+from lookalike.errors import CatalogError
 
 logger = logging.getLogger(__name__)
 

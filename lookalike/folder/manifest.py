@@ -1,6 +1,6 @@
 """The settings a generation was made with, typed and read in one place.
 
-A generation's record (``generations/<N>.json``, see :mod:`lookalike.artifacts`) holds the
+A generation's record (``generations/<N>.json``, see :mod:`lookalike.folder.artifacts`) holds the
 settings that produced it: the model and its input, the projection, the metric, the back end,
 the colour weight and the catalogue's columns. :class:`Manifest` is that record as frozen
 dataclasses: :meth:`Manifest.from_json` reads it (filling what older formats did not write, and
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import IndexFormatError
+from lookalike.errors import IndexFormatError
 
 __all__ = ["Manifest", "ModelSettings", "CatalogSettings", "BackendSettings", "REMOTE_SCHEMES"]
 
@@ -54,7 +54,7 @@ class ModelSettings:
         """The :class:`~lookalike.encoders.EncoderSettings` that make this model again: the
         model's own weights, and the runtime the build asked for (so photo queries and live
         changes run on ONNX Runtime when the build was forced to it)."""
-        from .encoders import EncoderSettings
+        from lookalike.encoders import EncoderSettings
 
         return EncoderSettings(model=self.name, pooling=self.pooling, resize=self.resize, trim=self.trim,
                                size=self.input_size, precision=self.precision, runtime=self.requested_runtime)
@@ -201,7 +201,7 @@ class Manifest:
         return manifest
 
     def to_json(self) -> dict[str, Any]:
-        """The settings part of a generation's record (:meth:`lookalike.store.Writer.commit`)."""
+        """The settings part of a generation's record (:meth:`lookalike.folder.store.Writer.commit`)."""
         return {"model": self.model.to_json(), "dim": self.dim, "projection": None if self.projection is None
                 else dict(self.projection), "colour_dim": self.colour_dim, "metric": self.metric,
                 "index": self.index.to_json(), "colour_weight": self.colour_weight,

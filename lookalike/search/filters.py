@@ -1,5 +1,5 @@
 """Which rows a query may return: the rules of ``same``, ``where`` and query exclusion, as one
-:class:`~lookalike.index.Filter` per search (:meth:`RowFilters.filter`), which local back ends
+:class:`~lookalike.search.backends.Filter` per search (:meth:`RowFilters.filter`), which local back ends
 ask for a row mask and remote ones (Milvus) translate."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InvalidQueryError
-from .index import Filter
+from lookalike.errors import InvalidQueryError
+from lookalike.search.backends import Filter
 
 __all__ = ["RowFilters", "Where"]
 
