@@ -45,7 +45,7 @@ from typing import Any, BinaryIO, Sequence, Union
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from lookalike.reading.errors import ImageError, ImageNotFoundError, ImageTooLargeError, NotAnImageError
+from lookalike.errors import ImageError, ImageNotFoundError, ImageTooLargeError, NotAnImageError
 from lookalike.reading.jpeg import eighth_scale_scans
 
 __all__ = [
