@@ -150,6 +150,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+    except OSError:
+        return "?"
+
+
 def _process_tree(root: int) -> set[int]:
     """The live descendants of process ``root``."""
     parent = {}
@@ -250,7 +257,7 @@ def ray_session():
     deadline = time.monotonic() + 10
     while (left := {p for p in seen if _alive(p)}) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not left, f"Ray processes left after shutdown: {sorted(left)}"
+    assert not left, f"Ray processes left after shutdown: {[(p, _cmdline(p)) for p in sorted(left)]}"
     assert not set(Path(tempfile.gettempdir()).glob("lookalike-ray-*")) - temp_dirs, "session folder left"
     assert token_file.exists() == had_token, "Ray wrote an auth token to ~/.ray"
     assert {k: v for k, v in os.environ.items() if k.startswith("RAY_")} == ray_env, "RAY_* variables changed"

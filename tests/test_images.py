@@ -313,7 +313,7 @@ def test_decodes_wait_for_a_free_slot(monkeypatch):
     import threading
     import time
 
-    from lookalike import images
+    from lookalike.reading import images
 
     running, most = [0], [0]
     lock = threading.Lock()
@@ -483,7 +483,7 @@ def test_formats_outside_the_allowlist_never_reach_pillow(fmt, tmp_path, monkeyp
 
 
 def test_pillow_tries_only_the_plugin_of_the_sniffed_format(tmp_path, monkeypatch):
-    from lookalike import images
+    from lookalike.reading import images
 
     assert sorted(images._FORMAT_OF.values()) == sorted(ALLOWED_FORMATS)
     real_open, tried = Image.open, []
@@ -501,7 +501,7 @@ def test_pillow_tries_only_the_plugin_of_the_sniffed_format(tmp_path, monkeypatc
     assert tried == [(fmt,) for fmt in ALLOWED_FORMATS for _ in range(2)]
 
 def test_memory_is_given_back_after_big_decodes_only(monkeypatch):
-    from lookalike import images
+    from lookalike.reading import images
 
     calls = []
     monkeypatch.setattr(images, "_give_memory_back", lambda: calls.append(1))

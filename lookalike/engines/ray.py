@@ -110,6 +110,7 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
     saved_env = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}  # Ray sets some itself
     tmp = tempfile.mkdtemp(prefix="lookalike-ray-")
     already = _descendants()
+    started: set[tuple[int, str]] = set()
     try:
         os.environ.update(env)  # inherited by the Ray processes started below
         with _loopback_only():
@@ -124,11 +125,12 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
                                  f"private instance that listens beyond this machine (set {_CLUSTER_ENV}=0 "
                                  "before Ray is imported, or start Ray yourself)")
         logger.info("started a private Ray instance on %s with %s CPUs", node, num_cpus or _cpu_count())
+        started |= _descendants() - already  # some are reparented before the end (their parent exits)
         yield
     finally:
-        started = _descendants() - already
+        started |= _descendants() - already
         ray.shutdown()  # also after a failed start: it stops what was started
-        _reap(started)
+        _reap(started | _mentioning(tmp))
         for k in [k for k in os.environ if k.startswith("RAY_") and k not in saved_env]:
             del os.environ[k]
         os.environ.update(saved_env)
@@ -153,6 +155,20 @@ def _descendants() -> set[tuple[int, str]]:
                 tree.add((pid, start))
                 todo.append(pid)
     return tree
+
+
+def _mentioning(folder: str) -> set[tuple[int, str]]:
+    """Processes whose command line names ``folder``: Ray passes its session folder (inside our
+    private temp folder) to the processes it starts, wherever they were reparented to."""
+    mark = folder.encode()
+    found: set[tuple[int, str]] = set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit() and int(entry) != os.getpid():
+            with contextlib.suppress(OSError, IndexError):
+                if mark in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                    found.add((int(entry), fields[19]))
+    return found
 
 
 def _reap(started: set[tuple[int, str]], *, grace: float = 10.0) -> None:
