@@ -6,6 +6,9 @@ import csv
 import hashlib
 import logging
 import os
+import re
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,6 +198,10 @@ def _as_text(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype("string").fillna("").astype(object)
 
 
+#: a reference with a URL scheme (``file://``, ``https://``); ``c:\\x.jpg`` and ``a:b.jpg`` are paths
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
+
+
 class _FileFinder:
     """Finds a photo by relative path, or by file name anywhere below the images folder.
 
@@ -244,9 +251,43 @@ class _FileFinder:
         return f"photo is outside the images folder: {value} (--allow-outside-images to index it anyway)"
 
     def find(self, value: str) -> tuple[Path | None, str]:
-        if Path(value).is_absolute() and not self.allow_outside:
-            return None, f"absolute photo path: {value} (photos must be inside the images folder; " \
-                         "--allow-outside-images to index it anyway)"
+        """The photo a catalogue cell names, or why there is none. References as platforms write
+        them: relative to the images folder; rooted at it (``/m/h/mh01.jpg``, the way Magento 2
+        writes media paths, is ``IMAGES/m/h/mh01.jpg``); an absolute path or a ``file://`` URL of
+        a file inside the folder. Anything that leads outside it is refused unless asked for."""
+        url = _URL.match(value)
+        scheme = url.group(1).lower() if url else ""
+        if scheme in ("http", "https"):
+            return None, f"photo URL: {value} (photos must be files in the images folder; fetching URLs is not supported)"
+        if scheme == "file":
+            parsed = urllib.parse.urlsplit(value)
+            if parsed.netloc not in ("", "localhost"):
+                return None, f"file:// URL of another host: {value}"
+            return self._absolute(urllib.request.url2pathname(parsed.path), rooted=False)
+        elif scheme:
+            return None, f"unsupported photo reference: {value} (a path inside the images folder, or file://)"
+        if Path(value).is_absolute():
+            return self._absolute(value)
+        return self._relative(value)
+
+    def _absolute(self, value: str, *, rooted: bool = True) -> tuple[Path | None, str]:
+        """A path from the file system's root; first (``rooted``) tried as one from the folder's."""
+        if rooted:
+            inside = self._relative(value.lstrip("/\\"), name_search=False)
+            if inside[0] is not None or inside[1].startswith("photo is outside"):
+                return inside
+        try:
+            real = Path(value).resolve() if Path(value).is_file() else None
+        except (OSError, ValueError):
+            real = None
+        if real is not None and (self.allow_outside or self._inside(real)):
+            return real, ""
+        if real is not None:
+            return None, f"absolute photo path outside the images folder: {value} (--allow-outside-images to index it anyway)"
+        also = f" nor {self.root / value.lstrip('/')}" if rooted else ""
+        return None, f"photo file not found: {value} (neither that path{also} is a file)"
+
+    def _relative(self, value: str, *, name_search: bool = True) -> tuple[Path | None, str]:
         direct = self.root / value
         try:
             is_file = direct.is_file()
@@ -257,6 +298,8 @@ class _FileFinder:
             if not self.allow_outside and not self._inside(real):
                 return None, self._outside(value)
             return real, ""
+        if not name_search:
+            return None, f"photo file not found: {value}"
         found = list(self._index().get(Path(value).name, {}))
         inside = found if self.allow_outside else [p for p in found if self._inside(p)]
         if len(inside) == 1:
