@@ -9,14 +9,19 @@ import os
 import re
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from lookalike.config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN
 from lookalike.errors import CatalogError
+
+if TYPE_CHECKING:
+    from lookalike.reading.fetch import Fetched, PhotoFetcher
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,7 @@ class Catalog:
     total_rows: int = 0
     images_root: Path | None = None  # the images folder, resolved: every photo lies inside it
     allow_outside_images: bool = False  # unless this was asked for
+    photo_cache: Path | None = None  # where the photos of URL rows were fetched to (those rows' root)
 
     @property
     def ids(self) -> list[str]:
@@ -202,6 +208,11 @@ def _as_text(df: pd.DataFrame) -> pd.DataFrame:
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
 
 
+def _is_http(value: str) -> bool:
+    url = _URL.match(value)
+    return url is not None and url.group(1).lower() in ("http", "https")
+
+
 class _FileFinder:
     """Finds a photo by relative path, or by file name anywhere below the images folder.
 
@@ -211,10 +222,12 @@ class _FileFinder:
     folder already seen (``a -> .`` loops would otherwise never end).
     """
 
-    def __init__(self, root: Path, *, allow_outside: bool = False) -> None:
+    def __init__(self, root: Path, *, allow_outside: bool = False,
+                 fetched: "Mapping[str, Fetched] | None" = None) -> None:
         self.root = root
         self.real_root = root.resolve()
         self.allow_outside = allow_outside
+        self.fetched = fetched  # photo URLs -> their files in the photo cache (reading/fetch)
         self._by_name: dict[str, dict[Path, None]] | None = None
 
     def _inside(self, real: Path) -> bool:
@@ -254,11 +267,15 @@ class _FileFinder:
         """The photo a catalogue cell names, or why there is none. References as platforms write
         them: relative to the images folder; rooted at it (``/m/h/mh01.jpg``, the way Magento 2
         writes media paths, is ``IMAGES/m/h/mh01.jpg``); an absolute path or a ``file://`` URL of
-        a file inside the folder. Anything that leads outside it is refused unless asked for."""
+        a file inside the folder; an ``http(s)://`` URL fetched already (``fetched``) is its file in
+        the photo cache. Anything that leads outside the folder is refused unless asked for."""
         url = _URL.match(value)
         scheme = url.group(1).lower() if url else ""
         if scheme in ("http", "https"):
-            return None, f"photo URL: {value} (photos must be files in the images folder; fetching URLs is not supported)"
+            got = self.fetched.get(value) if self.fetched is not None else None
+            if got is None:
+                return None, f"photo URL not fetched: {value}"
+            return got.path, got.reason
         if scheme == "file":
             parsed = urllib.parse.urlsplit(value)
             if parsed.netloc not in ("", "localhost"):
@@ -311,34 +328,41 @@ class _FileFinder:
         return None, f"photo file not found: {value}"
 
 
-def _resolve_rows(ids: pd.Series, imgs: pd.Series, finder: "_FileFinder",
-                  read: "TableFile | None") -> tuple[list[int], list[Path], list[RowProblem]]:
-    """Each row's photo found, or the row's problem (cut short, empty or repeated id, no photo)."""
-    keep: list[int] = []
-    paths: list[Path] = []
+def _resolve_rows(ids: pd.Series, imgs: pd.Series, finder: "_FileFinder", read: "TableFile | None",
+                  fetch: "Callable[[list[str]], Mapping[str, Fetched]] | None" = None,
+                  ) -> tuple[list[int], list[Path], list[RowProblem]]:
+    """Each row's photo found, or the row's problem (cut short, empty or repeated id, no photo).
+    The photo URLs of the rows that get that far are fetched first, all together (``fetch``)."""
     problems: list[RowProblem] = []
+    candidates: list[tuple[int, str, str]] = []  # (position, id, photo cell)
     seen: dict[str, int] = {}
     for i, (pid, img) in enumerate(zip(ids, imgs)):
         row = i + 1
         if read is not None and row in read.short_rows:
             problems.append(RowProblem(row, pid, img, read.reason(row)))
-            continue
-        if not pid:
+        elif not pid:
             problems.append(RowProblem(row, pid, img, "empty id"))
-            continue
-        if pid in seen:
+        elif pid in seen:
             problems.append(RowProblem(row, pid, img, f"duplicate id (first on row {seen[pid]})"))
-            continue
-        seen[pid] = row
-        if not img:
-            problems.append(RowProblem(row, pid, img, "no photo named"))
-            continue
+        else:
+            seen[pid] = row
+            if not img:
+                problems.append(RowProblem(row, pid, img, "no photo named"))
+            else:
+                candidates.append((i, pid, img))
+    urls = [img for _, _, img in candidates if _is_http(img)]
+    if urls and fetch is not None:
+        finder.fetched = fetch(urls)
+    keep: list[int] = []
+    paths: list[Path] = []
+    for i, pid, img in candidates:
         found, reason = finder.find(img)
         if found is None:
-            problems.append(RowProblem(row, pid, img, reason))
+            problems.append(RowProblem(i + 1, pid, img, reason))
             continue
         keep.append(i)
         paths.append(found)
+    problems.sort(key=lambda p: p.row)
     return keep, paths, problems
 
 
@@ -349,6 +373,9 @@ def load_catalog(
     id_column: str = DEFAULT_ID_COLUMN,
     image_column: str = DEFAULT_IMAGE_COLUMN,
     allow_outside_images: bool = False,
+    photo_cache: str | os.PathLike | None = None,
+    fetcher: "PhotoFetcher | None" = None,
+    show_progress_bar: bool | None = None,
 ) -> Catalog:
     """Read a catalogue and resolve each row's photo.
 
@@ -362,6 +389,14 @@ def load_catalog(
     ``../`` path or a link to a file elsewhere is a row problem, unless
     ``allow_outside_images=True``. The resolved folder is kept as ``Catalog.images_root``
     so a server can check again, at serve time, that it hands out only those files.
+
+    ``http(s)://`` photos are fetched, all of a catalogue's together, into the photo cache
+    (``photo_cache``, default ``cache_dir()/photos``; or ``fetcher``, a
+    :class:`~lookalike.reading.fetch.PhotoFetcher` with its own limits): such a row's photo is
+    its cached file, and ``Catalog.photo_cache`` the folder, the second root of those rows
+    only; a photo that can't be fetched is the row's problem (``HTTP 404``, ``timeout after
+    30 s``, ``not an image ...``). A URL fetched before is fetched again only if it changed
+    (``If-None-Match``/``If-Modified-Since``).
     """
     if isinstance(path, pd.DataFrame):
         _check_unique_columns([str(c) for c in path.columns], "the catalogue table")
@@ -384,7 +419,16 @@ def load_catalog(
             raise CatalogError(f"images folder not found: {root}")
     finder = _FileFinder(root, allow_outside=allow_outside_images)
     ids = df[id_column].astype(str).str.strip()
-    keep, paths, problems = _resolve_rows(ids, df[image_column].astype(str).str.strip(), finder, read)
+    cache: list[Path] = []
+
+    def fetch(urls: list[str]) -> "Mapping[str, Fetched]":
+        from lookalike.reading.fetch import fetch_photos
+
+        got, folder = fetch_photos(urls, photo_cache=photo_cache, fetcher=fetcher, show_progress_bar=show_progress_bar)
+        cache.append(folder)
+        return got
+
+    keep, paths, problems = _resolve_rows(ids, df[image_column].astype(str).str.strip(), finder, read, fetch)
     table = df.iloc[keep].copy()
     table[id_column] = ids.iloc[keep].values
     table = table.reset_index(drop=True)
@@ -402,4 +446,5 @@ def load_catalog(
         total_rows=len(df),
         images_root=finder.real_root,
         allow_outside_images=allow_outside_images,
+        photo_cache=cache[0] if cache else None,
     )
