@@ -49,8 +49,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        with self.shop.lock:
-            self.shop.sent += len(body)
+        if code == 200:  # photo bytes sent (404 and 500 bodies aside)
+            with self.shop.lock:
+                self.shop.sent += len(body)
 
     def do_GET(self) -> None:  # noqa: C901 - one branch a case
         shop, path = self.shop, self.path
@@ -224,3 +225,50 @@ def test_load_catalog_without_urls_fetches_nothing(tmp_path):
     cat = load_catalog(pd.DataFrame({"ProductId": ["a"], "Image": [PHOTOS[0].name]}), images=DEMO / "images",
                        photo_cache=tmp_path / "cache")
     assert cat.photo_cache is None and not (tmp_path / "cache").exists()
+
+
+def _mixed_table(shop) -> pd.DataFrame:
+    """Six products with local photos, six with photo URLs, one URL that is gone."""
+    names = [p.name for p in PHOTOS[:12]]
+    cells = names[:6] + [f"{shop.base}/p/{n}" for n in names[6:]] + [f"{shop.base}/gone.jpg"]
+    return pd.DataFrame({"ProductId": [f"p{i}" for i in range(13)], "Colour": ["Blue"] * 13, "Image": cells})
+
+
+def test_build_and_sync_from_urls(shop, tmp_path, encoder):
+    from lookalike import Recommender, build
+    from lookalike.writing.writer import IndexWriter
+
+    table, out, cache = _mixed_table(shop), tmp_path / "index", tmp_path / "cache"
+    report = build(table, out, images=DEMO / "images", photo_cache=cache, encoder=encoder, show_progress_bar=False)
+    assert report.indexed == 12
+    assert [(p.id, p.reason) for p in report.problems] == [("p12", "HTTP 404")]
+    rec = Recommender.load(out)
+    assert rec.settings.catalog.photo_cache == str(cache.resolve())
+    assert rec.image_path("p7").parent == cache.resolve()
+    assert len(rec.similar("p7", k=5)) == 5 and len(rec.similar("p0", k=5)) == 5
+    try:  # the server serves the fetched photo from the cache folder the manifest records
+        from lookalike.server.reads import _open_photo
+    except ImportError:
+        pass
+    else:
+        photo, _, media = _open_photo(rec, "p7")
+        with photo:
+            assert media == "image/jpeg" and photo.read() == PHOTOS[7].read_bytes()
+
+    sent = shop.sent
+    shop.headers.clear()
+    again = IndexWriter.open(out).sync(table, images=DEMO / "images", show_progress_bar=False)
+    assert shop.sent == sent  # every photo URL answered 304: nothing downloaded again
+    assert sum("if-none-match" in h for h in shop.headers) == 6
+    counts = again.counts()
+    assert counts["unchanged"] == 12 and counts["re-embedded"] == counts["added"] == 0
+
+    update = build(table, out, images=DEMO / "images", photo_cache=cache, encoder=encoder, update=True,
+                   show_progress_bar=False)
+    assert update.reused == 12 and shop.sent == sent
+
+    # a photo changed on the shop's side: only it is downloaded and embedded again
+    shop.photos[f"/p/{PHOTOS[8].name}"] = PHOTOS[20].read_bytes()
+    changed = IndexWriter.open(out).sync(table, images=DEMO / "images", show_progress_bar=False)
+    assert shop.sent == sent + len(PHOTOS[20].read_bytes())
+    assert [c.id for c in changed.changes if c.status == "re-embedded"] == ["p8"]

@@ -94,11 +94,13 @@ class CatalogSettings:
     images_root: str | None = None
     images_roots: tuple[str, ...] = ()
     allow_outside_images: bool = False
+    #: the folder photo URLs were fetched to (reading/fetch), when the catalogue has any
+    photo_cache: str | None = None
 
     @property
     def photo_roots(self) -> list[str]:
         """Every folder a product's photo may lie in (but uploads' ``photos/``)."""
-        return [r for r in (self.images_root, *self.images_roots) if r]
+        return [r for r in (self.images_root, *self.images_roots, self.photo_cache) if r]
 
     def default_root(self) -> Path:
         """Where photo paths of a change are relative to when no folder is given."""
@@ -110,6 +112,8 @@ class CatalogSettings:
                "allow_outside_images": self.allow_outside_images, "columns": list(self.columns)}
         if self.images_roots:
             out["images_roots"] = list(self.images_roots)
+        if self.photo_cache:
+            out["photo_cache"] = self.photo_cache
         return out
 
 
@@ -180,7 +184,8 @@ class Manifest:
                     sha256=c.get("sha256"), rows_total=int(c.get("rows_total") or 0),
                     images_root=c.get("images_root") or None,
                     images_roots=tuple(str(x) for x in c.get("images_roots") or ()),
-                    allow_outside_images=bool(c.get("allow_outside_images", False))),
+                    allow_outside_images=bool(c.get("allow_outside_images", False)),
+                    photo_cache=str(c["photo_cache"]) if c.get("photo_cache") else None),
                 metric=_metric(record["metric"]),
                 dim=_int(record["dim"]),
                 colour_dim=int(record.get("colour_dim") or 0),

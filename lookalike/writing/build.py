@@ -127,6 +127,7 @@ def build(
     id_column: str = DEFAULT_ID_COLUMN,
     image_column: str = DEFAULT_IMAGE_COLUMN,
     allow_outside_images: bool = False,
+    photo_cache: str | os.PathLike | None = None,
     model: str = DEFAULT_MODEL,
     pooling: str = DEFAULT_POOLING,
     metric: str = DEFAULT_METRIC,
@@ -164,6 +165,9 @@ def build(
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
+    ``http(s)://`` photos are fetched into ``photo_cache`` (default ``cache_dir()/photos``;
+    see :func:`~lookalike.reading.catalog.load_catalog`); an ``update`` fetches again only what
+    changed, and a photo whose bytes are unchanged is not embedded again.
 
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
@@ -185,7 +189,7 @@ def build(
         raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
         catalog, images=images, id_column=id_column, image_column=image_column,
-        allow_outside_images=allow_outside_images,
+        allow_outside_images=allow_outside_images, photo_cache=photo_cache, show_progress_bar=show_progress_bar,
     )
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
@@ -263,7 +267,8 @@ def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options,
             path=str(cat.source.resolve()) if cat.source else None, sha256=cat.sha256, rows_total=cat.total_rows,
             id_column=cat.id_column, image_column=cat.image_column,
             images_root=str(cat.images_root) if cat.images_root else None,
-            allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns)),
+            allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns),
+            photo_cache=str(cat.photo_cache) if cat.photo_cache else None),
         build=build_info,
         report={"indexed": len(rows.positions), "skipped": len(rows.problems)},
     )

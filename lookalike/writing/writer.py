@@ -246,6 +246,7 @@ class IndexWriter:
 
     # -- operations --------------------------------------------------------------------
     def upsert(self, rows: Any, *, images: str | os.PathLike | None = None,
+               photo_cache: str | os.PathLike | None = None,
                show_progress_bar: bool | None = None) -> ChangeReport:
         """Add new products and change existing ones.
 
@@ -254,19 +255,23 @@ class IndexWriter:
         empty, for a product already indexed) keeps its stored vector: only its metadata
         changes. Columns the index does not have are refused, missing ones are left empty.
         ``images`` is the folder photo paths are relative to (default: the one of the build).
+        ``http(s)://`` photos are fetched into ``photo_cache`` (default: the build's, else
+        ``cache_dir()/photos``), each only if it changed since (``If-None-Match``).
         """
         t0 = time.perf_counter()
         table = _table(rows)
         with self._writer() as w:
-            return self._upsert(w, table, images, show_progress_bar, t0)
+            return self._upsert(w, table, images, show_progress_bar, t0, photo_cache=photo_cache)
 
     def _upsert(self, w: Writer, table: _Rows, images: str | os.PathLike | None,
-                show_progress_bar: bool | None, t0: float, refused: Sequence[Change] = ()) -> ChangeReport:
+                show_progress_bar: bool | None, t0: float, refused: Sequence[Change] = (),
+                photo_cache: str | os.PathLike | None = None) -> ChangeReport:
         snap = self._base(w)
-        plan, report, root = self._plan(snap, table, images=images, remove_missing=False)
+        plan, report, root, cache = self._plan(snap, table, images=images, remove_missing=False,
+                                               photo_cache=photo_cache, show_progress_bar=show_progress_bar)
         report.changes.extend(refused)
         self._embed(snap, plan, show_progress_bar)
-        return self._apply(w, snap, plan, set(), report, "upsert", t0, catalog_info=_roots(snap, root))
+        return self._apply(w, snap, plan, set(), report, "upsert", t0, catalog_info=_roots(snap, root, cache))
 
     def upsert_photo(self, pid: str, photo: bytes, metadata: Mapping[str, str] | None = None,
                      *, suffix: str = ".jpg") -> ChangeReport:
@@ -358,7 +363,8 @@ class IndexWriter:
 
     def sync(self, catalog: str | os.PathLike | pd.DataFrame, *, images: str | os.PathLike | None = None,
              max_removal: float = DEFAULT_MAX_REMOVAL, allow_mass_removal: bool = False,
-             dry_run: bool = False, show_progress_bar: bool | None = None) -> ChangeReport:
+             dry_run: bool = False, photo_cache: str | os.PathLike | None = None,
+             show_progress_bar: bool | None = None) -> ChangeReport:
         """Bring the index in line with today's catalogue: new ids added, changed photos (by
         content hash) re-embedded, changed metadata updated, vanished ids removed.
 
@@ -367,7 +373,9 @@ class IndexWriter:
         empty production. So is a file whose last line is cut short (fewer cells than the
         header, and no newline at the end of the file): a truncated export, whose last id may be
         cut too. A row whose photo can't be read now, or that is cut short (a row with fewer
-        cells than the header), keeps its indexed version.
+        cells than the header), keeps its indexed version; so does one whose photo URL can't be
+        fetched now. A photo URL is fetched into ``photo_cache`` (default: the build's) only if
+        it changed: an unchanged one costs a 304 and nothing is embedded again.
         """
         t0 = time.perf_counter()
         table = _table(catalog)
@@ -380,7 +388,8 @@ class IndexWriter:
             )
         with self._writer() as w:
             snap = self._base(w)
-            plan, report, root = self._plan(snap, table, images=images, remove_missing=True)
+            plan, report, root, cache = self._plan(snap, table, images=images, remove_missing=True,
+                                                   photo_cache=photo_cache, show_progress_bar=show_progress_bar)
             listed = {c.id for c in report.changes} | {r.id for r in plan}
             present = snap.dense_columns()[snap.id_column].tolist()
             gone = {pid for pid in present if pid not in listed}
@@ -399,7 +408,7 @@ class IndexWriter:
                 report.generation, report.seconds = snap.generation, time.perf_counter() - t0
                 return report
             self._embed(snap, plan, show_progress_bar)
-            catalog_info: dict[str, Any] = {"rows_total": len(table.records), **_roots(snap, root)}
+            catalog_info: dict[str, Any] = {"rows_total": len(table.records), **_roots(snap, root, cache)}
             if not isinstance(catalog, pd.DataFrame):
                 catalog_info.update(path=str(Path(catalog).resolve()), sha256=file_sha256(Path(catalog)))
             if not snap.settings.catalog.images_root:
@@ -434,8 +443,9 @@ class IndexWriter:
             raise CatalogError(f"{self.path} has no index yet: build one first")
         return w.base
 
-    def _plan(self, snap: Snapshot, table: _Rows, *, images: str | os.PathLike | None,
-              remove_missing: bool) -> tuple[list[Any], ChangeReport, Path]:
+    def _plan(self, snap: Snapshot, table: _Rows, *, images: str | os.PathLike | None, remove_missing: bool,
+              photo_cache: str | os.PathLike | None = None, show_progress_bar: bool | None = None,
+              ) -> tuple[list[Any], ChangeReport, Path, Path | None]:
         """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
         cat_info = snap.settings.catalog
         id_col, img_col = cat_info.id_column, cat_info.image_column
@@ -471,6 +481,7 @@ class IndexWriter:
                 rows.append((number, {**{c: record.get(c, "") for c in columns}, id_col: pid}))
         root = Path(images) if images is not None else cat_info.default_root()
         plan: list[Any] = []
+        cache: Path | None = None
         # rows without a photo: metadata changes of indexed products (no pandas for these)
         for row, cells in rows:
             pid = cells[id_col]
@@ -483,7 +494,9 @@ class IndexWriter:
         with_photo = [(row, cells) for row, cells in rows if str(cells[img_col]).strip()]
         if with_photo:
             cat = load_catalog(pd.DataFrame([cells for _, cells in with_photo], columns=columns, dtype=object),
-                               images=root, id_column=id_col, image_column=img_col)
+                               images=root, id_column=id_col, image_column=img_col,
+                               photo_cache=photo_cache or cat_info.photo_cache, show_progress_bar=show_progress_bar)
+            cache = cat.photo_cache
             rows_in_table = [row for row, _ in with_photo]
             for p in cat.problems:
                 row = rows_in_table[p.row - 1]
@@ -510,7 +523,7 @@ class IndexWriter:
                 else:
                     plan.append(_Pending(cat, j, row, pid, "added" if old is None else "re-embedded"))
         report.changes.extend(Change(p.row, p.id, "unchanged") for p in plan if isinstance(p, _Unchanged))
-        return [p for p in plan if not isinstance(p, _Unchanged)], report, root
+        return [p for p in plan if not isinstance(p, _Unchanged)], report, root, cache
 
     def _from_stored(self, snap: Snapshot, old: int, values: Mapping[str, Any], row: int, columns: list[str], *,
                      keep_photo: bool = False, image: str | None = None, status: str | None = None,
@@ -752,15 +765,24 @@ def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
     target.delete(sorted(gone))
 
 
-def _roots(snap: Snapshot, root: Path) -> dict[str, Any]:
+def _roots(snap: Snapshot, root: Path, cache: Path | None = None) -> dict[str, Any]:
     """The catalogue's photo folders, with the one a change took photos from: the server serves
-    photos from these folders only."""
+    photos from these folders only. A change that fetched photo URLs into another cache than
+    the index's adds it as a folder of its own."""
     cat = snap.settings.catalog
     roots = list(cat.images_roots)
     resolved = str(root.resolve())
     if cat.images_root and resolved != cat.images_root and resolved not in roots and root.name != PHOTOS:
         roots.append(resolved)
-    return {"images_roots": tuple(roots)} if roots else {}
+    out: dict[str, Any] = {}
+    if cache is not None:
+        if not cat.photo_cache:
+            out["photo_cache"] = str(cache)
+        elif str(cache) != cat.photo_cache and str(cache) not in roots:
+            roots.append(str(cache))
+    if roots:
+        out["images_roots"] = tuple(roots)
+    return out
 
 
 def _unit(vectors: np.ndarray, *, projected: bool, live: np.ndarray | None = None, unit: bool = False) -> np.ndarray:
