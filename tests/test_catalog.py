@@ -459,10 +459,18 @@ def test_photo_references_as_platforms_write_them(tmp_path):
         f"file://localhost{images / 'm' / 'h' / names[4]}",   # file://localhost/...
         (tmp_path / "secret" / names[5]).as_uri(),            # file:// URL outside the folder
         f"/../secret/{names[5]}",                              # rooted, climbing out
-        f"https://cdn.example.com/m/h/{names[7]}",             # a URL: not fetched
+        f"https://cdn.example.com/m/h/{names[7]}",             # a URL: fetched (here: gone)
         f"/m/h/{names[8]}",                                    # rooted, missing
     ]
-    cat = load_catalog(table, images=images)
+    import httpx
+
+    from lookalike.reading.fetch import PhotoFetcher
+
+    asked: list[str] = []
+    gone = httpx.MockTransport(lambda request: asked.append(str(request.url)) or httpx.Response(404))
+    fetcher = PhotoFetcher(tmp_path / "cache", transport=gone)  # never the network (tests/test_fetch.py: a real server)
+    cat = load_catalog(table, images=images, fetcher=fetcher)
+    assert asked == [f"https://cdn.example.com/m/h/{names[7]}"]
     assert cat.ids == list(table["ProductId"].iloc[:5])
     assert [p.name for p in cat.image_paths] == names[:5]
     assert all(p.is_relative_to(images.resolve()) for p in cat.image_paths)
@@ -470,10 +478,10 @@ def test_photo_references_as_platforms_write_them(tmp_path):
     assert sorted(reasons) == [6, 7, 8, 9]
     assert reasons[6].startswith("absolute photo path outside the images folder")
     assert reasons[7].startswith("photo is outside the images folder")
-    assert reasons[8].startswith("photo URL: https://cdn.example.com/")
+    assert reasons[8] == "HTTP 404"
     assert reasons[9].startswith(f"photo file not found: /m/h/{names[8]}")
     assert str(images / "m" / "h" / names[8]) in reasons[9]  # says where it looked
 
-    # asked for, a file:// URL outside the folder is read; a URL still is not
+    # asked for, a file:// URL outside the folder is read
     cat = load_catalog(table.iloc[5:6], images=images, allow_outside_images=True)
     assert cat.problems == [] and [p.name for p in cat.image_paths] == [names[5]]

@@ -272,3 +272,33 @@ def test_build_and_sync_from_urls(shop, tmp_path, encoder):
     changed = IndexWriter.open(out).sync(table, images=DEMO / "images", show_progress_bar=False)
     assert shop.sent == sent + len(PHOTOS[20].read_bytes())
     assert [c.id for c in changed.changes if c.status == "re-embedded"] == ["p8"]
+
+
+@pytest.fixture
+def restore_logging():
+    """main() configures logging for the process; give the next test what it had."""
+    import logging
+
+    root, pkg = logging.getLogger(), logging.getLogger("lookalike")
+    saved = (list(root.handlers), root.level, pkg.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    pkg.setLevel(saved[2])
+
+
+def test_cli_build_and_sync_take_a_photo_cache(shop, tmp_path, capsys, restore_logging):
+    from lookalike.cli import main
+
+    csv = tmp_path / "catalog.csv"
+    _mixed_table(shop).to_csv(csv, index=False)
+    cache = tmp_path / "photos"
+    code = main(["-q", "build", str(csv), "--images", str(DEMO / "images"), "--out", str(tmp_path / "index"),
+                 "--photo-cache", str(cache), "--runtime", "onnx"])
+    out = capsys.readouterr().out
+    assert code == 3 and "indexed 12 of 13" in out and "HTTP 404" in out  # exit 3: a row was refused
+    assert len(list(cache.glob("*.jpg"))) == 6
+    sent = shop.sent
+    code = main(["-q", "sync", str(tmp_path / "index"), str(csv), "--images", str(DEMO / "images"),
+                 "--photo-cache", str(cache), "--format", "json"])
+    assert code == 3 and shop.sent == sent
