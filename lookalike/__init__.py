@@ -10,6 +10,8 @@ The public API::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from lookalike.config import (
@@ -44,6 +46,18 @@ from lookalike.search.recommender import Recommendation, Recommender, Results
 from lookalike.writing.build import BuildReport, build
 from lookalike.writing.writer import Change, ChangeReport, Index, IndexWriter
 
+if TYPE_CHECKING:
+    from lookalike.reading.fetch import Fetched, PhotoFetcher
+
+
+def __getattr__(name: str) -> Any:
+    """``PhotoFetcher`` and ``Fetched`` import httpx: only when asked for."""
+    if name in ("PhotoFetcher", "Fetched"):
+        from lookalike.reading import fetch
+
+        return getattr(fetch, name)
+    raise AttributeError(f"module 'lookalike' has no attribute {name!r}")
+
 __all__ = [
     "__version__",
     # building
@@ -52,6 +66,8 @@ __all__ = [
     "load_catalog",
     "Catalog",
     "RowProblem",
+    "PhotoFetcher",
+    "Fetched",
     "demo_catalog",
     # changing an index
     "IndexWriter",
