@@ -302,3 +302,12 @@ def test_cli_build_and_sync_take_a_photo_cache(shop, tmp_path, capsys, restore_l
     code = main(["-q", "sync", str(tmp_path / "index"), str(csv), "--images", str(DEMO / "images"),
                  "--photo-cache", str(cache), "--format", "json"])
     assert code == 3 and shop.sent == sent
+
+
+def test_a_redirected_photo_is_revalidated_too(shop, tmp_path):
+    url = f"{shop.base}/to-photo"  # 301 to /p/<photo>, as a CDN's short links do
+    first = _fetcher(tmp_path).fetch([url], show_progress_bar=False)[url]
+    sent = shop.sent
+    again = _fetcher(tmp_path).fetch([url], show_progress_bar=False)[url]
+    assert first.status == "downloaded" and again.status == "not modified" and again.path == first.path
+    assert shop.sent == sent

@@ -343,7 +343,7 @@ class PhotoFetcher:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             headers = {}
-            if cached is not None and current == url:
+            if cached is not None:  # the validators of the last hop's answer, sent on every hop
                 if cached[1].get("etag"):
                     headers["If-None-Match"] = str(cached[1]["etag"])
                 if cached[1].get("last_modified"):
@@ -361,7 +361,7 @@ class PhotoFetcher:
                             return Fetched(url, None, f"redirect refused: to {_redacted(location)}")
                         current = target
                         continue
-                    if code == 304 and cached is not None and current == url:
+                    if code == 304 and cached is not None:
                         self.cache.touch(url)
                         return Fetched(url, cached[0], status="not modified")
                     if code == 429 or code >= 500:
