@@ -132,6 +132,9 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--photo-cache", type=Path, default=None, metavar="DIR",
                    help="folder http(s) photos are fetched to, named by content, with their ETags "
                         "(default: $LOOKALIKE_CACHE_DIR/photos)")
+    b.add_argument("--no-private-urls", action="store_true",
+                   help="refuse photo URLs of hosts at loopback, private, link-local or reserved addresses "
+                        "(recorded: later add and sync keep to it)")
     b.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
     b.add_argument("--weights", type=Path, default=None, help="model weights file (resnet50: torchvision format)")
     b.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS,
@@ -190,6 +193,8 @@ def _change_commands(add_command: Callable[..., argparse.ArgumentParser]) -> Non
                     help="folder the photo paths are relative to (default: the build's)")
     ad.add_argument("--photo-cache", type=Path, default=None, metavar="DIR",
                     help="folder http(s) photos are fetched to; unchanged ones cost a 304 (default: the build's)")
+    ad.add_argument("--no-private-urls", action="store_true",
+                    help="refuse photo URLs at private addresses (default: as the build)")
     ad.add_argument("--format", default="table", choices=("table", "json"))
 
     rm = add_command("remove", help="remove products from an index by id", epilog=_ROWS_EPILOG)
@@ -205,6 +210,8 @@ def _change_commands(add_command: Callable[..., argparse.ArgumentParser]) -> Non
     sy.add_argument("--images", type=Path, default=None, help="folder the photo paths are relative to")
     sy.add_argument("--photo-cache", type=Path, default=None, metavar="DIR",
                     help="folder http(s) photos are fetched to; unchanged ones cost a 304 (default: the build's)")
+    sy.add_argument("--no-private-urls", action="store_true",
+                    help="refuse photo URLs at private addresses (default: as the build)")
     sy.add_argument("--max-removal", type=_weight, default=0.5, metavar="SHARE",
                     help="refuse when more than this share of the index would be removed (default 0.5)")
     sy.add_argument("--allow-mass-removal", action="store_true", help="remove however many products vanished")
@@ -435,7 +442,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     report = build(
         args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
         allow_outside_images=args.allow_outside_images, photo_cache=args.photo_cache,
-        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, trim=args.trim,
+        private_urls=not args.no_private_urls, model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, trim=args.trim,
         size=args.size,
         precision=args.precision, runtime=args.runtime, metric=args.metric,
         projection_dim=args.projection_dim or None, backend=args.backend, batch_size=args.batch_size,
@@ -463,6 +470,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
     from lookalike.writing.writer import IndexWriter
 
     report = IndexWriter.open(args.index).upsert(args.rows, images=args.images, photo_cache=args.photo_cache,
+                                                 private_urls=False if args.no_private_urls else None,
                                                  show_progress_bar=None if not args.quiet else False)
     return _print_change(report, args.format)
 
@@ -487,7 +495,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
     report = IndexWriter.open(args.index).sync(
         args.catalog, images=args.images, max_removal=args.max_removal, allow_mass_removal=args.allow_mass_removal,
-        dry_run=args.dry_run, photo_cache=args.photo_cache, show_progress_bar=None if not args.quiet else False,
+        dry_run=args.dry_run, photo_cache=args.photo_cache,
+        private_urls=False if args.no_private_urls else None, show_progress_bar=None if not args.quiet else False,
     )
     if args.dry_run and args.format == "table":
         print("dry run: nothing was changed")

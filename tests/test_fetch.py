@@ -311,3 +311,21 @@ def test_a_redirected_photo_is_revalidated_too(shop, tmp_path):
     again = _fetcher(tmp_path).fetch([url], show_progress_bar=False)[url]
     assert first.status == "downloaded" and again.status == "not modified" and again.path == first.path
     assert shop.sent == sent
+
+
+def test_no_private_urls_refuses_loopback_and_is_recorded(shop, tmp_path, encoder):
+    from lookalike import Recommender, build
+    from lookalike.writing.writer import IndexWriter
+
+    url = f"{shop.base}/p/{PHOTOS[1].name}"
+    got = _fetcher(tmp_path, private_urls=False).fetch([url], show_progress_bar=False)[url]
+    assert got.reason == "private address refused (127.0.0.1 is 127.0.0.1; --no-private-urls)"
+    assert not shop.hits  # never asked
+    table = pd.DataFrame({"ProductId": ["a", "b"], "Image": [PHOTOS[0].name, url]})
+    report = build(table, tmp_path / "index", images=DEMO / "images", photo_cache=tmp_path / "cache",
+                   private_urls=False, encoder=encoder, show_progress_bar=False)
+    assert report.indexed == 1 and report.problems[0].reason.startswith("private address refused")
+    assert Recommender.load(tmp_path / "index").settings.catalog.private_urls is False
+    change = IndexWriter.open(tmp_path / "index").upsert(table.iloc[1:], show_progress_bar=False)
+    assert change.changes[0].status == "skipped" and change.changes[0].reason.startswith("private address refused")
+    assert not shop.hits

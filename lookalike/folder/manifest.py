@@ -96,6 +96,8 @@ class CatalogSettings:
     allow_outside_images: bool = False
     #: the folder photo URLs were fetched to (reading/fetch), when the catalogue has any
     photo_cache: str | None = None
+    #: False: photo URLs at loopback, private, link-local or reserved addresses are refused (changes too)
+    private_urls: bool = True
 
     @property
     def photo_roots(self) -> list[str]:
@@ -114,6 +116,8 @@ class CatalogSettings:
             out["images_roots"] = list(self.images_roots)
         if self.photo_cache:
             out["photo_cache"] = self.photo_cache
+        if not self.private_urls:
+            out["private_urls"] = False
         return out
 
 
@@ -185,7 +189,8 @@ class Manifest:
                     images_root=c.get("images_root") or None,
                     images_roots=tuple(str(x) for x in c.get("images_roots") or ()),
                     allow_outside_images=bool(c.get("allow_outside_images", False)),
-                    photo_cache=str(c["photo_cache"]) if c.get("photo_cache") else None),
+                    photo_cache=str(c["photo_cache"]) if c.get("photo_cache") else None,
+                    private_urls=bool(c.get("private_urls", True))),
                 metric=_metric(record["metric"]),
                 dim=_int(record["dim"]),
                 colour_dim=int(record.get("colour_dim") or 0),

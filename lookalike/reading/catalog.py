@@ -56,6 +56,7 @@ class Catalog:
     images_root: Path | None = None  # the images folder, resolved: every photo lies inside it
     allow_outside_images: bool = False  # unless this was asked for
     photo_cache: Path | None = None  # where the photos of URL rows were fetched to (those rows' root)
+    private_urls: bool = True  # False: photo URLs of private addresses were refused
 
     @property
     def ids(self) -> list[str]:
@@ -375,6 +376,7 @@ def load_catalog(
     allow_outside_images: bool = False,
     photo_cache: str | os.PathLike | None = None,
     fetcher: "PhotoFetcher | None" = None,
+    private_urls: bool = True,
     show_progress_bar: bool | None = None,
 ) -> Catalog:
     """Read a catalogue and resolve each row's photo.
@@ -396,7 +398,8 @@ def load_catalog(
     its cached file, and ``Catalog.photo_cache`` the folder, the second root of those rows
     only; a photo that can't be fetched is the row's problem (``HTTP 404``, ``timeout after
     30 s``, ``not an image ...``). A URL fetched before is fetched again only if it changed
-    (``If-None-Match``/``If-Modified-Since``).
+    (``If-None-Match``/``If-Modified-Since``). ``private_urls=False`` refuses URLs of hosts at
+    loopback, private, link-local or reserved addresses.
     """
     if isinstance(path, pd.DataFrame):
         _check_unique_columns([str(c) for c in path.columns], "the catalogue table")
@@ -424,7 +427,8 @@ def load_catalog(
     def fetch(urls: list[str]) -> "Mapping[str, Fetched]":
         from lookalike.reading.fetch import fetch_photos
 
-        got, folder = fetch_photos(urls, photo_cache=photo_cache, fetcher=fetcher, show_progress_bar=show_progress_bar)
+        got, folder = fetch_photos(urls, photo_cache=photo_cache, fetcher=fetcher,
+                                  private_urls=private_urls, show_progress_bar=show_progress_bar)
         cache.append(folder)
         return got
 
@@ -447,4 +451,5 @@ def load_catalog(
         images_root=finder.real_root,
         allow_outside_images=allow_outside_images,
         photo_cache=cache[0] if cache else None,
+        private_urls=private_urls if fetcher is None else fetcher.private_urls,
     )

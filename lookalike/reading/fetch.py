@@ -28,9 +28,11 @@ import email.utils
 import fcntl
 import hashlib
 import http.cookiejar
+import ipaddress
 import json
 import logging
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -111,6 +113,24 @@ def _refused(url: str) -> str:
         return f"URL with credentials refused: {_redacted(url)} (lookalike never sends credentials)"
     if not host:
         return f"URL without a host: {url}"
+    return ""
+
+
+def _private_address(url: str) -> str:
+    """The first address of ``url``'s host that is not a public one (loopback, private,
+    link-local, reserved), or ''. A host that does not resolve is left to the request."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme.lower() == "https" else 80),
+                                   type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return ""
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if not (mapped or ip).is_global:
+            return str(ip)
     return ""
 
 
@@ -225,6 +245,9 @@ class PhotoFetcher:
 
     ``cache`` is the folder (default ``cache_dir()/photos``) or a :class:`PhotoCache`;
     ``transport`` an httpx transport (tests, or a proxy's). Timeouts are in seconds.
+    ``private_urls=False`` refuses hosts that resolve to a loopback, private, link-local or
+    reserved address, redirects included (checked at the resolver before each request: a
+    firewall is the guarantee against DNS rebinding).
     """
 
     def __init__(
@@ -241,6 +264,7 @@ class PhotoFetcher:
         backoff: float = 0.5,
         max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT,
         transport: httpx.BaseTransport | None = None,
+        private_urls: bool = True,
     ) -> None:
         if concurrency < 1 or per_host < 1 or retries < 0 or max_bytes < 1:
             raise ValueError("concurrency and per_host must be >= 1, retries >= 0, max_bytes >= 1")
@@ -249,6 +273,7 @@ class PhotoFetcher:
         self.connect_timeout, self.read_timeout, self.deadline = connect_timeout, read_timeout, deadline
         self.max_bytes, self.retries, self.backoff, self.max_retry_wait = max_bytes, retries, backoff, max_retry_wait
         self.transport = transport
+        self.private_urls = private_urls
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._hosts_lock = threading.Lock()
 
@@ -348,6 +373,11 @@ class PhotoFetcher:
                     headers["If-None-Match"] = str(cached[1]["etag"])
                 if cached[1].get("last_modified"):
                     headers["If-Modified-Since"] = str(cached[1]["last_modified"])
+            private = "" if self.private_urls else _private_address(current)
+            if private:
+                what = "private address refused" if current == url else f"redirect refused: to {_redacted(current)}"
+                return Fetched(url, None, f"{what} ({urllib.parse.urlsplit(current).hostname} is {private}; "
+                                          "--no-private-urls)")
             try:
                 with client.stream("GET", current, headers=headers) as resp:
                     code = resp.status_code
@@ -432,8 +462,8 @@ def _by_host(urls: list[str]) -> list[str]:
 
 
 def fetch_photos(urls: Iterable[str], *, photo_cache: str | os.PathLike | None = None,
-                 fetcher: PhotoFetcher | None = None,
+                 fetcher: PhotoFetcher | None = None, private_urls: bool = True,
                  show_progress_bar: bool | None = None) -> tuple[Mapping[str, Fetched], Path]:
     """Fetch ``urls`` with ``fetcher`` (default: one on ``photo_cache``); the results and the cache folder."""
-    fetcher = fetcher or PhotoFetcher(photo_cache)
+    fetcher = fetcher or PhotoFetcher(photo_cache, private_urls=private_urls)
     return fetcher.fetch(urls, show_progress_bar=show_progress_bar), fetcher.folder

@@ -128,6 +128,7 @@ def build(
     image_column: str = DEFAULT_IMAGE_COLUMN,
     allow_outside_images: bool = False,
     photo_cache: str | os.PathLike | None = None,
+    private_urls: bool = True,
     model: str = DEFAULT_MODEL,
     pooling: str = DEFAULT_POOLING,
     metric: str = DEFAULT_METRIC,
@@ -167,7 +168,9 @@ def build(
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
     ``http(s)://`` photos are fetched into ``photo_cache`` (default ``cache_dir()/photos``;
     see :func:`~lookalike.reading.catalog.load_catalog`); an ``update`` fetches again only what
-    changed, and a photo whose bytes are unchanged is not embedded again.
+    changed, and a photo whose bytes are unchanged is not embedded again. ``private_urls=False``
+    refuses photo URLs at loopback, private, link-local or reserved addresses; the index records
+    it, and its later changes keep to it.
 
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
@@ -189,7 +192,8 @@ def build(
         raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
         catalog, images=images, id_column=id_column, image_column=image_column,
-        allow_outside_images=allow_outside_images, photo_cache=photo_cache, show_progress_bar=show_progress_bar,
+        allow_outside_images=allow_outside_images, photo_cache=photo_cache, private_urls=private_urls,
+        show_progress_bar=show_progress_bar,
     )
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
@@ -268,7 +272,7 @@ def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options,
             id_column=cat.id_column, image_column=cat.image_column,
             images_root=str(cat.images_root) if cat.images_root else None,
             allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns),
-            photo_cache=str(cat.photo_cache) if cat.photo_cache else None),
+            photo_cache=str(cat.photo_cache) if cat.photo_cache else None, private_urls=cat.private_urls),
         build=build_info,
         report={"indexed": len(rows.positions), "skipped": len(rows.problems)},
     )

@@ -246,7 +246,7 @@ class IndexWriter:
 
     # -- operations --------------------------------------------------------------------
     def upsert(self, rows: Any, *, images: str | os.PathLike | None = None,
-               photo_cache: str | os.PathLike | None = None,
+               photo_cache: str | os.PathLike | None = None, private_urls: bool | None = None,
                show_progress_bar: bool | None = None) -> ChangeReport:
         """Add new products and change existing ones.
 
@@ -256,19 +256,22 @@ class IndexWriter:
         changes. Columns the index does not have are refused, missing ones are left empty.
         ``images`` is the folder photo paths are relative to (default: the one of the build).
         ``http(s)://`` photos are fetched into ``photo_cache`` (default: the build's, else
-        ``cache_dir()/photos``), each only if it changed since (``If-None-Match``).
+        ``cache_dir()/photos``), each only if it changed since (``If-None-Match``);
+        ``private_urls`` (default: the build's) as in :func:`~lookalike.writing.build.build`.
         """
         t0 = time.perf_counter()
         table = _table(rows)
         with self._writer() as w:
-            return self._upsert(w, table, images, show_progress_bar, t0, photo_cache=photo_cache)
+            return self._upsert(w, table, images, show_progress_bar, t0, photo_cache=photo_cache,
+                                private_urls=private_urls)
 
     def _upsert(self, w: Writer, table: _Rows, images: str | os.PathLike | None,
                 show_progress_bar: bool | None, t0: float, refused: Sequence[Change] = (),
-                photo_cache: str | os.PathLike | None = None) -> ChangeReport:
+                photo_cache: str | os.PathLike | None = None, private_urls: bool | None = None) -> ChangeReport:
         snap = self._base(w)
         plan, report, root, cache = self._plan(snap, table, images=images, remove_missing=False,
-                                               photo_cache=photo_cache, show_progress_bar=show_progress_bar)
+                                               photo_cache=photo_cache, private_urls=private_urls,
+                                               show_progress_bar=show_progress_bar)
         report.changes.extend(refused)
         self._embed(snap, plan, show_progress_bar)
         return self._apply(w, snap, plan, set(), report, "upsert", t0, catalog_info=_roots(snap, root, cache))
@@ -364,7 +367,7 @@ class IndexWriter:
     def sync(self, catalog: str | os.PathLike | pd.DataFrame, *, images: str | os.PathLike | None = None,
              max_removal: float = DEFAULT_MAX_REMOVAL, allow_mass_removal: bool = False,
              dry_run: bool = False, photo_cache: str | os.PathLike | None = None,
-             show_progress_bar: bool | None = None) -> ChangeReport:
+             private_urls: bool | None = None, show_progress_bar: bool | None = None) -> ChangeReport:
         """Bring the index in line with today's catalogue: new ids added, changed photos (by
         content hash) re-embedded, changed metadata updated, vanished ids removed.
 
@@ -389,7 +392,8 @@ class IndexWriter:
         with self._writer() as w:
             snap = self._base(w)
             plan, report, root, cache = self._plan(snap, table, images=images, remove_missing=True,
-                                                   photo_cache=photo_cache, show_progress_bar=show_progress_bar)
+                                                   photo_cache=photo_cache, private_urls=private_urls,
+                                                   show_progress_bar=show_progress_bar)
             listed = {c.id for c in report.changes} | {r.id for r in plan}
             present = snap.dense_columns()[snap.id_column].tolist()
             gone = {pid for pid in present if pid not in listed}
@@ -444,8 +448,8 @@ class IndexWriter:
         return w.base
 
     def _plan(self, snap: Snapshot, table: _Rows, *, images: str | os.PathLike | None, remove_missing: bool,
-              photo_cache: str | os.PathLike | None = None, show_progress_bar: bool | None = None,
-              ) -> tuple[list[Any], ChangeReport, Path, Path | None]:
+              photo_cache: str | os.PathLike | None = None, private_urls: bool | None = None,
+              show_progress_bar: bool | None = None) -> tuple[list[Any], ChangeReport, Path, Path | None]:
         """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
         cat_info = snap.settings.catalog
         id_col, img_col = cat_info.id_column, cat_info.image_column
@@ -495,7 +499,9 @@ class IndexWriter:
         if with_photo:
             cat = load_catalog(pd.DataFrame([cells for _, cells in with_photo], columns=columns, dtype=object),
                                images=root, id_column=id_col, image_column=img_col,
-                               photo_cache=photo_cache or cat_info.photo_cache, show_progress_bar=show_progress_bar)
+                               photo_cache=photo_cache or cat_info.photo_cache,
+                               private_urls=cat_info.private_urls if private_urls is None else private_urls,
+                               show_progress_bar=show_progress_bar)
             cache = cat.photo_cache
             rows_in_table = [row for row, _ in with_photo]
             for p in cat.problems:
