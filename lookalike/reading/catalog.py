@@ -367,6 +367,37 @@ def _resolve_rows(ids: pd.Series, imgs: pd.Series, finder: "_FileFinder", read: 
     return keep, paths, problems
 
 
+def _images_root(images: str | os.PathLike | None, source: Path | None) -> Path:
+    """The folder photo paths are relative to: ``images``, else the catalogue's folder (or its
+    ``images/`` subfolder)."""
+    if images is None:
+        base = source.parent if source is not None else Path.cwd()
+        return base / "images" if (base / "images").is_dir() else base
+    root = Path(images)
+    if not root.is_dir():
+        raise CatalogError(f"images folder not found: {root}")
+    return root
+
+
+@dataclass
+class _Fetch:
+    """Fetches a catalogue's photo URLs (reading/fetch, imported only then); ``folder`` is the
+    cache they went to, once they did."""
+
+    photo_cache: str | os.PathLike | None
+    fetcher: "PhotoFetcher | None"
+    private_urls: bool
+    show_progress_bar: bool | None
+    folder: Path | None = None
+
+    def __call__(self, urls: list[str]) -> "Mapping[str, Fetched]":
+        from lookalike.reading.fetch import fetch_photos
+
+        got, self.folder = fetch_photos(urls, photo_cache=self.photo_cache, fetcher=self.fetcher,
+                                        private_urls=self.private_urls, show_progress_bar=self.show_progress_bar)
+        return got
+
+
 def load_catalog(
     path: str | os.PathLike | pd.DataFrame,
     *,
@@ -413,25 +444,9 @@ def load_catalog(
             raise CatalogError(
                 f"catalogue has no {what} column {col!r}; its columns are: {', '.join(df.columns)}"
             )
-    if images is None:
-        base = source.parent if source is not None else Path.cwd()
-        root = base / "images" if (base / "images").is_dir() else base
-    else:
-        root = Path(images)
-        if not root.is_dir():
-            raise CatalogError(f"images folder not found: {root}")
-    finder = _FileFinder(root, allow_outside=allow_outside_images)
+    finder = _FileFinder(_images_root(images, source), allow_outside=allow_outside_images)
     ids = df[id_column].astype(str).str.strip()
-    cache: list[Path] = []
-
-    def fetch(urls: list[str]) -> "Mapping[str, Fetched]":
-        from lookalike.reading.fetch import fetch_photos
-
-        got, folder = fetch_photos(urls, photo_cache=photo_cache, fetcher=fetcher,
-                                  private_urls=private_urls, show_progress_bar=show_progress_bar)
-        cache.append(folder)
-        return got
-
+    fetch = _Fetch(photo_cache, fetcher, private_urls, show_progress_bar)
     keep, paths, problems = _resolve_rows(ids, df[image_column].astype(str).str.strip(), finder, read, fetch)
     table = df.iloc[keep].copy()
     table[id_column] = ids.iloc[keep].values
@@ -450,6 +465,6 @@ def load_catalog(
         total_rows=len(df),
         images_root=finder.real_root,
         allow_outside_images=allow_outside_images,
-        photo_cache=cache[0] if cache else None,
+        photo_cache=fetch.folder,
         private_urls=private_urls if fetcher is None else fetcher.private_urls,
     )

@@ -166,11 +166,9 @@ def build(
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
-    ``http(s)://`` photos are fetched into ``photo_cache`` (default ``cache_dir()/photos``;
-    see :func:`~lookalike.reading.catalog.load_catalog`); an ``update`` fetches again only what
-    changed, and a photo whose bytes are unchanged is not embedded again. ``private_urls=False``
-    refuses photo URLs at loopback, private, link-local or reserved addresses; the index records
-    it, and its later changes keep to it.
+    ``http(s)://`` photos are fetched into ``photo_cache`` (``private_urls=False``: never from
+    private addresses; recorded for later changes), as :func:`~lookalike.reading.catalog.load_catalog`
+    says; an ``update`` fetches again only what changed, and unchanged bytes are not embedded again.
 
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
@@ -193,8 +191,7 @@ def build(
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
         catalog, images=images, id_column=id_column, image_column=image_column,
         allow_outside_images=allow_outside_images, photo_cache=photo_cache, private_urls=private_urls,
-        show_progress_bar=show_progress_bar,
-    )
+        show_progress_bar=show_progress_bar)
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
         precision=precision,

@@ -454,14 +454,7 @@ class IndexWriter:
         cat_info = snap.settings.catalog
         id_col, img_col = cat_info.id_column, cat_info.image_column
         columns = _columns(snap)
-        unknown = [c for c in table.columns if c not in columns]
-        if unknown:
-            raise CatalogError(
-                f"columns not in the index: {', '.join(unknown)} (its columns are: {', '.join(columns)}); "
-                "rebuild to add columns"
-            )
-        if id_col not in table.columns:
-            raise CatalogError(f"rows have no id column {id_col!r}")
+        _check_columns(table, columns, id_col)
         report = ChangeReport("upsert")
         meta = snap.dense_columns()
         stored = StoredRows.of(meta, id_col)
@@ -769,6 +762,18 @@ def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
         target.write([r.id for r in rows], np.array([r.vector for r in rows], np.float32),
                      np.array([r.colour for r in rows], np.float32), {c: [r.meta.get(c, "") for r in rows] for c in columns})
     target.delete(sorted(gone))
+
+
+def _check_columns(table: _Rows, columns: list[str], id_col: str) -> None:
+    """A change's rows may name only the index's columns, and must name its id column."""
+    unknown = [c for c in table.columns if c not in columns]
+    if unknown:
+        raise CatalogError(
+            f"columns not in the index: {', '.join(unknown)} (its columns are: {', '.join(columns)}); "
+            "rebuild to add columns"
+        )
+    if id_col not in table.columns:
+        raise CatalogError(f"rows have no id column {id_col!r}")
 
 
 def _roots(snap: Snapshot, root: Path, cache: Path | None = None) -> dict[str, Any]:
