@@ -329,3 +329,15 @@ def test_no_private_urls_refuses_loopback_and_is_recorded(shop, tmp_path, encode
     change = IndexWriter.open(tmp_path / "index").upsert(table.iloc[1:], show_progress_bar=False)
     assert change.changes[0].status == "skipped" and change.changes[0].reason.startswith("private address refused")
     assert not shop.hits
+
+
+def test_nothing_listening_and_bad_urls(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port just freed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    closed, bad_port = f"http://127.0.0.1:{port}/x.jpg", "http://127.0.0.1:99999/x.jpg"
+    got = _fetcher(tmp_path, retries=1).fetch([closed, bad_port], show_progress_bar=False)
+    assert got[closed].reason.startswith("connection failed: ")
+    assert got[bad_port].reason == f"not a valid URL: {bad_port}"

@@ -104,7 +104,7 @@ def _refused(url: str) -> str:
     """Why a URL is not fetched at all, or ''."""
     try:
         parts = urllib.parse.urlsplit(url)
-        host = parts.hostname
+        host, _ = parts.hostname, parts.port  # a port out of range raises here
     except ValueError:
         return f"not a valid URL: {url}"
     if parts.scheme.lower() not in ("http", "https"):
@@ -319,7 +319,11 @@ class PhotoFetcher:
                                                               thread_name_prefix="lookalike-fetch") as pool:
                 futures = {pool.submit(self.fetch_one, url, client): url for url in _by_host(todo)}
                 for future in as_completed(futures):
-                    got = future.result()
+                    try:
+                        got = future.result()
+                    except Exception as exc:  # a surprise (a bug): that photo's reason, with its traceback logged
+                        logger.warning("fetching %s failed", _redacted(futures[future]), exc_info=True)
+                        got = Fetched(futures[future], None, f"fetch failed: {type(exc).__name__}")
                     out[got.url] = got
                     nbytes += got.nbytes
                     bar.update(1)
@@ -346,6 +350,9 @@ class PhotoFetcher:
             for attempt in range(self.retries + 1):
                 try:
                     got = self._attempt(client, url)
+                except OSError as exc:  # the cache folder, not the server: no retry
+                    got = Fetched(url, None, f"can't write the photo cache: {exc.strerror or exc}")
+                    break
                 except _Retry as exc:
                     if attempt == self.retries:
                         got = Fetched(url, None, exc.reason)
@@ -405,8 +412,8 @@ class PhotoFetcher:
                 raise _Retry(f"timeout after {self.read_timeout:g} s") from None
             except httpx.InvalidURL as exc:
                 return Fetched(url, None, f"not a valid URL: {exc}")
-            except (httpx.TransportError, OSError) as exc:
-                raise _Retry(f"connection failed: {exc or type(exc).__name__}") from None
+            except httpx.TransportError as exc:
+                raise _Retry(f"connection failed: {str(exc) or type(exc).__name__}") from None
         return Fetched(url, None, f"too many redirects (more than {MAX_REDIRECTS})")
 
     def _download(self, url: str, resp: httpx.Response) -> Fetched:
