@@ -89,6 +89,14 @@ class _Handler(BaseHTTPRequestHandler):
                     shop.cut_short.append(path)
             self.close_connection = True
             return None
+        if path.startswith("/lm/"):  # Last-Modified only, no ETag
+            stamp = "Wed, 21 Oct 2026 07:28:00 GMT"
+            if self.headers.get("If-Modified-Since") == stamp:
+                return self._send(304)
+            return self._send(200, shop.photos["/p/" + path.rsplit("/", 1)[1]],
+                              {"Content-Type": "image/jpeg", "Last-Modified": stamp})
+        if path == "/liar.jpg":  # labelled a JPEG, an error page inside
+            return self._send(200, b"<html><body>Access denied</body></html>", {"Content-Type": "image/jpeg"})
         if path == "/page.html":
             return self._send(200, b"<!doctype html><html><body>not found</body></html>" * 4,
                               {"Content-Type": "text/html"})
@@ -154,6 +162,7 @@ def test_failures_are_reasons(shop, tmp_path):
         "file": f"{b}/to-file",
         "creds": f"http://user:secret@127.0.0.1:{b.rsplit(':', 1)[1]}/p/{PHOTOS[0].name}",
         "redirect": f"{b}/to-photo",
+        "liar": f"{b}/liar.jpg",
     }
     got = _fetcher(tmp_path).fetch(urls.values(), show_progress_bar=False)
     reason = {k: got[u].reason for k, u in urls.items()}
@@ -163,6 +172,7 @@ def test_failures_are_reasons(shop, tmp_path):
     assert reason["file"] == "redirect refused: to file:///etc/passwd"
     assert reason["creds"].startswith("URL with credentials refused: http://***@127.0.0.1")
     assert "secret" not in reason["creds"]
+    assert reason["liar"] == "not an image (content-type image/jpeg)"  # the bytes decide, not the label
     assert reason["redirect"] == "" and got[urls["redirect"]].path.read_bytes() == PHOTOS[1].read_bytes()
     assert shop.hits.get("/loop") == 1 and sum(v for k, v in shop.hits.items() if k.startswith("/loop")) == 6
     assert not any(k.startswith("/p/") and "@" in k for k in shop.hits)  # the credentials URL was never asked
@@ -341,3 +351,13 @@ def test_nothing_listening_and_bad_urls(tmp_path):
     got = _fetcher(tmp_path, retries=1).fetch([closed, bad_port], show_progress_bar=False)
     assert got[closed].reason.startswith("connection failed: ")
     assert got[bad_port].reason == f"not a valid URL: {bad_port}"
+
+
+def test_last_modified_alone_revalidates(shop, tmp_path):
+    url = f"{shop.base}/lm/{PHOTOS[4].name}"
+    assert _fetcher(tmp_path).fetch([url], show_progress_bar=False)[url].status == "downloaded"
+    sent = shop.sent
+    again = _fetcher(tmp_path).fetch([url], show_progress_bar=False)[url]
+    assert again.status == "not modified" and again.path.read_bytes() == PHOTOS[4].read_bytes()
+    assert shop.sent == sent and shop.headers[-1]["if-modified-since"] == "Wed, 21 Oct 2026 07:28:00 GMT"
+    assert "if-none-match" not in shop.headers[-1]
