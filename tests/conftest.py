@@ -79,3 +79,16 @@ def fashion_hnsw_index(tmp_path_factory, fashion_dir, encoder) -> Path:
     out = tmp_path_factory.mktemp("fashion-2906-hnsw") / "index"
     build(fashion_dir / "fashion.csv", out, encoder=encoder, backend="hnsw", show_progress_bar=False)
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _milvus_connections_closed_after_each_module():
+    """A module's searches on Milvus Lite indexes keep the process's shared connection, and with
+    it a Lite server process, open; close them when the module ends so none outlives it (a later
+    module counting this process's children would find them)."""
+    yield
+    import sys
+
+    milvus = sys.modules.get("lookalike.search.backends.milvus")
+    if milvus is not None:
+        milvus.close_stores()

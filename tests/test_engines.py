@@ -157,6 +157,12 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
+def _is_ray(pid: int) -> bool:
+    """One of Ray's processes (the tree also holds other children, e.g. a Milvus Lite server)."""
+    cmdline = _cmdline(pid)
+    return cmdline.startswith("ray::") or "/ray/" in cmdline or "lookalike-ray-" in cmdline
+
+
 def _process_tree(root: int) -> set[int]:
     """The live descendants of process ``root``."""
     parent = {}
@@ -255,7 +261,7 @@ def ray_session():
         assert set(Path(tempfile.gettempdir()).glob("lookalike-ray-*")) - temp_dirs, "Ray's session folder"
         yield seen
     deadline = time.monotonic() + 10
-    while (left := {p for p in seen if _alive(p)}) and time.monotonic() < deadline:
+    while (left := {p for p in seen if _alive(p) and _is_ray(p)}) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"Ray processes left after shutdown: {[(p, _cmdline(p)) for p in sorted(left)]}"
     assert not set(Path(tempfile.gettempdir()).glob("lookalike-ray-*")) - temp_dirs, "session folder left"
@@ -282,7 +288,7 @@ def test_cli_build_on_its_own_private_ray(bad_catalog, tmp_path, monkeypatch):
     assert watch.saw_actors(), watch.listeners
     assert not _beyond_loopback(watch.listeners), watch.listeners
     deadline = time.monotonic() + 10
-    while (left := {p for p in watch.seen if _alive(p)}) and time.monotonic() < deadline:
+    while (left := {p for p in watch.seen if _alive(p) and _is_ray(p)}) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"Ray processes left after the build: {sorted(left)}"
     assert Store(tmp_path / "index").snapshot().manifest["build"]["engine"] == "ray"

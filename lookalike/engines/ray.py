@@ -130,7 +130,7 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
     finally:
         started |= _descendants() - already
         ray.shutdown()  # also after a failed start: it stops what was started
-        _reap(started | _mentioning(tmp))
+        _reap({p for p in started if _is_rays(p[0], tmp)} | _mentioning(tmp))
         for k in [k for k in os.environ if k.startswith("RAY_") and k not in saved_env]:
             del os.environ[k]
         os.environ.update(saved_env)
@@ -155,6 +155,17 @@ def _descendants() -> set[tuple[int, str]]:
                 tree.add((pid, start))
                 todo.append(pid)
     return tree
+
+
+def _is_rays(pid: int, folder: str) -> bool:
+    """Whether a process is one of Ray's: a worker (``ray::…``), a program of the ray package, or
+    one naming our session folder. Other children of this process (a Milvus Lite server, …)
+    started meanwhile are never touched."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return cmdline.startswith("ray::") or f"{os.sep}ray{os.sep}" in cmdline or folder in cmdline
 
 
 def _mentioning(folder: str) -> set[tuple[int, str]]:

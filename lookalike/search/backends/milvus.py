@@ -546,6 +546,17 @@ def connect(config: Mapping[str, Any]) -> MilvusStore:
         return store
 
 
+def close_stores() -> None:
+    """Close this process's shared connections (each Milvus Lite server stops with its last
+    user). The next search connects again; for a process that is done with Milvus, or tests."""
+    with _stores_lock:
+        stores = list(_stores.values())
+        _stores.clear()
+    for store in stores:
+        with contextlib.suppress(Exception):  # a connection that is already gone is closed
+            store.close()
+
+
 def _forget_stores() -> None:
     """In a forked child (server workers): a gRPC connection can't cross fork; connect anew."""
     _stores.clear()
