@@ -9,7 +9,8 @@ goes through it; nothing else reads the record's settings with ``.get(key, fallb
 
 What older records lack, and what it meant when they were written: ``resize`` (squash),
 ``trim`` (off), ``precision`` (fp32), ``input_size`` (the model's own), ``colour_weight`` (0),
-``colour_dim`` (0: no colour part), ``index`` (the exact back end), ``projection_dim`` (0).
+``colour_dim`` (0: no colour part), ``index`` (the exact back end), ``projection_dim`` (0),
+``numeric_columns`` (none recorded: a numeric filter is then checked against the rows themselves).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ class ModelSettings:
 @dataclass(frozen=True)
 class CatalogSettings:
     """The catalogue the index was built from: its id and photo columns, its columns in order,
-    and the folders its photos may come from (the server serves photos from these only)."""
+    the columns whose non-empty cells were all numbers at build (``numeric_columns``, what
+    numeric filters are checked against), and the folders its photos may come from (the
+    server serves photos from these only)."""
 
     id_column: str
     image_column: str = "Image"
@@ -94,6 +97,7 @@ class CatalogSettings:
     images_root: str | None = None
     images_roots: tuple[str, ...] = ()
     allow_outside_images: bool = False
+    numeric_columns: tuple[str, ...] = ()
 
     @property
     def photo_roots(self) -> list[str]:
@@ -110,6 +114,8 @@ class CatalogSettings:
                "allow_outside_images": self.allow_outside_images, "columns": list(self.columns)}
         if self.images_roots:
             out["images_roots"] = list(self.images_roots)
+        if self.numeric_columns:
+            out["numeric_columns"] = list(self.numeric_columns)
         return out
 
 
@@ -180,7 +186,8 @@ class Manifest:
                     sha256=c.get("sha256"), rows_total=int(c.get("rows_total") or 0),
                     images_root=c.get("images_root") or None,
                     images_roots=tuple(str(x) for x in c.get("images_roots") or ()),
-                    allow_outside_images=bool(c.get("allow_outside_images", False))),
+                    allow_outside_images=bool(c.get("allow_outside_images", False)),
+                    numeric_columns=tuple(str(x) for x in c.get("numeric_columns") or ())),
                 metric=_metric(record["metric"]),
                 dim=_int(record["dim"]),
                 colour_dim=int(record.get("colour_dim") or 0),

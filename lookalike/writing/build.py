@@ -48,6 +48,7 @@ from lookalike.folder.store import Store
 from lookalike.reading.catalog import Catalog, RowProblem, load_catalog
 from lookalike.reading.images import COLOUR_DIM
 from lookalike.search.backends import BACKENDS, DEFAULT_BACKEND, make_index
+from lookalike.search.filters import numeric_columns
 from lookalike.writing.duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,8 @@ def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options,
             path=str(cat.source.resolve()) if cat.source else None, sha256=cat.sha256, rows_total=cat.total_rows,
             id_column=cat.id_column, image_column=cat.image_column,
             images_root=str(cat.images_root) if cat.images_root else None,
-            allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns)),
+            allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns),
+            numeric_columns=numeric_columns(cat.table.iloc[rows.positions], skip=(cat.image_column,))),
         build=build_info,
         report={"indexed": len(rows.positions), "skipped": len(rows.problems)},
     )
