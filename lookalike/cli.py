@@ -38,18 +38,11 @@ _EPILOG = "exit status:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meanin
 _ROWS_EPILOG = f"exit status {EXIT_ROWS_REFUSED} when some rows were refused (0 when every row was applied)"
 
 
-def _where(items: Sequence[str] | None) -> dict[str, list[str]]:
-    from lookalike.errors import InvalidQueryError
+def _where(items: Sequence[str] | None) -> list[Any]:
+    """``--where`` conditions (:func:`lookalike.search.conditions.parse_condition`)."""
+    from lookalike.search.conditions import parse_condition
 
-    out: dict[str, list[str]] = {}
-    for item in items or ():
-        sep = "=" if "=" in item else (":" if ":" in item else None)
-        if sep is None:
-            raise InvalidQueryError(f"--where takes COLUMN=VALUE, not {item!r}")
-        col, _, value = item.partition(sep)
-        values = [v.strip() for v in value.split(",")] if value else [""]
-        out.setdefault(col.strip(), []).extend(values)
-    return out
+    return [parse_condition(item, name="--where") for item in items or ()]
 
 
 def _positive_int(text: str) -> int:
@@ -97,8 +90,10 @@ def _weight(text: str) -> float:
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--same", action="append", default=[], metavar="COL",
                    help="keep results to the query's value of COL (e.g. Gender); repeatable")
-    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
-                   help="keep results whose COL is VALUE (VALUE1,VALUE2 for several); repeatable")
+    p.add_argument("--where", action="append", default=[], metavar="CONDITION",
+                   help="keep results whose COL=VALUE (VALUE1,VALUE2 for any of several), COL!=VALUE, "
+                        "COL<N, COL<=N, COL>N, COL>=N or COL=LOW..HIGH (inclusive; LOW.. or ..HIGH open); "
+                        "a row without a number never meets a numeric one; repeatable, all must hold")
     p.add_argument("--colour-weight", type=_weight, default=None, metavar="W",
                    help="share of the score given to colour, 0..1 (default: the index's)")
     p.add_argument("--keep-duplicates", action="store_true",

@@ -79,3 +79,18 @@ def fashion_hnsw_index(tmp_path_factory, fashion_dir, encoder) -> Path:
     out = tmp_path_factory.mktemp("fashion-2906-hnsw") / "index"
     build(fashion_dir / "fashion.csv", out, encoder=encoder, backend="hnsw", show_progress_bar=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def store_index(tmp_path_factory, encoder) -> Path:
+    """../shared/datasets/store-demos (25 real products of two shops, with prices) built once:
+    the index with a numeric column, ``price``."""
+    store = SHARED / "store-demos"
+    if not (store / "catalog.csv").is_file():
+        pytest.skip(f"shared data set not found at {store}")
+    from lookalike import build
+
+    out = tmp_path_factory.mktemp("store-demos") / "index"
+    build(store / "catalog.csv", out, images=store / "images", id_column="product_id", image_column="image",
+          encoder=encoder, show_progress_bar=False)
+    return out

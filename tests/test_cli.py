@@ -169,6 +169,42 @@ def test_similar_filters_and_k(capsys, demo_index, demo_rec, pid):
     )
 
 
+def test_similar_numeric_filters(capsys, store_index):
+    """--where with numbers, on a shop's prices: comparisons, a range, != on text, combined."""
+    from lookalike import Recommender
+
+    rec = Recommender.load(store_index)
+    assert rec.settings.catalog.numeric_columns == ("price",)
+    argv = ["similar", store_index, "--id", "oc-43", "-k", "30", "--format", "json"]
+    code, stdout, _ = run(capsys, *argv, "--where", "price<200", "--where", "price>=50",
+                          "--where", "category!=Cameras,Monitors")
+    data = json.loads(stdout)
+    assert code == 0 and data["query"]["conditions"] == ["price<200", "price>=50", "category!=Cameras,Monitors"]
+    prices = [float(r["price"]) for r in data["results"]]
+    assert prices and all(50 <= p < 200 for p in prices)
+    assert not {r["category"] for r in data["results"]} & {"Cameras", "Monitors"}
+    assert [r["id"] for r in data["results"]] == rec.similar(
+        "oc-43", k=30, where=["price<200", "price>=50", "category!=Cameras,Monitors"]).ids
+    code, stdout, _ = run(capsys, *argv, "--where", "price=20..50", "--where", "platform=prestashop")
+    data = json.loads(stdout)
+    assert code == 0 and data["query"]["where"] == {"platform": ["prestashop"]}
+    assert sorted(r["id"] for r in data["results"]) == ["ps-2", "ps-3", "ps-5", "ps-6", "ps-7"]
+    code, stdout, _ = run(capsys, *argv, "--where", "price=1000..")
+    assert code == 0 and sorted(r["id"] for r in json.loads(stdout)["results"]) == ["oc-44", "oc-45", "oc-46"]
+
+
+@pytest.mark.parametrize("where, words", [
+    ("name<3", "'name<3' compares numbers, but column 'name' holds none; numeric columns are: price"),
+    ("weight>1", "unknown column 'weight'"),
+    ("price<cheap", "'price<cheap': 'cheap' is not a number"),
+    ("price=50..10", "the low end is above the high end"),
+])
+def test_bad_numeric_filters_are_one_line(capsys, store_index, where, words):
+    code, stdout, err = run(capsys, "similar", store_index, "--id", "oc-43", "--where", where)
+    assert code == 1 and not stdout
+    assert len(err.splitlines()) == 1 and err.startswith("lookalike: error: ") and words in err, err
+
+
 def test_similar_several_ids_and_csv(capsys, demo_index, demo_rec):
     a, b = demo_rec.ids[1], demo_rec.ids[50]
     code, stdout, _ = run(
