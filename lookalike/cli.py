@@ -608,7 +608,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("colour weight", str(s.colour_weight)),
         ("duplicates", f"{s.duplicates.get('rows', 0)} products in {s.duplicates.get('groups', 0)} photo groups"),
         ("catalogue", f"{s.catalog.path} (sha256 {(s.catalog.sha256 or '')[:12]})"),
-        ("columns", ", ".join(rec.columns)),
+        ("columns", ", ".join(rec.columns)
+         + (f" (numbers: {', '.join(s.catalog.numeric_columns)})" if s.catalog.numeric_columns else "")),
         ("built", f"in {s.build.get('seconds', '?')} s by lookalike {record.get('lookalike_version', '?')}; "
                   f"this generation committed {s.created or '?'}"),
         ("size on disk", f"{size / 1e6:.1f} MB ({size / max(1, len(rec)):.0f} bytes per product)"),

@@ -269,6 +269,7 @@ def test_info(capsys, demo_index):
     assert fields["vectors"].startswith(f"{m['dim']}-d float32, metric cosine")
     assert fields["vectors"].endswith("back end exact")
     assert "Gender" in fields["columns"] and "_sha1" not in fields["columns"]
+    assert fields["columns"].endswith("(numbers: ProductId)")  # the demo's one numeric column
     code, stdout, _ = run(capsys, "info", demo_index, "--format", "json")
     assert code == 0
     assert json.loads(stdout) == record(demo_index)
