@@ -163,6 +163,10 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--allow-outside-images", action="store_true",
                    help="index photos named by absolute paths, ../ paths or links that lead outside --images "
                         "(refused by default; `lookalike serve` then serves those files too)")
+    b.add_argument("--numeric", action="append", default=[], metavar="COL",
+                   help="record COL as numeric even where some cells are not numbers (those rows never meet a "
+                        "numeric --where); columns whose non-empty cells are all numbers are found by themselves; "
+                        "repeatable")
     b.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES,
                    help="where photos are decoded and embedded: this process (local) or Ray Data actors "
                         "(ray, needs the ray extra; same index)")
@@ -429,7 +433,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         projection_dim=args.projection_dim or None, backend=args.backend, batch_size=args.batch_size,
         workers=args.workers, update=args.update,
         milvus_uri=args.milvus_uri, collection=args.collection, engine=args.engine, ray_address=args.ray_address,
-        actors=args.actors, colour_weight=args.colour_weight,
+        actors=args.actors, colour_weight=args.colour_weight, numeric=args.numeric,
         show_progress_bar=None if not args.quiet else False,
     )
     print(report.summary())

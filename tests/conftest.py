@@ -82,14 +82,19 @@ def fashion_hnsw_index(tmp_path_factory, fashion_dir, encoder) -> Path:
 
 
 @pytest.fixture(scope="session")
-def store_index(tmp_path_factory, encoder) -> Path:
-    """../shared/datasets/store-demos (25 real products of two shops, with prices) built once:
-    the index with a numeric column, ``price``."""
-    store = SHARED / "store-demos"
-    if not (store / "catalog.csv").is_file():
-        pytest.skip(f"shared data set not found at {store}")
+def store_dir() -> Path:
+    """../shared/datasets/store-demos: 25 real products of two shops, with prices (read-only)."""
+    if not (SHARED / "store-demos" / "catalog.csv").is_file():
+        pytest.skip(f"shared data set not found at {SHARED / 'store-demos'}")
+    return SHARED / "store-demos"
+
+
+@pytest.fixture(scope="session")
+def store_index(tmp_path_factory, encoder, store_dir) -> Path:
+    """store-demos built once: the index with a numeric column, ``price``."""
     from lookalike import build
 
+    store = store_dir
     out = tmp_path_factory.mktemp("store-demos") / "index"
     build(store / "catalog.csv", out, images=store / "images", id_column="product_id", image_column="image",
           encoder=encoder, show_progress_bar=False)

@@ -193,6 +193,35 @@ def test_similar_numeric_filters(capsys, store_index):
     assert code == 0 and sorted(r["id"] for r in json.loads(stdout)["results"]) == ["oc-44", "oc-45", "oc-46"]
 
 
+def test_build_finds_numeric_columns_and_takes_declared_ones(capsys, tmp_path, store_dir):
+    """A price column with an ``n/a`` cell is not all numbers: found numeric only when declared;
+    either way a numeric filter keeps the rows that have a number and drops the ``n/a`` one."""
+    import pandas as pd
+
+    from lookalike import Recommender
+
+    store = store_dir
+    table = pd.read_csv(store / "catalog.csv", dtype=str, keep_default_na=False).head(8)
+    table.loc[2, "price"] = "n/a"  # oc-30
+    table.loc[3, "price"] = ""  # oc-31
+    table.to_csv(tmp_path / "shop.csv", index=False)
+    common = ["build", tmp_path / "shop.csv", "--images", store / "images", "--id-column", "product_id",
+              "--image-column", "image", "--runtime", "onnx", "-q"]
+    for declared, out in (([], "found"), (["--numeric", "price"], "declared")):
+        code, _, err = run(capsys, *common, *declared, "--out", tmp_path / out)
+        assert code == 0, err
+    assert Recommender.load(tmp_path / "found").settings.catalog.numeric_columns == ()
+    assert Recommender.load(tmp_path / "declared").settings.catalog.numeric_columns == ("price",)
+    for out in ("found", "declared"):
+        code, stdout, _ = run(capsys, "similar", tmp_path / out, "--id", "oc-28", "--where", "price>=0",
+                              "--keep-duplicates", "--format", "json")
+        got = sorted(r["id"] for r in json.loads(stdout)["results"])
+        assert code == 0 and got == sorted(set(table["product_id"]) - {"oc-28", "oc-30", "oc-31"})
+    code, _, err = run(capsys, *common, "--numeric", "weight", "--out", tmp_path / "x")
+    assert code == 1 and err.startswith("lookalike: error: can't declare 'weight' numeric") and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("where, words", [
     ("name<3", "'name<3' compares numbers, but column 'name' holds none; numeric columns are: price"),
     ("weight>1", "unknown column 'weight'"),

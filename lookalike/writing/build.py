@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -147,6 +147,7 @@ def build(
     encoder: Encoder | None = None,
     milvus_uri: str | os.PathLike | None = None,
     collection: str | None = None,
+    numeric: Sequence[str] = (),
     engine: str = DEFAULT_ENGINE,
     ray_address: str | None = None,
     actors: int | None = None,
@@ -165,6 +166,9 @@ def build(
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
+    A column whose non-empty cells are all numbers is recorded as numeric (the manifest's
+    ``numeric_columns``); ``numeric`` declares more (a price column with some ``n/a`` cells,
+    which then never meet a numeric filter).
 
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
@@ -177,7 +181,7 @@ def build(
     t0 = time.perf_counter()
     opts = _Options(metric, backend, _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim),
                     projection_dim, projection, batch_size, workers, update, milvus_uri, collection, runtime,
-                    show_progress_bar)
+                    show_progress_bar, tuple(numeric))
     if backend == "milvus" and (not milvus_uri or metric != "cosine"):
         raise InvalidQueryError("--backend milvus needs --milvus-uri (a .db path or http://host:19530) and metric cosine")
     runner = get_engine(engine, ray_address=ray_address, actors=actors)
@@ -188,6 +192,10 @@ def build(
         catalog, images=images, id_column=id_column, image_column=image_column,
         allow_outside_images=allow_outside_images,
     )
+    for col in opts.numeric:
+        if col not in cat.table.columns or col in (cat.image_column,):
+            raise InvalidQueryError(f"can't declare {col!r} numeric: the catalogue's columns are "
+                                    f"{', '.join(c for c in cat.table.columns if c != cat.image_column)}")
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
         precision=precision,
@@ -212,6 +220,7 @@ class _Options:
     collection: str | None
     runtime: str
     show_progress_bar: bool | None
+    numeric: tuple[str, ...] = ()
 
 
 def _build(cat: Catalog, out: Path, enc: Encoder, runner: Any, opts: _Options, t0: float) -> BuildReport:
@@ -265,10 +274,16 @@ def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options,
             id_column=cat.id_column, image_column=cat.image_column,
             images_root=str(cat.images_root) if cat.images_root else None,
             allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns),
-            numeric_columns=numeric_columns(cat.table.iloc[rows.positions], skip=(cat.image_column,))),
+            numeric_columns=_numeric(cat, rows.positions, opts.numeric)),
         build=build_info,
         report={"indexed": len(rows.positions), "skipped": len(rows.problems)},
     )
+
+
+def _numeric(cat: Catalog, positions: list[int], declared: Sequence[str]) -> tuple[str, ...]:
+    """The columns recorded as numeric: all numbers in the indexed rows, or declared, in table order."""
+    found = numeric_columns(cat.table.iloc[positions], skip=(cat.image_column,))
+    return tuple(str(c) for c in cat.table.columns if c in found or c in declared)
 
 
 @dataclass
