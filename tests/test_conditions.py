@@ -173,3 +173,19 @@ def test_the_manifest_records_numeric_columns_and_older_ones_have_none():
     assert old.catalog.numeric_columns == ()
     new = old.with_catalog(numeric_columns=("price",))
     assert Manifest.from_json(new.to_json()).catalog.numeric_columns == ("price",)
+
+
+def test_milvus_expresses_not_equal_and_leaves_numbers_to_the_oracle(filters):
+    """Milvus keeps columns as text: != goes into its expression (``not in``), a numeric
+    condition makes the search run on the exact oracle (``expressible`` is False)."""
+    from lookalike.search.backends.milvus import expressible, expression
+
+    fields = {"kind": "c_kind", "price": "c_price"}
+    text = filters.filter([0], (), ["kind=shoe", 'kind!=bag,a"b'])
+    assert expressible(text)
+    assert expression(text, fields) == ('(c_kind in ["shoe"]) and (pk not in ["a"]) and '
+                                        '(c_kind not in ["bag", "a%22b"])')
+    numeric = filters.filter([0], (), ["kind=shoe", "price<50"])
+    assert not expressible(numeric) and expressible(None)
+    with pytest.raises(InvalidQueryError, match="compares numbers"):
+        expression(numeric, fields)
