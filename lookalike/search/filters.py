@@ -39,15 +39,19 @@ def numbers_of(cells: np.ndarray | Sequence[Any]) -> np.ndarray:
 
 def numeric_columns(table: pd.DataFrame, skip: Sequence[str] = ()) -> tuple[str, ...]:
     """The columns whose non-empty cells are all numbers (at least one): what a build records."""
-    out = []
-    for col in table.columns:
-        if col in skip:
-            continue
-        cells = table[col].astype(str).str.strip()
-        filled = cells[cells != ""]
-        if len(filled) and not np.isnan(numbers_of(filled.to_numpy())).any():
-            out.append(str(col))
-    return tuple(out)
+    return tuple(str(col) for col in table.columns if col not in skip and _all_numbers(table[col].astype(str)))
+
+
+def _all_numbers(cells: pd.Series) -> bool:
+    """Whether every non-empty cell is a number, and one is at least (stops at the first that isn't)."""
+    seen = False
+    for cell in cells:
+        text = cell.strip()
+        if text:
+            if math.isnan(_number(text)):
+                return False
+            seen = True
+    return seen
 
 
 def describe_where(where: Where | None) -> dict[str, Any]:
