@@ -42,6 +42,7 @@ from lookalike.errors import (
 )
 from lookalike.reading.catalog import Catalog, RowProblem, load_catalog
 from lookalike.search.backends import BACKENDS, ExactIndex, VectorIndex
+from lookalike.search.conditions import Condition, parse_condition
 from lookalike.search.recommender import Recommendation, Recommender, Results
 from lookalike.writing.build import BuildReport, build
 from lookalike.writing.writer import Change, ChangeReport, Index, IndexWriter
@@ -78,6 +79,8 @@ __all__ = [
     "Recommender",
     "Recommendation",
     "Results",
+    "Condition",
+    "parse_condition",
     # models and back ends
     "Encoder",
     "get_encoder",

@@ -38,18 +38,11 @@ _EPILOG = "exit status:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meanin
 _ROWS_EPILOG = f"exit status {EXIT_ROWS_REFUSED} when some rows were refused (0 when every row was applied)"
 
 
-def _where(items: Sequence[str] | None) -> dict[str, list[str]]:
-    from lookalike.errors import InvalidQueryError
+def _where(items: Sequence[str] | None) -> list[Any]:
+    """``--where`` conditions (:func:`lookalike.search.conditions.parse_condition`)."""
+    from lookalike.search.conditions import parse_condition
 
-    out: dict[str, list[str]] = {}
-    for item in items or ():
-        sep = "=" if "=" in item else (":" if ":" in item else None)
-        if sep is None:
-            raise InvalidQueryError(f"--where takes COLUMN=VALUE, not {item!r}")
-        col, _, value = item.partition(sep)
-        values = [v.strip() for v in value.split(",")] if value else [""]
-        out.setdefault(col.strip(), []).extend(values)
-    return out
+    return [parse_condition(item, name="--where") for item in items or ()]
 
 
 def _positive_int(text: str) -> int:
@@ -97,8 +90,10 @@ def _weight(text: str) -> float:
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--same", action="append", default=[], metavar="COL",
                    help="keep results to the query's value of COL (e.g. Gender); repeatable")
-    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
-                   help="keep results whose COL is VALUE (VALUE1,VALUE2 for several); repeatable")
+    p.add_argument("--where", action="append", default=[], metavar="CONDITION",
+                   help="keep results whose COL=VALUE (VALUE1,VALUE2 for any of several), COL!=VALUE, "
+                        "COL<N, COL<=N, COL>N, COL>=N or COL=LOW..HIGH (inclusive; LOW.. or ..HIGH open); "
+                        "a row without a number never meets a numeric one; repeatable, all must hold")
     p.add_argument("--colour-weight", type=_weight, default=None, metavar="W",
                    help="share of the score given to colour, 0..1 (default: the index's)")
     p.add_argument("--keep-duplicates", action="store_true",
@@ -174,6 +169,10 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--allow-outside-images", action="store_true",
                    help="index photos named by absolute paths, ../ paths or links that lead outside --images "
                         "(refused by default; `lookalike serve` then serves those files too)")
+    b.add_argument("--numeric", action="append", default=[], metavar="COL",
+                   help="record COL as numeric even where some cells are not numbers (those rows never meet a "
+                        "numeric --where); columns whose non-empty cells are all numbers are found by themselves; "
+                        "repeatable")
     b.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES,
                    help="where photos are decoded and embedded: this process (local) or Ray Data actors "
                         "(ray, needs the ray extra; same index)")
@@ -448,7 +447,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         projection_dim=args.projection_dim or None, backend=args.backend, batch_size=args.batch_size,
         workers=args.workers, update=args.update,
         milvus_uri=args.milvus_uri, collection=args.collection, engine=args.engine, ray_address=args.ray_address,
-        actors=args.actors, colour_weight=args.colour_weight,
+        actors=args.actors, colour_weight=args.colour_weight, numeric=args.numeric,
         show_progress_bar=None if not args.quiet else False,
     )
     print(report.summary())
@@ -629,7 +628,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("colour weight", str(s.colour_weight)),
         ("duplicates", f"{s.duplicates.get('rows', 0)} products in {s.duplicates.get('groups', 0)} photo groups"),
         ("catalogue", f"{s.catalog.path} (sha256 {(s.catalog.sha256 or '')[:12]})"),
-        ("columns", ", ".join(rec.columns)),
+        ("columns", ", ".join(rec.columns)
+         + (f" (numbers: {', '.join(s.catalog.numeric_columns)})" if s.catalog.numeric_columns else "")),
         ("built", f"in {s.build.get('seconds', '?')} s by lookalike {record.get('lookalike_version', '?')}; "
                   f"this generation committed {s.created or '?'}"),
         ("size on disk", f"{size / 1e6:.1f} MB ({size / max(1, len(rec)):.0f} bytes per product)"),

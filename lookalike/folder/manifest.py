@@ -9,7 +9,8 @@ goes through it; nothing else reads the record's settings with ``.get(key, fallb
 
 What older records lack, and what it meant when they were written: ``resize`` (squash),
 ``trim`` (off), ``precision`` (fp32), ``input_size`` (the model's own), ``colour_weight`` (0),
-``colour_dim`` (0: no colour part), ``index`` (the exact back end), ``projection_dim`` (0).
+``colour_dim`` (0: no colour part), ``index`` (the exact back end), ``projection_dim`` (0),
+``numeric_columns`` (none recorded: a numeric filter is then checked against the rows themselves).
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ class ModelSettings:
 @dataclass(frozen=True)
 class CatalogSettings:
     """The catalogue the index was built from: its id and photo columns, its columns in order,
-    and the folders its photos may come from (the server serves photos from these only)."""
+    the columns whose non-empty cells were all numbers at build (``numeric_columns``, what
+    numeric filters are checked against), and the folders its photos may come from (the
+    server serves photos from these only)."""
 
     id_column: str
     image_column: str = "Image"
@@ -98,6 +101,7 @@ class CatalogSettings:
     photo_cache: str | None = None
     #: False: photo URLs at loopback, private, link-local or reserved addresses are refused (changes too)
     private_urls: bool = True
+    numeric_columns: tuple[str, ...] = ()
 
     @property
     def photo_roots(self) -> list[str]:
@@ -118,6 +122,8 @@ class CatalogSettings:
             out["photo_cache"] = self.photo_cache
         if not self.private_urls:
             out["private_urls"] = False
+        if self.numeric_columns:
+            out["numeric_columns"] = list(self.numeric_columns)
         return out
 
 
@@ -190,7 +196,8 @@ class Manifest:
                     images_roots=tuple(str(x) for x in c.get("images_roots") or ()),
                     allow_outside_images=bool(c.get("allow_outside_images", False)),
                     photo_cache=str(c["photo_cache"]) if c.get("photo_cache") else None,
-                    private_urls=bool(c.get("private_urls", True))),
+                    private_urls=bool(c.get("private_urls", True)),
+                    numeric_columns=tuple(str(x) for x in c.get("numeric_columns") or ())),
                 metric=_metric(record["metric"]),
                 dim=_int(record["dim"]),
                 colour_dim=int(record.get("colour_dim") or 0),

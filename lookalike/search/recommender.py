@@ -32,7 +32,7 @@ from lookalike.folder.rows import query_vector
 from lookalike.folder.store import ALL_HIDDEN, Snapshot, Store
 from lookalike.reading.images import ImageSource, colour_descriptor, model_input
 from lookalike.search.backends import Backend, Filter, VectorIndex, open_index
-from lookalike.search.filters import RowFilters, Where
+from lookalike.search.filters import RowFilters, Where, describe_where
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,8 @@ class Recommender:
         self._cells = data  # columns are looked up by name; hidden ones are never shown
         self._exact_group = self._group_ids(np.asarray(data["_dup_exact"]))
         self._near_group = self._group_ids(np.asarray(data["_dup_near"]))
-        self._filters = RowFilters(self.columns, data, self.ids, self._exact_group)
+        self._filters = RowFilters(self.columns, data, self.ids, self._exact_group,
+                                   numeric=self.settings.catalog.numeric_columns)
 
     @staticmethod
     def _group_ids(groups: np.ndarray) -> np.ndarray:
@@ -296,8 +297,8 @@ class Recommender:
         return np.asarray(self._exact_group)
 
     def where_mask(self, where: Where | None) -> np.ndarray | None:
-        """Rows whose columns hold one of the given values (columns combine with AND)."""
-        return self._filters.where_mask(where)
+        """Rows that meet every condition of ``where`` (``None``: no condition)."""
+        return self._filters.where_mask(self._filters.check_where(where))
 
     def _check_k(self, k: int) -> int:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -392,14 +393,17 @@ class Recommender:
         """Products that look most like one product, several (combined), or a photo.
 
         ``same`` keeps results to the query products' values of those columns (``"Gender"``
-        as in the reference); ``where`` keeps rows whose column holds one of the values.
+        as in the reference); ``where`` keeps rows that meet its conditions: the mapping
+        ``{"Gender": ["Men"]}`` (the column holds one of the values), or conditions as text or
+        :class:`~lookalike.search.conditions.Condition` (``["price<50", "Colour!=Black"]``,
+        ``"price=10..50"``; see :mod:`lookalike.search.conditions`).
         """
         k = self._check_k(k)
         same = [same] if isinstance(same, str) else list(same)
         for col in same:
             self.check_column(col)
         w = self.colour_weight_for(colour_weight)
-        self._filters.check_where(where)
+        where = self._filters.check_where(where)
         if (ids is None) == (image is None):
             raise InvalidQueryError("give product ids or an image, not both or neither")
         if image is not None:
@@ -410,7 +414,7 @@ class Recommender:
             found = self._search(q, k, self._filters.filter(None, (), where) if where else None,
                                  collapse_duplicates)[0]
             name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
-            return self._results({"image": name, "k": k, "where": dict(where or {})}, found)
+            return self._results({"image": name, "k": k, **describe_where(where)}, found)
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[call-overload]  # a sequence, the signature says
         if not id_list:
             raise InvalidQueryError("give at least one product id")
@@ -422,7 +426,7 @@ class Recommender:
             shape = l2_normalize(shape)
         q = self._query_vector(shape.mean(0), l2_normalize(colour).mean(0), w)[None, :]
         found = self._search(q, k, self._filters.filter(rows, same, where), collapse_duplicates)[0]
-        query = {"ids": [self.ids[r] for r in rows], "k": k, "same": same, "where": dict(where or {})}
+        query = {"ids": [self.ids[r] for r in rows], "k": k, "same": same, **describe_where(where)}
         return self._results(query, found)
 
     def embed_image(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
@@ -459,7 +463,7 @@ class Recommender:
         for col in same:
             self.check_column(col)
         w = self.colour_weight_for(colour_weight)
-        self._filters.check_where(where)
+        where = self._filters.check_where(where)
         rows_all = list(range(len(self))) if ids is None else [self.row(p) for p in ids]
         shape = np.asarray(self.vectors, dtype=np.float32)
         out_q, out_rank, out_id, out_s = [], [], [], []

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,7 @@ from lookalike.folder.store import Store
 from lookalike.reading.catalog import Catalog, RowProblem, load_catalog
 from lookalike.reading.images import COLOUR_DIM
 from lookalike.search.backends import BACKENDS, DEFAULT_BACKEND, make_index
+from lookalike.search.filters import numeric_columns
 from lookalike.writing.duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def build(
     encoder: Encoder | None = None,
     milvus_uri: str | os.PathLike | None = None,
     collection: str | None = None,
+    numeric: Sequence[str] = (),
     engine: str = DEFAULT_ENGINE,
     ray_address: str | None = None,
     actors: int | None = None,
@@ -169,6 +171,9 @@ def build(
     ``http(s)://`` photos are fetched into ``photo_cache`` (``private_urls=False``: never from
     private addresses; recorded for later changes), as :func:`~lookalike.reading.catalog.load_catalog`
     says; an ``update`` fetches again only what changed, and unchanged bytes are not embedded again.
+    A column whose non-empty cells are all numbers is recorded as numeric (the manifest's
+    ``numeric_columns``); ``numeric`` declares more (a price column with some ``n/a`` cells,
+    which then never meet a numeric filter).
 
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
@@ -181,7 +186,7 @@ def build(
     t0 = time.perf_counter()
     opts = _Options(metric, backend, _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim),
                     projection_dim, projection, batch_size, workers, update, milvus_uri, collection, runtime,
-                    show_progress_bar)
+                    show_progress_bar, tuple(numeric))
     if backend == "milvus" and (not milvus_uri or metric != "cosine"):
         raise InvalidQueryError("--backend milvus needs --milvus-uri (a .db path or http://host:19530) and metric cosine")
     runner = get_engine(engine, ray_address=ray_address, actors=actors)
@@ -192,6 +197,10 @@ def build(
         catalog, images=images, id_column=id_column, image_column=image_column,
         allow_outside_images=allow_outside_images, photo_cache=photo_cache, private_urls=private_urls,
         show_progress_bar=show_progress_bar)
+    for col in opts.numeric:
+        if col not in cat.table.columns or col in (cat.image_column,):
+            raise InvalidQueryError(f"can't declare {col!r} numeric: the catalogue's columns are "
+                                    f"{', '.join(c for c in cat.table.columns if c != cat.image_column)}")
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
         precision=precision,
@@ -216,6 +225,7 @@ class _Options:
     collection: str | None
     runtime: str
     show_progress_bar: bool | None
+    numeric: tuple[str, ...] = ()
 
 
 def _build(cat: Catalog, out: Path, enc: Encoder, runner: Any, opts: _Options, t0: float) -> BuildReport:
@@ -269,10 +279,17 @@ def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options,
             id_column=cat.id_column, image_column=cat.image_column,
             images_root=str(cat.images_root) if cat.images_root else None,
             allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns),
-            photo_cache=str(cat.photo_cache) if cat.photo_cache else None, private_urls=cat.private_urls),
+            photo_cache=str(cat.photo_cache) if cat.photo_cache else None, private_urls=cat.private_urls,
+            numeric_columns=_numeric(cat, rows.positions, opts.numeric)),
         build=build_info,
         report={"indexed": len(rows.positions), "skipped": len(rows.problems)},
     )
+
+
+def _numeric(cat: Catalog, positions: list[int], declared: Sequence[str]) -> tuple[str, ...]:
+    """The columns recorded as numeric: all numbers in the indexed rows, or declared, in table order."""
+    found = numeric_columns(cat.table.iloc[positions], skip=(cat.image_column,))
+    return tuple(str(c) for c in cat.table.columns if c in found or c in declared)
 
 
 @dataclass

@@ -52,6 +52,8 @@ __all__ = [
     "MilvusStore",
     "IndexSpec",
     "filter_expression",
+    "expression",
+    "expressible",
     "field_name",
     "encode_text",
     "LITE_INDEX",
@@ -153,12 +155,35 @@ def filter_expression(
     return " and ".join(f"({p})" for p in parts)
 
 
+def expressible(filter: Filter | None) -> bool:
+    """Whether :func:`expression` says all a filter says. Columns are stored as text
+    (VARCHAR), so a numeric condition is not: such a search runs on the exact oracle here,
+    over the same generation (correct at any selectivity; the vectors are the index folder's)."""
+    return filter is None or (filter.expressible and not any(c.numeric for c in filter.conditions))
+
+
 def expression(filter: Filter | None, fields: Mapping[str, str]) -> str:
-    """A search :class:`~lookalike.search.backends.base.Filter` as a Milvus expression (``""``: none)."""
+    """A search :class:`~lookalike.search.backends.base.Filter` as a Milvus expression (``""``: none):
+    its ``where`` values, its ``!=`` conditions and its excluded ids (see :func:`expressible`)."""
     if filter is None:
         return ""
     parts = [filter_expression(filter.where, fields=fields), exclusion_expression(filter.exclude_ids)]
+    for c in filter.conditions:
+        if c.numeric:
+            raise InvalidQueryError(f"{c} compares numbers, which a Milvus text field can't")
+        parts.append(_not_in(c.column, c.values, fields))
     return " and ".join(p for p in parts if p)
+
+
+def _not_in(column: str, values: Sequence[str], fields: Mapping[str, str]) -> str:
+    """Rows whose ``column`` holds none of ``values`` (``""``: no value, every row)."""
+    if column not in fields:
+        raise InvalidQueryError(f"unknown column {column!r}; columns are: {', '.join(fields)}")
+    name = fields[column]
+    if not _NAME.fullmatch(name):
+        raise InvalidQueryError(f"{name!r} is not a Milvus field name")
+    vals = list(dict.fromkeys(map(str, values)))
+    return f"({name} not in [{', '.join(_literal(v) for v in vals)}])" if vals else ""
 
 
 def exclusion_expression(ids: Sequence[str]) -> str:
@@ -636,7 +661,8 @@ class MilvusIndex:
     The vectors stay in Milvus: a serving process reads only the rows Milvus returned (the
     index folder's vectors are memory-mapped). A search's :class:`~lookalike.search.backends.base.Filter`
     travels as an expression (:func:`expression`); its row mask is never computed. A filter that
-    only a mask can say (``export``: one exclusion per query) runs on the exact oracle.
+    only a mask can say (``export``: one exclusion per query), or that compares numbers on
+    columns Milvus keeps as text, runs on the exact oracle (:func:`expressible`).
     """
 
     name = "milvus"
@@ -678,7 +704,7 @@ class MilvusIndex:
         k = max(0, min(k, len(self.ids)))
         if k == 0:
             return np.zeros((b, 0), np.float32), np.zeros((b, 0), np.int64)
-        if filter is not None and not filter.expressible:  # a mask alone (export): exactly, here
+        if not expressible(filter):  # a mask alone (export), a numeric condition: exactly, here
             return self.exact().search(queries, k, filter=filter)
         expr = expression(filter, self.store.fields)
         # Milvus may hold rows this generation does not (a change being committed): over-fetch
