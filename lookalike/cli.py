@@ -100,14 +100,33 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
                    help="list products whose photos are near-identical to each other too")
 
 
+def _catalogue_options(b: argparse.ArgumentParser) -> None:
+    """build's options about the catalogue: its columns and where its photos may come from."""
+    from lookalike import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN
+
+    b.add_argument("--id-column", default=DEFAULT_ID_COLUMN)
+    b.add_argument("--image-column", default=DEFAULT_IMAGE_COLUMN)
+    b.add_argument("--photo-cache", type=Path, default=None, metavar="DIR",
+                   help="folder http(s) photos are fetched to, named by content, with their ETags "
+                        "(default: $LOOKALIKE_CACHE_DIR/photos)")
+    b.add_argument("--no-private-urls", action="store_true",
+                   help="refuse photo URLs of hosts at loopback, private, link-local or reserved addresses "
+                        "(recorded: later add and sync keep to it)")
+    b.add_argument("--allow-outside-images", action="store_true",
+                   help="index photos named by absolute paths, ../ paths or links that lead outside --images "
+                        "(refused by default; `lookalike serve` then serves those files too)")
+    b.add_argument("--numeric", action="append", default=[], metavar="COL",
+                   help="record COL as numeric even where some cells are not numbers (those rows never meet a "
+                        "numeric --where); columns whose non-empty cells are all numbers are found by themselves; "
+                        "repeatable")
+
+
 def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     """build: a catalogue into an index folder."""
     from lookalike import (
         BACKENDS,
         DEFAULT_BATCH_SIZE,
         DEFAULT_ENGINE,
-        DEFAULT_ID_COLUMN,
-        DEFAULT_IMAGE_COLUMN,
         DEFAULT_METRIC,
         DEFAULT_MODEL,
         DEFAULT_POOLING,
@@ -124,12 +143,7 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--images", type=Path, default=None,
                    help="folder the image paths are relative to (searched recursively by file name)")
     b.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
-    b.add_argument("--photo-cache", type=Path, default=None, metavar="DIR",
-                   help="folder http(s) photos are fetched to, named by content, with their ETags "
-                        "(default: $LOOKALIKE_CACHE_DIR/photos)")
-    b.add_argument("--no-private-urls", action="store_true",
-                   help="refuse photo URLs of hosts at loopback, private, link-local or reserved addresses "
-                        "(recorded: later add and sync keep to it)")
+    _catalogue_options(b)
     b.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
     b.add_argument("--weights", type=Path, default=None, help="model weights file (resnet50: torchvision format)")
     b.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS,
@@ -160,19 +174,10 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--collection", default=None, help="Milvus collection name prefix (default: the folder's name)")
     b.add_argument("--colour-weight", type=_weight, default=None, metavar="W",
                    help="default share of the score given to colour, 0..1")
-    b.add_argument("--id-column", default=DEFAULT_ID_COLUMN)
-    b.add_argument("--image-column", default=DEFAULT_IMAGE_COLUMN)
     b.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
     b.add_argument("--workers", type=_positive_int, default=DEFAULT_WORKERS, help="photo-decoding threads")
     b.add_argument("--update", action="store_true",
                    help="reuse the vectors of unchanged products from the existing index at --out")
-    b.add_argument("--allow-outside-images", action="store_true",
-                   help="index photos named by absolute paths, ../ paths or links that lead outside --images "
-                        "(refused by default; `lookalike serve` then serves those files too)")
-    b.add_argument("--numeric", action="append", default=[], metavar="COL",
-                   help="record COL as numeric even where some cells are not numbers (those rows never meet a "
-                        "numeric --where); columns whose non-empty cells are all numbers are found by themselves; "
-                        "repeatable")
     b.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES,
                    help="where photos are decoded and embedded: this process (local) or Ray Data actors "
                         "(ray, needs the ray extra; same index)")

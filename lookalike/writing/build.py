@@ -197,16 +197,21 @@ def build(
         catalog, images=images, id_column=id_column, image_column=image_column,
         allow_outside_images=allow_outside_images, photo_cache=photo_cache, private_urls=private_urls,
         show_progress_bar=show_progress_bar)
-    for col in opts.numeric:
-        if col not in cat.table.columns or col in (cat.image_column,):
-            raise InvalidQueryError(f"can't declare {col!r} numeric: the catalogue's columns are "
-                                    f"{', '.join(c for c in cat.table.columns if c != cat.image_column)}")
+    _check_numeric(cat, opts.numeric)
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
         precision=precision,
         streams=workers if runner.name == "local" else 1,  # each local worker decodes and embeds its own batches
     )
     return _build(cat, out, enc, runner, opts, t0)
+
+
+def _check_numeric(cat: Catalog, numeric: Sequence[str]) -> None:
+    """Columns declared numeric must be catalogue columns (not the photo column)."""
+    for col in numeric:
+        if col not in cat.table.columns or col in (cat.image_column,):
+            raise InvalidQueryError(f"can't declare {col!r} numeric: the catalogue's columns are "
+                                    f"{', '.join(c for c in cat.table.columns if c != cat.image_column)}")
 
 
 @dataclass(frozen=True)
