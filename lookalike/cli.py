@@ -52,6 +52,16 @@ def _where(items: Sequence[str] | None) -> dict[str, list[str]]:
     return out
 
 
+def _model_name(text: str) -> str:
+    """A built-in model's name or ``onnx:PATH`` (checked when the model is made, with one line)."""
+    from lookalike.encoders import MODELS, is_onnx_model
+
+    if text in MODELS or is_onnx_model(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of {', '.join(sorted(MODELS))}, "
+                                     "or onnx:PATH for an ONNX model of your own (docs/models.md)")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -135,7 +145,9 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--no-private-urls", action="store_true",
                    help="refuse photo URLs of hosts at loopback, private, link-local or reserved addresses "
                         "(recorded: later add and sync keep to it)")
-    b.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
+    b.add_argument("--model", default=DEFAULT_MODEL, type=_model_name, metavar="MODEL",
+                   help=f"{', '.join(sorted(MODELS))} (default {DEFAULT_MODEL}), or onnx:PATH: an ONNX model of "
+                        "your own with its preprocessing in PATH.json (docs/models.md)")
     b.add_argument("--weights", type=Path, default=None, help="model weights file (resnet50: torchvision format)")
     b.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS,
                    help="none = the reference's flattened map")
