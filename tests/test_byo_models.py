@@ -297,3 +297,29 @@ def test_lite0_through_onnx_scores_the_builtin_p_at_5(lite0_file, tmp_path):
                                  show_progress_bar=False)["p@5_ProductType"]
     assert scores["builtin"] > 0.3
     assert abs(scores["onnx"] - scores["builtin"]) <= 0.005
+
+
+def test_a_machine_without_the_model_gets_it_from_its_payload(tiny, tmp_path, monkeypatch):
+    from lookalike.encoders.byo import install_payload, payload
+
+    enc = get_encoder(f"onnx:{tiny['map']}", runtime="onnx")
+    shipped = payload(enc.model)
+    monkeypatch.setenv("LOOKALIKE_CACHE_DIR", str(tmp_path / "other-machine"))
+    with pytest.raises(ModelError, match="not in this machine's model cache"):
+        EncoderSettings.of(enc).make()
+    install_payload(enc.name, *shipped)
+    np.testing.assert_array_equal(EncoderSettings.of(enc).make().encode(PHOTOS[:2]), enc.encode(PHOTOS[:2]))
+
+
+@pytest.mark.slow
+def test_ray_engine_builds_the_local_index_with_an_onnx_model(tiny, tmp_path):
+    pytest.importorskip("ray")
+    rows = TABLE.iloc[:10]
+    same = {"images": DEMO_IMAGES, "model": f"onnx:{tiny['map']}", "pooling": "gem", "projection_dim": 0,
+            "show_progress_bar": False}
+    build(rows, tmp_path / "local", **same)
+    build(rows, tmp_path / "ray", engine="ray", actors=1, **same)  # actors make the encoder from its name
+    from lookalike.folder.store import Store
+
+    local, ray = (Store(tmp_path / e).snapshot().dense()[0] for e in ("local", "ray"))
+    np.testing.assert_allclose(ray, local, rtol=1e-4, atol=1e-5)

@@ -42,7 +42,7 @@ from lookalike.errors import MissingDependencyError, ModelError
 logger = logging.getLogger(__name__)
 
 __all__ = ["PREFIX", "OnnxConfig", "InstalledModel", "OnnxFileEncoder", "read_config", "install", "installed",
-           "is_onnx_model"]
+           "is_onnx_model", "resolve", "payload", "install_payload"]
 
 #: a model name with this prefix is a model of one's own: ``onnx:PATH`` or, once installed, ``onnx:<key>``
 PREFIX = "onnx:"
@@ -208,13 +208,34 @@ def install(path: str | os.PathLike) -> InstalledModel:
     features = _probe(path, config)
     record = {"config": asdict(config), "features": list(features), "source": path.name,
               "sha1": hashlib.sha1(data).hexdigest()}
+    _write(target, data, meta, json.dumps(record, indent=1).encode())
+    logger.info("installed %s as %s%s in %s", path, PREFIX, key, target.parent)
+    return replace(installed(key), source=path.name)
+
+
+def payload(model: InstalledModel) -> tuple[bytes, bytes]:
+    """The cached model and its record, for a process on another machine (:func:`install_payload`)."""
+    return model.path.read_bytes(), model.path.with_name(model.path.name + ".json").read_bytes()
+
+
+def install_payload(name: str, data: bytes, record: bytes) -> InstalledModel:
+    """Put ``onnx:<key>`` (as :func:`payload` gave it) into this machine's model cache, unless
+    it is there already: a Ray actor elsewhere makes the encoder from its name after this."""
+    key = name[len(PREFIX):]
+    target, meta = _models() / f"{key}.onnx", _models() / f"{key}.onnx.json"
+    if not (target.is_file() and meta.is_file() and hashlib.sha1(target.read_bytes()).digest()
+            == hashlib.sha1(data).digest()):
+        _write(target, data, meta, record)
+    return installed(key)
+
+
+def _write(target: Path, data: bytes, meta: Path, record: bytes) -> None:
+    """The model, then its record (what :func:`installed` looks for), each written aside and moved in."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    for dest, content in ((target, data), (meta, json.dumps(record, indent=1).encode())):
+    for dest, content in ((target, data), (meta, record)):
         tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
         tmp.write_bytes(content)
         tmp.replace(dest)
-    logger.info("installed %s as %s%s in %s", path, PREFIX, key, target.parent)
-    return replace(installed(key), source=path.name)
 
 
 def resolve(ref: str) -> InstalledModel:
