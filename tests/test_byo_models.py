@@ -323,3 +323,28 @@ def test_ray_engine_builds_the_local_index_with_an_onnx_model(tiny, tmp_path):
 
     local, ray = (Store(tmp_path / e).snapshot().dense()[0] for e in ("local", "ray"))
     np.testing.assert_allclose(ray, local, rtol=1e-4, atol=1e-5)
+
+
+def test_server_searches_and_writes_with_an_onnx_model_whose_file_is_gone(tiny, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from lookalike.server import create_app
+
+    path = tmp_path / "served.onnx"
+    shutil.copy(tiny["vectors"], path)
+    shutil.copy(tiny["vectors"].with_suffix(".json"), tmp_path / "served.json")  # the short name
+    rows = TABLE.iloc[:10]
+    build(rows, tmp_path / "idx", images=DEMO_IMAGES, model=f"onnx:{path}", projection_dim=0, show_progress_bar=False)
+    path.unlink()
+    token = "a-write-token-0123456789abcdef"
+    new = TABLE.iloc[30]
+    # a loaded recommender: create_app(path, write_token=...) asks for the index before loading it
+    with TestClient(create_app(Recommender.load(tmp_path / "idx"), write_token=token)) as client:
+        photo = (DEMO_IMAGES / new["Image"]).read_bytes()
+        put = client.put(f"/products/{new['ProductId']}", headers={"Authorization": f"Bearer {token}"},
+                         files={"image": ("p.jpg", photo, "image/jpeg")}, data={"Gender": new["Gender"]})
+        assert put.status_code == 201, put.text
+        found = client.post("/similar", files={"image": ("q.jpg", photo, "image/jpeg")}, params={"k": 1})
+        assert found.status_code == 200, found.text
+        assert [r["id"] for r in found.json()["results"]] == [new["ProductId"]]
