@@ -348,3 +348,17 @@ def test_server_searches_and_writes_with_an_onnx_model_whose_file_is_gone(tiny, 
         found = client.post("/similar", files={"image": ("q.jpg", photo, "image/jpeg")}, params={"k": 1})
         assert found.status_code == 200, found.text
         assert [r["id"] for r in found.json()["results"]] == [new["ProductId"]]
+
+
+def test_update_with_the_file_changed_at_its_path_embeds_every_photo_again(tmp_path):
+    path = export(TinyCNN(), tmp_path / "m.onnx", RGB)
+    rows = TABLE.iloc[:6]
+    same = {"images": DEMO_IMAGES, "model": f"onnx:{path}", "pooling": "avg", "projection_dim": 0,
+            "show_progress_bar": False}
+    build(rows, tmp_path / "idx", **same)
+    assert build(rows, tmp_path / "idx", update=True, **same).reused == 6  # the same model: nothing embedded
+    first = Recommender.load(tmp_path / "idx").settings.model.name
+    export(TinyCNN(vectors=True), path, None)  # another network at the same path
+    assert build(rows, tmp_path / "idx", update=True, **same).reused == 0
+    rec = Recommender.load(tmp_path / "idx")
+    assert rec.settings.model.name != first and rec.settings.dim == 24
