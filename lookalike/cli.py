@@ -45,6 +45,16 @@ def _where(items: Sequence[str] | None) -> list[Any]:
     return [parse_condition(item, name="--where") for item in items or ()]
 
 
+def _model_name(text: str) -> str:
+    """A built-in model's name or ``onnx:PATH`` (checked when the model is made, with one line)."""
+    from lookalike.encoders import MODELS, is_onnx_model
+
+    if text in MODELS or is_onnx_model(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of {', '.join(sorted(MODELS))}, "
+                                     "or onnx:PATH for an ONNX model of your own (docs/models.md)")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -144,7 +154,9 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
                    help="folder the image paths are relative to (searched recursively by file name)")
     b.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
     _catalogue_options(b)
-    b.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
+    b.add_argument("--model", default=DEFAULT_MODEL, type=_model_name, metavar="MODEL",
+                   help=f"{', '.join(sorted(MODELS))} (default {DEFAULT_MODEL}), or onnx:PATH: an ONNX model of "
+                        "your own with its preprocessing in PATH.json (docs/models.md)")
     b.add_argument("--weights", type=Path, default=None, help="model weights file (resnet50: torchvision format)")
     b.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS,
                    help="none = the reference's flattened map")

@@ -37,6 +37,7 @@ import numpy as np
 
 from lookalike.config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
 from lookalike.encoders import CNNEncoder, Encoder, EncoderSettings
+from lookalike.encoders.byo import PREFIX, install_payload, installed, is_onnx_model, payload
 from lookalike.engines.local import Encoded, _read_and_decode, row_problem
 from lookalike.errors import LookalikeError, require
 from lookalike.reading.catalog import Catalog
@@ -239,9 +240,14 @@ class _Embed:
     """One Ray Data actor: its own encoder, loaded once; reads, decodes and embeds batches."""
 
     def __init__(self, settings: EncoderSettings, model: Any, threads: int) -> None:
-        self.enc = settings.make(threads=threads)
-        if model is not None:
-            _install_model(self.enc, _ray().get(model))
+        data = None if model is None else _ray().get(model)
+        if is_onnx_model(settings.model) and data is not None:  # made from its name: install it first
+            install_payload(settings.model, *data)
+            self.enc = settings.make(threads=threads)
+        else:
+            self.enc = settings.make(threads=threads)
+            if data is not None:
+                _install_model(self.enc, data)
         self.threads = threads
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -359,7 +365,8 @@ class RayEngine:
         ok = np.zeros(m, dtype=bool)
         seen = np.zeros(m, dtype=np.int64)
         try:
-            model_ref = ray.put(model.read_bytes()) if model is not None else None
+            model_ref = None if model is None else ray.put(
+                payload(installed(settings.model[len(PREFIX):])) if is_onnx_model(settings.model) else model.read_bytes())
             ds = ray.data.from_arrow(blocks).map_batches(
                 _Embed, batch_size=batch, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_actor,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike.config import DEFAULT_EXPORT_K, DEFAULT_K, check_colour_weight
-from lookalike.encoders import MODELS, CNNEncoder, Encoder, l2_normalize
+from lookalike.encoders import MODELS, CNNEncoder, Encoder, is_onnx_model, l2_normalize
 from lookalike.errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
 from lookalike.folder.manifest import Manifest
 from lookalike.folder.projection import Projection
@@ -204,7 +204,7 @@ class Recommender:
         """A recommender over one loaded generation (:meth:`lookalike.folder.store.Store.snapshot`)."""
         path, settings = snapshot.path, snapshot.settings
         model, metric = settings.model, settings.metric
-        if model.name not in MODELS:
+        if model.name not in MODELS and not is_onnx_model(model.name):
             raise IndexFormatError(f"{path} was built with model {model.name!r}, which this lookalike does not know")
         if encoder is not None and (encoder.name, encoder.pooling, encoder.dim) != (model.name, model.pooling, model.dim):
             raise IndexFormatError(
@@ -241,7 +241,8 @@ class Recommender:
         if self._encoder is None:
             m = self.settings.model
             enc = m.encoder_settings().make()
-            if isinstance(enc, CNNEncoder) and m.weights and enc.weights_id != m.weights:
+            # an onnx: model's name is its content key: the same name is the same model
+            if isinstance(enc, CNNEncoder) and not is_onnx_model(m.name) and m.weights and enc.weights_id != m.weights:
                 logger.warning("index was built with weights %s, now using %s", m.weights, enc.weights_id)
             if enc.dim != m.dim:
                 raise ModelError(f"model gives {enc.dim}-d vectors, the index was built from {m.dim}-d")

@@ -128,6 +128,7 @@ def _lifespan(service: Service) -> Any:
             service.live = await run_in_threadpool(LiveRecommender, service.index_path)
             logger.info("serving %r", service.live.get())
         if service.writer is not None:
+            service.writer.in_process = service.rec().settings.index.milvus_lite  # Milvus Lite: one process owns the .db
             service.writer.start()  # in the background: the model is ready before the first write
         try:
             yield

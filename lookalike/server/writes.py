@@ -61,7 +61,9 @@ def add_write_routes(app: Any, service: "Service", schemas: "Schemas") -> Writer
 
     writer = None
     if write_token is not None:
-        writer = WriterProcess(service.index_path, in_process=service.rec().settings.index.milvus_lite)
+        # in_process is set again once the index is loaded (create_app given a path loads it at startup)
+        writer = WriterProcess(service.index_path,
+                               in_process=service.live is not None and service.rec().settings.index.milvus_lite)
     done = _write_responses(schemas)
 
     def the_writer() -> WriterProcess:

@@ -168,12 +168,8 @@ def build(
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
-    ``http(s)://`` photos are fetched into ``photo_cache`` (``private_urls=False``: never from
-    private addresses; recorded for later changes), as :func:`~lookalike.reading.catalog.load_catalog`
-    says; an ``update`` fetches again only what changed, and unchanged bytes are not embedded again.
-    A column whose non-empty cells are all numbers is recorded as numeric (the manifest's
-    ``numeric_columns``); ``numeric`` declares more (a price column with some ``n/a`` cells,
-    which then never meet a numeric filter).
+    Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`).
+    Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more.
 
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
