@@ -16,6 +16,10 @@ one-time export from PyTorch). ``--stages`` adds an in-process split of lookalik
 (imports, model session, decode, encode) done stage by stage, not overlapped.
 
     python benchmarks/bench_build.py --rounds 3 --out benchmarks/results/build.json
+
+``--code TREE`` (repeatable) times lookalike from each source tree (``python -m lookalike`` with
+``PYTHONPATH=TREE``) in every round, after the reference: a before/after of two commits in one run
+(``git worktree add /tmp/before <commit>``).
 """
 
 from __future__ import annotations
@@ -69,9 +73,17 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
-def lookalike_cmd(csv: Path, images: Path, out: Path) -> list[str]:
-    exe = shutil.which("lookalike") or str(Path(sys.executable).with_name("lookalike"))
-    return [exe, "-q", "build", str(csv), "--images", str(images), "--out", str(out)]
+def lookalike_cmd(csv: Path, images: Path, out: Path, tree: Path | None = None) -> list[str]:
+    """The build command; with ``tree``, this Python running that tree's ``lookalike`` package
+    (see :func:`tree_env`)."""
+    args = ["-q", "build", str(csv), "--images", str(images), "--out", str(out)]
+    if tree is not None:
+        return [sys.executable, "-m", "lookalike", *args]
+    return [shutil.which("lookalike") or str(Path(sys.executable).with_name("lookalike")), *args]
+
+
+def tree_env(env: dict[str, str], tree: Path | None) -> dict[str, str]:
+    return env if tree is None else {**env, "PYTHONPATH": str(tree.resolve())}
 
 
 def reference_cmd(csv: Path, images: Path, out: Path) -> list[str]:
@@ -84,11 +96,11 @@ def stages(csv: Path, images: Path, workers: int | None = None) -> dict[str, flo
 import json, time
 t = time.perf_counter()
 import numpy as np
-from lookalike.catalog import load_catalog
+from lookalike.reading.catalog import load_catalog
 from lookalike.config import DEFAULT_WORKERS
 from lookalike.encoders import get_encoder
 from lookalike.engines.local import _decoded_stream
-from lookalike.pipeline import build
+from lookalike.writing.build import build
 r = {{"imports_s": time.perf_counter() - t}}
 t = time.perf_counter(); cat = load_catalog({str(csv)!r}, images={str(images)!r})
 r["catalog_s"] = time.perf_counter() - t
@@ -123,7 +135,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-cold", action="store_true", help="skip the empty-cache lookalike run")
     p.add_argument("--stages", action="store_true", help="add lookalike's in-process stage split")
     p.add_argument("--out", type=Path, default=HERE / "results" / "build.json")
+    p.add_argument("--code", type=Path, action="append", default=[],
+                   help="a source tree to time beside the others (repeatable; default: the installed lookalike)")
     args = p.parse_args(argv)
+    trees: list[Path | None] = list(args.code) or [None]
     machine = print_machine()
 
     csv, images = args.dataset / "fashion.csv", args.dataset / "images"
@@ -136,11 +151,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # Warm lookalike's ONNX cache (untimed; exports once if the cache is empty).
     print("warming lookalike's ONNX cache ...", file=sys.stderr)
-    warmup = run(lookalike_cmd(csv, images, lk_out), env)
-    print(f"  warm-up build {warmup['wall_s']:.1f} s", file=sys.stderr)
+    for tree in trees:
+        warmup = run(lookalike_cmd(csv, images, lk_out, tree), tree_env(env, tree))
+        print(f"  warm-up build {warmup['wall_s']:.1f} s ({tree or 'installed'})", file=sys.stderr)
 
     ref_runs: list[dict[str, Any]] = []
     lk_runs: list[dict[str, Any]] = []
+    tree_runs: dict[str, list[dict[str, Any]]] = {str(t): [] for t in trees}
     for r in range(args.rounds):
         res = run(reference_cmd(csv, images, ref_out))
         inner = json.loads(res.pop("stdout"))
@@ -149,11 +166,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ref_runs.append(res)
         print(f"  round {r + 1}: reference {res['wall_s']:.1f} s (load {res['loadavg_before'][0]})",
               file=sys.stderr)
-        res = run(lookalike_cmd(csv, images, lk_out), env)
-        res.pop("stdout")
-        lk_runs.append(res)
-        print(f"  round {r + 1}: lookalike {res['wall_s']:.1f} s (load {res['loadavg_before'][0]})",
-              file=sys.stderr)
+        for tree in trees:
+            res = run(lookalike_cmd(csv, images, lk_out, tree), tree_env(env, tree))
+            res.pop("stdout")
+            tree_runs[str(tree)].append(res)
+            print(f"  round {r + 1}: lookalike {tree or ''} {res['wall_s']:.1f} s "
+                  f"(load {res['loadavg_before'][0]})", file=sys.stderr)
+    lk_runs = tree_runs[str(trees[-1])]  # the last tree is "after"
 
     cold = None
     if not args.no_cold:
@@ -197,6 +216,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "target_ratio": 5.0,  # issue 12, on any x86 CPU (issue 5 asked for 4)
     }
+    if args.code:
+        result["code"] = {
+            t: {**summary(runs), "runs": runs,
+                "ratio_reference_over_lookalike": round(ref_sum["median_wall_s"] / summary(runs)["median_wall_s"], 2),
+                "per_round_ratio": [round(a["wall_s"] / b["wall_s"], 2) for a, b in zip(ref_runs, runs, strict=True)]}
+            for t, runs in tree_runs.items()}
     if args.stages:
         env_keep = os.environ.get("LOOKALIKE_CACHE_DIR")
         os.environ["LOOKALIKE_CACHE_DIR"] = str(warm_cache)
@@ -224,6 +249,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"| lookalike (cold cache, 1 run) | {cold['wall_s']:.1f} | {n / cold['wall_s']:.1f} "
               f"| {cold['user_s'] + cold['sys_s']:.1f} | {cold['max_rss_mib']:.0f} "
               f"| {cold['loadavg_before'][0]:.1f} |")
+    for t, s in result.get("code", {}).items():
+        loads = ", ".join(f"{r['loadavg_before'][0]:.1f}" for r in s["runs"])
+        print(f"| lookalike from {t} | {s['median_wall_s']:.1f} | {s['photos_per_s']:.1f} | {s['median_cpu_s']:.1f} "
+              f"| {s['median_max_rss_mib']:.0f} | {loads} |  (reference / it: {s['ratio_reference_over_lookalike']:.2f}x, "
+              f"per round {s['per_round_ratio']})")
     ratio = result["ratio_reference_over_lookalike"]
     print(f"\nreference / lookalike: {ratio['wall']:.2f}x wall (per round {ratio['per_round_wall']}), "
           f"{ratio['cpu']:.2f}x CPU; target 5x")

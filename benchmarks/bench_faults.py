@@ -43,7 +43,7 @@ from crash_writer import Run, check_index, kill_after, leftovers, lost_changes, 
 
 from lookalike import build, demo_catalog, get_encoder  # noqa: E402
 from lookalike.errors import LookalikeError  # noqa: E402
-from lookalike.live import Index  # noqa: E402
+from lookalike.writing.writer import Index  # noqa: E402
 
 WRITER = ROOT / "tests" / "crash_writer.py"
 

@@ -35,8 +35,8 @@ from machine import print_machine  # benchmarks/ is the script's folder
 from PIL import Image, ImageOps
 
 from lookalike import Recommender, build, get_encoder
-from lookalike.live import Index
-from lookalike.store import Store
+from lookalike.folder.store import Store
+from lookalike.writing.writer import Index
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LOOKALIKE_SHARED", ROOT.parent / "shared")) / "datasets"  # as tests/conftest.py

@@ -52,8 +52,8 @@ def milvus_rows(index: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[st
     """Ids, stored rows ``[shape, colour]``, query rows ``[(1 - w) shape, w colour]`` (unit parts,
     ``w`` the index's colour weight: what lookalike searches with) and genders of the live products."""
     from lookalike.encoders import l2_normalize
-    from lookalike.index.segmented import physical_rows
-    from lookalike.store import Store
+    from lookalike.folder.store import Store
+    from lookalike.search.backends.segmented import physical_rows
 
     snap = Store(index).snapshot()
     rows = np.concatenate([physical_rows(seg, "cosine") for seg in snap.segments])[snap.live].astype(np.float32)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from milvus_server import in_private_netns, running_server
 
-    from lookalike.index.milvus import IndexSpec, MilvusStore, exclusion_expression, filter_expression
+    from lookalike.search.backends.milvus import IndexSpec, MilvusStore, exclusion_expression, filter_expression
 
     if not in_private_netns():
         raise SystemExit("the Milvus server listens on all interfaces: run this under scripts/run-in-netns.sh")

@@ -28,9 +28,9 @@ import pandas as pd
 from machine import print_machine  # benchmarks/ is the script's folder
 
 from lookalike import Recommender
-from lookalike.images import COLOUR_DIM
-from lookalike.index import make_index
-from lookalike.store import Store
+from lookalike.folder.store import Store
+from lookalike.reading.images import COLOUR_DIM
+from lookalike.search.backends import make_index
 
 
 def synthetic_vectors(rows: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

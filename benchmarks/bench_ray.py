@@ -64,7 +64,7 @@ def run(cmd: list[str]) -> dict[str, Any]:
 def compare(a: Path, b: Path) -> dict[str, Any]:
     import numpy as np
 
-    from lookalike.store import Store
+    from lookalike.folder.store import Store
 
     sa, sb = Store(a).snapshot(), Store(b).snapshot()
     (va, _, ma), (vb, _, mb) = sa.dense(), sb.dense()

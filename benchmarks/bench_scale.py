@@ -163,7 +163,7 @@ def load_tests(name: str, one_plain: Callable[[int], Any], one_filtered: Callabl
 
 # -- parts --------------------------------------------------------------------------------
 def run_exact(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from lookalike.index import ExactIndex, Filter
+    from lookalike.search.backends import ExactIndex, Filter
 
     vectors, q, qg = ctx["vectors"], ctx["queries"], ctx["qgenders"]
     r0 = rss_mib()
@@ -190,8 +190,8 @@ def run_exact(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_hnsw(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from lookalike.index import Filter
-    from lookalike.index.hnsw import HNSWIndex
+    from lookalike.search.backends import Filter
+    from lookalike.search.backends.hnsw import HNSWIndex
 
     vectors, q, qg, masks = ctx["vectors"], ctx["queries"], ctx["qgenders"], ctx["masks"]
     n = len(vectors)
@@ -255,7 +255,7 @@ def run_hnsw(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 def milvus_common(store: Any, ctx: dict[str, Any], args: argparse.Namespace, name: str, rows: int,
                   ef: int | None, rss_fn: Callable[[], float]) -> dict[str, Any]:
-    from lookalike.index.milvus import filter_expression
+    from lookalike.search.backends.milvus import filter_expression
 
     vectors, q, qg = ctx["vectors"], ctx["queries"], ctx["qgenders"]
     exprs = [filter_expression({"Gender": [str(g)]}, fields=store.fields) for g in GENDERS]
@@ -292,7 +292,7 @@ def insert(store: Any, vectors: np.ndarray, genders: np.ndarray, batch: int) -> 
 
 
 def run_milvus_lite(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from lookalike.index.milvus import MilvusStore
+    from lookalike.search.backends.milvus import MilvusStore
 
     vectors, genders = ctx["vectors"], ctx["genders"]
     n = len(vectors)
@@ -326,7 +326,7 @@ def run_milvus_server(ctx: dict[str, Any], args: argparse.Namespace) -> dict[str
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from milvus_server import in_private_netns, running_server
 
-    from lookalike.index.milvus import IndexSpec, MilvusStore
+    from lookalike.search.backends.milvus import IndexSpec, MilvusStore
 
     if not in_private_netns():
         raise SystemExit("the Milvus server listens on all interfaces: run this under scripts/run-in-netns.sh")
@@ -437,7 +437,7 @@ def main() -> None:
     print(f"data: {args.rows:,} x {DIM} in {time.perf_counter() - t0:.1f} s; gender shares "
           f"{[round(float(m.mean()), 3) for m in masks]}; RSS {rss_mib():.0f} MiB", flush=True)
     if "exact" not in parts:  # ground truth is still exact's
-        from lookalike.index import ExactIndex, Filter
+        from lookalike.search.backends import ExactIndex, Filter
 
         ix = ExactIndex(vectors, metric="cosine")
         _, ctx["truth"] = ix.search(q, K)

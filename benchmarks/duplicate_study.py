@@ -1,7 +1,7 @@
 """Where the near-duplicate thresholds come from: every candidate pair of an index, measured.
 
 For each pair of products that passes the hash and embedding tests of
-``lookalike.duplicates`` (``candidate_pairs``: difference hashes within ``NEAR_HAMMING`` bits,
+``lookalike.writing.duplicates`` (``candidate_pairs``: difference hashes within ``NEAR_HAMMING`` bits,
 embedding cosine >= ``NEAR_COSINE``), print the colour-descriptor cosine, whether the photos are
 byte-identical, and, with ``--label``, whether the catalogue gives both the same value. A
 gap in colour cosine between re-encodings and colour variants is what ``NEAR_COLOUR`` sits in.
@@ -18,7 +18,7 @@ import numpy as np
 from machine import print_machine  # benchmarks/ is the script's folder
 
 from lookalike import Recommender
-from lookalike.duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, candidate_pairs
+from lookalike.writing.duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, candidate_pairs
 
 
 def main() -> None:

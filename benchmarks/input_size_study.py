@@ -33,7 +33,7 @@ from machine import print_machine  # benchmarks/ is the script's folder
 from PIL import Image
 
 from lookalike import DEFAULT_COLOUR_WEIGHT, Recommender, build
-from lookalike.evaluate import evaluate
+from lookalike.analysis.evaluate import evaluate
 
 LABELS = ["ProductType", "Colour"]
 

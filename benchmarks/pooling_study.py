@@ -19,7 +19,7 @@ from pathlib import Path
 from machine import print_machine  # benchmarks/ is the script's folder
 
 from lookalike import Recommender, build, get_encoder
-from lookalike.evaluate import evaluate
+from lookalike.analysis.evaluate import evaluate
 
 VARIANTS = [  # name, pooling, projection dims (0: none), resize
     ("unpooled map (the reference's features), cosine", "none", 0, "squash"),

@@ -24,10 +24,10 @@ import numpy as np
 from machine import print_machine  # benchmarks/ is the script's folder
 from PIL import Image, ImageOps
 
-from lookalike.catalog import load_catalog
 from lookalike.encoders import get_encoder
 from lookalike.encoders.runtimes import ENGINES, engine_available, normalise, open_session
-from lookalike.images import _lean_eighth_scale, colour_descriptor, dhash, prepare, trim_background
+from lookalike.reading.catalog import load_catalog
+from lookalike.reading.images import _lean_eighth_scale, colour_descriptor, dhash, prepare, trim_background
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default=None, choices=("int8", "fp32"))
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--full-scans", action="store_true",
-                    help="decode every scan of progressive JPEGs (before lookalike.jpeg), for comparison")
+                    help="decode every scan of progressive JPEGs (before lookalike.reading.jpeg), for comparison")
     args = ap.parse_args(argv)
     machine = print_machine()
     cat = load_catalog(args.catalog)

@@ -10,10 +10,11 @@ The public API::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .catalog import Catalog, RowProblem, load_catalog
-from .config import (
+from lookalike.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_COLOUR_WEIGHT,
     DEFAULT_ID_COLUMN,
@@ -23,10 +24,10 @@ from .config import (
     DEFAULT_WORKERS,
     METRICS,
 )
-from .demo import demo_catalog
-from .encoders import DEFAULT_MODEL, DEFAULT_POOLING, MODELS, POOLINGS, Encoder, get_encoder
-from .engines import DEFAULT_ENGINE, ENGINES
-from .errors import (
+from lookalike.demo import demo_catalog
+from lookalike.encoders import DEFAULT_MODEL, DEFAULT_POOLING, MODELS, POOLINGS, Encoder, get_encoder
+from lookalike.engines import DEFAULT_ENGINE, ENGINES
+from lookalike.errors import (
     CatalogError,
     ImageError,
     ImageNotFoundError,
@@ -39,10 +40,24 @@ from .errors import (
     NotAnImageError,
     UnknownProductError,
 )
-from .index import BACKENDS, ExactIndex, VectorIndex
-from .live import Change, ChangeReport, Index
-from .pipeline import BuildReport, build
-from .recommender import Recommendation, Recommender, Results
+from lookalike.reading.catalog import Catalog, RowProblem, load_catalog
+from lookalike.search.backends import BACKENDS, ExactIndex, VectorIndex
+from lookalike.search.conditions import Condition, parse_condition
+from lookalike.search.recommender import Recommendation, Recommender, Results
+from lookalike.writing.build import BuildReport, build
+from lookalike.writing.writer import Change, ChangeReport, Index, IndexWriter
+
+if TYPE_CHECKING:
+    from lookalike.reading.fetch import Fetched, PhotoFetcher
+
+
+def __getattr__(name: str) -> Any:
+    """``PhotoFetcher`` and ``Fetched`` import httpx: only when asked for."""
+    if name in ("PhotoFetcher", "Fetched"):
+        from lookalike.reading import fetch
+
+        return getattr(fetch, name)
+    raise AttributeError(f"module 'lookalike' has no attribute {name!r}")
 
 __all__ = [
     "__version__",
@@ -52,8 +67,11 @@ __all__ = [
     "load_catalog",
     "Catalog",
     "RowProblem",
+    "PhotoFetcher",
+    "Fetched",
     "demo_catalog",
     # changing an index
+    "IndexWriter",
     "Index",
     "ChangeReport",
     "Change",
@@ -61,6 +79,8 @@ __all__ = [
     "Recommender",
     "Recommendation",
     "Results",
+    "Condition",
+    "parse_condition",
     # models and back ends
     "Encoder",
     "get_encoder",

@@ -22,7 +22,7 @@ from typing import Any
 import streamlit as st
 
 from lookalike import LookalikeError, Recommender, UnknownProductError, __version__
-from lookalike.stats import catalog_stats, grouping_columns, make_charts
+from lookalike.analysis.stats import catalog_stats, grouping_columns, make_charts
 
 #: the results slider's range and default (the reference showed 5)
 MAX_SHOWN = 24
@@ -94,7 +94,7 @@ def photo_preview(photo: str | bytes, size: int) -> bytes:
     """The photo fitted (shrunk or enlarged) onto a white square, as JPEG; raises ImageError."""
     from PIL import Image
 
-    from lookalike.images import open_image
+    from lookalike.reading.images import open_image
 
     img = open_image(photo, draft=size)
     scale = size / max(img.width, img.height)

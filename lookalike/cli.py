@@ -38,18 +38,21 @@ _EPILOG = "exit status:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meanin
 _ROWS_EPILOG = f"exit status {EXIT_ROWS_REFUSED} when some rows were refused (0 when every row was applied)"
 
 
-def _where(items: Sequence[str] | None) -> dict[str, list[str]]:
-    from .errors import InvalidQueryError
+def _where(items: Sequence[str] | None) -> list[Any]:
+    """``--where`` conditions (:func:`lookalike.search.conditions.parse_condition`)."""
+    from lookalike.search.conditions import parse_condition
 
-    out: dict[str, list[str]] = {}
-    for item in items or ():
-        sep = "=" if "=" in item else (":" if ":" in item else None)
-        if sep is None:
-            raise InvalidQueryError(f"--where takes COLUMN=VALUE, not {item!r}")
-        col, _, value = item.partition(sep)
-        values = [v.strip() for v in value.split(",")] if value else [""]
-        out.setdefault(col.strip(), []).extend(values)
-    return out
+    return [parse_condition(item, name="--where") for item in items or ()]
+
+
+def _model_name(text: str) -> str:
+    """A built-in model's name or ``onnx:PATH`` (checked when the model is made, with one line)."""
+    from lookalike.encoders import MODELS, is_onnx_model
+
+    if text in MODELS or is_onnx_model(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of {', '.join(sorted(MODELS))}, "
+                                     "or onnx:PATH for an ONNX model of your own (docs/models.md)")
 
 
 def _positive_int(text: str) -> int:
@@ -83,8 +86,8 @@ def _seconds(text: str) -> float:
 
 
 def _weight(text: str) -> float:
-    from .config import check_colour_weight
-    from .errors import InvalidQueryError
+    from lookalike.config import check_colour_weight
+    from lookalike.errors import InvalidQueryError
 
     try:
         return check_colour_weight(float(text))
@@ -97,22 +100,43 @@ def _weight(text: str) -> float:
 def _add_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--same", action="append", default=[], metavar="COL",
                    help="keep results to the query's value of COL (e.g. Gender); repeatable")
-    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE",
-                   help="keep results whose COL is VALUE (VALUE1,VALUE2 for several); repeatable")
+    p.add_argument("--where", action="append", default=[], metavar="CONDITION",
+                   help="keep results whose COL=VALUE (VALUE1,VALUE2 for any of several), COL!=VALUE, "
+                        "COL<N, COL<=N, COL>N, COL>=N or COL=LOW..HIGH (inclusive; LOW.. or ..HIGH open); "
+                        "a row without a number never meets a numeric one; repeatable, all must hold")
     p.add_argument("--colour-weight", type=_weight, default=None, metavar="W",
                    help="share of the score given to colour, 0..1 (default: the index's)")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="list products whose photos are near-identical to each other too")
 
 
+def _catalogue_options(b: argparse.ArgumentParser) -> None:
+    """build's options about the catalogue: its columns and where its photos may come from."""
+    from lookalike import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN
+
+    b.add_argument("--id-column", default=DEFAULT_ID_COLUMN)
+    b.add_argument("--image-column", default=DEFAULT_IMAGE_COLUMN)
+    b.add_argument("--photo-cache", type=Path, default=None, metavar="DIR",
+                   help="folder http(s) photos are fetched to, named by content, with their ETags "
+                        "(default: $LOOKALIKE_CACHE_DIR/photos)")
+    b.add_argument("--no-private-urls", action="store_true",
+                   help="refuse photo URLs of hosts at loopback, private, link-local or reserved addresses "
+                        "(recorded: later add and sync keep to it)")
+    b.add_argument("--allow-outside-images", action="store_true",
+                   help="index photos named by absolute paths, ../ paths or links that lead outside --images "
+                        "(refused by default; `lookalike serve` then serves those files too)")
+    b.add_argument("--numeric", action="append", default=[], metavar="COL",
+                   help="record COL as numeric even where some cells are not numbers (those rows never meet a "
+                        "numeric --where); columns whose non-empty cells are all numbers are found by themselves; "
+                        "repeatable")
+
+
 def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     """build: a catalogue into an index folder."""
-    from . import (
+    from lookalike import (
         BACKENDS,
         DEFAULT_BATCH_SIZE,
         DEFAULT_ENGINE,
-        DEFAULT_ID_COLUMN,
-        DEFAULT_IMAGE_COLUMN,
         DEFAULT_METRIC,
         DEFAULT_MODEL,
         DEFAULT_POOLING,
@@ -122,14 +146,17 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
         MODELS,
         POOLINGS,
     )
-    from .encoders import DEFAULT_RESIZE, DEFAULT_TRIM, RUNTIMES
+    from lookalike.encoders import DEFAULT_RESIZE, DEFAULT_TRIM, RUNTIMES
 
     b = add_command("build", help="embed a catalogue's photos into an index folder", epilog=_ROWS_EPILOG)
     b.add_argument("catalog", type=Path, help="CSV, TSV or Parquet table, one row per product")
     b.add_argument("--images", type=Path, default=None,
                    help="folder the image paths are relative to (searched recursively by file name)")
     b.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
-    b.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
+    _catalogue_options(b)
+    b.add_argument("--model", default=DEFAULT_MODEL, type=_model_name, metavar="MODEL",
+                   help=f"{', '.join(sorted(MODELS))} (default {DEFAULT_MODEL}), or onnx:PATH: an ONNX model of "
+                        "your own with its preprocessing in PATH.json (docs/models.md)")
     b.add_argument("--weights", type=Path, default=None, help="model weights file (resnet50: torchvision format)")
     b.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS,
                    help="none = the reference's flattened map")
@@ -159,15 +186,10 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--collection", default=None, help="Milvus collection name prefix (default: the folder's name)")
     b.add_argument("--colour-weight", type=_weight, default=None, metavar="W",
                    help="default share of the score given to colour, 0..1")
-    b.add_argument("--id-column", default=DEFAULT_ID_COLUMN)
-    b.add_argument("--image-column", default=DEFAULT_IMAGE_COLUMN)
     b.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
     b.add_argument("--workers", type=_positive_int, default=DEFAULT_WORKERS, help="photo-decoding threads")
     b.add_argument("--update", action="store_true",
                    help="reuse the vectors of unchanged products from the existing index at --out")
-    b.add_argument("--allow-outside-images", action="store_true",
-                   help="index photos named by absolute paths, ../ paths or links that lead outside --images "
-                        "(refused by default; `lookalike serve` then serves those files too)")
     b.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES,
                    help="where photos are decoded and embedded: this process (local) or Ray Data actors "
                         "(ray, needs the ray extra; same index)")
@@ -185,6 +207,10 @@ def _change_commands(add_command: Callable[..., argparse.ArgumentParser]) -> Non
     ad.add_argument("rows", type=Path, help="CSV, TSV or Parquet in the catalogue's schema")
     ad.add_argument("--images", type=Path, default=None,
                     help="folder the photo paths are relative to (default: the build's)")
+    ad.add_argument("--photo-cache", type=Path, default=None, metavar="DIR",
+                    help="folder http(s) photos are fetched to; unchanged ones cost a 304 (default: the build's)")
+    ad.add_argument("--no-private-urls", action="store_true",
+                    help="refuse photo URLs at private addresses (default: as the build)")
     ad.add_argument("--format", default="table", choices=("table", "json"))
 
     rm = add_command("remove", help="remove products from an index by id", epilog=_ROWS_EPILOG)
@@ -198,6 +224,10 @@ def _change_commands(add_command: Callable[..., argparse.ArgumentParser]) -> Non
     sy.add_argument("index", type=Path)
     sy.add_argument("catalog", type=Path, help="today's full catalogue (CSV, TSV or Parquet)")
     sy.add_argument("--images", type=Path, default=None, help="folder the photo paths are relative to")
+    sy.add_argument("--photo-cache", type=Path, default=None, metavar="DIR",
+                    help="folder http(s) photos are fetched to; unchanged ones cost a 304 (default: the build's)")
+    sy.add_argument("--no-private-urls", action="store_true",
+                    help="refuse photo URLs at private addresses (default: as the build)")
     sy.add_argument("--max-removal", type=_weight, default=0.5, metavar="SHARE",
                     help="refuse when more than this share of the index would be removed (default 0.5)")
     sy.add_argument("--allow-mass-removal", action="store_true", help="remove however many products vanished")
@@ -211,7 +241,7 @@ def _change_commands(add_command: Callable[..., argparse.ArgumentParser]) -> Non
 
 def _query_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     """similar, export, info, duplicates: reading an index."""
-    from .config import DEFAULT_EXPORT_K
+    from lookalike.config import DEFAULT_EXPORT_K
 
     s = add_command("similar", help="products that look like a product (or several, or a photo)")
     s.add_argument("index", type=Path)
@@ -274,7 +304,7 @@ def _shell_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None
 
 def _analysis_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     """stats, calibrate, evaluate, tune, demo."""
-    from . import DEFAULT_MODEL, MODELS
+    from lookalike import DEFAULT_MODEL, MODELS
 
     st = add_command("stats", help="what a catalogue holds: counts per gender, category, type, colour")
     st.add_argument("catalog", type=Path, help="catalogue table, or an index folder")
@@ -325,7 +355,7 @@ def _analysis_commands(add_command: Callable[..., argparse.ArgumentParser]) -> N
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from lookalike import __version__
 
     parser = argparse.ArgumentParser(
         prog="lookalike", description="Visual 'more like this' recommendations for a product catalogue.",
@@ -352,7 +382,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def demo_index_path() -> Path:
     """Where ``lookalike demo`` puts its index: the user's own cache folder, beside the model cache."""
-    from .config import cache_dir
+    from lookalike.config import cache_dir
 
     return cache_dir() / "demo-index"
 
@@ -420,21 +450,21 @@ def _quiet_ray(verbose: int) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from . import build
+    from lookalike import build
 
     _check_writable(args.out, folder=True)
     if args.engine == "ray":
         _quiet_ray(args.verbose)
     report = build(
         args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
-        allow_outside_images=args.allow_outside_images,
-        model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, trim=args.trim,
+        allow_outside_images=args.allow_outside_images, photo_cache=args.photo_cache,
+        private_urls=not args.no_private_urls, model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, trim=args.trim,
         size=args.size,
         precision=args.precision, runtime=args.runtime, metric=args.metric,
         projection_dim=args.projection_dim or None, backend=args.backend, batch_size=args.batch_size,
         workers=args.workers, update=args.update,
         milvus_uri=args.milvus_uri, collection=args.collection, engine=args.engine, ray_address=args.ray_address,
-        actors=args.actors, colour_weight=args.colour_weight,
+        actors=args.actors, colour_weight=args.colour_weight, numeric=args.numeric,
         show_progress_bar=None if not args.quiet else False,
     )
     print(report.summary())
@@ -453,16 +483,17 @@ def _print_change(report: Any, fmt: str, out: Path | None = None) -> int:
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
-    from .live import Index
+    from lookalike.writing.writer import IndexWriter
 
-    report = Index.open(args.index).upsert(args.rows, images=args.images,
-                                           show_progress_bar=None if not args.quiet else False)
+    report = IndexWriter.open(args.index).upsert(args.rows, images=args.images, photo_cache=args.photo_cache,
+                                                 private_urls=False if args.no_private_urls else None,
+                                                 show_progress_bar=None if not args.quiet else False)
     return _print_change(report, args.format)
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
-    from .errors import InvalidQueryError
-    from .live import Index
+    from lookalike.errors import InvalidQueryError
+    from lookalike.writing.writer import IndexWriter
 
     ids = list(args.ids)
     if args.ids_file is not None:
@@ -472,15 +503,16 @@ def _cmd_remove(args: argparse.Namespace) -> int:
             raise InvalidQueryError(f"can't read {args.ids_file}: {exc.strerror or exc}") from None
     if not ids:
         raise InvalidQueryError("give --id ID (repeatable) or --ids-file FILE")
-    return _print_change(Index.open(args.index).remove(ids), args.format)
+    return _print_change(IndexWriter.open(args.index).remove(ids), args.format)
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from .live import Index
+    from lookalike.writing.writer import IndexWriter
 
-    report = Index.open(args.index).sync(
+    report = IndexWriter.open(args.index).sync(
         args.catalog, images=args.images, max_removal=args.max_removal, allow_mass_removal=args.allow_mass_removal,
-        dry_run=args.dry_run, show_progress_bar=None if not args.quiet else False,
+        dry_run=args.dry_run, photo_cache=args.photo_cache,
+        private_urls=False if args.no_private_urls else None, show_progress_bar=None if not args.quiet else False,
     )
     if args.dry_run and args.format == "table":
         print("dry run: nothing was changed")
@@ -488,16 +520,16 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
-    from .live import Index
+    from lookalike.writing.writer import IndexWriter
 
-    report = Index.open(args.index).compact()
+    report = IndexWriter.open(args.index).compact()
     print(f"compacted {args.index} into generation {report.generation} in {report.seconds:.2f} s")
     return 0
 
 
 def _write_table(table: Any, out: Path) -> None:
     """Write a CSV or Parquet file whole, or not at all; one error line when it can't be."""
-    from .errors import InvalidQueryError
+    from lookalike.errors import InvalidQueryError
 
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
@@ -524,7 +556,7 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_similar(args: argparse.Namespace) -> int:
-    from .recommender import Recommender
+    from lookalike.search.recommender import Recommender
 
     if args.sheet:
         _check_writable(args.sheet)
@@ -555,7 +587,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
         rows = [{"rank": r.rank, "id": r.id, "score": f"{r.score:.4f}", **r.metadata} for r in res]
         print(_table(rows, ["rank", "id", "score", *columns]))
     if args.sheet:
-        from .sheet import contact_sheet
+        from lookalike.analysis.sheet import contact_sheet
 
         contact_sheet(rec, res, args.sheet, query_image=args.image)
         print(f"contact sheet: {args.sheet}", file=sys.stderr)
@@ -563,8 +595,8 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .errors import InvalidQueryError
-    from .recommender import Recommender
+    from lookalike.errors import InvalidQueryError
+    from lookalike.search.recommender import Recommender
 
     suffix = args.out.suffix.lower()
     if suffix not in (".csv", ".parquet"):
@@ -584,9 +616,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .errors import IndexFormatError
-    from .recommender import Recommender
-    from .store import Store
+    from lookalike.errors import IndexFormatError
+    from lookalike.folder.store import Store
+    from lookalike.search.recommender import Recommender
 
     if args.verify:
         problems = Store(args.index).verify()
@@ -613,7 +645,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("colour weight", str(s.colour_weight)),
         ("duplicates", f"{s.duplicates.get('rows', 0)} products in {s.duplicates.get('groups', 0)} photo groups"),
         ("catalogue", f"{s.catalog.path} (sha256 {(s.catalog.sha256 or '')[:12]})"),
-        ("columns", ", ".join(rec.columns)),
+        ("columns", ", ".join(rec.columns)
+         + (f" (numbers: {', '.join(s.catalog.numeric_columns)})" if s.catalog.numeric_columns else "")),
         ("built", f"in {s.build.get('seconds', '?')} s by lookalike {record.get('lookalike_version', '?')}; "
                   f"this generation committed {s.created or '?'}"),
         ("size on disk", f"{size / 1e6:.1f} MB ({size / max(1, len(rec)):.0f} bytes per product)"),
@@ -627,7 +660,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_duplicates(args: argparse.Namespace) -> int:
-    from .recommender import Recommender
+    from lookalike.search.recommender import Recommender
 
     rec = Recommender.load(args.index)
     groups = rec.duplicates(near=not args.exact)
@@ -656,8 +689,8 @@ def _cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import build, demo_catalog
-    from .recommender import Recommender
+    from lookalike import build, demo_catalog
+    from lookalike.search.recommender import Recommender
 
     out = args.out or demo_index_path()
     report = build(demo_catalog(), out, show_progress_bar=None if not args.quiet else False)
@@ -671,14 +704,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                  ["rank", "id", "score", *_default_columns(rec)]))
     if args.no_app:
         return 0
-    from .launch import run_app
+    from lookalike.launch import run_app
 
     print(f"\nweb page: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
     return run_app(out, port=args.port)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .server import run_server
+    from lookalike.server import run_server
 
     timeouts = {name: value for name, value in (("timeout_keep_alive", args.timeout_keep_alive),
                                                  ("timeout_headers", args.timeout_headers)) if value is not None}
@@ -689,13 +722,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    from .launch import run_app
+    from lookalike.launch import run_app
 
     return run_app(args.index, host=args.host, port=args.port)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from .stats import catalog_stats, format_stats, load_stats_table, save_charts
+    from lookalike.analysis.stats import catalog_stats, format_stats, load_stats_table, save_charts
 
     table = load_stats_table(args.catalog)
     stats = catalog_stats(table, by=args.by)
@@ -710,8 +743,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from .encoders import get_encoder
-    from .encoders.calibrate import calibrate, calibration_path
+    from lookalike.encoders import get_encoder
+    from lookalike.encoders.calibrate import calibrate, calibration_path
 
     enc = get_encoder(args.model, precision=args.precision, size=args.size, threads=args.threads)
     record = calibrate(enc, again=args.again)
@@ -734,9 +767,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .errors import InvalidQueryError
-    from .evaluate import compare, format_scores
-    from .recommender import Recommender
+    from lookalike.analysis.evaluate import compare, format_scores
+    from lookalike.errors import InvalidQueryError
+    from lookalike.search.recommender import Recommender
 
     weights = [float(w) for w in args.colour_weights.split(",")] if args.colour_weights else [args.colour_weight]
     if len(args.index) > 1 and not args.compare:
@@ -754,7 +787,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(format_scores(results))
     if args.compare:
-        from .evaluate import compare_chart
+        from lookalike.analysis.evaluate import compare_chart
 
         chart = args.chart or Path("lookalike-compare.png")
         compare_chart(results, chart)
@@ -763,7 +796,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .tune import tune
+    from lookalike.analysis.tune import tune
 
     info = tune(args.index, args.out, labels=args.label, same=args.same, holdout=args.holdout, dim=args.dim,
                 share=args.share, k=args.k)
@@ -825,7 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from PIL import Image
 
-    from .errors import LookalikeError
+    from lookalike.errors import LookalikeError
 
     # photos past Pillow's own pixel limit are refused by lookalike with one line; no warning on top
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)

@@ -20,7 +20,17 @@ __all__ = [
     "DEFAULT_IMAGE_COLUMN",
     "DEFAULT_COLOUR_WEIGHT",
     "METRICS",
+    "DEFAULT_MAX_PHOTO_BYTES",
+    "DEFAULT_FETCH_CONCURRENCY",
+    "DEFAULT_FETCH_PER_HOST",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_FETCH_DEADLINE",
+    "DEFAULT_FETCH_RETRIES",
+    "DEFAULT_MAX_RETRY_WAIT",
+    "MAX_REDIRECTS",
     "cache_dir",
+    "photo_cache_dir",
     "check_colour_weight",
     "progress_enabled",
 ]
@@ -46,10 +56,27 @@ DEFAULT_IMAGE_COLUMN = "Image"
 #: 0.46 for about -0.01 ProductType, the same trade on photos cut down to 80 px
 DEFAULT_COLOUR_WEIGHT = 0.15
 
+# -- photo URLs (reading/fetch) -------------------------------------------------------------
+#: the most bytes a fetched photo may have, counted while it streams (the HTTP service's upload limit)
+DEFAULT_MAX_PHOTO_BYTES = 10 * 1024 * 1024
+#: photos fetched at once, in all, and from one host (a shop's CDN is one host: be polite)
+DEFAULT_FETCH_CONCURRENCY = 16
+DEFAULT_FETCH_PER_HOST = 4
+#: seconds to connect, and to wait for the next bytes; a whole photo gets at most the deadline
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_FETCH_DEADLINE = 120.0
+#: retries after a timeout, a lost connection, a 429 or a 5xx, waiting 0.5, 1, 2 s (or Retry-After,
+#: when the server asks for at most the longest wait)
+DEFAULT_FETCH_RETRIES = 3
+DEFAULT_MAX_RETRY_WAIT = 30.0
+#: redirects followed, only to http(s)
+MAX_REDIRECTS = 5
+
 
 def check_colour_weight(weight: float) -> float:
     """A colour weight as a float, or :class:`InvalidQueryError` outside 0..1 (the one check of it)."""
-    from .errors import InvalidQueryError
+    from lookalike.errors import InvalidQueryError
 
     w = float(weight)
     if not 0.0 <= w <= 1.0:
@@ -64,6 +91,11 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "lookalike"
+
+
+def photo_cache_dir() -> Path:
+    """Where fetched photo URLs are kept when no ``photo_cache`` folder is given."""
+    return cache_dir() / "photos"
 
 
 def progress_enabled(show_progress_bar: bool | None) -> bool:

@@ -12,8 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .errors import require
-from .store import Store
+from lookalike.errors import require
+from lookalike.folder.store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -79,3 +79,36 @@ def fashion_hnsw_index(tmp_path_factory, fashion_dir, encoder) -> Path:
     out = tmp_path_factory.mktemp("fashion-2906-hnsw") / "index"
     build(fashion_dir / "fashion.csv", out, encoder=encoder, backend="hnsw", show_progress_bar=False)
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _milvus_connections_closed_after_each_module():
+    """A module's searches on Milvus Lite indexes keep the process's shared connection, and with
+    it a Lite server process, open; close them when the module ends so none outlives it (a later
+    module counting this process's children would find them)."""
+    yield
+    import sys
+
+    milvus = sys.modules.get("lookalike.search.backends.milvus")
+    if milvus is not None:
+        milvus.close_stores()
+
+
+@pytest.fixture(scope="session")
+def store_dir() -> Path:
+    """../shared/datasets/store-demos: 25 real products of two shops, with prices (read-only)."""
+    if not (SHARED / "store-demos" / "catalog.csv").is_file():
+        pytest.skip(f"shared data set not found at {SHARED / 'store-demos'}")
+    return SHARED / "store-demos"
+
+
+@pytest.fixture(scope="session")
+def store_index(tmp_path_factory, encoder, store_dir) -> Path:
+    """store-demos built once: the index with a numeric column, ``price``."""
+    from lookalike import build
+
+    store = store_dir
+    out = tmp_path_factory.mktemp("store-demos") / "index"
+    build(store / "catalog.csv", out, images=store / "images", id_column="product_id", image_column="image",
+          encoder=encoder, show_progress_bar=False)
+    return out

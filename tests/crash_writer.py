@@ -93,7 +93,7 @@ def kill_after(run: Run, delay: float) -> bool:
 def check_index(path: Path) -> Any:
     """Loads, every file matches its generation's record, every product is searchable."""
     from lookalike import Recommender
-    from lookalike.store import Store
+    from lookalike.folder.store import Store
 
     rec = Recommender.load(path)
     assert Store(path).verify() == []
@@ -106,7 +106,7 @@ def check_index(path: Path) -> Any:
 
 def leftovers(path: Path) -> list[str]:
     """What a writer killed mid-way can leave: temporary files, folders and uncommitted generations."""
-    from lookalike.store import Store
+    from lookalike.folder.store import Store
 
     n = Store(path).current_generation()
     record = Store(path).generation_record(n)
@@ -175,7 +175,7 @@ def main(argv: list[str]) -> int:
     index, images, seed = Path(argv[0]), Path(argv[1]), int(argv[2])
     max_ops = int(argv[3]) if len(argv) > 3 else -1
     from lookalike import Recommender
-    from lookalike.live import Index
+    from lookalike.writing.writer import Index
 
     rng = random.Random(seed)
     photos = sorted(p.name for p in images.iterdir() if p.suffix.lower() == ".jpg")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from lookalike.store import Store
+from lookalike.folder.store import Store
 
 
 def record_path(index: Path) -> Path:

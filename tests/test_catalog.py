@@ -404,7 +404,7 @@ def test_a_row_cut_short_is_a_row_problem_not_blank_cells(small, cells):
 
 
 def test_a_short_row_inside_the_file_is_a_row_problem(small):
-    from lookalike.catalog import read_table_file
+    from lookalike.reading.catalog import read_table_file
 
     folder, table = small
     lines = (folder / "catalog.csv").read_text().splitlines()
@@ -436,3 +436,52 @@ def test_build_of_a_cut_file_indexes_the_whole_rows_and_reports_the_cut_one(smal
     assert "cut short" in report.summary()
     saved = pd.read_csv(report_path(tmp_path / "index"), dtype=str, keep_default_na=False)
     assert saved[saved["row"] == "6"]["reason"].iat[0].startswith("cut short: the row has 8 of 9 cells")
+
+
+def test_photo_references_as_platforms_write_them(tmp_path):
+    """Magento 2 roots media paths at its media folder (``/m/h/mh01.jpg``); exports also carry
+    absolute paths and ``file://`` URLs. Each that names a file in the images folder is indexed;
+    each other reference gets its own reason, and nothing outside the folder is read."""
+    table = _demo_rows(9)
+    names = list(table["Image"])
+    images = tmp_path / "media"
+    (images / "m" / "h").mkdir(parents=True)
+    for name in names[:5]:
+        shutil.copy(DEMO_IMAGES / name, images / "m" / "h" / name)
+    (tmp_path / "secret").mkdir()
+    shutil.copy(DEMO_IMAGES / names[5], tmp_path / "secret" / names[5])
+    table = table.copy()
+    table["Image"] = [
+        f"/m/h/{names[0]}",                                    # rooted at the media folder
+        str(images / "m" / "h" / names[1]),                   # absolute, inside
+        (images / "m" / "h" / names[2]).as_uri(),             # file:// URL, inside
+        f"m/h/{names[3]}",                                     # relative, as before
+        f"file://localhost{images / 'm' / 'h' / names[4]}",   # file://localhost/...
+        (tmp_path / "secret" / names[5]).as_uri(),            # file:// URL outside the folder
+        f"/../secret/{names[5]}",                              # rooted, climbing out
+        f"https://cdn.example.com/m/h/{names[7]}",             # a URL: fetched (here: gone)
+        f"/m/h/{names[8]}",                                    # rooted, missing
+    ]
+    import httpx
+
+    from lookalike.reading.fetch import PhotoFetcher
+
+    asked: list[str] = []
+    gone = httpx.MockTransport(lambda request: asked.append(str(request.url)) or httpx.Response(404))
+    fetcher = PhotoFetcher(tmp_path / "cache", transport=gone)  # never the network (tests/test_fetch.py: a real server)
+    cat = load_catalog(table, images=images, fetcher=fetcher)
+    assert asked == [f"https://cdn.example.com/m/h/{names[7]}"]
+    assert cat.ids == list(table["ProductId"].iloc[:5])
+    assert [p.name for p in cat.image_paths] == names[:5]
+    assert all(p.is_relative_to(images.resolve()) for p in cat.image_paths)
+    reasons = {p.row: p.reason for p in cat.problems}
+    assert sorted(reasons) == [6, 7, 8, 9]
+    assert reasons[6].startswith("absolute photo path outside the images folder")
+    assert reasons[7].startswith("photo is outside the images folder")
+    assert reasons[8] == "HTTP 404"
+    assert reasons[9].startswith(f"photo file not found: /m/h/{names[8]}")
+    assert str(images / "m" / "h" / names[8]) in reasons[9]  # says where it looked
+
+    # asked for, a file:// URL outside the folder is read
+    cat = load_catalog(table.iloc[5:6], images=images, allow_outside_images=True)
+    assert cat.problems == [] and [p.name for p in cat.image_paths] == [names[5]]

@@ -169,6 +169,71 @@ def test_similar_filters_and_k(capsys, demo_index, demo_rec, pid):
     )
 
 
+def test_similar_numeric_filters(capsys, store_index):
+    """--where with numbers, on a shop's prices: comparisons, a range, != on text, combined."""
+    from lookalike import Recommender
+
+    rec = Recommender.load(store_index)
+    assert rec.settings.catalog.numeric_columns == ("price",)
+    argv = ["similar", store_index, "--id", "oc-43", "-k", "30", "--format", "json"]
+    code, stdout, _ = run(capsys, *argv, "--where", "price<200", "--where", "price>=50",
+                          "--where", "category!=Cameras,Monitors")
+    data = json.loads(stdout)
+    assert code == 0 and data["query"]["conditions"] == ["price<200", "price>=50", "category!=Cameras,Monitors"]
+    prices = [float(r["price"]) for r in data["results"]]
+    assert prices and all(50 <= p < 200 for p in prices)
+    assert not {r["category"] for r in data["results"]} & {"Cameras", "Monitors"}
+    assert [r["id"] for r in data["results"]] == rec.similar(
+        "oc-43", k=30, where=["price<200", "price>=50", "category!=Cameras,Monitors"]).ids
+    code, stdout, _ = run(capsys, *argv, "--where", "price=20..50", "--where", "platform=prestashop")
+    data = json.loads(stdout)
+    assert code == 0 and data["query"]["where"] == {"platform": ["prestashop"]}
+    assert sorted(r["id"] for r in data["results"]) == ["ps-2", "ps-3", "ps-5", "ps-6", "ps-7"]
+    code, stdout, _ = run(capsys, *argv, "--where", "price=1000..")
+    assert code == 0 and sorted(r["id"] for r in json.loads(stdout)["results"]) == ["oc-44", "oc-45", "oc-46"]
+
+
+def test_build_finds_numeric_columns_and_takes_declared_ones(capsys, tmp_path, store_dir):
+    """A price column with an ``n/a`` cell is not all numbers: found numeric only when declared;
+    either way a numeric filter keeps the rows that have a number and drops the ``n/a`` one."""
+    import pandas as pd
+
+    from lookalike import Recommender
+
+    store = store_dir
+    table = pd.read_csv(store / "catalog.csv", dtype=str, keep_default_na=False).head(8)
+    table.loc[2, "price"] = "n/a"  # oc-30
+    table.loc[3, "price"] = ""  # oc-31
+    table.to_csv(tmp_path / "shop.csv", index=False)
+    common = ["build", tmp_path / "shop.csv", "--images", store / "images", "--id-column", "product_id",
+              "--image-column", "image", "--runtime", "onnx", "-q"]
+    for declared, out in (([], "found"), (["--numeric", "price"], "declared")):
+        code, _, err = run(capsys, *common, *declared, "--out", tmp_path / out)
+        assert code == 0, err
+    assert Recommender.load(tmp_path / "found").settings.catalog.numeric_columns == ()
+    assert Recommender.load(tmp_path / "declared").settings.catalog.numeric_columns == ("price",)
+    for out in ("found", "declared"):
+        code, stdout, _ = run(capsys, "similar", tmp_path / out, "--id", "oc-28", "--where", "price>=0",
+                              "--keep-duplicates", "--format", "json")
+        got = sorted(r["id"] for r in json.loads(stdout)["results"])
+        assert code == 0 and got == sorted(set(table["product_id"]) - {"oc-28", "oc-30", "oc-31"})
+    code, _, err = run(capsys, *common, "--numeric", "weight", "--out", tmp_path / "x")
+    assert code == 1 and err.startswith("lookalike: error: can't declare 'weight' numeric") and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("where, words", [
+    ("name<3", "'name<3' compares numbers, but column 'name' holds none; numeric columns are: price"),
+    ("weight>1", "unknown column 'weight'"),
+    ("price<cheap", "'price<cheap': 'cheap' is not a number"),
+    ("price=50..10", "the low end is above the high end"),
+])
+def test_bad_numeric_filters_are_one_line(capsys, store_index, where, words):
+    code, stdout, err = run(capsys, "similar", store_index, "--id", "oc-43", "--where", where)
+    assert code == 1 and not stdout
+    assert len(err.splitlines()) == 1 and err.startswith("lookalike: error: ") and words in err, err
+
+
 def test_similar_several_ids_and_csv(capsys, demo_index, demo_rec):
     a, b = demo_rec.ids[1], demo_rec.ids[50]
     code, stdout, _ = run(
@@ -233,6 +298,7 @@ def test_info(capsys, demo_index):
     assert fields["vectors"].startswith(f"{m['dim']}-d float32, metric cosine")
     assert fields["vectors"].endswith("back end exact")
     assert "Gender" in fields["columns"] and "_sha1" not in fields["columns"]
+    assert fields["columns"].endswith("(numbers: ProductId)")  # the demo's one numeric column
     code, stdout, _ = run(capsys, "info", demo_index, "--format", "json")
     assert code == 0
     assert json.loads(stdout) == record(demo_index)

@@ -18,8 +18,8 @@ import pytest
 from crash_writer import PROCESS_TIMEOUT, Run, check_index, kill_after, leftovers, lost_changes, replay
 
 from lookalike import build, demo_catalog
-from lookalike.live import Index
-from lookalike.store import Store
+from lookalike.folder.store import Store
+from lookalike.writing.writer import Index
 
 WRITER = Path(__file__).resolve().parent / "crash_writer.py"
 DEMO = demo_catalog()
@@ -130,7 +130,7 @@ def test_a_writer_s_leftovers_are_harmless_and_collected(shop, tmp_path, encoder
     """What a kill -9 leaves at each step of a commit (simulated exactly): a half-written segment,
     a finished but uncommitted one, an uncommitted generation, CURRENT.tmp. The next writer
     works over them; the next garbage collection (here: every change) removes them."""
-    monkeypatch.setattr("lookalike.store.GC_EVERY", 1)
+    monkeypatch.setattr("lookalike.folder.store.GC_EVERY", 1)
     folder, images, index_a, _ = shop
     path = tmp_path / "left"
     shutil.copytree(index_a, path)

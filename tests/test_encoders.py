@@ -22,7 +22,7 @@ from lookalike import (
     demo_catalog,
     get_encoder,
 )
-from lookalike.images import open_image, prepare
+from lookalike.reading.images import open_image, prepare
 
 DEMO_IMAGES = demo_catalog().parent / "images"
 PHOTOS = sorted(DEMO_IMAGES.glob("*.jpg"))[:4]

@@ -36,7 +36,7 @@ from lookalike import (
 )
 from lookalike.encoders import EncoderSettings
 from lookalike.engines import LocalEngine, get_engine
-from lookalike.store import Store
+from lookalike.folder.store import Store
 
 DEMO = demo_catalog()
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -150,6 +150,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+    except OSError:
+        return "?"
+
+
+def _is_ray(pid: int) -> bool:
+    """One of Ray's processes (the tree also holds other children, e.g. a Milvus Lite server)."""
+    cmdline = _cmdline(pid)
+    return cmdline.startswith("ray::") or "/ray/" in cmdline or "lookalike-ray-" in cmdline
+
+
 def _process_tree(root: int) -> set[int]:
     """The live descendants of process ``root``."""
     parent = {}
@@ -248,9 +261,9 @@ def ray_session():
         assert set(Path(tempfile.gettempdir()).glob("lookalike-ray-*")) - temp_dirs, "Ray's session folder"
         yield seen
     deadline = time.monotonic() + 10
-    while (left := {p for p in seen if _alive(p)}) and time.monotonic() < deadline:
+    while (left := {p for p in seen if _alive(p) and _is_ray(p)}) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not left, f"Ray processes left after shutdown: {sorted(left)}"
+    assert not left, f"Ray processes left after shutdown: {[(p, _cmdline(p)) for p in sorted(left)]}"
     assert not set(Path(tempfile.gettempdir()).glob("lookalike-ray-*")) - temp_dirs, "session folder left"
     assert token_file.exists() == had_token, "Ray wrote an auth token to ~/.ray"
     assert {k: v for k, v in os.environ.items() if k.startswith("RAY_")} == ray_env, "RAY_* variables changed"
@@ -275,7 +288,7 @@ def test_cli_build_on_its_own_private_ray(bad_catalog, tmp_path, monkeypatch):
     assert watch.saw_actors(), watch.listeners
     assert not _beyond_loopback(watch.listeners), watch.listeners
     deadline = time.monotonic() + 10
-    while (left := {p for p in watch.seen if _alive(p)}) and time.monotonic() < deadline:
+    while (left := {p for p in watch.seen if _alive(p) and _is_ray(p)}) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left, f"Ray processes left after the build: {sorted(left)}"
     assert Store(tmp_path / "index").snapshot().manifest["build"]["engine"] == "ray"

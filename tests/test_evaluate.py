@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lookalike import InvalidQueryError
+from lookalike.analysis.evaluate import compare, compare_chart, evaluate, format_scores
 from lookalike.cli import main
-from lookalike.evaluate import compare, compare_chart, evaluate, format_scores
 
 
 def _count_over_export(rec, labels, k, same):

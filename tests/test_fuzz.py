@@ -80,7 +80,7 @@ def test_generated_catalogues_build_or_fail_in_one_line(tmp_path_factory, capsys
         if code not in (0, 3):  # 3: built, some rows refused (each in the report)
             assert code == 1 and len(err) == 1 and err[0].startswith("lookalike: error: "), err
             return
-        from lookalike.store import Store
+        from lookalike.folder.store import Store
 
         report = Store(tmp / "idx").report()
         assert (code == 3) == bool((report["status"] != "indexed").any())

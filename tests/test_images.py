@@ -12,7 +12,8 @@ from hostile import cut_jpeg, eps, lying_jpeg, pillow_file, png
 from PIL import Image
 
 from lookalike import ImageError, ImageNotFoundError, ImageTooLargeError, NotAnImageError, demo_catalog
-from lookalike.images import (
+from lookalike.folder.rows import file_sha1
+from lookalike.reading.images import (
     ALLOWED_FORMATS,
     COLOUR_DIM,
     DEFAULT_MAX_PIXELS,
@@ -25,7 +26,6 @@ from lookalike.images import (
     prepare,
     sniff_image_type,
 )
-from lookalike.rows import file_sha1
 
 DEMO_IMAGES = demo_catalog().parent / "images"
 PRE = Preprocess()
@@ -313,7 +313,7 @@ def test_decodes_wait_for_a_free_slot(monkeypatch):
     import threading
     import time
 
-    from lookalike import images
+    from lookalike.reading import images
 
     running, most = [0], [0]
     lock = threading.Lock()
@@ -483,7 +483,7 @@ def test_formats_outside_the_allowlist_never_reach_pillow(fmt, tmp_path, monkeyp
 
 
 def test_pillow_tries_only_the_plugin_of_the_sniffed_format(tmp_path, monkeypatch):
-    from lookalike import images
+    from lookalike.reading import images
 
     assert sorted(images._FORMAT_OF.values()) == sorted(ALLOWED_FORMATS)
     real_open, tried = Image.open, []
@@ -501,7 +501,7 @@ def test_pillow_tries_only_the_plugin_of_the_sniffed_format(tmp_path, monkeypatc
     assert tried == [(fmt,) for fmt in ALLOWED_FORMATS for _ in range(2)]
 
 def test_memory_is_given_back_after_big_decodes_only(monkeypatch):
-    from lookalike import images
+    from lookalike.reading import images
 
     calls = []
     monkeypatch.setattr(images, "_give_memory_back", lambda: calls.append(1))
@@ -521,7 +521,7 @@ def _studio(w: int, h: int, box: tuple[int, int, int, int], colour=(200, 30, 40)
 
 
 def test_trim_cuts_to_the_product_and_its_margin():
-    from lookalike.images import TRIM_MARGIN, trim_background
+    from lookalike.reading.images import TRIM_MARGIN, trim_background
 
     img = _studio(300, 400, (100, 150, 200, 300))
     out = trim_background(img)
@@ -532,7 +532,7 @@ def test_trim_cuts_to_the_product_and_its_margin():
 
 
 def test_trim_leaves_photos_without_a_product_to_cut_as_they_are():
-    from lookalike.images import trim_background
+    from lookalike.reading.images import trim_background
 
     for img in (Image.new("RGB", (300, 400), (255, 255, 255)),  # nothing but background
                 _studio(300, 400, (140, 190, 150, 200)),  # too little product to trust (< 3%)
@@ -543,7 +543,7 @@ def test_trim_leaves_photos_without_a_product_to_cut_as_they_are():
 
 def test_trimmed_real_photos_keep_their_product(fullres_dir):
     """On real studio photos the cut keeps every product pixel and drops background."""
-    from lookalike.images import _background, trim_background
+    from lookalike.reading.images import _background, trim_background
 
     for path in sorted((fullres_dir / "images").glob("*.jpg"))[:20]:
         img = open_image(path, draft=180)

@@ -11,8 +11,8 @@ import pytest
 from layout import base
 
 from lookalike import IndexFormatError, InvalidQueryError, Recommender
-from lookalike.index import BACKENDS, ExactIndex, Filter, VectorIndex, make_index, topk_sorted
-from lookalike.index.hnsw import HNSWIndex
+from lookalike.search.backends import BACKENDS, ExactIndex, Filter, VectorIndex, make_index, topk_sorted
+from lookalike.search.backends.hnsw import HNSWIndex
 
 #: the HNSW tests need faiss (the `faiss` extra); the exact oracle's tests run without it
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="the faiss extra is not installed")
@@ -263,7 +263,7 @@ def test_built_hnsw_index_recall(fashion_index, real):
 def test_exact_run_over_segments_equals_exact_search_over_live_rows(metric):
     """ExactRun (a changed generation: several blocks, dead rows masked) answers as ExactIndex
     over the live rows alone, with and without per-query filters, batched or not."""
-    from lookalike.index.segmented import ExactRun
+    from lookalike.search.backends.segmented import ExactRun
 
     rng = np.random.default_rng(3)
     blocks = [rng.normal(size=(n, 16)).astype(np.float32) for n in (50, 7, 3)]

@@ -1,4 +1,4 @@
-"""lookalike.jpeg: progressive JPEGs decoded at 1/8 scale without the scans that scale ignores.
+"""lookalike.reading.jpeg: progressive JPEGs decoded at 1/8 scale without the scans that scale ignores.
 
 The rewrite is only worth having if the pixels are exactly those of the whole file, so every
 test compares against Pillow decoding the file as it is, at the same draft scale.
@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lookalike.images import Preprocess, load, open_image
-from lookalike.jpeg import eighth_scale_scans
+from lookalike.reading.images import Preprocess, load, open_image
+from lookalike.reading.jpeg import eighth_scale_scans
 
 DRAFT = Preprocess(size=320).draft
 

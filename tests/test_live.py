@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 import lookalike.encoders
-import lookalike.live
+import lookalike.writing.writer
 from lookalike import (
     CatalogError,
     InvalidQueryError,
@@ -33,8 +33,8 @@ from lookalike import (
     demo_catalog,
 )
 from lookalike.cli import main
-from lookalike.live import Index
-from lookalike.store import Store
+from lookalike.folder.store import Store
+from lookalike.writing.writer import Index
 
 DEMO = demo_catalog()
 DEMO_IMAGES = DEMO.parent / "images"
@@ -374,8 +374,8 @@ def test_a_metadata_change_keeps_its_duplicate_group_without_regrouping(idx, enc
     it replaces; regrouping (the costly part of a small change) runs only for new photos."""
     keep, other = TWINS
     calls = []
-    real = lookalike.live.regroup
-    monkeypatch.setattr(lookalike.live, "regroup", lambda *a: calls.append(a) or real(*a))
+    real = lookalike.writing.writer.regroup
+    monkeypatch.setattr(lookalike.writing.writer, "regroup", lambda *a: calls.append(a) or real(*a))
     ix = Index.open(idx, encoder=encoder)
     assert ix.upsert([{**demo_row(keep), "ProductTitle": "renamed"}]).counts()["metadata"] == 1
     assert ix.upsert([{"ProductId": other, "Gender": "Unisex"}]).counts()["metadata"] == 1
@@ -862,7 +862,7 @@ def test_a_second_writer_waits_or_is_told(idx, encoder):
 
 
 def test_cli_tells_a_second_writer_in_one_line(idx, capsys, monkeypatch):
-    monkeypatch.setattr(lookalike.live.Index, "_writer", lambda self: self.store.writer(timeout=0.2))
+    monkeypatch.setattr(lookalike.writing.writer.Index, "_writer", lambda self: self.store.writer(timeout=0.2))
     with Store(idx).writer():
         code, out, err = _cli(capsys, "remove", idx, "--id", DEMO_TABLE["ProductId"].iloc[0])
     assert code == 1 and err.count("\n") == 1 and "being written by another process" in err
@@ -871,7 +871,7 @@ def test_cli_tells_a_second_writer_in_one_line(idx, capsys, monkeypatch):
 # -- the hnsw back end follows changes ---------------------------------------------------------
 def _walk_the_graph(rec: Recommender) -> int:
     """Make every HNSW part walk its graph, even where brute force would be chosen (< 4,096 rows)."""
-    from lookalike.index.hnsw import HNSWIndex
+    from lookalike.search.backends.hnsw import HNSWIndex
 
     parts = getattr(rec.index, "parts", None)
     indexes = [p.index for p in parts] if parts is not None else [rec.index]
@@ -912,10 +912,10 @@ def test_a_changed_generation_searches_like_exact_search_over_its_live_rows(idx,
     batch would hold too many scores); a generation too large for that searches segment by segment,
     the small change segments folded into one exact block. Both answer as exact search over the
     live rows, with and without per-query filters."""
-    import lookalike.index.segmented as segmented
-    from lookalike.index import Filter
-    from lookalike.index.exact import ExactIndex
-    from lookalike.index.segmented import SegmentedIndex, physical_rows
+    import lookalike.search.backends.segmented as segmented
+    from lookalike.search.backends import Filter
+    from lookalike.search.backends.exact import ExactIndex
+    from lookalike.search.backends.segmented import SegmentedIndex, physical_rows
 
     ix = Index.open(idx, encoder=encoder)
     ids = DEMO_TABLE["ProductId"].tolist()
@@ -1089,7 +1089,7 @@ if given is not None:
     @given(steps=st.lists(_step, min_size=1, max_size=6), merge_after=st.sampled_from([2, 8]))
     def test_live_changes_answer_like_a_fresh_build(property_base, monkeypatch, steps, merge_after):
         base_index, images, photos, cached = property_base
-        monkeypatch.setattr(lookalike.live, "MAX_DELTA_SEGMENTS", merge_after)
+        monkeypatch.setattr(lookalike.writing.writer, "MAX_DELTA_SEGMENTS", merge_after)
         every = DEMO_TABLE.to_dict("records")
         state = {r["ProductId"]: dict(r) for r in every[:BASE_ROWS]}  # the catalogue, as it should be now
         serial = 0

@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lookalike.errors import IndexFormatError, InvalidQueryError, LookalikeError, MissingDependencyError
-from lookalike.index import ExactIndex, Filter
+from lookalike.search.backends import ExactIndex, Filter
 
 pytest.importorskip("pymilvus", reason="pymilvus is not installed: pip install 'lookalike[milvus]'")
 
-from lookalike.index.milvus import (  # noqa: E402
+from lookalike.search.backends.milvus import (  # noqa: E402
     IndexSpec,
     MilvusStore,
     encode_text,
@@ -42,7 +42,7 @@ def singleton_groups(groups: np.ndarray) -> np.ndarray:
 
 def load_demo(folder: Path) -> dict[str, Any]:
     """An index folder as the exact back end searches it: hstack([shape, colour]) per product."""
-    from lookalike.store import Store
+    from lookalike.folder.store import Store
 
     snap = Store(folder).snapshot()
     vectors, colour, meta = snap.dense()

@@ -19,8 +19,8 @@ pytest.importorskip("milvus", reason="the Milvus standalone is not installed: pi
 from milvus_server import in_private_netns, rss_mib, running_server  # noqa: E402
 from test_milvus import NASTY, load_demo, queries, upsert_demo  # noqa: E402
 
-from lookalike.index import ExactIndex, Filter  # noqa: E402
-from lookalike.index.milvus import IndexSpec, MilvusStore, filter_expression  # noqa: E402
+from lookalike.search.backends import ExactIndex, Filter  # noqa: E402
+from lookalike.search.backends.milvus import IndexSpec, MilvusStore, filter_expression  # noqa: E402
 
 K = 10
 HNSW = IndexSpec("HNSW", {"M": 16, "efConstruction": 200})

@@ -19,8 +19,8 @@ from lookalike import (
     demo_catalog,
     get_encoder,
 )
-from lookalike.artifacts import FORMAT_VERSION
-from lookalike.catalog import file_sha256
+from lookalike.folder.artifacts import FORMAT_VERSION
+from lookalike.reading.catalog import file_sha256
 
 DEMO = demo_catalog()
 DEMO_IMAGES = DEMO.parent / "images"
@@ -218,7 +218,7 @@ def test_interrupted_encoding_leaves_previous_index(small, encoder, monkeypatch)
 def test_interrupted_write_removes_staging_folder(small, encoder, monkeypatch):
     csv, out = small
     before = _snapshot(out)
-    import lookalike.store as store
+    import lookalike.folder.store as store
 
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
@@ -326,7 +326,7 @@ def test_missing_or_damaged_files(small, tmp_path):
 
 
 def test_verify_reads_every_byte(small, tmp_path):
-    from lookalike.store import Store
+    from lookalike.folder.store import Store
 
     _, out = small
     assert Store(out).verify() == []

@@ -19,7 +19,7 @@ from lookalike import (
     build,
     demo_catalog,
 )
-from lookalike.recommender import MAX_IDS, MAX_K
+from lookalike.search.recommender import MAX_IDS, MAX_K
 
 HIDDEN = {"_image", "_row", "_sha1", "_dhash", "_dup_exact", "_dup_near"}
 
@@ -123,7 +123,7 @@ def test_colour_variants_are_not_near_duplicates(full_rec):
 
 
 def test_find_duplicate_groups_colour_test():
-    from lookalike.duplicates import find_duplicate_groups
+    from lookalike.writing.duplicates import find_duplicate_groups
 
     unit = np.ones((4, 3), np.float32) / np.sqrt(3)  # same embedding, same hash, other bytes
     red, magenta = np.array([1.0, 0.0, 0.0]), np.array([0.6, 0.8, 0.0])  # colour cosine 0.6

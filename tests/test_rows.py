@@ -1,4 +1,4 @@
-"""The row format (lookalike.rows): searchable rows, query vectors, photo identity, reuse."""
+"""The row format (lookalike.folder.rows): searchable rows, query vectors, photo identity, reuse."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike import Recommender, build, demo_catalog
-from lookalike.rows import StoredRows, file_sha1, file_sha1s, l2_normalize, photo_sha1, query_vector, searchable
+from lookalike.folder.rows import StoredRows, file_sha1, file_sha1s, l2_normalize, photo_sha1, query_vector, searchable
 
 DEMO = demo_catalog()
 IMAGES = DEMO.parent / "images"

@@ -76,7 +76,7 @@ def test_openvino_keeps_its_folded_model_as_ir_and_loads_it_to_the_same_vectors(
 def test_an_encoder_with_streams_serves_its_callers_side_by_side_with_the_same_vectors(runtime):
     from concurrent.futures import ThreadPoolExecutor
 
-    from lookalike.images import model_input
+    from lookalike.reading.images import model_input
 
     one = get_encoder(runtime=runtime)
     two = get_encoder(runtime=runtime, streams=2)

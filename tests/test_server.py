@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lookalike.errors import IndexFormatError, MissingDependencyError, ModelError  # noqa: E402
-from lookalike.recommender import MAX_K  # noqa: E402
+from lookalike.search.recommender import MAX_K  # noqa: E402
 from lookalike.server import MAX_THUMBNAIL, create_app, run_server  # noqa: E402
 
 DEMO_IMAGES = Path(__file__).resolve().parents[1] / "lookalike" / "data" / "demo" / "images"
@@ -187,6 +187,46 @@ def test_similar_where_is_repeatable(client, demo_rec):
     assert all(r["Colour"] in ("Black", "White") and r["Gender"] == "Women" for r in body["results"])
     want = demo_rec.similar(QUERY, k=10, where={"Colour": ["Black", "White"], "Gender": ["Women"]})
     assert [r["id"] for r in body["results"]] == want.ids
+
+
+@pytest.fixture(scope="module")
+def store_client(store_index):
+    """The app over ../shared/datasets/store-demos, whose ``price`` column is numeric."""
+    with TestClient(create_app(store_index)) as c:
+        yield c
+
+
+def test_similar_where_takes_numeric_conditions(store_client, store_index):
+    from lookalike import Recommender
+
+    rec = Recommender.load(store_index)
+    params = [("k", "30"), ("where", "price<200"), ("where", "price>=50"), ("where", "category!=Cameras")]
+    resp = store_client.get("/products/oc-43/similar", params=params)
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["query"]["conditions"] == ["price<200", "price>=50", "category!=Cameras"]
+    assert body["results"] and all(50 <= float(r["price"]) < 200 and r["category"] != "Cameras"
+                                   for r in body["results"])
+    assert [r["id"] for r in body["results"]] == rec.similar(
+        "oc-43", k=30, where=["price<200", "price>=50", "category!=Cameras"]).ids
+    ranged = store_client.get("/products/oc-43/similar", params={"where": "price=1000..", "k": 10}).json()
+    assert sorted(r["id"] for r in ranged["results"]) == ["oc-44", "oc-45", "oc-46"]
+    posted = store_client.post("/similar", json={"ids": ["ps-3"], "k": 10, "where": ["price=..30", "platform=prestashop"]})
+    assert posted.status_code == 200
+    assert sorted(r["id"] for r in posted.json()["results"]) == ["ps-1", "ps-2", "ps-7"]  # ps-3 asks, 26.00
+
+
+@pytest.mark.parametrize("where, needle", [
+    ("name<3", "column 'name' holds none; numeric columns are: price"),
+    ("weight>1", "unknown column 'weight'"),
+    ("price<cheap", "'cheap' is not a number"),
+    ("price=50..10", "the low end is above the high end"),
+])
+def test_bad_numeric_conditions_are_422(store_client, where, needle):
+    resp = store_client.get("/products/oc-43/similar", params={"where": where})
+    assert resp.status_code == 422 and needle in _detail(resp)
+    resp = store_client.post("/similar", json={"ids": ["oc-43"], "where": [where]})
+    assert resp.status_code == 422 and needle in _detail(resp)
 
 
 def test_similar_several_same_columns(client):

@@ -450,3 +450,13 @@ def test_the_writer_process_ends_with_its_worker(index, tmp_path):
         time.sleep(0.1)
     os.kill(child, 9)
     raise AssertionError(f"writer process {child} outlived its parent")
+
+
+def test_an_app_given_a_path_takes_writes(index):
+    """create_app(PATH, write_token=…) loads the index at startup; its writer is made before that
+    (it asked the not-yet-loaded index for its back end and failed)."""
+    with TestClient(create_app(index, write_token=TOKEN)) as c:
+        pid = str(Recommender.load(index).ids[0])
+        r = c.put(f"/products/{pid}", headers=AUTH, json={"ProductTitle": "set through an app made from a path"})
+        assert r.status_code == 200, r.text
+        assert c.get(f"/products/{pid}").json()["ProductTitle"] == "set through an app made from a path"

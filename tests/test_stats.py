@@ -9,9 +9,9 @@ import sys
 import pandas as pd
 import pytest
 
+from lookalike.analysis.stats import catalog_stats, format_stats, grouping_columns, load_stats_table, save_charts
 from lookalike.cli import main
 from lookalike.errors import CatalogError
-from lookalike.stats import catalog_stats, format_stats, grouping_columns, load_stats_table, save_charts
 
 pytest.importorskip("matplotlib")
 

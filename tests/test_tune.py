@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from lookalike import InvalidQueryError, Recommender
+from lookalike.analysis.tune import split_holdout, tune
 from lookalike.cli import main
-from lookalike.tune import split_holdout, tune
 
 
 def test_holdout_split_is_stable_and_keeps_identical_photos_together():

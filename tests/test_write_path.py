@@ -236,7 +236,7 @@ def test_library_writes_merge_with_the_product_as_committed(index, table):
     """`Index.upsert_uploads` merges each write with the stored product under the lock: a
     write built from a stale view changes only the fields it names."""
     from lookalike import Index
-    from lookalike.live import Upload
+    from lookalike.writing.writer import Upload
 
     ix = Index.open(index)
     pid = table["ProductId"].iat[4]

@@ -10,16 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, DEFAULT_TRIM, cache_dir, progress_enabled
-from ..errors import ModelError
-from .base import POOLINGS, Encoder, l2_normalize, pool
-from .cnn import PRECISIONS, PREPARE_SECONDS, RUNTIMES, CNNEncoder, ModelSpec
+from lookalike.config import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, DEFAULT_TRIM, cache_dir, progress_enabled
+from lookalike.encoders.base import POOLINGS, Encoder, l2_normalize, pool
+from lookalike.encoders.byo import OnnxFileEncoder, is_onnx_model, resolve
+from lookalike.encoders.cnn import PRECISIONS, PREPARE_SECONDS, RUNTIMES, CNNEncoder, ModelSpec
+from lookalike.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "Encoder",
     "CNNEncoder",
+    "OnnxFileEncoder",
+    "is_onnx_model",
     "ModelSpec",
     "MODELS",
     "POOLINGS",
@@ -94,6 +97,10 @@ def get_encoder(
 ) -> CNNEncoder:
     """Build the encoder registered as ``name`` (weights are located, not loaded, here).
 
+    ``name`` may also be ``"onnx:PATH"``: an ONNX model of one's own with its preprocessing in
+    ``PATH.json`` (:mod:`lookalike.encoders.byo`), copied into the model cache and named
+    ``onnx:<key>`` from then on (that name makes it again, wherever ``PATH`` has gone).
+
     ``size`` is the side of the square model input; ``None`` takes the model's default.
     ``trim`` cuts the uniform background around the product before ``resize``.
     ``precision`` is ``"int8"`` or ``"fp32"`` (``None``: the model's default with ONNX Runtime,
@@ -103,10 +110,16 @@ def get_encoder(
     ``threads`` (None: every core) are the model's; ``streams`` threads may encode at once,
     each on its share of them (a build's workers; 1 gives a single call all of them).
     """
+    if is_onnx_model(name):
+        if weights is not None:
+            raise ModelError("an onnx: model is its own weights; drop weights (--weights)")
+        return OnnxFileEncoder(resolve(name), pooling=pooling, runtime=runtime, resize=resize, trim=trim, size=size,
+                               precision=precision, threads=threads, streams=streams)
     try:
         spec = MODELS[name]
     except KeyError:
-        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, "
+                         "or onnx:PATH for a model of your own") from None
     return CNNEncoder(
         spec, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
         precision=precision, threads=threads, streams=streams,
@@ -137,6 +150,9 @@ class EncoderSettings:
 
         Raises :class:`ModelError` for other encoders, which can't be made again from settings.
         """
+        if isinstance(enc, OnnxFileEncoder):  # its name finds it in the model cache again
+            return cls(model=enc.name, pooling=enc.pooling, resize=enc.preprocess.resize, trim=enc.preprocess.trim,
+                       size=enc.preprocess.size, precision=enc.precision, runtime=enc.runtime)
         if not isinstance(enc, CNNEncoder) or MODELS.get(enc.name) is not enc.spec:
             raise ModelError(f"{type(enc).__name__} can't be rebuilt from settings in another process; "
                              "only encoders made by get_encoder() can")

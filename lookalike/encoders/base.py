@@ -6,9 +6,9 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from ..errors import ModelError
-from ..images import ImageSource, Preprocess
-from ..rows import l2_normalize  # defined with the row format it serves
+from lookalike.errors import ModelError
+from lookalike.folder.rows import l2_normalize  # defined with the row format it serves
+from lookalike.reading.images import ImageSource, Preprocess
 
 __all__ = ["Encoder", "POOLINGS", "pool", "pooled_dim", "l2_normalize"]
 

@@ -30,10 +30,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..config import cache_dir
-from ..errors import LookalikeError
-from .base import pool
-from .runtimes import ENGINES, engine_version, open_session
+from lookalike.config import cache_dir
+from lookalike.encoders.base import pool
+from lookalike.encoders.runtimes import ENGINES, engine_version, open_session
+from lookalike.errors import LookalikeError
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +155,8 @@ def _measured_or_reference(enc: Any) -> dict[str, Any]:
 
 def measure(enc: Any) -> dict[str, Any]:
     """Time every installed runtime on the demo photos, taking turns, and pick one."""
-    from ..demo import demo_catalog
-    from ..images import model_input
+    from lookalike.demo import demo_catalog
+    from lookalike.reading.images import model_input
 
     path = enc.onnx_path()  # exported by the caller
     threads = _threads(enc)
@@ -209,7 +209,7 @@ def calibrate_in_child(enc: Any) -> dict[str, Any] | None:
     """Make sure the record exists, measuring in a child process if not, so the caller (a server
     about to fork its workers) never loads a runtime itself. Returns the record, or ``None``
     when the child failed (each worker then calibrates on first use)."""
-    from . import EncoderSettings
+    from lookalike.encoders import EncoderSettings
 
     path = calibration_path(enc)
     record = _read(path)
@@ -226,7 +226,7 @@ def calibrate_in_child(enc: Any) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import EncoderSettings
+    from lookalike.encoders import EncoderSettings
 
     argv = sys.argv[1:] if argv is None else argv
     args = json.loads(argv[0]) if argv else {}

@@ -15,11 +15,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..config import DEFAULT_POOLING, DEFAULT_RESIZE, DEFAULT_TRIM, cache_dir, progress_enabled
-from ..errors import MissingDependencyError, ModelError
-from ..images import ImageSource, Preprocess, model_input
-from .base import POOLINGS, l2_normalize, pool, pooled_dim
-from .runtimes import Session, normalise, open_session
+from lookalike.config import DEFAULT_POOLING, DEFAULT_RESIZE, DEFAULT_TRIM, cache_dir, progress_enabled
+from lookalike.encoders.base import POOLINGS, l2_normalize, pool, pooled_dim
+from lookalike.encoders.runtimes import Session, normalise, open_session
+from lookalike.errors import MissingDependencyError, ModelError
+from lookalike.reading.images import ImageSource, Preprocess, model_input
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class CNNEncoder:
     def _torch_module(self) -> Any:
         if self._torch_model is None:
             try:
-                from . import models
+                from lookalike.encoders import models
             except ImportError as exc:  # pragma: no cover - torch is a core dependency
                 raise MissingDependencyError("PyTorch is needed: pip install torch==2.13.0") from exc
             import torch
@@ -242,7 +242,7 @@ class CNNEncoder:
                 f"int8 needs onnxruntime's quantization tools ({exc}); pip install onnx, or use precision fp32"
             ) from exc
 
-        from ..demo import demo_catalog
+        from lookalike.demo import demo_catalog
 
         fp32 = self._onnx_path("fp32")
         if not fp32.is_file():
@@ -284,7 +284,7 @@ class CNNEncoder:
             return None
         path = self.export()
         if self.runtime == "auto":
-            from .calibrate import calibrate_in_child
+            from lookalike.encoders.calibrate import calibrate_in_child
 
             calibrate_in_child(self)
         return path
@@ -300,7 +300,7 @@ class CNNEncoder:
             return False
         if self.runtime != "auto":
             return True
-        from .calibrate import is_calibrated
+        from lookalike.encoders.calibrate import is_calibrated
 
         return is_calibrated(self)
 
@@ -322,7 +322,7 @@ class CNNEncoder:
                     path = self._ensure_export()
                     engine = self.runtime
                     if engine == "auto":
-                        from .calibrate import choose_runtime
+                        from lookalike.encoders.calibrate import choose_runtime
 
                         self.calibration = choose_runtime(self)
                         engine = self.calibration["runtime"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from lookalike.errors import ModelError
 
 __all__ = ["build_efficientnet_lite0", "build_resnet50", "ResNet50"]
 

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..config import cache_dir
-from ..errors import MissingDependencyError, ModelError
+from lookalike.config import cache_dir
+from lookalike.errors import MissingDependencyError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,14 @@ __all__ = ["ENGINES", "Session", "open_session", "engine_available", "engine_ver
 ENGINES = ("onnx", "openvino")
 
 
-def normalise(pixels: np.ndarray, mean: Any, std: Any) -> np.ndarray:
-    """uint8 ``(n, h, w, 3)`` -> the float32 ``(n, 3, h, w)`` the exported network takes."""
+def normalise(pixels: np.ndarray, mean: Any, std: Any, layout: str = "nchw") -> np.ndarray:
+    """uint8 ``(n, h, w, 3)`` -> the float32 ``(n, 3, h, w)`` the exported network takes
+    (``layout="nhwc"``: float32 ``(n, h, w, 3)``, for a model of one's own that takes that)."""
+    if layout == "nhwc":
+        y = pixels.astype(np.float32)
+        y -= np.asarray(mean, dtype=np.float32)
+        y *= 1.0 / np.asarray(std, dtype=np.float32)
+        return y
     # make the channel-first copy on uint8 (4x fewer bytes) before converting
     x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)).astype(np.float32)
     x -= np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -83,8 +89,10 @@ class OnnxRuntimeSession:
 
     engine = "onnx"
 
-    def __init__(self, path: Path, threads: int, mean: Any, std: Any, streams: int = 1) -> None:
-        self._mean, self._std = mean, std
+    def __init__(self, path: Path, threads: int, mean: Any, std: Any, streams: int = 1, *,
+                 layout: str = "nchw", output: str | None = None) -> None:
+        self._mean, self._std, self._layout = mean, std, layout
+        self._outputs = None if output is None else [output]
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -100,7 +108,8 @@ class OnnxRuntimeSession:
         self._input = self._session.get_inputs()[0].name
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: normalise(pixels, self._mean, self._std)})[0]
+        return self._session.run(self._outputs, {self._input: normalise(pixels, self._mean, self._std,
+                                                                         self._layout)})[0]
 
 
 class OpenVinoSession:
@@ -117,7 +126,8 @@ class OpenVinoSession:
 
     engine = "openvino"
 
-    def __init__(self, path: Path, threads: int, mean: Any, std: Any, streams: int = 1) -> None:
+    def __init__(self, path: Path, threads: int, mean: Any, std: Any, streams: int = 1, *,
+                 layout: str = "nchw", output: str | None = None) -> None:
         try:
             import openvino as ov
             from openvino.preprocess import PrePostProcessor
@@ -138,7 +148,7 @@ class OpenVinoSession:
         config.update({"NUM_STREAMS": streams} if streams > 1 else {"PERFORMANCE_HINT": "LATENCY"})
         stat = path.stat()
         key = hashlib.sha1(repr((path.name, stat.st_size, stat.st_mtime_ns, list(map(float, mean)),
-                                 list(map(float, std)), ov.__version__)).encode()).hexdigest()[:16]
+                                 list(map(float, std)), ov.__version__, layout)).encode()).hexdigest()[:16]
         ir = blobs / f"{path.stem}-u8nhwc-{key}.xml"
         self._compiled: Any = None
         if ir.is_file() and ir.with_suffix(".bin").is_file():
@@ -149,17 +159,18 @@ class OpenVinoSession:
             steps.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
             steps.input().preprocess().convert_element_type(ov.Type.f32).mean(list(map(float, mean))).scale(
                 list(map(float, std)))
-            steps.input().model().set_layout(ov.Layout("NCHW"))
+            steps.input().model().set_layout(ov.Layout(layout.upper()))
             model = steps.build()
             self._compiled = core.compile_model(model, "CPU", config)
             _save_ir(ov, model, ir)
+        self._output: Any = 0 if output is None else self._compiled.output(output)
         self._local = threading.local()
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self._compiled.create_infer_request()
-        return np.array(request.infer({0: np.ascontiguousarray(pixels)})[0])  # a copy: the request reuses its buffer
+        return np.array(request.infer({0: np.ascontiguousarray(pixels)})[self._output])  # a copy: the request reuses its buffer
 
 
 def _save_ir(ov: Any, model: Any, ir: Path) -> None:
@@ -177,12 +188,14 @@ def _save_ir(ov: Any, model: Any, ir: Path) -> None:
         tmp.with_suffix(".bin").unlink(missing_ok=True)
 
 
-def open_session(engine: str, path: Path, threads: int | None, mean: Any, std: Any, streams: int = 1) -> Session:
+def open_session(engine: str, path: Path, threads: int | None, mean: Any, std: Any, streams: int = 1, *,
+                 layout: str = "nchw", output: str | None = None) -> Session:
     """Load the export at ``path`` on ``engine`` with ``threads`` intra-op threads (None: all
     cores) shared by ``streams`` threads calling ``run`` at once; ``mean`` and ``std`` (per
-    channel, pixel units) normalise its uint8 input."""
+    channel, pixel units) normalise its uint8 input. ``layout`` is the input the model takes
+    (``"nchw"``, or ``"nhwc"``), ``output`` the name of the output returned (None: the first)."""
     n = threads or os.cpu_count() or 1
     opener: Any = {"onnx": OnnxRuntimeSession, "openvino": OpenVinoSession}.get(engine)
     if opener is None:
         raise ModelError(f"unknown runtime {engine!r}; choose one of {', '.join(ENGINES)}")
-    return opener(path, n, mean, std, max(1, min(streams, n)))
+    return opener(path, n, mean, std, max(1, min(streams, n)), layout=layout, output=output)

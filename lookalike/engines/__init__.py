@@ -6,7 +6,7 @@ An engine is one method with one signature::
 
 ``positions`` are catalogue rows (0-based); the result holds the rows that succeeded with
 their pooled model output, colour descriptor, dHash and SHA-1, and every other requested
-row as a :class:`~lookalike.catalog.RowProblem` with its reason. ``bar`` (a tqdm bar or
+row as a :class:`~lookalike.reading.catalog.RowProblem` with its reason. ``bar`` (a tqdm bar or
 ``None``) advances by one per row. Engines:
 
 ``local``  (default) a thread pool decodes, this process embeds; the exact reference.
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..catalog import Catalog
-from ..encoders import Encoder
-from ..errors import InvalidQueryError
-from .local import Encoded, LocalEngine, encode_rows
+from lookalike.encoders import Encoder
+from lookalike.engines.local import Encoded, LocalEngine, encode_rows
+from lookalike.errors import InvalidQueryError
+from lookalike.reading.catalog import Catalog
 
 __all__ = ["Engine", "ENGINES", "DEFAULT_ENGINE", "get_engine", "LocalEngine", "Encoded", "encode_rows"]
 
@@ -60,6 +60,6 @@ def get_engine(name: str = DEFAULT_ENGINE, *, ray_address: str | None = None, ac
         if ray_address is not None or actors is not None:
             raise InvalidQueryError("ray_address and actors are options of the ray engine (engine='ray')")
         return LocalEngine()
-    from .ray import RayEngine
+    from lookalike.engines.ray import RayEngine
 
     return RayEngine(address=ray_address, actors=actors)

@@ -20,11 +20,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..catalog import Catalog, RowProblem
-from ..config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
-from ..encoders import Encoder
-from ..images import COLOUR_DIM, Decoded, Preprocess, load
-from ..rows import photo_sha1
+from lookalike.config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
+from lookalike.encoders import Encoder
+from lookalike.folder.rows import photo_sha1
+from lookalike.reading.catalog import Catalog, RowProblem
+from lookalike.reading.images import COLOUR_DIM, Decoded, Preprocess, load
 
 __all__ = ["LocalEngine", "Encoded", "encode_rows", "row_problem"]
 

@@ -35,12 +35,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..catalog import Catalog
-from ..config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
-from ..encoders import CNNEncoder, Encoder, EncoderSettings
-from ..errors import LookalikeError, require
-from ..images import COLOUR_DIM
-from .local import Encoded, _read_and_decode, row_problem
+from lookalike.config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
+from lookalike.encoders import CNNEncoder, Encoder, EncoderSettings
+from lookalike.encoders.byo import PREFIX, install_payload, installed, is_onnx_model, payload
+from lookalike.engines.local import Encoded, _read_and_decode, row_problem
+from lookalike.errors import LookalikeError, require
+from lookalike.reading.catalog import Catalog
+from lookalike.reading.images import COLOUR_DIM
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
     saved_env = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}  # Ray sets some itself
     tmp = tempfile.mkdtemp(prefix="lookalike-ray-")
     already = _descendants()
+    started: set[tuple[int, str]] = set()
     try:
         os.environ.update(env)  # inherited by the Ray processes started below
         with _loopback_only():
@@ -124,11 +126,12 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
                                  f"private instance that listens beyond this machine (set {_CLUSTER_ENV}=0 "
                                  "before Ray is imported, or start Ray yourself)")
         logger.info("started a private Ray instance on %s with %s CPUs", node, num_cpus or _cpu_count())
+        started |= _descendants() - already  # some are reparented before the end (their parent exits)
         yield
     finally:
-        started = _descendants() - already
+        started |= _descendants() - already
         ray.shutdown()  # also after a failed start: it stops what was started
-        _reap(started)
+        _reap({p for p in started if _is_rays(p[0], tmp)} | _mentioning(tmp))
         for k in [k for k in os.environ if k.startswith("RAY_") and k not in saved_env]:
             del os.environ[k]
         os.environ.update(saved_env)
@@ -153,6 +156,31 @@ def _descendants() -> set[tuple[int, str]]:
                 tree.add((pid, start))
                 todo.append(pid)
     return tree
+
+
+def _is_rays(pid: int, folder: str) -> bool:
+    """Whether a process is one of Ray's: a worker (``ray::…``), a program of the ray package, or
+    one naming our session folder. Other children of this process (a Milvus Lite server, …)
+    started meanwhile are never touched."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return cmdline.startswith("ray::") or f"{os.sep}ray{os.sep}" in cmdline or folder in cmdline
+
+
+def _mentioning(folder: str) -> set[tuple[int, str]]:
+    """Processes whose command line names ``folder``: Ray passes its session folder (inside our
+    private temp folder) to the processes it starts, wherever they were reparented to."""
+    mark = folder.encode()
+    found: set[tuple[int, str]] = set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit() and int(entry) != os.getpid():
+            with contextlib.suppress(OSError, IndexError):
+                if mark in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                    found.add((int(entry), fields[19]))
+    return found
 
 
 def _reap(started: set[tuple[int, str]], *, grace: float = 10.0) -> None:
@@ -212,9 +240,14 @@ class _Embed:
     """One Ray Data actor: its own encoder, loaded once; reads, decodes and embeds batches."""
 
     def __init__(self, settings: EncoderSettings, model: Any, threads: int) -> None:
-        self.enc = settings.make(threads=threads)
-        if model is not None:
-            _install_model(self.enc, _ray().get(model))
+        data = None if model is None else _ray().get(model)
+        if is_onnx_model(settings.model) and data is not None:  # made from its name: install it first
+            install_payload(settings.model, *data)
+            self.enc = settings.make(threads=threads)
+        else:
+            self.enc = settings.make(threads=threads)
+            if data is not None:
+                _install_model(self.enc, data)
         self.threads = threads
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -332,7 +365,8 @@ class RayEngine:
         ok = np.zeros(m, dtype=bool)
         seen = np.zeros(m, dtype=np.int64)
         try:
-            model_ref = ray.put(model.read_bytes()) if model is not None else None
+            model_ref = None if model is None else ray.put(
+                payload(installed(settings.model[len(PREFIX):])) if is_onnx_model(settings.model) else model.read_bytes())
             ds = ray.data.from_arrow(blocks).map_batches(
                 _Embed, batch_size=batch, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_actor,

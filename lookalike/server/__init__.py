@@ -1,7 +1,7 @@
 """The HTTP service: a FastAPI app over one index (extra: ``server``).
 
 It only translates: parse the request, call :class:`~lookalike.Recommender` (reads) or
-:class:`~lookalike.Index` (writes), turn the answer into JSON and every
+:class:`~lookalike.IndexWriter` (writes), turn the answer into JSON and every
 :class:`~lookalike.errors.LookalikeError` into a status code, by its type
 (``edge.STATUS_OF_ERROR``)::
 
@@ -21,7 +21,7 @@ Errors are ``{"detail": "one line"}``. Uploads are refused with 413 while they a
 as soon as they pass ``max_upload_bytes`` (JSON bodies: ``MAX_JSON_BYTES``); photos with
 more than ``max_pixels`` pixels are refused from their header, before decoding. Product
 photos are served only as the index recorded them, checked again on every request
-(``lookalike.images.open_photo_file``). What the service trusts and refuses, and how to run
+(``lookalike.reading.images.open_photo_file``). What the service trusts and refuses, and how to run
 it behind a reverse proxy: docs/security.md.
 
 The modules, each one concern::
@@ -43,9 +43,9 @@ The modules, each one concern::
     uvicorn.run(app)                      # or: lookalike serve my-index
 """
 
-from .app import create_app
-from .caches import DEFAULT_RESULT_CACHE, MAX_THUMBNAIL, THUMBNAIL_CACHE_BYTES, THUMBNAIL_SIZES
-from .edge import (
+from lookalike.server.app import create_app
+from lookalike.server.caches import DEFAULT_RESULT_CACHE, MAX_THUMBNAIL, THUMBNAIL_CACHE_BYTES, THUMBNAIL_SIZES
+from lookalike.server.edge import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
     MAX_JSON_BYTES,
@@ -53,14 +53,14 @@ from .edge import (
     RETRY_AFTER_S,
     WRITE_TOKEN_ENV,
 )
-from .serve import (
+from lookalike.server.serve import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_TIMEOUT_HEADERS,
     DEFAULT_TIMEOUT_KEEP_ALIVE,
     run_server,
 )
-from .supervisor import MAX_WORKER_DEATHS, SHUTDOWN_GRACE, WORKER_DEATHS_WINDOW
+from lookalike.server.supervisor import MAX_WORKER_DEATHS, SHUTDOWN_GRACE, WORKER_DEATHS_WINDOW
 
 __all__ = [
     "create_app",

@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from .. import __version__
-from ..errors import LookalikeError, StorageError, require
-from ..recommender import LiveRecommender, Recommender
-from .caches import DEFAULT_RESULT_CACHE, THUMBNAIL_CACHE_BYTES, ResultCache, Thumbnails
-from .edge import (
+from lookalike import __version__
+from lookalike.errors import LookalikeError, StorageError, require
+from lookalike.search.recommender import LiveRecommender, Recommender
+from lookalike.server.caches import DEFAULT_RESULT_CACHE, THUMBNAIL_CACHE_BYTES, ResultCache, Thumbnails
+from lookalike.server.edge import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
     MULTIPART_SLACK,
@@ -23,14 +23,14 @@ from .edge import (
     status_for,
     token_guard,
 )
-from .reads import add_read_routes
-from .schema import add_schema_routes, schemas
-from .writes import add_write_routes
+from lookalike.server.reads import add_read_routes
+from lookalike.server.schema import add_schema_routes, schemas
+from lookalike.server.writes import add_write_routes
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from .writer import WriterProcess
+    from lookalike.server.writer import WriterProcess
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def _lifespan(service: Service) -> Any:
             service.live = await run_in_threadpool(LiveRecommender, service.index_path)
             logger.info("serving %r", service.live.get())
         if service.writer is not None:
+            service.writer.in_process = service.rec().settings.index.milvus_lite  # Milvus Lite: one process owns the .db
             service.writer.start()  # in the background: the model is ready before the first write
         try:
             yield

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from threading import Lock
 from typing import Any, BinaryIO, Callable, Hashable
 
-from ..images import open_image
+from lookalike.reading.images import open_image
 
 __all__ = ["DEFAULT_RESULT_CACHE", "MAX_THUMBNAIL", "THUMBNAIL_SIZES", "THUMBNAIL_CACHE_BYTES", "ResultCache",
            "Thumbnails"]

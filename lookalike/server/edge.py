@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from ..errors import (
+from lookalike.errors import (
     CatalogError,
     ImageError,
     ImageTooLargeError,

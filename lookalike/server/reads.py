@@ -12,18 +12,19 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, AsyncIterator, BinaryIO, Callable, Iterator, Optional
 
-from .. import __version__
-from ..config import DEFAULT_K
-from ..errors import ImageError, ImageNotFoundError, InvalidQueryError, UnknownProductError
-from ..images import open_image, open_photo_file, sniff_image_type
-from ..live import PHOTOS
-from ..recommender import MAX_K, Recommender
-from .caches import MAX_THUMBNAIL, THUMBNAIL_SIZES, Thumbnails
-from .edge import MAX_JSON_BYTES, MULTIPART_SLACK, Refused, describe, error_response, limited_body
+from lookalike import __version__
+from lookalike.config import DEFAULT_K
+from lookalike.errors import ImageError, ImageNotFoundError, UnknownProductError
+from lookalike.reading.images import open_image, open_photo_file, sniff_image_type
+from lookalike.search.conditions import Condition, parse_condition
+from lookalike.search.recommender import MAX_K, Recommender
+from lookalike.server.caches import MAX_THUMBNAIL, THUMBNAIL_SIZES, Thumbnails
+from lookalike.server.edge import MAX_JSON_BYTES, MULTIPART_SLACK, Refused, describe, error_response, limited_body
+from lookalike.writing.writer import PHOTOS
 
 if TYPE_CHECKING:
-    from .app import Service
-    from .schema import Schemas
+    from lookalike.server.app import Service
+    from lookalike.server.schema import Schemas
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ def _search_options() -> Callable[..., dict[str, Any]]:
         [], description="keep results to the query product's value of this column (repeatable)", examples=["Gender"]
     )
     where_query = Query(
-        [], description="keep results whose COLUMN holds VALUE (repeatable; values of one column combine with OR, "
-        "columns with AND)", examples=["Colour:Blue"]
+        [], description="keep results that meet a condition (repeatable): COLUMN:VALUE or COLUMN=VALUE (several "
+        "for one column: any of them), COLUMN!=VALUE, COLUMN<N, <=, >, >= or COLUMN=LOW..HIGH (inclusive, either end "
+        "open); a product without a number in COLUMN never meets a numeric condition; conditions combine with AND",
+        examples=["Colour:Blue", "price<50", "price=10..50"]
     )
     weight_query = Query(None, description="share of the score given to colour, 0..1 (default: the index's)")
     collapse_query = Query(True, description="at most one product per group of identical or near-identical photos")
@@ -115,15 +118,11 @@ def min_generation(request: Any) -> int:
     return int(text)
 
 
-def parse_where(items: list[str]) -> dict[str, list[str]]:
-    """``["Gender:Men", "Colour:Blue", "Colour:Navy"]`` → ``{"Gender": ["Men"], "Colour": ["Blue", "Navy"]}``."""
-    where: dict[str, list[str]] = {}
-    for item in items:
-        col, sep, value = item.partition(":")
-        if not sep or not col.strip():
-            raise InvalidQueryError(f"where must look like COLUMN:VALUE, not {item!r}")
-        where.setdefault(col.strip(), []).append(value)
-    return where
+def parse_where(items: list[str]) -> list[Condition]:
+    """The ``where`` parameters as conditions, one value each (no comma splits a value):
+    ``["Gender:Men", "Colour:Blue", "Colour:Navy"]`` (any of the colours), ``["price<50"]``,
+    ``["price=10..50"]``, ``["Colour!=Black"]`` (:func:`~lookalike.search.conditions.parse_condition`)."""
+    return [parse_condition(item, split=False, name="where") for item in items]
 
 
 # -- health and products ----------------------------------------------------------------------

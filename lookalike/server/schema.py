@@ -4,7 +4,7 @@
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
-from ..recommender import MAX_IDS, MAX_K
+from lookalike.search.recommender import MAX_IDS, MAX_K
 
 __all__ = ["Schemas", "schemas", "add_schema_routes"]
 
@@ -78,8 +78,10 @@ def schemas() -> Schemas:
         same: Union[str, list[str], None] = Field(
             None, description="keep results to the query products' values of these columns", examples=[["Gender"]]
         )
-        where: Optional[dict[str, Union[str, list[str]]]] = Field(
-            None, description="keep results whose column holds one of the values", examples=[{"Colour": ["Blue"]}]
+        where: Union[dict[str, Union[str, list[str]]], list[str], None] = Field(
+            None, description="keep results whose column holds one of the values (an object: column → values), "
+            "or that meet every condition of a list such as [\"price<50\", \"Gender=Men,Women\", \"Colour!=Black\"]",
+            examples=[{"Colour": ["Blue"]}, ["price=10..50", "Colour!=Black"]]
         )
         colour_weight: Optional[float] = Field(None, strict=True, description="share of the score given to colour, 0..1")
         collapse_duplicates: Optional[StrictBool] = Field(None, description="at most one product per identical photo")

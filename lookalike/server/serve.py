@@ -11,14 +11,20 @@ import logging
 import os
 from typing import Any
 
-from ..errors import InvalidQueryError, LookalikeError, require
-from ..images import _cores, set_decode_slots
-from ..recommender import Recommender
-from .app import create_app
-from .caches import DEFAULT_RESULT_CACHE
-from .edge import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, READ_TOKEN_ENV, WRITE_TOKEN_ENV, load_token
-from .protocol import h11_protocol
-from .supervisor import prefork
+from lookalike.errors import InvalidQueryError, LookalikeError, require
+from lookalike.reading.images import _cores, set_decode_slots
+from lookalike.search.recommender import Recommender
+from lookalike.server.app import create_app
+from lookalike.server.caches import DEFAULT_RESULT_CACHE
+from lookalike.server.edge import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    READ_TOKEN_ENV,
+    WRITE_TOKEN_ENV,
+    load_token,
+)
+from lookalike.server.protocol import h11_protocol
+from lookalike.server.supervisor import prefork
 
 logger = logging.getLogger(__name__)
 

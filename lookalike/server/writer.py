@@ -1,4 +1,4 @@
-"""The writer process of a server worker: writes applied through :class:`lookalike.Index`, with
+"""The writer process of a server worker: writes applied through :class:`lookalike.IndexWriter`, with
 group commit.
 
 A worker hands its writes to a child process of its own (:class:`WriterProcess`), which commits
@@ -16,8 +16,8 @@ import os
 import threading
 from typing import Any
 
-from ..errors import LookalikeError, StorageError
-from .edge import RETRY_AFTER_S, Refused
+from lookalike.errors import LookalikeError, StorageError
+from lookalike.server.edge import RETRY_AFTER_S, Refused
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ WRITER_NICE = 5
 
 
 class WriterProcess:
-    """One child process that applies a server worker's writes through :class:`lookalike.Index`,
+    """One child process that applies a server worker's writes through :class:`lookalike.IndexWriter`,
     committing the writes that queue up meanwhile together (group commit).
 
     :meth:`start` (the worker's lifespan) spawns it and loads the model there, before the first
@@ -100,8 +100,8 @@ class WriterProcess:
     async def upsert(self, pid: str, fields: dict[str, str], photo: bytes | None = None,
                      suffix: str = ".jpg", *, if_match: str | None = None) -> Any:
         """Add or change one product (``photo`` None: metadata only), merged with the product as
-        committed (see :class:`lookalike.live.Upload`); its batch's report."""
-        from ..live import Upload
+        committed (see :class:`lookalike.writing.writer.Upload`); its batch's report."""
+        from lookalike.writing.writer import Upload
 
         return await self._submit("upsert", pid, Upload(pid, fields, photo, suffix, if_match))
 
@@ -201,11 +201,11 @@ def _child_start(index_path: str, parent: int, nice: int, lock_wait: float) -> N
 
 
 def _open_index(index_path: str, lock_wait: float) -> None:
-    from ..live import Index
+    from lookalike.writing.writer import IndexWriter
 
     # one thread for the model and one decode: an upload must not take every core from the searches;
     # the lock is waited for once per write (a batch that met a held lock is not retried write by write)
-    _CHILD["index"] = Index(index_path, lock_timeout=lock_wait, threads=1, workers=1)
+    _CHILD["index"] = IndexWriter(index_path, lock_timeout=lock_wait, threads=1, workers=1)
 
 
 def _watch_parent(parent: int) -> None:  # pragma: no cover - runs in the child

@@ -3,7 +3,7 @@
 Writes are off unless the app is given a write token; with one, a write needs
 ``Authorization: Bearer <token>`` (401 without it, 403 with another). Every write goes to the
 worker's :class:`~lookalike.server.writer.WriterProcess`, which applies it through
-:class:`lookalike.Index` (writers serialised across processes, one generation per commit);
+:class:`lookalike.IndexWriter` (writers serialised across processes, one generation per commit);
 every server worker follows the new generation on its next request.
 
 What a write guarantees (docs/server.md): a partial write is merged with the product as the
@@ -16,13 +16,13 @@ the machine's faults (a full or read-only disk, the lock held elsewhere) answer 
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import ImageError, InvalidQueryError, UnknownProductError
-from .edge import MAX_JSON_BYTES, WRITE_TOKEN_ENV, Refused, check_bearer
-from .writer import WriterProcess
+from lookalike.errors import ImageError, InvalidQueryError, UnknownProductError
+from lookalike.server.edge import MAX_JSON_BYTES, WRITE_TOKEN_ENV, Refused, check_bearer
+from lookalike.server.writer import WriterProcess
 
 if TYPE_CHECKING:
-    from .app import Service
-    from .schema import Schemas
+    from lookalike.server.app import Service
+    from lookalike.server.schema import Schemas
 
 __all__ = ["add_write_routes", "MAX_FIELDS"]
 
@@ -61,7 +61,9 @@ def add_write_routes(app: Any, service: "Service", schemas: "Schemas") -> Writer
 
     writer = None
     if write_token is not None:
-        writer = WriterProcess(service.index_path, in_process=service.rec().settings.index.milvus_lite)
+        # in_process is set again once the index is loaded (create_app given a path loads it at startup)
+        writer = WriterProcess(service.index_path,
+                               in_process=service.live is not None and service.rec().settings.index.milvus_lite)
     done = _write_responses(schemas)
 
     def the_writer() -> WriterProcess:
@@ -189,7 +191,7 @@ def _check_photo(photo: bytes, max_pixels: int) -> str:
 
     from PIL import Image
 
-    from ..images import open_image
+    from lookalike.reading.images import open_image
 
     open_image(photo, max_pixels=max_pixels, draft=64)  # ImageError for anything that is not a photo
     with Image.open(io.BytesIO(photo)) as img:

@@ -23,16 +23,16 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import DEFAULT_EXPORT_K, DEFAULT_K, check_colour_weight
-from .encoders import MODELS, CNNEncoder, Encoder, l2_normalize
-from .errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
-from .filters import RowFilters, Where
-from .images import ImageSource, colour_descriptor, model_input
-from .index import Backend, Filter, VectorIndex, open_index
-from .manifest import Manifest
-from .projection import Projection
-from .rows import query_vector
-from .store import ALL_HIDDEN, Snapshot, Store
+from lookalike.config import DEFAULT_EXPORT_K, DEFAULT_K, check_colour_weight
+from lookalike.encoders import MODELS, CNNEncoder, Encoder, is_onnx_model, l2_normalize
+from lookalike.errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
+from lookalike.folder.manifest import Manifest
+from lookalike.folder.projection import Projection
+from lookalike.folder.rows import query_vector
+from lookalike.folder.store import ALL_HIDDEN, Snapshot, Store
+from lookalike.reading.images import ImageSource, colour_descriptor, model_input
+from lookalike.search.backends import Backend, Filter, VectorIndex, open_index
+from lookalike.search.filters import RowFilters, Where, describe_where
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class Recommender:
     def metadata(self) -> pd.DataFrame:
         """Every product's catalogue and hidden columns, row i for row i of the vectors."""
         if self._frame is None:
-            from .store import columns_frame
+            from lookalike.folder.store import columns_frame
 
             self._frame = columns_frame(self._data)
         return self._frame
@@ -164,7 +164,8 @@ class Recommender:
         self._cells = data  # columns are looked up by name; hidden ones are never shown
         self._exact_group = self._group_ids(np.asarray(data["_dup_exact"]))
         self._near_group = self._group_ids(np.asarray(data["_dup_near"]))
-        self._filters = RowFilters(self.columns, data, self.ids, self._exact_group)
+        self._filters = RowFilters(self.columns, data, self.ids, self._exact_group,
+                                   numeric=self.settings.catalog.numeric_columns)
 
     @staticmethod
     def _group_ids(groups: np.ndarray) -> np.ndarray:
@@ -189,7 +190,7 @@ class Recommender:
         """Open the current generation of an index. Raises :class:`IndexFormatError` for anything amiss.
 
         ``backend`` searches with another back end than the one the index was built for (a name
-        of ``lookalike.index.BACKENDS``, or a class with ``open(snapshot, metric=)``); ``index``
+        of ``lookalike.search.backends.BACKENDS``, or a class with ``open(snapshot, metric=)``); ``index``
         is a back end already opened over this generation's rows, used as it is.
         An index searched in Milvus is memory-mapped: only the rows a search returns are read."""
         return cls.from_snapshot(Store(path).snapshot(mmap=mmap or None), backend=backend, index=index,
@@ -200,10 +201,10 @@ class Recommender:
         cls, snapshot: Snapshot, *, backend: str | Backend | None = None, index: VectorIndex | None = None,
         encoder: Encoder | None = None,
     ) -> "Recommender":
-        """A recommender over one loaded generation (:meth:`lookalike.store.Store.snapshot`)."""
+        """A recommender over one loaded generation (:meth:`lookalike.folder.store.Store.snapshot`)."""
         path, settings = snapshot.path, snapshot.settings
         model, metric = settings.model, settings.metric
-        if model.name not in MODELS:
+        if model.name not in MODELS and not is_onnx_model(model.name):
             raise IndexFormatError(f"{path} was built with model {model.name!r}, which this lookalike does not know")
         if encoder is not None and (encoder.name, encoder.pooling, encoder.dim) != (model.name, model.pooling, model.dim):
             raise IndexFormatError(
@@ -240,7 +241,8 @@ class Recommender:
         if self._encoder is None:
             m = self.settings.model
             enc = m.encoder_settings().make()
-            if isinstance(enc, CNNEncoder) and m.weights and enc.weights_id != m.weights:
+            # an onnx: model's name is its content key: the same name is the same model
+            if isinstance(enc, CNNEncoder) and not is_onnx_model(m.name) and m.weights and enc.weights_id != m.weights:
                 logger.warning("index was built with weights %s, now using %s", m.weights, enc.weights_id)
             if enc.dim != m.dim:
                 raise ModelError(f"model gives {enc.dim}-d vectors, the index was built from {m.dim}-d")
@@ -262,7 +264,7 @@ class Recommender:
     def etag(self, pid: object) -> str:
         """The entity tag of the product's current version (its cells and photo): what a
         conditional write (``If-Match``) names; any change to the product gives a new one."""
-        from .store import product_etag
+        from lookalike.folder.store import product_etag
 
         i = self.row(pid)
         return product_etag({c: self._cells[c][i] for c in self.columns}, self.columns, str(self._data["_sha1"][i]))
@@ -281,7 +283,7 @@ class Recommender:
                 groups.setdefault(int(gid), []).append(pid)
         return list(groups.values())
 
-    # -- filters (lookalike.filters) ----------------------------------------------------
+    # -- filters (lookalike.search.filters) ----------------------------------------------------
     def check_column(self, col: str) -> None:
         """Refuse a column the index does not have, naming those it has."""
         self._filters.check_column(col)
@@ -296,8 +298,8 @@ class Recommender:
         return np.asarray(self._exact_group)
 
     def where_mask(self, where: Where | None) -> np.ndarray | None:
-        """Rows whose columns hold one of the given values (columns combine with AND)."""
-        return self._filters.where_mask(where)
+        """Rows that meet every condition of ``where`` (``None``: no condition)."""
+        return self._filters.where_mask(self._filters.check_where(where))
 
     def _check_k(self, k: int) -> int:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -392,14 +394,17 @@ class Recommender:
         """Products that look most like one product, several (combined), or a photo.
 
         ``same`` keeps results to the query products' values of those columns (``"Gender"``
-        as in the reference); ``where`` keeps rows whose column holds one of the values.
+        as in the reference); ``where`` keeps rows that meet its conditions: the mapping
+        ``{"Gender": ["Men"]}`` (the column holds one of the values), or conditions as text or
+        :class:`~lookalike.search.conditions.Condition` (``["price<50", "Colour!=Black"]``,
+        ``"price=10..50"``; see :mod:`lookalike.search.conditions`).
         """
         k = self._check_k(k)
         same = [same] if isinstance(same, str) else list(same)
         for col in same:
             self.check_column(col)
         w = self.colour_weight_for(colour_weight)
-        self._filters.check_where(where)
+        where = self._filters.check_where(where)
         if (ids is None) == (image is None):
             raise InvalidQueryError("give product ids or an image, not both or neither")
         if image is not None:
@@ -410,7 +415,7 @@ class Recommender:
             found = self._search(q, k, self._filters.filter(None, (), where) if where else None,
                                  collapse_duplicates)[0]
             name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
-            return self._results({"image": name, "k": k, "where": dict(where or {})}, found)
+            return self._results({"image": name, "k": k, **describe_where(where)}, found)
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[call-overload]  # a sequence, the signature says
         if not id_list:
             raise InvalidQueryError("give at least one product id")
@@ -422,7 +427,7 @@ class Recommender:
             shape = l2_normalize(shape)
         q = self._query_vector(shape.mean(0), l2_normalize(colour).mean(0), w)[None, :]
         found = self._search(q, k, self._filters.filter(rows, same, where), collapse_duplicates)[0]
-        query = {"ids": [self.ids[r] for r in rows], "k": k, "same": same, "where": dict(where or {})}
+        query = {"ids": [self.ids[r] for r in rows], "k": k, "same": same, **describe_where(where)}
         return self._results(query, found)
 
     def embed_image(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
@@ -452,14 +457,14 @@ class Recommender:
         """
         from tqdm.auto import tqdm
 
-        from .config import progress_enabled
+        from lookalike.config import progress_enabled
 
         k = self._check_k(k)
         same = [same] if isinstance(same, str) else list(same)
         for col in same:
             self.check_column(col)
         w = self.colour_weight_for(colour_weight)
-        self._filters.check_where(where)
+        where = self._filters.check_where(where)
         rows_all = list(range(len(self))) if ids is None else [self.row(p) for p in ids]
         shape = np.asarray(self.vectors, dtype=np.float32)
         out_q, out_rank, out_id, out_s = [], [], [], []

@@ -1,4 +1,4 @@
-"""Vector-index back ends behind one small interface (:mod:`lookalike.index.base`); ``exact``
+"""Vector-index back ends behind one small interface (:mod:`lookalike.search.backends.base`); ``exact``
 is the oracle every other one is checked against (tests/test_backends.py).
 
 Back ends are found by name in one table and imported only when chosen: ``hnsw`` needs the
@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidQueryError
-from .base import Backend, Filter, VectorIndex, topk_sorted
-from .exact import ExactIndex
+from lookalike.errors import InvalidQueryError
+from lookalike.search.backends.base import Backend, Filter, VectorIndex, topk_sorted
+from lookalike.search.backends.exact import ExactIndex
 
 __all__ = ["VectorIndex", "Backend", "Filter", "ExactIndex", "BACKENDS", "DEFAULT_BACKEND", "REMOTE_BACKENDS",
            "backend_class", "make_index", "open_index", "topk_sorted"]
@@ -47,6 +47,6 @@ def make_index(name: str, vectors: np.ndarray, *, metric: str, **options: Any) -
 
 def open_index(backend: str | Any, snapshot: Any, *, metric: str) -> VectorIndex:
     """The back end (a name, or a class with ``open``) over one generation
-    (:class:`lookalike.store.Snapshot`): its live rows, in segment order."""
+    (:class:`lookalike.folder.store.Snapshot`): its live rows, in segment order."""
     cls = backend_class(backend) if isinstance(backend, str) else backend
     return cls.open(snapshot, metric=metric)

@@ -1,6 +1,6 @@
 """A living catalogue: add, change and remove products of an index without a rebuild.
 
-``Index.open(path)`` is the write side of an index folder (reading stays with
+``IndexWriter.open(path)`` is the write side of an index folder (reading stays with
 :class:`~lookalike.Recommender`). Every operation takes the store's writer lock, embeds what it
 must with the index's own model, input size, precision and fitted projection (never refitted),
 writes one new segment and commits one new generation: readers see the index before or after
@@ -24,16 +24,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_file
-from .config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabled
-from .duplicates import find_duplicate_groups, regroup
-from .encoders import Encoder, l2_normalize, prepare_once
-from .engines.local import encode_rows
-from .errors import CatalogError, InvalidQueryError, StorageError
-from .images import COLOUR_DIM
-from .index import REMOTE_BACKENDS, make_index
-from .manifest import Manifest
-from .rows import (
+from lookalike.config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabled
+from lookalike.encoders import Encoder, l2_normalize, prepare_once
+from lookalike.engines.local import encode_rows
+from lookalike.errors import CatalogError, InvalidQueryError, StorageError
+from lookalike.folder.manifest import Manifest
+from lookalike.folder.rows import (
     ALL_HIDDEN,
     HIDDEN_COLUMNS,
     StoredRows,
@@ -45,11 +41,15 @@ from .rows import (
     stored_vectors,
     text_column,
 )
-from .store import Snapshot, Store, Writer
+from lookalike.folder.store import Snapshot, Store, Writer
+from lookalike.reading.catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_file
+from lookalike.reading.images import COLOUR_DIM
+from lookalike.search.backends import REMOTE_BACKENDS, make_index
+from lookalike.writing.duplicates import find_duplicate_groups, regroup
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Index", "ChangeReport", "Change", "Upload", "DEFAULT_MAX_REMOVAL", "MAX_DELTA_SEGMENTS", "PHOTOS"]
+__all__ = ["IndexWriter", "Index", "ChangeReport", "Change", "Upload", "DEFAULT_MAX_REMOVAL", "MAX_DELTA_SEGMENTS", "PHOTOS"]
 
 #: share of the index a sync may remove before it refuses (a broken mount, an empty export)
 DEFAULT_MAX_REMOVAL = 0.5
@@ -80,7 +80,7 @@ class ChangeReport:
     changes: list[Change] = field(default_factory=list)
     generation: int = 0
     seconds: float = 0.0
-    #: the entity tag (:func:`~lookalike.store.product_etag`) of each product written or found
+    #: the entity tag (:func:`~lookalike.folder.store.product_etag`) of each product written or found
     #: unchanged, as of ``generation``: what a later conditional write names
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -144,7 +144,7 @@ class _Rows:
 
 @dataclass(frozen=True)
 class Upload:
-    """One product write as a service receives it, applied by :meth:`Index.upsert_uploads`
+    """One product write as a service receives it, applied by :meth:`IndexWriter.upsert_uploads`
     against the product *as the index holds it when the write commits* (under the writer lock),
     so writes to one product compose whatever view their sender had.
 
@@ -184,7 +184,7 @@ def _table(rows: Any) -> _Rows:
     return _Rows(list(dict.fromkeys(c for r in records for c in r)), records)
 
 
-class Index:
+class IndexWriter:
     """The write side of an index folder: upsert, remove, sync and compact (see module doc)."""
 
     def __init__(self, path: str | os.PathLike, *, encoder: Encoder | None = None,
@@ -198,7 +198,7 @@ class Index:
         self.lock_timeout = lock_timeout
 
     @classmethod
-    def open(cls, path: str | os.PathLike, **kw: Any) -> "Index":
+    def open(cls, path: str | os.PathLike, **kw: Any) -> "IndexWriter":
         """An existing index (raises :class:`IndexFormatError` when there is none)."""
         index = cls(path, **kw)
         index.store.snapshot()
@@ -218,7 +218,7 @@ class Index:
         return self.path / PHOTOS
 
     def recommender(self, **kw: Any) -> Any:
-        from .recommender import Recommender
+        from lookalike.search.recommender import Recommender
 
         return Recommender.load(self.path, **kw)
 
@@ -246,6 +246,7 @@ class Index:
 
     # -- operations --------------------------------------------------------------------
     def upsert(self, rows: Any, *, images: str | os.PathLike | None = None,
+               photo_cache: str | os.PathLike | None = None, private_urls: bool | None = None,
                show_progress_bar: bool | None = None) -> ChangeReport:
         """Add new products and change existing ones.
 
@@ -254,19 +255,26 @@ class Index:
         empty, for a product already indexed) keeps its stored vector: only its metadata
         changes. Columns the index does not have are refused, missing ones are left empty.
         ``images`` is the folder photo paths are relative to (default: the one of the build).
+        ``http(s)://`` photos are fetched into ``photo_cache`` (default: the build's, else
+        ``cache_dir()/photos``), each only if it changed since (``If-None-Match``);
+        ``private_urls`` (default: the build's) as in :func:`~lookalike.writing.build.build`.
         """
         t0 = time.perf_counter()
         table = _table(rows)
         with self._writer() as w:
-            return self._upsert(w, table, images, show_progress_bar, t0)
+            return self._upsert(w, table, images, show_progress_bar, t0, photo_cache=photo_cache,
+                                private_urls=private_urls)
 
     def _upsert(self, w: Writer, table: _Rows, images: str | os.PathLike | None,
-                show_progress_bar: bool | None, t0: float, refused: Sequence[Change] = ()) -> ChangeReport:
+                show_progress_bar: bool | None, t0: float, refused: Sequence[Change] = (),
+                photo_cache: str | os.PathLike | None = None, private_urls: bool | None = None) -> ChangeReport:
         snap = self._base(w)
-        plan, report, root = self._plan(snap, table, images=images, remove_missing=False)
+        plan, report, root, cache = self._plan(snap, table, images=images, remove_missing=False,
+                                               photo_cache=photo_cache, private_urls=private_urls,
+                                               show_progress_bar=show_progress_bar)
         report.changes.extend(refused)
         self._embed(snap, plan, show_progress_bar)
-        return self._apply(w, snap, plan, set(), report, "upsert", t0, catalog_info=_roots(snap, root))
+        return self._apply(w, snap, plan, set(), report, "upsert", t0, catalog_info=_roots(snap, root, cache))
 
     def upsert_photo(self, pid: str, photo: bytes, metadata: Mapping[str, str] | None = None,
                      *, suffix: str = ".jpg") -> ChangeReport:
@@ -320,7 +328,7 @@ class Index:
         self.photos.mkdir(exist_ok=True)
         target = self.photos / f"{digest}{suffix}"
         if not target.exists():
-            from .artifacts import fsync_dir, write_bytes_durably
+            from lookalike.folder.artifacts import fsync_dir, write_bytes_durably
 
             tmp = self.photos / f".tmp-{digest}{suffix}"
             write_bytes_durably(tmp, photo)
@@ -358,7 +366,8 @@ class Index:
 
     def sync(self, catalog: str | os.PathLike | pd.DataFrame, *, images: str | os.PathLike | None = None,
              max_removal: float = DEFAULT_MAX_REMOVAL, allow_mass_removal: bool = False,
-             dry_run: bool = False, show_progress_bar: bool | None = None) -> ChangeReport:
+             dry_run: bool = False, photo_cache: str | os.PathLike | None = None,
+             private_urls: bool | None = None, show_progress_bar: bool | None = None) -> ChangeReport:
         """Bring the index in line with today's catalogue: new ids added, changed photos (by
         content hash) re-embedded, changed metadata updated, vanished ids removed.
 
@@ -367,7 +376,9 @@ class Index:
         empty production. So is a file whose last line is cut short (fewer cells than the
         header, and no newline at the end of the file): a truncated export, whose last id may be
         cut too. A row whose photo can't be read now, or that is cut short (a row with fewer
-        cells than the header), keeps its indexed version.
+        cells than the header), keeps its indexed version; so does one whose photo URL can't be
+        fetched now. A photo URL is fetched into ``photo_cache`` (default: the build's) only if
+        it changed: an unchanged one costs a 304 and nothing is embedded again.
         """
         t0 = time.perf_counter()
         table = _table(catalog)
@@ -380,7 +391,9 @@ class Index:
             )
         with self._writer() as w:
             snap = self._base(w)
-            plan, report, root = self._plan(snap, table, images=images, remove_missing=True)
+            plan, report, root, cache = self._plan(snap, table, images=images, remove_missing=True,
+                                                   photo_cache=photo_cache, private_urls=private_urls,
+                                                   show_progress_bar=show_progress_bar)
             listed = {c.id for c in report.changes} | {r.id for r in plan}
             present = snap.dense_columns()[snap.id_column].tolist()
             gone = {pid for pid in present if pid not in listed}
@@ -399,7 +412,7 @@ class Index:
                 report.generation, report.seconds = snap.generation, time.perf_counter() - t0
                 return report
             self._embed(snap, plan, show_progress_bar)
-            catalog_info: dict[str, Any] = {"rows_total": len(table.records), **_roots(snap, root)}
+            catalog_info: dict[str, Any] = {"rows_total": len(table.records), **_roots(snap, root, cache)}
             if not isinstance(catalog, pd.DataFrame):
                 catalog_info.update(path=str(Path(catalog).resolve()), sha256=file_sha256(Path(catalog)))
             if not snap.settings.catalog.images_root:
@@ -434,20 +447,14 @@ class Index:
             raise CatalogError(f"{self.path} has no index yet: build one first")
         return w.base
 
-    def _plan(self, snap: Snapshot, table: _Rows, *, images: str | os.PathLike | None,
-              remove_missing: bool) -> tuple[list[Any], ChangeReport, Path]:
+    def _plan(self, snap: Snapshot, table: _Rows, *, images: str | os.PathLike | None, remove_missing: bool,
+              photo_cache: str | os.PathLike | None = None, private_urls: bool | None = None,
+              show_progress_bar: bool | None = None) -> tuple[list[Any], ChangeReport, Path, Path | None]:
         """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
         cat_info = snap.settings.catalog
         id_col, img_col = cat_info.id_column, cat_info.image_column
         columns = _columns(snap)
-        unknown = [c for c in table.columns if c not in columns]
-        if unknown:
-            raise CatalogError(
-                f"columns not in the index: {', '.join(unknown)} (its columns are: {', '.join(columns)}); "
-                "rebuild to add columns"
-            )
-        if id_col not in table.columns:
-            raise CatalogError(f"rows have no id column {id_col!r}")
+        _check_columns(table, columns, id_col)
         report = ChangeReport("upsert")
         meta = snap.dense_columns()
         stored = StoredRows.of(meta, id_col)
@@ -471,6 +478,7 @@ class Index:
                 rows.append((number, {**{c: record.get(c, "") for c in columns}, id_col: pid}))
         root = Path(images) if images is not None else cat_info.default_root()
         plan: list[Any] = []
+        cache: Path | None = None
         # rows without a photo: metadata changes of indexed products (no pandas for these)
         for row, cells in rows:
             pid = cells[id_col]
@@ -483,7 +491,11 @@ class Index:
         with_photo = [(row, cells) for row, cells in rows if str(cells[img_col]).strip()]
         if with_photo:
             cat = load_catalog(pd.DataFrame([cells for _, cells in with_photo], columns=columns, dtype=object),
-                               images=root, id_column=id_col, image_column=img_col)
+                               images=root, id_column=id_col, image_column=img_col,
+                               photo_cache=photo_cache or cat_info.photo_cache,
+                               private_urls=cat_info.private_urls if private_urls is None else private_urls,
+                               show_progress_bar=show_progress_bar)
+            cache = cat.photo_cache
             rows_in_table = [row for row, _ in with_photo]
             for p in cat.problems:
                 row = rows_in_table[p.row - 1]
@@ -510,7 +522,7 @@ class Index:
                 else:
                     plan.append(_Pending(cat, j, row, pid, "added" if old is None else "re-embedded"))
         report.changes.extend(Change(p.row, p.id, "unchanged") for p in plan if isinstance(p, _Unchanged))
-        return [p for p in plan if not isinstance(p, _Unchanged)], report, root
+        return [p for p in plan if not isinstance(p, _Unchanged)], report, root, cache
 
     def _from_stored(self, snap: Snapshot, old: int, values: Mapping[str, Any], row: int, columns: list[str], *,
                      keep_photo: bool = False, image: str | None = None, status: str | None = None,
@@ -664,6 +676,10 @@ class Index:
                              unit=snap.settings.metric == "cosine"), all_col, touched)
 
 
+#: the former name of :class:`IndexWriter` (kept for code written against lookalike 0.1)
+Index = IndexWriter
+
+
 def _written(plan: list[Any], report: ChangeReport, operation: str) -> list["_Row"]:
     """The rows a change writes, each planned row's outcome added to ``report`` (sorted)."""
     rows: list[_Row] = []
@@ -725,7 +741,7 @@ def _forget_unused_photos(folder: Path, used: set[str]) -> None:
     that no upload in flight can still be about to use them."""
     if not folder.is_dir():
         return
-    from .store import STALE_UPLOAD_S
+    from lookalike.folder.store import STALE_UPLOAD_S
 
     for p in folder.iterdir():
         if str(p.resolve()) not in used and time.time() - p.stat().st_mtime > STALE_UPLOAD_S:
@@ -738,7 +754,7 @@ def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
     lacks, and the next sync or change brings them level)."""
     if snap.settings.index.backend != "milvus":
         return
-    from .index.milvus import MilvusTarget
+    from lookalike.search.backends.milvus import MilvusTarget
 
     target = MilvusTarget.of(snap.settings.index)
     if rows:
@@ -748,15 +764,36 @@ def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
     target.delete(sorted(gone))
 
 
-def _roots(snap: Snapshot, root: Path) -> dict[str, Any]:
+def _check_columns(table: _Rows, columns: list[str], id_col: str) -> None:
+    """A change's rows may name only the index's columns, and must name its id column."""
+    unknown = [c for c in table.columns if c not in columns]
+    if unknown:
+        raise CatalogError(
+            f"columns not in the index: {', '.join(unknown)} (its columns are: {', '.join(columns)}); "
+            "rebuild to add columns"
+        )
+    if id_col not in table.columns:
+        raise CatalogError(f"rows have no id column {id_col!r}")
+
+
+def _roots(snap: Snapshot, root: Path, cache: Path | None = None) -> dict[str, Any]:
     """The catalogue's photo folders, with the one a change took photos from: the server serves
-    photos from these folders only."""
+    photos from these folders only. A change that fetched photo URLs into another cache than
+    the index's adds it as a folder of its own."""
     cat = snap.settings.catalog
     roots = list(cat.images_roots)
     resolved = str(root.resolve())
     if cat.images_root and resolved != cat.images_root and resolved not in roots and root.name != PHOTOS:
         roots.append(resolved)
-    return {"images_roots": tuple(roots)} if roots else {}
+    out: dict[str, Any] = {}
+    if cache is not None:
+        if not cat.photo_cache:
+            out["photo_cache"] = str(cache)
+        elif str(cache) != cat.photo_cache and str(cache) not in roots:
+            roots.append(str(cache))
+    if roots:
+        out["images_roots"] = tuple(roots)
+    return out
 
 
 def _unit(vectors: np.ndarray, *, projected: bool, live: np.ndarray | None = None, unit: bool = False) -> np.ndarray:

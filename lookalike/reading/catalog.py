@@ -6,14 +6,22 @@ import csv
 import hashlib
 import logging
 import os
+import re
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN
-from .errors import CatalogError
+from lookalike.config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN
+from lookalike.errors import CatalogError
+
+if TYPE_CHECKING:
+    from lookalike.reading.fetch import Fetched, PhotoFetcher
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,8 @@ class Catalog:
     total_rows: int = 0
     images_root: Path | None = None  # the images folder, resolved: every photo lies inside it
     allow_outside_images: bool = False  # unless this was asked for
+    photo_cache: Path | None = None  # where the photos of URL rows were fetched to (those rows' root)
+    private_urls: bool = True  # False: photo URLs of private addresses were refused
 
     @property
     def ids(self) -> list[str]:
@@ -195,6 +205,15 @@ def _as_text(df: pd.DataFrame) -> pd.DataFrame:
     return df.astype("string").fillna("").astype(object)
 
 
+#: a reference with a URL scheme (``file://``, ``https://``); ``c:\\x.jpg`` and ``a:b.jpg`` are paths
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
+
+
+def _is_http(value: str) -> bool:
+    url = _URL.match(value)
+    return url is not None and url.group(1).lower() in ("http", "https")
+
+
 class _FileFinder:
     """Finds a photo by relative path, or by file name anywhere below the images folder.
 
@@ -204,10 +223,12 @@ class _FileFinder:
     folder already seen (``a -> .`` loops would otherwise never end).
     """
 
-    def __init__(self, root: Path, *, allow_outside: bool = False) -> None:
+    def __init__(self, root: Path, *, allow_outside: bool = False,
+                 fetched: "Mapping[str, Fetched] | None" = None) -> None:
         self.root = root
         self.real_root = root.resolve()
         self.allow_outside = allow_outside
+        self.fetched = fetched  # photo URLs -> their files in the photo cache (reading/fetch)
         self._by_name: dict[str, dict[Path, None]] | None = None
 
     def _inside(self, real: Path) -> bool:
@@ -244,9 +265,47 @@ class _FileFinder:
         return f"photo is outside the images folder: {value} (--allow-outside-images to index it anyway)"
 
     def find(self, value: str) -> tuple[Path | None, str]:
-        if Path(value).is_absolute() and not self.allow_outside:
-            return None, f"absolute photo path: {value} (photos must be inside the images folder; " \
-                         "--allow-outside-images to index it anyway)"
+        """The photo a catalogue cell names, or why there is none. References as platforms write
+        them: relative to the images folder; rooted at it (``/m/h/mh01.jpg``, the way Magento 2
+        writes media paths, is ``IMAGES/m/h/mh01.jpg``); an absolute path or a ``file://`` URL of
+        a file inside the folder; an ``http(s)://`` URL fetched already (``fetched``) is its file in
+        the photo cache. Anything that leads outside the folder is refused unless asked for."""
+        url = _URL.match(value)
+        scheme = url.group(1).lower() if url else ""
+        if scheme in ("http", "https"):
+            got = self.fetched.get(value) if self.fetched is not None else None
+            if got is None:
+                return None, f"photo URL not fetched: {value}"
+            return got.path, got.reason
+        if scheme == "file":
+            parsed = urllib.parse.urlsplit(value)
+            if parsed.netloc not in ("", "localhost"):
+                return None, f"file:// URL of another host: {value}"
+            return self._absolute(urllib.request.url2pathname(parsed.path), rooted=False)
+        elif scheme:
+            return None, f"unsupported photo reference: {value} (a path inside the images folder, or file://)"
+        if Path(value).is_absolute():
+            return self._absolute(value)
+        return self._relative(value)
+
+    def _absolute(self, value: str, *, rooted: bool = True) -> tuple[Path | None, str]:
+        """A path from the file system's root; first (``rooted``) tried as one from the folder's."""
+        if rooted:
+            inside = self._relative(value.lstrip("/\\"), name_search=False)
+            if inside[0] is not None or inside[1].startswith("photo is outside"):
+                return inside
+        try:
+            real = Path(value).resolve() if Path(value).is_file() else None
+        except (OSError, ValueError):
+            real = None
+        if real is not None and (self.allow_outside or self._inside(real)):
+            return real, ""
+        if real is not None:
+            return None, f"absolute photo path outside the images folder: {value} (--allow-outside-images to index it anyway)"
+        also = f" nor {self.root / value.lstrip('/')}" if rooted else ""
+        return None, f"photo file not found: {value} (neither that path{also} is a file)"
+
+    def _relative(self, value: str, *, name_search: bool = True) -> tuple[Path | None, str]:
         direct = self.root / value
         try:
             is_file = direct.is_file()
@@ -257,6 +316,8 @@ class _FileFinder:
             if not self.allow_outside and not self._inside(real):
                 return None, self._outside(value)
             return real, ""
+        if not name_search:
+            return None, f"photo file not found: {value}"
         found = list(self._index().get(Path(value).name, {}))
         inside = found if self.allow_outside else [p for p in found if self._inside(p)]
         if len(inside) == 1:
@@ -268,35 +329,73 @@ class _FileFinder:
         return None, f"photo file not found: {value}"
 
 
-def _resolve_rows(ids: pd.Series, imgs: pd.Series, finder: "_FileFinder",
-                  read: "TableFile | None") -> tuple[list[int], list[Path], list[RowProblem]]:
-    """Each row's photo found, or the row's problem (cut short, empty or repeated id, no photo)."""
-    keep: list[int] = []
-    paths: list[Path] = []
+def _resolve_rows(ids: pd.Series, imgs: pd.Series, finder: "_FileFinder", read: "TableFile | None",
+                  fetch: "Callable[[list[str]], Mapping[str, Fetched]] | None" = None,
+                  ) -> tuple[list[int], list[Path], list[RowProblem]]:
+    """Each row's photo found, or the row's problem (cut short, empty or repeated id, no photo).
+    The photo URLs of the rows that get that far are fetched first, all together (``fetch``)."""
     problems: list[RowProblem] = []
+    candidates: list[tuple[int, str, str]] = []  # (position, id, photo cell)
     seen: dict[str, int] = {}
     for i, (pid, img) in enumerate(zip(ids, imgs)):
         row = i + 1
         if read is not None and row in read.short_rows:
             problems.append(RowProblem(row, pid, img, read.reason(row)))
-            continue
-        if not pid:
+        elif not pid:
             problems.append(RowProblem(row, pid, img, "empty id"))
-            continue
-        if pid in seen:
+        elif pid in seen:
             problems.append(RowProblem(row, pid, img, f"duplicate id (first on row {seen[pid]})"))
-            continue
-        seen[pid] = row
-        if not img:
-            problems.append(RowProblem(row, pid, img, "no photo named"))
-            continue
+        else:
+            seen[pid] = row
+            if not img:
+                problems.append(RowProblem(row, pid, img, "no photo named"))
+            else:
+                candidates.append((i, pid, img))
+    urls = [img for _, _, img in candidates if _is_http(img)]
+    if urls and fetch is not None:
+        finder.fetched = fetch(urls)
+    keep: list[int] = []
+    paths: list[Path] = []
+    for i, pid, img in candidates:
         found, reason = finder.find(img)
         if found is None:
-            problems.append(RowProblem(row, pid, img, reason))
+            problems.append(RowProblem(i + 1, pid, img, reason))
             continue
         keep.append(i)
         paths.append(found)
+    problems.sort(key=lambda p: p.row)
     return keep, paths, problems
+
+
+def _images_root(images: str | os.PathLike | None, source: Path | None) -> Path:
+    """The folder photo paths are relative to: ``images``, else the catalogue's folder (or its
+    ``images/`` subfolder)."""
+    if images is None:
+        base = source.parent if source is not None else Path.cwd()
+        return base / "images" if (base / "images").is_dir() else base
+    root = Path(images)
+    if not root.is_dir():
+        raise CatalogError(f"images folder not found: {root}")
+    return root
+
+
+@dataclass
+class _Fetch:
+    """Fetches a catalogue's photo URLs (reading/fetch, imported only then); ``folder`` is the
+    cache they went to, once they did."""
+
+    photo_cache: str | os.PathLike | None
+    fetcher: "PhotoFetcher | None"
+    private_urls: bool
+    show_progress_bar: bool | None
+    folder: Path | None = None
+
+    def __call__(self, urls: list[str]) -> "Mapping[str, Fetched]":
+        from lookalike.reading.fetch import fetch_photos
+
+        got, self.folder = fetch_photos(urls, photo_cache=self.photo_cache, fetcher=self.fetcher,
+                                        private_urls=self.private_urls, show_progress_bar=self.show_progress_bar)
+        return got
 
 
 def load_catalog(
@@ -306,6 +405,10 @@ def load_catalog(
     id_column: str = DEFAULT_ID_COLUMN,
     image_column: str = DEFAULT_IMAGE_COLUMN,
     allow_outside_images: bool = False,
+    photo_cache: str | os.PathLike | None = None,
+    fetcher: "PhotoFetcher | None" = None,
+    private_urls: bool = True,
+    show_progress_bar: bool | None = None,
 ) -> Catalog:
     """Read a catalogue and resolve each row's photo.
 
@@ -319,6 +422,15 @@ def load_catalog(
     ``../`` path or a link to a file elsewhere is a row problem, unless
     ``allow_outside_images=True``. The resolved folder is kept as ``Catalog.images_root``
     so a server can check again, at serve time, that it hands out only those files.
+
+    ``http(s)://`` photos are fetched, all of a catalogue's together, into the photo cache
+    (``photo_cache``, default ``cache_dir()/photos``; or ``fetcher``, a
+    :class:`~lookalike.reading.fetch.PhotoFetcher` with its own limits): such a row's photo is
+    its cached file, and ``Catalog.photo_cache`` the folder, the second root of those rows
+    only; a photo that can't be fetched is the row's problem (``HTTP 404``, ``timeout after
+    30 s``, ``not an image ...``). A URL fetched before is fetched again only if it changed
+    (``If-None-Match``/``If-Modified-Since``). ``private_urls=False`` refuses URLs of hosts at
+    loopback, private, link-local or reserved addresses.
     """
     if isinstance(path, pd.DataFrame):
         _check_unique_columns([str(c) for c in path.columns], "the catalogue table")
@@ -332,16 +444,10 @@ def load_catalog(
             raise CatalogError(
                 f"catalogue has no {what} column {col!r}; its columns are: {', '.join(df.columns)}"
             )
-    if images is None:
-        base = source.parent if source is not None else Path.cwd()
-        root = base / "images" if (base / "images").is_dir() else base
-    else:
-        root = Path(images)
-        if not root.is_dir():
-            raise CatalogError(f"images folder not found: {root}")
-    finder = _FileFinder(root, allow_outside=allow_outside_images)
+    finder = _FileFinder(_images_root(images, source), allow_outside=allow_outside_images)
     ids = df[id_column].astype(str).str.strip()
-    keep, paths, problems = _resolve_rows(ids, df[image_column].astype(str).str.strip(), finder, read)
+    fetch = _Fetch(photo_cache, fetcher, private_urls, show_progress_bar)
+    keep, paths, problems = _resolve_rows(ids, df[image_column].astype(str).str.strip(), finder, read, fetch)
     table = df.iloc[keep].copy()
     table[id_column] = ids.iloc[keep].values
     table = table.reset_index(drop=True)
@@ -359,4 +465,6 @@ def load_catalog(
         total_rows=len(df),
         images_root=finder.real_root,
         allow_outside_images=allow_outside_images,
+        photo_cache=fetch.folder,
+        private_urls=private_urls if fetcher is None else fetcher.private_urls,
     )

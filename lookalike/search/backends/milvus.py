@@ -44,14 +44,16 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from ..errors import IndexFormatError, InvalidQueryError, LookalikeError, require
-from ..rows import searchable
-from .base import Filter, topk_sorted
+from lookalike.errors import IndexFormatError, InvalidQueryError, LookalikeError, require
+from lookalike.folder.rows import searchable
+from lookalike.search.backends.base import Filter, topk_sorted
 
 __all__ = [
     "MilvusStore",
     "IndexSpec",
     "filter_expression",
+    "expression",
+    "expressible",
     "field_name",
     "encode_text",
     "LITE_INDEX",
@@ -153,12 +155,35 @@ def filter_expression(
     return " and ".join(f"({p})" for p in parts)
 
 
+def expressible(filter: Filter | None) -> bool:
+    """Whether :func:`expression` says all a filter says. Columns are stored as text
+    (VARCHAR), so a numeric condition is not: such a search runs on the exact oracle here,
+    over the same generation (correct at any selectivity; the vectors are the index folder's)."""
+    return filter is None or (filter.expressible and not any(c.numeric for c in filter.conditions))
+
+
 def expression(filter: Filter | None, fields: Mapping[str, str]) -> str:
-    """A search :class:`~lookalike.index.base.Filter` as a Milvus expression (``""``: none)."""
+    """A search :class:`~lookalike.search.backends.base.Filter` as a Milvus expression (``""``: none):
+    its ``where`` values, its ``!=`` conditions and its excluded ids (see :func:`expressible`)."""
     if filter is None:
         return ""
     parts = [filter_expression(filter.where, fields=fields), exclusion_expression(filter.exclude_ids)]
+    for c in filter.conditions:
+        if c.numeric:
+            raise InvalidQueryError(f"{c} compares numbers, which a Milvus text field can't")
+        parts.append(_not_in(c.column, c.values, fields))
     return " and ".join(p for p in parts if p)
+
+
+def _not_in(column: str, values: Sequence[str], fields: Mapping[str, str]) -> str:
+    """Rows whose ``column`` holds none of ``values`` (``""``: no value, every row)."""
+    if column not in fields:
+        raise InvalidQueryError(f"unknown column {column!r}; columns are: {', '.join(fields)}")
+    name = fields[column]
+    if not _NAME.fullmatch(name):
+        raise InvalidQueryError(f"{name!r} is not a Milvus field name")
+    vals = list(dict.fromkeys(map(str, values)))
+    return f"({name} not in [{', '.join(_literal(v) for v in vals)}])" if vals else ""
 
 
 def exclusion_expression(ids: Sequence[str]) -> str:
@@ -546,6 +571,17 @@ def connect(config: Mapping[str, Any]) -> MilvusStore:
         return store
 
 
+def close_stores() -> None:
+    """Close this process's shared connections (each Milvus Lite server stops with its last
+    user). The next search connects again; for a process that is done with Milvus, or tests."""
+    with _stores_lock:
+        stores = list(_stores.values())
+        _stores.clear()
+    for store in stores:
+        with contextlib.suppress(Exception):  # a connection that is already gone is closed
+            store.close()
+
+
 def _forget_stores() -> None:
     """In a forked child (server workers): a gRPC connection can't cross fork; connect anew."""
     _stores.clear()
@@ -584,7 +620,7 @@ class MilvusTarget:
     @classmethod
     def create(cls, folder: Path, uri: str, collection: str | None, width: int, columns: Sequence[str]) -> "MilvusTarget":
         """A new collection for a build of ``folder`` (readers of the previous build keep theirs)."""
-        from ..manifest import REMOTE_SCHEMES, BackendSettings
+        from lookalike.folder.manifest import REMOTE_SCHEMES, BackendSettings
 
         name = collection_name(collection or folder.resolve().name)
         uri = uri if uri.startswith(REMOTE_SCHEMES) else str(Path(uri).expanduser().resolve())
@@ -599,7 +635,7 @@ class MilvusTarget:
 
     @classmethod
     def of(cls, settings: Any) -> "MilvusTarget":
-        """The collection an index's settings (:class:`~lookalike.manifest.BackendSettings`) name,
+        """The collection an index's settings (:class:`~lookalike.folder.manifest.BackendSettings`) name,
         on this process's connection."""
         return cls(connect(settings.to_json()), settings, owned=False)
 
@@ -623,9 +659,10 @@ class MilvusIndex:
     exactly from the index's own rows, so scores equal the exact back end's.
 
     The vectors stay in Milvus: a serving process reads only the rows Milvus returned (the
-    index folder's vectors are memory-mapped). A search's :class:`~lookalike.index.base.Filter`
+    index folder's vectors are memory-mapped). A search's :class:`~lookalike.search.backends.base.Filter`
     travels as an expression (:func:`expression`); its row mask is never computed. A filter that
-    only a mask can say (``export``: one exclusion per query) runs on the exact oracle.
+    only a mask can say (``export``: one exclusion per query), or that compares numbers on
+    columns Milvus keeps as text, runs on the exact oracle (:func:`expressible`).
     """
 
     name = "milvus"
@@ -656,7 +693,7 @@ class MilvusIndex:
     def exact(self) -> Any:
         """The exact oracle over the same generation (for mask-only searches)."""
         if self._exact is None:
-            from .exact import ExactIndex
+            from lookalike.search.backends.exact import ExactIndex
 
             self._exact = ExactIndex.open(self.snapshot, metric=self.metric)
         return self._exact
@@ -667,7 +704,7 @@ class MilvusIndex:
         k = max(0, min(k, len(self.ids)))
         if k == 0:
             return np.zeros((b, 0), np.float32), np.zeros((b, 0), np.int64)
-        if filter is not None and not filter.expressible:  # a mask alone (export): exactly, here
+        if not expressible(filter):  # a mask alone (export), a numeric condition: exactly, here
             return self.exact().search(queries, k, filter=filter)
         expr = expression(filter, self.store.fields)
         # Milvus may hold rows this generation does not (a change being committed): over-fetch

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IndexFormatError
+from lookalike.errors import IndexFormatError
 
 __all__ = [
     "FORMAT",

@@ -12,13 +12,12 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .catalog import Catalog, RowProblem, load_catalog
-from .config import (
+from lookalike.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_COLOUR_WEIGHT,
     DEFAULT_ID_COLUMN,
@@ -29,8 +28,7 @@ from .config import (
     check_colour_weight,
     progress_enabled,
 )
-from .duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
-from .encoders import (
+from lookalike.encoders import (
     DEFAULT_MODEL,
     DEFAULT_POOLING,
     DEFAULT_RESIZE,
@@ -41,14 +39,17 @@ from .encoders import (
     prepare_once,
     runtime_record,
 )
-from .engines import DEFAULT_ENGINE, get_engine
-from .errors import CatalogError, InvalidQueryError, LookalikeError
-from .images import COLOUR_DIM
-from .index import BACKENDS, DEFAULT_BACKEND, make_index
-from .manifest import BackendSettings, CatalogSettings, Manifest, ModelSettings
-from .projection import DEFAULT_PROJECTION_DIM, Projection
-from .rows import StoredRows, file_sha1s, hidden_columns, searchable, stored_vectors
-from .store import Store
+from lookalike.engines import DEFAULT_ENGINE, get_engine
+from lookalike.errors import CatalogError, InvalidQueryError, LookalikeError
+from lookalike.folder.manifest import BackendSettings, CatalogSettings, Manifest, ModelSettings
+from lookalike.folder.projection import DEFAULT_PROJECTION_DIM, Projection
+from lookalike.folder.rows import StoredRows, file_sha1s, hidden_columns, searchable, stored_vectors
+from lookalike.folder.store import Store
+from lookalike.reading.catalog import Catalog, RowProblem, load_catalog
+from lookalike.reading.images import COLOUR_DIM
+from lookalike.search.backends import BACKENDS, DEFAULT_BACKEND, make_index
+from lookalike.search.filters import numeric_columns
+from lookalike.writing.duplicates import NEAR_COLOUR, NEAR_COSINE, NEAR_HAMMING, find_duplicate_groups
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ def build(
     id_column: str = DEFAULT_ID_COLUMN,
     image_column: str = DEFAULT_IMAGE_COLUMN,
     allow_outside_images: bool = False,
+    photo_cache: str | os.PathLike | None = None,
+    private_urls: bool = True,
     model: str = DEFAULT_MODEL,
     pooling: str = DEFAULT_POOLING,
     metric: str = DEFAULT_METRIC,
@@ -146,12 +149,13 @@ def build(
     encoder: Encoder | None = None,
     milvus_uri: str | os.PathLike | None = None,
     collection: str | None = None,
+    numeric: Sequence[str] = (),
     engine: str = DEFAULT_ENGINE,
     ray_address: str | None = None,
     actors: int | None = None,
     show_progress_bar: bool | None = None,
 ) -> BuildReport:
-    """Build an index folder from a catalogue; see :mod:`lookalike.artifacts` for its layout.
+    """Build an index folder from a catalogue; see :mod:`lookalike.folder.artifacts` for its layout.
 
     The new index becomes the folder's next generation in one atomic step: readers see the old
     index or the new one, and a build in which no row could be indexed is refused (raises
@@ -164,6 +168,8 @@ def build(
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
+    Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`).
+    Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more.
 
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
@@ -176,7 +182,7 @@ def build(
     t0 = time.perf_counter()
     opts = _Options(metric, backend, _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim),
                     projection_dim, projection, batch_size, workers, update, milvus_uri, collection, runtime,
-                    show_progress_bar)
+                    show_progress_bar, tuple(numeric))
     if backend == "milvus" and (not milvus_uri or metric != "cosine"):
         raise InvalidQueryError("--backend milvus needs --milvus-uri (a .db path or http://host:19530) and metric cosine")
     runner = get_engine(engine, ray_address=ray_address, actors=actors)
@@ -185,14 +191,23 @@ def build(
         raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
         catalog, images=images, id_column=id_column, image_column=image_column,
-        allow_outside_images=allow_outside_images,
-    )
+        allow_outside_images=allow_outside_images, photo_cache=photo_cache, private_urls=private_urls,
+        show_progress_bar=show_progress_bar)
+    _check_numeric(cat, opts.numeric)
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
         precision=precision,
         streams=workers if runner.name == "local" else 1,  # each local worker decodes and embeds its own batches
     )
     return _build(cat, out, enc, runner, opts, t0)
+
+
+def _check_numeric(cat: Catalog, numeric: Sequence[str]) -> None:
+    """Columns declared numeric must be catalogue columns (not the photo column)."""
+    for col in numeric:
+        if col not in cat.table.columns or col in (cat.image_column,):
+            raise InvalidQueryError(f"can't declare {col!r} numeric: the catalogue's columns are "
+                                    f"{', '.join(c for c in cat.table.columns if c != cat.image_column)}")
 
 
 @dataclass(frozen=True)
@@ -211,6 +226,7 @@ class _Options:
     collection: str | None
     runtime: str
     show_progress_bar: bool | None
+    numeric: tuple[str, ...] = ()
 
 
 def _build(cat: Catalog, out: Path, enc: Encoder, runner: Any, opts: _Options, t0: float) -> BuildReport:
@@ -263,10 +279,18 @@ def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options,
             path=str(cat.source.resolve()) if cat.source else None, sha256=cat.sha256, rows_total=cat.total_rows,
             id_column=cat.id_column, image_column=cat.image_column,
             images_root=str(cat.images_root) if cat.images_root else None,
-            allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns)),
+            allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns),
+            photo_cache=str(cat.photo_cache) if cat.photo_cache else None, private_urls=cat.private_urls,
+            numeric_columns=_numeric(cat, rows.positions, opts.numeric)),
         build=build_info,
         report={"indexed": len(rows.positions), "skipped": len(rows.problems)},
     )
+
+
+def _numeric(cat: Catalog, positions: list[int], declared: Sequence[str]) -> tuple[str, ...]:
+    """The columns recorded as numeric: all numbers in the indexed rows, or declared, in table order."""
+    found = numeric_columns(cat.table.iloc[positions], skip=(cat.image_column,))
+    return tuple(str(c) for c in cat.table.columns if c in found or c in declared)
 
 
 @dataclass
@@ -287,7 +311,7 @@ def _plan(cat: Catalog, out: Path, model: ModelSettings, projection: Projection 
           workers: int) -> _Plan:
     """Stage 1: with ``update``, the rows of the index at ``out`` built with the same model
     settings whose photo bytes the catalogue still has (the same reuse path as a live change,
-    :class:`~lookalike.rows.StoredRows`); everything else is to embed. Reused rows are projected
+    :class:`~lookalike.folder.rows.StoredRows`); everything else is to embed. Reused rows are projected
     already, so their projection is kept; a given ``projection`` makes them incomparable."""
     everything = _Plan(list(range(len(cat.image_paths))), projection=projection)
     if not update or not out.exists() or projection is not None:
@@ -381,7 +405,7 @@ def _commit(out: Path, rows: _Rows, settings: Manifest, *, milvus_uri: str | os.
     index file), then one segment and one generation, committed atomically."""
     extra: dict[str, bytes] = {}
     if settings.index.backend == "milvus":
-        from .index.milvus import MilvusTarget
+        from lookalike.search.backends.milvus import MilvusTarget
 
         columns = list(settings.catalog.columns)
         target = MilvusTarget.create(out, str(milvus_uri), collection, rows.vectors.shape[1] + rows.colour.shape[1],

@@ -13,9 +13,9 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from ..rows import searchable
-from .base import Filter, VectorIndex, mask_of, topk_sorted
-from .exact import ExactIndex, euclidean_scores
+from lookalike.folder.rows import searchable
+from lookalike.search.backends.base import Filter, VectorIndex, mask_of, topk_sorted
+from lookalike.search.backends.exact import ExactIndex, euclidean_scores
 
 __all__ = ["SegmentedIndex", "open_segments"]
 

@@ -4,7 +4,7 @@ Readers call :meth:`Store.snapshot` and get one consistent, immutable generation
 lock and never write. Writers (``build``, ``tune``, live changes, ``compact``) go through
 :meth:`Store.writer`: an exclusive ``flock`` on ``INDEX/LOCK`` (server workers are processes),
 new files written and fsynced first, then one small commit (``generations/<N>.json``) and
-finally ``CURRENT`` flipped with ``os.replace``. See :mod:`lookalike.artifacts` for the layout.
+finally ``CURRENT`` flipped with ``os.replace``. See :mod:`lookalike.folder.artifacts` for the layout.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .artifacts import (
+from lookalike import __version__
+from lookalike.errors import IndexFormatError, IndexLockedError, LookalikeError, StorageError
+from lookalike.folder.artifacts import (
     CURRENT,
     FORMAT,
     FORMAT_VERSION,
@@ -42,11 +43,10 @@ from .artifacts import (
     save_npy,
     write_bytes_durably,
 )
-from .errors import IndexFormatError, IndexLockedError, LookalikeError, StorageError
-from .manifest import Manifest
-from .projection import FILE as PROJECTION_FILE
-from .projection import Projection
-from .rows import ALL_HIDDEN, GROUP_COLUMNS, HIDDEN_COLUMNS, product_etag, text_column  # noqa: F401 - re-exported
+from lookalike.folder.manifest import Manifest
+from lookalike.folder.projection import FILE as PROJECTION_FILE
+from lookalike.folder.projection import Projection
+from lookalike.folder.rows import ALL_HIDDEN, GROUP_COLUMNS, HIDDEN_COLUMNS, product_etag, text_column  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 

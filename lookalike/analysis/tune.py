@@ -21,13 +21,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .encoders import l2_normalize
-from .errors import InvalidQueryError
-from .evaluate import score_export
-from .index import ExactIndex, Filter, make_index
-from .projection import Projection
-from .rows import searchable
-from .store import Store
+from lookalike.analysis.evaluate import score_export
+from lookalike.encoders import l2_normalize
+from lookalike.errors import InvalidQueryError
+from lookalike.folder.projection import Projection
+from lookalike.folder.rows import searchable
+from lookalike.folder.store import Store
+from lookalike.search.backends import ExactIndex, Filter, make_index
 
 logger = logging.getLogger(__name__)
 

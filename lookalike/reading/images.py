@@ -45,8 +45,8 @@ from typing import Any, BinaryIO, Sequence, Union
 import numpy as np
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from .errors import ImageError, ImageNotFoundError, ImageTooLargeError, NotAnImageError
-from .jpeg import eighth_scale_scans
+from lookalike.errors import ImageError, ImageNotFoundError, ImageTooLargeError, NotAnImageError
+from lookalike.reading.jpeg import eighth_scale_scans
 
 __all__ = [
     "Preprocess",
@@ -80,7 +80,7 @@ TRIM_AFTER_PIXELS = 4_000_000
 BACKGROUND_TOLERANCE = 24
 #: trimming: a row or column is product where this share of its pixels is; the margin kept
 TRIM_LINE, TRIM_MARGIN = 0.005, 0.10
-#: progressive JPEGs up to this size are rewritten for 1/8-scale decoding (lookalike.jpeg)
+#: progressive JPEGs up to this size are rewritten for 1/8-scale decoding (lookalike.reading.jpeg)
 LEAN_MAX_BYTES = 64 << 20
 #: transparent photos are shrunk in strips of about this many pixels
 _STRIP_PIXELS = 2_000_000
@@ -329,7 +329,7 @@ def _decode(img: Image.Image, draft: int | None, nbytes: int | None) -> Image.Im
 
 def _lean_eighth_scale(img: Image.Image, draft: int, nbytes: int | None) -> Image.Image:
     """A progressive JPEG drafted to 1/8 scale, opened again without the scans that scale does
-    not read (:mod:`lookalike.jpeg`): the same pixels for about a third of the decoding. Any
+    not read (:mod:`lookalike.reading.jpeg`): the same pixels for about a third of the decoding. Any
     other photo, or one the rewrite does not take, comes back as it was."""
     if (getattr(img, "decoderconfig", (1,))[0] != 8 or not img.info.get("progressive") or nbytes is None
             or nbytes > LEAN_MAX_BYTES or getattr(img, "fp", None) is None):

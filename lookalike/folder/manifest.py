@@ -1,6 +1,6 @@
 """The settings a generation was made with, typed and read in one place.
 
-A generation's record (``generations/<N>.json``, see :mod:`lookalike.artifacts`) holds the
+A generation's record (``generations/<N>.json``, see :mod:`lookalike.folder.artifacts`) holds the
 settings that produced it: the model and its input, the projection, the metric, the back end,
 the colour weight and the catalogue's columns. :class:`Manifest` is that record as frozen
 dataclasses: :meth:`Manifest.from_json` reads it (filling what older formats did not write, and
@@ -9,7 +9,8 @@ goes through it; nothing else reads the record's settings with ``.get(key, fallb
 
 What older records lack, and what it meant when they were written: ``resize`` (squash),
 ``trim`` (off), ``precision`` (fp32), ``input_size`` (the model's own), ``colour_weight`` (0),
-``colour_dim`` (0: no colour part), ``index`` (the exact back end), ``projection_dim`` (0).
+``colour_dim`` (0: no colour part), ``index`` (the exact back end), ``projection_dim`` (0),
+``numeric_columns`` (none recorded: a numeric filter is then checked against the rows themselves).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import IndexFormatError
+from lookalike.errors import IndexFormatError
 
 __all__ = ["Manifest", "ModelSettings", "CatalogSettings", "BackendSettings", "REMOTE_SCHEMES"]
 
@@ -54,7 +55,7 @@ class ModelSettings:
         """The :class:`~lookalike.encoders.EncoderSettings` that make this model again: the
         model's own weights, and the runtime the build asked for (so photo queries and live
         changes run on ONNX Runtime when the build was forced to it)."""
-        from .encoders import EncoderSettings
+        from lookalike.encoders import EncoderSettings
 
         return EncoderSettings(model=self.name, pooling=self.pooling, resize=self.resize, trim=self.trim,
                                size=self.input_size, precision=self.precision, runtime=self.requested_runtime)
@@ -83,7 +84,9 @@ class ModelSettings:
 @dataclass(frozen=True)
 class CatalogSettings:
     """The catalogue the index was built from: its id and photo columns, its columns in order,
-    and the folders its photos may come from (the server serves photos from these only)."""
+    the columns whose non-empty cells were all numbers at build (``numeric_columns``, what
+    numeric filters are checked against), and the folders its photos may come from (the
+    server serves photos from these only)."""
 
     id_column: str
     image_column: str = "Image"
@@ -94,11 +97,16 @@ class CatalogSettings:
     images_root: str | None = None
     images_roots: tuple[str, ...] = ()
     allow_outside_images: bool = False
+    #: the folder photo URLs were fetched to (reading/fetch), when the catalogue has any
+    photo_cache: str | None = None
+    #: False: photo URLs at loopback, private, link-local or reserved addresses are refused (changes too)
+    private_urls: bool = True
+    numeric_columns: tuple[str, ...] = ()
 
     @property
     def photo_roots(self) -> list[str]:
         """Every folder a product's photo may lie in (but uploads' ``photos/``)."""
-        return [r for r in (self.images_root, *self.images_roots) if r]
+        return [r for r in (self.images_root, *self.images_roots, self.photo_cache) if r]
 
     def default_root(self) -> Path:
         """Where photo paths of a change are relative to when no folder is given."""
@@ -110,6 +118,12 @@ class CatalogSettings:
                "allow_outside_images": self.allow_outside_images, "columns": list(self.columns)}
         if self.images_roots:
             out["images_roots"] = list(self.images_roots)
+        if self.photo_cache:
+            out["photo_cache"] = self.photo_cache
+        if not self.private_urls:
+            out["private_urls"] = False
+        if self.numeric_columns:
+            out["numeric_columns"] = list(self.numeric_columns)
         return out
 
 
@@ -180,7 +194,10 @@ class Manifest:
                     sha256=c.get("sha256"), rows_total=int(c.get("rows_total") or 0),
                     images_root=c.get("images_root") or None,
                     images_roots=tuple(str(x) for x in c.get("images_roots") or ()),
-                    allow_outside_images=bool(c.get("allow_outside_images", False))),
+                    allow_outside_images=bool(c.get("allow_outside_images", False)),
+                    photo_cache=str(c["photo_cache"]) if c.get("photo_cache") else None,
+                    private_urls=bool(c.get("private_urls", True)),
+                    numeric_columns=tuple(str(x) for x in c.get("numeric_columns") or ())),
                 metric=_metric(record["metric"]),
                 dim=_int(record["dim"]),
                 colour_dim=int(record.get("colour_dim") or 0),
@@ -201,7 +218,7 @@ class Manifest:
         return manifest
 
     def to_json(self) -> dict[str, Any]:
-        """The settings part of a generation's record (:meth:`lookalike.store.Writer.commit`)."""
+        """The settings part of a generation's record (:meth:`lookalike.folder.store.Writer.commit`)."""
         return {"model": self.model.to_json(), "dim": self.dim, "projection": None if self.projection is None
                 else dict(self.projection), "colour_dim": self.colour_dim, "metric": self.metric,
                 "index": self.index.to_json(), "colour_weight": self.colour_weight,

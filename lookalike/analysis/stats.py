@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .errors import CatalogError, require
+from lookalike.errors import CatalogError, require
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -59,12 +59,12 @@ def load_stats_table(path: str | os.PathLike) -> pd.DataFrame:
     """A catalogue table (CSV/TSV/Parquet), or an index folder's metadata (hidden columns dropped)."""
     path = Path(path)
     if path.is_dir():
-        from .store import Store
+        from lookalike.folder.store import Store
 
         meta = Store(path).snapshot().dense()[2]  # IndexFormatError when it is not an index
         return meta[[c for c in meta.columns if not str(c).startswith("_")]].astype(str)
 
-    from .catalog import read_table
+    from lookalike.reading.catalog import read_table
 
     return read_table(path)
 

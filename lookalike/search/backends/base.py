@@ -8,7 +8,7 @@ A back end opens over one generation of an index (``cls.open(snapshot, metric=)`
 rows are the generation's live rows in segment order: removed rows never show. A search's
 constraints travel as one :class:`Filter`: a back end that searches in this process asks it
 for a row mask (:meth:`Filter.mask`); one that searches elsewhere translates its ``where`` and
-``exclude_ids`` (Milvus: an expression, ``lookalike.index.milvus.expression``), the way
+``exclude_ids`` (Milvus: an expression, ``lookalike.search.backends.milvus.expression``), the way
 qdrant-client's local mode evaluates the very filter its server receives.
 """
 
@@ -18,27 +18,33 @@ from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime
 
 import numpy as np
 
+from lookalike.search.conditions import Condition
+
 __all__ = ["VectorIndex", "Backend", "Filter", "mask_of", "topk_sorted"]
 
 
 class Filter:
     """Which rows one search may return: rows whose ``where`` columns hold one of the values
-    (columns combine with AND) and that are none of the ``exclude_ids`` products; the same
+    (columns combine with AND), that meet every other ``conditions`` (``!=``, numeric
+    comparisons and ranges, :class:`~lookalike.search.conditions.Condition`) and that are none
+    of the ``exclude_ids`` products; the same
     constraints as a boolean row mask over the generation's rows, ``(n,)`` for every query or
     ``(b, n)`` one per query, computed when a back end first asks (a remote back end never does).
 
     ``expressible`` is False when ``where``/``exclude_ids`` can't say all the mask says (one
     exclusion per query, as ``export`` asks): a remote back end then searches exactly, here.
-    Build one with :meth:`RowFilters.filter <lookalike.filters.RowFilters.filter>`, or
+    Build one with :meth:`RowFilters.filter <lookalike.search.filters.RowFilters.filter>`, or
     :meth:`of_mask` for a mask alone.
     """
 
-    __slots__ = ("where", "exclude_ids", "expressible", "_mask", "_make")
+    __slots__ = ("where", "exclude_ids", "conditions", "expressible", "_mask", "_make")
 
     def __init__(self, where: Mapping[str, Sequence[str]] | None = None, exclude_ids: Sequence[str] = (), *,
-                 mask: np.ndarray | Callable[[], np.ndarray | None] | None = None, expressible: bool = True) -> None:
+                 mask: np.ndarray | Callable[[], np.ndarray | None] | None = None, expressible: bool = True,
+                 conditions: Sequence[Condition] = ()) -> None:
         self.where: Mapping[str, Sequence[str]] = dict(where or {})
         self.exclude_ids: Sequence[str] = tuple(exclude_ids)
+        self.conditions: tuple[Condition, ...] = tuple(conditions)
         self.expressible = expressible
         self._make = mask if callable(mask) else None
         self._mask = None if callable(mask) else mask
@@ -59,10 +65,12 @@ class Filter:
         mask = self.mask()
         if mask is None or mask.ndim == 1:
             return self
-        return Filter(self.where, self.exclude_ids, mask=mask[list(queries)], expressible=self.expressible)
+        return Filter(self.where, self.exclude_ids, mask=mask[list(queries)], expressible=self.expressible,
+                      conditions=self.conditions)
 
     def __repr__(self) -> str:
-        return f"Filter(where={dict(self.where)!r}, exclude_ids={list(self.exclude_ids)!r})"
+        conditions = f", conditions={[str(c) for c in self.conditions]!r}" if self.conditions else ""
+        return f"Filter(where={dict(self.where)!r}, exclude_ids={list(self.exclude_ids)!r}{conditions})"
 
 
 def mask_of(filter: Filter | None) -> np.ndarray | None:
@@ -93,8 +101,8 @@ class VectorIndex(Protocol):
 
 
 class Backend(Protocol):
-    """A back end, as the name -> class table (``lookalike.index.BACKENDS``) holds it: its name,
-    and how it opens over one generation (:class:`lookalike.store.Snapshot`)."""
+    """A back end, as the name -> class table (``lookalike.search.backends.BACKENDS``) holds it: its name,
+    and how it opens over one generation (:class:`lookalike.folder.store.Snapshot`)."""
 
     name: ClassVar[str]
 

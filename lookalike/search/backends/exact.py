@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import Filter, mask_of, topk_sorted
+from lookalike.search.backends.base import Filter, mask_of, topk_sorted
 
 __all__ = ["ExactIndex", "euclidean_scores"]
 
@@ -63,7 +63,7 @@ class ExactIndex:
     @classmethod
     def open(cls, snapshot: Any, *, metric: str) -> Any:
         """Over a generation: one exact index per segment, removed rows masked out."""
-        from .segmented import cached, open_segments, physical_rows
+        from lookalike.search.backends.segmented import cached, open_segments, physical_rows
 
         return open_segments(snapshot, metric=metric, name=cls.name, part=lambda seg: cached(
             seg, ("exact", metric), lambda: cls(physical_rows(seg, metric), metric=metric)))

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .encoders import l2_normalize
-from .errors import InvalidQueryError
+from lookalike.encoders import l2_normalize
+from lookalike.errors import InvalidQueryError
 
 __all__ = ["Projection", "DEFAULT_PROJECTION_DIM", "FILE"]
 

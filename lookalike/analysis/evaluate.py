@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InvalidQueryError
+from lookalike.errors import InvalidQueryError
 
 if TYPE_CHECKING:
-    from .recommender import Recommender, Where
+    from lookalike.search.recommender import Recommender, Where
 
 __all__ = ["evaluate", "score_export", "ALL"]
 
@@ -139,6 +139,8 @@ def evaluate(
     same = [same] if isinstance(same, str) else list(same)
     for col in [*labels, *group_by]:
         rec.check_column(col)
+    from lookalike.search.filters import describe_where
+
     export = rec.export(k=k, same=same, where=where, colour_weight=colour_weight,
                         collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar)
     pools = _pool_sizes(rec, labels, same, where)
@@ -147,7 +149,7 @@ def evaluate(
     out["settings"] = {
         "model": rec.settings.model.name, "pooling": rec.settings.model.pooling,
         "metric": rec.metric, "colour_weight": rec.colour_weight_for(colour_weight), "same": same,
-        "where": dict(where or {}), "collapse_duplicates": collapse_duplicates, "labels": labels,
+        **describe_where(where), "collapse_duplicates": collapse_duplicates, "labels": labels,
     }
     return out
 
@@ -212,7 +214,7 @@ def compare_chart(results: list[dict[str, Any]], out: Any) -> Any:
     """Grouped bars: each P@k / mAP@k metric, one bar per run. Needs matplotlib (extra eval)."""
     from pathlib import Path
 
-    from .errors import require
+    from lookalike.errors import require
 
     require("matplotlib", "eval")
     import matplotlib

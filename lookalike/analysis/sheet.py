@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import ImageError
-from .images import ImageSource, open_image
+from lookalike.errors import ImageError
+from lookalike.reading.images import ImageSource, open_image
 
 if TYPE_CHECKING:
-    from .recommender import Recommender, Results
+    from lookalike.search.recommender import Recommender, Results
 
 __all__ = ["contact_sheet"]
 
@@ -76,7 +76,7 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     filters = [f"same {c}" for c in results.query.get("same", [])] + [
         f"{c} in {v}" for c, v in results.query.get("where", {}).items()
-    ]
+    ] + list(results.query.get("conditions", []))
     header = f"lookalike: {len(results)} most alike" + (f" ({', '.join(filters)})" if filters else "")
     draw.text((_PAD, _PAD), header, fill="black", font=_font(16))
     x, y = _PAD, _PAD + 24

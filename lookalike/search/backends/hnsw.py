@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import IndexFormatError, require
-from .base import Filter, mask_of, topk_sorted
+from lookalike.errors import IndexFormatError, require
+from lookalike.search.backends.base import Filter, mask_of, topk_sorted
 
 __all__ = ["HNSWIndex"]
 
@@ -54,7 +54,7 @@ class HNSWIndex:
 
     def _exact(self) -> Any:
         if self._exact_index is None:
-            from .exact import ExactIndex
+            from lookalike.search.backends.exact import ExactIndex
 
             self._exact_index = ExactIndex(self.vectors, metric=self.metric)
         return self._exact_index
@@ -133,8 +133,8 @@ class HNSWIndex:
     def open(cls, snapshot: Any, *, metric: str) -> Any:
         """Over a generation: each segment's own graph, dead rows masked out (tombstones), and
         exact search over segments written without a graph (small live changes) until compaction."""
-        from .exact import ExactIndex
-        from .segmented import cached, open_segments, physical_rows
+        from lookalike.search.backends.exact import ExactIndex
+        from lookalike.search.backends.segmented import cached, open_segments, physical_rows
 
         def make(segment: Any) -> Any:
             data = segment.read(FILE)

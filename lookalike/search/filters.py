@@ -1,0 +1,193 @@
+"""Which rows a query may return: the rules of ``same``, ``where`` and query exclusion, as one
+:class:`~lookalike.search.backends.Filter` per search (:meth:`RowFilters.filter`), which local back ends
+ask for a row mask and remote ones (Milvus) translate.
+
+``where`` is any form :func:`~lookalike.search.conditions.conditions_of` reads (the mapping
+``{"Gender": ["Men"]}``, ``"price<50"``, :class:`~lookalike.search.conditions.Condition` values);
+a numeric condition reads each column once per generation as floats (NaN: empty or not a
+number, which no numeric condition matches)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lookalike.errors import InvalidQueryError
+from lookalike.search.backends import Filter
+from lookalike.search.conditions import Condition, Where, conditions_of, split_conditions
+
+__all__ = ["RowFilters", "Where", "numbers_of", "numeric_columns", "describe_where"]
+
+
+def _number(cell: Any) -> float:
+    try:
+        return float(str(cell).strip())
+    except ValueError:
+        return math.nan
+
+
+def numbers_of(cells: np.ndarray | Sequence[Any]) -> np.ndarray:
+    """Each cell as ``float(cell.strip())``, NaN where it is empty or not a number."""
+    arr = np.asarray(cells)
+    if arr.dtype.kind in "iufb":
+        return arr.astype(np.float64)
+    return np.fromiter((_number(c) for c in arr), dtype=np.float64, count=len(arr))
+
+
+def numeric_columns(table: pd.DataFrame, skip: Sequence[str] = ()) -> tuple[str, ...]:
+    """The columns whose non-empty cells are all numbers (at least one): what a build records."""
+    return tuple(str(col) for col in table.columns if col not in skip and _all_numbers(table[col].astype(str)))
+
+
+def _all_numbers(cells: pd.Series) -> bool:
+    """Whether every non-empty cell is a number, and one is at least (stops at the first that isn't)."""
+    seen = False
+    for cell in cells:
+        text = cell.strip()
+        if text:
+            if math.isnan(_number(text)):
+                return False
+            seen = True
+    return seen
+
+
+def describe_where(where: Where | None) -> dict[str, Any]:
+    """What a query records of its ``where``: ``{"where": {col: values}}`` for the ``=``
+    conditions, plus ``"conditions"`` (their text) for any other."""
+    equal, others = split_conditions(conditions_of(where))
+    return {"where": equal, **({"conditions": [str(c) for c in others]} if others else {})}
+
+
+def _in(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    # one value: a plain comparison is several times faster than np.isin
+    return values == wanted[0] if len(wanted) == 1 else np.isin(values, wanted)
+
+
+class RowFilters:
+    """The filters of one generation's rows (``columns`` shown, ``cells`` per column)."""
+
+    def __init__(self, columns: list[str], cells: Mapping[str, np.ndarray], ids: list[str],
+                 exact_group: np.ndarray, numeric: Sequence[str] = ()) -> None:
+        self.columns = columns
+        self.cells = cells
+        self.ids = ids
+        self.exact_group = exact_group
+        #: the columns the build found numeric (the manifest's ``numeric_columns``)
+        self.numeric = tuple(numeric)
+        self._codes: dict[str, tuple[np.ndarray, pd.Index]] = {}
+        self._numbers: dict[str, np.ndarray] = {}
+
+    def check_column(self, col: str) -> None:
+        if col not in self.columns:
+            raise InvalidQueryError(f"unknown column {col!r}; columns are: {', '.join(self.columns)}")
+
+    def check_where(self, where: Where | None) -> tuple[Condition, ...]:
+        """``where`` as conditions; refused, before any search, when it can't be parsed, names an
+        unknown column, or compares numbers on a column that holds none."""
+        conditions = conditions_of(where)
+        for c in conditions:
+            self.check_column(c.column)
+            if c.numeric and c.column not in self.numeric and np.isnan(self.numbers(c.column)).all():
+                known = f"; numeric columns are: {', '.join(self.numeric)}" if self.numeric else ""
+                raise InvalidQueryError(f"{str(c)!r} compares numbers, but column {c.column!r} holds none{known}")
+        return conditions
+
+    def numbers(self, col: str) -> np.ndarray:
+        """Each row's value of ``col`` as a float (NaN: empty or not a number), made once."""
+        if col not in self._numbers:
+            self.check_column(col)
+            self._numbers[col] = numbers_of(self.cells[col])
+        return self._numbers[col]
+
+    def condition_mask(self, c: Condition) -> np.ndarray:
+        """The rows that meet one condition."""
+        if not c.numeric:
+            codes, uniques = self.codes(c.column)
+            inside = np.isin(codes, np.flatnonzero(uniques.isin(list(c.values))))
+            return inside if c.op == "=" else ~inside
+        x = self.numbers(c.column)
+        mask = ~np.isnan(x)
+        if c.low is not None:
+            mask &= (x > c.low) if c.op == ">" else (x >= c.low)
+        if c.high is not None:
+            mask &= (x < c.high) if c.op == "<" else (x <= c.high)
+        return mask
+
+    def codes(self, col: str) -> tuple[np.ndarray, pd.Index]:
+        """Each row's value of ``col`` as a small integer, and the values."""
+        if col not in self._codes:
+            self.check_column(col)
+            codes, uniques = pd.factorize(self.cells[col], sort=False)
+            self._codes[col] = (codes.astype(np.int64), pd.Index(uniques))
+        return self._codes[col]
+
+    def where_mask(self, where: Where | None) -> np.ndarray | None:
+        """Rows that meet every condition (``=`` on one column: any of its values)."""
+        equal, others = split_conditions(conditions_of(where))
+        if not equal and not others:
+            return None
+        mask = np.ones(len(self.ids), dtype=bool)
+        for col, values in equal.items():
+            mask &= self.condition_mask(Condition(col, "=", tuple(values)))
+        for c in others:
+            mask &= self.condition_mask(c)
+        return mask
+
+    def allowed_for(self, rows: Sequence[int], same: Sequence[str], base: np.ndarray | None) -> np.ndarray:
+        """Rows a query may return: not a query product nor a byte-identical photo of one,
+        matching the query's values of the ``same`` columns, and inside ``base``."""
+        rows = list(rows)
+        groups = self.exact_group
+        allowed = ~_in(groups, np.unique(groups[rows]))
+        if base is not None:
+            allowed &= base
+        for col in same:
+            codes, _ = self.codes(col)
+            allowed &= _in(codes, np.unique(codes[rows]))
+        return allowed
+
+    def pair_masks(self, rows: np.ndarray, same: Sequence[str], base: np.ndarray | None) -> np.ndarray:
+        """:meth:`allowed_for` for each row alone, one mask per row (``export``)."""
+        groups = self.exact_group
+        allowed = groups[None, :] != groups[rows][:, None]
+        if base is not None:
+            allowed &= base[None, :]
+        for col in same:
+            codes, _ = self.codes(col)
+            allowed &= codes[None, :] == codes[rows][:, None]
+        return allowed
+
+    def filter(self, rows: Sequence[int] | None, same: Sequence[str], where: Where | None) -> Filter:
+        """The one :class:`Filter` of a search: for the query products ``rows`` (``None``: a photo
+        query), their ``same`` values and no product of theirs nor a byte-identical photo of one,
+        inside ``where``. Its mask (:meth:`allowed_for`) is computed only if a back end asks."""
+        conditions = conditions_of(where)
+        others = split_conditions(conditions)[1]
+        if rows is None:
+            return Filter(where_values(conditions), mask=lambda: self.where_mask(conditions), conditions=others)
+        return Filter(*self._expressed(rows, same, conditions), conditions=others,
+                      mask=lambda: self.allowed_for(rows, same, self.where_mask(conditions)))
+
+    def pair_filter(self, rows: np.ndarray, same: Sequence[str], where: Where | None) -> Filter:
+        """One query per row, each with its own exclusions and ``same`` values (``export``): a
+        per-query mask, which no expression says."""
+        return Filter(mask=lambda: self.pair_masks(rows, same, self.where_mask(where)), expressible=False)
+
+    def _expressed(self, rows: Sequence[int], same: Sequence[str],
+                   where: Where | None) -> tuple[dict[str, list[str]], list[str]]:
+        """What :meth:`allowed_for` allows as ``where`` values and excluded ids."""
+        values = where_values(where)
+        for col in same:
+            theirs = list(dict.fromkeys(str(self.cells[col][r]) for r in rows))
+            values[col] = [v for v in values[col] if v in theirs] if col in values else theirs
+        groups = self.exact_group
+        twins = np.flatnonzero(_in(groups, np.unique(groups[list(rows)])))
+        return values, [self.ids[r] for r in twins]
+
+
+def where_values(where: Where | None) -> dict[str, list[str]]:
+    """The ``=`` conditions of ``where`` as column → allowed values, spelled out as text."""
+    return split_conditions(conditions_of(where))[0]
