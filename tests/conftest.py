@@ -112,3 +112,16 @@ def store_index(tmp_path_factory, encoder, store_dir) -> Path:
     build(store / "catalog.csv", out, images=store / "images", id_column="product_id", image_column="image",
           encoder=encoder, show_progress_bar=False)
     return out
+
+
+@pytest.fixture
+def restore_logging():
+    """``lookalike.cli.main`` configures logging for the process; give the next test what it had."""
+    import logging
+
+    root, pkg = logging.getLogger(), logging.getLogger("lookalike")
+    saved = (list(root.handlers), root.level, pkg.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    pkg.setLevel(saved[2])

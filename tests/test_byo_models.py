@@ -4,7 +4,6 @@ through ``onnx:`` against the built-in model, an index's life after the file mov
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -29,15 +28,7 @@ SIZE = 64
 RGB = {"input_size": SIZE, "mean": [120.0, 110.0, 100.0], "std": [60.0, 61.0, 62.0]}
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() configures logging for the process; give the next test what it had."""
-    root, pkg = logging.getLogger(), logging.getLogger("lookalike")
-    saved = (list(root.handlers), root.level, pkg.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    pkg.setLevel(saved[2])
+pytestmark = pytest.mark.usefixtures("restore_logging")  # main() configures logging (tests/conftest.py)
 
 
 class TinyCNN(nn.Module):

@@ -22,15 +22,7 @@ DEMO = demo_catalog()
 DEMO_IMAGES = DEMO.parent / "images"
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() configures logging for the process; give the next test what it had."""
-    root, pkg = logging.getLogger(), logging.getLogger("lookalike")
-    saved = (list(root.handlers), root.level, pkg.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    pkg.setLevel(saved[2])
+pytestmark = pytest.mark.usefixtures("restore_logging")  # main() configures logging (tests/conftest.py)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -284,19 +284,6 @@ def test_build_and_sync_from_urls(shop, tmp_path, encoder):
     assert [c.id for c in changed.changes if c.status == "re-embedded"] == ["p8"]
 
 
-@pytest.fixture
-def restore_logging():
-    """main() configures logging for the process; give the next test what it had."""
-    import logging
-
-    root, pkg = logging.getLogger(), logging.getLogger("lookalike")
-    saved = (list(root.handlers), root.level, pkg.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    pkg.setLevel(saved[2])
-
-
 def test_cli_build_and_sync_take_a_photo_cache(shop, tmp_path, capsys, restore_logging):
     from lookalike.cli import main
 

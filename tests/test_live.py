@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -44,15 +43,7 @@ COLUMNS = list(DEMO_TABLE.columns)
 TWINS = ("21838", "23129")
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() configures logging for the process; give the next test what it had."""
-    root, pkg = logging.getLogger(), logging.getLogger("lookalike")
-    saved = (list(root.handlers), root.level, pkg.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    pkg.setLevel(saved[2])
+pytestmark = pytest.mark.usefixtures("restore_logging")  # main() configures logging (tests/conftest.py)
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -308,6 +308,16 @@ class Recommender:
             raise InvalidQueryError(f"k must be at most {MAX_K}, not {k}")
         return int(k)
 
+    def _check_query(self, k: int, same: str | Sequence[str], colour_weight: float | None,
+                     where: Any) -> tuple[int, list[str], float, Any]:
+        """A query's settings checked once for :meth:`similar` and :meth:`export`: k, the ``same``
+        columns, the colour weight, the ``where`` conditions."""
+        k = self._check_k(k)
+        same = [same] if isinstance(same, str) else list(same)
+        for col in same:
+            self.check_column(col)
+        return k, same, self.colour_weight_for(colour_weight), self._filters.check_where(where)
+
     def colour_weight_for(self, colour_weight: float | None) -> float:
         """The colour weight a query uses: the one given (checked), else the index's."""
         w = self.colour_weight if colour_weight is None else check_colour_weight(colour_weight)
@@ -399,12 +409,7 @@ class Recommender:
         :class:`~lookalike.search.conditions.Condition` (``["price<50", "Colour!=Black"]``,
         ``"price=10..50"``; see :mod:`lookalike.search.conditions`).
         """
-        k = self._check_k(k)
-        same = [same] if isinstance(same, str) else list(same)
-        for col in same:
-            self.check_column(col)
-        w = self.colour_weight_for(colour_weight)
-        where = self._filters.check_where(where)
+        k, same, w, where = self._check_query(k, same, colour_weight, where)
         if (ids is None) == (image is None):
             raise InvalidQueryError("give product ids or an image, not both or neither")
         if image is not None:
@@ -459,12 +464,7 @@ class Recommender:
 
         from lookalike.config import progress_enabled
 
-        k = self._check_k(k)
-        same = [same] if isinstance(same, str) else list(same)
-        for col in same:
-            self.check_column(col)
-        w = self.colour_weight_for(colour_weight)
-        where = self._filters.check_where(where)
+        k, same, w, where = self._check_query(k, same, colour_weight, where)
         rows_all = list(range(len(self))) if ids is None else [self.row(p) for p in ids]
         shape = np.asarray(self.vectors, dtype=np.float32)
         out_q, out_rank, out_id, out_s = [], [], [], []
