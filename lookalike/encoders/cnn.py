@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -19,6 +18,7 @@ from lookalike.config import DEFAULT_POOLING, DEFAULT_RESIZE, DEFAULT_TRIM, cach
 from lookalike.encoders.base import POOLINGS, l2_normalize, pool, pooled_dim
 from lookalike.encoders.runtimes import Session, normalise, open_session
 from lookalike.errors import MissingDependencyError, ModelError
+from lookalike.folder.rows import file_sha1
 from lookalike.reading.images import ImageSource, Preprocess, model_input
 
 logger = logging.getLogger(__name__)
@@ -71,11 +71,7 @@ def _weights_key(path: Path) -> str:
     st = path.stat()
     memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _WEIGHTS_KEYS:
-        digest = hashlib.sha1()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        _WEIGHTS_KEYS[memo] = digest.hexdigest()[:12]
+        _WEIGHTS_KEYS[memo] = file_sha1(path)[:12]
     return _WEIGHTS_KEYS[memo]
 
 

@@ -209,9 +209,14 @@ def _as_text(df: pd.DataFrame) -> pd.DataFrame:
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+)://")
 
 
-def _is_http(value: str) -> bool:
+def _scheme(value: str) -> str:
+    """A reference's URL scheme, lower case ("" for a path)."""
     url = _URL.match(value)
-    return url is not None and url.group(1).lower() in ("http", "https")
+    return url.group(1).lower() if url else ""
+
+
+def _is_http(value: str) -> bool:
+    return _scheme(value) in ("http", "https")
 
 
 class _FileFinder:
@@ -270,8 +275,7 @@ class _FileFinder:
         writes media paths, is ``IMAGES/m/h/mh01.jpg``); an absolute path or a ``file://`` URL of
         a file inside the folder; an ``http(s)://`` URL fetched already (``fetched``) is its file in
         the photo cache. Anything that leads outside the folder is refused unless asked for."""
-        url = _URL.match(value)
-        scheme = url.group(1).lower() if url else ""
+        scheme = _scheme(value)
         if scheme in ("http", "https"):
             got = self.fetched.get(value) if self.fetched is not None else None
             if got is None:

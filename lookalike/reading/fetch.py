@@ -63,7 +63,7 @@ from lookalike.reading.images import sniff_image_type
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Fetched", "PhotoCache", "PhotoFetcher", "is_photo_url"]
+__all__ = ["Fetched", "PhotoCache", "PhotoFetcher"]
 
 INDEX_FILE = "index.json"
 _SUFFIX = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp",
@@ -71,11 +71,6 @@ _SUFFIX = {"image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "imag
 _SNIFF = 16
 _CHUNK = 1 << 16
 _REDIRECTS = (301, 302, 303, 307, 308)
-
-
-def is_photo_url(value: str) -> bool:
-    """Whether a catalogue cell is a URL this module fetches (``http://`` or ``https://``)."""
-    return value[:8].lower().startswith(("http://", "https://"))
 
 
 @dataclass(frozen=True)
