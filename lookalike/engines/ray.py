@@ -138,15 +138,30 @@ def local_ray(*, num_cpus: int | None = None) -> Iterator[None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()] if os.path.isdir("/proc") else []
+
+
+def _stat(pid: int) -> tuple[str, int, str] | None:
+    """A process's state, parent and start time (from ``/proc``; None once it is gone). The start
+    time tells a reused pid from the process it was."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1]), fields[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _descendants() -> set[tuple[int, str]]:
-    """This process's live descendants, each as (pid, start time) so a reused pid is not mistaken."""
-    parents: dict[int, tuple[int, str]] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                if fields[0] != "Z":
-                    parents[int(entry)] = (int(fields[1]), fields[19])
+    """This process's live descendants, each as (pid, start time)."""
+    parents = {pid: (st[1], st[2]) for pid in _pids() if (st := _stat(pid)) and st[0] != "Z"}
     tree: set[tuple[int, str]] = set()
     todo = [os.getpid()]
     while todo:
@@ -162,36 +177,23 @@ def _is_rays(pid: int, folder: str) -> bool:
     """Whether a process is one of Ray's: a worker (``ray::…``), a program of the ray package, or
     one naming our session folder. Other children of this process (a Milvus Lite server, …)
     started meanwhile are never touched."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
+    cmdline = _cmdline(pid)
     return cmdline.startswith("ray::") or f"{os.sep}ray{os.sep}" in cmdline or folder in cmdline
 
 
 def _mentioning(folder: str) -> set[tuple[int, str]]:
     """Processes whose command line names ``folder``: Ray passes its session folder (inside our
     private temp folder) to the processes it starts, wherever they were reparented to."""
-    mark = folder.encode()
-    found: set[tuple[int, str]] = set()
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit() and int(entry) != os.getpid():
-            with contextlib.suppress(OSError, IndexError):
-                if mark in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                    found.add((int(entry), fields[19]))
-    return found
+    return {(pid, st[2]) for pid in _pids()
+            if pid != os.getpid() and folder in _cmdline(pid) and (st := _stat(pid))}
 
 
 def _reap(started: set[tuple[int, str]], *, grace: float = 10.0) -> None:
     """Stop what Ray started and did not stop itself: ``ray.shutdown()`` returns before its
     processes have exited, and on a loaded machine a raylet can outlive it by many seconds.
     Wait ``grace`` seconds, then SIGTERM, then SIGKILL, so the block leaves no process behind."""
-    def alive() -> set[tuple[int, str]]:
-        return _still_running(started)
-
     deadline = time.monotonic() + grace
-    while (left := alive()) and time.monotonic() < deadline:
+    while (left := _still_running(started)) and time.monotonic() < deadline:
         time.sleep(0.1)
     for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
         if not left:
@@ -201,19 +203,13 @@ def _reap(started: set[tuple[int, str]], *, grace: float = 10.0) -> None:
             with contextlib.suppress(OSError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait
-        while (left := alive()) and time.monotonic() < deadline:
+        while (left := _still_running(started)) and time.monotonic() < deadline:
             time.sleep(0.1)
 
 
 def _still_running(wanted: set[tuple[int, str]]) -> set[tuple[int, str]]:
-    """Those of ``wanted`` still running, wherever they were reparented to."""
-    live = set()
-    for pid, start in wanted:
-        with contextlib.suppress(OSError, IndexError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and fields[19] == start:
-                live.add((pid, start))
-    return live
+    """Those of ``wanted`` still running (not zombies), wherever they were reparented to."""
+    return {(pid, start) for pid, start in wanted if (st := _stat(pid)) and st[0] != "Z" and st[2] == start}
 
 
 def _last_line(exc: BaseException) -> str:
