@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from pathlib import Path
@@ -810,10 +811,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_slow_and_idle_connections_are_closed(demo_rec):
-    """A client that sends half a request line (slowloris) or nothing at all is closed after
-    timeout_headers; a finished keep-alive connection after timeout_keep_alive."""
-    import socket
+@contextlib.contextmanager
+def _serving(app, **timeouts):
+    """``app`` under uvicorn with lookalike's protocol and these timeouts, on a free loopback
+    port, in a thread; stopped afterwards."""
     import threading
     import time
 
@@ -822,8 +823,8 @@ def test_slow_and_idle_connections_are_closed(demo_rec):
     from lookalike.server.serve import uvicorn_options
 
     port = _free_port()
-    options = uvicorn_options(access_log=False, timeout_keep_alive=0.5, timeout_headers=0.5)
-    server = uvicorn.Server(uvicorn.Config(create_app(demo_rec), host="127.0.0.1", port=port, **options))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           **uvicorn_options(access_log=False, **timeouts)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -831,6 +832,19 @@ def test_slow_and_idle_connections_are_closed(demo_rec):
         while not server.started:
             assert time.monotonic() < deadline and thread.is_alive()
             time.sleep(0.02)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_slow_and_idle_connections_are_closed(demo_rec):
+    """A client that sends half a request line (slowloris) or nothing at all is closed after
+    timeout_headers; a finished keep-alive connection after timeout_keep_alive."""
+    import socket
+    import time
+
+    with _serving(create_app(demo_rec), timeout_keep_alive=0.5, timeout_headers=0.5) as port:
         hostile = [b"GET /hea", b"", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "]  # half a line, nothing,
         normal = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"  # headers that never end; and a whole request
         t0 = time.monotonic()
@@ -847,33 +861,15 @@ def test_slow_and_idle_connections_are_closed(demo_rec):
         assert time.monotonic() - t0 < 3
         assert received[:3] == [b"", b"", b""]
         assert received[3].startswith(b"HTTP/1.1 200")  # answered, then closed once idle (keep-alive)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
 
 
 def test_a_slow_next_request_on_a_kept_connection_is_closed(demo_rec):
     """The header deadline starts again at the first byte of a next request on a keep-alive
     connection (here the keep-alive timeout is long, so only the deadline can close it)."""
     import socket
-    import threading
     import time
 
-    import uvicorn
-
-    from lookalike.server.serve import uvicorn_options
-
-    port = _free_port()
-    options = uvicorn_options(access_log=False, timeout_keep_alive=30, timeout_headers=0.5)
-    server = uvicorn.Server(uvicorn.Config(create_app(demo_rec), host="127.0.0.1", port=port, **options))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive()
-            time.sleep(0.02)
+    with _serving(create_app(demo_rec), timeout_keep_alive=30, timeout_headers=0.5) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
             for _ in range(3):  # whole requests never start the clock
                 conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -886,9 +882,6 @@ def test_a_slow_next_request_on_a_kept_connection_is_closed(demo_rec):
             conn.sendall(b"GET /hea")  # half a next request line
             assert conn.recv(4096) == b""  # closed by the server
             assert time.monotonic() - t0 < 3
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 class _Transport:
