@@ -108,14 +108,28 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
                    help="share of the score given to colour, 0..1 (default: the index's)")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="list products whose photos are near-identical to each other too")
+    p.add_argument("--allow-siblings", action="store_true",
+                   help="in an index with a parent column, list the query's siblings (variants of its parent) too")
+    p.add_argument("--collapse-parent", action="store_true",
+                   help="at most one product of each parent in a list")
 
 
 def _catalogue_options(b: argparse.ArgumentParser) -> None:
     """build's options about the catalogue: its columns and where its photos may come from."""
     from lookalike import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN
+    from lookalike.config import DEFAULT_IMAGE_SEPARATOR
 
     b.add_argument("--id-column", default=DEFAULT_ID_COLUMN)
-    b.add_argument("--image-column", default=DEFAULT_IMAGE_COLUMN)
+    b.add_argument("--image-column", action="append", default=None, metavar="COL",
+                   help=f"the column naming a product's photos (default {DEFAULT_IMAGE_COLUMN}); repeatable: "
+                        "a product's photos are those of every such column, main photo first")
+    b.add_argument("--image-separator", default=DEFAULT_IMAGE_SEPARATOR, metavar="SEP",
+                   help="what splits an image cell into several photos (default '|'; Magento and Merchant "
+                        "Center write ','; '' for one photo a cell). Several rows with one id add their photos "
+                        "to one product (the long layout)")
+    b.add_argument("--parent-column", default=None, metavar="COL",
+                   help="the column naming a variant's parent product: products sharing a parent are not "
+                        "recommended for one another (similar --allow-siblings to allow)")
     b.add_argument("--photo-cache", type=Path, default=None, metavar="DIR",
                    help="folder http(s) photos are fetched to, named by content, with their ETags "
                         "(default: $LOOKALIKE_CACHE_DIR/photos)")
@@ -403,7 +417,8 @@ def _default_columns(rec: Any) -> list[str]:
     preferred = [c for c in ("Gender", "ProductType", "Colour", "ProductTitle") if c in rec.columns]
     if preferred:
         return preferred
-    return [c for c in rec.columns if c != rec.id_column][:4]
+    photos = rec.settings.catalog.photo_columns
+    return [c for c in rec.columns if c != rec.id_column and c not in photos][:4]
 
 
 class _CannotWrite(Exception):
@@ -450,14 +465,15 @@ def _quiet_ray(verbose: int) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from lookalike import build
+    from lookalike import DEFAULT_IMAGE_COLUMN, build
 
     _check_writable(args.out, folder=True)
     if args.engine == "ray":
         _quiet_ray(args.verbose)
     report = build(
-        args.catalog, args.out, images=args.images, id_column=args.id_column, image_column=args.image_column,
-        allow_outside_images=args.allow_outside_images, photo_cache=args.photo_cache,
+        args.catalog, args.out, images=args.images, id_column=args.id_column,
+        image_column=args.image_column or DEFAULT_IMAGE_COLUMN, image_separator=args.image_separator,
+        parent_column=args.parent_column, allow_outside_images=args.allow_outside_images, photo_cache=args.photo_cache,
         private_urls=not args.no_private_urls, model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, trim=args.trim,
         size=args.size,
         precision=args.precision, runtime=args.runtime, metric=args.metric,
@@ -552,7 +568,8 @@ def _write_table(table: Any, out: Path) -> None:
 
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return {"same": args.same, "where": _where(args.where), "colour_weight": args.colour_weight,
-            "collapse_duplicates": not args.keep_duplicates}
+            "collapse_duplicates": not args.keep_duplicates, "siblings": args.allow_siblings,
+            "collapse_parent": args.collapse_parent}
 
 
 def _cmd_similar(args: argparse.Namespace) -> int:
@@ -568,15 +585,17 @@ def _cmd_similar(args: argparse.Namespace) -> int:
     columns = args.columns.split(",") if args.columns else _default_columns(rec)
     for c in columns:
         rec.check_column(c)
+    shown = [*columns, "matched_photo"] if rec.multi_photo else columns  # which of a product's photos matched
     if args.format == "json":
         print(json.dumps(res.to_dict(), indent=2))
     elif args.format == "csv":
         import csv
 
         w = csv.writer(sys.stdout)
-        w.writerow(["rank", "id", "score", *columns])
+        w.writerow(["rank", "id", "score", *shown])
         for r in res:
-            w.writerow([r.rank, r.id, f"{r.score:.6f}", *(r.metadata.get(c, "") for c in columns)])
+            w.writerow([r.rank, r.id, f"{r.score:.6f}", *({**r.metadata, "matched_photo": r.matched_photo}.get(c, "")
+                                                           for c in shown)])
     else:
         if args.ids:
             for pid in res.query["ids"]:
@@ -584,8 +603,9 @@ def _cmd_similar(args: argparse.Namespace) -> int:
                 print(f"query {pid}: " + " | ".join(p.get(c, "") for c in columns))
         else:
             print(f"query photo: {args.image}")
-        rows = [{"rank": r.rank, "id": r.id, "score": f"{r.score:.4f}", **r.metadata} for r in res]
-        print(_table(rows, ["rank", "id", "score", *columns]))
+        rows = [{"rank": r.rank, "id": r.id, "score": f"{r.score:.4f}", **r.metadata, "matched_photo": r.matched_photo}
+                for r in res]
+        print(_table(rows, ["rank", "id", "score", *shown]))
     if args.sheet:
         from lookalike.analysis.sheet import contact_sheet
 

@@ -168,13 +168,14 @@ def bad_catalogue(tmp_path: Path) -> tuple[Path, pd.DataFrame, dict[int, str]]:
         ("90002", "empty.jpg", "empty file"),
         ("90003", "notes.jpg", "not an image"),
         ("90004", "half.jpg", "truncated"),
-        (ids[0], c, "duplicate id"),
+        (ids[0], c, "duplicate id"),  # with another title: another product under the same id
         ("", e, "empty id"),
         ("90005", "", "no photo named"),
         (ids[2], c, None),
     ]
     template = good.iloc[0].to_dict()
     table = pd.DataFrame([{**template, "ProductId": pid, "Image": img} for pid, img, _ in rows])
+    table.loc[6, "ProductTitle"] = "Another product entirely"
     table.to_csv(tmp_path / "bad.csv", index=False)
     expected = {i + 1: reason for i, (_, _, reason) in enumerate(rows) if reason}
     return tmp_path / "bad.csv", table, expected
@@ -186,7 +187,7 @@ def test_load_catalog_reports_table_problems(bad_catalogue):
     by_row = {p.row: p.reason for p in cat.problems}
     # rows the table alone can judge; photo decoding problems come at build time
     assert by_row[3].startswith("photo file not found")
-    assert by_row[7] == "duplicate id (first on row 1)"
+    assert by_row[7].startswith("duplicate id (first on row 1) with other cells: ProductTitle is ")
     assert by_row[8] == "empty id"
     assert by_row[9] == "no photo named"
     assert len(cat.ids) + len(cat.problems) == len(table)

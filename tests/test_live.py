@@ -249,7 +249,8 @@ def test_duplicate_id_reason_names_the_request_row(idx, encoder):
             demo_row(b, ProductTitle="y")]
     report = Index.open(idx, encoder=encoder).upsert(rows, images=DEMO_IMAGES)
     dup = [c for c in report.changes if c.status == "skipped"]
-    assert [(c.row, c.reason) for c in dup] == [(3, "duplicate id (first on row 2)")]
+    assert [c.row for c in dup] == [3]
+    assert dup[0].reason == "duplicate id (first on row 2) with other cells: ProductTitle is 'x' there, 'y' here"
 
 
 @VIA

@@ -31,7 +31,7 @@ __all__ = ["LocalEngine", "Encoded", "encode_rows", "row_problem"]
 
 def row_problem(cat: Catalog, position: int, reason: str) -> RowProblem:
     """The report line of catalogue row ``position`` (0-based) whose photo could not be used."""
-    return RowProblem(cat.rows[position], cat.ids[position], str(cat.table[cat.image_column].iat[position]), reason)
+    return RowProblem(cat.rows[position], cat.ids[position], cat.refs[position], reason, photo=True)
 
 
 def _read_and_decode(path: Path, pre: Preprocess) -> tuple[Decoded | None, str, str]:

@@ -102,6 +102,18 @@ class CatalogSettings:
     #: False: photo URLs at loopback, private, link-local or reserved addresses are refused (changes too)
     private_urls: bool = True
     numeric_columns: tuple[str, ...] = ()
+    #: every column naming photos (``image_column`` first), and what splits a cell into several
+    image_columns: tuple[str, ...] = ()
+    image_separator: str = "|"
+    #: the column naming a variant's parent product (siblings are not recommended for one another)
+    parent_column: str | None = None
+    #: the platform layout the catalogue was read with (``reading/layouts``), if any
+    layout: str | None = None
+
+    @property
+    def photo_columns(self) -> tuple[str, ...]:
+        """The columns naming photos (one, for an index built before there could be several)."""
+        return self.image_columns or (self.image_column,)
 
     @property
     def photo_roots(self) -> list[str]:
@@ -124,6 +136,14 @@ class CatalogSettings:
             out["private_urls"] = False
         if self.numeric_columns:
             out["numeric_columns"] = list(self.numeric_columns)
+        if self.image_columns and self.image_columns != (self.image_column,):
+            out["image_columns"] = list(self.image_columns)
+        if self.image_separator != "|":
+            out["image_separator"] = self.image_separator
+        if self.parent_column:
+            out["parent_column"] = self.parent_column
+        if self.layout:
+            out["layout"] = self.layout
         return out
 
 
@@ -197,7 +217,11 @@ class Manifest:
                     allow_outside_images=bool(c.get("allow_outside_images", False)),
                     photo_cache=str(c["photo_cache"]) if c.get("photo_cache") else None,
                     private_urls=bool(c.get("private_urls", True)),
-                    numeric_columns=tuple(str(x) for x in c.get("numeric_columns") or ())),
+                    numeric_columns=tuple(str(x) for x in c.get("numeric_columns") or ()),
+                    image_columns=tuple(str(x) for x in c.get("image_columns") or ()),
+                    image_separator=str(c.get("image_separator", "|")),
+                    parent_column=str(c["parent_column"]) if c.get("parent_column") else None,
+                    layout=str(c["layout"]) if c.get("layout") else None),
                 metric=_metric(record["metric"]),
                 dim=_int(record["dim"]),
                 colour_dim=int(record.get("colour_dim") or 0),

@@ -46,7 +46,15 @@ from lookalike.folder.artifacts import (
 from lookalike.folder.manifest import Manifest
 from lookalike.folder.projection import FILE as PROJECTION_FILE
 from lookalike.folder.projection import Projection
-from lookalike.folder.rows import ALL_HIDDEN, GROUP_COLUMNS, HIDDEN_COLUMNS, product_etag, text_column  # noqa: F401 - re-exported
+from lookalike.folder.rows import (  # noqa: F401 - re-exported
+    ALL_HIDDEN,
+    GROUP_COLUMNS,
+    HIDDEN_COLUMNS,
+    REQUIRED_HIDDEN,
+    fill_hidden,
+    product_etag,
+    text_column,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +304,7 @@ def _metadata(path: Path, expected: dict[str, Any] | None, id_column: str) -> di
         table = pq.ParquetFile(io.BytesIO(data)).read(use_threads=len(data) > _THREADED_READ_BYTES)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
         raise IndexFormatError(f"{path} is damaged: {type(exc).__name__}: {exc}") from None
-    missing = [c for c in HIDDEN_COLUMNS if c not in table.column_names]
+    missing = [c for c in REQUIRED_HIDDEN if c not in table.column_names]
     if missing:
         raise IndexFormatError(f"{path} is damaged: column {missing[0]} is missing")
     if id_column not in table.column_names:
@@ -309,7 +317,7 @@ def _metadata(path: Path, expected: dict[str, Any] | None, id_column: str) -> di
             cells[name] = column.to_numpy()
         else:
             cells[name] = text_column([v if isinstance(v, str) else _text(v) for v in column.to_pylist()])
-    return cells
+    return fill_hidden(cells)
 
 
 def _text(value: Any) -> str:

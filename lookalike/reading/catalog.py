@@ -9,7 +9,7 @@ import os
 import re
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lookalike.config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN
+from lookalike.config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN, DEFAULT_IMAGE_SEPARATOR
 from lookalike.errors import CatalogError
 
 if TYPE_CHECKING:
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Catalog", "RowProblem", "TableFile", "read_table", "read_table_file", "load_catalog", "file_sha256"]
+__all__ = ["Catalog", "RowProblem", "TableFile", "read_table", "read_table_file", "load_catalog", "file_sha256",
+           "split_photos", "merge_products", "image_columns_of"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -38,15 +39,27 @@ class RowProblem:
     id: str
     image: str
     reason: str
+    #: a problem of this one photo (its product may be indexed with its others), not of the row
+    photo: bool = False
+
+    @property
+    def note(self) -> str:
+        """The reason, naming the photo when the reason does not."""
+        return self.reason if not self.image or self.image in self.reason else f"{self.image}: {self.reason}"
 
 
 @dataclass
 class Catalog:
-    """The usable rows of a catalogue (in file order) and the problems of the others."""
+    """The usable photos of a catalogue's products (in file order) and the problems of the rest.
 
-    table: pd.DataFrame  # usable rows; every column as text; index reset
+    Row ``i`` is one photo: its product's cells (those of the product's first row), the photo on
+    this machine (``image_paths[i]``), as the catalogue names it (``refs[i]``), its place among
+    the product's photos (``photo_numbers[i]``) and the 1-based row of the file that named it
+    (``rows[i]``). A product of one photo is one row, as before products had several."""
+
+    table: pd.DataFrame  # a row per usable photo; every column as text; index reset
     image_paths: list[Path]  # row i's photo
-    rows: list[int]  # row i's 1-based row number in the file
+    rows: list[int]  # the 1-based row of the file that named row i's photo
     problems: list[RowProblem] = field(default_factory=list)
     id_column: str = DEFAULT_ID_COLUMN
     image_column: str = DEFAULT_IMAGE_COLUMN
@@ -57,10 +70,29 @@ class Catalog:
     allow_outside_images: bool = False  # unless this was asked for
     photo_cache: Path | None = None  # where the photos of URL rows were fetched to (those rows' root)
     private_urls: bool = True  # False: photo URLs of private addresses were refused
+    refs: list[str] = field(default_factory=list)  # row i's photo as the catalogue names it
+    photo_numbers: list[int] = field(default_factory=list)  # row i's place among its product's photos
+    image_columns: tuple[str, ...] = ()  # every column naming photos (the first is image_column)
+    image_separator: str = DEFAULT_IMAGE_SEPARATOR
+    parent_column: str | None = None  # the column naming a variant's parent product
+
+    def __post_init__(self) -> None:
+        if not self.refs:
+            self.refs = [str(p) for p in self.image_paths]
+        if not self.photo_numbers:
+            self.photo_numbers = [0] * len(self.image_paths)
+        if not self.image_columns:
+            self.image_columns = (self.image_column,)
 
     @property
     def ids(self) -> list[str]:
+        """Each row's product id (a product of several photos is several rows)."""
         return self.table[self.id_column].tolist()
+
+    @property
+    def products(self) -> list[str]:
+        """The products, each once, in file order."""
+        return list(dict.fromkeys(self.ids))
 
 
 def file_sha256(path: Path) -> str:
@@ -333,42 +365,107 @@ class _FileFinder:
         return None, f"photo file not found: {value}"
 
 
-def _resolve_rows(ids: pd.Series, imgs: pd.Series, finder: "_FileFinder", read: "TableFile | None",
-                  fetch: "Callable[[list[str]], Mapping[str, Fetched]] | None" = None,
-                  ) -> tuple[list[int], list[Path], list[RowProblem]]:
-    """Each row's photo found, or the row's problem (cut short, empty or repeated id, no photo).
-    The photo URLs of the rows that get that far are fetched first, all together (``fetch``)."""
+def split_photos(cells: Sequence[str], separator: str = DEFAULT_IMAGE_SEPARATOR) -> list[str]:
+    """The photo references of a product's image cells: each cell split by ``separator`` (none:
+    the cell is one reference), blanks dropped, each reference once, in order."""
+    refs: list[str] = []
+    for cell in cells:
+        parts = str(cell).split(separator) if separator else [str(cell)]
+        refs += [p.strip() for p in parts if p.strip()]
+    return list(dict.fromkeys(refs))
+
+
+@dataclass
+class _Product:
+    """A product as the table names it: its first row (0-based position) and its photo
+    references, each with the 1-based row that named it."""
+
+    id: str
+    first: int
+    refs: dict[str, int] = field(default_factory=dict)
+
+
+def _conflict(cells: Mapping[str, list[str]], columns: Sequence[str], first: int, i: int) -> str:
+    """The first of ``columns`` whose cell on row ``i`` is neither empty nor the first row's."""
+    for col in columns:
+        here = cells[col][i]
+        if here.strip() and here != cells[col][first]:
+            return f"{col} is {cells[col][first]!r} there, {here!r} here"
+    return ""
+
+
+def merge_products(ids: Sequence[str], df: pd.DataFrame, image_columns: Sequence[str],
+                   separator: str = DEFAULT_IMAGE_SEPARATOR, read: "TableFile | None" = None,
+                   ) -> tuple[list[_Product], list[RowProblem]]:
+    """The table's products in order of first appearance, and the problems of the other rows.
+
+    Rows with the same id are one product (the *long layout*: a row per photo, as Shopify's
+    product CSV writes it): a later row adds its photos when each of its other cells is empty
+    or equal to the first row's; one that differs is that row's problem, and adds nothing. Rows
+    cut short, with an empty id, or a product naming no photo at all, are problems too."""
+    others = [c for c in df.columns if c not in image_columns]
+    cells = {c: df[c].astype(str).tolist() for c in others}
+    photo_cells = [df[c].astype(str).tolist() for c in image_columns]
     problems: list[RowProblem] = []
-    candidates: list[tuple[int, str, str]] = []  # (position, id, photo cell)
-    seen: dict[str, int] = {}
-    for i, (pid, img) in enumerate(zip(ids, imgs)):
+    products: dict[str, _Product] = {}
+    for i, pid in enumerate(ids):
         row = i + 1
+        named = [col[i] for col in photo_cells]
+        refs = split_photos(named, separator)
+        shown = separator.join(refs) if refs else ""
         if read is not None and row in read.short_rows:
-            problems.append(RowProblem(row, pid, img, read.reason(row)))
+            problems.append(RowProblem(row, pid, shown, read.reason(row)))
         elif not pid:
-            problems.append(RowProblem(row, pid, img, "empty id"))
-        elif pid in seen:
-            problems.append(RowProblem(row, pid, img, f"duplicate id (first on row {seen[pid]})"))
-        else:
-            seen[pid] = row
-            if not img:
-                problems.append(RowProblem(row, pid, img, "no photo named"))
+            problems.append(RowProblem(row, pid, shown, "empty id"))
+        elif pid in products:
+            product = products[pid]
+            differs = _conflict(cells, others, product.first, i)
+            if differs:
+                problems.append(RowProblem(row, pid, shown, f"duplicate id (first on row {product.first + 1}) "
+                                                            f"with other cells: {differs}"))
             else:
-                candidates.append((i, pid, img))
-    urls = [img for _, _, img in candidates if _is_http(img)]
+                for ref in refs:
+                    product.refs.setdefault(ref, row)
+        else:
+            products[pid] = _Product(pid, i, {ref: row for ref in refs})
+    for product in products.values():
+        if not product.refs:
+            problems.append(RowProblem(product.first + 1, product.id, "", "no photo named"))
+    return [p for p in products.values() if p.refs], problems
+
+
+@dataclass
+class _Photos:
+    """The usable photos of a table, in product order then photo order (parallel lists)."""
+
+    positions: list[int] = field(default_factory=list)  # the product's first row (0-based)
+    paths: list[Path] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # the 1-based row that named the photo
+    refs: list[str] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)  # the photo's place among the product's
+
+
+def _resolve_photos(products: list[_Product], finder: "_FileFinder",
+                    fetch: "Callable[[list[str]], Mapping[str, Fetched]] | None" = None,
+                    ) -> tuple[_Photos, list[RowProblem]]:
+    """Each product's photos found, or each photo's problem. The photo URLs of all products are
+    fetched first, all together (``fetch``)."""
+    urls = list(dict.fromkeys(ref for p in products for ref in p.refs if _is_http(ref)))
     if urls and fetch is not None:
         finder.fetched = fetch(urls)
-    keep: list[int] = []
-    paths: list[Path] = []
-    for i, pid, img in candidates:
-        found, reason = finder.find(img)
-        if found is None:
-            problems.append(RowProblem(i + 1, pid, img, reason))
-            continue
-        keep.append(i)
-        paths.append(found)
-    problems.sort(key=lambda p: p.row)
-    return keep, paths, problems
+    out, problems = _Photos(), []
+    for product in products:
+        for number, (ref, row) in enumerate(product.refs.items()):
+            found, reason = finder.find(ref)
+            if found is None:
+                problems.append(RowProblem(row, product.id, ref, reason, photo=True))
+                continue
+            out.positions.append(product.first)
+            out.paths.append(found)
+            out.rows.append(row)
+            out.refs.append(ref)
+            out.numbers.append(number)
+    return out, problems
 
 
 def _images_root(images: str | os.PathLike | None, source: Path | None) -> Path:
@@ -407,14 +504,24 @@ def load_catalog(
     *,
     images: str | os.PathLike | None = None,
     id_column: str = DEFAULT_ID_COLUMN,
-    image_column: str = DEFAULT_IMAGE_COLUMN,
+    image_column: str | Sequence[str] = DEFAULT_IMAGE_COLUMN,
+    image_separator: str = DEFAULT_IMAGE_SEPARATOR,
+    parent_column: str | None = None,
     allow_outside_images: bool = False,
     photo_cache: str | os.PathLike | None = None,
     fetcher: "PhotoFetcher | None" = None,
     private_urls: bool = True,
     show_progress_bar: bool | None = None,
 ) -> Catalog:
-    """Read a catalogue and resolve each row's photo.
+    """Read a catalogue and resolve each product's photos.
+
+    A product's photos are named by ``image_column`` (one column or several), each cell split by
+    ``image_separator`` (``|`` by default; Magento and Merchant Center write ``,``; ``""``: a cell
+    is one photo), and by every later row with the same id (the long layout: see
+    :func:`merge_products`). A product is indexed when one of its photos can be used; each photo
+    that can't is a :class:`RowProblem` of the row that named it. ``parent_column`` names the
+    column of a variant's parent (kept in :attr:`Catalog.parent_column`: searches then leave a
+    product's siblings out).
 
     ``images`` is the folder that image paths are relative to (default: the catalogue's
     folder, then its ``images/`` subfolder); a photo not found there is looked up by file
@@ -443,7 +550,9 @@ def load_catalog(
         source = Path(path)
         read = read_table_file(source)
         df = read.table
-    for col, what in ((id_column, "id"), (image_column, "image")):
+    image_columns = image_columns_of(image_column)
+    wanted = [(id_column, "id"), *((c, "image") for c in image_columns)]
+    for col, what in wanted + ([(parent_column, "parent")] if parent_column else []):
         if col not in df.columns:
             raise CatalogError(
                 f"catalogue has no {what} column {col!r}; its columns are: {', '.join(df.columns)}"
@@ -451,19 +560,21 @@ def load_catalog(
     finder = _FileFinder(_images_root(images, source), allow_outside=allow_outside_images)
     ids = df[id_column].astype(str).str.strip()
     fetch = _Fetch(photo_cache, fetcher, private_urls, show_progress_bar)
-    keep, paths, problems = _resolve_rows(ids, df[image_column].astype(str).str.strip(), finder, read, fetch)
-    table = df.iloc[keep].copy()
-    table[id_column] = ids.iloc[keep].values
+    products, problems = merge_products(ids.tolist(), df, image_columns, image_separator, read)
+    photos, missing = _resolve_photos(products, finder, fetch)
+    problems = sorted(problems + missing, key=lambda p: p.row)
+    table = df.iloc[photos.positions].copy()
+    table[id_column] = ids.iloc[photos.positions].values
     table = table.reset_index(drop=True)
     if problems:
-        logger.info("%d of %d catalogue rows can't be used", len(problems), len(df))
+        logger.info("%d problems in %d catalogue rows", len(problems), len(df))
     return Catalog(
         table=table,
-        image_paths=paths,
-        rows=[i + 1 for i in keep],
+        image_paths=photos.paths,
+        rows=photos.rows,
         problems=problems,
         id_column=id_column,
-        image_column=image_column,
+        image_column=image_columns[0],
         source=source,
         sha256=file_sha256(source) if source is not None else "",
         total_rows=len(df),
@@ -471,4 +582,17 @@ def load_catalog(
         allow_outside_images=allow_outside_images,
         photo_cache=fetch.folder,
         private_urls=private_urls if fetcher is None else fetcher.private_urls,
+        refs=photos.refs,
+        photo_numbers=photos.numbers,
+        image_columns=image_columns,
+        image_separator=image_separator,
+        parent_column=parent_column,
     )
+
+
+def image_columns_of(image_column: str | Sequence[str]) -> tuple[str, ...]:
+    """One image column or several, as a tuple (refused when empty)."""
+    columns = (image_column,) if isinstance(image_column, str) else tuple(str(c) for c in image_column)
+    if not columns:
+        raise CatalogError("give at least one image column")
+    return columns

@@ -70,15 +70,47 @@ class RowFilters:
     """The filters of one generation's rows (``columns`` shown, ``cells`` per column)."""
 
     def __init__(self, columns: list[str], cells: Mapping[str, np.ndarray], ids: list[str],
-                 exact_group: np.ndarray, numeric: Sequence[str] = ()) -> None:
+                 exact_group: np.ndarray, numeric: Sequence[str] = (), products: np.ndarray | None = None,
+                 parent_column: str | None = None) -> None:
         self.columns = columns
         self.cells = cells
         self.ids = ids
         self.exact_group = exact_group
         #: the columns the build found numeric (the manifest's ``numeric_columns``)
         self.numeric = tuple(numeric)
+        #: each row's product as a number, where a product may have several rows (photos)
+        self.products = products
+        self.max_photos = int(np.bincount(products).max()) if products is not None and len(products) else 1
+        self.parent_column = parent_column if parent_column in columns else None
         self._codes: dict[str, tuple[np.ndarray, pd.Index]] = {}
         self._numbers: dict[str, np.ndarray] = {}
+        self._families: np.ndarray | None = None
+
+    @property
+    def families(self) -> np.ndarray:
+        """Each row's family as a number: its parent (the parent column's value), or the product
+        itself when it names none. ``collapse_parent`` keeps one product of each."""
+        if self._families is None:
+            if self.parent_column is None:
+                self._families = np.arange(len(self.ids)) if self.products is None else self.products
+            else:
+                parents = self.cells[self.parent_column]
+                names = [str(p).strip() or pid for p, pid in zip(parents, self.ids)]
+                self._families = pd.factorize(np.asarray(names, dtype=object))[0].astype(np.int64)
+        return self._families
+
+    def _family_names(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """The families of some rows as text (parents, or ids where none is named)."""
+        assert self.parent_column is not None
+        parents = self.cells[self.parent_column]
+        return list(dict.fromkeys(str(parents[r]).strip() or self.ids[r] for r in rows))
+
+    def _not_family(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows neither naming as parent one of the query rows' families nor being one."""
+        assert self.parent_column is not None
+        names = np.asarray(self._family_names(rows), dtype=object)
+        parents = np.asarray([str(p).strip() for p in self.cells[self.parent_column]], dtype=object)
+        return ~(np.isin(parents, names) | np.isin(np.asarray(self.ids, dtype=object), names))
 
     def check_column(self, col: str) -> None:
         if col not in self.columns:
@@ -136,56 +168,78 @@ class RowFilters:
             mask &= self.condition_mask(c)
         return mask
 
-    def allowed_for(self, rows: Sequence[int], same: Sequence[str], base: np.ndarray | None) -> np.ndarray:
-        """Rows a query may return: not a query product nor a byte-identical photo of one,
-        matching the query's values of the ``same`` columns, and inside ``base``."""
-        rows = list(rows)
+    def _twins(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows of the query products and of every product with a photo byte-identical to one of theirs."""
         groups = self.exact_group
-        allowed = ~_in(groups, np.unique(groups[rows]))
+        twins = _in(groups, np.unique(groups[list(rows)]))
+        if self.products is not None:  # a product is left out whole, whichever of its photos matched
+            twins = _in(self.products, np.unique(self.products[twins]))
+        return twins
+
+    def allowed_for(self, rows: Sequence[int] | np.ndarray, same: Sequence[str], base: np.ndarray | None,
+                    siblings: bool = True) -> np.ndarray:
+        """Rows a query may return: not a query product nor one with a byte-identical photo,
+        matching the query's values of the ``same`` columns, and inside ``base``; without
+        ``siblings``, not a product of the query products' parents (nor the parent)."""
+        rows = list(rows)
+        allowed = ~self._twins(rows)
         if base is not None:
             allowed &= base
+        if not siblings and self.parent_column is not None:
+            allowed &= self._not_family(rows)
         for col in same:
             codes, _ = self.codes(col)
             allowed &= _in(codes, np.unique(codes[rows]))
         return allowed
 
-    def pair_masks(self, rows: np.ndarray, same: Sequence[str], base: np.ndarray | None) -> np.ndarray:
-        """:meth:`allowed_for` for each row alone, one mask per row (``export``)."""
+    def pair_masks(self, rows: Sequence[np.ndarray], same: Sequence[str], base: np.ndarray | None,
+                   siblings: bool = True) -> np.ndarray:
+        """:meth:`allowed_for` for each query product alone (its rows), one mask per product (``export``)."""
+        if self.products is not None or (not siblings and self.parent_column is not None):
+            return np.array([self.allowed_for(r, same, base, siblings) for r in rows]).reshape(len(rows), -1)
+        flat = np.concatenate(rows) if len(rows) else np.zeros(0, np.int64)  # one row a product
         groups = self.exact_group
-        allowed = groups[None, :] != groups[rows][:, None]
+        allowed = groups[None, :] != groups[flat][:, None]
         if base is not None:
             allowed &= base[None, :]
         for col in same:
             codes, _ = self.codes(col)
-            allowed &= codes[None, :] == codes[rows][:, None]
+            allowed &= codes[None, :] == codes[flat][:, None]
         return allowed
 
-    def filter(self, rows: Sequence[int] | None, same: Sequence[str], where: Where | None) -> Filter:
-        """The one :class:`Filter` of a search: for the query products ``rows`` (``None``: a photo
-        query), their ``same`` values and no product of theirs nor a byte-identical photo of one,
-        inside ``where``. Its mask (:meth:`allowed_for`) is computed only if a back end asks."""
+    def filter(self, rows: Sequence[int] | None, same: Sequence[str], where: Where | None,
+               siblings: bool = False) -> Filter:
+        """The one :class:`Filter` of a search: for the query products' ``rows`` (``None``: a photo
+        query), their ``same`` values, no product of theirs nor one with a byte-identical photo,
+        nor (unless ``siblings``) one of their parents', inside ``where``. Its mask
+        (:meth:`allowed_for`) is computed only if a back end asks."""
         conditions = conditions_of(where)
         others = split_conditions(conditions)[1]
         if rows is None:
             return Filter(where_values(conditions), mask=lambda: self.where_mask(conditions), conditions=others)
-        return Filter(*self._expressed(rows, same, conditions), conditions=others,
-                      mask=lambda: self.allowed_for(rows, same, self.where_mask(conditions)))
+        values, excluded = self._expressed(rows, same, conditions)
+        if not siblings and self.parent_column is not None:
+            families = self._family_names(rows)
+            others = (*others, Condition(self.parent_column, "!=", tuple(families)))
+            excluded = list(dict.fromkeys([*excluded, *families]))
+        return Filter(values, excluded, conditions=others,
+                      mask=lambda: self.allowed_for(rows, same, self.where_mask(conditions), siblings))
 
-    def pair_filter(self, rows: np.ndarray, same: Sequence[str], where: Where | None) -> Filter:
-        """One query per row, each with its own exclusions and ``same`` values (``export``): a
-        per-query mask, which no expression says."""
-        return Filter(mask=lambda: self.pair_masks(rows, same, self.where_mask(where)), expressible=False)
+    def pair_filter(self, rows: Sequence[np.ndarray], same: Sequence[str], where: Where | None,
+                    siblings: bool = False) -> Filter:
+        """One query per product (its rows), each with its own exclusions and ``same`` values
+        (``export``): a per-query mask, which no expression says."""
+        return Filter(mask=lambda: self.pair_masks(rows, same, self.where_mask(where), siblings), expressible=False)
 
     def _expressed(self, rows: Sequence[int], same: Sequence[str],
                    where: Where | None) -> tuple[dict[str, list[str]], list[str]]:
-        """What :meth:`allowed_for` allows as ``where`` values and excluded ids."""
+        """What :meth:`allowed_for` allows as ``where`` values and excluded product ids."""
         values = where_values(where)
         for col in same:
             theirs = list(dict.fromkeys(str(self.cells[col][r]) for r in rows))
             values[col] = [v for v in values[col] if v in theirs] if col in values else theirs
-        groups = self.exact_group
-        twins = np.flatnonzero(_in(groups, np.unique(groups[list(rows)])))
-        return values, [self.ids[r] for r in twins]
+        twins = np.flatnonzero(self._twins(rows))
+        return values, list(dict.fromkeys(self.ids[r] for r in twins))
 
 
 def where_values(where: Where | None) -> dict[str, list[str]]:

@@ -50,9 +50,14 @@ class Recommendation:
     rank: int
     score: float
     metadata: dict[str, str] = field(default_factory=dict)
+    #: which of the product's photos matched best (set where products may have several)
+    matched_photo: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.metadata, "id": self.id, "rank": self.rank, "score": round(self.score, 6)}
+        out = {**self.metadata, "id": self.id, "rank": self.rank, "score": round(self.score, 6)}
+        if self.matched_photo:
+            out["matched_photo"] = self.matched_photo
+        return out
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,7 @@ class Recommender:
             self._arrays = self._snapshot.dense_arrays()
         return self._arrays
 
-    def _rows_arrays(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def _rows_arrays(self, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(vectors, colour) of some rows, without reading every row of a memory-mapped index."""
         if self._arrays is None and self._snapshot is not None:
             return self._snapshot.take(np.asarray(rows, dtype=np.int64))
@@ -158,14 +163,24 @@ class Recommender:
         # plain arrays per column: result rows are read one cell at a time, and a pandas
         # lookup per cell costs more than the search itself
         self._data = data
+        #: each row's product id (row i of :attr:`vectors`); a product of several photos is several rows
         self.ids: list[str] = data[self.id_column].tolist()
-        self._row_of = dict(zip(self.ids, range(len(self.ids))))
+        codes, uniques = pd.factorize(np.asarray(self.ids, dtype=object), sort=False)
+        #: each row's product as a number (its place in :attr:`products`)
+        self._product = codes.astype(np.int64)
+        #: the products, each once, in index order
+        self.products: list[str] = [str(u) for u in uniques]
+        self.multi_photo = len(self.products) < len(self.ids)
+        self._rows_of = _rows_by_product(self._product, len(self.products))
+        self._row_of = {pid: int(rows[0]) for pid, rows in zip(self.products, self._rows_of)}
         self.columns = [c for c in data if c not in ALL_HIDDEN]
         self._cells = data  # columns are looked up by name; hidden ones are never shown
         self._exact_group = self._group_ids(np.asarray(data["_dup_exact"]))
         self._near_group = self._group_ids(np.asarray(data["_dup_near"]))
+        cat = self.settings.catalog
         self._filters = RowFilters(self.columns, data, self.ids, self._exact_group,
-                                   numeric=self.settings.catalog.numeric_columns)
+                                   numeric=cat.numeric_columns, products=self._product if self.multi_photo else None,
+                                   parent_column=cat.parent_column)
 
     @staticmethod
     def _group_ids(groups: np.ndarray) -> np.ndarray:
@@ -226,6 +241,12 @@ class Recommender:
         return rec
 
     def __len__(self) -> int:
+        """The number of products (:attr:`n_rows` counts their photos)."""
+        return len(self.products)
+
+    @property
+    def n_rows(self) -> int:
+        """The rows (photos) the index holds."""
         return len(self.ids)
 
     def __contains__(self, pid: object) -> bool:
@@ -233,7 +254,9 @@ class Recommender:
 
     def __repr__(self) -> str:
         m = self.settings.model
-        return f"Recommender({str(self.path)!r}, rows={len(self)}, model={m.name}/{m.pooling}, metric={self.metric})"
+        photos = f", photos={self.n_rows}" if self.multi_photo else ""
+        return (f"Recommender({str(self.path)!r}, rows={len(self)}{photos}, model={m.name}/{m.pooling}, "
+                f"metric={self.metric})")
 
     @property
     def encoder(self) -> Encoder:
@@ -251,10 +274,23 @@ class Recommender:
 
     # -- products ----------------------------------------------------------------------
     def row(self, pid: object) -> int:
+        """The row of the product's main photo."""
         try:
             return self._row_of[str(pid).strip()]
         except KeyError:
             raise UnknownProductError(f"unknown product id: {pid}") from None
+
+    def rows(self, pid: object) -> np.ndarray:
+        """The rows of all the product's photos, main photo first."""
+        return self._rows_of[int(self._product[self.row(pid)])]
+
+    def photos(self, pid: object) -> list[str]:
+        """The product's photos as the catalogue names them (paths or URLs), main photo first."""
+        return [str(self._data["_ref"][r]) for r in self.rows(pid)]
+
+    def photo_paths(self, pid: object) -> list[Path]:
+        """The product's photos on this machine, main photo first."""
+        return [Path(str(self._data["_image"][r])) for r in self.rows(pid)]
 
     def product(self, pid: object) -> dict[str, str]:
         """The catalogue columns of one product."""
@@ -267,21 +303,23 @@ class Recommender:
         from lookalike.folder.store import product_etag
 
         i = self.row(pid)
-        return product_etag({c: self._cells[c][i] for c in self.columns}, self.columns, str(self._data["_sha1"][i]))
+        return product_etag({c: self._cells[c][i] for c in self.columns}, self.columns,
+                            [str(self._data["_sha1"][r]) for r in self.rows(pid)])
 
     def image_path(self, pid: object) -> Path:
-        """The product's photo on this machine (never a URL from the catalogue)."""
+        """The product's main photo on this machine (never a URL from the catalogue)."""
         return Path(str(self._data["_image"][self.row(pid)]))
 
     def duplicates(self, *, near: bool = True) -> list[list[str]]:
-        """Groups of products whose photos are identical (or near-identical)."""
+        """Groups of products with a photo identical (or near-identical) to one of another's:
+        duplicate listings, found through any of their photos."""
         col = "_dup_near" if near else "_dup_exact"
         g = np.asarray(self._data[col])
-        groups: dict[int, list[str]] = {}
+        groups: dict[int, dict[str, None]] = {}
         for pid, gid in zip(self.ids, g):
             if gid >= 0:
-                groups.setdefault(int(gid), []).append(pid)
-        return list(groups.values())
+                groups.setdefault(int(gid), {})[pid] = None
+        return _merged_groups([list(members) for members in groups.values()])
 
     # -- filters (lookalike.search.filters) ----------------------------------------------------
     def check_column(self, col: str) -> None:
@@ -329,32 +367,31 @@ class Recommender:
         return query_vector(shape, colour, w, self.metric)
 
     # -- search ------------------------------------------------------------------------
-    def _search(self, queries: np.ndarray, k: int, filter: Filter | None, collapse: bool) -> list[list[tuple[int, float]]]:
-        """Top-k rows per query, inside ``filter``; with ``collapse``, one row per duplicate-photo group."""
-        b = len(queries)
-        if len(self) == 0:
-            return [[] for _ in range(b)]
-        want = k
-        results: list[list[tuple[int, float]]] = [[] for _ in range(b)]
-        todo = list(range(b))
-        n_allowed = len(self) if filter is None else None
+    def _search(self, queries: np.ndarray, k: int, filter: Filter | None, collapse: bool,
+                sets: Sequence[Sequence[int]] | None = None,
+                collapse_parent: bool = False) -> list[list[tuple[int, float]]]:
+        """Top-k products per query, inside ``filter``, each as the row of its best photo and that
+        photo's score; with ``collapse``, one product per duplicate-photo group, with
+        ``collapse_parent`` one per parent. ``sets`` makes several query vectors one query (the
+        photos of one product: a product then scores by its best pair); ``filter``'s per-query
+        lines are per set."""
+        sets = [[i] for i in range(len(queries))] if sets is None else [list(x) for x in sets]
+        results: list[list[tuple[int, float]]] = [[] for _ in sets]
+        if self.n_rows == 0:
+            return results
+        per_product = max(1, min(4, self._filters.max_photos))
+        want, todo = k, list(range(len(sets)))
         while todo:
-            fetch = min(len(self), want + (8 if collapse else 0))
-            scores, rows = self.index.search(queries[todo], fetch, filter=None if filter is None else filter.take(todo))
-            again = []
-            for j, q in enumerate(todo):
-                picked: list[tuple[int, float]] = []
-                seen: set[int] = set()
-                line = self._ranked(scores[j], rows[j])
-                for s, r in line:
-                    g = int(self._near_group[r])
-                    if collapse and g in seen:
-                        continue
-                    seen.add(g)
-                    picked.append((int(r), float(s)))
-                    if len(picked) == k:
-                        break
-                exhausted = len(rows[j]) == 0 or rows[j][-1] < 0 or fetch >= (n_allowed or len(self))
+            fetch = min(self.n_rows, want * per_product + (8 if collapse else 0))
+            vectors = [i for q in todo for i in sets[q]]
+            owner = [q for q in todo for _ in sets[q]]
+            scores, rows = self.index.search(queries[vectors], fetch, filter=None if filter is None else filter.take(owner))
+            again, at = [], 0
+            for q in todo:
+                lines = range(at, at + len(sets[q]))
+                at += len(sets[q])
+                picked = self._pick([(scores[j], rows[j]) for j in lines], k, collapse, collapse_parent)
+                exhausted = fetch >= self.n_rows or all(len(rows[j]) == 0 or rows[j][-1] < 0 for j in lines)
                 if len(picked) < k and not exhausted:
                     again.append(q)
                 else:
@@ -362,6 +399,41 @@ class Recommender:
             todo = again
             want = fetch * 4
         return results
+
+    def _pick(self, lines: list[tuple[np.ndarray, np.ndarray]], k: int, collapse: bool,
+              collapse_parent: bool) -> list[tuple[int, float]]:
+        """One query's results from its vectors' hits: each product once, at its best photo."""
+        if len(lines) == 1 and not self.multi_photo:
+            ranked = self._ranked(*lines[0])
+        else:
+            best: dict[int, tuple[float, int]] = {}
+            product = self._product
+            for scores, rows in lines:
+                for s, r in zip(scores.tolist(), rows.tolist()):
+                    if r < 0:
+                        continue
+                    p = int(product[r])
+                    if p not in best or s > best[p][0]:
+                        best[p] = (s, r)
+            got = list(best.values())
+            ranked = self._ranked(np.array([s for s, _ in got], np.float32), np.array([r for _, r in got], np.int64))
+        picked: list[tuple[int, float]] = []
+        seen: set[int] = set()
+        families: set[int] = set()
+        family = self._filters.families if collapse_parent else None
+        for s, r in ranked:
+            g = int(self._near_group[r])
+            if collapse and g in seen:
+                continue
+            if family is not None:
+                if int(family[r]) in families:
+                    continue
+                families.add(int(family[r]))
+            seen.add(g)
+            picked.append((int(r), float(s)))
+            if len(picked) == k:
+                break
+        return picked
 
     def _ranked(self, scores: np.ndarray, rows: np.ndarray) -> list[tuple[float, int]]:
         """One query's hits, best first; equal scores (identical photos) rank by product id,
@@ -384,8 +456,10 @@ class Recommender:
         return out
 
     def _results(self, query: dict[str, Any], found: list[tuple[int, float]]) -> Results:
+        refs = self._data["_ref"] if self.multi_photo else None
         items = [
-            Recommendation(self.ids[r], rank, s, {c: self._cells[c][r] for c in self.columns})
+            Recommendation(self.ids[r], rank, s, {c: self._cells[c][r] for c in self.columns},
+                           str(refs[r]) if refs is not None else "")
             for rank, (r, s) in enumerate(found, start=1)
         ]
         return Results(query, items)
@@ -400,8 +474,16 @@ class Recommender:
         where: Where | None = None,
         colour_weight: float | None = None,
         collapse_duplicates: bool = True,
+        siblings: bool = False,
+        collapse_parent: bool = False,
     ) -> Results:
         """Products that look most like one product, several (combined), or a photo.
+
+        A product scores by its best photo; a query by one product uses each of its photos
+        (its best pair with a result counts), several products their shared look (the mean of
+        each one's mean photo). A product never appears twice in one list. In an index with a
+        parent column, a query product's siblings (and its parent) are left out unless
+        ``siblings``; ``collapse_parent`` keeps one product per parent in a list.
 
         ``same`` keeps results to the query products' values of those columns (``"Gender"``
         as in the reference); ``where`` keeps rows that meet its conditions: the mapping
@@ -418,7 +500,7 @@ class Recommender:
             shape, colour = self.embed_image(image)
             q = self._query_vector(shape, colour, w)[None, :]
             found = self._search(q, k, self._filters.filter(None, (), where) if where else None,
-                                 collapse_duplicates)[0]
+                                 collapse_duplicates, collapse_parent=collapse_parent)[0]
             name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
             return self._results({"image": name, "k": k, **describe_where(where)}, found)
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[call-overload]  # a sequence, the signature says
@@ -426,14 +508,28 @@ class Recommender:
             raise InvalidQueryError("give at least one product id")
         if len(id_list) > MAX_IDS:
             raise InvalidQueryError(f"give at most {MAX_IDS} product ids, not {len(id_list):,}")
-        rows = [self.row(p) for p in id_list]
+        rows = [int(r) for p in id_list for r in self.rows(p)]
+        q = self._product_queries([self.rows(p) for p in id_list], w)
+        found = self._search(q, k, self._filters.filter(rows, same, where, siblings=siblings), collapse_duplicates,
+                             sets=[list(range(len(q)))], collapse_parent=collapse_parent)[0]
+        query = {"ids": list(dict.fromkeys(self.ids[r] for r in rows)), "k": k, "same": same, **describe_where(where)}
+        return self._results(query, found)
+
+    def _product_queries(self, products: Sequence[np.ndarray], w: float) -> np.ndarray:
+        """The query vectors of some products: one product's photos each (it then scores a
+        product by the best pair), several products' as one vector, the mean of each product's
+        mean photo (their shared look)."""
+        rows = np.concatenate([np.asarray(p, dtype=np.int64) for p in products])
         shape, colour = self._rows_arrays(rows)
         if self.metric == "cosine":
             shape = l2_normalize(shape)
-        q = self._query_vector(shape.mean(0), l2_normalize(colour).mean(0), w)[None, :]
-        found = self._search(q, k, self._filters.filter(rows, same, where), collapse_duplicates)[0]
-        query = {"ids": [self.ids[r] for r in rows], "k": k, "same": same, **describe_where(where)}
-        return self._results(query, found)
+        colour = l2_normalize(colour)
+        if len(products) == 1:
+            return self._query_vector(shape, colour, w).reshape(len(rows), -1)
+        ends = np.cumsum([len(p) for p in products])[:-1]
+        mean_shape = np.mean([part.mean(0) for part in np.split(shape, ends)], axis=0)
+        mean_colour = np.mean([part.mean(0) for part in np.split(colour, ends)], axis=0)
+        return self._query_vector(mean_shape, mean_colour, w)[None, :]
 
     def embed_image(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
         """Shape and colour vectors of a photo, as the index was built."""
@@ -454,6 +550,8 @@ class Recommender:
         ids: Iterable[object] | None = None,
         batch: int = 256,
         show_progress_bar: bool | None = None,
+        siblings: bool = False,
+        collapse_parent: bool = False,
     ) -> pd.DataFrame:
         """Top-k for every product (or ``ids``): columns ``query_id, rank, id, score``.
 
@@ -465,24 +563,62 @@ class Recommender:
         from lookalike.config import progress_enabled
 
         k, same, w, where = self._check_query(k, same, colour_weight, where)
-        rows_all = list(range(len(self))) if ids is None else [self.row(p) for p in ids]
-        shape = np.asarray(self.vectors, dtype=np.float32)
+        products = self.products if ids is None else [self.ids[self.row(p)] for p in ids]
         out_q, out_rank, out_id, out_s = [], [], [], []
-        for start in tqdm(range(0, len(rows_all), batch), disable=not progress_enabled(show_progress_bar),
+        for start in tqdm(range(0, len(products), batch), disable=not progress_enabled(show_progress_bar),
                           desc="export", unit="batch"):
-            rows = np.asarray(rows_all[start : start + batch])
-            qs = shape[rows]
-            if self.metric == "cosine":
-                qs = l2_normalize(qs)
-            q = self._query_vector(qs, l2_normalize(self.colour[rows]), w)
-            for r, found in zip(rows, self._search(q, k, self._filters.pair_filter(rows, same, where),
-                                                   collapse_duplicates)):
+            chunk = products[start : start + batch]
+            groups = [self.rows(p) for p in chunk]
+            q = (np.concatenate([self._product_queries([g], w) for g in groups]) if self.multi_photo
+                 else self._export_queries(groups, w))
+            ends = np.cumsum([0] + [len(g) for g in groups])
+            sets = [list(range(ends[i], ends[i + 1])) for i in range(len(groups))]
+            found_all = self._search(q, k, self._filters.pair_filter(groups, same, where, siblings=siblings),
+                                     collapse_duplicates, sets=sets, collapse_parent=collapse_parent)
+            for pid, found in zip(chunk, found_all):
                 for rank, (row, s) in enumerate(found, start=1):
-                    out_q.append(self.ids[r])
+                    out_q.append(pid)
                     out_rank.append(rank)
                     out_id.append(self.ids[row])
                     out_s.append(s)
         return pd.DataFrame({"query_id": out_q, "rank": out_rank, "id": out_id, "score": out_s})
+
+    def _export_queries(self, groups: Sequence[np.ndarray], w: float) -> np.ndarray:
+        """One query vector per single-photo product, in one pass over the rows."""
+        rows = np.concatenate(groups)
+        shape = np.asarray(self.vectors, dtype=np.float32)[rows]
+        if self.metric == "cosine":
+            shape = l2_normalize(shape)
+        return self._query_vector(shape, l2_normalize(np.asarray(self.colour)[rows]), w)
+
+
+def _rows_by_product(product: np.ndarray, n: int) -> list[np.ndarray]:
+    """Each product's rows, in row order (its main photo first: rows are written in photo order)."""
+    if not n:
+        return []
+    order = np.argsort(product, kind="stable")
+    return list(np.split(order, np.cumsum(np.bincount(product, minlength=n))[:-1]))
+
+
+def _merged_groups(groups: list[list[str]]) -> list[list[str]]:
+    """Groups sharing a product merged into one (a product's photos can be in several groups),
+    and only those of two products or more, in order of first appearance."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for members in groups:
+        for other in members[1:]:
+            parent[find(other)] = find(members[0])
+    merged: dict[str, dict[str, None]] = {}
+    for members in groups:
+        for m in members:
+            merged.setdefault(find(m), {})[m] = None
+    return [list(g) for g in merged.values() if len(g) > 1]
 
 
 #: a change committed less than this long ago is switched to in the background (0.5 s)

@@ -68,6 +68,8 @@ def _search_options() -> Callable[..., dict[str, Any]]:
     )
     weight_query = Query(None, description="share of the score given to colour, 0..1 (default: the index's)")
     collapse_query = Query(True, description="at most one product per group of identical or near-identical photos")
+    siblings_query = Query(False, description="in an index with a parent column: list the query's siblings too")
+    parent_query = Query(False, description="at most one product of each parent in a list")
 
     def search_options(
         k: int = k_query,
@@ -75,10 +77,12 @@ def _search_options() -> Callable[..., dict[str, Any]]:
         where: list[str] = where_query,
         colour_weight: Optional[float] = weight_query,
         collapse_duplicates: bool = collapse_query,
+        siblings: bool = siblings_query,
+        collapse_parent: bool = parent_query,
     ) -> dict[str, Any]:
         """The query parameters both similar endpoints take; ``where`` still as COL:VALUE text."""
         return {"k": k, "same": same, "where": where, "colour_weight": colour_weight,
-                "collapse_duplicates": collapse_duplicates}
+                "collapse_duplicates": collapse_duplicates, "siblings": siblings, "collapse_parent": collapse_parent}
 
     return search_options
 
@@ -86,7 +90,8 @@ def _search_options() -> Callable[..., dict[str, Any]]:
 def search_query(params: Any) -> dict[str, Any]:
     """The similar-by-id query parameters, checked as pydantic checks them for the documented route."""
     opts: dict[str, Any] = {"k": DEFAULT_K, "same": params.getlist("same"), "where": params.getlist("where"),
-                            "colour_weight": None, "collapse_duplicates": True}
+                            "colour_weight": None, "collapse_duplicates": True, "siblings": False,
+                            "collapse_parent": False}
     if "k" in params:
         text = params["k"].strip()
         if not text.lstrip("+-").isdigit():
@@ -98,11 +103,12 @@ def search_query(params: Any) -> dict[str, Any]:
         except ValueError:
             raise Refused(422, "query.colour_weight: Input should be a valid number, unable to parse string "
                                "as a number") from None
-    if "collapse_duplicates" in params:
-        text = params["collapse_duplicates"].strip().lower()
-        if text not in _TRUE | _FALSE:
-            raise Refused(422, "query.collapse_duplicates: Input should be a valid boolean, unable to interpret input")
-        opts["collapse_duplicates"] = text in _TRUE
+    for name in ("collapse_duplicates", "siblings", "collapse_parent"):
+        if name in params:
+            text = params[name].strip().lower()
+            if text not in _TRUE | _FALSE:
+                raise Refused(422, f"query.{name}: Input should be a valid boolean, unable to interpret input")
+            opts[name] = text in _TRUE
     return opts
 
 
@@ -161,7 +167,9 @@ def _add_product_routes(app: Any, service: "Service", schemas: "Schemas", reads:
         headers = {"ETag": tag, "Cache-Control": "no-cache", "Lookalike-Generation": str(r.generation)}
         if tag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
-        return JSONResponse({**r.product(product_id), "id": r.ids[r.row(product_id)]}, headers=headers)
+        cells = r.product(product_id)
+        photos = "photos" if "photos" not in cells else "_photos"  # a catalogue column of that name stays
+        return JSONResponse({**cells, "id": r.ids[r.row(product_id)], photos: r.photos(product_id)}, headers=headers)
 
     @app.get(
         "/products/{product_id}/image",
@@ -182,11 +190,13 @@ def _add_product_routes(app: Any, service: "Service", schemas: "Schemas", reads:
             None, ge=16, le=MAX_THUMBNAIL, description=f"a JPEG thumbnail whose longest side is at most the next "
             f"of {', '.join(map(str, THUMBNAIL_SIZES))} at or above this, 16..{MAX_THUMBNAIL}"
         ),
+        photo: int = Query(0, ge=0, description="which of the product's photos (0: the main one; the product's "
+                           "`photos` lists them in this order)"),
     ) -> Any:
-        return _photo_response(request, service.rec(fresh=True), product_id, size, service.thumbs)
+        return _photo_response(request, service.rec(fresh=True), product_id, size, service.thumbs, photo)
 
 
-def _open_photo(rec: Recommender, product_id: str) -> tuple[BinaryIO, os.stat_result, str]:
+def _open_photo(rec: Recommender, product_id: str, number: int = 0) -> tuple[BinaryIO, os.stat_result, str]:
     """A product's photo, opened only if it is still the file the build indexed, and its media type.
 
     The path comes from the index, never from the request. It must still resolve to itself
@@ -194,7 +204,10 @@ def _open_photo(rec: Recommender, product_id: str) -> tuple[BinaryIO, os.stat_re
     index was built with ``allow_outside_images``) and be a regular file. The media type is
     sniffed from the first bytes, never taken from the file name.
     """
-    path = rec.image_path(product_id)
+    paths = rec.photo_paths(product_id)
+    if number >= len(paths):
+        raise UnknownProductError(f"product {product_id} has {len(paths)} photo(s); there is no photo {number}")
+    path = paths[number]
     catalog = rec.settings.catalog
     roots = [*catalog.photo_roots, str(rec.path.resolve() / PHOTOS)]  # and photos uploaded with PUT
     try:
@@ -215,12 +228,13 @@ def _chunks(photo: BinaryIO) -> Iterator[bytes]:
             yield chunk
 
 
-def _photo_response(request: Any, rec: Recommender, product_id: str, size: int | None, thumbs: Thumbnails) -> Any:
+def _photo_response(request: Any, rec: Recommender, product_id: str, size: int | None, thumbs: Thumbnails,
+                    number: int = 0) -> Any:
     """``GET /products/{id}/image``: the indexed file as it is, or a cached JPEG thumbnail."""
     from fastapi.responses import Response, StreamingResponse
 
     photo: BinaryIO | None
-    photo, st, media = _open_photo(rec, product_id)
+    photo, st, media = _open_photo(rec, product_id, number)
     try:
         side = None if size is None else thumbs.side(size)
         tag = '"' + hashlib.sha1(f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}:{side}".encode()).hexdigest()[:20] + '"'

@@ -47,11 +47,13 @@ def schemas() -> Schemas:
         version: str
 
     class ProductOut(BaseModel):
-        """A product: ``id`` plus every catalogue column, as text."""
+        """A product: ``id`` plus every catalogue column, as text, and ``photos``: its photos as the
+        catalogue names them, main photo first (``/products/{id}/image?photo=N`` serves photo N)."""
 
         model_config = ConfigDict(extra="allow")
         __pydantic_extra__: dict[str, str]
         id: str
+        photos: list[str] = Field(default_factory=list)
 
     class RecommendationOut(BaseModel):
         """One result: ``id``, ``rank`` (1 = most alike), ``score`` (higher = more alike),
@@ -62,6 +64,8 @@ def schemas() -> Schemas:
         id: str
         rank: int
         score: float
+        matched_photo: Optional[str] = Field(None, description="which of the product's photos matched best "
+                                             "(in an index where products have several)")
 
     class SimilarOut(BaseModel):
         query: dict[str, Any] = Field(description="what was asked, as the library understood it")
@@ -85,6 +89,8 @@ def schemas() -> Schemas:
         )
         colour_weight: Optional[float] = Field(None, strict=True, description="share of the score given to colour, 0..1")
         collapse_duplicates: Optional[StrictBool] = Field(None, description="at most one product per identical photo")
+        siblings: Optional[StrictBool] = Field(None, description="list the query products' siblings (same parent) too")
+        collapse_parent: Optional[StrictBool] = Field(None, description="at most one product of each parent")
 
     return Schemas(ErrorOut, HealthOut, ProductOut, SimilarOut, SimilarIn)
 

@@ -22,6 +22,7 @@ from lookalike.config import (
     DEFAULT_COLOUR_WEIGHT,
     DEFAULT_ID_COLUMN,
     DEFAULT_IMAGE_COLUMN,
+    DEFAULT_IMAGE_SEPARATOR,
     DEFAULT_METRIC,
     DEFAULT_WORKERS,
     METRICS,
@@ -43,7 +44,7 @@ from lookalike.engines import DEFAULT_ENGINE, get_engine
 from lookalike.errors import CatalogError, InvalidQueryError, LookalikeError
 from lookalike.folder.manifest import BackendSettings, CatalogSettings, Manifest, ModelSettings
 from lookalike.folder.projection import DEFAULT_PROJECTION_DIM, Projection
-from lookalike.folder.rows import StoredRows, file_sha1s, hidden_columns, searchable, stored_vectors
+from lookalike.folder.rows import StoredRows, file_sha1s, hidden_columns, photo_keys, searchable, stored_vectors
 from lookalike.folder.store import Store
 from lookalike.reading.catalog import Catalog, RowProblem, load_catalog
 from lookalike.reading.images import COLOUR_DIM
@@ -62,7 +63,7 @@ class BuildReport:
 
     out: Path
     total_rows: int
-    indexed: int
+    indexed: int  # products
     problems: list[RowProblem] = field(default_factory=list)
     reused: int = 0
     seconds: float = 0.0
@@ -70,10 +71,19 @@ class BuildReport:
     duplicate_rows: int = 0
     #: the per-row report the build saved in the index (``generations/<N>.report.csv``)
     report_path: Path | None = None
+    #: photos indexed (``indexed`` when every product has one)
+    photos: int = 0
+    #: the products indexed (a problem of one of these is a photo it lost, not the product)
+    indexed_ids: frozenset[str] = frozenset()
 
     @property
     def skipped(self) -> int:
         return len(self.problems)
+
+    @property
+    def photo_problems(self) -> list[RowProblem]:
+        """Problems of photos whose product was indexed with its other photos."""
+        return [p for p in self.problems if p.photo and p.id in self.indexed_ids]
 
     def reasons(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -83,12 +93,14 @@ class BuildReport:
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def summary(self) -> str:
-        lines = [
-            f"indexed {self.indexed} of {self.total_rows} catalogue rows into {self.out} "
-            f"in {self.seconds:.1f} s" + (f" ({self.reused} reused)" if self.reused else ""),
-        ]
+        what = (f"{self.indexed} of {self.total_rows} catalogue rows" if self.photos in (0, self.indexed)
+                else f"{self.indexed} products ({self.photos} photos) from {self.total_rows} catalogue rows")
+        lines = [f"indexed {what} into {self.out} in {self.seconds:.1f} s"
+                 + (f" ({self.reused} reused)" if self.reused else "")]
         if self.problems:
-            lines.append(f"skipped {self.skipped} rows (see {self.report_path or 'the reasons below'}):")
+            lost = len(self.photo_problems)
+            also = f", {lost} of them photos of products indexed with their others" if lost else ""
+            lines.append(f"skipped {self.skipped} rows{also} (see {self.report_path or 'the reasons below'}):")
             lines += [f"  {n:6d}  {reason}" for reason, n in self.reasons().items()]
         if self.duplicate_groups:
             lines.append(
@@ -126,7 +138,9 @@ def build(
     *,
     images: str | os.PathLike | None = None,
     id_column: str = DEFAULT_ID_COLUMN,
-    image_column: str = DEFAULT_IMAGE_COLUMN,
+    image_column: str | Sequence[str] = DEFAULT_IMAGE_COLUMN,
+    image_separator: str = DEFAULT_IMAGE_SEPARATOR,
+    parent_column: str | None = None,
     allow_outside_images: bool = False,
     photo_cache: str | os.PathLike | None = None,
     private_urls: bool = True,
@@ -170,6 +184,9 @@ def build(
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
     Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`).
     Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more.
+    A product may have several photos (``image_column`` several columns, cells split by
+    ``image_separator``, or several rows with its id): each photo is a row of the index, and a
+    product scores by its best. ``parent_column`` names a variant's parent product.
 
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
@@ -191,7 +208,7 @@ def build(
         raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
         catalog, images=images, id_column=id_column, image_column=image_column,
-        allow_outside_images=allow_outside_images, photo_cache=photo_cache, private_urls=private_urls,
+        image_separator=image_separator, parent_column=parent_column, allow_outside_images=allow_outside_images, photo_cache=photo_cache, private_urls=private_urls,
         show_progress_bar=show_progress_bar)
     _check_numeric(cat, opts.numeric)
     enc = encoder or get_encoder(
@@ -203,11 +220,11 @@ def build(
 
 
 def _check_numeric(cat: Catalog, numeric: Sequence[str]) -> None:
-    """Columns declared numeric must be catalogue columns (not the photo column)."""
+    """Columns declared numeric must be catalogue columns (not a photo column)."""
     for col in numeric:
-        if col not in cat.table.columns or col in (cat.image_column,):
+        if col not in cat.table.columns or col in cat.image_columns:
             raise InvalidQueryError(f"can't declare {col!r} numeric: the catalogue's columns are "
-                                    f"{', '.join(c for c in cat.table.columns if c != cat.image_column)}")
+                                    f"{', '.join(c for c in cat.table.columns if c not in cat.image_columns)}")
 
 
 @dataclass(frozen=True)
@@ -254,10 +271,11 @@ def _build(cat: Catalog, out: Path, enc: Encoder, runner: Any, opts: _Options, t
                   "seconds": round(time.perf_counter() - t0, 3), "reused": len(plan.reused)}
     settings = _manifest(cat, rows, replace(model, **runtime_record(enc)), opts, build_info)  # runtime: chosen now
     _commit(out, rows, settings, milvus_uri=opts.milvus_uri, collection=opts.collection)
-    result = BuildReport(out=out, total_rows=cat.total_rows, indexed=len(rows.positions), problems=rows.problems,
+    result = BuildReport(out=out, total_rows=cat.total_rows, indexed=len(rows.products), problems=rows.problems,
                          reused=len(plan.reused), seconds=time.perf_counter() - t0,
                          duplicate_groups=rows.duplicate_groups, duplicate_rows=rows.duplicate_rows,
-                         report_path=Store(out).report_path())
+                         report_path=Store(out).report_path(), photos=len(rows.positions),
+                         indexed_ids=frozenset(rows.products))
     logger.info("%s", result.summary())
     return result
 
@@ -277,19 +295,21 @@ def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options,
                     "groups": rows.duplicate_groups, "rows": rows.duplicate_rows},
         catalog=CatalogSettings(
             path=str(cat.source.resolve()) if cat.source else None, sha256=cat.sha256, rows_total=cat.total_rows,
-            id_column=cat.id_column, image_column=cat.image_column,
+            id_column=cat.id_column, image_column=cat.image_column, image_columns=tuple(cat.image_columns),
+            image_separator=cat.image_separator, parent_column=cat.parent_column,
             images_root=str(cat.images_root) if cat.images_root else None,
             allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns),
             photo_cache=str(cat.photo_cache) if cat.photo_cache else None, private_urls=cat.private_urls,
             numeric_columns=_numeric(cat, rows.positions, opts.numeric)),
         build=build_info,
-        report={"indexed": len(rows.positions), "skipped": len(rows.problems)},
+        report={"indexed": len(rows.products), "skipped": len(rows.problems),
+                **({"photos": len(rows.positions)} if len(rows.positions) != len(rows.products) else {})},
     )
 
 
 def _numeric(cat: Catalog, positions: list[int], declared: Sequence[str]) -> tuple[str, ...]:
     """The columns recorded as numeric: all numbers in the indexed rows, or declared, in table order."""
-    found = numeric_columns(cat.table.iloc[positions], skip=(cat.image_column,))
+    found = numeric_columns(cat.table.iloc[positions], skip=cat.image_columns)
     return tuple(str(c) for c in cat.table.columns if c in found or c in declared)
 
 
@@ -349,6 +369,7 @@ class _Rows:
     report: pd.DataFrame
     problems: list[RowProblem]
     projection: Projection | None
+    products: list[str] = field(default_factory=list)  # each once, in catalogue order
 
     @property
     def duplicate_rows(self) -> int:
@@ -386,17 +407,21 @@ def _finalize(cat: Catalog, plan: _Plan, encoded: Any, dim: int, projection_dim:
     sha1s = [(plan.sha1 + list(encoded.sha1))[j] for j in order]
     meta = cat.table.iloc[positions].reset_index(drop=True).astype(str)
     for col, values in hidden_columns([cat.image_paths[i] for i in positions], [cat.rows[i] for i in positions],
-                                      sha1s, dhashes).items():
+                                      sha1s, dhashes, [cat.refs[i] for i in positions],
+                                      [cat.photo_numbers[i] for i in positions]).items():
         meta[col] = values
     # compare photos in a centred space (projected vectors already are), where cosine spreads
     unit = l2_normalize(vectors if projection is not None else vectors - vectors.mean(axis=0))
     exact, near = find_duplicate_groups(sha1s, dhashes, unit, colour)
+    ids = cat.ids
+    products = list(dict.fromkeys(ids[i] for i in positions))
+    indexed = set(products)
     report = report_table(
-        [{"row": cat.rows[i], "id": cat.ids[i], "image": str(cat.table[cat.image_column].iat[i]),
-          "status": "indexed", "reason": ""} for i in positions]
-        + [{"row": p.row, "id": p.id, "image": p.image, "status": "skipped", "reason": p.reason} for p in problems]
+        [{"row": cat.rows[i], "id": ids[i], "image": cat.refs[i], "status": "indexed", "reason": ""} for i in positions]
+        + [{"row": p.row, "id": p.id, "image": p.image, "status": "photo skipped" if p.photo and p.id in indexed else "skipped",
+            "reason": p.reason} for p in problems]
     )
-    return _Rows(positions, vectors, colour, meta, exact, near, report, problems, projection)
+    return _Rows(positions, vectors, colour, meta, exact, near, report, problems, projection, products)
 
 
 def _commit(out: Path, rows: _Rows, settings: Manifest, *, milvus_uri: str | os.PathLike | None,
@@ -411,8 +436,8 @@ def _commit(out: Path, rows: _Rows, settings: Manifest, *, milvus_uri: str | os.
         target = MilvusTarget.create(out, str(milvus_uri), collection, rows.vectors.shape[1] + rows.colour.shape[1],
                                      columns)
         try:
-            target.write(rows.meta[settings.catalog.id_column].tolist(), rows.vectors, rows.colour,
-                         {c: rows.meta[c].tolist() for c in columns})
+            target.write(photo_keys(rows.meta[settings.catalog.id_column].tolist(), rows.meta["_photo"].tolist()),
+                         rows.vectors, rows.colour, {c: rows.meta[c].tolist() for c in columns})
         finally:
             target.close()
         settings = replace(settings, index=target.settings)

@@ -35,6 +35,7 @@ from lookalike.folder.rows import (
     StoredRows,
     file_sha1s,
     hidden_columns,
+    photo_keys,
     photo_sha1,
     product_etag,
     searchable,
@@ -42,7 +43,7 @@ from lookalike.folder.rows import (
     text_column,
 )
 from lookalike.folder.store import Snapshot, Store, Writer
-from lookalike.reading.catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_file
+from lookalike.reading.catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_file, split_photos
 from lookalike.reading.images import COLOUR_DIM
 from lookalike.search.backends import REMOTE_BACKENDS, make_index
 from lookalike.writing.duplicates import find_duplicate_groups, regroup
@@ -150,8 +151,8 @@ class Upload:
 
     ``fields`` are the columns to set: the others keep their values (or are empty for a new
     product); the id and photo columns are set by ``id`` and ``photo``, not by ``fields``.
-    ``photo`` is the photo's bytes (``None``: keep the stored photo and vector; the product must
-    then be indexed). ``if_match`` makes the write conditional: the product's entity tag (from
+    ``photo`` is the photo's bytes, ``photos`` more of them: the product's photos become these
+    (neither: keep the stored photos and vectors; the product must then be indexed). ``if_match`` makes the write conditional: the product's entity tag (from
     :attr:`ChangeReport.versions` or ``Recommender.etag``), or ``"*"`` for "it exists"; a
     product that changed since is reported ``conflict`` and left as it is."""
 
@@ -160,6 +161,8 @@ class Upload:
     photo: bytes | None = None
     suffix: str = ".jpg"
     if_match: str | None = None
+    #: more photos of the product (after ``photo``): the product's photos become these
+    photos: Sequence[bytes] = ()
 
 
 def _matches(condition: str, etag: str | None) -> bool:
@@ -297,17 +300,24 @@ class IndexWriter:
             cat = snap.settings.catalog
             id_col, img_col = cat.id_column, cat.image_column
             columns, meta = _columns(snap), snap.dense_columns()
-            row_of = {pid: i for i, pid in enumerate(meta[id_col].tolist())}
+            rows_of = StoredRows.of(meta, id_col).rows_of
             refused, rows, numbers = [], [], []
             for number, up in enumerate(asked, 1):
-                old = row_of.get(up.id)
-                if up.if_match is not None and not _matches(up.if_match, _stored_etag(meta, columns, old)):
+                old_rows = rows_of.get(up.id)
+                old = old_rows[0] if old_rows else None
+                if up.if_match is not None and not _matches(up.if_match, _stored_etag(meta, columns, old_rows)):
                     why = "the product is not indexed" if old is None else "the product changed since that version"
                     refused.append(Change(number, up.id, "conflict", f"If-Match {up.if_match}: {why}"))
                     continue
                 stored = {} if old is None else {c: str(meta[c][old]) for c in columns}
-                row = {**stored, **{str(k): str(v) for k, v in up.fields.items() if k not in (id_col, img_col)},
-                       id_col: up.id, img_col: "" if up.photo is None else self._keep_photo(up.photo, up.suffix).name}
+                photos = [*([up.photo] if up.photo is not None else []), *up.photos]
+                if len(photos) > 1 and not cat.image_separator:
+                    refused.append(Change(number, up.id, "skipped", "several photos, but the index's image "
+                                          "column holds one photo a cell"))
+                    continue
+                row = {**stored, **{str(k): str(v) for k, v in up.fields.items() if k not in cat.photo_columns},
+                       **{c: "" for c in cat.photo_columns}, id_col: up.id}
+                row[img_col] = cat.image_separator.join(self._keep_photo(b, up.suffix).name for b in photos)
                 rows.append(row)
                 numbers.append(number)
             if not rows:
@@ -319,7 +329,7 @@ class IndexWriter:
             report = self._upsert(w, table, self.photos, None, t0, refused=refused)
             for c in report.changes:
                 if c.status == "unchanged":
-                    report.versions[c.id] = _stored_etag(meta, columns, row_of.get(c.id)) or ""
+                    report.versions[c.id] = _stored_etag(meta, columns, rows_of.get(c.id)) or ""
             return report
 
     def _keep_photo(self, photo: bytes, suffix: str) -> Path:
@@ -345,8 +355,8 @@ class IndexWriter:
         with self._writer() as w:
             snap = self._base(w)
             meta = snap.dense_columns()
-            row_of = {pid: i for i, pid in enumerate(meta[snap.id_column].tolist())}
-            known = set(row_of)
+            rows_of = StoredRows.of(meta, snap.id_column).rows_of
+            known = set(rows_of)
             report = ChangeReport("remove")
             gone: set[str] = set()
             for pid in wanted:
@@ -354,7 +364,7 @@ class IndexWriter:
                 if pid in gone:
                     report.changes.append(Change(0, pid, "skipped", "already removed by this request"))
                 elif condition is not None and not _matches(condition, _stored_etag(meta, _columns(snap),
-                                                                                       row_of.get(pid))):
+                                                                                       rows_of.get(pid))):
                     why = "the product is not indexed" if pid not in known else "the product changed since that version"
                     report.changes.append(Change(0, pid, "conflict", f"If-Match {condition}: {why}"))
                 elif pid in known:
@@ -395,7 +405,7 @@ class IndexWriter:
                                                    photo_cache=photo_cache, private_urls=private_urls,
                                                    show_progress_bar=show_progress_bar)
             listed = {c.id for c in report.changes} | {r.id for r in plan}
-            present = snap.dense_columns()[snap.id_column].tolist()
+            present = list(dict.fromkeys(snap.dense_columns()[snap.id_column].tolist()))
             gone = {pid for pid in present if pid not in listed}
             if gone and not allow_mass_removal and len(gone) > max_removal * max(1, len(present)):
                 raise InvalidQueryError(
@@ -406,8 +416,7 @@ class IndexWriter:
             report.operation = "sync"
             report.changes += [Change(0, pid, "removed") for pid in sorted(gone)]
             if dry_run:  # what a real sync would do, row by row; nothing is embedded or written
-                report.changes += [Change(p.row, p.id, p.status) if isinstance(p, _Pending)
-                                   else Change(int(p.meta["_request_row"]), p.id, p.meta["_status"]) for p in plan]
+                report.changes += [Change(p.row, p.id, p.status) for p in plan]
                 report.changes.sort(key=lambda c: (c.row == 0, c.row, c.id))
                 report.generation, report.seconds = snap.generation, time.perf_counter() - t0
                 return report
@@ -450,109 +459,128 @@ class IndexWriter:
     def _plan(self, snap: Snapshot, table: _Rows, *, images: str | os.PathLike | None, remove_missing: bool,
               photo_cache: str | os.PathLike | None = None, private_urls: bool | None = None,
               show_progress_bar: bool | None = None) -> tuple[list[Any], ChangeReport, Path, Path | None]:
-        """Decide per row: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
+        """Decide per product: add, re-embed, metadata only, unchanged, or skipped (with a reason)."""
         cat_info = snap.settings.catalog
-        id_col, img_col = cat_info.id_column, cat_info.image_column
         columns = _columns(snap)
-        _check_columns(table, columns, id_col)
+        _check_columns(table, columns, cat_info.id_column)
         report = ChangeReport("upsert")
-        meta = snap.dense_columns()
-        stored = StoredRows.of(meta, id_col)
-        row_of = stored.row_of
-        # rows cut short, empty and repeated ids, in the request's own order: the first row of an id wins
-        first: dict[str, int] = {}
-        rows: list[tuple[int, dict[str, str]]] = []  # (row of the request, its cells in the index's columns)
-        numbers = table.numbers or range(1, len(table.records) + 1)
-        for number, record in zip(numbers, table.records):
-            pid = str(record.get(id_col, "")).strip()
-            if number in table.short:  # its missing cells are not blanks to write
-                status = "kept" if remove_missing and pid in row_of else "skipped"
-                reason = table.short[number] + ("; the indexed version was kept" if status == "kept" else "")
-                report.changes.append(Change(number, pid, status, reason))
-            elif not pid:
-                report.changes.append(Change(number, pid, "skipped", "empty id"))
-            elif pid in first:
-                report.changes.append(Change(number, pid, "skipped", f"duplicate id (first on row {first[pid]})"))
-            else:
-                first[pid] = number
-                rows.append((number, {**{c: record.get(c, "") for c in columns}, id_col: pid}))
+        stored = StoredRows.of(snap.dense_columns(), cat_info.id_column)
+        asked = _asked_products(table, columns, cat_info, stored if remove_missing else None, report)
         root = Path(images) if images is not None else cat_info.default_root()
         plan: list[Any] = []
+        for a in asked:  # no photo named: a metadata change of an indexed product (no pandas for these)
+            if not a.refs:
+                plan.append(self._metadata_change(snap, stored, a, columns, report))
+        with_photo = [a for a in asked if a.refs]
         cache: Path | None = None
-        # rows without a photo: metadata changes of indexed products (no pandas for these)
-        for row, cells in rows:
-            pid = cells[id_col]
-            if str(cells[img_col]).strip():
-                continue
-            if pid not in row_of:
-                report.changes.append(Change(row, pid, "skipped", "no photo named, and the product is not indexed"))
-            else:
-                plan.append(self._from_stored(snap, row_of[pid], cells, row, columns, keep_photo=True, own=True))
-        with_photo = [(row, cells) for row, cells in rows if str(cells[img_col]).strip()]
         if with_photo:
-            cat = load_catalog(pd.DataFrame([cells for _, cells in with_photo], columns=columns, dtype=object),
-                               images=root, id_column=id_col, image_column=img_col,
-                               photo_cache=photo_cache or cat_info.photo_cache,
-                               private_urls=cat_info.private_urls if private_urls is None else private_urls,
-                               show_progress_bar=show_progress_bar)
+            cat, at_row = self._photos_of(snap, with_photo, columns, root, photo_cache, private_urls,
+                                          show_progress_bar)
             cache = cat.photo_cache
-            rows_in_table = [row for row, _ in with_photo]
+            notes: dict[str, list[str]] = {}
             for p in cat.problems:
-                row = rows_in_table[p.row - 1]
-                status = "kept" if remove_missing and p.id in row_of else "skipped"
-                reason = p.reason + ("; the indexed version was kept" if status == "kept" else "")
-                report.changes.append(Change(row, p.id, status, reason))
+                notes.setdefault(p.id, []).append(p.note)
             digests = file_sha1s(cat.image_paths, self.workers)
-            records: list[dict[str, Any]] = cat.table.to_dict("records")  # type: ignore[assignment]  # str columns
-            # (pandas row access per product cost more than the rest)
+            positions: dict[str, list[int]] = {}
             for j, pid in enumerate(cat.ids):
-                row = rows_in_table[cat.rows[j] - 1]
-                if not digests[j]:
-                    status = "kept" if remove_missing and pid in row_of else "skipped"
-                    report.changes.append(Change(row, pid, status, "unreadable file"))
-                    continue
-                old = row_of.get(pid)
-                image = str(cat.image_paths[j])  # load_catalog resolved it
-                source, own = stored.reuse(pid, digests[j])
-                if own and source is not None:
-                    plan.append(self._from_stored(snap, source, records[j], row, columns, image=image, own=True))
-                elif source is not None:  # photo bytes the index holds: their vector, bit for bit
-                    plan.append(self._from_stored(snap, source, records[j], row, columns,
-                                                  image=image, status="added" if old is None else "re-embedded"))
+                if digests[j]:
+                    positions.setdefault(pid, []).append(j)
                 else:
-                    plan.append(_Pending(cat, j, row, pid, "added" if old is None else "re-embedded"))
-        report.changes.extend(Change(p.row, p.id, "unchanged") for p in plan if isinstance(p, _Unchanged))
-        return [p for p in plan if not isinstance(p, _Unchanged)], report, root, cache
+                    notes.setdefault(pid, []).append(f"unreadable file: {cat.refs[j]}")
+            for a in with_photo:
+                pid = a.cells[cat_info.id_column]
+                plan.append(self._photo_change(snap, stored, a, cat, positions.get(pid, []), digests, at_row,
+                                               notes.get(pid, []), columns, remove_missing, report))
+        return [p for p in plan if p is not None], report, root, cache
+
+    def _photos_of(self, snap: Snapshot, asked: list["_Asked"], columns: list[str], root: Path,
+                   photo_cache: str | os.PathLike | None, private_urls: bool | None,
+                   show_progress_bar: bool | None) -> tuple[Catalog, list[int]]:
+        """The photos the products name, found (fetched, for URLs) as a build finds them: a row
+        per photo, and the request's row naming each."""
+        cat_info = snap.settings.catalog
+        records = [{**a.cells, _PHOTO: ref} for a in asked for ref in a.refs]
+        at_row = [row for a in asked for row in a.refs.values()]
+        cat = load_catalog(pd.DataFrame(records, columns=[*columns, _PHOTO], dtype=object), images=root,
+                           id_column=cat_info.id_column, image_column=_PHOTO, image_separator="",
+                           photo_cache=photo_cache or cat_info.photo_cache,
+                           private_urls=cat_info.private_urls if private_urls is None else private_urls,
+                           show_progress_bar=show_progress_bar)
+        return cat, at_row
+
+    def _metadata_change(self, snap: Snapshot, stored: StoredRows, a: "_Asked", columns: list[str],
+                         report: ChangeReport) -> "_Product | None":
+        """A product named without photos: its stored photos with the request's cells."""
+        cat_info = snap.settings.catalog
+        pid = a.cells[cat_info.id_column]
+        rows = stored.rows_of.get(pid)
+        if rows is None:
+            report.changes.append(Change(a.row, pid, "skipped", "no photo named, and the product is not indexed"))
+            return None
+        meta = snap.dense_columns()
+        cells = dict(a.cells)
+        for c in cat_info.photo_columns:
+            cells[c] = str(meta[c][rows[0]])
+        if all(str(meta[c][rows[0]]) == str(cells[c]) for c in columns):
+            report.changes.append(Change(a.row, pid, "unchanged"))
+            return None
+        photos = [self._from_stored(snap, r, cells, a.row, columns, status="metadata", own=True) for r in rows]
+        return _Product(a.row, pid, "metadata", photos)
+
+    def _photo_change(self, snap: Snapshot, stored: StoredRows, a: "_Asked", cat: Catalog, js: list[int],
+                      digests: list[str], at_row: list[int], notes: list[str], columns: list[str],
+                      remove_missing: bool, report: ChangeReport) -> "_Product | None":
+        """A product named with photos: unchanged, or its photos, each a stored row's copy (bytes
+        the index holds) or one to embed. In a sync, a product of which a photo can't be used now
+        keeps its indexed version."""
+        pid = a.cells[snap.settings.catalog.id_column]
+        indexed = pid in stored.rows_of
+        if not js or (remove_missing and notes and indexed):
+            status = "kept" if remove_missing and indexed else "skipped"
+            reason = "; ".join(notes) or "no usable photo"
+            report.changes.append(Change(a.row, pid, status, reason + ("; the indexed version was kept"
+                                                                      if status == "kept" else "")))
+            return None
+        sha1s = [digests[j] for j in js]
+        if indexed and _same_as_stored(snap, stored.rows_of[pid], a.cells, columns,
+                                       [str(cat.image_paths[j]) for j in js], [cat.refs[j] for j in js], sha1s):
+            report.changes.append(Change(a.row, pid, "unchanged"))
+            return None
+        status = "added" if not indexed else "metadata" if sha1s == stored.sha1s_of(pid) else "re-embedded"
+        photos: list[Any] = []
+        for j, digest in zip(js, sha1s):
+            row = at_row[cat.rows[j] - 1]
+            source, own = stored.reuse(pid, digest)
+            if source is not None:  # photo bytes the index holds: their vector, bit for bit
+                photos.append(self._from_stored(snap, source, a.cells, row, columns, image=str(cat.image_paths[j]),
+                                                status=status, own=own, ref=cat.refs[j], photo=cat.photo_numbers[j]))
+            else:
+                photos.append(_Pending(cat, j, row, pid, status))
+        return _Product(a.row, pid, status, photos, notes)
 
     def _from_stored(self, snap: Snapshot, old: int, values: Mapping[str, Any], row: int, columns: list[str], *,
-                     keep_photo: bool = False, image: str | None = None, status: str | None = None,
-                     own: bool = False) -> "_Row | _Unchanged":
-        """A row written from what the index stores for row ``old`` (its vector, colour, hashes)
-        with the request's metadata: a metadata change (``own``: ``old`` is this product's row),
-        or a photo the index already holds. A product whose metadata and photo path equal what
-        the index holds is ``_Unchanged``, found before anything stored is read (most rows of a
-        nightly sync)."""
+                     image: str | None = None, status: str = "metadata", own: bool = False,
+                     ref: str | None = None, photo: int | None = None) -> "_Row":
+        """A photo row written from what the index stores for row ``old`` (its vector, colour,
+        hashes) with the request's cells: a metadata change (``own``: ``old`` is this product's
+        row, whose duplicate groups it keeps), or a photo the index already holds."""
         meta = snap.dense_columns()
-        cat_info = snap.settings.catalog
-        current = {c: str(meta[c][old]) for c in columns}
         new = {c: str(values[c]) for c in columns}
-        if keep_photo:
-            new[cat_info.image_column] = current[cat_info.image_column]
         hidden = {c: meta[c][old] for c in HIDDEN_COLUMNS}
         if image is not None:
             hidden["_image"] = image
+        if ref is not None:
+            hidden["_ref"] = ref
+        if photo is not None:
+            hidden["_photo"] = photo
         hidden["_row"] = row
-        if status is None:
-            if new == current and str(hidden["_image"]) == str(meta["_image"][old]):
-                return _Unchanged(row, new[cat_info.id_column])
-            status = "metadata"
         vectors, colour = snap.take(np.array([old]))
-        return _Row(new[cat_info.id_column], {**new, **hidden, "_status": status, "_request_row": str(row)},
+        return _Row(new[snap.settings.catalog.id_column], {**new, **hidden, "_status": status, "_request_row": str(row)},
                     vectors[0], colour[0], int(np.int64(meta["_dhash"][old]).view(np.uint64)), str(meta["_sha1"][old]),
                     copy_of=snap.physical_row(old) if own else None)
 
     def _embed(self, snap: Snapshot, plan: list[Any], show_progress_bar: bool | None) -> None:
-        pending = [p for p in plan if isinstance(p, _Pending)]
+        pending = [q for p in plan for q in p.photos if isinstance(q, _Pending)]
         if not pending:
             return
         enc = self.encoder(snap)
@@ -570,12 +598,15 @@ class IndexWriter:
                                    workers=self.workers, bar=bar)
                 vectors = stored_vectors(done.raw, snap.projection, snap.settings.metric)
                 hidden = hidden_columns([cat.image_paths[i] for i in done.positions],
-                                        [cat.rows[i] for i in done.positions], done.sha1, done.dhash)
+                                        [cat.rows[i] for i in done.positions], done.sha1, done.dhash,
+                                        [cat.refs[i] for i in done.positions],
+                                        [cat.photo_numbers[i] for i in done.positions])
                 at = {pos: k for k, pos in enumerate(done.positions)}
                 for p in group:
                     k = at.get(p.position)
                     if k is None:
-                        reason = next((q.reason for q in done.problems if q.row == cat.rows[p.position]), "unreadable")
+                        reason = next((q.reason for q in done.problems if q.row == cat.rows[p.position]
+                                       and q.image == cat.refs[p.position]), "unreadable")
                         p.result = reason
                         continue
                     meta: dict[str, Any] = {str(c): str(cat.table[c].iat[p.position]) for c in cat.table.columns}
@@ -610,6 +641,7 @@ class IndexWriter:
         # plain columns: text as str objects, the two numbers as int64 (no DataFrame for a few rows)
         new_meta = {c: text_column([str(r.meta.get(c, "")) for r in rows]) for c in columns}
         new_meta["_row"] = np.array([int(r.meta["_row"]) for r in rows], dtype=np.int64)
+        new_meta["_photo"] = np.array([int(r.meta.get("_photo", 0)) for r in rows], dtype=np.int64)
         new_meta["_dhash"] = np.array([r.dhash for r in rows], dtype=np.uint64).astype(np.int64)
         new_vec = np.array([r.vector for r in rows], dtype=np.float32).reshape(len(rows), snap.settings.dim)
         new_col = np.array([r.colour for r in rows], dtype=np.float32).reshape(len(rows), COLOUR_DIM)
@@ -649,7 +681,11 @@ class IndexWriter:
             exact, near = self._regroup(snap, phys_segments, new_vec, new_col, new_meta, live, exact, near, touched)
         _write_remote(snap, rows, gone)
         catalogue = _columns(snap)
-        report.versions.update({r.id: product_etag(r.meta, catalogue, r.sha1) for r in rows})
+        photos: dict[str, list[_Row]] = {}
+        for r in rows:
+            photos.setdefault(r.id, []).append(r)
+        report.versions.update({pid: product_etag(rs[0].meta, catalogue, [r.sha1 for r in rs])
+                                for pid, rs in photos.items()})
         settings = _with_counts(snap, near[live])
         if catalog_info:
             settings = settings.with_catalog(**catalog_info)
@@ -681,30 +717,25 @@ Index = IndexWriter
 
 
 def _written(plan: list[Any], report: ChangeReport, operation: str) -> list["_Row"]:
-    """The rows a change writes, each planned row's outcome added to ``report`` (sorted)."""
+    """The rows a change writes, each planned product's outcome added to ``report`` (sorted): a
+    product is written with the photos that could be used; none, and it is skipped (a sync keeps
+    an indexed product's version)."""
     rows: list[_Row] = []
     for p in plan:
-        if isinstance(p, _Pending):
-            if isinstance(p.result, _Row):
-                rows.append(p.result)
-                report.changes.append(Change(p.row, p.id, p.status))
-            else:
-                status = "kept" if operation == "sync" and p.status == "re-embedded" else "skipped"
-                reason = str(p.result) + ("; the indexed version was kept" if status == "kept" else "")
-                report.changes.append(Change(p.row, p.id, status, reason))
-        else:
-            rows.append(p)
-            report.changes.append(Change(int(p.meta["_request_row"]), p.id, p.meta["_status"]))
+        got = [q.result if isinstance(q, _Pending) else q for q in p.photos]
+        lost = [_note(q.cat.refs[q.position], str(q.result)) for q in p.photos
+                if isinstance(q, _Pending) and not isinstance(q.result, _Row)]
+        done = [r for r in got if isinstance(r, _Row)]
+        notes = "; ".join([*p.notes, *lost])
+        if not done or (lost and operation == "sync" and p.status != "added"):
+            status = "kept" if operation == "sync" and p.status != "added" else "skipped"
+            report.changes.append(Change(p.row, p.id, status, (notes or "no usable photo")
+                                         + ("; the indexed version was kept" if status == "kept" else "")))
+            continue
+        rows.extend(done)
+        report.changes.append(Change(p.row, p.id, p.status, notes))
     report.changes.sort(key=lambda c: (c.row == 0, c.row, c.id))
     return rows
-
-
-@dataclass(frozen=True)
-class _Unchanged:
-    """A row whose photo bytes, photo path and metadata equal what the index holds."""
-
-    row: int
-    id: str
 
 
 @dataclass
@@ -719,16 +750,95 @@ class _Pending:
     result: Any = None  # a _Row once embedded, else the reason it could not be
 
 
+def _note(ref: str, reason: str) -> str:
+    """A photo's problem, naming the photo when the reason does not."""
+    return reason if ref in reason else f"{ref}: {reason}"
+
+
+@dataclass
+class _Product:
+    """A product a change writes: its photos, each a stored row's copy (:class:`_Row`) or one to
+    embed (:class:`_Pending`), and the photos it named that can't be used."""
+
+    row: int
+    id: str
+    status: str
+    photos: list[Any]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Asked:
+    """A product as a change names it: its first row, its cells, its photos (reference -> the
+    request's row naming it)."""
+
+    row: int
+    cells: dict[str, str]
+    refs: dict[str, int]
+
+
+#: the column that carries one photo reference a row when a change's photos are found
+_PHOTO = "\x00photo"
+
+
+def _asked_products(table: _Rows, columns: list[str], cat_info: Any, stored: StoredRows | None,
+                    report: ChangeReport) -> list[_Asked]:
+    """A change's products in the request's order: rows with the same id merged as a build merges
+    them (a later row adds its photos when its other cells are empty or equal; one that differs
+    is reported), rows cut short and empty ids reported. ``stored``: a sync, where a row cut short
+    of an indexed product keeps its indexed version."""
+    id_col, photo_cols = cat_info.id_column, cat_info.photo_columns
+    others = [c for c in columns if c not in photo_cols]
+    products: dict[str, _Asked] = {}
+    numbers = table.numbers or range(1, len(table.records) + 1)
+    for number, record in zip(numbers, table.records):
+        pid = str(record.get(id_col, "")).strip()
+        if number in table.short:  # its missing cells are not blanks to write
+            status = "kept" if stored is not None and pid in stored.rows_of else "skipped"
+            reason = table.short[number] + ("; the indexed version was kept" if status == "kept" else "")
+            report.changes.append(Change(number, pid, status, reason))
+            continue
+        if not pid:
+            report.changes.append(Change(number, pid, "skipped", "empty id"))
+            continue
+        cells = {**{c: str(record.get(c, "")) for c in columns}, id_col: pid}
+        refs = split_photos([cells[c] for c in photo_cols], cat_info.image_separator)
+        first = products.get(pid)
+        if first is None:
+            products[pid] = _Asked(number, cells, {ref: number for ref in refs})
+            continue
+        differs = next((f"{c} is {first.cells[c]!r} there, {cells[c]!r} here" for c in others
+                        if cells[c].strip() and cells[c] != first.cells[c]), "")
+        if differs:
+            report.changes.append(Change(number, pid, "skipped",
+                                         f"duplicate id (first on row {first.row}) with other cells: {differs}"))
+        else:
+            for ref in refs:
+                first.refs.setdefault(ref, number)
+    return list(products.values())
+
+
+def _same_as_stored(snap: Snapshot, rows: Sequence[int], cells: Mapping[str, str], columns: Sequence[str],
+                    paths: Sequence[str], refs: Sequence[str], sha1s: Sequence[str]) -> bool:
+    """Whether a product's cells and photos (bytes, paths and references, in order) are those
+    the index holds for it (most products of a nightly sync)."""
+    meta = snap.dense_columns()
+    if len(rows) != len(sha1s) or any(str(meta[c][rows[0]]) != str(cells[c]) for c in columns):
+        return False
+    return all(str(meta["_sha1"][r]) == s and str(meta["_image"][r]) == p and str(meta["_ref"][r]) == ref
+               for r, s, p, ref in zip(rows, sha1s, paths, refs))
+
+
 def _columns(snap: Snapshot) -> list[str]:
     """The catalogue's own columns, as the index stores them."""
     return list(snap.settings.catalog.columns or [c for c in snap.dense_columns() if c not in ALL_HIDDEN])
 
 
-def _stored_etag(meta: Mapping[str, Any], columns: Sequence[str], row: int | None) -> str | None:
-    """The entity tag of the product at dense row ``row`` (None: not indexed)."""
-    if row is None:
+def _stored_etag(meta: Mapping[str, Any], columns: Sequence[str], rows: Sequence[int] | None) -> str | None:
+    """The entity tag of the product at dense rows ``rows``, its photos' (None: not indexed)."""
+    if not rows:
         return None
-    return product_etag({c: meta[c][row] for c in columns}, columns, str(meta["_sha1"][row]))
+    return product_etag({c: meta[c][rows[0]] for c in columns}, columns, [str(meta["_sha1"][r]) for r in rows])
 
 
 def _segment_columns(snap: Snapshot) -> list[str]:
@@ -751,17 +861,23 @@ def _forget_unused_photos(folder: Path, used: set[str]) -> None:
 def _write_remote(snap: Snapshot, rows: list[_Row], gone: set[str]) -> None:
     """For an index searched in Milvus: the change goes there first, then the generation is
     committed (a crash between the two leaves Milvus ahead; readers ignore rows their generation
-    lacks, and the next sync or change brings them level)."""
+    lacks, and the next sync or change brings them level). A product's photos are its keys
+    (:func:`~lookalike.folder.rows.photo_key`): those it no longer has are deleted."""
     if snap.settings.index.backend != "milvus":
         return
     from lookalike.search.backends.milvus import MilvusTarget
 
     target = MilvusTarget.of(snap.settings.index)
+    keys = photo_keys([r.id for r in rows], [int(r.meta.get("_photo", 0)) for r in rows])
     if rows:
         columns = list(snap.settings.catalog.columns)
-        target.write([r.id for r in rows], np.array([r.vector for r in rows], np.float32),
+        target.write(keys, np.array([r.vector for r in rows], np.float32),
                      np.array([r.colour for r in rows], np.float32), {c: [r.meta.get(c, "") for r in rows] for c in columns})
-    target.delete(sorted(gone))
+    meta = snap.dense_columns()
+    changed = gone | {r.id for r in rows}
+    held = photo_keys(meta[snap.id_column].tolist(), meta["_photo"].tolist())
+    stale = {key for pid, key in zip(meta[snap.id_column].tolist(), held) if pid in changed} - set(keys)
+    target.delete(sorted(stale | gone))
 
 
 def _check_columns(table: _Rows, columns: list[str], id_col: str) -> None:

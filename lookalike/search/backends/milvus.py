@@ -1,8 +1,8 @@
 """Milvus as a vector store (extra ``milvus``): Milvus Lite in a local ``.db`` file, or a server.
 
-One collection holds one catalogue, a row per product::
+One collection holds one catalogue, a row per photo::
 
-    pk          VARCHAR, primary key     the product id
+    pk          VARCHAR, primary key     the product id (its main photo), or id U+001F n (its photo n)
     vector      FLOAT_VECTOR(dim), IP    hstack([shape_unit, colour_unit]) for a blended index
     c_<column>  VARCHAR, one a column    the catalogue's text (the field's description is the column name)
     dup_exact   INT64                    byte-identical photo group
@@ -45,7 +45,7 @@ from urllib.parse import quote, unquote
 import numpy as np
 
 from lookalike.errors import IndexFormatError, InvalidQueryError, LookalikeError, require
-from lookalike.folder.rows import searchable
+from lookalike.folder.rows import photo_keys, searchable
 from lookalike.search.backends.base import Filter, topk_sorted
 
 __all__ = [
@@ -673,8 +673,13 @@ class MilvusIndex:
         self.snapshot = snapshot
         self._config = snapshot.settings.index.to_json()
         self.metric = metric
-        self.ids = snapshot.dense_columns()[snapshot.id_column].tolist()
-        self._row_of = {pid: i for i, pid in enumerate(self.ids)}
+        meta = snapshot.dense_columns()
+        self.ids = meta[snapshot.id_column].tolist()
+        keys = photo_keys(self.ids, meta["_photo"].tolist())
+        self._row_of = {key: i for i, key in enumerate(keys)}
+        self._keys_of: dict[str, list[str]] = {}
+        for pid, key in zip(self.ids, keys):
+            self._keys_of.setdefault(pid, []).append(key)
         self._exact: Any = None
 
     @classmethod
@@ -706,6 +711,9 @@ class MilvusIndex:
             return np.zeros((b, 0), np.float32), np.zeros((b, 0), np.int64)
         if not expressible(filter):  # a mask alone (export), a numeric condition: exactly, here
             return self.exact().search(queries, k, filter=filter)
+        if filter is not None and filter.exclude_ids:  # a product is excluded with all its photos
+            filter = Filter(filter.where, [key for pid in filter.exclude_ids for key in self._keys_of.get(pid, [pid])],
+                            conditions=filter.conditions)
         expr = expression(filter, self.store.fields)
         # Milvus may hold rows this generation does not (a change being committed): over-fetch
         found = self.store.search(queries, min(MAX_K, k + 16), expr=expr)
