@@ -7,8 +7,10 @@ after it stops that none of them is left.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import ipaddress
+import json
 import os
 import pickle
 import shutil
@@ -32,6 +34,7 @@ from lookalike import (
     ModelError,
     build,
     demo_catalog,
+    get_encoder,
     load_catalog,
 )
 from lookalike.encoders import EncoderSettings
@@ -131,6 +134,36 @@ def test_encoder_settings_travel_and_make_the_same_encoder(encoder):
         encoder.name, encoder.pooling, encoder.dim, encoder.preprocess, encoder.precision, encoder.onnx_path())
     with pytest.raises(ModelError, match="get_encoder"):
         EncoderSettings.of(object())
+
+
+def test_actors_run_the_runtime_the_driver_calibrated(bad_catalog, encoder, tmp_path, monkeypatch):
+    """With runtime auto each process that calibrates for itself may choose another runtime: an
+    actor's thread count (its share of the CPUs) has a calibration record of its own, measured
+    apart on a cold cache, where ONNX Runtime and OpenVINO are often within the 5% margin. The
+    settings shipped to the actors name the driver's choice, and an actor made from them gives
+    the local engine's vectors (no Ray needed: the actor class is called here)."""
+    from lookalike.encoders.calibrate import calibration_path
+    from lookalike.engines.ray import _Embed, actor_settings
+
+    monkeypatch.setenv("LOOKALIKE_CALIBRATION_DIR", str(tmp_path))
+    driver = get_encoder()  # not the shared one: this one resolves its runtime from the records below
+    # the two records disagree, as two cold-cache measurements can: the driver's thread count
+    # chose ONNX Runtime, an actor's (1 thread) OpenVINO
+    for enc, runtime in ((driver, "onnx"), (EncoderSettings.of(driver).make(threads=1), "openvino")):
+        calibration_path(enc).write_text(json.dumps({"runtime": runtime}))
+    settings, model = actor_settings(driver)
+    assert settings == dataclasses.replace(EncoderSettings.of(driver), runtime="onnx")
+    assert driver.engine == "onnx" and model == driver.onnx_path()
+    actor = _Embed(settings, None, threads=1)
+    assert actor.enc.onnx_path() == model
+
+    cat = load_catalog(bad_catalog)
+    positions = [0, 1, 2, 3]
+    local = LocalEngine().encode(cat, positions, driver, batch_size=8, workers=2)
+    out = actor({"j": np.arange(len(positions)),
+                 "path": np.array([str(cat.image_paths[i]) for i in positions], dtype=object)})
+    assert out["ok"].all() and actor.enc.engine == driver.engine == "onnx"
+    assert np.abs(out["raw"] - local.raw).max() <= 1e-5
 
 
 def test_cli_ray_options_need_the_ray_engine(tmp_path, capsys):

@@ -118,6 +118,21 @@ def test_calibration_measures_once_and_keeps_its_record(record_at, monkeypatch):
     assert again.engine == record["runtime"]
 
 
+def test_the_runtime_is_resolved_once_without_a_session_and_the_session_runs_it(record_at):
+    """resolve_runtime (what the ray engine pins in the settings its actors get) chooses from the
+    record without opening a session; the session opened later runs that choice, not a record
+    read again."""
+    record_at.write_text(json.dumps({"runtime": "onnx"}))
+    enc = get_encoder()
+    assert enc.engine == "auto"
+    assert enc.resolve_runtime() == "onnx" and enc._session is None and enc.engine == "onnx"
+    record_at.write_text(json.dumps({"runtime": "openvino"}))  # changed meanwhile (another process)
+    enc.encode(PHOTOS[:1])
+    assert enc.engine == enc.resolve_runtime() == "onnx"
+    assert get_encoder(runtime="openvino").resolve_runtime() == "openvino"  # forced: nothing to resolve
+    assert get_encoder(runtime="torch").resolve_runtime() == "torch"
+
+
 @needs_openvino
 def test_a_faster_runtime_whose_vectors_disagree_is_not_chosen(record_at, monkeypatch):
     real = runtimes.open_session

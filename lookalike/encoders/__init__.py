@@ -6,7 +6,7 @@ import importlib.util
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,18 @@ class EncoderSettings:
         return cls(model=enc.name, pooling=enc.pooling, resize=enc.preprocess.resize, trim=enc.preprocess.trim,
                    size=enc.preprocess.size,
                    precision=enc.precision, runtime=enc.runtime, weights=weights)
+
+    @classmethod
+    def pinned(cls, enc: Any) -> EncoderSettings:
+        """:meth:`of` ``enc`` with the concrete runtime it runs on here (for ``runtime="auto"``,
+        this machine's calibrated choice, measured now if not on record: see
+        :meth:`CNNEncoder.resolve_runtime`), for processes that must give its vectors exactly.
+
+        A worker given ``"auto"`` calibrates for itself: at its own thread count (another
+        calibration record) or on another CPU it may choose the other runtime, and its vectors
+        then differ from this process's by far more than rounding.
+        """
+        return replace(cls.of(enc), runtime=enc.resolve_runtime())
 
     def make(self, *, threads: int | None = None) -> CNNEncoder:
         """A new encoder with these settings (``threads``: ONNX Runtime / torch threads)."""

@@ -303,12 +303,15 @@ class OnnxFileEncoder(CNNEncoder):
     def is_prepared(self) -> bool:
         return True
 
+    def _chosen_runtime(self) -> str:
+        return "onnx" if self.runtime == "auto" else self.runtime  # no calibration of one's own models
+
     def _onnx_session(self) -> Session:
         if self._session is None:
             with self._lock:
                 if self._session is None:
                     path = self._ensure_export()
-                    engine = "onnx" if self.runtime == "auto" else self.runtime
+                    engine = self._chosen_runtime()
                     cfg = self.model.config
                     try:
                         self._session = open_session(engine, path, self.threads, cfg.mean, cfg.std, self.streams,

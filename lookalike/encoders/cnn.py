@@ -137,8 +137,39 @@ class CNNEncoder:
     @property
     def engine(self) -> str:
         """The runtime that runs (or will run) the model: ``runtime``, or for ``"auto"`` the
-        calibrated choice once a session is open (``"auto"`` before)."""
-        return self._session.engine if self._session is not None else self.runtime
+        calibrated choice once a session is open or :meth:`resolve_runtime` has chosen it
+        (``"auto"`` before)."""
+        if self._session is not None:
+            return self._session.engine
+        return self.calibration["runtime"] if self.calibration else self.runtime
+
+    def resolve_runtime(self) -> str:
+        """The concrete runtime this encoder runs on (``onnx``, ``openvino`` or ``torch``), chosen
+        now without opening a session: ``runtime``, or for ``"auto"`` this machine's calibrated
+        choice (exported and measured first, once, if not on record), kept in :attr:`calibration`.
+
+        Work spread over other processes pins this choice in the settings it ships them
+        (:meth:`~lookalike.encoders.EncoderSettings.pinned`): each process calibrating for
+        itself, at its own thread count or on its own CPU, may choose the other runtime, whose
+        vectors differ from these (cosine >= the calibration's tolerance, not equal)."""
+        if self._session is not None:
+            return self._session.engine
+        if self.runtime != "auto":
+            return self.runtime
+        with self._lock:
+            self._ensure_export()
+            return self._chosen_runtime()
+
+    def _chosen_runtime(self) -> str:
+        """``runtime``, or for ``"auto"`` the calibrated choice (the export exists; the caller
+        holds the lock). Chosen once per encoder: its session and :meth:`resolve_runtime` agree."""
+        if self.runtime != "auto":
+            return self.runtime
+        if self.calibration is None:
+            from lookalike.encoders.calibrate import choose_runtime
+
+            self.calibration = choose_runtime(self)
+        return str(self.calibration["runtime"])
 
     # -- weights ---------------------------------------------------------------------
     def _resolve_weights(self, weights: str | os.PathLike | None) -> Path:
@@ -316,12 +347,7 @@ class CNNEncoder:
             with self._lock:
                 if self._session is None:
                     path = self._ensure_export()
-                    engine = self.runtime
-                    if engine == "auto":
-                        from lookalike.encoders.calibrate import choose_runtime
-
-                        self.calibration = choose_runtime(self)
-                        engine = self.calibration["runtime"]
+                    engine = self._chosen_runtime()
                     try:
                         self._session = open_session(engine, path, self.threads, self.spec.mean, self.spec.std,
                                                      self.streams)

@@ -45,7 +45,7 @@ from lookalike.reading.images import COLOUR_DIM
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RayEngine", "local_ray", "RAY_VERSION_TESTED"]
+__all__ = ["RayEngine", "local_ray", "actor_settings", "RAY_VERSION_TESTED"]
 
 #: the Ray release this engine is tested with (``pip install 'lookalike[ray]'`` pins it)
 RAY_VERSION_TESTED = "2.60.0"
@@ -232,6 +232,20 @@ def _install_model(enc: CNNEncoder, data: bytes) -> None:
     logger.info("installed the driver's model at %s", path)
 
 
+def actor_settings(enc: Encoder) -> tuple[EncoderSettings, Path | None]:
+    """What the actors make their encoders from: ``enc``'s settings with the runtime pinned to
+    the one it runs on in this process, and its exported model (``None``: torch), made here once.
+
+    ``runtime="auto"`` is resolved here, by this machine's calibration at this process's thread
+    count (:meth:`~lookalike.encoders.EncoderSettings.pinned`): actors left to calibrate for
+    themselves, with their share of the CPUs or on other nodes, could choose another runtime and
+    give other vectors than this process (the local engine) and the manifest's record."""
+    model = enc.prepare()  # type: ignore[attr-defined]  # export once, here, not in every actor
+    settings = EncoderSettings.pinned(enc)
+    logger.info("ray engine: actors run %s on %s", settings.model, settings.runtime)
+    return settings, model
+
+
 class _Embed:
     """One Ray Data actor: its own encoder, loaded once; reads, decodes and embeds batches."""
 
@@ -302,12 +316,12 @@ class RayEngine:
     ) -> Encoded:
         """Like :func:`~lookalike.engines.local.encode_rows`; ``workers`` is unused (each actor
         decodes with as many threads as it has CPUs)."""
-        settings = EncoderSettings.of(enc)
+        EncoderSettings.of(enc)  # an encoder the actors can't make again is refused before any work
         m = len(positions)
         if m == 0:
             return Encoded([], np.zeros((0, enc.dim), np.float32), np.zeros((0, COLOUR_DIM), np.float32),
                            np.zeros(0, np.uint64), [], [])
-        model = enc.prepare()  # type: ignore[attr-defined]  # export once, here, not in every actor
+        settings, model = actor_settings(enc)
         ray = _ray()
         try:
             if ray.is_initialized():
