@@ -55,7 +55,7 @@ def load_recommender(path: str) -> Recommender:
 def page_facts(path: str) -> dict[str, Any]:
     """What the page needs to know about the catalogue's columns (computed once per index)."""
     rec = load_recommender(path)
-    table = rec.metadata[rec.columns]
+    table = rec.product_metadata[rec.columns]
     stats = catalog_stats(table)
     n = len(rec)
     filters: dict[str, list[str]] = {}
@@ -81,7 +81,7 @@ def page_facts(path: str) -> dict[str, Any]:
 @st.cache_data(show_spinner="Drawing the charts…")
 def chart_pngs(path: str) -> dict[str, bytes]:
     rec = load_recommender(path)
-    figs = make_charts(rec.metadata[rec.columns], stats=page_facts(path)["stats"])
+    figs = make_charts(rec.product_metadata[rec.columns], stats=page_facts(path)["stats"])
     out = {}
     for name, fig in figs.items():
         buf = io.BytesIO()
@@ -144,8 +144,10 @@ def _browsed() -> None:
 
 
 # -- pieces -------------------------------------------------------------------------------
-def show_photo(target: Any, rec: Recommender, pid: str, size: int, *, width: int | str = "stretch") -> None:
-    data = thumbnail(str(rec.image_path(pid)), size)
+def show_photo(target: Any, rec: Recommender, pid: str, size: int, *, width: int | str = "stretch",
+               photo: str = "") -> None:
+    """A product's photo: its main one, or the one the catalogue names ``photo``."""
+    data = thumbnail(str(rec.photo_path(pid, photo)), size)
     if data is None:
         target.caption("photo unavailable")
     else:
@@ -179,7 +181,7 @@ def sidebar(rec: Recommender, facts: dict[str, Any]) -> Settings:
 def browse(rec: Recommender, facts: dict[str, Any]) -> None:
     stats = facts["stats"]
     by, within = stats["by"], stats["within"]
-    meta = rec.metadata
+    meta = rec.product_metadata
     rows = meta.index
     # start from the shown product's own group
     current = rec.product(st.session_state.query_id) if st.session_state.query_id in rec else {}
@@ -219,6 +221,12 @@ def show_query(rec: Recommender, facts: dict[str, Any], pid: str) -> None:
     meta = rec.product(pid)
     left, right = st.columns([1, 2], gap="large")
     show_photo(left, rec, pid, LARGE, width=LARGE * 3 // 4)
+    others = rec.photos(pid)[1:]
+    if others:  # the product's gallery: every photo it was indexed with
+        strip = left.columns(min(len(others), 6))
+        for n, ref in enumerate(others[:6]):
+            show_photo(strip[n], rec, pid, THUMB, photo=ref)
+        left.caption(f"{len(others) + 1} photos" + (f" ({len(others) - 6} not shown)" if len(others) > 6 else ""))
     right.subheader(title_of(rec, facts, pid, meta))
     lines = [f"**{rec.id_column}** {pid}"] + [
         f"**{c}** {meta[c]}" for c in facts["describe"] if meta.get(c, "").strip()
@@ -240,9 +248,12 @@ def show_results(rec: Recommender, facts: dict[str, Any], results: Any, settings
         cols = st.columns(GRID)
         for col, r in zip(cols, items[start : start + GRID], strict=False):
             with col.container(border=True):
-                show_photo(st, rec, r.id, THUMB)
+                show_photo(st, rec, r.id, THUMB, photo=r.matched_photo)  # the photo that matched
                 st.markdown(f"**{title_of(rec, facts, r.id, r.metadata)}**")
-                st.caption(f"#{r.rank} · id {r.id} · score {r.score:.3f}")
+                refs = rec.photos(r.id)
+                which = f" · photo {refs.index(r.matched_photo) + 1} of {len(refs)} matched" \
+                    if len(refs) > 1 and r.matched_photo in refs else ""
+                st.caption(f"#{r.rank} · id {r.id} · score {r.score:.3f}{which}")
                 st.button("More like this", key=f"more_{r.id}", on_click=set_query, args=(r.id,))
 
 

@@ -84,9 +84,10 @@ def test_generated_catalogues_build_or_fail_in_one_line(tmp_path_factory, capsys
 
         report = Store(tmp / "idx").report()
         assert (code == 3) == bool((report["status"] != "indexed").any())
-        assert len(report) == len(pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding))
-        assert set(report["status"]) <= {"indexed", "skipped"}
-        assert (report.loc[report["status"] == "skipped", "reason"] != "").all()
+        rows = len(pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding))
+        assert set(report["row"].astype(int)) == set(range(1, rows + 1))  # every row, a line a photo it names
+        assert set(report["status"]) <= {"indexed", "skipped", "photo skipped"}
+        assert (report.loc[report["status"] != "indexed", "reason"] != "").all()
         for _, row in report[report["status"] == "indexed"].iterrows():
             assert row["image"] in PHOTOS or row["image"].endswith(PHOTOS[0])  # nothing outside the folder
 

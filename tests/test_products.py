@@ -272,3 +272,47 @@ def test_milvus_holds_a_key_per_photo_and_drops_the_ones_a_product_lost(tmp_path
     assert rec.index.store.count() == 97 - (len(photos) - 1)
     assert photo_key(pid, 1) not in {k for k, _ in rec.index.store.search(
         np.zeros((1, rec.index.store.dim), np.float32) + 0.01, 100)[0]}
+
+
+# -- the API and the page --------------------------------------------------------------
+def test_the_api_lists_photos_serves_each_and_says_which_matched(wide, rec):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from lookalike.server import create_app
+
+    pid = rec.products[3]
+    with TestClient(create_app(wide)) as c:
+        body = c.get(f"/products/{pid}").json()
+        assert body["photos"] == rec.photos(pid) and len(body["photos"]) > 1
+        for n, path in enumerate(rec.photo_paths(pid)):
+            assert c.get(f"/products/{pid}/image", params={"photo": n}).content == path.read_bytes()
+        missing = c.get(f"/products/{pid}/image", params={"photo": len(body["photos"])})
+        assert missing.status_code == 404 and "no photo" in missing.json()["detail"]
+        found = c.get(f"/products/{pid}/similar", params={"k": 4}).json()["results"]
+        assert [r["id"] for r in found] == rec.similar(pid, k=4).ids
+        assert all(r["matched_photo"] in rec.photos(r["id"]) for r in found)
+        posted = c.post("/similar", json={"ids": [pid], "k": 4, "collapse_parent": True}).json()["results"]
+        assert [r["id"] for r in posted] == rec.similar(pid, k=4, collapse_parent=True).ids
+
+
+def test_the_page_shows_the_gallery_and_the_photo_that_matched(wide, rec, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    import lookalike
+
+    monkeypatch.setenv("LOOKALIKE_INDEX", str(wide))
+    at = AppTest.from_file(str(Path(lookalike.__file__).with_name("app.py")), default_timeout=90)
+    at.run()
+    assert not at.exception, at.exception
+    pid = at.session_state["query_id"]
+    photos = len(rec.photos(pid))
+    shown = rec.similar(pid, k=5)
+    assert len(at.tabs[0].get("image")) == min(photos, 7) + len(shown)  # the gallery, then the results
+    captions = [c.value for c in at.tabs[0].caption]
+    assert f"{photos} photos" in captions
+    for r in shown:
+        refs = rec.photos(r.id)
+        said = f" · photo {refs.index(r.matched_photo) + 1} of {len(refs)} matched" if len(refs) > 1 else ""
+        assert f"#{r.rank} · id {r.id} · score {r.score:.3f}{said}" in captions

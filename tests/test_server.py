@@ -65,7 +65,8 @@ def test_product(client, demo_rec):
     assert resp.status_code == 200
     body = resp.json()
     assert body["id"] == QUERY
-    assert body == {**demo_rec.product(QUERY), "id": QUERY}
+    assert body == {**demo_rec.product(QUERY), "id": QUERY, "photos": demo_rec.photos(QUERY)}
+    assert body["photos"] == [demo_rec.product(QUERY)["Image"]]
     assert body["Gender"] == "Men" and body["ProductTitle"] == "ADIDAS Men Adi Quest Blue Sports Shoes"
 
 

@@ -87,7 +87,7 @@ def contact_sheet(
         x += _TILE + _PAD
     x += _PAD
     for r in results:
-        sheet.paste(_thumb(rec.image_path(r.id), _TILE), (x, y))
+        sheet.paste(_thumb(rec.photo_path(r.id, r.matched_photo), _TILE), (x, y))  # the photo that matched
         draw.rectangle((x - 1, y - 1, x + _TILE, y + _TILE), outline="#bbbbbb", width=1)
         _caption(draw, x, y + _TILE + 6,
                  [f"#{r.rank} {r.id}  score {r.score:.3f}", r.metadata.get(title_column, "")], _TILE)

@@ -61,8 +61,10 @@ def load_stats_table(path: str | os.PathLike) -> pd.DataFrame:
     if path.is_dir():
         from lookalike.folder.store import Store
 
-        meta = Store(path).snapshot().dense()[2]  # IndexFormatError when it is not an index
-        return meta[[c for c in meta.columns if not str(c).startswith("_")]].astype(str)
+        snap = Store(path).snapshot()
+        meta = snap.dense()[2]  # IndexFormatError when it is not an index
+        meta = meta.drop_duplicates(subset=[snap.id_column])  # a product once, not once a photo
+        return meta[[c for c in meta.columns if not str(c).startswith("_")]].astype(str).reset_index(drop=True)
 
     from lookalike.reading.catalog import read_table
 

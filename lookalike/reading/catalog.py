@@ -420,12 +420,16 @@ def merge_products(ids: Sequence[str], df: pd.DataFrame, image_columns: Sequence
         elif pid in products:
             product = products[pid]
             differs = _conflict(cells, others, product.first, i)
+            new = [ref for ref in refs if ref not in product.refs]
             if differs:
                 problems.append(RowProblem(row, pid, shown, f"duplicate id (first on row {product.first + 1}) "
                                                             f"with other cells: {differs}"))
+            elif not new:  # every row is indexed or reported: this one adds nothing to its product
+                problems.append(RowProblem(row, pid, shown, f"duplicate id (first on row {product.first + 1}): "
+                                                            "the row names no photo its product lacks"))
             else:
-                for ref in refs:
-                    product.refs.setdefault(ref, row)
+                for ref in new:
+                    product.refs[ref] = row
         else:
             products[pid] = _Product(pid, i, {ref: row for ref in refs})
     for product in products.values():
@@ -543,20 +547,9 @@ def load_catalog(
     (``If-None-Match``/``If-Modified-Since``). ``private_urls=False`` refuses URLs of hosts at
     loopback, private, link-local or reserved addresses.
     """
-    if isinstance(path, pd.DataFrame):
-        _check_unique_columns([str(c) for c in path.columns], "the catalogue table")
-        df, source, read = _as_text(path), None, None
-    else:
-        source = Path(path)
-        read = read_table_file(source)
-        df = read.table
+    df, source, read = _read(path)
     image_columns = image_columns_of(image_column)
-    wanted = [(id_column, "id"), *((c, "image") for c in image_columns)]
-    for col, what in wanted + ([(parent_column, "parent")] if parent_column else []):
-        if col not in df.columns:
-            raise CatalogError(
-                f"catalogue has no {what} column {col!r}; its columns are: {', '.join(df.columns)}"
-            )
+    _check_named_columns(df, id_column, image_columns, parent_column)
     finder = _FileFinder(_images_root(images, source), allow_outside=allow_outside_images)
     ids = df[id_column].astype(str).str.strip()
     fetch = _Fetch(photo_cache, fetcher, private_urls, show_progress_bar)
@@ -588,6 +581,23 @@ def load_catalog(
         image_separator=image_separator,
         parent_column=parent_column,
     )
+
+
+def _read(path: str | os.PathLike | pd.DataFrame) -> tuple[pd.DataFrame, Path | None, TableFile | None]:
+    """A catalogue as text: (table, its file, the file as read) — no file for a table given."""
+    if isinstance(path, pd.DataFrame):
+        _check_unique_columns([str(c) for c in path.columns], "the catalogue table")
+        return _as_text(path), None, None
+    read = read_table_file(Path(path))
+    return read.table, Path(path), read
+
+
+def _check_named_columns(df: pd.DataFrame, id_column: str, image_columns: Sequence[str],
+                         parent_column: str | None) -> None:
+    wanted = [(id_column, "id"), *((c, "image") for c in image_columns)]
+    for col, what in wanted + ([(parent_column, "parent")] if parent_column else []):
+        if col not in df.columns:
+            raise CatalogError(f"catalogue has no {what} column {col!r}; its columns are: {', '.join(df.columns)}")
 
 
 def image_columns_of(image_column: str | Sequence[str]) -> tuple[str, ...]:

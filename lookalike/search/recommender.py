@@ -182,6 +182,13 @@ class Recommender:
                                    numeric=cat.numeric_columns, products=self._product if self.multi_photo else None,
                                    parent_column=cat.parent_column)
 
+    @property
+    def product_metadata(self) -> pd.DataFrame:
+        """:attr:`metadata` with one row per product (its main photo's), in index order."""
+        if not self.multi_photo:
+            return self.metadata
+        return self.metadata.iloc[[self._row_of[p] for p in self.products]].reset_index(drop=True)
+
     @staticmethod
     def _group_ids(groups: np.ndarray) -> np.ndarray:
         """Make every row's group unique: singletons get their own number."""
@@ -287,6 +294,12 @@ class Recommender:
     def photos(self, pid: object) -> list[str]:
         """The product's photos as the catalogue names them (paths or URLs), main photo first."""
         return [str(self._data["_ref"][r]) for r in self.rows(pid)]
+
+    def photo_path(self, pid: object, photo: str = "") -> Path:
+        """The file of the product's photo the catalogue names ``photo`` (a result's
+        ``matched_photo``), else of its main photo."""
+        refs = self.photos(pid)
+        return self.photo_paths(pid)[refs.index(photo)] if photo in refs else self.image_path(pid)
 
     def photo_paths(self, pid: object) -> list[Path]:
         """The product's photos on this machine, main photo first."""

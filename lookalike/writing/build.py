@@ -184,9 +184,8 @@ def build(
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
     Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`).
     Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more.
-    A product may have several photos (``image_column`` several columns, cells split by
-    ``image_separator``, or several rows with its id): each photo is a row of the index, and a
-    product scores by its best. ``parent_column`` names a variant's parent product.
+    A product may have several photos (``image_column`` several columns, cells split by ``image_separator``,
+    several rows with its id); it scores by its best. ``parent_column`` names a variant's parent.
 
     ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
     the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
@@ -200,16 +199,12 @@ def build(
     opts = _Options(metric, backend, _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim),
                     projection_dim, projection, batch_size, workers, update, milvus_uri, collection, runtime,
                     show_progress_bar, tuple(numeric))
-    if backend == "milvus" and (not milvus_uri or metric != "cosine"):
-        raise InvalidQueryError("--backend milvus needs --milvus-uri (a .db path or http://host:19530) and metric cosine")
     runner = get_engine(engine, ray_address=ray_address, actors=actors)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
+    out = _check_out(Path(out), opts)
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
         catalog, images=images, id_column=id_column, image_column=image_column,
-        image_separator=image_separator, parent_column=parent_column, allow_outside_images=allow_outside_images, photo_cache=photo_cache, private_urls=private_urls,
-        show_progress_bar=show_progress_bar)
+        image_separator=image_separator, parent_column=parent_column, allow_outside_images=allow_outside_images,
+        photo_cache=photo_cache, private_urls=private_urls, show_progress_bar=show_progress_bar)
     _check_numeric(cat, opts.numeric)
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
@@ -217,6 +212,15 @@ def build(
         streams=workers if runner.name == "local" else 1,  # each local worker decodes and embeds its own batches
     )
     return _build(cat, out, enc, runner, opts, t0)
+
+
+def _check_out(out: Path, opts: "_Options") -> Path:
+    """Where the index goes, and a Milvus build's location, checked before any work."""
+    if opts.backend == "milvus" and (not opts.milvus_uri or opts.metric != "cosine"):
+        raise InvalidQueryError("--backend milvus needs --milvus-uri (a .db path or http://host:19530) and metric cosine")
+    if out.exists() and not out.is_dir():
+        raise InvalidQueryError(f"--out {out} is a file; give a folder for the index")
+    return out
 
 
 def _check_numeric(cat: Catalog, numeric: Sequence[str]) -> None:

@@ -477,16 +477,16 @@ class IndexWriter:
             cat, at_row = self._photos_of(snap, with_photo, columns, root, photo_cache, private_urls,
                                           show_progress_bar)
             cache = cat.photo_cache
-            notes: dict[str, list[str]] = {}
+            notes: dict[str, list[tuple[str, str]]] = {}  # product -> (photo, reason) of each it can't use
             for p in cat.problems:
-                notes.setdefault(p.id, []).append(p.note)
+                notes.setdefault(p.id, []).append((p.image, p.reason))
             digests = file_sha1s(cat.image_paths, self.workers)
             positions: dict[str, list[int]] = {}
             for j, pid in enumerate(cat.ids):
                 if digests[j]:
                     positions.setdefault(pid, []).append(j)
                 else:
-                    notes.setdefault(pid, []).append(f"unreadable file: {cat.refs[j]}")
+                    notes.setdefault(pid, []).append((cat.refs[j], "unreadable file"))
             for a in with_photo:
                 pid = a.cells[cat_info.id_column]
                 plan.append(self._photo_change(snap, stored, a, cat, positions.get(pid, []), digests, at_row,
@@ -528,13 +528,15 @@ class IndexWriter:
         return _Product(a.row, pid, "metadata", photos)
 
     def _photo_change(self, snap: Snapshot, stored: StoredRows, a: "_Asked", cat: Catalog, js: list[int],
-                      digests: list[str], at_row: list[int], notes: list[str], columns: list[str],
+                      digests: list[str], at_row: list[int], problems: list[tuple[str, str]], columns: list[str],
                       remove_missing: bool, report: ChangeReport) -> "_Product | None":
         """A product named with photos: unchanged, or its photos, each a stored row's copy (bytes
         the index holds) or one to embed. In a sync, a product of which a photo can't be used now
         keeps its indexed version."""
         pid = a.cells[snap.settings.catalog.id_column]
         indexed = pid in stored.rows_of
+        single = len(a.refs) == 1  # its photo's reason is the product's, as before products had several
+        notes = [reason if single else _note(ref, reason) for ref, reason in problems]
         if not js or (remove_missing and notes and indexed):
             status = "kept" if remove_missing and indexed else "skipped"
             reason = "; ".join(notes) or "no usable photo"
@@ -556,7 +558,7 @@ class IndexWriter:
                                                 status=status, own=own, ref=cat.refs[j], photo=cat.photo_numbers[j]))
             else:
                 photos.append(_Pending(cat, j, row, pid, status))
-        return _Product(a.row, pid, status, photos, notes)
+        return _Product(a.row, pid, status, photos, notes, single)
 
     def _from_stored(self, snap: Snapshot, old: int, values: Mapping[str, Any], row: int, columns: list[str], *,
                      image: str | None = None, status: str = "metadata", own: bool = False,
@@ -681,11 +683,7 @@ class IndexWriter:
             exact, near = self._regroup(snap, phys_segments, new_vec, new_col, new_meta, live, exact, near, touched)
         _write_remote(snap, rows, gone)
         catalogue = _columns(snap)
-        photos: dict[str, list[_Row]] = {}
-        for r in rows:
-            photos.setdefault(r.id, []).append(r)
-        report.versions.update({pid: product_etag(rs[0].meta, catalogue, [r.sha1 for r in rs])
-                                for pid, rs in photos.items()})
+        report.versions.update(_versions(rows, catalogue))
         settings = _with_counts(snap, near[live])
         if catalog_info:
             settings = settings.with_catalog(**catalog_info)
@@ -723,7 +721,7 @@ def _written(plan: list[Any], report: ChangeReport, operation: str) -> list["_Ro
     rows: list[_Row] = []
     for p in plan:
         got = [q.result if isinstance(q, _Pending) else q for q in p.photos]
-        lost = [_note(q.cat.refs[q.position], str(q.result)) for q in p.photos
+        lost = [str(q.result) if p.single else _note(q.cat.refs[q.position], str(q.result)) for q in p.photos
                 if isinstance(q, _Pending) and not isinstance(q.result, _Row)]
         done = [r for r in got if isinstance(r, _Row)]
         notes = "; ".join([*p.notes, *lost])
@@ -750,6 +748,14 @@ class _Pending:
     result: Any = None  # a _Row once embedded, else the reason it could not be
 
 
+def _versions(rows: Sequence["_Row"], columns: Sequence[str]) -> dict[str, str]:
+    """The entity tag of each product written: its cells and its photos' hashes, in order."""
+    photos: dict[str, list[_Row]] = {}
+    for r in rows:
+        photos.setdefault(r.id, []).append(r)
+    return {pid: product_etag(rs[0].meta, columns, [r.sha1 for r in rs]) for pid, rs in photos.items()}
+
+
 def _note(ref: str, reason: str) -> str:
     """A photo's problem, naming the photo when the reason does not."""
     return reason if ref in reason else f"{ref}: {reason}"
@@ -765,6 +771,7 @@ class _Product:
     status: str
     photos: list[Any]
     notes: list[str] = field(default_factory=list)
+    single: bool = False  # it named one photo: a reason needs no photo's name
 
 
 @dataclass
