@@ -49,6 +49,9 @@ sys.path.insert(0, str(ROOT))  # this checkout's lookalike, whichever one is ins
 README = ROOT / "README.md"
 SHEET = ROOT / "docs" / "img" / "sheet-13683.png"
 SAMPLE = "lookalike/data/demo"
+#: ../shared/datasets/store-demos (25 real products, 97 photos), beside the checkout as CI has it
+STORE = "store-demos"
+STORE_DIR = ROOT.parent / "shared" / "datasets" / "store-demos"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ EXAMPLES = (
         f"lookalike sync shop-index {SAMPLE}/today.csv {IMAGES}     # the nightly job: whatever changed",
         "lookalike compact shop-index                             # fold the changes into one segment",
     ), (0, 3, 0, 0)),
+    Example("products", (
+        f"lookalike build {STORE}/catalog.csv --images {STORE}/images --id-column product_id --image-column images "
+        "--out store-index --runtime onnx",
+        "lookalike similar store-index --id oc-31 -k 4 --columns name,category,price",
+    ), (0, 0)),
 )
 
 
@@ -143,6 +151,9 @@ def render(scratch: Path) -> dict[str, str]:
 
     (scratch / SAMPLE).parent.mkdir(parents=True, exist_ok=True)
     (scratch / SAMPLE).symlink_to(DEMO_DIR.resolve(), target_is_directory=True)
+    if not STORE_DIR.is_dir():
+        raise SystemExit(f"readme_examples: the store-demos data set is not at {STORE_DIR} (../shared beside the checkout)")
+    (scratch / STORE).symlink_to(STORE_DIR.resolve(), target_is_directory=True)
     get_encoder(runtime="onnx").prepare()  # a first run's one-time preparation is no example's output
     blocks = {}
     with _inside(scratch):

@@ -316,3 +316,25 @@ def test_the_page_shows_the_gallery_and_the_photo_that_matched(wide, rec, monkey
         refs = rec.photos(r.id)
         said = f" · photo {refs.index(r.matched_photo) + 1} of {len(refs)} matched" if len(refs) > 1 else ""
         assert f"#{r.rank} · id {r.id} · score {r.score:.3f}{said}" in captions
+
+
+def test_a_put_with_several_photos_makes_them_the_products_photos(wide, tmp_path, store_dir, table, encoder):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from lookalike.server import create_app
+
+    path = tmp_path / "index"
+    shutil.copytree(wide, path)
+    photos = [store_dir / "images" / p for p in table["images"].iat[5].split("|")[:1] + table["images"].iat[6].split("|")[:2]]
+    auth = {"Authorization": "Bearer s3cret-write-token-0123456789"}
+    with TestClient(create_app(Recommender.load(path, encoder=encoder), write_token="s3cret-write-token-0123456789")) as c:
+        files = [("image", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+        res = c.put("/products/new-3", headers=auth, files=files, data={"name": "three photos"})
+        assert res.status_code == 201, res.text
+        body = c.get("/products/new-3").json()
+        assert len(body["photos"]) == 3 and body["name"] == "three photos"
+        for n, p in enumerate(photos):
+            assert c.get("/products/new-3/image", params={"photo": n}).content == p.read_bytes()
+        res = c.put("/products/new-3", headers=auth, files=files[:1])
+        assert res.status_code == 200 and len(c.get("/products/new-3").json()["photos"]) == 1

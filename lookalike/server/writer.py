@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 from lookalike.errors import LookalikeError, StorageError
 from lookalike.server.edge import RETRY_AFTER_S, Refused
@@ -98,12 +98,13 @@ class WriterProcess:
         return all(p.is_alive() for p in list(processes.values()))
 
     async def upsert(self, pid: str, fields: dict[str, str], photo: bytes | None = None,
-                     suffix: str = ".jpg", *, if_match: str | None = None) -> Any:
-        """Add or change one product (``photo`` None: metadata only), merged with the product as
-        committed (see :class:`lookalike.writing.writer.Upload`); its batch's report."""
+                     suffix: str = ".jpg", *, if_match: str | None = None, more: Sequence[bytes] = ()) -> Any:
+        """Add or change one product (``photo`` None: metadata only; ``more``: its other photos),
+        merged with the product as committed (see :class:`lookalike.writing.writer.Upload`); its
+        batch's report."""
         from lookalike.writing.writer import Upload
 
-        return await self._submit("upsert", pid, Upload(pid, fields, photo, suffix, if_match))
+        return await self._submit("upsert", pid, Upload(pid, fields, photo, suffix, if_match, tuple(more)))
 
     async def remove(self, pid: str, *, if_match: str | None = None) -> Any:
         """Remove one product; its batch's report."""

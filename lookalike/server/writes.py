@@ -29,7 +29,8 @@ __all__ = ["add_write_routes", "MAX_FIELDS"]
 #: metadata fields one write may carry
 MAX_FIELDS = 64
 _PUT_DESCRIPTION = (
-    "Multipart: a photo in the field `image` plus metadata fields (a new or re-shot "
+    "Multipart: a photo in the field `image` (repeat it for several: the product's photos, main first) "
+    "plus metadata fields (a new or re-shot "
     "product); or a JSON object of metadata fields alone (the photo and its vector are kept). "
     "Columns the index does not have are refused; columns not sent keep the values the product "
     "has when the write commits (empty for a new product), so writes to one product compose. "
@@ -88,9 +89,10 @@ def add_write_routes(app: Any, service: "Service", schemas: "Schemas") -> Writer
             return await commit(the_writer().upsert(pid, fields, if_match=if_match), pid)
         if ctype != "multipart/form-data":
             raise Refused(415, "send multipart/form-data (field 'image' plus metadata) or application/json metadata")
-        photo, fields = await _form(request, service.read_body)
-        suffix = await run_in_threadpool(_check_photo, photo, service.max_pixels)
-        return await commit(the_writer().upsert(pid, fields, photo, suffix, if_match=if_match), pid)
+        photos, fields = await _form(request, service.read_body)
+        suffixes = [await run_in_threadpool(_check_photo, photo, service.max_pixels) for photo in photos]
+        return await commit(the_writer().upsert(pid, fields, photos[0], suffixes[0], if_match=if_match,
+                                                more=photos[1:]), pid)
 
     @app.delete("/products/{product_id}", responses=done, summary="Remove a product",
                 dependencies=[Depends(writes_on)],
@@ -158,7 +160,12 @@ def _json_fields(body: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
-async def _form(request: Any, read_body: Callable[..., Any]) -> tuple[bytes, dict[str, str]]:
+#: photos one PUT may carry (the ``image`` field repeated: the product's photos, main first)
+MAX_PHOTOS = 16
+
+
+async def _form(request: Any, read_body: Callable[..., Any]) -> tuple[list[bytes], dict[str, str]]:
+    """A PUT's photos (every ``image`` field, main photo first) and its metadata fields."""
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -167,22 +174,22 @@ async def _form(request: Any, read_body: Callable[..., Any]) -> tuple[bytes, dic
     async def stream() -> Any:
         yield body
 
-    parser = MultiPartParser(request.headers, stream(), max_files=1, max_fields=MAX_FIELDS)
+    parser = MultiPartParser(request.headers, stream(), max_files=MAX_PHOTOS, max_fields=MAX_FIELDS)
     try:
         form = await parser.parse()
     except (MultiPartException, ValueError, KeyError) as exc:
         raise Refused(400, f"malformed multipart body: {exc}") from None
     try:
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
+        uploads = [u for u in form.getlist("image") if isinstance(u, UploadFile)]
+        if not uploads:
             raise Refused(422, "the multipart field 'image' (a photo file) is required; send JSON to change metadata only")
-        photo = await upload.read()
+        photos = [await u.read() for u in uploads]
         fields = {k: v for k, v in form.multi_items() if k != "image" and isinstance(v, str)}
     finally:
         await form.close()
-    if not photo:
+    if not all(photos):
         raise ImageError("empty file")
-    return photo, fields
+    return photos, fields
 
 
 def _check_photo(photo: bytes, max_pixels: int) -> str:
