@@ -338,3 +338,16 @@ def test_a_put_with_several_photos_makes_them_the_products_photos(wide, tmp_path
             assert c.get("/products/new-3/image", params={"photo": n}).content == p.read_bytes()
         res = c.put("/products/new-3", headers=auth, files=files[:1])
         assert res.status_code == 200 and len(c.get("/products/new-3").json()["photos"]) == 1
+
+
+def test_evaluate_counts_products_and_tune_holds_a_products_photos_out_together(rec):
+    from lookalike.analysis.evaluate import evaluate
+    from lookalike.analysis.tune import _product_groups, split_holdout
+
+    out = evaluate(rec, ["category"], k=3, show_progress_bar=False)
+    assert out["queries"] == 25
+    groups = _product_groups(rec.ids, rec.exact_groups)  # singletons numbered apart, as tune does
+    held = split_holdout(rec.ids, groups, 0.3)
+    for pid in rec.products:
+        assert len(set(held[rec.rows(pid)])) == 1  # all of a product's photos on one side
+    assert len(np.unique(groups)) == 25 - sum(len(g) - 1 for g in rec.duplicates(near=False))

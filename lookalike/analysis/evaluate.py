@@ -100,9 +100,11 @@ def _pool_sizes(rec: "Recommender", labels: Sequence[str], same: Sequence[str],
                 where: "Where | None") -> dict[str, np.ndarray]:
     """How many products each query could have been shown that share its label(s)."""
     n = len(rec)
-    keys = _keys(rec.metadata, labels)
+    main = rec.main_rows  # a product once (its main photo's cells), however many photos it has
+    keys = _keys(rec.product_metadata, labels)
     base = rec.where_mask(where)
-    parts = [rec.exact_groups] + [rec.column_codes(c)[0] for c in same]  # a query never returns its twins
+    base = None if base is None else base[main]
+    parts = [rec.exact_groups[main]] + [rec.column_codes(c)[0][main] for c in same]  # never its twins
     out: dict[str, np.ndarray] = {}
     allowed_base = np.ones(n, bool) if base is None else base
     for lab, key in keys.items():
@@ -144,7 +146,7 @@ def evaluate(
     export = rec.export(k=k, same=same, where=where, colour_weight=colour_weight,
                         collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar)
     pools = _pool_sizes(rec, labels, same, where)
-    out = score_export(export, rec.metadata, id_column=rec.id_column, labels=labels, k=k,
+    out = score_export(export, rec.product_metadata, id_column=rec.id_column, labels=labels, k=k,
                        pool_sizes=pools, group_by=group_by)
     out["settings"] = {
         "model": rec.settings.model.name, "pooling": rec.settings.model.pooling,

@@ -34,6 +34,25 @@ logger = logging.getLogger(__name__)
 __all__ = ["tune", "split_holdout"]
 
 
+def _product_groups(ids: Sequence[str], groups: np.ndarray) -> np.ndarray:
+    """Rows joined into one group when they are photos of one product or byte-identical photos."""
+    parent = list(range(len(ids)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, object], int] = {}
+    for i, (pid, g) in enumerate(zip(ids, groups)):
+        for key in (("id", pid), ("group", int(g))):
+            j = first.setdefault(key, i)
+            if j != i:
+                parent[find(i)] = find(j)
+    return np.array([find(i) for i in range(len(ids))], dtype=np.int64)
+
+
 def split_holdout(ids: Sequence[str], groups: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
     """True for held-out rows: a stable hash of each duplicate group's first id."""
     first: dict[int, str] = {}
@@ -123,6 +142,7 @@ def tune(
     exact = meta["_dup_exact"].to_numpy().copy()
     alone = exact < 0
     exact[alone] = exact.max(initial=-1) + 1 + np.arange(int(alone.sum()))
+    exact = _product_groups(ids, exact)  # a product's photos are held out, and never answer, together
     held = split_holdout(ids, exact, holdout, seed)
     fit_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
     if len(fit_rows) < 10 or len(held_rows) < 2:

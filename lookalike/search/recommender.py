@@ -183,6 +183,11 @@ class Recommender:
                                    parent_column=cat.parent_column)
 
     @property
+    def main_rows(self) -> np.ndarray:
+        """Each product's main-photo row, in the order of :attr:`products`."""
+        return np.array([self._row_of[p] for p in self.products], dtype=np.int64)
+
+    @property
     def product_metadata(self) -> pd.DataFrame:
         """:attr:`metadata` with one row per product (its main photo's), in index order."""
         if not self.multi_photo:
