@@ -319,6 +319,7 @@ def _shell_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None
 def _analysis_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     """stats, calibrate, evaluate, tune, demo."""
     from lookalike import DEFAULT_MODEL, MODELS
+    from lookalike.config import SCORINGS
 
     st = add_command("stats", help="what a catalogue holds: counts per gender, category, type, colour")
     st.add_argument("catalog", type=Path, help="catalogue table, or an index folder")
@@ -335,11 +336,20 @@ def _analysis_commands(add_command: Callable[..., argparse.ArgumentParser]) -> N
     ca.add_argument("--again", action="store_true", help="forget the kept measurement and measure anew")
     ca.add_argument("--format", default="table", choices=("table", "json"))
 
-    ev = add_command("evaluate", help="P@k, recall@k and mAP@k against the catalogue's labels")
+    ev = add_command("evaluate", help="P@k, recall@k and mAP@k against the catalogue's labels; "
+                                      "--views: how often a product's other photos find it")
     ev.add_argument("index", type=Path, nargs="+", help="one index, or several with --compare")
-    ev.add_argument("--label", action="append", required=True, metavar="COL")
+    what = ev.add_mutually_exclusive_group(required=True)
+    what.add_argument("--label", action="append", metavar="COL")
+    what.add_argument("--views", action="store_true",
+                      help="query with every photo of each product with two or more, that photo left out of the "
+                           "index: R@1 and R@k of finding its product (no labels needed)")
     ev.add_argument("-k", type=_positive_int, default=5)
-    ev.add_argument("--group-by", action="append", default=[], metavar="COL")
+    ev.add_argument("--group-by", "--by", action="append", default=[], metavar="COL",
+                    help="also score per value of COL (e.g. category); repeatable")
+    ev.add_argument("--scoring", default=None, choices=SCORINGS,
+                    help="with --views: a product scores by its best photo (default, as searches do) "
+                         "or by the mean of its photos' scores")
     ev.add_argument("--format", default="table", choices=("table", "json"))
     ev.add_argument("--compare", action="store_true",
                     help="compare several indexes (or colour weights) and draw a chart")
@@ -791,6 +801,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from lookalike.errors import InvalidQueryError
     from lookalike.search.recommender import Recommender
 
+    if args.views:
+        return _cmd_evaluate_views(args)
+    if args.scoring:
+        raise InvalidQueryError("--scoring needs --views")
     weights = [float(w) for w in args.colour_weights.split(",")] if args.colour_weights else [args.colour_weight]
     if len(args.index) > 1 and not args.compare:
         raise InvalidQueryError("several indexes need --compare")
@@ -812,6 +826,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         chart = args.chart or Path("lookalike-compare.png")
         compare_chart(results, chart)
         print(f"chart: {chart}", file=sys.stderr)
+    return 0
+
+
+#: evaluate's options that --views does not take (it has no labels and no filters)
+_NOT_WITH_VIEWS = ("same", "where", "compare", "colour_weights", "chart", "allow_siblings", "collapse_parent")
+
+
+def _cmd_evaluate_views(args: argparse.Namespace) -> int:
+    from lookalike.analysis.evaluate import evaluate_views
+    from lookalike.errors import InvalidQueryError
+    from lookalike.search.recommender import Recommender
+
+    given = [name for name in _NOT_WITH_VIEWS if getattr(args, name)]
+    if given:
+        raise InvalidQueryError(f"--views takes no --{given[0].replace('_', '-')}")
+    if len(args.index) > 1:
+        raise InvalidQueryError("--views evaluates one index")
+    scores = evaluate_views(Recommender.load(args.index[0]), k=(1, args.k), group_by=args.group_by,
+                            colour_weight=args.colour_weight, scoring=args.scoring or "best",
+                            collapse_duplicates=not args.keep_duplicates,
+                            show_progress_bar=False if args.quiet else None)
+    print(json.dumps(scores.to_dict(), indent=2) if args.format == "json" else scores.format())
     return 0
 
 

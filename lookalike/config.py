@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_IMAGE_SEPARATOR",
     "DEFAULT_COLOUR_WEIGHT",
     "METRICS",
+    "SCORINGS",
     "DEFAULT_MAX_PHOTO_BYTES",
     "DEFAULT_FETCH_CONCURRENCY",
     "DEFAULT_FETCH_PER_HOST",
@@ -50,6 +51,10 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 DEFAULT_METRIC = "cosine"
 METRICS = ("cosine", "euclidean")
+#: how a product of several photos scores against one query photo: by its best photo (what every
+#: search does), or by the mean of its photos' scores (``Recommender.similar_to_rows``,
+#: ``evaluate_views``; measured in docs/quality.md, "Other views (issue 20)")
+SCORINGS = ("best", "mean")
 DEFAULT_ID_COLUMN = "ProductId"
 DEFAULT_IMAGE_COLUMN = "Image"
 #: what splits an image cell into several photos (Magento and Merchant Center write ``,``)

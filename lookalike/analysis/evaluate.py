@@ -9,21 +9,30 @@ exported table gives the same numbers.
 * ``r@k``  — relevant results in the top k, divided by all relevant products the query could
   have been shown (same filters and exclusions, before duplicate collapsing)
 * ``map@k`` — average precision at k, normalised by min(k, relevant products)
+
+:func:`evaluate_views` needs no labels: every photo of a product with several is a query while
+it is left out of the index, and ``r@k`` is the share of those queries whose own product is
+among the top k products (``R@1``: it comes first).
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from lookalike.config import SCORINGS
 from lookalike.errors import InvalidQueryError
 
 if TYPE_CHECKING:
     from lookalike.search.recommender import Recommender, Where
 
-__all__ = ["evaluate", "score_export", "ALL"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["evaluate", "score_export", "ALL", "evaluate_views", "ViewScores", "DEFAULT_VIEW_K"]
 
 ALL = "all"
 
@@ -243,3 +252,184 @@ def compare_chart(results: list[dict[str, Any]], out: Any) -> Any:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+# -- other views (issue 20) ------------------------------------------------------------------
+#: the ranks at which :func:`evaluate_views` counts a product found (R@1: it came first)
+DEFAULT_VIEW_K = (1, 5)
+#: the most mask cells (query lines × rows) one batch of view queries holds (32 MiB of booleans)
+_MASK_CELLS = 32 << 20
+
+
+@dataclass(frozen=True)
+class ViewScores:
+    """What :func:`evaluate_views` measured: each query photo's product's rank, and recall from it."""
+
+    #: one row per query photo: ``id``, ``photo`` (as the catalogue names it), ``place`` (0: the
+    #: main photo), each ``group_by`` column, ``rank`` of its product (0: not in the top
+    #: ``max(k)``) and ``matched`` (the product's photo that matched; "" when not found)
+    ranks: pd.DataFrame
+    k: tuple[int, ...]
+    group_by: tuple[str, ...]
+    #: the model, metric, colour weight, scoring and what was indexed
+    settings: dict[str, Any]
+
+    @property
+    def queries(self) -> int:
+        return len(self.ranks)
+
+    def recall(self, k: int) -> float:
+        """The share of queries whose product was among the top k (0 with no queries)."""
+        rank = self.ranks["rank"].to_numpy()
+        return float(((rank >= 1) & (rank <= k)).mean()) if len(rank) else 0.0
+
+    def _entry(self, part: pd.DataFrame) -> dict[str, Any]:
+        rank = part["rank"].to_numpy()
+        out: dict[str, Any] = {"queries": len(part), "products": int(part["id"].nunique())}
+        for k in self.k:
+            out[f"r@{k}"] = float(((rank >= 1) & (rank <= k)).mean()) if len(rank) else 0.0
+        return out
+
+    def groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per ``group_by`` column, per value (sorted): queries, products and r@k of its queries."""
+        return {col: {str(v): self._entry(part) for v, part in self.ranks.groupby(col, sort=True)}
+                for col in self.group_by}
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row for all queries (``column`` "", ``value`` "all"), then one per value of each
+        ``group_by`` column: ``queries``, ``products``, ``r@k`` for each k."""
+        lines = [{"column": "", "value": "all", **self._entry(self.ranks)}]
+        for col, values in self.groups().items():
+            lines.extend({"column": col, "value": v, **entry} for v, entry in values.items())
+        return pd.DataFrame(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :func:`evaluate` reports: counts and ``r@k`` overall, ``groups`` and ``settings``."""
+        out: dict[str, Any] = {**self._entry(self.ranks), "k": list(self.k)}
+        if self.group_by:
+            out["groups"] = self.groups()
+        out["settings"] = dict(self.settings)
+        return out
+
+    def format(self) -> str:
+        """A terminal table: the settings in one line, recall overall, then per group."""
+        s = self.settings
+        what = ("the other photos of", "only main photos indexed") if s["main_only"] else \
+            ("each photo of", "each left out of the index")
+        frame = self.to_frame()
+        lines = [f"{self.queries} queries: {what[0]} the {s['products']} products with 2 photos or more, {what[1]}; "
+                 f"a product scores by {'its best photo' if s['scoring'] == 'best' else 'the mean of its photos'}, "
+                 f"colour weight {s['colour_weight']:g}"]
+        width = max(12, *(len(str(v)) + 2 for v in frame["value"]))
+        keys = [f"r@{k}" for k in self.k]
+        head = f"{'':<{width}}{'queries':>8}{'products':>10}" + "".join(f"{key:>9}" for key in keys)
+        for col in ["", *self.group_by]:
+            part = frame[frame["column"] == col]
+            lines += ([head] if not col else ["", f"by {col}", head])
+            lines += [f"{str(r['value']):<{width}}{r['queries']:>8}{r['products']:>10}"
+                      + "".join(f"{r[key]:>9.4f}" for key in keys) for _, r in part.iterrows()]
+        return "\n".join(lines)
+
+
+def _view_ks(k: int | Sequence[int]) -> tuple[int, ...]:
+    ks = (k,) if isinstance(k, (int, np.integer)) else tuple(k)
+    if not ks or any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1 for x in ks):
+        raise InvalidQueryError(f"k must be whole numbers >= 1, not {k!r}")
+    return tuple(sorted(set(int(x) for x in ks)))
+
+
+def _view_queries(rec: "Recommender", main_only: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """The query rows (every photo of each product with several; with ``main_only`` all but its
+    main one), each row's place among its product's photos, and how many products they are."""
+    place = np.zeros(rec.n_rows, dtype=np.int64)
+    queries, products = [], 0
+    for pid in rec.products:
+        rows = rec.rows(pid)
+        place[rows] = np.arange(len(rows))
+        if len(rows) >= 2:
+            products += 1
+            queries.append(rows[1:] if main_only else rows)
+    if not products:
+        raise InvalidQueryError(f"no product of {rec.path} has two photos or more: evaluating other views needs "
+                                "products with several photos (an image column that names them all, "
+                                "'a.jpg|b.jpg', or one row per photo)")
+    return np.concatenate(queries).astype(np.int64), place, products
+
+
+def _left_out(rec: "Recommender", rows: np.ndarray, base: np.ndarray | None) -> np.ndarray:
+    """One mask line per query row: ``base`` (every row where None) without the row itself and
+    any row whose photo is byte-identical to it (the same SHA-1)."""
+    sha = rec.metadata["_sha1"].astype(str).to_numpy()
+    allowed = np.ones((len(rows), rec.n_rows), dtype=bool) if base is None else np.tile(base, (len(rows), 1))
+    for i, r in enumerate(rows.tolist()):
+        allowed[i, r] = False
+        if sha[r]:
+            allowed[i] &= sha != sha[r]
+    return allowed
+
+
+def evaluate_views(
+    rec: "Recommender",
+    *,
+    k: int | Sequence[int] = DEFAULT_VIEW_K,
+    group_by: Sequence[str] | str = (),
+    colour_weight: float | None = None,
+    scoring: str = "best",
+    main_only: bool = False,
+    collapse_duplicates: bool = True,
+    show_progress_bar: bool | None = None,
+) -> ViewScores:
+    """How often another photo of a product finds the product: every photo of each product with
+    two or more is a query while it (and any byte-identical photo) is left out of the index; its
+    stored vector is the query, so no photo is read. ``r@k``: the share of queries whose product
+    is among the top k products (:class:`ViewScores`), overall and per value of ``group_by``.
+
+    ``scoring`` ``"best"`` scores a product by its best photo, as every search does; ``"mean"``
+    by the mean of its photos' scores. ``main_only`` measures the index as it was before several
+    photos per product: only each product's main photo indexed, the other photos the queries."""
+    ks = _view_ks(k)
+    group_by = (group_by,) if isinstance(group_by, str) else tuple(group_by)
+    for col in group_by:
+        rec.check_column(col)
+    if scoring not in SCORINGS:
+        raise InvalidQueryError(f"unknown scoring {scoring!r}; choose one of {', '.join(SCORINGS)}")
+    weight = rec.colour_weight_for(colour_weight)
+    query_rows, place, products = _view_queries(rec, main_only)
+    base = (place == 0) if main_only else None
+    ranks, matched = _view_ranks(rec, query_rows, base, max(ks), weight, scoring, collapse_duplicates,
+                                 show_progress_bar)
+    meta = rec.metadata
+    table = pd.DataFrame({"id": [rec.ids[r] for r in query_rows.tolist()],
+                          "photo": meta["_ref"].astype(str).to_numpy()[query_rows], "place": place[query_rows],
+                          **{col: meta[col].astype(str).to_numpy()[query_rows] for col in group_by},
+                          "rank": ranks, "matched": matched})
+    m = rec.settings.model
+    settings = {"index": str(rec.path), "model": m.name, "pooling": m.pooling, "metric": rec.metric,
+                "colour_weight": weight, "scoring": scoring, "main_only": main_only, "products": products,
+                "collapse_duplicates": collapse_duplicates}
+    scores = ViewScores(table, ks, group_by, settings)
+    logger.info("other views: %d queries of %d products, %s", scores.queries, products,
+                ", ".join(f"R@{k} {scores.recall(k):.3f}" for k in ks))
+    return scores
+
+
+def _view_ranks(rec: "Recommender", query_rows: np.ndarray, base: np.ndarray | None, k: int, weight: float,
+                scoring: str, collapse: bool, show_progress_bar: bool | None) -> tuple[np.ndarray, list[str]]:
+    """Each query row's product's rank among its top k (0: not there), and the photo that matched."""
+    from tqdm.auto import tqdm
+
+    from lookalike.config import progress_enabled
+
+    batch = max(1, min(256, _MASK_CELLS // max(1, rec.n_rows)))
+    ranks = np.zeros(len(query_rows), dtype=np.int64)
+    matched: list[str] = []
+    for start in tqdm(range(0, len(query_rows), batch), disable=not progress_enabled(show_progress_bar),
+                      desc="views", unit="batch"):
+        rows = query_rows[start : start + batch]
+        found = rec.similar_to_rows(rows, k=k, allowed=_left_out(rec, rows, base), colour_weight=weight,
+                                    collapse_duplicates=collapse, scoring=scoring)
+        for i, (row, res) in enumerate(zip(rows.tolist(), found), start=start):
+            hit = next((r for r in res if r.id == rec.ids[row]), None)
+            ranks[i] = 0 if hit is None else hit.rank
+            matched.append("" if hit is None else hit.matched_photo)
+    return ranks, matched

@@ -23,12 +23,12 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from lookalike.config import DEFAULT_EXPORT_K, DEFAULT_K, check_colour_weight
+from lookalike.config import DEFAULT_EXPORT_K, DEFAULT_K, SCORINGS, check_colour_weight
 from lookalike.encoders import MODELS, CNNEncoder, Encoder, is_onnx_model, l2_normalize
 from lookalike.errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
 from lookalike.folder.manifest import Manifest
 from lookalike.folder.projection import Projection
-from lookalike.folder.rows import query_vector
+from lookalike.folder.rows import query_vector, searchable
 from lookalike.folder.store import ALL_HIDDEN, Snapshot, Store
 from lookalike.reading.images import ImageSource, colour_descriptor, model_input
 from lookalike.search.backends import Backend, Filter, VectorIndex, open_index
@@ -435,6 +435,12 @@ class Recommender:
                         best[p] = (s, r)
             got = list(best.values())
             ranked = self._ranked(np.array([s for s, _ in got], np.float32), np.array([r for _, r in got], np.int64))
+        return self._kept(ranked, k, collapse, collapse_parent)
+
+    def _kept(self, ranked: list[tuple[float, int]], k: int, collapse: bool,
+              collapse_parent: bool) -> list[tuple[int, float]]:
+        """The first k of ranked (score, row) hits, one per duplicate group with ``collapse``, one
+        per parent with ``collapse_parent``, as (row, score)."""
         picked: list[tuple[int, float]] = []
         seen: set[int] = set()
         families: set[int] = set()
@@ -532,6 +538,91 @@ class Recommender:
                              sets=[list(range(len(q)))], collapse_parent=collapse_parent)[0]
         query = {"ids": list(dict.fromkeys(self.ids[r] for r in rows)), "k": k, "same": same, **describe_where(where)}
         return self._results(query, found)
+
+    def similar_to_rows(
+        self,
+        rows: Sequence[int] | np.ndarray,
+        *,
+        k: int = DEFAULT_K,
+        allowed: np.ndarray | None = None,
+        colour_weight: float | None = None,
+        collapse_duplicates: bool = True,
+        scoring: str = "best",
+    ) -> list[Results]:
+        """Products that look most like some of the index's own photos, each row alone a query
+        (its stored vector is its photo's embedding, so no photo is read): what a leave-one-out
+        evaluation asks (:func:`lookalike.analysis.evaluate.evaluate_views`).
+
+        Unlike :meth:`similar`, nothing is left out by itself, not even the query's own row:
+        ``allowed``, a boolean row mask (``(n_rows,)`` for every query, ``(len(rows), n_rows)``
+        one line per query), says which rows may be returned and count in a product's score.
+        ``scoring`` ``"best"`` scores a product by its best allowed photo, as every search does;
+        ``"mean"`` by the mean of its allowed photos' scores (exact: candidates are fetched by
+        their best photo until no product left out could reach the k-th mean)."""
+        k = self._check_k(k)
+        w = self.colour_weight_for(colour_weight)
+        if scoring not in SCORINGS:
+            raise InvalidQueryError(f"unknown scoring {scoring!r}; choose one of {', '.join(SCORINGS)}")
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise InvalidQueryError(f"rows must lie in 0..{self.n_rows - 1}")
+        if allowed is not None:
+            allowed = np.asarray(allowed)
+            if allowed.dtype != bool or allowed.shape not in ((self.n_rows,), (len(rows), self.n_rows)):
+                raise InvalidQueryError(f"allowed must be a boolean mask of shape ({self.n_rows},) or "
+                                        f"({len(rows)}, {self.n_rows}), not {allowed.dtype} {allowed.shape}")
+        if not len(rows):
+            return []
+        q = self._product_queries([rows], w)
+        if scoring == "mean":
+            found = self._search_mean(q, k, allowed, collapse_duplicates)
+        else:
+            found = self._search(q, k, Filter.of_mask(allowed), collapse_duplicates)
+        refs = self._data["_ref"]
+        return [self._results({"id": self.ids[r], "photo": str(refs[r]), "k": k, "scoring": scoring}, f)
+                for r, f in zip(rows.tolist(), found)]
+
+    def _search_mean(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
+                     collapse: bool) -> list[list[tuple[int, float]]]:
+        """Top-k products per query by the mean score of their allowed photos, each as the row of
+        its best photo. A product's mean is at most its best photo's score, so once the k-th mean
+        of the candidates (fetched by best photo) reaches the last candidate's best score, no
+        product left out can enter: until then, fetch more."""
+        results: list[list[tuple[int, float]]] = [[] for _ in queries]
+        want, todo = k, list(range(len(queries)))
+        while todo:
+            lines = None if allowed is None or allowed.ndim == 1 else allowed[todo]
+            mask = allowed if lines is None else lines
+            found = self._search(queries[todo], want, Filter.of_mask(mask), False)
+            again = []
+            for j, q in enumerate(todo):
+                line = allowed if lines is None else lines[j]
+                means = self._mean_scores(queries[q], [r for r, _ in found[j]], line)
+                ranked = self._ranked(means, np.array([r for r, _ in found[j]], np.int64))
+                picked = self._kept(ranked, k, collapse, False)
+                exhausted = len(found[j]) < want
+                if exhausted or (len(picked) == k and picked[-1][1] > found[j][-1][1]):
+                    results[q] = picked
+                else:
+                    again.append(q)
+            todo, want = again, want * 4
+        return results
+
+    def _mean_scores(self, query: np.ndarray, best_rows: Sequence[int], allowed: np.ndarray | None) -> np.ndarray:
+        """For each product (named by a row of it), the mean score of its allowed photos against
+        one query vector, scored as the back end scores (exact)."""
+        if not len(best_rows):
+            return np.zeros(0, np.float32)
+        groups = [self._rows_of[int(self._product[r])] for r in best_rows]
+        if allowed is not None:
+            groups = [g[allowed[g]] for g in groups]
+        rows = np.concatenate(groups)
+        vectors = searchable(*self._rows_arrays(rows), self.metric)
+        scores = vectors @ query
+        if self.metric != "cosine":
+            scores = -np.sqrt(np.maximum((query @ query) + (vectors**2).sum(1) - 2.0 * scores, 0.0))
+        owner = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        return (np.bincount(owner, scores, len(groups)) / np.maximum([len(g) for g in groups], 1)).astype(np.float32)
 
     def _product_queries(self, products: Sequence[np.ndarray], w: float) -> np.ndarray:
         """The query vectors of some products: one product's photos each (it then scores a
