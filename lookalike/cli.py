@@ -668,7 +668,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     lines = [
         ("index", str(args.index)),
         ("generation", f"{rec.generation} (made by {op}; {len(record.get('segments') or []) or 1} segment(s))"),
-        ("rows", f"{len(rec)} (of {s.catalog.rows_total} catalogue rows; {s.report.get('skipped', 0)} skipped)"),
+        ("rows", f"{len(rec)}" + (f" products, {rec.n_rows} photos" if rec.multi_photo else "")
+                 + f" (of {s.catalog.rows_total} catalogue rows; {s.report.get('skipped', 0)} skipped)"),
         ("model", f"{model.name} / pooling {model.pooling} / {'trimmed, ' if model.trim else ''}{model.resize} "
                   f"{model.input_size}px / {model.precision} on {model.runtime or 'onnx'} / weights {model.weights}"),
         ("vectors", f"{s.dim}-d float32, metric {s.metric}, back end {s.index.backend}"),
@@ -814,7 +815,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for w in weights:
             runs.append((rec, w))
     kw = dict(labels=args.label, k=args.k, same=args.same, where=_where(args.where),
-              group_by=args.group_by, collapse_duplicates=not args.keep_duplicates)
+              group_by=args.group_by, collapse_duplicates=not args.keep_duplicates, siblings=args.allow_siblings,
+              collapse_parent=args.collapse_parent)
     results = compare(runs, **kw, show_progress_bar=False if args.quiet else None)
     if args.format == "json":
         print(json.dumps(results if args.compare else results[0]["scores"], indent=2))

@@ -142,8 +142,11 @@ def evaluate(
     colour_weight: float | None = None,
     collapse_duplicates: bool = True,
     show_progress_bar: bool | None = None,
+    siblings: bool = False,
+    collapse_parent: bool = False,
 ) -> dict[str, Any]:
-    """Use every product as a query and score the top k against the label columns."""
+    """Use every product as a query and score the top k against the label columns (``siblings``
+    and ``collapse_parent`` as in :meth:`~lookalike.search.recommender.Recommender.similar`)."""
     labels = list(labels)
     if not labels:
         raise InvalidQueryError("give at least one label column")
@@ -153,7 +156,8 @@ def evaluate(
     from lookalike.search.filters import describe_where
 
     export = rec.export(k=k, same=same, where=where, colour_weight=colour_weight,
-                        collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar)
+                        collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar,
+                        siblings=siblings, collapse_parent=collapse_parent)
     pools = _pool_sizes(rec, labels, same, where)
     out = score_export(export, rec.product_metadata, id_column=rec.id_column, labels=labels, k=k,
                        pool_sizes=pools, group_by=group_by)
@@ -175,12 +179,15 @@ def compare(
     group_by: Sequence[str] = (),
     collapse_duplicates: bool = True,
     show_progress_bar: bool | None = None,
+    siblings: bool = False,
+    collapse_parent: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate several (index, colour weight) settings on the same labels, in order."""
     out = []
     for rec, weight in runs:
         scores = evaluate(rec, labels, k=k, same=same, where=where, group_by=group_by, colour_weight=weight,
-                          collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar)
+                          collapse_duplicates=collapse_duplicates, show_progress_bar=show_progress_bar,
+                          siblings=siblings, collapse_parent=collapse_parent)
         m = rec.settings.model
         name = f"{rec.path.name}: {m.name}/{m.pooling} w={scores['settings']['colour_weight']:g}"
         out.append({"name": name, "index": str(rec.path), "scores": scores})
