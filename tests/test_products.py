@@ -193,6 +193,10 @@ def test_siblings_are_left_out_unless_asked_and_collapse_keeps_one_per_parent(ba
     collapsed = rec.similar(other, k=24, collapse_parent=True).ids
     assert len(set(cameras) & set(collapsed)) == 1
     assert len(set(cameras) & set(rec.similar(other, k=24).ids)) == len(cameras)
+    assert rec.export(k=24, ids=[cameras[0]])["id"].tolist() == plain.ids  # export leaves siblings out alike
+    assert rec.export(k=24, ids=cameras[:1], siblings=True)["id"].tolist() == rec.similar(
+        cameras[0], k=24, siblings=True).ids
+    assert rec.export(k=24, ids=[other], collapse_parent=True)["id"].tolist() == collapsed
 
 
 # -- live changes ----------------------------------------------------------------------

@@ -85,6 +85,7 @@ class RowFilters:
         self._codes: dict[str, tuple[np.ndarray, pd.Index]] = {}
         self._numbers: dict[str, np.ndarray] = {}
         self._families: np.ndarray | None = None
+        self._members: dict[int, np.ndarray] | None = None
 
     @property
     def families(self) -> np.ndarray:
@@ -194,18 +195,48 @@ class RowFilters:
 
     def pair_masks(self, rows: Sequence[np.ndarray], same: Sequence[str], base: np.ndarray | None,
                    siblings: bool = True) -> np.ndarray:
-        """:meth:`allowed_for` for each query product alone (its rows), one mask per product (``export``)."""
-        if self.products is not None or (not siblings and self.parent_column is not None):
-            return np.array([self.allowed_for(r, same, base, siblings) for r in rows]).reshape(len(rows), -1)
-        flat = np.concatenate(rows) if len(rows) else np.zeros(0, np.int64)  # one row a product
-        groups = self.exact_group
-        allowed = groups[None, :] != groups[flat][:, None]
+        """:meth:`allowed_for` for each query product alone (its rows), one mask per product
+        (``export``), made with whole-array steps: a product's twins are few, the rows many."""
+        n = len(self.ids)
+        product = self.products if self.products is not None else np.arange(n, dtype=np.int64)
+        members = self._group_members()
+        excluded = np.zeros((len(rows), int(product.max(initial=-1)) + 1), dtype=bool)
+        for j, r in enumerate(rows):  # the query product and every one with a byte-identical photo
+            for g in np.unique(self.exact_group[np.asarray(r, dtype=np.int64)]):
+                excluded[j, members[int(g)]] = True
+        allowed = ~excluded[:, product]
         if base is not None:
             allowed &= base[None, :]
+        first = np.array([int(np.asarray(r)[0]) for r in rows], dtype=np.int64)
         for col in same:
             codes, _ = self.codes(col)
-            allowed &= codes[None, :] == codes[flat][:, None]
+            allowed &= codes[None, :] == codes[first][:, None]
+        if not siblings and self.parent_column is not None:
+            family, own, count = self._family_codes()
+            named = np.zeros((len(rows), count), dtype=bool)
+            for j, r in enumerate(rows):
+                named[j, family[np.asarray(r, dtype=np.int64)]] = True
+            allowed &= ~(named[:, family] | named[:, own])
         return allowed
+
+    def _group_members(self) -> dict[int, np.ndarray]:
+        """Each byte-identical photo group's products, made once."""
+        if self._members is None:
+            product = self.products if self.products is not None else np.arange(len(self.ids), dtype=np.int64)
+            order = np.argsort(self.exact_group, kind="stable")
+            groups, starts = np.unique(self.exact_group[order], return_index=True)
+            parts = np.split(product[order], starts[1:])
+            self._members = {int(g): np.unique(p) for g, p in zip(groups, parts)}
+        return self._members
+
+    def _family_codes(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Each row's family (its parent, or its id when it names none) and its id, as codes of
+        one numbering: a row is a query's sibling when either is one of the query's families."""
+        assert self.parent_column is not None
+        names = [str(p).strip() or pid for p, pid in zip(self.cells[self.parent_column], self.ids)]
+        codes, uniques = pd.factorize(np.asarray([*names, *self.ids], dtype=object))
+        n = len(self.ids)
+        return codes[:n].astype(np.int64), codes[n:].astype(np.int64), len(uniques)
 
     def filter(self, rows: Sequence[int] | None, same: Sequence[str], where: Where | None,
                siblings: bool = False) -> Filter:
