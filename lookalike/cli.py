@@ -127,6 +127,10 @@ def _catalogue_options(b: argparse.ArgumentParser) -> None:
                    help="what splits an image cell into several photos (default '|'; Magento and Merchant "
                         "Center write ','; '' for one photo a cell). Several rows with one id add their photos "
                         "to one product (the long layout)")
+    b.add_argument("--layout", default=None, metavar="NAME",
+                   help="read the catalogue as a platform exports it: shopify, magento, merchant, merchant-xml or "
+                        "woocommerce (it names the id, photo and parent columns; docs/catalogues.md); later add "
+                        "and sync read their files the same way")
     b.add_argument("--parent-column", default=None, metavar="COL",
                    help="the column naming a variant's parent product: products sharing a parent are not "
                         "recommended for one another (similar --allow-siblings to allow)")
@@ -474,6 +478,39 @@ def _quiet_ray(verbose: int) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+def _laid_out(args: argparse.Namespace) -> Any:
+    """``build --layout``: the platform file read as a catalogue (``reading/layouts``), its
+    columns named by the layout (naming them too is refused: one or the other)."""
+    from lookalike import DEFAULT_ID_COLUMN
+    from lookalike.config import DEFAULT_IMAGE_SEPARATOR
+    from lookalike.errors import InvalidQueryError
+    from lookalike.reading.catalog import file_sha256, load_catalog
+    from lookalike.reading.layouts import read_layout
+
+    if args.image_column or args.parent_column or args.id_column != DEFAULT_ID_COLUMN or \
+            args.image_separator != DEFAULT_IMAGE_SEPARATOR:
+        raise InvalidQueryError("--layout names the id, image and parent columns: leave out --id-column, "
+                                "--image-column, --image-separator and --parent-column")
+    laid = read_layout(args.catalog, args.layout)
+    cat = load_catalog(laid.table, images=args.images or args.catalog.parent, **laid.options(),
+                       allow_outside_images=args.allow_outside_images, photo_cache=args.photo_cache,
+                       private_urls=not args.no_private_urls, show_progress_bar=None if not args.quiet else False)
+    cat.source, cat.sha256, cat.layout = args.catalog, file_sha256(args.catalog), args.layout
+    return cat
+
+
+def _layout_table(index: Path, rows: Path) -> Any:
+    """A change's file as the index's layout reads it (the file itself when it has none)."""
+    from lookalike.folder.store import Store
+
+    layout = Store(index).snapshot().settings.catalog.layout
+    if not layout:
+        return rows
+    from lookalike.reading.layouts import read_layout
+
+    return read_layout(rows, layout).table
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from lookalike import DEFAULT_IMAGE_COLUMN, build
 
@@ -481,7 +518,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         _quiet_ray(args.verbose)
     report = build(
-        args.catalog, args.out, images=args.images, id_column=args.id_column,
+        _laid_out(args) if args.layout else args.catalog, args.out, images=args.images, id_column=args.id_column,
         image_column=args.image_column or DEFAULT_IMAGE_COLUMN, image_separator=args.image_separator,
         parent_column=args.parent_column, allow_outside_images=args.allow_outside_images, photo_cache=args.photo_cache,
         private_urls=not args.no_private_urls, model=args.model, weights=args.weights, pooling=args.pooling, resize=args.resize, trim=args.trim,
@@ -511,7 +548,8 @@ def _print_change(report: Any, fmt: str, out: Path | None = None) -> int:
 def _cmd_add(args: argparse.Namespace) -> int:
     from lookalike.writing.writer import IndexWriter
 
-    report = IndexWriter.open(args.index).upsert(args.rows, images=args.images, photo_cache=args.photo_cache,
+    report = IndexWriter.open(args.index).upsert(_layout_table(args.index, args.rows), images=args.images,
+                                                 photo_cache=args.photo_cache,
                                                  private_urls=False if args.no_private_urls else None,
                                                  show_progress_bar=None if not args.quiet else False)
     return _print_change(report, args.format)
@@ -536,7 +574,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     from lookalike.writing.writer import IndexWriter
 
     report = IndexWriter.open(args.index).sync(
-        args.catalog, images=args.images, max_removal=args.max_removal, allow_mass_removal=args.allow_mass_removal,
+        _layout_table(args.index, args.catalog), images=args.images, max_removal=args.max_removal, allow_mass_removal=args.allow_mass_removal,
         dry_run=args.dry_run, photo_cache=args.photo_cache,
         private_urls=False if args.no_private_urls else None, show_progress_bar=None if not args.quiet else False,
     )

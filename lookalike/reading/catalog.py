@@ -75,6 +75,7 @@ class Catalog:
     image_columns: tuple[str, ...] = ()  # every column naming photos (the first is image_column)
     image_separator: str = DEFAULT_IMAGE_SEPARATOR
     parent_column: str | None = None  # the column naming a variant's parent product
+    layout: str | None = None  # the platform layout it was read with (reading/layouts), if any
 
     def __post_init__(self) -> None:
         if not self.refs:

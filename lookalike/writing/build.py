@@ -300,7 +300,7 @@ def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options,
         catalog=CatalogSettings(
             path=str(cat.source.resolve()) if cat.source else None, sha256=cat.sha256, rows_total=cat.total_rows,
             id_column=cat.id_column, image_column=cat.image_column, image_columns=tuple(cat.image_columns),
-            image_separator=cat.image_separator, parent_column=cat.parent_column,
+            image_separator=cat.image_separator, parent_column=cat.parent_column, layout=cat.layout,
             images_root=str(cat.images_root) if cat.images_root else None,
             allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns),
             photo_cache=str(cat.photo_cache) if cat.photo_cache else None, private_urls=cat.private_urls,
