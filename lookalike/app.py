@@ -125,8 +125,20 @@ class Settings:
     where: dict[str, list[str]] = field(default_factory=dict)
 
 
+def less_like(pid: str) -> None:
+    """Callback of a card's "Less like this": the product becomes a negative example of the query."""
+    away = st.session_state.setdefault("negatives", [])
+    if str(pid) not in away:
+        away.append(str(pid))
+
+
+def clear_negatives() -> None:
+    st.session_state.negatives = []
+
+
 def set_query(pid: str) -> None:
     """Callback of every control that picks a product: it becomes the query."""
+    st.session_state.negatives = []  # "less like this" was about the previous query
     st.session_state.query_id = str(pid)
     st.session_state.id_box = str(pid)
     if st.session_state.get("mode") == "By photo":
@@ -254,7 +266,9 @@ def show_results(rec: Recommender, facts: dict[str, Any], results: Any, settings
                 which = f" · photo {refs.index(r.matched_photo) + 1} of {len(refs)} matched" \
                     if len(refs) > 1 and r.matched_photo in refs else ""
                 st.caption(f"#{r.rank} · id {r.id} · score {r.score:.3f}{which}")
-                st.button("More like this", key=f"more_{r.id}", on_click=set_query, args=(r.id,))
+                more, less = st.columns(2)
+                more.button("More like this", key=f"more_{r.id}", on_click=set_query, args=(r.id,))
+                less.button("Less like this", key=f"less_{r.id}", on_click=less_like, args=(r.id,))
 
 
 def recommendations(rec: Recommender, facts: dict[str, Any], settings: Settings) -> None:
@@ -293,15 +307,20 @@ def recommendations(rec: Recommender, facts: dict[str, Any], settings: Settings)
     if not pid:
         st.info("Type a product id, browse the catalogue, or upload a photo.")
         return
+    away = [p for p in st.session_state.get("negatives", []) if p in rec]
     try:
         show_query(rec, facts, pid)
-        results = rec.similar(pid, k=settings.k, same=settings.same, where=settings.where or None)
+        results = rec.similar(pid, k=settings.k, same=settings.same, where=settings.where or None, negative_ids=away)
     except UnknownProductError:
         st.error(f"No product with id “{pid}” in this catalogue. Try another id, or browse.")
         return
     except LookalikeError as exc:
         st.error(str(exc))
         return
+    if away:
+        note, undo = st.columns([4, 1])
+        note.caption("less like: " + ", ".join(title_of(rec, facts, p) or p for p in away))
+        undo.button("Clear", key="clear_negatives", on_click=clear_negatives)
     show_results(rec, facts, results, settings)
 
 

@@ -267,6 +267,11 @@ def _query_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None
     g.add_argument("--id", dest="ids", action="append", metavar="ID",
                    help="query product id; repeat to combine recently viewed products")
     g.add_argument("--image", type=Path, help="query photo file")
+    s.add_argument("--not", dest="negative_ids", action="append", default=[], metavar="ID",
+                   help="less like this product (repeatable): the query moves away from its look, and it is never "
+                        "listed")
+    s.add_argument("--not-image", dest="negative_images", action="append", default=[], type=Path, metavar="PHOTO",
+                   help="less like this photo (repeatable)")
     s.add_argument("-k", type=_positive_int, default=5, help="number of results (default 5)")
     _add_filters(s)
     s.add_argument("--format", default="table", choices=("table", "json", "csv"))
@@ -626,10 +631,11 @@ def _cmd_similar(args: argparse.Namespace) -> int:
     if args.sheet:
         _check_writable(args.sheet)
     rec = Recommender.load(args.index)
+    away = {"negative_ids": args.negative_ids, "negative_images": args.negative_images}
     if args.ids:
-        res = rec.similar(args.ids, k=args.k, **_filters(args))
+        res = rec.similar(args.ids, k=args.k, **_filters(args), **away)
     else:
-        res = rec.similar(image=args.image, k=args.k, **_filters(args))
+        res = rec.similar(image=args.image, k=args.k, **_filters(args), **away)
     columns = args.columns.split(",") if args.columns else _default_columns(rec)
     for c in columns:
         rec.check_column(c)

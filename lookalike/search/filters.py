@@ -239,22 +239,38 @@ class RowFilters:
         return codes[:n].astype(np.int64), codes[n:].astype(np.int64), len(uniques)
 
     def filter(self, rows: Sequence[int] | None, same: Sequence[str], where: Where | None,
-               siblings: bool = False) -> Filter:
+               siblings: bool = False, exclude: Sequence[int] | np.ndarray = ()) -> Filter:
         """The one :class:`Filter` of a search: for the query products' ``rows`` (``None``: a photo
         query), their ``same`` values, no product of theirs nor one with a byte-identical photo,
         nor (unless ``siblings``) one of their parents', inside ``where``. Its mask
-        (:meth:`allowed_for`) is computed only if a back end asks."""
+        (:meth:`allowed_for`) is computed only if a back end asks. ``exclude``: rows of more products
+        never to return (the negative examples of "less like this"), with their byte-identical twins."""
         conditions = conditions_of(where)
         others = split_conditions(conditions)[1]
+        away = np.asarray(exclude, dtype=np.int64)
         if rows is None:
-            return Filter(where_values(conditions), mask=lambda: self.where_mask(conditions), conditions=others)
+            return Filter(where_values(conditions), self._twin_ids(away), conditions=others,
+                          mask=lambda: self._without(self.where_mask(conditions), away))
         values, excluded = self._expressed(rows, same, conditions)
+        excluded = list(dict.fromkeys([*excluded, *self._twin_ids(away)]))
         if not siblings and self.parent_column is not None:
             families = self._family_names(rows)
             others = (*others, Condition(self.parent_column, "!=", tuple(families)))
             excluded = list(dict.fromkeys([*excluded, *families]))
         return Filter(values, excluded, conditions=others,
-                      mask=lambda: self.allowed_for(rows, same, self.where_mask(conditions), siblings))
+                      mask=lambda: self._without(self.allowed_for(rows, same, self.where_mask(conditions), siblings),
+                                                 away))
+
+    def _twin_ids(self, rows: np.ndarray) -> list[str]:
+        """The products of ``rows`` and those with a byte-identical photo, each once."""
+        return list(dict.fromkeys(self.ids[r] for r in np.flatnonzero(self._twins(rows)))) if len(rows) else []
+
+    def _without(self, mask: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+        """``mask`` (None: every row) less ``rows``' products and their twins."""
+        if not len(rows):
+            return mask
+        keep = ~self._twins(rows)
+        return keep if mask is None else mask & keep
 
     def pair_filter(self, rows: Sequence[np.ndarray], same: Sequence[str], where: Where | None,
                     siblings: bool = False) -> Filter:

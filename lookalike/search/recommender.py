@@ -500,8 +500,15 @@ class Recommender:
         collapse_duplicates: bool = True,
         siblings: bool = False,
         collapse_parent: bool = False,
+        negative_ids: Sequence[object] = (),
+        negative_images: Sequence[ImageSource] = (),
     ) -> Results:
         """Products that look most like one product, several (combined), or a photo.
+
+        ``negative_ids`` and ``negative_images`` ask for "less like this": the query moves away
+        from their look (``q = p + (p − n̄)`` of the positive look ``p`` and the negatives' mean
+        ``n̄``, Qdrant's average-vector strategy; docs/quality.md measures it); negative products
+        are never returned.
 
         A product scores by its best photo; a query by one product uses each of its photos
         (its best pair with a result counts), several products their shared look (the mean of
@@ -518,26 +525,78 @@ class Recommender:
         k, same, w, where = self._check_query(k, same, colour_weight, where)
         if (ids is None) == (image is None):
             raise InvalidQueryError("give product ids or an image, not both or neither")
+        away, away_rows = self._negatives(negative_ids, negative_images)
+        told: dict[str, Any] = {"negative_ids": [self.ids[r] for r in dict.fromkeys(self._main_of(away_rows))]} \
+            if len(away_rows) else {}
+        if negative_images:
+            told["negative_images"] = len(negative_images)
         if image is not None:
             if same:
                 raise InvalidQueryError("'same' needs product ids; filter a photo query with 'where'")
             shape, colour = self.embed_image(image)
-            q = self._query_vector(shape, colour, w)[None, :]
-            found = self._search(q, k, self._filters.filter(None, (), where) if where else None,
+            q = self._steered((self._unit_shape(shape[None])[0], l2_normalize(colour)), away, w)
+            needs = where or len(away_rows)
+            found = self._search(q, k, self._filters.filter(None, (), where, exclude=away_rows) if needs else None,
                                  collapse_duplicates, collapse_parent=collapse_parent)[0]
             name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
-            return self._results({"image": name, "k": k, **describe_where(where)}, found)
+            return self._results({"image": name, "k": k, **describe_where(where), **told}, found)
+        id_list = self._id_list(ids)
+        rows = [int(r) for p in id_list for r in self.rows(p)]
+        groups = [self.rows(p) for p in id_list]
+        q = self._steered(self._look(groups), away, w) if away else self._product_queries(groups, w)
+        found = self._search(q, k, self._filters.filter(rows, same, where, siblings=siblings, exclude=away_rows),
+                             collapse_duplicates, sets=[list(range(len(q)))], collapse_parent=collapse_parent)[0]
+        query = {"ids": list(dict.fromkeys(self.ids[r] for r in rows)), "k": k, "same": same, **describe_where(where),
+                 **told}
+        return self._results(query, found)
+
+    def _id_list(self, ids: object) -> list[object]:
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[call-overload]  # a sequence, the signature says
         if not id_list:
             raise InvalidQueryError("give at least one product id")
         if len(id_list) > MAX_IDS:
             raise InvalidQueryError(f"give at most {MAX_IDS} product ids, not {len(id_list):,}")
-        rows = [int(r) for p in id_list for r in self.rows(p)]
-        q = self._product_queries([self.rows(p) for p in id_list], w)
-        found = self._search(q, k, self._filters.filter(rows, same, where, siblings=siblings), collapse_duplicates,
-                             sets=[list(range(len(q)))], collapse_parent=collapse_parent)[0]
-        query = {"ids": list(dict.fromkeys(self.ids[r] for r in rows)), "k": k, "same": same, **describe_where(where)}
-        return self._results(query, found)
+        return id_list
+
+    def _main_of(self, rows: np.ndarray) -> list[int]:
+        """The main-photo row of each row's product, in order."""
+        return [self._row_of[self.ids[int(r)]] for r in rows]
+
+    def _unit_shape(self, shape: np.ndarray) -> np.ndarray:
+        return l2_normalize(shape) if self.metric == "cosine" else np.asarray(shape, dtype=np.float32)
+
+    def _look(self, products: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Several products' shared look: the mean of each one's mean photo (unit shape, unit colour)."""
+        rows = np.concatenate([np.asarray(p, dtype=np.int64) for p in products])
+        shape, colour = self._rows_arrays(rows)
+        shape, colour = self._unit_shape(shape), l2_normalize(colour)
+        ends = np.cumsum([len(p) for p in products])[:-1]
+        return (np.mean([part.mean(0) for part in np.split(shape, ends)], axis=0),
+                np.mean([part.mean(0) for part in np.split(colour, ends)], axis=0))
+
+    def _negatives(self, negative_ids: Sequence[object], negative_images: Sequence[ImageSource],
+                   ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """"Less like this": the look of each negative product and photo, and the negative
+        products' rows (never returned)."""
+        ids = list(dict.fromkeys(str(p).strip() for p in negative_ids))
+        if len(ids) + len(negative_images) > MAX_IDS:
+            raise InvalidQueryError(f"give at most {MAX_IDS} negative examples")
+        looks = [self._look([self.rows(p)]) for p in ids]
+        for photo in negative_images:
+            shape, colour = self.embed_image(photo)
+            looks.append((self._unit_shape(shape[None])[0], l2_normalize(colour)))
+        rows = np.concatenate([self.rows(p) for p in ids]) if ids else np.zeros(0, np.int64)
+        return looks, rows
+
+    def _steered(self, look: tuple[np.ndarray, np.ndarray], away: list[tuple[np.ndarray, np.ndarray]],
+                 w: float) -> np.ndarray:
+        """The query vector of a look moved away from the negatives' (Qdrant's ``average_vector``
+        strategy: ``positive + (positive − mean of negatives)``, per part), as one query."""
+        shape, colour = look
+        if away:
+            shape = 2 * shape - np.mean([s for s, _ in away], axis=0)
+            colour = 2 * colour - np.mean([c for _, c in away], axis=0)
+        return self._query_vector(shape, colour, w).reshape(1, -1)
 
     def similar_to_rows(
         self,
@@ -628,17 +687,11 @@ class Recommender:
         """The query vectors of some products: one product's photos each (it then scores a
         product by the best pair), several products' as one vector, the mean of each product's
         mean photo (their shared look)."""
-        rows = np.concatenate([np.asarray(p, dtype=np.int64) for p in products])
+        if len(products) > 1:
+            return self._steered(self._look(products), [], w)
+        rows = np.asarray(products[0], dtype=np.int64)
         shape, colour = self._rows_arrays(rows)
-        if self.metric == "cosine":
-            shape = l2_normalize(shape)
-        colour = l2_normalize(colour)
-        if len(products) == 1:
-            return self._query_vector(shape, colour, w).reshape(len(rows), -1)
-        ends = np.cumsum([len(p) for p in products])[:-1]
-        mean_shape = np.mean([part.mean(0) for part in np.split(shape, ends)], axis=0)
-        mean_colour = np.mean([part.mean(0) for part in np.split(colour, ends)], axis=0)
-        return self._query_vector(mean_shape, mean_colour, w)[None, :]
+        return self._query_vector(self._unit_shape(shape), l2_normalize(colour), w).reshape(len(rows), -1)
 
     def embed_image(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
         """Shape and colour vectors of a photo, as the index was built."""

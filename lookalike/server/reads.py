@@ -70,6 +70,8 @@ def _search_options() -> Callable[..., dict[str, Any]]:
     collapse_query = Query(True, description="at most one product per group of identical or near-identical photos")
     siblings_query = Query(False, description="in an index with a parent column: list the query's siblings too")
     parent_query = Query(False, description="at most one product of each parent in a list")
+    negative_query = Query([], description="less like this product (repeatable): the query moves away from its "
+                           "look, and it is never listed", examples=["21838"])
 
     def search_options(
         k: int = k_query,
@@ -79,10 +81,12 @@ def _search_options() -> Callable[..., dict[str, Any]]:
         collapse_duplicates: bool = collapse_query,
         siblings: bool = siblings_query,
         collapse_parent: bool = parent_query,
+        negative_ids: list[str] = negative_query,
     ) -> dict[str, Any]:
         """The query parameters both similar endpoints take; ``where`` still as COL:VALUE text."""
         return {"k": k, "same": same, "where": where, "colour_weight": colour_weight,
-                "collapse_duplicates": collapse_duplicates, "siblings": siblings, "collapse_parent": collapse_parent}
+                "collapse_duplicates": collapse_duplicates, "siblings": siblings, "collapse_parent": collapse_parent,
+                "negative_ids": negative_ids}
 
     return search_options
 
@@ -91,7 +95,7 @@ def search_query(params: Any) -> dict[str, Any]:
     """The similar-by-id query parameters, checked as pydantic checks them for the documented route."""
     opts: dict[str, Any] = {"k": DEFAULT_K, "same": params.getlist("same"), "where": params.getlist("where"),
                             "colour_weight": None, "collapse_duplicates": True, "siblings": False,
-                            "collapse_parent": False}
+                            "collapse_parent": False, "negative_ids": params.getlist("negative_ids")}
     if "k" in params:
         text = params["k"].strip()
         if not text.lstrip("+-").isdigit():

@@ -91,6 +91,9 @@ def schemas() -> Schemas:
         collapse_duplicates: Optional[StrictBool] = Field(None, description="at most one product per identical photo")
         siblings: Optional[StrictBool] = Field(None, description="list the query products' siblings (same parent) too")
         collapse_parent: Optional[StrictBool] = Field(None, description="at most one product of each parent")
+        negative_ids: Optional[list[Union[StrictStr, StrictInt]]] = Field(
+            None, max_length=MAX_IDS, description="less like these products: the query moves away from their look, "
+            "and they are never listed", examples=[["21838"]])
 
     return Schemas(ErrorOut, HealthOut, ProductOut, SimilarOut, SimilarIn)
 
