@@ -1,6 +1,11 @@
 """Platform exports as they come (reading/layouts, ``build --layout``): a file in each platform's
 published layout, written from the 25 real products of ../shared/datasets/store-demos, builds
-into the index a user expects. Photo URLs are served by a loopback HTTP server the fixture starts."""
+into the index a user expects. Photo URLs are served by a loopback HTTP server the fixture starts.
+
+The second half reads the files of tests/platforms.py (the platforms' full headers, Shopify's
+2024 one, Magento's store views, no_selection and hidden images, Merchant's XML nesting,
+WooCommerce's escaped commas): each reader's products, photos in order and parents, its refusals
+in one line, the generic loader's 97 photos, and an index built from each."""
 
 from __future__ import annotations
 
@@ -14,12 +19,15 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import pandas as pd
+import platforms
 import pytest
+from platforms import FAMILIES, GROUPS, Product
 
 from lookalike import Recommender
 from lookalike.cli import main
-from lookalike.errors import CatalogError
-from lookalike.reading.layouts import LAYOUTS, read_layout
+from lookalike.errors import CatalogError, InvalidQueryError
+from lookalike.reading.catalog import load_catalog, split_photos
+from lookalike.reading.layouts import LAYOUTS, LaidOut, read_layout
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +217,210 @@ def test_a_broken_file_is_one_line(tmp_path, capsys, restore_logging):
                                  "shopify, magento, merchant, merchant-xml, woocommerce"]
     code = main(["build", "--layout", "shopify", str(other), "--id-column", "sku", "--out", str(tmp_path / "i")])
     assert code == 1 and "--layout names the id" in capsys.readouterr().err
+
+
+# == the platforms' files of tests/platforms.py ==================================================
+
+@pytest.fixture(scope="module")
+def products(store_dir) -> list[Product]:
+    got = platforms.store_products(store_dir)
+    assert len(got) == 25 and sum(len(p.photos) for p in got) == 97
+    return got
+
+
+@pytest.fixture(scope="module")
+def url(store_dir):
+    with platforms.photo_server(store_dir / "images") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, store_dir, products, url) -> dict[str, Path]:
+    """Every layout's file of the 25 products (and Magento's media folder, ``magento-media``)."""
+    d = tmp_path_factory.mktemp("exports")
+    return {
+        "shopify": platforms.write_shopify(d / "products_export.csv", products, url),
+        "shopify-2024": platforms.write_shopify(d / "products_export_1.csv", products, url, header="2024"),
+        "magento": platforms.write_magento(d / "export_catalog_product.csv", products),
+        "magento-media": platforms.magento_media(store_dir, products, d / "pub" / "media" / "catalog" / "product"),
+        "merchant": platforms.write_merchant_tsv(d / "feed.txt", products, url),
+        "merchant-xml": platforms.write_merchant_xml(d / "feed.xml", products, url),
+        "woocommerce": platforms.write_woocommerce(d / "wc-product-export-3-12-2026.csv", products, url),
+    }
+
+
+def _photos(laid: LaidOut) -> dict[str, list[str]]:
+    """Each product's photo references as the generic loader will split them."""
+    t = laid.table
+    return {str(pid): split_photos([str(t[c].iloc[i]) for c in laid.image_columns], laid.image_separator)
+            for i, pid in enumerate(t[laid.id_column])}
+
+
+def _parents(laid: LaidOut) -> dict[str, str]:
+    assert laid.parent_column is not None
+    t = laid.table
+    return {str(a): str(b) for a, b in zip(t[laid.id_column], t[laid.parent_column]) if str(b)}
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert text and "\n" not in text, text
+    return text
+
+
+# -- the presets ---------------------------------------------------------------------------------
+
+def test_every_layout_is_a_preset_the_reader_knows():
+    assert list(LAYOUTS) == ["shopify", "magento", "merchant", "merchant-xml", "woocommerce"]
+    for name, layout in LAYOUTS.items():
+        assert layout.name == name and layout.image_columns and layout.description
+
+
+def test_an_unknown_layout_lists_the_known_ones(tmp_path):
+    (tmp_path / "x.csv").write_text("a\n1\n")
+    with pytest.raises(InvalidQueryError) as exc:
+        read_layout(tmp_path / "x.csv", "prestashop")
+    assert "shopify, magento, merchant, merchant-xml, woocommerce" in _one_line(exc)
+
+
+def test_a_missing_file_is_a_catalog_error(tmp_path):
+    with pytest.raises(CatalogError) as exc:
+        read_layout(tmp_path / "none.csv", "shopify")
+    assert "not found" in _one_line(exc)
+
+
+# -- readers: products, photos in order, parents -------------------------------------------------
+
+@pytest.mark.parametrize("which", ["shopify", "shopify-2024"])
+def test_shopify_a_handle_is_one_product_with_its_photos_by_position(exports, products, url, which):
+    laid = read_layout(exports[which], "shopify")
+    photos = _photos(laid)
+    assert list(photos) == [p.id for p in products]
+    assert photos == {p.id: [url(r) for r in p.photos] for p in products}  # SHUFFLED's rows too
+    assert laid.parent_column is None and laid.image_separator == "|"
+    assert laid.id_column == ("Handle" if which == "shopify" else "URL handle")
+    first = laid.table.set_index(laid.id_column).loc["ps-1"]
+    assert first["Title"] == "Faded Short Sleeves T-shirt"
+    sku = "Variant SKU" if which == "shopify" else "SKU"
+    assert first[sku] == "ps-1-S"  # the first variant's cells; ps-1-M's are left
+    assert laid.file_row(2) == 4  # oc-28's 3 rows (a variant, 3 photos) come first
+
+
+def test_magento_photos_parents_and_the_store_view_rows(exports, products):
+    laid = read_layout(exports["magento"], "magento")
+    photos = _photos(laid)
+    assert list(photos) == [p.id for p in products]  # the fr row of oc-28 is left out
+    assert photos == {p.id: [platforms.magento_path(r) for r in p.photos] for p in products}
+    assert platforms.MAGENTO_HIDDEN[1] not in str(laid.table["additional_images"].tolist())
+    assert "no_selection" not in laid.table["base_image"].tolist()
+    assert _parents(laid) == FAMILIES
+    assert laid.options() == {"id_column": "sku", "image_column": ["base_image", "additional_images"],
+                              "image_separator": ",", "parent_column": "parent_sku"}
+    assert laid.file_row(2) == 3  # row 2 of the file is oc-28's store view
+    assert laid.table.set_index("sku").loc["oc-28", "name"] == "HTC Touch HD"
+
+
+@pytest.mark.parametrize("name", ["merchant", "merchant-xml"])
+def test_merchant_feeds_name_images_and_item_groups(exports, products, url, name):
+    laid = read_layout(exports[name], name)
+    assert _photos(laid) == {p.id: [url(r) for r in p.photos] for p in products}
+    assert _parents(laid) == GROUPS
+    row = laid.table.set_index("id").loc["oc-30"]
+    assert row["title"] == "Canon EOS 5D" and row["price"] == "100.00 USD"
+    assert row["shipping"] == "US:CA:Ground:5.00 USD"
+
+
+def test_woocommerce_parent_by_sku_or_id_becomes_the_parents_id(exports, products, url):
+    laid = read_layout(exports["woocommerce"], "woocommerce")
+    ids = {p.id: platforms.woo_id(products, p.id) for p in products}
+    assert _photos(laid) == {ids[p.id]: [url(r) for r in p.photos] for p in products}
+    assert _parents(laid) == {ids[child]: ids[parent] for child, parent in FAMILIES.items()}
+    t = laid.table.set_index("SKU")
+    assert t.loc["ps-6", "Parent"] == f"id:{ids['ps-5']}" and t.loc["ps-4", "Parent"] == "ps-3"  # kept as written
+
+
+# -- readers: what the platforms write at their edges --------------------------------------------
+
+def test_woocommerce_escaped_commas_and_a_file_without_ids(tmp_path):
+    path = tmp_path / "import.csv"
+    path.write_text('ID,Type,SKU,Name,Parent,Images\n'
+                    ',variable,tee,Tee,,"https://x.test/a\\,b.jpg, https://x.test/c.jpg"\n'
+                    ',variation,tee-red,Tee - Red,tee,https://x.test/d.jpg\n')
+    laid = read_layout(path, "woocommerce")
+    assert laid.id_column == "SKU"
+    assert _photos(laid) == {"tee": ["https://x.test/a%2Cb.jpg", "https://x.test/c.jpg"],
+                             "tee-red": ["https://x.test/d.jpg"]}
+    assert _parents(laid) == {"tee-red": "tee"}
+
+
+def test_merchant_atom_feed_and_plain_rss_elements(tmp_path):
+    path = tmp_path / "feed.atom"
+    path.write_text(
+        '<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom" xmlns:g="http://base.google.com/ns/1.0">'
+        '<title>shop</title><entry><g:id>A1</g:id><title>RSS title</title><g:title>G title</g:title>'
+        '<link href="https://shop.test/a1"/><g:image_link>https://x.test/a,1.jpg</g:image_link>'
+        '<g:additional_image_link>https://x.test/a2.jpg</g:additional_image_link>'
+        '<g:additional_image_link>https://x.test/a3.jpg</g:additional_image_link></entry></feed>')
+    laid = read_layout(path, "merchant-xml")
+    row = laid.table.iloc[0]
+    assert (row["id"], row["title"], row["link"]) == ("A1", "G title", "https://shop.test/a1")
+    assert _photos(laid) == {"A1": ["https://x.test/a%2C1.jpg", "https://x.test/a2.jpg", "https://x.test/a3.jpg"]}
+    assert laid.parent_column is None  # no item_group_id in this feed
+
+
+def test_rows_cut_short_are_the_readers_problems(tmp_path, exports):
+    text = exports["magento"].read_text().rstrip("\n")
+    cut = tmp_path / "cut.csv"
+    cut.write_text(text[: text.rindex(",")])  # the last row ends mid-way, no newline: a truncated export
+    laid = read_layout(cut, "magento")
+    assert len(laid.table) == 24 and len(laid.problems) == 1
+    assert laid.problems[0].id == "ps-7" and "cut short" in laid.problems[0].reason
+
+
+# -- readers: broken files, one line each --------------------------------------------------------
+
+@pytest.mark.parametrize("name, text, says", [
+    ("shopify", "Title,Vendor\nA,B\n", "no 'Handle' and 'Image Src' columns (nor the 2024 export's 'URL handle')"),
+    ("magento", "sku,name\nA,B\n", "no 'base_image' column"),
+    ("merchant", "id\ttitle\nA\tB\n", "no 'image_link' column"),
+    ("woocommerce", "ID,Name\n1,B\n", "no 'Images' column"),
+    ("shopify", 'Handle,Image Src\na,"unclosed\n', "ends inside a quoted field"),
+])
+def test_a_file_of_another_layout_is_refused_in_one_line(tmp_path, name, text, says):
+    path = tmp_path / "file.csv"
+    path.write_text(text)
+    with pytest.raises(CatalogError) as exc:
+        read_layout(path, name)
+    assert says in _one_line(exc)
+
+
+@pytest.mark.parametrize("text, says", [
+    ('<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY a "aaaa">]><rss><channel><item>&a;</item></channel></rss>',
+     "declares a DTD or entities"),
+    ('<rss><channel><item><g:id>1</g:id></item></channel></rss>', "unbound prefix"),
+    ('<rss><channel><item><id>1</id></channel></rss>', "mismatched tag"),
+    ('<html><body>not a feed</body></html>', "no <item>"),
+])
+def test_a_broken_xml_feed_is_refused_in_one_line(tmp_path, text, says):
+    path = tmp_path / "feed.xml"
+    path.write_text(text)
+    with pytest.raises(CatalogError) as exc:
+        read_layout(path, "merchant-xml")
+    assert says in _one_line(exc)
+
+
+# -- the generic loader reads what the readers give ----------------------------------------------
+
+def _load(exports: dict[str, Path], name: str, tmp_path: Path):
+    laid = read_layout(exports[name], "shopify" if name == "shopify-2024" else name)
+    images = exports["magento-media"] if name == "magento" else tmp_path
+    return laid, load_catalog(laid.table, images=images, photo_cache=tmp_path / "photos", show_progress_bar=False,
+                              **laid.options())
+
+
+@pytest.mark.parametrize("name", ["shopify", "shopify-2024", "magento", "merchant", "merchant-xml", "woocommerce"])
+def test_each_layout_loads_25_products_and_97_photos(exports, tmp_path, name):
+    laid, cat = _load(exports, name, tmp_path)
+    assert not cat.problems, cat.problems[:3]
+    assert len(cat.image_paths) == 97 and cat.table[laid.id_column].nunique() == 25
+    assert cat.parent_column == laid.parent_column
