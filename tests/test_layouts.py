@@ -424,3 +424,74 @@ def test_each_layout_loads_25_products_and_97_photos(exports, tmp_path, name):
     assert not cat.problems, cat.problems[:3]
     assert len(cat.image_paths) == 97 and cat.table[laid.id_column].nunique() == 25
     assert cat.parent_column == laid.parent_column
+
+
+# -- built: each layout into an index ------------------------------------------------------------
+
+#: the products most layouts are built from: both families (ps-3/ps-4, ps-5/ps-6), and the
+#: product Shopify's file lists out of Image Position order (ps-2); 15 photos
+SUBSET = ("ps-2", "ps-3", "ps-4", "ps-5", "ps-6")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, store_dir, products, url, encoder) -> dict[str, tuple[LaidOut, Path]]:
+    """Magento's export of all 25 products, and each other layout's of SUBSET, built once each."""
+    from lookalike import build
+
+    d = tmp_path_factory.mktemp("built")
+    few = [p for p in products if p.id in SUBSET]
+    files = {
+        "magento": (platforms.write_magento(d / "export_catalog_product.csv", products),
+                    platforms.magento_media(store_dir, products, d / "pub" / "media" / "catalog" / "product")),
+        "shopify": (platforms.write_shopify(d / "products_export.csv", few, url), d),
+        "merchant": (platforms.write_merchant_tsv(d / "feed.txt", few, url), d),
+        "merchant-xml": (platforms.write_merchant_xml(d / "feed.xml", few, url), d),
+        "woocommerce": (platforms.write_woocommerce(d / "wc-product-export.csv", few, url), d),
+    }
+    out = {}
+    for name, (file, images) in files.items():
+        laid = read_layout(file, name)
+        build(laid.table, d / name, images=images, photo_cache=d / "photos", encoder=encoder,
+              show_progress_bar=False, **laid.options())
+        out[name] = (laid, d / name)
+    return out
+
+
+def _expected(name: str, products: list[Product], url) -> dict[str, list[str]]:
+    if name == "magento":
+        return {p.id: [platforms.magento_path(r) for r in p.photos] for p in products}
+    few = [p for p in products if p.id in SUBSET]
+    if name == "woocommerce":
+        return {platforms.woo_id(few, p.id): [url(r) for r in p.photos] for p in few}
+    return {p.id: [url(r) for r in p.photos] for p in few}
+
+
+@pytest.mark.parametrize("name", ["magento", "shopify", "merchant", "merchant-xml", "woocommerce"])
+def test_each_layout_builds_its_products_with_their_photos(built, products, url, name):
+    from lookalike import Recommender
+
+    laid, index = built[name]
+    rec = Recommender.load(index)
+    want = _expected(name, products, url)
+    assert rec.products == list(want)
+    assert {pid: rec.photos(pid) for pid in rec.products} == want
+    assert sum(map(len, want.values())) == (97 if name == "magento" else 15)
+    assert rec.settings.catalog.parent_column == laid.parent_column
+
+
+@pytest.mark.parametrize("name", ["magento", "merchant", "merchant-xml", "woocommerce"])
+def test_a_variant_is_not_recommended_its_parent_or_sibling(built, products, name):
+    from lookalike import Recommender
+
+    laid, index = built[name]
+    rec = Recommender.load(index)
+    few = [p for p in products if p.id in SUBSET]
+    pid = (lambda sku: platforms.woo_id(few, sku)) if name == "woocommerce" else (lambda sku: sku)
+    kin = {pid("ps-3"), pid("ps-4")}
+    assert laid.parent_column is not None
+    assert rec.product(pid("ps-4"))[laid.parent_column] == (GROUPS["ps-4"] if name.startswith("merchant")
+                                                            else pid("ps-3"))
+    for query in kin:
+        found = rec.similar(query, k=len(rec.products)).ids
+        assert not kin & set(found), (query, found)
+        assert set(rec.similar(query, k=len(rec.products), siblings=True).ids) & kin == kin - {query}
