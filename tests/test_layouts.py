@@ -495,3 +495,12 @@ def test_a_variant_is_not_recommended_its_parent_or_sibling(built, products, nam
         found = rec.similar(query, k=len(rec.products)).ids
         assert not kin & set(found), (query, found)
         assert set(rec.similar(query, k=len(rec.products), siblings=True).ids) & kin == kin - {query}
+
+
+def test_magento_variations_can_be_kept_out_by_their_visibility(built):
+    """docs/catalogues.md: ``--where 'visibility!=Not Visible Individually'``."""
+    from lookalike import Recommender
+
+    rec = Recommender.load(built["magento"][1])
+    found = rec.similar("ps-1", k=len(rec.products), where=["visibility!=Not Visible Individually"]).ids
+    assert len(found) == 22 and not {"ps-4", "ps-6"} & set(found)
