@@ -353,6 +353,15 @@ def test_woocommerce_escaped_commas_and_a_file_without_ids(tmp_path):
     assert _parents(laid) == {"tee-red": "tee"}
 
 
+def test_shopify_variant_images_the_file_does_not_list_come_last(tmp_path):
+    path = tmp_path / "products_export.csv"
+    path.write_text("Handle,Title,Option1 Value,Image Src,Image Position,Variant Image\n"
+                    "tee,Tee,S,https://x.test/b.jpg,2,https://x.test/b.jpg\n"
+                    "tee,,M,https://x.test/a.jpg,1,https://x.test/m.jpg\n")
+    assert _photos(read_layout(path, "shopify")) == {"tee": ["https://x.test/a.jpg", "https://x.test/b.jpg",
+                                                             "https://x.test/m.jpg"]}
+
+
 def test_merchant_atom_feed_and_plain_rss_elements(tmp_path):
     path = tmp_path / "feed.atom"
     path.write_text(
@@ -380,10 +389,10 @@ def test_rows_cut_short_are_the_readers_problems(tmp_path, exports):
 # -- readers: broken files, one line each --------------------------------------------------------
 
 @pytest.mark.parametrize("name, text, says", [
-    ("shopify", "Title,Vendor\nA,B\n", "no 'Handle' and 'Image Src' columns (nor the 2024 export's 'URL handle')"),
-    ("magento", "sku,name\nA,B\n", "no 'base_image' column"),
-    ("merchant", "id\ttitle\nA\tB\n", "no 'image_link' column"),
-    ("woocommerce", "ID,Name\n1,B\n", "no 'Images' column"),
+    ("shopify", "Title,Vendor\nA,B\n", "no column 'Handle', 'Image Src' (nor the 2024 export's 'URL handle')"),
+    ("magento", "sku,name\nA,B\n", "no column 'base_image'"),
+    ("merchant", "id\ttitle\nA\tB\n", "no column 'image_link'"),
+    ("woocommerce", "ID,Name\n1,B\n", "no column 'Images'"),
     ("shopify", 'Handle,Image Src\na,"unclosed\n', "ends inside a quoted field"),
 ])
 def test_a_file_of_another_layout_is_refused_in_one_line(tmp_path, name, text, says):

@@ -7,8 +7,9 @@ Each reader translates only what the generic loader can't read as the platform w
 - ``shopify``: a product is a ``Handle``; its later rows are its variants and extra photos,
   most cells empty. The product is one row, its first (so its first variant's ``Option*`` and
   ``Variant *`` cells: lookalike recommends products, not sizes); its photos, ``|``-joined in
-  ``Image Src``, are every row's ``Image Src`` in ``Image Position`` order. The 2024 header
-  (``URL handle``, ``Product image URL``, ``Image position``) reads the same.
+  ``Image Src``, are every row's ``Image Src`` in ``Image Position`` order, then its variants'
+  ``Variant Image``. The 2024 header (``URL handle``, ``Product image URL``, ``Image position``,
+  ``Variant image URL``) reads the same.
 - ``magento``: a store view's rows (``store_view_code`` set) are a default row's translations and
   are left out; ``no_selection`` (Magento's "no image") and the ``hide_from_product_page`` images
   are dropped; a product named in a configurable one's ``configurable_variations`` gets its sku
@@ -123,7 +124,7 @@ def read_layout(path: str | os.PathLike, name: str) -> LaidOut:
     try:
         layout = LAYOUTS[name]
     except KeyError:
-        raise InvalidQueryError(f"unknown catalogue layout {name!r}; choose one of {', '.join(LAYOUTS)}") from None
+        raise InvalidQueryError(f"unknown layout {name!r}; choose one of {', '.join(LAYOUTS)}") from None
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"catalogue not found: {path}")
@@ -137,9 +138,8 @@ def read_layout(path: str | os.PathLike, name: str) -> LaidOut:
 def _need(columns: Sequence[str], wanted: Sequence[str], path: Path, layout: Layout, hint: str = "") -> None:
     missing = [c for c in wanted if c not in columns]
     if missing:
-        names = " and ".join(map(repr, missing)) + (" columns" if len(missing) > 1 else " column")
-        raise CatalogError(f"{path.name} is not a {layout.description.split(' (')[0]}: no {names}{hint}; "
-                           f"its columns are: {', '.join(columns) or '(none)'}")
+        raise CatalogError(f"{path.name} is not a {layout.description.split(' (')[0]}: no column "
+                           f"{', '.join(map(repr, missing))}{hint}; its columns are: {', '.join(columns) or '(none)'}")
 
 
 def _usable_rows(read: TableFile, id_column: str) -> tuple[list[int], list[RowProblem]]:
@@ -173,8 +173,9 @@ def _add_column(table: pd.DataFrame, name: str, values: Sequence[str], path: Pat
 
 # -- Shopify ---------------------------------------------------------------------------------
 
-#: (Handle, Image Src, Image Position) as each header names them: the classic one, and 2024's
-_SHOPIFY_HEADERS = (("Handle", "Image Src", "Image Position"), ("URL handle", "Product image URL", "Image position"))
+#: (Handle, Image Src, Image Position, Variant Image) as each header names them: the classic one, and 2024's
+_SHOPIFY_HEADERS = (("Handle", "Image Src", "Image Position", "Variant Image"),
+                    ("URL handle", "Product image URL", "Image position", "Variant image URL"))
 
 
 def _position(text: str) -> tuple[int, float]:
@@ -188,21 +189,22 @@ def _position(text: str) -> tuple[int, float]:
 def _shopify(path: Path, layout: Layout) -> LaidOut:
     read = read_table_file(path)
     columns = list(read.table.columns)
-    handle, src, position = next((h for h in _SHOPIFY_HEADERS if h[0] in columns), _SHOPIFY_HEADERS[0])
+    handle, src, position, variant = next((h for h in _SHOPIFY_HEADERS if h[0] in columns), _SHOPIFY_HEADERS[0])
     _need(columns, (handle, src), path, layout,
           "" if handle in columns else f" (nor the 2024 export's {_SHOPIFY_HEADERS[1][0]!r})")
     keep, problems = _usable_rows(read, handle)
     handles = read.table[handle].astype(str).str.strip().tolist()
     photos = read.table[src].astype(str).str.strip().tolist()
     places = read.table[position].astype(str).str.strip().tolist() if position in columns else [""] * len(handles)
+    variants = read.table[variant].astype(str).str.strip().tolist() if variant in columns else [""] * len(handles)
     products: dict[str, list[int]] = {}
     for i in keep:  # a row without a Handle stays a row of its own (the loader reports its empty id)
         products.setdefault(handles[i] or f"\0{i}", []).append(i)
     firsts, cells = [], []
     for rows in products.values():
         named = sorted((_position(places[i]), n, photos[i]) for n, i in enumerate(rows) if photos[i])
-        firsts.append(rows[0])
-        cells.append(_joined([ref for _, _, ref in named], layout.image_separator))
+        firsts.append(rows[0])  # a variant's image is one of the product's; a file made by hand may not list it
+        cells.append(_joined([ref for _, _, ref in named] + [variants[i] for i in rows], layout.image_separator))
     table = _picked(read, firsts)
     table[src] = cells
     return LaidOut(table, layout, handle, (src,), layout.image_separator, None,
