@@ -486,6 +486,8 @@ def _quiet_ray(verbose: int) -> None:
 def _laid_out(args: argparse.Namespace) -> Any:
     """``build --layout``: the platform file read as a catalogue (``reading/layouts``), its
     columns named by the layout (naming them too is refused: one or the other)."""
+    from dataclasses import replace
+
     from lookalike import DEFAULT_ID_COLUMN
     from lookalike.config import DEFAULT_IMAGE_SEPARATOR
     from lookalike.errors import InvalidQueryError
@@ -501,6 +503,11 @@ def _laid_out(args: argparse.Namespace) -> Any:
                        allow_outside_images=args.allow_outside_images, photo_cache=args.photo_cache,
                        private_urls=not args.no_private_urls, show_progress_bar=None if not args.quiet else False)
     cat.source, cat.sha256, cat.layout = args.catalog, file_sha256(args.catalog), args.layout
+    # rows as the file numbers them, and the file's rows the reader could not use (cut short)
+    cat.problems = sorted([replace(p, row=laid.file_row(p.row)) for p in cat.problems] + list(laid.problems),
+                          key=lambda p: p.row)
+    cat.rows = [laid.file_row(r) for r in cat.rows]
+    cat.total_rows = max([*laid.rows, *(p.row for p in laid.problems)], default=cat.total_rows)
     return cat
 
 
@@ -511,9 +518,15 @@ def _layout_table(index: Path, rows: Path) -> Any:
     layout = Store(index).snapshot().settings.catalog.layout
     if not layout:
         return rows
+    from lookalike.errors import CatalogError
     from lookalike.reading.layouts import read_layout
 
-    return read_layout(rows, layout).table
+    laid = read_layout(rows, layout)
+    if laid.problems:  # a row left out of a change would read as a removal to sync: refuse it whole
+        first = laid.problems[0]
+        raise CatalogError(f"{rows.name}: {len(laid.problems)} row(s) can't be read (row {first.row}: {first.reason}); "
+                           "nothing was changed. Export the file again")
+    return laid.table
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

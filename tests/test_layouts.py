@@ -513,3 +513,23 @@ def test_magento_variations_can_be_kept_out_by_their_visibility(built):
     rec = Recommender.load(built["magento"][1])
     found = rec.similar("ps-1", k=len(rec.products), where=["visibility!=Not Visible Individually"]).ids
     assert len(found) == 22 and not {"ps-4", "ps-6"} & set(found)
+
+
+def test_a_cut_short_row_is_reported_by_build_and_refuses_a_sync(tmp_path, exports, capsys, restore_logging):
+    """A truncated export: build reports the cut row (file row, reason; exit 3), and a sync of it
+    changes nothing (the row left out would read as a removal)."""
+    text = exports["magento"].read_text().rstrip("\n")
+    cut = tmp_path / "cut.csv"
+    cut.write_text(text[: text.rindex(",")])
+    out = tmp_path / "index"
+    code = main(["build", "--layout", "magento", str(cut), "--images", str(exports["magento-media"]),
+                 "--out", str(out), "--quiet"])
+    capsys.readouterr()
+    assert code == 3
+    report = pd.read_csv(next((out / "generations").glob("*.report.csv")), dtype=str, keep_default_na=False)
+    skipped = report[report["status"] == "skipped"]
+    assert skipped["id"].tolist() == ["ps-7"] and "cut short" in skipped["reason"].iat[0]
+    assert int(skipped["row"].iat[0]) == len(text.splitlines()) - 1  # the file's own data row
+    code = main(["sync", str(out), str(cut), "--images", str(exports["magento-media"])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "nothing was changed" in err[0]
