@@ -266,9 +266,8 @@ def show_results(rec: Recommender, facts: dict[str, Any], results: Any, settings
                 which = f" · photo {refs.index(r.matched_photo) + 1} of {len(refs)} matched" \
                     if len(refs) > 1 and r.matched_photo in refs else ""
                 st.caption(f"#{r.rank} · id {r.id} · score {r.score:.3f}{which}")
-                more, less = st.columns(2)
-                more.button("More like this", key=f"more_{r.id}", on_click=set_query, args=(r.id,))
-                less.button("Less like this", key=f"less_{r.id}", on_click=less_like, args=(r.id,))
+                st.button("More like this", key=f"more_{r.id}", on_click=set_query, args=(r.id,))
+                st.button("Less like this", key=f"less_{r.id}", on_click=less_like, args=(r.id,))
 
 
 def recommendations(rec: Recommender, facts: dict[str, Any], settings: Settings) -> None:
