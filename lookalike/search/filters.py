@@ -84,21 +84,16 @@ class RowFilters:
         self.parent_column = parent_column if parent_column in columns else None
         self._codes: dict[str, tuple[np.ndarray, pd.Index]] = {}
         self._numbers: dict[str, np.ndarray] = {}
-        self._families: np.ndarray | None = None
+        self._family: tuple[np.ndarray, np.ndarray, int] | None = None
         self._members: dict[int, np.ndarray] | None = None
 
     @property
     def families(self) -> np.ndarray:
         """Each row's family as a number: its parent (the parent column's value), or the product
         itself when it names none. ``collapse_parent`` keeps one product of each."""
-        if self._families is None:
-            if self.parent_column is None:
-                self._families = np.arange(len(self.ids)) if self.products is None else self.products
-            else:
-                parents = self.cells[self.parent_column]
-                names = [str(p).strip() or pid for p, pid in zip(parents, self.ids)]
-                self._families = pd.factorize(np.asarray(names, dtype=object))[0].astype(np.int64)
-        return self._families
+        if self.parent_column is None:
+            return np.arange(len(self.ids)) if self.products is None else self.products
+        return self._family_codes()[0]
 
     def _family_names(self, rows: Sequence[int] | np.ndarray) -> list[str]:
         """The families of some rows as text (parents, or ids where none is named)."""
@@ -108,10 +103,9 @@ class RowFilters:
 
     def _not_family(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows neither naming as parent one of the query rows' families nor being one."""
-        assert self.parent_column is not None
-        names = np.asarray(self._family_names(rows), dtype=object)
-        parents = np.asarray([str(p).strip() for p in self.cells[self.parent_column]], dtype=object)
-        return ~(np.isin(parents, names) | np.isin(np.asarray(self.ids, dtype=object), names))
+        family, own, _ = self._family_codes()
+        named = np.unique(family[np.asarray(rows, dtype=np.int64)])
+        return ~(_in(family, named) | _in(own, named))
 
     def check_column(self, col: str) -> None:
         if col not in self.columns:
@@ -178,12 +172,13 @@ class RowFilters:
         return twins
 
     def allowed_for(self, rows: Sequence[int] | np.ndarray, same: Sequence[str], base: np.ndarray | None,
-                    siblings: bool = True) -> np.ndarray:
-        """Rows a query may return: not a query product nor one with a byte-identical photo,
-        matching the query's values of the ``same`` columns, and inside ``base``; without
-        ``siblings``, not a product of the query products' parents (nor the parent)."""
+                    siblings: bool = True, twins: np.ndarray | None = None) -> np.ndarray:
+        """Rows a query may return: not a query product nor one with a byte-identical photo
+        (``twins``, when the caller has them already), matching the query's values of the
+        ``same`` columns, and inside ``base``; without ``siblings``, not a product of the query
+        products' parents (nor the parent)."""
         rows = list(rows)
-        allowed = ~self._twins(rows)
+        allowed = ~(self._twins(rows) if twins is None else twins)
         if base is not None:
             allowed &= base
         if not siblings and self.parent_column is not None:
@@ -231,12 +226,15 @@ class RowFilters:
 
     def _family_codes(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Each row's family (its parent, or its id when it names none) and its id, as codes of
-        one numbering: a row is a query's sibling when either is one of the query's families."""
+        one numbering, and how many codes: a row is a query's sibling when either is one of the
+        query's families. Made once per generation."""
         assert self.parent_column is not None
-        names = [str(p).strip() or pid for p, pid in zip(self.cells[self.parent_column], self.ids)]
-        codes, uniques = pd.factorize(np.asarray([*names, *self.ids], dtype=object))
-        n = len(self.ids)
-        return codes[:n].astype(np.int64), codes[n:].astype(np.int64), len(uniques)
+        if self._family is None:
+            names = [str(p).strip() or pid for p, pid in zip(self.cells[self.parent_column], self.ids)]
+            codes, uniques = pd.factorize(np.asarray([*names, *self.ids], dtype=object))
+            n = len(self.ids)
+            self._family = (codes[:n].astype(np.int64), codes[n:].astype(np.int64), len(uniques))
+        return self._family
 
     def filter(self, rows: Sequence[int] | None, same: Sequence[str], where: Where | None,
                siblings: bool = False, exclude: Sequence[int] | np.ndarray = ()) -> Filter:
@@ -251,15 +249,16 @@ class RowFilters:
         if rows is None:
             return Filter(where_values(conditions), self._twin_ids(away), conditions=others,
                           mask=lambda: self._without(self.where_mask(conditions), away))
-        values, excluded = self._expressed(rows, same, conditions)
+        twins = self._twins(rows)  # once: the excluded ids and the mask both need them
+        values, excluded = self._expressed(rows, same, conditions, twins)
         excluded = list(dict.fromkeys([*excluded, *self._twin_ids(away)]))
         if not siblings and self.parent_column is not None:
             families = self._family_names(rows)
             others = (*others, Condition(self.parent_column, "!=", tuple(families)))
             excluded = list(dict.fromkeys([*excluded, *families]))
         return Filter(values, excluded, conditions=others,
-                      mask=lambda: self._without(self.allowed_for(rows, same, self.where_mask(conditions), siblings),
-                                                 away))
+                      mask=lambda: self._without(self.allowed_for(rows, same, self.where_mask(conditions), siblings,
+                                                                  twins), away))
 
     def _twin_ids(self, rows: np.ndarray) -> list[str]:
         """The products of ``rows`` and those with a byte-identical photo, each once."""
@@ -278,15 +277,15 @@ class RowFilters:
         (``export``): a per-query mask, which no expression says."""
         return Filter(mask=lambda: self.pair_masks(rows, same, self.where_mask(where), siblings), expressible=False)
 
-    def _expressed(self, rows: Sequence[int], same: Sequence[str],
-                   where: Where | None) -> tuple[dict[str, list[str]], list[str]]:
-        """What :meth:`allowed_for` allows as ``where`` values and excluded product ids."""
+    def _expressed(self, rows: Sequence[int], same: Sequence[str], where: Where | None,
+                   twins: np.ndarray) -> tuple[dict[str, list[str]], list[str]]:
+        """What :meth:`allowed_for` allows as ``where`` values and excluded product ids
+        (``twins``: :meth:`_twins` of ``rows``)."""
         values = where_values(where)
         for col in same:
             theirs = list(dict.fromkeys(str(self.cells[col][r]) for r in rows))
             values[col] = [v for v in values[col] if v in theirs] if col in values else theirs
-        twins = np.flatnonzero(self._twins(rows))
-        return values, list(dict.fromkeys(self.ids[r] for r in twins))
+        return values, list(dict.fromkeys(self.ids[r] for r in np.flatnonzero(twins)))
 
 
 def where_values(where: Where | None) -> dict[str, list[str]]:
