@@ -192,7 +192,7 @@ class Recommender:
         """:attr:`metadata` with one row per product (its main photo's), in index order."""
         if not self.multi_photo:
             return self.metadata
-        return self.metadata.iloc[[self._row_of[p] for p in self.products]].reset_index(drop=True)
+        return self.metadata.iloc[self.main_rows].reset_index(drop=True)
 
     @staticmethod
     def _group_ids(groups: np.ndarray) -> np.ndarray:
@@ -632,7 +632,7 @@ class Recommender:
                                         f"({len(rows)}, {self.n_rows}), not {allowed.dtype} {allowed.shape}")
         if not len(rows):
             return []
-        q = self._product_queries([rows], w)
+        q = self._row_queries(rows, w)
         if scoring == "mean":
             found = self._search_mean(q, k, allowed, collapse_duplicates)
         else:
@@ -689,7 +689,11 @@ class Recommender:
         mean photo (their shared look)."""
         if len(products) > 1:
             return self._steered(self._look(products), [], w)
-        rows = np.asarray(products[0], dtype=np.int64)
+        return self._row_queries(products[0], w)
+
+    def _row_queries(self, rows: Sequence[int] | np.ndarray, w: float) -> np.ndarray:
+        """One query vector per row: each stored photo as the query."""
+        rows = np.asarray(rows, dtype=np.int64)
         shape, colour = self._rows_arrays(rows)
         return self._query_vector(self._unit_shape(shape), l2_normalize(colour), w).reshape(len(rows), -1)
 
@@ -731,8 +735,7 @@ class Recommender:
                           desc="export", unit="batch"):
             chunk = products[start : start + batch]
             groups = [self.rows(p) for p in chunk]
-            q = (np.concatenate([self._product_queries([g], w) for g in groups]) if self.multi_photo
-                 else self._export_queries(groups, w))
+            q = self._row_queries(np.concatenate(groups), w)  # each product's photos; sets group them
             ends = np.cumsum([0] + [len(g) for g in groups])
             sets = [list(range(ends[i], ends[i + 1])) for i in range(len(groups))]
             found_all = self._search(q, k, self._filters.pair_filter(groups, same, where, siblings=siblings),
@@ -744,14 +747,6 @@ class Recommender:
                     out_id.append(self.ids[row])
                     out_s.append(s)
         return pd.DataFrame({"query_id": out_q, "rank": out_rank, "id": out_id, "score": out_s})
-
-    def _export_queries(self, groups: Sequence[np.ndarray], w: float) -> np.ndarray:
-        """One query vector per single-photo product, in one pass over the rows."""
-        rows = np.concatenate(groups)
-        shape = np.asarray(self.vectors, dtype=np.float32)[rows]
-        if self.metric == "cosine":
-            shape = l2_normalize(shape)
-        return self._query_vector(shape, l2_normalize(np.asarray(self.colour)[rows]), w)
 
 
 def _rows_by_product(product: np.ndarray, n: int) -> list[np.ndarray]:
