@@ -355,3 +355,16 @@ def test_evaluate_counts_products_and_tune_holds_a_products_photos_out_together(
     for pid in rec.products:
         assert len(set(held[rec.rows(pid)])) == 1  # all of a product's photos on one side
     assert len(np.unique(groups)) == 25 - sum(len(g) - 1 for g in rec.duplicates(near=False))
+
+
+def test_a_change_reports_a_repeated_row_that_adds_no_photo(wide, tmp_path, store_dir, table, encoder):
+    """As a build does: every row of a change is applied or reported, a repeat of a product's id
+    that names no photo it lacks included."""
+    path = tmp_path / "live"
+    shutil.copytree(wide, path)
+    row = {**table.iloc[0].to_dict(), "name": "renamed"}
+    report = IndexWriter.open(path, encoder=encoder).upsert([row, {"product_id": row["product_id"],
+                                                                   "images": row["images"].split("|")[0]}],
+                                                            images=store_dir / "images")
+    assert [(c.row, c.status) for c in report.changes] == [(1, "metadata"), (2, "skipped")]
+    assert report.changes[1].reason == "duplicate id (first on row 1): the row names no photo its product lacks"

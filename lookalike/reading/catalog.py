@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["Catalog", "RowProblem", "TableFile", "read_table", "read_table_file", "load_catalog", "file_sha256",
-           "split_photos", "merge_products", "image_columns_of"]
+           "split_photos", "merge_products", "image_columns_of", "repeated_row_problem"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -386,13 +386,16 @@ class _Product:
     refs: dict[str, int] = field(default_factory=dict)
 
 
-def _conflict(cells: Mapping[str, list[str]], columns: Sequence[str], first: int, i: int) -> str:
-    """The first of ``columns`` whose cell on row ``i`` is neither empty nor the first row's."""
+def repeated_row_problem(columns: Sequence[str], first: Mapping[str, str], here: Mapping[str, str], first_row: int,
+                         adds_photos: bool) -> str:
+    """Why a later row of a product's id can't merge into it ("" when it can): one of ``columns``
+    holds a cell neither empty nor the first row's, or it names no photo the product lacks (every
+    row is merged or reported). Builds and live changes ask it alike."""
     for col in columns:
-        here = cells[col][i]
-        if here.strip() and here != cells[col][first]:
-            return f"{col} is {cells[col][first]!r} there, {here!r} here"
-    return ""
+        if here[col].strip() and here[col] != first[col]:
+            return f"duplicate id (first on row {first_row}) with other cells: {col} is {first[col]!r} there, " \
+                   f"{here[col]!r} here"
+    return "" if adds_photos else f"duplicate id (first on row {first_row}): the row names no photo its product lacks"
 
 
 def merge_products(ids: Sequence[str], df: pd.DataFrame, image_columns: Sequence[str],
@@ -420,14 +423,11 @@ def merge_products(ids: Sequence[str], df: pd.DataFrame, image_columns: Sequence
             problems.append(RowProblem(row, pid, shown, "empty id"))
         elif pid in products:
             product = products[pid]
-            differs = _conflict(cells, others, product.first, i)
             new = [ref for ref in refs if ref not in product.refs]
-            if differs:
-                problems.append(RowProblem(row, pid, shown, f"duplicate id (first on row {product.first + 1}) "
-                                                            f"with other cells: {differs}"))
-            elif not new:  # every row is indexed or reported: this one adds nothing to its product
-                problems.append(RowProblem(row, pid, shown, f"duplicate id (first on row {product.first + 1}): "
-                                                            "the row names no photo its product lacks"))
+            why = repeated_row_problem(others, {c: cells[c][product.first] for c in others},
+                                       {c: cells[c][i] for c in others}, product.first + 1, bool(new))
+            if why:
+                problems.append(RowProblem(row, pid, shown, why))
             else:
                 for ref in new:
                     product.refs[ref] = row

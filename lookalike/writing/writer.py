@@ -43,7 +43,15 @@ from lookalike.folder.rows import (
     text_column,
 )
 from lookalike.folder.store import Snapshot, Store, Writer
-from lookalike.reading.catalog import Catalog, TableFile, file_sha256, load_catalog, read_table_file, split_photos
+from lookalike.reading.catalog import (
+    Catalog,
+    TableFile,
+    file_sha256,
+    load_catalog,
+    read_table_file,
+    repeated_row_problem,
+    split_photos,
+)
 from lookalike.reading.images import COLOUR_DIM
 from lookalike.search.backends import REMOTE_BACKENDS, make_index
 from lookalike.writing.duplicates import find_duplicate_groups, regroup
@@ -814,14 +822,13 @@ def _asked_products(table: _Rows, columns: list[str], cat_info: Any, stored: Sto
         if first is None:
             products[pid] = _Asked(number, cells, {ref: number for ref in refs})
             continue
-        differs = next((f"{c} is {first.cells[c]!r} there, {cells[c]!r} here" for c in others
-                        if cells[c].strip() and cells[c] != first.cells[c]), "")
-        if differs:
-            report.changes.append(Change(number, pid, "skipped",
-                                         f"duplicate id (first on row {first.row}) with other cells: {differs}"))
+        new = [ref for ref in refs if ref not in first.refs]
+        why = repeated_row_problem(others, first.cells, cells, first.row, bool(new))
+        if why:
+            report.changes.append(Change(number, pid, "skipped", why))
         else:
-            for ref in refs:
-                first.refs.setdefault(ref, number)
+            for ref in new:
+                first.refs[ref] = number
     return list(products.values())
 
 
