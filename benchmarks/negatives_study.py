@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lookalike import Recommender  # noqa: E402
+from machine import print_machine  # noqa: E402  # benchmarks/ is the script's folder
 
 
 def study(rec: Recommender, label: str, k: int, step: int, same: list[str]) -> dict[str, float | int]:
@@ -54,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    machine = print_machine()
     rec = Recommender.load(args.index)
-    result = {"index": str(args.index), "products": len(rec), "k": args.k, "step": args.step, "same": args.same,
+    result = {"machine": machine, "index": str(args.index), "products": len(rec), "k": args.k, "step": args.step, "same": args.same,
               "labels": {label: study(rec, label, args.k, args.step, args.same) for label in args.label}}
     lines = ["| negative of another | queries | results like the negative: before | after | "
              "results like the query: before | after |", "|---|---|---|---|---|---|"]
