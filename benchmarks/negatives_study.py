@@ -22,8 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lookalike import Recommender  # noqa: E402
 from machine import print_machine  # noqa: E402  # benchmarks/ is the script's folder
+
+from lookalike import Recommender  # noqa: E402
 
 
 def study(rec: Recommender, label: str, k: int, step: int, same: list[str]) -> dict[str, float | int]:
