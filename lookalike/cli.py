@@ -112,6 +112,19 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
                    help="in an index with a parent column, list the query's siblings (variants of its parent) too")
     p.add_argument("--collapse-parent", action="store_true",
                    help="at most one product of each parent in a list")
+    p.add_argument("--boost", action="append", default=[], metavar="TARGET:OP W",
+                   help="raise or lower scores: CONDITION:+W adds W where the condition holds (in_stock=yes:+0.05), "
+                        "CONDITION:*W multiplies by W, COLUMN:+W adds W x a numeric column's value, COLUMN:*W "
+                        "multiplies by 1 + W x value; repeatable")
+    p.add_argument("--max-per", action="append", default=[], metavar="COL=N",
+                   help="at most N results with one value of COL (a brand, a parent, a type); repeatable")
+    p.add_argument("--diversity", type=float, default=None, metavar="D",
+                   help="0..1: choose results by maximal marginal relevance (0: the plain ranking)")
+    p.add_argument("--explain", action="store_true",
+                   help="each result's score in parts: shape, colour, each boost (and the rule that placed it)")
+    p.add_argument("--no-defaults", action="store_true",
+                   help="ignore the index's query defaults (lookalike settings)")
+    p.add_argument("--no-rules", action="store_true", help="ignore the index's pinned and blocked pairs")
 
 
 def _catalogue_options(b: argparse.ArgumentParser) -> None:
@@ -256,6 +269,31 @@ def _change_commands(add_command: Callable[..., argparse.ArgumentParser]) -> Non
     co = add_command("compact", help="fold live changes and removals into one segment")
     co.add_argument("index", type=Path)
 
+    st = add_command("settings", help="the index's query defaults: a default where, boosts, caps, diversity, "
+                                      "colour weight (no rebuild)", epilog=_SETTINGS_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("index", type=Path)
+    st.add_argument("--where", action="append", default=None, metavar="CONDITION",
+                    help="a default condition (as similar --where); repeatable; replaces the defaults' conditions")
+    st.add_argument("--boost", action="append", default=None, metavar="TARGET:OP W",
+                    help="a default boost (as similar --boost); repeatable; replaces the default boosts")
+    st.add_argument("--max-per", action="append", default=None, metavar="COL=N", help="a default cap; repeatable")
+    st.add_argument("--diversity", type=float, default=None, metavar="D", help="the default diversity (0: off)")
+    st.add_argument("--colour-weight", type=_weight, default=None, metavar="W", help="the index's colour weight")
+    st.add_argument("--clear", action="store_true", help="remove every default first (then set those given)")
+    st.add_argument("--format", default="table", choices=("table", "json"))
+
+    ru = add_command("rules", help="pinned and blocked pairs: pin, block, list, remove (no rebuild)",
+                     epilog=_RULES_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ru.add_argument("index", type=Path)
+    ru.add_argument("action", choices=("pin", "block", "list", "remove"))
+    ru.add_argument("--for", dest="for_id", default=None, metavar="ID",
+                    help="the product whose results the rule acts on (block: absent for every query)")
+    ru.add_argument("--show", default=None, metavar="ID", help="pin: the product shown")
+    ru.add_argument("--hide", default=None, metavar="ID", help="block: the product never shown")
+    ru.add_argument("--rank", type=_positive_int, default=1, help="pin: the rank it is shown at (default 1)")
+    ru.add_argument("--format", default="table", choices=("table", "json"))
+
 
 def _query_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     """similar, export, info, duplicates: reading an index."""
@@ -267,6 +305,9 @@ def _query_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None
     g.add_argument("--id", dest="ids", action="append", metavar="ID",
                    help="query product id; repeat to combine recently viewed products")
     g.add_argument("--image", type=Path, help="query photo file")
+    s.add_argument("--box", default=None, metavar="X,Y,W,H",
+                   help="with --image: query with this region of the photo (pixels, or fractions of its width and "
+                        "height when all four are at most 1)")
     s.add_argument("--not", dest="negative_ids", action="append", default=[], metavar="ID",
                    help="less like this product (repeatable): the query moves away from its look, and it is never "
                         "listed")
@@ -601,6 +642,84 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return _print_change(report, args.format, args.report)
 
 
+_SETTINGS_EPILOG = """\
+examples:
+  lookalike settings INDEX --where in_stock=yes --boost 'popularity:*0.01'
+  lookalike settings INDEX --max-per Brand=2 --colour-weight 0.3
+  lookalike settings INDEX --clear          (no defaults)
+  lookalike settings INDEX                  (show them)
+A query's own --where on a column replaces the default's on that column; its --boost of the
+same target replaces the default's; similar/export --no-defaults ignore them all."""
+
+_RULES_EPILOG = """\
+examples:
+  lookalike rules INDEX pin --for 1234 --show 5678 --rank 2
+  lookalike rules INDEX block --for 1234 --hide 999
+  lookalike rules INDEX block --hide 999    (never shown, for any query)
+  lookalike rules INDEX list
+  lookalike rules INDEX remove pin --for 1234 --show 5678   (or: remove block --hide 999)
+A pinned product is shown when it passes the query's filters; a rule naming an unknown
+product is refused (exit 1, nothing changed)."""
+
+
+def _cmd_settings(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from lookalike.folder.manifest import QueryDefaults
+    from lookalike.writing.writer import IndexWriter
+
+    index = IndexWriter.open(args.index)
+    given: dict[str, Any] = {k: tuple(v) for k, v in (("where", args.where), ("boost", args.boost),
+                                                      ("max_per", args.max_per)) if v is not None}
+    if args.diversity is not None:
+        given["diversity"] = args.diversity or None  # 0: off
+    if given or args.clear or args.colour_weight is not None:
+        base = QueryDefaults() if args.clear else index.steering().defaults
+        now = index.set_defaults(replace(base, **given), colour_weight=args.colour_weight)
+    else:
+        now = index.steering()
+    if args.format == "json":
+        print(json.dumps({k: v for k, v in now.to_dict().items() if k != "rules"}, indent=2))
+        return 0
+    d = now.defaults
+    print(f"generation {now.generation}: colour weight {now.colour_weight:g}")
+    print(f"  where:     {' AND '.join(d.where) or '(none)'}")
+    print(f"  boost:     {', '.join(d.boost) or '(none)'}")
+    print(f"  max per:   {', '.join(d.max_per) or '(none)'}")
+    print(f"  diversity: {'(off)' if d.diversity is None else f'{d.diversity:g}'}")
+    return 0
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    from lookalike.errors import InvalidQueryError
+    from lookalike.folder.manifest import Rule
+    from lookalike.writing.writer import IndexWriter
+
+    index = IndexWriter.open(args.index)
+    if args.action == "list":
+        now = index.steering()
+    else:
+        kind = args.action if args.action != "remove" else None
+        if kind is None:
+            kind = "pin" if args.show is not None else "block"
+        product = args.show if kind == "pin" else args.hide
+        if product is None:
+            raise InvalidQueryError(f"{args.action} needs {'--show ID' if kind == 'pin' else '--hide ID'}")
+        if kind == "pin" and args.for_id is None:
+            raise InvalidQueryError("pin needs --for ID: the product whose results show it")
+        rule = Rule(kind, product.strip(), None if args.for_id is None else args.for_id.strip(), args.rank)
+        now = index.change_rules(remove=[rule]) if args.action == "remove" else index.change_rules(add=[rule])
+        print(f"{'removed ' if args.action == 'remove' else ''}{rule}: generation {now.generation}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps([r.to_json() for r in now.rules], indent=2))
+    elif not now.rules:
+        print("(no rules)")
+    else:
+        for n, r in enumerate(now.rules, start=1):
+            print(f"{n:>3}  {r}")
+    return 0
+
+
 def _cmd_compact(args: argparse.Namespace) -> int:
     from lookalike.writing.writer import IndexWriter
 
@@ -635,10 +754,13 @@ def _write_table(table: Any, out: Path) -> None:
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return {"same": args.same, "where": _where(args.where), "colour_weight": args.colour_weight,
             "collapse_duplicates": not args.keep_duplicates, "siblings": args.allow_siblings,
-            "collapse_parent": args.collapse_parent}
+            "collapse_parent": args.collapse_parent, "boost": args.boost, "max_per": args.max_per,
+            "diversity": args.diversity, "explain": args.explain, "defaults": not args.no_defaults,
+            "rules": not args.no_rules}
 
 
 def _cmd_similar(args: argparse.Namespace) -> int:
+    from lookalike.errors import InvalidQueryError
     from lookalike.search.recommender import Recommender
 
     if args.sheet:
@@ -646,9 +768,11 @@ def _cmd_similar(args: argparse.Namespace) -> int:
     rec = Recommender.load(args.index)
     away = {"negative_ids": args.negative_ids, "negative_images": args.negative_images}
     if args.ids:
+        if args.box is not None:
+            raise InvalidQueryError("--box is a region of a photo: give it with --image")
         res = rec.similar(args.ids, k=args.k, **_filters(args), **away)
     else:
-        res = rec.similar(image=args.image, k=args.k, **_filters(args), **away)
+        res = rec.similar(image=args.image, k=args.k, box=args.box, **_filters(args), **away)
     columns = args.columns.split(",") if args.columns else _default_columns(rec)
     for c in columns:
         rec.check_column(c)
@@ -659,10 +783,13 @@ def _cmd_similar(args: argparse.Namespace) -> int:
         import csv
 
         w = csv.writer(sys.stdout)
-        w.writerow(["rank", "id", "score", *shown])
+        parts = list(dict.fromkeys(name for r in res for name in (r.explain or {})))
+        ruled = args.explain or any(r.rule for r in res)
+        w.writerow(["rank", "id", "score", *shown, *parts, *(["rule"] if ruled else [])])
         for r in res:
             w.writerow([r.rank, r.id, f"{r.score:.6f}", *({**r.metadata, "matched_photo": r.matched_photo}.get(c, "")
-                                                           for c in shown)])
+                                                           for c in shown),
+                        *(f"{(r.explain or {}).get(name, 0.0):.6f}" for name in parts), *([r.rule] if ruled else [])])
     else:
         if args.ids:
             for pid in res.query["ids"]:
@@ -670,15 +797,23 @@ def _cmd_similar(args: argparse.Namespace) -> int:
                 print(f"query {pid}: " + " | ".join(p.get(c, "") for c in columns))
         else:
             print(f"query photo: {args.image}")
-        rows = [{"rank": r.rank, "id": r.id, "score": f"{r.score:.4f}", **r.metadata, "matched_photo": r.matched_photo}
-                for r in res]
-        print(_table(rows, ["rank", "id", "score", *shown]))
+        rows = [{"rank": r.rank, "id": r.id, "score": f"{r.score:.4f}", **r.metadata, "matched_photo": r.matched_photo,
+                 "rule": r.rule, "explain": _parts_text(r.explain)} for r in res]
+        extra = (["explain"] if args.explain else []) + (["rule"] if any(r.rule for r in res) else [])
+        print(_table(rows, ["rank", "id", "score", *shown, *extra]))
     if args.sheet:
         from lookalike.analysis.sheet import contact_sheet
 
         contact_sheet(rec, res, args.sheet, query_image=args.image)
         print(f"contact sheet: {args.sheet}", file=sys.stderr)
     return 0
+
+
+def _parts_text(parts: dict[str, float] | None) -> str:
+    """A score's parts on one line: ``shape 0.39 + colour 0.12 + in_stock=yes:+0.05 0.05``."""
+    if not parts:
+        return ""
+    return " + ".join(f"{name.removeprefix('boost ')} {v:.3f}" for name, v in parts.items())
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -933,6 +1068,8 @@ COMMANDS = {
     "remove": _cmd_remove,
     "sync": _cmd_sync,
     "compact": _cmd_compact,
+    "settings": _cmd_settings,
+    "rules": _cmd_rules,
     "tune": _cmd_tune,
     "serve": _cmd_serve,
     "app": _cmd_app,

@@ -10,7 +10,13 @@ goes through it; nothing else reads the record's settings with ``.get(key, fallb
 What older records lack, and what it meant when they were written: ``resize`` (squash),
 ``trim`` (off), ``precision`` (fp32), ``input_size`` (the model's own), ``colour_weight`` (0),
 ``colour_dim`` (0: no colour part), ``index`` (the exact back end), ``projection_dim`` (0),
-``numeric_columns`` (none recorded: a numeric filter is then checked against the rows themselves).
+``numeric_columns`` (none recorded: a numeric filter is then checked against the rows themselves),
+``query_defaults`` (none) and ``rules`` (none).
+
+The shop's steering travels with the generation too: :class:`QueryDefaults` (a default ``where``,
+boosts, ``max_per`` and diversity that every query applies unless it overrides them) and the
+pinned and blocked pairs (:class:`Rule`), both set without a rebuild (``lookalike settings``,
+``lookalike rules``) by committing a generation whose rows are the previous one's.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any, Mapping
 
 from lookalike.errors import IndexFormatError
 
-__all__ = ["Manifest", "ModelSettings", "CatalogSettings", "BackendSettings", "REMOTE_SCHEMES"]
+__all__ = ["Manifest", "ModelSettings", "CatalogSettings", "BackendSettings", "QueryDefaults", "Rule", "REMOTE_SCHEMES"]
 
 #: a Milvus uri with one of these schemes is a server; anything else is a Milvus Lite ``.db``
 REMOTE_SCHEMES = ("http://", "https://", "tcp://")
@@ -29,7 +35,7 @@ REMOTE_SCHEMES = ("http://", "https://", "tcp://")
 RECORD_KEYS = frozenset({"format", "format_version", "generation", "parent", "created", "lookalike_version",
                          "rows", "operation", "segments", "projection_segment", "state", "report_file"})
 _SETTINGS = frozenset({"model", "catalog", "metric", "dim", "colour_dim", "colour_weight", "index", "projection",
-                       "duplicates", "build", "report"})
+                       "duplicates", "build", "report", "query_defaults", "rules"})
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,72 @@ class BackendSettings:
 
 
 @dataclass(frozen=True)
+class QueryDefaults:
+    """What every query of the index applies unless it says otherwise (texts as the CLI takes
+    them; :mod:`lookalike.search.steering` parses and applies them): ``where`` conditions (a
+    query's own condition on a column replaces the default's on that column), ``boost``s (a query's
+    boost of the same column or condition replaces the default's), ``max_per`` caps (``COL=N``) and
+    the MMR ``diversity`` (``None``: off)."""
+
+    where: tuple[str, ...] = ()
+    boost: tuple[str, ...] = ()
+    max_per: tuple[str, ...] = ()
+    diversity: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.where or self.boost or self.max_per or self.diversity is not None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"where": list(self.where), "boost": list(self.boost), "max_per": list(self.max_per),
+                "diversity": self.diversity}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "QueryDefaults":
+        if not data:
+            return cls()
+        diversity = data.get("diversity")
+        return cls(tuple(str(x) for x in data.get("where") or ()), tuple(str(x) for x in data.get("boost") or ()),
+                   tuple(str(x) for x in data.get("max_per") or ()), None if diversity is None else float(diversity))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A merchandiser's rule: ``pin`` shows product ``show`` at ``rank`` in the results of a
+    query by product ``for_id``; ``block`` never shows ``show`` for ``for_id`` (``None``: for
+    any query, photo queries too)."""
+
+    kind: str
+    show: str
+    for_id: str | None = None
+    rank: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("pin", "block"):
+            raise ValueError(self.kind)
+
+    @property
+    def key(self) -> tuple[str, str | None, str]:
+        """What makes a rule itself: a second pin of the same pair replaces the first's rank."""
+        return self.kind, self.for_id, self.show
+
+    def __str__(self) -> str:
+        if self.kind == "pin":
+            return f"pin {self.show} at rank {self.rank} for {self.for_id}"
+        return f"block {self.show} " + (f"for {self.for_id}" if self.for_id is not None else "everywhere")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "show": self.show, "for": self.for_id}
+        if self.kind == "pin":
+            out["rank"] = self.rank
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Rule":
+        return cls(str(data["kind"]), str(data["show"]), None if data.get("for") is None else str(data["for"]),
+                   int(data.get("rank") or 1))
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A generation's settings (see the module docstring)."""
 
@@ -191,6 +263,9 @@ class Manifest:
     #: when the generation was committed, and its segment holding the projection (records only)
     created: str = ""
     projection_segment: str | None = None
+    #: the shop's steering: defaults every query applies, pinned and blocked pairs
+    query_defaults: QueryDefaults = field(default_factory=QueryDefaults)
+    rules: tuple[Rule, ...] = ()
 
     @classmethod
     def from_json(cls, record: Mapping[str, Any], where: object = "the index") -> "Manifest":
@@ -235,6 +310,8 @@ class Manifest:
                 extra={k: v for k, v in record.items() if k not in _SETTINGS and k not in RECORD_KEYS},
                 created=str(record.get("created") or ""),
                 projection_segment=record.get("projection_segment"),
+                query_defaults=QueryDefaults.from_json(record.get("query_defaults")),
+                rules=tuple(Rule.from_json(r) for r in record.get("rules") or ()),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise IndexFormatError(f"{where} is damaged: its settings (model, metric, dim, id column) are "
@@ -247,10 +324,16 @@ class Manifest:
                 else dict(self.projection), "colour_dim": self.colour_dim, "metric": self.metric,
                 "index": self.index.to_json(), "colour_weight": self.colour_weight,
                 "duplicates": dict(self.duplicates), "catalog": self.catalog.to_json(), "build": dict(self.build),
-                "report": dict(self.report), **self.extra}
+                "report": dict(self.report), **self.extra,
+                **({"query_defaults": self.query_defaults.to_json()} if self.query_defaults else {}),
+                **({"rules": [r.to_json() for r in self.rules]} if self.rules else {})}
 
     def with_catalog(self, **changes: Any) -> "Manifest":
         return replace(self, catalog=replace(self.catalog, **changes))
+
+    def steered_like(self, other: "Manifest") -> "Manifest":
+        """These settings with ``other``'s steering (a rebuild keeps the shop's defaults and rules)."""
+        return replace(self, query_defaults=other.query_defaults, rules=other.rules)
 
     def with_duplicates(self, groups: int, rows: int) -> "Manifest":
         return replace(self, duplicates={**self.duplicates, "groups": groups, "rows": rows})

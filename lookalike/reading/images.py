@@ -49,6 +49,7 @@ from lookalike.errors import ImageError, ImageNotFoundError, ImageTooLargeError,
 from lookalike.reading.jpeg import eighth_scale_scans
 
 __all__ = [
+    "crop_box",
     "Preprocess",
     "Decoded",
     "ImageSource",
@@ -614,6 +615,28 @@ def trim_background(img: Image.Image) -> Image.Image:
     dy, dx = int((bottom - top) * TRIM_MARGIN), int((right - left) * TRIM_MARGIN)
     box = (max(0, left - dx), max(0, top - dy), min(w, right + dx), min(h, bottom + dy))
     return img if box == (0, 0, w, h) else img.crop(box)
+
+
+#: the smallest region a box query may take, in pixels each way
+MIN_BOX = 8
+
+
+def crop_box(img: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    """The region ``(x, y, w, h)`` of a photo: pixels, or fractions of its width and height when
+    all four are at most 1. Raises :class:`~lookalike.errors.InvalidQueryError` for a region that
+    is not inside the photo or smaller than ``MIN_BOX`` pixels."""
+    from lookalike.errors import InvalidQueryError
+
+    x, y, w, h = box
+    if max(box) <= 1.0:
+        x, y, w, h = x * img.width, y * img.height, w * img.width, h * img.height
+    left, top, right, bottom = round(x), round(y), round(x + w), round(y + h)
+    if right > img.width or bottom > img.height:
+        raise InvalidQueryError(f"box {','.join(f'{v:g}' for v in box)} is not inside the "
+                                f"{img.width}x{img.height} photo")
+    if right - left < MIN_BOX or bottom - top < MIN_BOX:
+        raise InvalidQueryError(f"box {','.join(f'{v:g}' for v in box)} is smaller than {MIN_BOX}x{MIN_BOX} pixels")
+    return img.crop((left, top, right, bottom))
 
 
 def prepare(img: Image.Image, pre: Preprocess) -> np.ndarray:

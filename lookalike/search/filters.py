@@ -237,28 +237,33 @@ class RowFilters:
         return self._family
 
     def filter(self, rows: Sequence[int] | None, same: Sequence[str], where: Where | None,
-               siblings: bool = False, exclude: Sequence[int] | np.ndarray = ()) -> Filter:
+               siblings: bool = False, exclude: Sequence[int] | np.ndarray = (),
+               hide: Sequence[int] | np.ndarray = ()) -> Filter:
         """The one :class:`Filter` of a search: for the query products' ``rows`` (``None``: a photo
         query), their ``same`` values, no product of theirs nor one with a byte-identical photo,
         nor (unless ``siblings``) one of their parents', inside ``where``. Its mask
         (:meth:`allowed_for`) is computed only if a back end asks. ``exclude``: rows of more products
-        never to return (the negative examples of "less like this"), with their byte-identical twins."""
+        never to return (the negative examples of "less like this"), with their byte-identical twins;
+        ``hide``: rows of products never to return, alone (blocked by a rule)."""
         conditions = conditions_of(where)
         others = split_conditions(conditions)[1]
         away = np.asarray(exclude, dtype=np.int64)
+        hidden = np.asarray(hide, dtype=np.int64)
+        hidden_ids = list(dict.fromkeys(self.ids[r] for r in hidden))
         if rows is None:
-            return Filter(where_values(conditions), self._twin_ids(away), conditions=others,
-                          mask=lambda: self._without(self.where_mask(conditions), away))
+            return Filter(where_values(conditions), list(dict.fromkeys([*self._twin_ids(away), *hidden_ids])),
+                          conditions=others,
+                          mask=lambda: self._hidden(self._without(self.where_mask(conditions), away), hidden))
         twins = self._twins(rows)  # once: the excluded ids and the mask both need them
         values, excluded = self._expressed(rows, same, conditions, twins)
-        excluded = list(dict.fromkeys([*excluded, *self._twin_ids(away)]))
+        excluded = list(dict.fromkeys([*excluded, *self._twin_ids(away), *hidden_ids]))
         if not siblings and self.parent_column is not None:
             families = self._family_names(rows)
             others = (*others, Condition(self.parent_column, "!=", tuple(families)))
             excluded = list(dict.fromkeys([*excluded, *families]))
         return Filter(values, excluded, conditions=others,
-                      mask=lambda: self._without(self.allowed_for(rows, same, self.where_mask(conditions), siblings,
-                                                                  twins), away))
+                      mask=lambda: self._hidden(self._without(self.allowed_for(
+                          rows, same, self.where_mask(conditions), siblings, twins), away), hidden))
 
     def _twin_ids(self, rows: np.ndarray) -> list[str]:
         """The products of ``rows`` and those with a byte-identical photo, each once."""
@@ -271,11 +276,34 @@ class RowFilters:
         keep = ~self._twins(rows)
         return keep if mask is None else mask & keep
 
+    def _hidden(self, mask: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+        """``mask`` (None: every row) less the products of ``rows`` (their twins stay)."""
+        if not len(rows):
+            return mask
+        keep = ~self._product_rows(rows)
+        return keep if mask is None else mask & keep
+
+    def _product_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Every row of the products of ``rows``."""
+        if self.products is None:
+            out = np.zeros(len(self.ids), dtype=bool)
+            out[rows] = True
+            return out
+        return _in(self.products, np.unique(self.products[rows]))
+
     def pair_filter(self, rows: Sequence[np.ndarray], same: Sequence[str], where: Where | None,
-                    siblings: bool = False) -> Filter:
+                    siblings: bool = False, hide: Sequence[np.ndarray] | None = None) -> Filter:
         """One query per product (its rows), each with its own exclusions and ``same`` values
-        (``export``): a per-query mask, which no expression says."""
-        return Filter(mask=lambda: self.pair_masks(rows, same, self.where_mask(where), siblings), expressible=False)
+        (``export``): a per-query mask, which no expression says. ``hide``: per query, rows of
+        products it never returns (blocked)."""
+        def masks() -> np.ndarray:
+            allowed = self.pair_masks(rows, same, self.where_mask(where), siblings)
+            for j, h in enumerate(hide or ()):
+                if len(h):
+                    allowed[j] &= ~self._product_rows(np.asarray(h, dtype=np.int64))
+            return allowed
+
+        return Filter(mask=masks, expressible=False)
 
     def _expressed(self, rows: Sequence[int], same: Sequence[str], where: Where | None,
                    twins: np.ndarray) -> tuple[dict[str, list[str]], list[str]]:

@@ -30,9 +30,22 @@ from lookalike.folder.manifest import Manifest
 from lookalike.folder.projection import Projection
 from lookalike.folder.rows import query_vector, searchable
 from lookalike.folder.store import ALL_HIDDEN, Snapshot, Store
-from lookalike.reading.images import ImageSource, colour_descriptor, model_input
+from lookalike.reading.images import ImageSource, colour_descriptor, crop_box, model_input, open_image, prepare
 from lookalike.search.backends import Backend, Filter, VectorIndex, open_index
 from lookalike.search.filters import RowFilters, Where, describe_where
+from lookalike.search.steering import (
+    DEFAULT_CANDIDATES,
+    Boost,
+    Boosts,
+    Rule,
+    Steer,
+    check_diversity,
+    merge_boosts,
+    merge_where,
+    mmr,
+    parse_max_per,
+    rules_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +65,19 @@ class Recommendation:
     metadata: dict[str, str] = field(default_factory=dict)
     #: which of the product's photos matched best (set where products may have several)
     matched_photo: str = ""
+    #: the score in named parts that add up to it (``explain=True``): ``shape``, ``colour``, each boost
+    explain: dict[str, float] | None = None
+    #: the rule that placed it (``"pinned at rank 1"``), if one did
+    rule: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = {**self.metadata, "id": self.id, "rank": self.rank, "score": round(self.score, 6)}
         if self.matched_photo:
             out["matched_photo"] = self.matched_photo
+        if self.explain is not None:
+            out["explain"] = {name: round(v, 6) for name, v in self.explain.items()}
+        if self.rule:
+            out["rule"] = self.rule
         return out
 
 
@@ -181,6 +202,7 @@ class Recommender:
         self._filters = RowFilters(self.columns, data, self.ids, self._exact_group,
                                    numeric=cat.numeric_columns, products=self._product if self.multi_photo else None,
                                    parent_column=cat.parent_column)
+        self._boosts: dict[tuple[Boost, ...], Boosts] = {}
 
     @property
     def main_rows(self) -> np.ndarray:
@@ -364,15 +386,56 @@ class Recommender:
             raise InvalidQueryError(f"k must be at most {MAX_K}, not {k}")
         return int(k)
 
+    @property
+    def query_defaults(self) -> Any:
+        """What every query applies unless it says otherwise (``lookalike settings``)."""
+        return self.settings.query_defaults
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """The generation's pinned and blocked pairs (``lookalike rules``)."""
+        return self.settings.rules
+
     def _check_query(self, k: int, same: str | Sequence[str], colour_weight: float | None,
-                     where: Any) -> tuple[int, list[str], float, Any]:
+                     where: Any, boost: Any = (), max_per: Any = None, diversity: float | None = None,
+                     defaults: bool = True) -> tuple[int, list[str], float, Any, Steer, dict[str, Any]]:
         """A query's settings checked once for :meth:`similar` and :meth:`export`: k, the ``same``
-        columns, the colour weight, the ``where`` conditions."""
+        columns, the colour weight, the ``where`` conditions (with the index's defaults), its
+        steering (boosts, caps, diversity) and what the query records of it."""
         k = self._check_k(k)
         same = [same] if isinstance(same, str) else list(same)
         for col in same:
             self.check_column(col)
-        return k, same, self.colour_weight_for(colour_weight), self._filters.check_where(where)
+        d = self.query_defaults if defaults else None
+        where = self._filters.check_where(merge_where(d.where, where) if d else where)
+        boosts = merge_boosts(d.boost if d else (), boost)
+        caps = {**(parse_max_per(list(d.max_per)) if d else {}), **parse_max_per(max_per)}
+        for col in caps:
+            self.check_column(col)
+        diversity = check_diversity(diversity if diversity is not None else (d.diversity if d else None))
+        if diversity and self.metric != "cosine":
+            raise InvalidQueryError("diversity needs an index built with metric cosine")
+        steer = Steer(self._boost_table(boosts) if boosts else None,
+                      [(self._filters.codes(col)[0], n) for col, n in caps.items()],
+                      diversity or None, max(DEFAULT_CANDIDATES, 5 * k))
+        told: dict[str, Any] = {}
+        if boosts:
+            told["boost"] = [str(b) for b in boosts]
+        if caps:
+            told["max_per"] = caps
+        if diversity:
+            told["diversity"] = diversity
+        return k, same, self.colour_weight_for(colour_weight), where, steer, told
+
+    def _boost_table(self, boosts: tuple[Boost, ...]) -> Boosts:
+        """The per-row numbers of some boosts, made once per generation (a few kept)."""
+        table = self._boosts.get(boosts)
+        if table is None:
+            table = Boosts(boosts, self._filters)
+            if len(self._boosts) >= 32:
+                self._boosts.pop(next(iter(self._boosts)))
+            self._boosts[boosts] = table
+        return table
 
     def colour_weight_for(self, colour_weight: float | None) -> float:
         """The colour weight a query uses: the one given (checked), else the index's."""
@@ -387,12 +450,13 @@ class Recommender:
     # -- search ------------------------------------------------------------------------
     def _search(self, queries: np.ndarray, k: int, filter: Filter | None, collapse: bool,
                 sets: Sequence[Sequence[int]] | None = None,
-                collapse_parent: bool = False) -> list[list[tuple[int, float]]]:
+                collapse_parent: bool = False, steer: Steer | None = None) -> list[list[tuple[int, float]]]:
         """Top-k products per query, inside ``filter``, each as the row of its best photo and that
         photo's score; with ``collapse``, one product per duplicate-photo group, with
         ``collapse_parent`` one per parent. ``sets`` makes several query vectors one query (the
         photos of one product: a product then scores by its best pair); ``filter``'s per-query
-        lines are per set."""
+        lines are per set. ``steer``'s boosts rank by boosted score (fetching until no product
+        left out could reach the k-th) and its caps keep at most N per column value."""
         sets = [[i] for i in range(len(queries))] if sets is None else [list(x) for x in sets]
         results: list[list[tuple[int, float]]] = [[] for _ in sets]
         if self.n_rows == 0:
@@ -408,9 +472,9 @@ class Recommender:
             for q in todo:
                 lines = range(at, at + len(sets[q]))
                 at += len(sets[q])
-                picked = self._pick([(scores[j], rows[j]) for j in lines], k, collapse, collapse_parent)
+                picked, sure = self._pick([(scores[j], rows[j]) for j in lines], k, collapse, collapse_parent, steer)
                 exhausted = fetch >= self.n_rows or all(len(rows[j]) == 0 or rows[j][-1] < 0 for j in lines)
-                if len(picked) < k and not exhausted:
+                if (len(picked) < k or not sure) and not exhausted:
                     again.append(q)
                 else:
                     results[q] = picked
@@ -419,8 +483,9 @@ class Recommender:
         return results
 
     def _pick(self, lines: list[tuple[np.ndarray, np.ndarray]], k: int, collapse: bool,
-              collapse_parent: bool) -> list[tuple[int, float]]:
-        """One query's results from its vectors' hits: each product once, at its best photo."""
+              collapse_parent: bool, steer: Steer | None = None) -> tuple[list[tuple[int, float]], bool]:
+        """One query's results from its vectors' hits: each product once, at its best photo; and
+        whether they are sure (no product left out could rank above the last, once boosted)."""
         if len(lines) == 1 and not self.multi_photo:
             ranked = self._ranked(*lines[0])
         else:
@@ -435,24 +500,39 @@ class Recommender:
                         best[p] = (s, r)
             got = list(best.values())
             ranked = self._ranked(np.array([s for s, _ in got], np.float32), np.array([r for _, r in got], np.int64))
-        return self._kept(ranked, k, collapse, collapse_parent)
+        boosts = steer.boosts if steer is not None else None
+        if boosts is not None and ranked:
+            rows = np.array([r for _, r in ranked], np.int64)
+            ranked = self._ranked(boosts.score(np.array([s for s, _ in ranked], np.float32), rows), rows)
+        picked = self._kept(ranked, k, collapse, collapse_parent, steer.caps if steer is not None else ())
+        sure = True
+        if boosts is not None and len(picked) == k:
+            fetched = [float(sc[rw >= 0][-1]) for sc, rw in lines if (rw >= 0).any()]
+            sure = not fetched or picked[-1][1] >= boosts.bound(max(fetched))
+        return picked, sure
 
     def _kept(self, ranked: list[tuple[float, int]], k: int, collapse: bool,
-              collapse_parent: bool) -> list[tuple[int, float]]:
+              collapse_parent: bool, caps: Sequence[tuple[np.ndarray, int]] = ()) -> list[tuple[int, float]]:
         """The first k of ranked (score, row) hits, one per duplicate group with ``collapse``, one
-        per parent with ``collapse_parent``, as (row, score)."""
+        per parent with ``collapse_parent``, at most N per value of each ``caps`` column (each
+        row's code, N), as (row, score)."""
         picked: list[tuple[int, float]] = []
         seen: set[int] = set()
         families: set[int] = set()
         family = self._filters.families if collapse_parent else None
+        counts: list[dict[int, int]] = [{} for _ in caps]
         for s, r in ranked:
             g = int(self._near_group[r])
             if collapse and g in seen:
                 continue
+            if family is not None and int(family[r]) in families:
+                continue
+            if any(count.get(int(codes[r]), 0) >= n for count, (codes, n) in zip(counts, caps)):
+                continue
             if family is not None:
-                if int(family[r]) in families:
-                    continue
                 families.add(int(family[r]))
+            for count, (codes, _) in zip(counts, caps):
+                count[int(codes[r])] = count.get(int(codes[r]), 0) + 1
             seen.add(g)
             picked.append((int(r), float(s)))
             if len(picked) == k:
@@ -479,14 +559,82 @@ class Recommender:
             i = j
         return out
 
-    def _results(self, query: dict[str, Any], found: list[tuple[int, float]]) -> Results:
+    def _results(self, query: dict[str, Any], found: list[tuple[int, float]],
+                 parts: list[dict[str, float]] | None = None, ruled: Mapping[int, str] | None = None) -> Results:
         refs = self._data["_ref"] if self.multi_photo else None
         items = [
             Recommendation(self.ids[r], rank, s, {c: self._cells[c][r] for c in self.columns},
-                           str(refs[r]) if refs is not None else "")
+                           str(refs[r]) if refs is not None else "", None if parts is None else parts[rank - 1],
+                           (ruled or {}).get(r, ""))
             for rank, (r, s) in enumerate(found, start=1)
         ]
         return Results(query, items)
+
+    # -- steering (lookalike.search.steering) ----------------------------------------------
+    def _rule_rows(self, rules: Sequence[Rule]) -> np.ndarray:
+        """The rows of the products some rules name (those still in the index)."""
+        rows = [self.rows(r.show) for r in rules if r.show in self]
+        return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+    def _pair_scores(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact scores of some rows (lines) against some query vectors (columns), as back ends score."""
+        vectors = searchable(*self._rows_arrays(rows), self.metric)
+        scores = vectors @ queries.T
+        if self.metric != "cosine":
+            scores = -np.sqrt(np.maximum((queries**2).sum(1)[None, :] + (vectors**2).sum(1)[:, None] - 2.0 * scores, 0.0))
+        return scores.astype(np.float32)
+
+    def _finish(self, found: list[tuple[int, float]], k: int, queries: np.ndarray, steer: Steer, w: float,
+                pins: Sequence[Rule], allowed: np.ndarray | None, exclude_rows: np.ndarray,
+                explain: bool) -> tuple[list[tuple[int, float]], list[dict[str, float]] | None, dict[int, str]]:
+        """A query's ranked products made its list: chosen for diversity, pinned products placed,
+        each score in parts (``explain``). ``queries``: its vectors (a product scores by its best);
+        ``allowed``: the rows its filter allows (``None``: all), which a pinned product must pass."""
+        if steer.diversity and found:
+            rows = np.array([r for r, _ in found], np.int64)
+            shape, colour = self._rows_arrays(rows)
+            shape, colour = self._unit_shape(shape), l2_normalize(colour)
+            likeness = (1.0 - w) * (shape @ shape.T) + w * (colour @ colour.T)
+            found = [found[i] for i in mmr(np.array([s for _, s in found]), likeness, k, steer.diversity)]
+        found = found[:k]
+        ruled: dict[int, str] = {}
+        if pins:
+            away = set(self._product[exclude_rows].tolist())
+            for pin in pins:
+                if pin.show not in self or pin.rank > k:
+                    continue
+                rows = self.rows(pin.show)
+                if allowed is not None:
+                    rows = rows[allowed[rows]]
+                if not len(rows) or int(self._product[rows[0]]) in away:
+                    continue
+                scores = self._pair_scores(queries, rows).max(axis=1)
+                if steer.boosts is not None:
+                    scores = steer.boosts.score(scores, rows)
+                best = int(np.argmax(scores))
+                product = int(self._product[rows[0]])
+                found = [(r, s) for r, s in found if int(self._product[r]) != product]
+                found.insert(min(pin.rank - 1, len(found)), (int(rows[best]), float(scores[best])))
+                found = found[:k]
+                ruled = {r: t for r, t in ruled.items() if int(self._product[r]) != product}
+                ruled[int(rows[best])] = f"pinned at rank {pin.rank}"
+        parts = [self._explained(queries, r, steer, w) for r, _ in found] if explain else None
+        return found, parts, ruled
+
+    def _explained(self, queries: np.ndarray, row: int, steer: Steer, w: float) -> dict[str, float]:
+        """One result's score in parts that add up to it: ``shape`` and ``colour`` (the weighted
+        cosines of its best photo against the query vector it matched best), each boost's share."""
+        raw = self._pair_scores(queries, np.array([row], np.int64))[0]
+        j = int(np.argmax(raw))
+        if self.metric == "cosine":
+            shape, colour = self._rows_arrays(np.array([row], np.int64))
+            d = shape.shape[1]
+            parts = {"shape": float(queries[j, :d] @ shape[0]), "colour": float(queries[j, d:] @ colour[0])}
+        else:
+            parts = {"shape": float(raw[j])}
+        if steer.boosts is not None:
+            parts.update(steer.boosts.explain(float(raw[j]), row))
+        return parts
 
     def similar(
         self,
@@ -502,6 +650,13 @@ class Recommender:
         collapse_parent: bool = False,
         negative_ids: Sequence[object] = (),
         negative_images: Sequence[ImageSource] = (),
+        boost: str | Boost | Sequence[str | Boost] = (),
+        max_per: str | Sequence[str] | Mapping[str, int] | None = None,
+        diversity: float | None = None,
+        explain: bool = False,
+        box: Sequence[float] | str | None = None,
+        defaults: bool = True,
+        rules: bool = True,
     ) -> Results:
         """Products that look most like one product, several (combined), or a photo.
 
@@ -521,34 +676,60 @@ class Recommender:
         ``{"Gender": ["Men"]}`` (the column holds one of the values), or conditions as text or
         :class:`~lookalike.search.conditions.Condition` (``["price<50", "Colour!=Black"]``,
         ``"price=10..50"``; see :mod:`lookalike.search.conditions`).
+
+        Steering (:mod:`lookalike.search.steering`): ``boost`` adds to or multiplies scores by a
+        condition or a numeric column (``"in_stock=yes:+0.05"``, ``"popularity:*0.01"``);
+        ``max_per`` keeps at most N results per value of a column (``"Brand=2"``); ``diversity``
+        (0 to 1) chooses the list by maximal marginal relevance. The index's own defaults
+        (:attr:`query_defaults`: ``where``, boosts, caps, diversity) apply unless ``defaults`` is
+        False; a query's condition or boost on a column replaces the default's. Pinned and
+        blocked pairs (:attr:`rules`) apply unless ``rules`` is False. ``explain`` gives each
+        result its score in parts (``Recommendation.explain``). ``box`` (``x, y, w, h``, pixels
+        or fractions of the photo) queries with that region of ``image``.
         """
-        k, same, w, where = self._check_query(k, same, colour_weight, where)
+        k, same, w, where, steer, told = self._check_query(k, same, colour_weight, where, boost, max_per, diversity,
+                                                           defaults)
         if (ids is None) == (image is None):
             raise InvalidQueryError("give product ids or an image, not both or neither")
+        if box is not None and image is None:
+            raise InvalidQueryError("a box is a region of a photo: give it with an image")
         away, away_rows = self._negatives(negative_ids, negative_images)
-        told: dict[str, Any] = {"negative_ids": [self.ids[r] for r in dict.fromkeys(self._main_of(away_rows))]} \
-            if len(away_rows) else {}
+        if len(away_rows):
+            told["negative_ids"] = [self.ids[r] for r in dict.fromkeys(self._main_of(away_rows))]
         if negative_images:
             told["negative_images"] = len(negative_images)
+        pool = steer.pool(k)
         if image is not None:
             if same:
                 raise InvalidQueryError("'same' needs product ids; filter a photo query with 'where'")
-            shape, colour = self.embed_image(image)
+            shape, colour = self.embed_image(image, box=box)
             q = self._steered((self._unit_shape(shape[None])[0], l2_normalize(colour)), away, w)
-            needs = where or len(away_rows)
-            found = self._search(q, k, self._filters.filter(None, (), where, exclude=away_rows) if needs else None,
-                                 collapse_duplicates, collapse_parent=collapse_parent)[0]
+            pins, blocks = rules_for(self.rules, []) if rules else ([], [])
+            hidden = self._rule_rows(blocks)
+            needs = where or len(away_rows) or len(hidden)
+            filt = self._filters.filter(None, (), where, exclude=away_rows, hide=hidden) if needs else None
+            found = self._search(q, pool, filt, collapse_duplicates, collapse_parent=collapse_parent, steer=steer)[0]
+            found, parts, ruled = self._finish(found, k, q, steer, w, pins, None, away_rows, explain)
             name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
-            return self._results({"image": name, "k": k, **describe_where(where), **told}, found)
+            if box is not None:
+                told["box"] = list(_box_of(box))
+            return self._results({"image": name, "k": k, **describe_where(where), **told}, found, parts, ruled)
         id_list = self._id_list(ids)
         rows = [int(r) for p in id_list for r in self.rows(p)]
         groups = [self.rows(p) for p in id_list]
+        asked = list(dict.fromkeys(self.ids[r] for r in rows))
+        pins, blocks = rules_for(self.rules, asked) if rules else ([], [])
         q = self._steered(self._look(groups), away, w) if away else self._product_queries(groups, w)
-        found = self._search(q, k, self._filters.filter(rows, same, where, siblings=siblings, exclude=away_rows),
-                             collapse_duplicates, sets=[list(range(len(q)))], collapse_parent=collapse_parent)[0]
-        query = {"ids": list(dict.fromkeys(self.ids[r] for r in rows)), "k": k, "same": same, **describe_where(where),
-                 **told}
-        return self._results(query, found)
+        filt = self._filters.filter(rows, same, where, siblings=siblings, exclude=away_rows,
+                                    hide=self._rule_rows(blocks))
+        found = self._search(q, pool, filt, collapse_duplicates, sets=[list(range(len(q)))],
+                             collapse_parent=collapse_parent, steer=steer)[0]
+        found, parts, ruled = self._finish(found, k, q, steer, w, pins, filt.mask() if pins else None, away_rows,
+                                           explain)
+        if ruled:
+            told["rules"] = sorted(set(ruled.values()))
+        query = {"ids": asked, "k": k, "same": same, **describe_where(where), **told}
+        return self._results(query, found, parts, ruled)
 
     def _id_list(self, ids: object) -> list[object]:
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[call-overload]  # a sequence, the signature says
@@ -697,10 +878,14 @@ class Recommender:
         shape, colour = self._rows_arrays(rows)
         return self._query_vector(self._unit_shape(shape), l2_normalize(colour), w).reshape(len(rows), -1)
 
-    def embed_image(self, image: ImageSource) -> tuple[np.ndarray, np.ndarray]:
-        """Shape and colour vectors of a photo, as the index was built."""
+    def embed_image(self, image: ImageSource, *, box: Sequence[float] | str | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Shape and colour vectors of a photo (or of its region ``box``: ``x, y, w, h`` in
+        pixels, or all four fractions of the photo's width and height), as the index was built:
+        the region goes through the same trim and resize as a whole photo."""
         enc = self.encoder
-        pixels = model_input(image, enc.preprocess)
+        pixels = model_input(image, enc.preprocess) if box is None else prepare(
+            crop_box(open_image(image), _box_of(box)), enc.preprocess)
         raw = enc.encode_pixels(pixels[None])
         shape = self.projection.apply(raw)[0] if self.projection is not None else raw[0]
         return shape, colour_descriptor(pixels)
@@ -718,19 +903,30 @@ class Recommender:
         show_progress_bar: bool | None = None,
         siblings: bool = False,
         collapse_parent: bool = False,
+        boost: str | Boost | Sequence[str | Boost] = (),
+        max_per: str | Sequence[str] | Mapping[str, int] | None = None,
+        diversity: float | None = None,
+        explain: bool = False,
+        defaults: bool = True,
+        rules: bool = True,
     ) -> pd.DataFrame:
-        """Top-k for every product (or ``ids``): columns ``query_id, rank, id, score``.
+        """Top-k for every product (or ``ids``): columns ``query_id, rank, id, score`` (with
+        ``explain``, each part of the score after them, and ``rule``).
 
         ``where`` restricts the *results*; every product is still a query. Gives exactly
-        what :meth:`similar` gives for each product alone.
+        what :meth:`similar` gives for each product alone, steering and rules included.
         """
         from tqdm.auto import tqdm
 
         from lookalike.config import progress_enabled
 
-        k, same, w, where = self._check_query(k, same, colour_weight, where)
+        k, same, w, where, steer, _ = self._check_query(k, same, colour_weight, where, boost, max_per, diversity,
+                                                        defaults)
         products = self.products if ids is None else [self.ids[self.row(p)] for p in ids]
         out_q, out_rank, out_id, out_s = [], [], [], []
+        out_parts: list[dict[str, float]] = []
+        out_rule: list[str] = []
+        every = self._rule_rows(rules_for(self.rules, [])[1]) if rules else np.zeros(0, np.int64)
         for start in tqdm(range(0, len(products), batch), disable=not progress_enabled(show_progress_bar),
                           desc="export", unit="batch"):
             chunk = products[start : start + batch]
@@ -738,15 +934,49 @@ class Recommender:
             q = self._row_queries(np.concatenate(groups), w)  # each product's photos; sets group them
             ends = np.cumsum([0] + [len(g) for g in groups])
             sets = [list(range(ends[i], ends[i + 1])) for i in range(len(groups))]
-            found_all = self._search(q, k, self._filters.pair_filter(groups, same, where, siblings=siblings),
-                                     collapse_duplicates, sets=sets, collapse_parent=collapse_parent)
-            for pid, found in zip(chunk, found_all):
+            own = [rules_for(self.rules, [pid]) if rules else ([], []) for pid in chunk]
+            hide = [np.concatenate([every, self._rule_rows([b for b in blocks if b.for_id is not None])])
+                    for _, blocks in own]
+            filt = self._filters.pair_filter(groups, same, where, siblings=siblings,
+                                             hide=hide if any(len(h) for h in hide) else None)
+            found_all = self._search(q, steer.pool(k), filt, collapse_duplicates, sets=sets,
+                                     collapse_parent=collapse_parent, steer=steer)
+            for j, (pid, found) in enumerate(zip(chunk, found_all)):
+                pins = own[j][0]
+                mask = filt.mask() if pins else None
+                found, parts, ruled = self._finish(found, k, q[sets[j]], steer, w, pins,
+                                                   None if mask is None else mask[j], np.zeros(0, np.int64), explain)
                 for rank, (row, s) in enumerate(found, start=1):
                     out_q.append(pid)
                     out_rank.append(rank)
                     out_id.append(self.ids[row])
                     out_s.append(s)
-        return pd.DataFrame({"query_id": out_q, "rank": out_rank, "id": out_id, "score": out_s})
+                    out_rule.append(ruled.get(row, ""))
+                    if parts is not None:
+                        out_parts.append(parts[rank - 1])
+        table = pd.DataFrame({"query_id": out_q, "rank": out_rank, "id": out_id, "score": out_s})
+        if explain:
+            names = list(dict.fromkeys(name for p in out_parts for name in p))
+            for name in names:
+                table[name] = [p.get(name, 0.0) for p in out_parts]
+        if explain or any(out_rule):
+            table["rule"] = out_rule
+        return table
+
+
+def _box_of(box: Sequence[float] | str) -> tuple[float, float, float, float]:
+    """A region as four numbers ``x, y, w, h`` (text ``"X,Y,W,H"`` too), checked for shape only."""
+    parts = box.split(",") if isinstance(box, str) else list(box)
+    try:
+        values = tuple(float(str(v).strip()) for v in parts)
+    except ValueError:
+        raise InvalidQueryError(f"a box is X,Y,W,H (pixels, or fractions of the photo), not {box!r}") from None
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise InvalidQueryError(f"a box is four numbers X,Y,W,H (pixels, or fractions of the photo), not {box!r}")
+    x, y, bw, bh = values
+    if x < 0 or y < 0 or bw <= 0 or bh <= 0:
+        raise InvalidQueryError(f"box {box!r}: x and y must be >= 0, its width and height > 0")
+    return x, y, bw, bh
 
 
 def _rows_by_product(product: np.ndarray, n: int) -> list[np.ndarray]:

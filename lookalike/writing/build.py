@@ -274,6 +274,7 @@ def _build(cat: Catalog, out: Path, enc: Encoder, runner: Any, opts: _Options, t
     build_info = {"engine": runner.name, "batch_size": opts.batch_size, "workers": opts.workers,
                   "seconds": round(time.perf_counter() - t0, 3), "reused": len(plan.reused)}
     settings = _manifest(cat, rows, replace(model, **runtime_record(enc)), opts, build_info)  # runtime: chosen now
+    settings = _kept_steering(out, settings)
     _commit(out, rows, settings, milvus_uri=opts.milvus_uri, collection=opts.collection)
     result = BuildReport(out=out, total_rows=cat.total_rows, indexed=len(rows.products), problems=rows.problems,
                          reused=len(plan.reused), seconds=time.perf_counter() - t0,
@@ -282,6 +283,17 @@ def _build(cat: Catalog, out: Path, enc: Encoder, runner: Any, opts: _Options, t
                          indexed_ids=frozenset(rows.products))
     logger.info("%s", result.summary())
     return result
+
+
+def _kept_steering(out: Path, settings: Manifest) -> Manifest:
+    """A rebuild keeps the shop's query defaults and rules (``lookalike settings``/``rules``) of
+    the index it replaces; a rule whose products the catalogue lost stays, inert, until removed."""
+    store = Store(out)
+    try:
+        previous = Manifest.from_json(store.generation_record(store.current_generation()), out)
+    except LookalikeError:  # no index there yet, or one that can't be read: nothing to keep
+        return settings
+    return settings.steered_like(previous)
 
 
 def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options, build_info: dict[str, Any]) -> Manifest:

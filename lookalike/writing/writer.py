@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -28,7 +28,7 @@ from lookalike.config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, progress_enabl
 from lookalike.encoders import Encoder, l2_normalize, prepare_once
 from lookalike.engines.local import encode_rows
 from lookalike.errors import CatalogError, InvalidQueryError, StorageError
-from lookalike.folder.manifest import Manifest
+from lookalike.folder.manifest import Manifest, QueryDefaults, Rule
 from lookalike.folder.rows import (
     ALL_HIDDEN,
     HIDDEN_COLUMNS,
@@ -58,7 +58,8 @@ from lookalike.writing.duplicates import find_duplicate_groups, regroup
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IndexWriter", "Index", "ChangeReport", "Change", "Upload", "DEFAULT_MAX_REMOVAL", "MAX_DELTA_SEGMENTS", "PHOTOS"]
+__all__ = ["IndexWriter", "Index", "ChangeReport", "Change", "Upload", "Steering", "DEFAULT_MAX_REMOVAL",
+           "MAX_DELTA_SEGMENTS", "PHOTOS"]
 
 #: share of the index a sync may remove before it refuses (a broken mount, an empty export)
 DEFAULT_MAX_REMOVAL = 0.5
@@ -79,6 +80,21 @@ class Change:
     id: str
     status: str
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Steering:
+    """The shop's steering as a generation holds it (after a :meth:`IndexWriter.set_defaults`
+    or :meth:`IndexWriter.change_rules`): its query defaults, colour weight and rules."""
+
+    generation: int
+    defaults: QueryDefaults
+    colour_weight: float
+    rules: tuple[Rule, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"generation": self.generation, "colour_weight": self.colour_weight, **self.defaults.to_json(),
+                "rules": [r.to_json() for r in self.rules]}
 
 
 @dataclass
@@ -459,6 +475,70 @@ class IndexWriter:
             return report
 
     # -- internals ---------------------------------------------------------------------
+    # -- steering: query defaults and rules, a generation of their own --------------------
+    def steering(self) -> Steering:
+        """The current generation's query defaults, colour weight and rules."""
+        snap = self.store.snapshot()
+        return Steering(snap.generation, snap.settings.query_defaults, snap.settings.colour_weight, snap.settings.rules)
+
+    def set_defaults(self, defaults: QueryDefaults, *, colour_weight: float | None = None) -> Steering:
+        """Make ``defaults`` what every query applies unless it says otherwise (``where``, boosts,
+        ``max_per``, diversity; :mod:`lookalike.search.steering`), and ``colour_weight`` (if given)
+        the index's: checked against the index first, committed as a generation with the same rows
+        (atomic and durable like every change; a running server applies it from its next request)."""
+        from lookalike.config import check_colour_weight
+
+        with self._writer() as w:
+            snap = self._base(w)
+            filters = _row_filters(snap)
+            _check_defaults(defaults, filters)
+            settings = replace(snap.settings, query_defaults=defaults)
+            if colour_weight is not None:
+                if snap.settings.metric != "cosine" and colour_weight:
+                    raise InvalidQueryError("colour weight needs an index built with metric cosine")
+                settings = replace(settings, colour_weight=check_colour_weight(colour_weight))
+            return self._commit_steering(w, snap, settings, {"kind": "settings"})
+
+    def change_rules(self, *, add: Sequence[Rule] = (), remove: Sequence[Rule] = ()) -> Steering:
+        """Add pinned/blocked pairs (a rule of a pair already there replaces it: a pin's new rank)
+        and remove others (by kind, products; an unknown one is refused), as one generation. A
+        rule naming a product the index does not hold is refused (:class:`UnknownProductError`)."""
+        from lookalike.errors import UnknownProductError
+        from lookalike.search.recommender import MAX_K
+
+        with self._writer() as w:
+            snap = self._base(w)
+            ids = set(np.concatenate([s.cells[snap.id_column] for s in snap.segments])[snap.live].tolist())
+            rules = {r.key: r for r in snap.settings.rules}
+            for r in remove:
+                if r.key not in rules:
+                    raise InvalidQueryError(f"no rule to remove: {r}")
+                del rules[r.key]
+            for r in add:
+                for pid in (r.show, r.for_id):
+                    if pid is not None and pid not in ids:
+                        raise UnknownProductError(f"unknown product id: {pid} (rule: {r})")
+                if r.kind == "pin" and r.for_id is None:
+                    raise InvalidQueryError("a pin is for a product: give the product it is shown for")
+                if r.show == r.for_id:
+                    raise InvalidQueryError(f"a rule's two products must differ: {r}")
+                if not 1 <= r.rank <= MAX_K:
+                    raise InvalidQueryError(f"a pin's rank must be from 1 to {MAX_K}, not {r.rank}")
+                rules.pop(("block" if r.kind == "pin" else "pin", r.for_id, r.show), None)  # one wins
+                rules[r.key] = r
+            settings = replace(snap.settings, rules=tuple(rules.values()))
+            return self._commit_steering(w, snap, settings, {"kind": "rules", "added": len(add),
+                                                            "removed": len(remove)})
+
+    def _commit_steering(self, w: Writer, snap: Snapshot, settings: Manifest, operation: dict[str, Any]) -> Steering:
+        gen = w.commit(settings=settings.to_json(), segments=w.segment_records(), live=snap.live,
+                       dup_exact=snap.dup_exact, dup_near=snap.dup_near, report="row,id,image,status,reason\n",
+                       operation=operation,
+                       projection_segment=snap.settings.projection_segment if snap.generation else (
+                           "." if snap.projection is not None else None))
+        logger.info("%s: generation %d", operation["kind"], gen)
+        return Steering(gen, settings.query_defaults, settings.colour_weight, settings.rules)
+
     def _base(self, w: Writer) -> Snapshot:
         if w.base is None:
             raise CatalogError(f"{self.path} has no index yet: build one first")
@@ -853,6 +933,29 @@ def _stored_etag(meta: Mapping[str, Any], columns: Sequence[str], rows: Sequence
     if not rows:
         return None
     return product_etag({c: meta[c][rows[0]] for c in columns}, columns, [str(meta["_sha1"][r]) for r in rows])
+
+
+def _row_filters(snap: Snapshot) -> Any:
+    """The filters of a generation's rows (to check conditions and boosts against them)."""
+    from lookalike.search.filters import RowFilters
+
+    meta = snap.dense_columns()
+    cat = snap.settings.catalog
+    columns = [c for c in meta if c not in ALL_HIDDEN]
+    ids = [str(x) for x in meta[cat.id_column]]
+    return RowFilters(columns, meta, ids, np.arange(len(ids)), numeric=cat.numeric_columns,
+                      parent_column=cat.parent_column)
+
+
+def _check_defaults(defaults: QueryDefaults, filters: Any) -> None:
+    """Refuse defaults that a query would refuse: unknown columns, bad conditions or boosts."""
+    from lookalike.search.steering import Boosts, boosts_of, check_diversity, parse_max_per
+
+    filters.check_where(list(defaults.where))
+    Boosts(boosts_of(list(defaults.boost)), filters)
+    for col in parse_max_per(list(defaults.max_per)):
+        filters.check_column(col)
+    check_diversity(defaults.diversity)
 
 
 def _segment_columns(snap: Snapshot) -> list[str]:
