@@ -702,18 +702,16 @@ class Recommender:
         if image is not None:
             if same:
                 raise InvalidQueryError("'same' needs product ids; filter a photo query with 'where'")
-            shape, colour = self.embed_image(image, box=box)
-            q = self._steered((self._unit_shape(shape[None])[0], l2_normalize(colour)), away, w)
-            pins, blocks = rules_for(self.rules, []) if rules else ([], [])
-            hidden = self._rule_rows(blocks)
-            needs = where or len(away_rows) or len(hidden)
-            filt = self._filters.filter(None, (), where, exclude=away_rows, hide=hidden) if needs else None
-            found = self._search(q, pool, filt, collapse_duplicates, collapse_parent=collapse_parent, steer=steer)[0]
-            found, parts, ruled = self._finish(found, k, q, steer, w, pins, None, away_rows, explain)
-            name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
-            if box is not None:
-                told["box"] = list(_box_of(box))
-            return self._results({"image": name, "k": k, **describe_where(where), **told}, found, parts, ruled)
+            return self._similar_to_image(image, box, k, where, w, steer, told, pool, away, away_rows,
+                                          collapse_duplicates, collapse_parent, explain, rules)
+        return self._similar_to_ids(ids, k, same, where, w, steer, told, pool, away, away_rows,
+                                    collapse_duplicates, collapse_parent, siblings, explain, rules)
+
+    def _similar_to_ids(self, ids: object, k: int, same: list[str], where: Where | None, w: float, steer: Steer,
+                        told: dict[str, object], pool: int, away: list[tuple[np.ndarray, np.ndarray]],
+                        away_rows: np.ndarray, collapse_duplicates: bool, collapse_parent: bool, siblings: bool,
+                        explain: bool, rules: bool) -> Results:
+        """:meth:`similar` for one or several products."""
         id_list = self._id_list(ids)
         rows = [int(r) for p in id_list for r in self.rows(p)]
         groups = [self.rows(p) for p in id_list]
@@ -730,6 +728,25 @@ class Recommender:
             told["rules"] = sorted(set(ruled.values()))
         query = {"ids": asked, "k": k, "same": same, **describe_where(where), **told}
         return self._results(query, found, parts, ruled)
+
+    def _similar_to_image(self, image: ImageSource, box: Sequence[float] | str | None, k: int, where: Where | None,
+                          w: float, steer: Steer, told: dict[str, object], pool: int,
+                          away: list[tuple[np.ndarray, np.ndarray]],
+                          away_rows: np.ndarray, collapse_duplicates: bool, collapse_parent: bool, explain: bool,
+                          rules: bool) -> Results:
+        """:meth:`similar` for a photo (or a region of it): the same steps as for product ids."""
+        shape, colour = self.embed_image(image, box=box)
+        q = self._steered((self._unit_shape(shape[None])[0], l2_normalize(colour)), away, w)
+        pins, blocks = rules_for(self.rules, []) if rules else ([], [])
+        hidden = self._rule_rows(blocks)
+        needs = where or len(away_rows) or len(hidden)
+        filt = self._filters.filter(None, (), where, exclude=away_rows, hide=hidden) if needs else None
+        found = self._search(q, pool, filt, collapse_duplicates, collapse_parent=collapse_parent, steer=steer)[0]
+        found, parts, ruled = self._finish(found, k, q, steer, w, pins, None, away_rows, explain)
+        name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
+        if box is not None:
+            told["box"] = list(_box_of(box))
+        return self._results({"image": name, "k": k, **describe_where(where), **told}, found, parts, ruled)
 
     def _id_list(self, ids: object) -> list[object]:
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[call-overload]  # a sequence, the signature says
