@@ -40,12 +40,13 @@ from lookalike.errors import (
     NotAnImageError,
     UnknownProductError,
 )
+from lookalike.folder.manifest import QueryDefaults, Rule
 from lookalike.reading.catalog import Catalog, RowProblem, load_catalog
 from lookalike.search.backends import BACKENDS, ExactIndex, VectorIndex
 from lookalike.search.conditions import Condition, parse_condition
 from lookalike.search.recommender import Recommendation, Recommender, Results
 from lookalike.writing.build import BuildReport, build
-from lookalike.writing.writer import Change, ChangeReport, Index, IndexWriter
+from lookalike.writing.writer import Change, ChangeReport, Index, IndexWriter, Steering
 
 if TYPE_CHECKING:
     from lookalike.reading.fetch import Fetched, PhotoFetcher
@@ -75,6 +76,9 @@ __all__ = [
     "Index",
     "ChangeReport",
     "Change",
+    "Rule",
+    "QueryDefaults",
+    "Steering",
     # querying
     "Recommender",
     "Recommendation",

@@ -368,3 +368,23 @@ def test_a_change_reports_a_repeated_row_that_adds_no_photo(wide, tmp_path, stor
                                                             images=store_dir / "images")
     assert [(c.row, c.status) for c in report.changes] == [(1, "metadata"), (2, "skipped")]
     assert report.changes[1].reason == "duplicate id (first on row 1): the row names no photo its product lacks"
+
+
+STEERING = ({"boost": "price:*0.002"}, {"boost": ["platform=prestashop:+0.2", "price<50:*0.5"]},
+            {"max_per": "category=1"}, {"diversity": 0.5}, {"boost": "price:+0.001", "max_per": "platform=2",
+                                                            "where": "price<500"})
+
+
+def test_every_back_end_steers_as_the_exact_oracle(backend_index, store_dir):
+    """Boosts, caps, diversity and rules act after the search, the same on every back end."""
+    name, path = backend_index
+    rec, oracle = Recommender.load(path), Recommender.load(path, backend="exact")
+    for kw in STEERING:
+        for pid in rec.products[::5]:
+            got, want = rec.similar(pid, k=6, explain=True, **kw), oracle.similar(pid, k=6, explain=True, **kw)
+            assert got.ids == want.ids, (name, kw, pid)
+            assert np.allclose([r.score for r in got], [r.score for r in want], atol=1e-5)
+            for r in got:  # the parts add up to the score
+                assert sum(r.explain.values()) == pytest.approx(r.score, abs=1e-5)
+    assert rec.export(k=4, boost="price:*0.002", max_per="platform=3").equals(
+        oracle.export(k=4, boost="price:*0.002", max_per="platform=3"))

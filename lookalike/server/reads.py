@@ -72,6 +72,17 @@ def _search_options() -> Callable[..., dict[str, Any]]:
     parent_query = Query(False, description="at most one product of each parent in a list")
     negative_query = Query([], description="less like this product (repeatable): the query moves away from its "
                            "look, and it is never listed", examples=["21838"])
+    boost_query = Query([], description="raise or lower scores (repeatable): CONDITION:+W adds W where the "
+                        "condition holds, CONDITION:*W multiplies by W, COLUMN:+W adds W x a numeric column's value, "
+                        "COLUMN:*W multiplies by 1 + W x value", examples=["in_stock=yes:+0.05", "popularity:*0.01"])
+    max_per_query = Query([], description="at most N results with one value of a column (repeatable)",
+                          examples=["Brand=2"])
+    diversity_query = Query(None, description="0..1: choose results by maximal marginal relevance (0: plain ranking)")
+    explain_query = Query(False, description="each result's score in parts (shape, colour, each boost)")
+    defaults_query = Query(True, description="apply the index's query defaults (a default where, boosts, caps)")
+    rules_query = Query(True, description="apply the index's pinned and blocked pairs")
+    box_query = Query(None, description="a photo query's region X,Y,W,H: pixels, or fractions of the photo when "
+                      "all four are at most 1", examples=["0.25,0.1,0.5,0.6"])
 
     def search_options(
         k: int = k_query,
@@ -82,11 +93,19 @@ def _search_options() -> Callable[..., dict[str, Any]]:
         siblings: bool = siblings_query,
         collapse_parent: bool = parent_query,
         negative_ids: list[str] = negative_query,
+        boost: list[str] = boost_query,
+        max_per: list[str] = max_per_query,
+        diversity: Optional[float] = diversity_query,
+        explain: bool = explain_query,
+        defaults: bool = defaults_query,
+        rules: bool = rules_query,
+        box: Optional[str] = box_query,
     ) -> dict[str, Any]:
         """The query parameters both similar endpoints take; ``where`` still as COL:VALUE text."""
         return {"k": k, "same": same, "where": where, "colour_weight": colour_weight,
                 "collapse_duplicates": collapse_duplicates, "siblings": siblings, "collapse_parent": collapse_parent,
-                "negative_ids": negative_ids}
+                "negative_ids": negative_ids, "boost": boost, "max_per": max_per, "diversity": diversity,
+                "explain": explain, "defaults": defaults, "rules": rules, "box": box}
 
     return search_options
 
@@ -95,19 +114,24 @@ def search_query(params: Any) -> dict[str, Any]:
     """The similar-by-id query parameters, checked as pydantic checks them for the documented route."""
     opts: dict[str, Any] = {"k": DEFAULT_K, "same": params.getlist("same"), "where": params.getlist("where"),
                             "colour_weight": None, "collapse_duplicates": True, "siblings": False,
-                            "collapse_parent": False, "negative_ids": params.getlist("negative_ids")}
+                            "collapse_parent": False, "negative_ids": params.getlist("negative_ids"),
+                            "boost": params.getlist("boost"), "max_per": params.getlist("max_per"), "diversity": None,
+                            "explain": False, "defaults": True, "rules": True}
     if "k" in params:
         text = params["k"].strip()
         if not text.lstrip("+-").isdigit():
             raise Refused(422, "query.k: Input should be a valid integer, unable to parse string as an integer")
         opts["k"] = int(text)
-    if "colour_weight" in params:
-        try:
-            opts["colour_weight"] = float(params["colour_weight"])
-        except ValueError:
-            raise Refused(422, "query.colour_weight: Input should be a valid number, unable to parse string "
-                               "as a number") from None
-    for name in ("collapse_duplicates", "siblings", "collapse_parent"):
+    for name in ("colour_weight", "diversity"):
+        if name in params:
+            try:
+                opts[name] = float(params[name])
+            except ValueError:
+                raise Refused(422, f"query.{name}: Input should be a valid number, unable to parse string "
+                                   "as a number") from None
+    if "box" in params:
+        raise Refused(400, "a box is a region of a photo: send it with a photo (POST /similar)")
+    for name in ("collapse_duplicates", "siblings", "collapse_parent", "explain", "defaults", "rules"):
         if name in params:
             text = params[name].strip().lower()
             if text not in _TRUE | _FALSE:
@@ -380,15 +404,21 @@ async def _similar_post(request: Any, opts: dict[str, Any], service: "Service", 
             raise Refused(422, describe(exc.errors())) from None
         opts.update({name: value for name, value in asked.model_dump(exclude={"ids"}).items() if value is not None})
         ids = [str(i) for i in asked.ids]
+        if opts.pop("box", None) is not None:
+            raise Refused(400, "a box is a region of a photo: send it with a photo (multipart field 'image')")
         at_least = min_generation(request)
         return await run_in_threadpool(lambda: service.rec(min_generation=at_least).similar(ids, **opts))
-    photo = await _read_upload(request.headers, body, max_upload_bytes, too_large)
+    photo, box = await _read_upload(request.headers, body, max_upload_bytes, too_large)
+    if box is not None:
+        opts["box"] = box
     rec = service.rec(min_generation=min_generation(request))
     return await run_in_threadpool(_photo_query, rec, photo, service.max_pixels, opts)
 
 
-async def _read_upload(headers: Any, stream: AsyncIterator[bytes], max_bytes: int, too_large: Refused) -> bytes:
-    """The bytes of the multipart field ``image`` (the body streams through python-multipart)."""
+async def _read_upload(headers: Any, stream: AsyncIterator[bytes], max_bytes: int,
+                       too_large: Refused) -> tuple[bytes, str | None]:
+    """The bytes of the multipart field ``image`` (the body streams through python-multipart),
+    and the field ``box`` if sent."""
     from starlette.datastructures import UploadFile
     from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -404,12 +434,14 @@ async def _read_upload(headers: Any, stream: AsyncIterator[bytes], max_bytes: in
         data = await upload.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise too_large
-        return data
+        box = form.get("box")
+        return data, box if isinstance(box, str) else None
     finally:
         await form.close()
 
 
 def _photo_query(rec: Recommender, data: bytes, max_pixels: int, opts: dict[str, Any]) -> Any:
     # the library's own reader, with the upload's pixel cap; it checks the header first
-    img = open_image(data, draft=rec.encoder.preprocess.draft, max_pixels=max_pixels)
+    # a region is cut from the whole photo (a draft-size decode would move its pixel coordinates)
+    img = open_image(data, draft=None if opts.get("box") else rec.encoder.preprocess.draft, max_pixels=max_pixels)
     return rec.similar(image=img, **opts)

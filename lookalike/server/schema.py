@@ -66,6 +66,9 @@ def schemas() -> Schemas:
         score: float
         matched_photo: Optional[str] = Field(None, description="which of the product's photos matched best "
                                              "(in an index where products have several)")
+        explain: Optional[dict[str, float]] = Field(None, description="with explain=true: the score in parts that "
+                                                    "add up to it (shape, colour, each boost)")
+        rule: Optional[str] = Field(None, description="the rule that placed it (a pin), if one did")
 
     class SimilarOut(BaseModel):
         query: dict[str, Any] = Field(description="what was asked, as the library understood it")
@@ -94,6 +97,15 @@ def schemas() -> Schemas:
         negative_ids: Optional[list[Union[StrictStr, StrictInt]]] = Field(
             None, max_length=MAX_IDS, description="less like these products: the query moves away from their look, "
             "and they are never listed", examples=[["21838"]])
+        boost: Optional[list[StrictStr]] = Field(None, max_length=16, description="boosts such as "
+                                                 "\"in_stock=yes:+0.05\" or \"popularity:*0.01\"")
+        max_per: Optional[list[StrictStr]] = Field(None, description="caps such as \"Brand=2\"")
+        diversity: Optional[float] = Field(None, strict=True, description="0..1: maximal marginal relevance")
+        explain: Optional[StrictBool] = Field(None, description="each result's score in parts")
+        defaults: Optional[StrictBool] = Field(None, description="apply the index's query defaults (default true)")
+        rules: Optional[StrictBool] = Field(None, description="apply the index's pinned and blocked pairs "
+                                            "(default true)")
+        box: Optional[StrictStr] = Field(None, description="only for photo queries (multipart field 'box')")
 
     return Schemas(ErrorOut, HealthOut, ProductOut, SimilarOut, SimilarIn)
 

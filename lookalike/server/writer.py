@@ -110,6 +110,12 @@ class WriterProcess:
         """Remove one product; its batch's report."""
         return await self._submit("remove", pid, (pid, if_match))
 
+    async def steer(self, kind: str, payload: Any) -> Any:
+        """Set the query defaults (``kind`` ``"defaults"``: the defaults and a colour weight) or
+        change the rules (``"rules"``: rules to add, rules to remove); the new :class:`Steering`.
+        One of each kind per batch (they share one key)."""
+        return await self._submit(kind, "\x00" + kind, payload)
+
     async def _submit(self, kind: str, pid: str, payload: Any) -> Any:
         future = asyncio.get_running_loop().create_future()
         self._queue.append((kind, pid, payload, future))
@@ -232,6 +238,12 @@ def _child_ready() -> bool:  # pragma: no cover - runs in the child
 
 def _child_batch(kind: str, payloads: list[Any]) -> Any:  # pragma: no cover - runs in the child
     index = _CHILD["index"]
+    if kind == "defaults":
+        (defaults, colour_weight), = payloads
+        return index.set_defaults(defaults, colour_weight=colour_weight)
+    if kind == "rules":
+        (add, remove), = payloads
+        return index.change_rules(add=add, remove=remove)
     if kind == "remove":
         return index.remove([pid for pid, _ in payloads],
                             if_match={pid: tag for pid, tag in payloads if tag is not None})

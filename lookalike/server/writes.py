@@ -101,6 +101,9 @@ def add_write_routes(app: Any, service: "Service", schemas: "Schemas") -> Writer
         pid = product_id.strip()
         return await commit(the_writer().remove(pid, if_match=request.headers.get("if-match")), pid)
 
+    from lookalike.server.steering import add_steering_routes
+
+    add_steering_routes(app, service, writes_on, writer)
     return writer
 
 
