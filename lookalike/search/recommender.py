@@ -105,6 +105,8 @@ class Results:
 #: scores this close are ties, ranked by product id (float32 scores of one vector scored in
 #: two matrix products differ by up to ~1e-7)
 TIE_EPS = 1e-6
+#: with a cap per column value, the first search fetches this many hits per result wanted
+CAP_FETCH = 32
 
 
 class Recommender:
@@ -462,7 +464,10 @@ class Recommender:
         if self.n_rows == 0:
             return results
         per_product = max(1, min(4, self._filters.max_photos))
-        want, todo = k, list(range(len(sets)))
+        # a cap per value leaves out most near hits of a look (the nearest shoes are shoes): ask
+        # deep at once, rather than search again and again (bench_server --queries plain,steered)
+        want = k * (CAP_FETCH if steer is not None and steer.caps else 1)
+        todo = list(range(len(sets)))
         while todo:
             fetch = min(self.n_rows, want * per_product + (8 if collapse else 0))
             vectors = [i for q in todo for i in sets[q]]
@@ -545,18 +550,25 @@ class Recommender:
         products were added. Scores within ``TIE_EPS`` of the first of a run are equal, and all
         get the first's: the same vector scored in two segments' matrix products may differ in
         its last bits (a twin added live ranked before its source by 1.5e-8)."""
-        line = sorted(((float(s), int(r)) for s, r in zip(scores, rows) if r >= 0), key=lambda sr: -sr[0])
+        keep = np.asarray(rows) >= 0
+        s = np.asarray(scores)[keep]
+        order = np.argsort(-s, kind="stable")
+        s = s[order]
+        line_s, line_r = s.tolist(), np.asarray(rows)[keep][order].tolist()
+        s64 = s.astype(np.float64)
         out: list[tuple[float, int]] = []
-        i = 0
-        while i < len(line):
-            j = i + 1
-            while j < len(line) and line[i][0] - line[j][0] <= TIE_EPS:
+        i, n = 0, len(line_s)
+        for t in np.flatnonzero(s64[:-1] - s64[1:] <= TIE_EPS).tolist():  # where a run of equals starts
+            if t < i:
+                continue  # inside the run just handled
+            out.extend(zip(line_s[i:t], line_r[i:t]))  # before it, each hit its own run
+            j = t + 1
+            while j < n and line_s[t] - line_s[j] <= TIE_EPS:
                 j += 1
-            if j == i + 1:
-                out.append(line[i])
-            else:  # one score for the run, so scores never rise down the list
-                out.extend((line[i][0], r) for _, r in sorted(line[i:j], key=lambda sr: self.ids[sr[1]]))
+            # one score for the run, so scores never rise down the list
+            out.extend((line_s[t], r) for r in sorted(line_r[t:j], key=lambda r: self.ids[r]))
             i = j
+        out.extend(zip(line_s[i:], line_r[i:]))
         return out
 
     def _results(self, query: dict[str, Any], found: list[tuple[int, float]],
