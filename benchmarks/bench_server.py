@@ -8,6 +8,15 @@
 4. Prints a markdown table (medians over runs) and writes every run to
    ``benchmarks/results/server.json``.
 
+``--queries plain,steered`` (issue 21) measures a steered query beside the plain one, in the same
+run against the same server, alternating level by level: ``steered`` is the same
+similar-by-id with a numeric filter (``where=price<120``), a boost by a numeric column
+(``boost=popularity:*0.005``), a cap (``max_per=SubCategory=2``) and the index's rules (100 pinned
+pairs and one product blocked everywhere); ``plain`` sets ``defaults=false&rules=false``. The
+catalogue has no prices, so this index is built from a copy of it with two synthetic columns
+(``price`` 5–200 and ``popularity`` 0–100, drawn from a hash of the id: the same every time),
+at ``.cache/bench/fashion-priced-index``.
+
 The client is a minimal HTTP/1.1 client on asyncio streams (one event loop, a few tens of
 microseconds per request) so that, on a small machine, the load generator takes as little
 CPU as possible away from the server it measures. Every response's status is checked and
@@ -50,6 +59,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LOOKALIKE_SHARED", ROOT.parent / "shared"))
 CATALOG = SHARED / "datasets" / "fashion-images" / "fashion.csv"
 DEFAULT_INDEX = ROOT / ".cache" / "bench" / "fashion-index"
+PRICED_INDEX = ROOT / ".cache" / "bench" / "fashion-priced-index"
+#: each kind of query: the path's parameters after the product id
+QUERIES = {
+    "plain": "k=5&same=Gender",
+    "plain, no defaults or rules": "k=5&same=Gender&defaults=false&rules=false",
+    "steered": "k=5&same=Gender&where=price%3C120&boost=popularity%3A%2A0.005&max_per=SubCategory%3D2",
+}
+#: what `--queries` names: each kind's parameters, and the same query in process
+KINDS = {
+    "plain": (QUERIES["plain, no defaults or rules"], {"k": 5, "same": "Gender", "defaults": False, "rules": False}),
+    "steered": (QUERIES["steered"], {"k": 5, "same": "Gender", "where": "price<120", "boost": "popularity:*0.005",
+                                     "max_per": "SubCategory=2"}),
+}
+RULES_PINNED = 100
 RESULTS = ROOT / "benchmarks" / "results" / "server.json"
 LEVELS = (1, 8, 32)
 TARGET_P99_MS = 50.0
@@ -68,6 +91,36 @@ def ensure_index(index: Path) -> Path:
         [sys.executable, "-m", "lookalike", "build", str(CATALOG), "--out", str(index)],
         check=True, stdout=sys.stderr,
     )
+    return index
+
+
+def ensure_priced_index(index: Path) -> Path:
+    """The catalogue with synthetic ``price`` and ``popularity`` columns (from a hash of each id,
+    so every build is the same), built once, with 100 pinned pairs and one product blocked."""
+    if (index / "CURRENT").is_file():
+        print(f"reusing index {index}", file=sys.stderr)
+        return index
+    import hashlib
+
+    import pandas as pd
+
+    table = pd.read_csv(CATALOG, dtype=str)
+    digest = [hashlib.sha256(str(p).encode()).digest() for p in table["ProductId"]]
+    table["price"] = [5 + int.from_bytes(d[:4], "big") % 19600 / 100 for d in digest]
+    table["popularity"] = [int.from_bytes(d[4:8], "big") % 101 for d in digest]
+    index.parent.mkdir(parents=True, exist_ok=True)
+    priced = index.parent / "fashion-priced.csv"
+    table.to_csv(priced, index=False)
+    print(f"building {index} from {priced} …", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "lookalike", "build", str(priced), "--images",
+                    str(CATALOG.parent / "images"), "--image-column", "Image", "--out", str(index)],
+                   check=True, stdout=sys.stderr)
+    from lookalike import IndexWriter, Recommender, Rule
+
+    ids = Recommender.load(index).ids  # the products the build kept
+    rng = random.Random(7)
+    pins = [Rule("pin", rng.choice([i for i in ids if i != for_id]), for_id, 1) for for_id in rng.sample(ids, RULES_PINNED)]
+    IndexWriter.open(index).change_rules(add=[*pins, Rule("block", rng.choice(ids), None, 1)])
     return index
 
 
@@ -183,9 +236,9 @@ class Conn:
 
 
 async def load(port: int, ids: list[str], clients: int, requests: int, max_seconds: float,
-               seed: int) -> dict[str, Any]:
+               seed: int, query: str = QUERIES["plain"]) -> dict[str, Any]:
     rng = random.Random(seed)
-    paths = [f"/products/{rng.choice(ids)}/similar?k=5&same=Gender" for _ in range(requests)]
+    paths = [f"/products/{rng.choice(ids)}/similar?{query}" for _ in range(requests)]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     next_i = 0
@@ -239,8 +292,10 @@ async def load(port: int, ids: list[str], clients: int, requests: int, max_secon
 _LOADED: dict[str, Any] = {}
 
 
-def library_latency(index: Path, ids: list[str], n: int = 300, seed: int = 1) -> dict[str, float]:
+def library_latency(index: Path, ids: list[str], n: int = 300, seed: int = 1,
+                    query: dict[str, Any] | None = None) -> dict[str, float]:
     """The same query in-process, for comparison: what the HTTP layer adds."""
+    query = query or {"k": 5, "same": "Gender"}
     from lookalike import Recommender
 
     if str(index) not in _LOADED:
@@ -254,12 +309,12 @@ def library_latency(index: Path, ids: list[str], n: int = 300, seed: int = 1) ->
     rec = _LOADED[str(index)]
     rng = random.Random(seed)
     for _ in range(20):
-        rec.similar(rng.choice(ids), k=5, same="Gender")
+        rec.similar(rng.choice(ids), **query)
     ms = []
     cpu0 = time.thread_time()  # this thread's CPU: what a worker's event loop pays for a search
     for _ in range(n):
         t0 = time.perf_counter()
-        rec.similar(rng.choice(ids), k=5, same="Gender")
+        rec.similar(rng.choice(ids), **query)
         ms.append((time.perf_counter() - t0) * 1000)
     cpu = (time.thread_time() - cpu0) / n * 1000
     ms.sort()
@@ -269,39 +324,47 @@ def library_latency(index: Path, ids: list[str], n: int = 300, seed: int = 1) ->
 
 # -- main ----------------------------------------------------------------------------------
 def measure(port: int, proc: subprocess.Popen, index: Path, ids: list[str], levels: list[int],
-            args: argparse.Namespace, r: int) -> list[dict[str, Any]]:
+            args: argparse.Namespace, r: int) -> dict[str, list[dict[str, Any]]]:
     """One run: every level against one server, with the CPU its processes and the client spent,
-    and the CPU of the same search in process, measured right after (the machine's speed drifts)."""
-    run = []
+    and the CPU of the same search in process, measured right after (the machine's speed drifts).
+    With several query kinds, each level runs each kind in turn (the order flips every run)."""
+    kinds = args.queries[:: 1 if r % 2 == 0 else -1]
+    run: dict[str, list[dict[str, Any]]] = {kind: [] for kind in args.queries}
     for c in levels:
-        before, client0 = tree_cpu_seconds(proc.pid), time.process_time()
-        stats = asyncio.run(load(port, ids, c, args.requests, args.max_seconds, seed=100 * r + c))
-        after, client = tree_cpu_seconds(proc.pid), time.process_time() - client0
-        if stats["requests"]:
-            stats["server_cpu_ms_per_request"] = round((after - before) / stats["requests"] * 1000, 3)
-            stats["client_cpu_ms_per_request"] = round(client / stats["requests"] * 1000, 3)
-            search = library_latency(index, ids, n=300, seed=100 * r + c)["cpu_ms_per_search"]
-            stats["search_cpu_ms_in_process"] = search
-            stats["http_cpu_ms_per_request"] = round(stats["server_cpu_ms_per_request"] - search, 3)
-        run.append(stats)
+        for kind in kinds:
+            query, in_process = KINDS[kind] if kind in KINDS else (QUERIES["plain"], None)
+            before, client0 = tree_cpu_seconds(proc.pid), time.process_time()
+            stats = asyncio.run(load(port, ids, c, args.requests, args.max_seconds, seed=100 * r + c, query=query))
+            after, client = tree_cpu_seconds(proc.pid), time.process_time() - client0
+            if stats["requests"]:
+                stats["server_cpu_ms_per_request"] = round((after - before) / stats["requests"] * 1000, 3)
+                stats["client_cpu_ms_per_request"] = round(client / stats["requests"] * 1000, 3)
+                search = library_latency(index, ids, n=300, seed=100 * r + c, query=in_process)["cpu_ms_per_search"]
+                stats["search_cpu_ms_in_process"] = search
+                stats["http_cpu_ms_per_request"] = round(stats["server_cpu_ms_per_request"] - search, 3)
+            run[kind].append(stats)
     return run
 
 
 def serve_and_measure(index: Path, ids: list[str], levels: list[int], args: argparse.Namespace, code: Path | None,
-                      rounds: list[int]) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
-    """The runs numbered ``rounds`` against one server (of ``code``), started here after a warm-up."""
+                      rounds: list[int]) -> tuple[dict[str, list[list[dict[str, Any]]]], dict[str, Any]]:
+    """The runs numbered ``rounds`` against one server (of ``code``), started here after a
+    warm-up: for each query kind, its runs."""
     port = free_port()
     proc = start_server(index, port, extra=["--result-cache", "0"] if args.no_result_cache else None, code=code)
-    runs = []
+    runs: dict[str, list[list[dict[str, Any]]]] = {kind: [] for kind in args.queries}
     try:
         info = health(port)
-        asyncio.run(load(port, ids, 8, args.warmup, 30.0, seed=0))
+        for kind in args.queries:
+            query = KINDS[kind][0] if kind in KINDS else QUERIES["plain"]
+            asyncio.run(load(port, ids, 8, args.warmup, 30.0, seed=0, query=query))
         for r in rounds:
-            runs.append(measure(port, proc, index, ids, levels, args, r))
-            label = f"{code} " if code is not None else ""
-            print(f"{label}run {r + 1}: " + ", ".join(
-                f"{x['clients']}c {x['throughput_rps']:.0f} req/s p99 {x['p99_ms']} ms" for x in runs[-1]),
-                file=sys.stderr)
+            for kind, run in measure(port, proc, index, ids, levels, args, r).items():
+                runs[kind].append(run)
+                label = " ".join(x for x in (str(code) if code is not None else "", kind if kind in KINDS else "") if x)
+                print(f"{label + ' ' if label else ''}run {r + 1}: " + ", ".join(
+                    f"{x['clients']}c {x['throughput_rps']:.0f} req/s p99 {x['p99_ms']} ms" for x in run),
+                    file=sys.stderr)
     finally:
         proc.terminate()
         try:
@@ -326,6 +389,20 @@ def summarise(runs: list[list[dict[str, Any]]], levels: list[int]) -> list[dict[
         row["errors"] = sum(sum(x["errors"].values()) for x in per)
         summary.append(row)
     return summary
+
+
+def compare(plain: list[list[dict[str, Any]]], steered: list[list[dict[str, Any]]],
+            levels: list[int]) -> list[dict[str, Any]]:
+    """Steered over plain, run by run (the two ran back to back in each run), per level."""
+    out = []
+    for j, c in enumerate(levels):
+        row: dict[str, Any] = {"clients": c}
+        for key, name in (("p50_ms", "p50_ratio"), ("p99_ms", "p99_ratio"), ("throughput_rps", "throughput_ratio")):
+            ratios = [s[j][key] / p[j][key] for p, s in zip(plain, steered) if p[j][key]]
+            row[name] = round(statistics.median(ratios), 2) if ratios else None
+            row[f"{name}_spread"] = [round(min(ratios), 2), round(max(ratios), 2)] if ratios else None
+        out.append(row)
+    return out
 
 
 def print_table(summary: list[dict[str, Any]], cache_off: bool) -> None:
@@ -361,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="`lookalike serve --workers` (its default on 2 cores)")
     ap.add_argument("--no-result-cache", action="store_true",
                     help="serve with --result-cache 0, so every request searches (issue 12's target)")
+    ap.add_argument("--queries", default="default",
+                    help="query kinds, comma-separated: default (the plain query), or plain,steered (issue 21: "
+                         "a filter, a boost, a cap and rules beside the plain query, on a priced index)")
     ap.add_argument("--code", type=Path, action="append", default=None, metavar="DIR",
                     help="a source tree to serve from (PYTHONPATH=DIR); repeat to alternate runs between trees")
     args = ap.parse_args(argv)
@@ -368,21 +448,30 @@ def main(argv: list[str] | None = None) -> int:
     global WORKERS
     WORKERS = args.workers
     levels = [int(x) for x in args.levels.split(",")]
-    index = ensure_index(args.index)
+    args.queries = [q.strip() for q in args.queries.split(",") if q.strip()]
+    unknown = [q for q in args.queries if q != "default" and q not in KINDS]
+    if unknown or not args.queries:
+        ap.error(f"--queries: unknown kind {unknown}; choose from default, {', '.join(KINDS)}")
+    steered = any(q in KINDS for q in args.queries)
+    index = ensure_priced_index(PRICED_INDEX if args.index == DEFAULT_INDEX else args.index) if steered \
+        else ensure_index(args.index)
 
     from lookalike import Recommender
 
     ids = Recommender.load(index).ids
     load_before = os.getloadavg()
     codes: list[Path | None] = [c.resolve() for c in args.code] if args.code else [None]
-    runs: dict[str, list[list[dict[str, Any]]]] = {str(c): [] for c in codes}
-    if len(codes) == 1:
-        runs[str(codes[0])], info = serve_and_measure(index, ids, levels, args, codes[0], list(range(args.runs)))
-    else:
-        for r in range(args.runs):  # alternating: a fresh server of each tree for each run
-            for code in codes:
-                got, info = serve_and_measure(index, ids, levels, args, code, [r])
-                runs[str(code)] += got
+    runs: dict[str, list[list[dict[str, Any]]]] = {}
+
+    def key(code: Path | None, kind: str) -> str:  # "None" for the one plain series
+        return " · ".join(x for x in (str(code) if len(codes) > 1 else "", kind if kind in KINDS else "") if x) or "None"
+
+    rounds = [list(range(args.runs))] if len(codes) == 1 else [[r] for r in range(args.runs)]
+    for r in rounds:  # with several trees, alternating: a fresh server of each tree for each run
+        for code in codes:
+            got, info = serve_and_measure(index, ids, levels, args, code, r)
+            for kind, kind_runs in got.items():
+                runs.setdefault(key(code, kind), []).extend(kind_runs)
     load_after = os.getloadavg()
     lib = library_latency(index, ids)
     write_results(args, machine, index, info, lib, codes, runs, levels, load_before, load_after)
@@ -409,10 +498,16 @@ def write_results(args: argparse.Namespace, machine: dict[str, Any], index: Path
         "library_in_process": lib,
         "machine": machine,
     }
-    if codes == [None]:
+    if list(runs) == ["None"]:
         result["summary_median_of_runs"], result["runs"] = summaries["None"], runs["None"]
-    else:
+    elif len(codes) > 1:
         result["code"] = {key: {"summary_median_of_runs": summaries[key], "runs": runs[key]} for key in runs}
+    else:  # query kinds (issue 21)
+        result["query"] = {kind: "GET /products/{id}/similar?" + KINDS[kind][0] for kind in args.queries}
+        result["rules"] = {"pinned": RULES_PINNED, "blocked_everywhere": 1}
+        result["queries"] = {key: {"summary_median_of_runs": summaries[key], "runs": runs[key]} for key in runs}
+    if "plain" in runs and "steered" in runs:
+        result["steered_vs_plain"] = compare(runs["plain"], runs["steered"], levels)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
@@ -423,6 +518,12 @@ def write_results(args: argparse.Namespace, machine: dict[str, Any], index: Path
     for key, summary in summaries.items():
         print(f"\n{'' if key == 'None' else key}")
         print_table(summary, args.no_result_cache)
+    for row in result.get("steered_vs_plain", []):
+        print(f"\nsteered against plain at {row['clients']} clients, run by run in the same server (median, "
+              f"spread): p50 ×{row['p50_ratio']} ({row['p50_ratio_spread'][0]}–{row['p50_ratio_spread'][1]}), "
+              f"p99 ×{row['p99_ratio']} ({row['p99_ratio_spread'][0]}–{row['p99_ratio_spread'][1]}), "
+              f"req/s ×{row['throughput_ratio']} ({row['throughput_ratio_spread'][0]}–"
+              f"{row['throughput_ratio_spread'][1]})")
     print(f"\nin-process `Recommender.similar`: p50 {lib['p50_ms']} ms, p99 {lib['p99_ms']} ms, "
           f"CPU {lib['cpu_ms_per_search']} ms a search")
     print(f"\nwritten: {args.out}", file=sys.stderr)
