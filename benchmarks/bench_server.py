@@ -486,6 +486,7 @@ def write_results(args: argparse.Namespace, machine: dict[str, Any], index: Path
 
     summaries = {key: summarise(value, levels) for key, value in runs.items()}
     result = {
+        "command": " ".join(["python", "benchmarks/bench_server.py", *sys.argv[1:]]),
         "query": "GET /products/{id}/similar?k=5&same=Gender, random ids",
         "index": {"path": str(index), "rows": info["rows"], "model": info["model"], "backend": info["backend"]},
         "loadavg_before": [round(x, 2) for x in load_before],

@@ -106,7 +106,7 @@ class Results:
 #: two matrix products differ by up to ~1e-7)
 TIE_EPS = 1e-6
 #: with a cap per column value, the first search fetches this many hits per result wanted
-CAP_FETCH = 32
+CAP_FETCH = 128
 
 
 class Recommender:
