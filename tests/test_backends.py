@@ -212,6 +212,40 @@ def a_range_nobody_is_in_matches_nothing(rec, oracle):
     assert len(oracle.similar(pid, k=5, where=f"{NUMBER}={top + 1}..{top + 2}")) == 0
 
 
+@check
+def steered_queries(rec, oracle):
+    """Boosts, caps, diversity, negatives and explanations are applied on the query side to
+    what the back end found: every back end gives the oracle's lists and scores."""
+    mid = float(TABLE[NUMBER].astype(float).median())
+    colour = TABLE["Colour"].value_counts().index[0]
+    steers = [{"boost": [f"Colour={colour}:+0.05", f"{NUMBER}>={mid}:*1.1"]}, {"max_per": "Colour=2"},
+              {"max_per": {"Gender": 3}, "diversity": 0.5}, {"diversity": 0.3, "where": f"{NUMBER}<{mid}"},
+              {"boost": f"Colour={colour}:+0.1", "max_per": "Colour=1", "same": "Gender"}]
+    pids = queries(rec, 4)
+    for pid in pids:
+        for kw in steers:
+            got = rec.similar(pid, k=8, **kw)
+            same_answer(got, oracle.similar(pid, k=8, **kw))
+            caps = kw.get("max_per") or {}
+            caps = dict([caps.split("=")]) if isinstance(caps, str) else caps
+            for col, n in caps.items():
+                assert max(pd.Series([i.metadata[col] for i in got]).value_counts(), default=0) <= int(n)
+        neg = rec.similar(pid, k=3).ids[0]
+        got = rec.similar(pid, k=8, negative_ids=[neg])
+        same_answer(got, oracle.similar(pid, k=8, negative_ids=[neg]))
+        assert neg not in got.ids
+    explained = rec.similar(pids[0], k=5, explain=True, boost=f"Colour={colour}:+0.05")
+    same_answer(explained, oracle.similar(pids[0], k=5, explain=True, boost=f"Colour={colour}:+0.05"))
+    for item in explained:
+        assert item.explain is not None and abs(sum(item.explain.values()) - item.score) < 1e-5
+    photo = IMAGES / TABLE["Image"].iat[50]
+    same_answer(rec.similar(image=photo, k=6, box="0.1,0.1,0.8,0.8", max_per="Colour=2"),
+                oracle.similar(image=photo, k=6, box="0.1,0.1,0.8,0.8", max_per="Colour=2"))
+    got = rec.export(k=4, ids=pids, max_per="Colour=1", boost=f"Colour={colour}:+0.05", show_progress_bar=False)
+    want = oracle.export(k=4, ids=pids, max_per="Colour=1", boost=f"Colour={colour}:+0.05", show_progress_bar=False)
+    assert got[["query_id", "rank", "id"]].equals(want[["query_id", "rank", "id"]])
+
+
 def run_checks(path: Path) -> None:
     """Every check on the index at ``path``, against the exact oracle over the same generation."""
     rec, oracle = Recommender.load(path), Recommender.load(path, backend="exact")
@@ -338,3 +372,30 @@ def test_the_suite_runs_on_a_copy_as_a_user_would(built, tmp_path, backend):
     copy = tmp_path / "index"
     shutil.copytree(built, copy)
     run_checks(copy)
+
+
+def test_rules_and_query_defaults_on_every_back_end(backend, tmp_path, encoder):
+    """Pinned and blocked pairs and the index's query defaults, stored in a generation, act the
+    same on every back end as on the oracle (its own build: rules change what later checks see)."""
+    from lookalike import IndexWriter, QueryDefaults, Rule
+
+    path = _build(backend, tmp_path, encoder)
+    rec = Recommender.load(path)
+    a, b = queries(rec, 2)
+    plain = rec.similar(a, k=6)
+    far = rec.similar(a, k=len(rec) - 1).ids[-1]
+    w = IndexWriter.open(path)
+    w.change_rules(add=[Rule("pin", far, a, 2), Rule("block", plain.ids[0], a), Rule("block", plain.ids[1])])
+    colour = TABLE["Colour"].value_counts().index[0]
+    w.set_defaults(QueryDefaults(where=("Gender!=Girls",), boost=(f"Colour={colour}:+0.05",), max_per=("Colour=3",)))
+    rec, oracle = Recommender.load(path), Recommender.load(path, backend="exact")
+    got = rec.similar(a, k=6)
+    same_answer(got, oracle.similar(a, k=6))
+    assert got.ids[1] == far and plain.ids[0] not in got.ids and plain.ids[1] not in got.ids
+    assert all(i.metadata["Gender"] != "Girls" for i in got)
+    for pid in (b, *queries(rec, 5)):
+        same_answer(rec.similar(pid, k=8), oracle.similar(pid, k=8))
+        assert plain.ids[1] not in rec.similar(pid, k=8).ids
+        same_answer(rec.similar(pid, k=8, defaults=False, rules=False), oracle.similar(pid, k=8, defaults=False, rules=False))
+    ex, want = rec.export(k=5, ids=[a, b], show_progress_bar=False), oracle.export(k=5, ids=[a, b], show_progress_bar=False)
+    assert ex[["query_id", "rank", "id"]].equals(want[["query_id", "rank", "id"]])
