@@ -484,3 +484,34 @@ def test_ray_actors_fetch_photo_urls_like_the_driver(ray_session, store_dir, ser
     assert sorted(code for p, code in seen if "store/" in p and "nothere" not in p) == [304] * 94
     assert again.reused == again.photos == 97 and again.problems == remote.problems  # nothing embedded again
     assert np.abs(Store(tmp_path / "ray").snapshot().dense()[0] - v_ray).max() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
+def test_cli_layout_build_on_ray_fetches_in_actors_with_the_files_rows(ray_session, store_dir, served_store,
+                                                                      tmp_path, monkeypatch, capsys):
+    """`build --layout shopify --engine ray`: a platform file of photo URLs, fetched by the actors,
+    reported with the file's row numbers, as the local engine's build reports it."""
+    from lookalike.cli import main
+    from lookalike.reading.fetch import PhotoFetcher
+
+    url, seen = served_store
+    products = platforms.store_products(store_dir)[:6]
+    products[2] = dataclasses.replace(products[2], photos=(*products[2].photos, "opencart/gone.jpg"))
+    export = platforms.write_shopify(tmp_path / "products_export.csv", products, lambda rel: url(f"store/{rel}"))
+    for engine in ("local", "ray"):
+        if engine == "ray":
+            monkeypatch.setattr(PhotoFetcher, "_attempt", lambda *a: pytest.fail("the driver fetched a photo URL"))
+        code = main(["-q", "build", "--layout", "shopify", str(export), "--out", str(tmp_path / engine),
+                     "--photo-cache", str(tmp_path / f"cache-{engine}"), "--engine", engine, "--batch-size", "8"])
+        assert code == 3 and "HTTP 404" in capsys.readouterr().out  # exit 3: a photo was refused
+    rep_loc, rep_ray = (pd.read_csv(Store(tmp_path / e).report_path(), dtype=str) for e in ("local", "ray"))
+    pd.testing.assert_frame_equal(rep_ray, rep_loc)
+    gone = rep_ray[rep_ray["reason"] == "HTTP 404"]
+    file_rows = pd.read_csv(export, dtype=str, keep_default_na=False)
+    row = int(gone["row"].iloc[0])  # the file's row of the product (table row 3: renumbered after the fetch too)
+    assert len(gone) == 1 and row > 3 and file_rows["Handle"][row - 1] == gone["id"].iloc[0] == products[2].id
+    (v_loc, _, m_loc), (v_ray, _, m_ray) = (Store(tmp_path / e).snapshot().dense() for e in ("local", "ray"))
+    assert list(m_ray["Handle"]) == list(m_loc["Handle"]) and np.abs(v_ray - v_loc).max() <= 1e-5
+    assert Store(tmp_path / "ray").snapshot().settings.catalog.layout == "shopify"
