@@ -453,9 +453,9 @@ def test_ray_actors_fetch_photo_urls_like_the_driver(ray_session, store_dir, ser
     assert not attempts, "the driver fetched photo URLs"
     assert sorted(seen) == sorted((p, 200 if "nothere" not in p else 404) for p, _ in seen) and len(seen) == \
         asked_by_local == 94 + 2  # every URL asked for once, by the actors: 94 photos (3 are local files), 2 bad
-    said = [m.group(1) for r in caplog.records if (m := re.search(r"fetched 96 photo URLs in actor processes "
+    said = [m.group(1) for r in caplog.records if (m := re.search(r"fetched 96 photo URLs in Ray worker processes "
                                                                   r"(\[[\d, ]+\])", r.getMessage()))]
-    assert said and os.getpid() not in json.loads(said[0])  # the actors said where they fetched
+    assert said and os.getpid() not in json.loads(said[0])  # the workers said where they fetched
 
     assert remote.indexed == local.indexed == 25 and remote.photos == local.photos == 97
     assert [(p.row, p.id, p.image, p.reason) for p in remote.problems] == \
