@@ -222,8 +222,9 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--update", action="store_true",
                    help="reuse the vectors of unchanged products from the existing index at --out")
     b.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES,
-                   help="where photos are decoded and embedded: this process (local) or Ray Data actors "
-                        "(ray, needs the ray extra; same index)")
+                   help="where photos are fetched, decoded and embedded: this process (local) or Ray "
+                        "(ray, needs the ray extra: photo URLs fetched by Ray tasks, photos embedded by Ray Data "
+                        "actors; same index)")
     b.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="Ray cluster to join with --engine ray (auto, HOST:6379 or ray://HOST:10001); default: "
                         "a private Ray on this machine, listening on loopback only, stopped after the build")
