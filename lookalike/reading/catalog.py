@@ -600,8 +600,8 @@ def load_catalog(
         id_column=id_column, image_column=image_columns[0], image_columns=image_columns,
         image_separator=image_separator, parent_column=parent_column, allow_outside_images=allow_outside_images,
         private_urls=private_urls, sha256=file_sha256(source) if source is not None else ""))
-    if not fetch_urls:
-        return _assemble(pending, deferred=(photo_cache, settings))
+    if not fetch_urls:  # a fetcher given lends its folder and limits (not its transport: it stays here)
+        return _assemble(pending, deferred=(photo_cache if fetcher is None else fetcher.folder, settings))
     fetch = _Fetch(photo_cache, fetcher, private_urls, show_progress_bar)
     return _assemble(pending, fetch=fetch)
 
@@ -657,7 +657,7 @@ def _assemble(pending: _Pending, *, fetch: "_Fetch | None" = None, fetched: "Map
         unfetched=unfetched,
         fetch_settings=deferred[1] if unfetched and deferred is not None else None,
         _pending=pending,
-        **pending.fields,  # type: ignore[arg-type]
+        **pending.fields,  # type: ignore[arg-type]  # (the fields load_catalog was given, each of its type)
     )
 
 

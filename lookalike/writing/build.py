@@ -183,8 +183,7 @@ def build(
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
-    Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`), by the
-    ray engine in its actors.
+    Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`; by Ray tasks on ray).
     Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more.
     A product may have several photos (``image_column`` several columns, cells split by ``image_separator``,
     several rows with its id); it scores by its best. ``parent_column`` names a variant's parent.
@@ -211,9 +210,7 @@ def build(
     _check_numeric(cat, opts.numeric)
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
-        precision=precision,
-        streams=workers if runner.name == "local" else 1,  # each local worker decodes and embeds its own batches
-    )
+        precision=precision, streams=workers if runner.name == "local" else 1)  # each local worker embeds its own batches
     with runner.session() if cat.unfetched else contextlib.nullcontext():  # one Ray for both stages
         return _build(_fetched(cat, runner, show_progress_bar), out, enc, runner, opts, t0)
 
