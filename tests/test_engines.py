@@ -485,6 +485,15 @@ def test_ray_actors_fetch_photo_urls_like_the_driver(ray_session, store_dir, ser
     assert again.reused == again.photos == 97 and again.problems == remote.problems  # nothing embedded again
     assert np.abs(Store(tmp_path / "ray").snapshot().dense()[0] - v_ray).max() == 0
 
+    # a live sync of the Ray-built index fetches in this process, from the cache the driver's index names
+    from lookalike.writing.writer import IndexWriter
+
+    seen.clear()
+    synced = IndexWriter.open(tmp_path / "ray").sync(table, images=store_dir / "images", show_progress_bar=False)
+    assert sorted(code for p, code in seen if "store/" in p and "nothere" not in p) == [304] * 94
+    counts = synced.counts()
+    assert counts["unchanged"] == 25 and counts["re-embedded"] == counts["added"] == 0
+
 
 @pytest.mark.slow
 @pytest.mark.ray
