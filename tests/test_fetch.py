@@ -411,3 +411,18 @@ def test_fetch_settings_are_the_fetchers(tmp_path):
     assert PhotoFetcher(tmp_path / "c").settings == FetchSettings()
     with pytest.raises(ValueError, match="per_host"):
         FetchSettings(per_host=0)
+
+
+def test_the_local_engine_fetches_what_a_catalogue_left_unfetched(shop, tmp_path, encoder):
+    """build() given a catalogue read with fetch_urls=False: the local engine fetches its URLs
+    here (LocalEngine.fetch), into the catalogue's cache, and indexes what a fetching read does."""
+    from lookalike import build
+    from lookalike.folder.store import Store
+
+    table = _mixed_table(shop)
+    later = load_catalog(table, images=DEMO / "images", photo_cache=tmp_path / "cache", fetch_urls=False)
+    assert len(later.unfetched) == 7 and not shop.hits
+    report = build(later, tmp_path / "index", encoder=encoder, show_progress_bar=False)
+    assert report.indexed == 12 and [(p.id, p.reason) for p in report.problems] == [("p12", "HTTP 404")]
+    assert len(list((tmp_path / "cache").glob("*.jpg"))) == 6 and (tmp_path / "cache" / "index.json").is_file()
+    assert Store(tmp_path / "index").snapshot().settings.catalog.photo_cache == str((tmp_path / "cache").resolve())
