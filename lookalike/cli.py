@@ -222,8 +222,9 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--update", action="store_true",
                    help="reuse the vectors of unchanged products from the existing index at --out")
     b.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINES,
-                   help="where photos are decoded and embedded: this process (local) or Ray Data actors "
-                        "(ray, needs the ray extra; same index)")
+                   help="where photos are fetched, decoded and embedded: this process (local) or Ray "
+                        "(ray, needs the ray extra: photo URLs fetched by Ray tasks, photos embedded by Ray Data "
+                        "actors; same index)")
     b.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="Ray cluster to join with --engine ray (auto, HOST:6379 or ray://HOST:10001); default: "
                         "a private Ray on this machine, listening on loopback only, stopped after the build")
@@ -527,8 +528,6 @@ def _quiet_ray(verbose: int) -> None:
 def _laid_out(args: argparse.Namespace) -> Any:
     """``build --layout``: the platform file read as a catalogue (``reading/layouts``), its
     columns named by the layout (naming them too is refused: one or the other)."""
-    from dataclasses import replace
-
     from lookalike import DEFAULT_ID_COLUMN
     from lookalike.config import DEFAULT_IMAGE_SEPARATOR
     from lookalike.errors import InvalidQueryError
@@ -542,13 +541,12 @@ def _laid_out(args: argparse.Namespace) -> Any:
     laid = read_layout(args.catalog, args.layout)
     cat = load_catalog(laid.table, images=args.images or args.catalog.parent, **laid.options(),
                        allow_outside_images=args.allow_outside_images, photo_cache=args.photo_cache,
-                       private_urls=not args.no_private_urls, show_progress_bar=None if not args.quiet else False)
+                       private_urls=not args.no_private_urls, show_progress_bar=None if not args.quiet else False,
+                       fetch_urls=args.engine != "ray")  # the ray engine fetches photo URLs in its actors
     cat.source, cat.sha256, cat.layout = args.catalog, file_sha256(args.catalog), args.layout
     # rows as the file numbers them, and the file's rows the reader could not use (cut short)
-    cat.problems = sorted([replace(p, row=laid.file_row(p.row)) for p in cat.problems] + list(laid.problems),
-                          key=lambda p: p.row)
-    cat.rows = [laid.file_row(r) for r in cat.rows]
-    cat.total_rows = max([*laid.rows, *(p.row for p in laid.problems)], default=cat.total_rows)
+    cat.renumber(laid.file_row, laid.problems,
+                 max([*laid.rows, *(p.row for p in laid.problems)], default=cat.total_rows))
     return cat
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_FETCH_RETRIES",
     "DEFAULT_MAX_RETRY_WAIT",
     "MAX_REDIRECTS",
+    "FetchSettings",
     "cache_dir",
     "photo_cache_dir",
     "check_colour_weight",
@@ -80,6 +82,30 @@ DEFAULT_FETCH_RETRIES = 3
 DEFAULT_MAX_RETRY_WAIT = 30.0
 #: redirects followed, only to http(s)
 MAX_REDIRECTS = 5
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """How photo URLs are fetched (``reading/fetch.PhotoFetcher``), defined once: what the
+    driver's fetcher uses and what the ray engine ships to the actors that fetch there.
+    Timeouts in seconds; ``concurrency`` and ``per_host`` bound the whole fetch (the ray engine
+    shares them out among its fetching actors); ``private_urls=False`` refuses hosts at
+    loopback, private, link-local or reserved addresses."""
+
+    concurrency: int = DEFAULT_FETCH_CONCURRENCY
+    per_host: int = DEFAULT_FETCH_PER_HOST
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    deadline: float = DEFAULT_FETCH_DEADLINE
+    max_bytes: int = DEFAULT_MAX_PHOTO_BYTES
+    retries: int = DEFAULT_FETCH_RETRIES
+    backoff: float = 0.5
+    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
+    private_urls: bool = True
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.per_host < 1 or self.retries < 0 or self.max_bytes < 1:
+            raise ValueError("concurrency and per_host must be >= 1, retries >= 0, max_bytes >= 1")
 
 
 def check_colour_weight(weight: float) -> float:

@@ -59,10 +59,19 @@ class _Quiet(SimpleHTTPRequestHandler):
         pass
 
 
+class _Seen(_Quiet):
+    seen: list[tuple[str, int]]
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.seen.append((urllib.parse.unquote(self.path), int(code)))
+
+
 @contextmanager
-def photo_server(root: Path) -> Iterator[Callable[[str], str]]:
-    """Serve ``root`` on 127.0.0.1 (port 0); yields the URL of a path below it. Stopped after."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root)))
+def photo_server(root: Path, seen: list[tuple[str, int]] | None = None) -> Iterator[Callable[[str], str]]:
+    """Serve ``root`` on 127.0.0.1 (port 0); yields the URL of a path below it. Stopped after.
+    ``seen`` gets each request's path and status (``304``: a conditional request answered)."""
+    handler = _Quiet if seen is None else type("Seen", (_Seen,), {"seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="test-photos", daemon=True)
     thread.start()

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import platforms
 import pytest
 
 from lookalike import (
@@ -396,3 +398,129 @@ def test_an_actor_that_cannot_start_is_one_clear_error(ray_session, bad_catalog,
     cat = load_catalog(bad_catalog)
     with _Watch(ray_session), pytest.raises(LookalikeError, match="weights file not found: /nowhere/weights.pth"):
         get_engine("ray", actors=1).encode(cat, [0, 1, 2], encoder, batch_size=2)
+
+
+# -- photo URLs fetched by the actors -------------------------------------------------------
+@pytest.fixture
+def served_store(store_dir, tmp_path):
+    """store-demos' real photos on a loopback HTTP server (``store/…``), a text file named like
+    a photo (``notes.jpg``); yields the URL of a path and the (path, status) of each request."""
+    root = tmp_path / "served"
+    root.mkdir()
+    (root / "store").symlink_to(store_dir / "images")
+    (root / "notes.jpg").write_text("not a photo\n")
+    seen: list[tuple[str, int]] = []
+    with platforms.photo_server(root, seen) as url:
+        yield url, seen
+
+
+def _url_table(store_dir: Path, url) -> pd.DataFrame:
+    """store-demos' 25 products with their photos as URLs (the first product's as local files),
+    a product whose one photo URL is gone (404) and one whose URL serves text."""
+    table = pd.read_csv(store_dir / "catalog.csv", dtype=str, keep_default_na=False)
+    table["images"] = [cell if i == 0 else "|".join(url(f"store/{ref}") for ref in cell.split("|"))
+                       for i, cell in enumerate(table["images"])]
+    extra = pd.DataFrame({"product_id": ["gone", "text"], "images": [url("store/nothere.jpg"), url("notes.jpg")]})
+    return pd.concat([table.drop(columns=["image"]), extra], ignore_index=True).fillna("")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
+def test_ray_actors_fetch_photo_urls_like_the_driver(ray_session, store_dir, served_store, encoder, tmp_path,
+                                                     monkeypatch, caplog):
+    """A Ray build fetches the photo URLs in its actors (the driver sends no request), with the
+    local engine's reasons, rows and vectors; a second ``--update`` build is all 304s, embeds nothing."""
+    import logging
+
+    from lookalike.reading.fetch import PhotoFetcher
+
+    url, seen = served_store
+    table = _url_table(store_dir, url)
+    kw = dict(images=store_dir / "images", id_column="product_id", image_column="images", encoder=encoder,
+              batch_size=8, show_progress_bar=False)
+    local = build(table, tmp_path / "local", photo_cache=tmp_path / "cache-local", **kw)
+    asked_by_local = len(seen)
+    seen.clear()
+
+    attempts: list[str] = []  # photo requests made by this process (the driver)
+    real_attempt = PhotoFetcher._attempt
+    monkeypatch.setattr(PhotoFetcher, "_attempt", lambda self, client, u: attempts.append(u) or
+                        real_attempt(self, client, u))
+    caplog.set_level(logging.INFO, logger="lookalike.engines.ray")
+    with _Watch(ray_session):
+        remote = build(table, tmp_path / "ray", photo_cache=tmp_path / "cache-ray", engine="ray", actors=2, **kw)
+    assert not attempts, "the driver fetched photo URLs"
+    assert sorted(seen) == sorted((p, 200 if "nothere" not in p else 404) for p, _ in seen) and len(seen) == \
+        asked_by_local == 94 + 2  # every URL asked for once, by the actors: 94 photos (3 are local files), 2 bad
+    said = [m.group(1) for r in caplog.records if (m := re.search(r"fetched 96 photo URLs in Ray worker processes "
+                                                                  r"(\[[\d, ]+\])", r.getMessage()))]
+    assert said and os.getpid() not in json.loads(said[0])  # the workers said where they fetched
+
+    assert remote.indexed == local.indexed == 25 and remote.photos == local.photos == 97
+    assert [(p.row, p.id, p.image, p.reason) for p in remote.problems] == \
+        [(p.row, p.id, p.image, p.reason) for p in local.problems] == [
+            (26, "gone", url("store/nothere.jpg"), "HTTP 404"),
+            (27, "text", url("notes.jpg"), "not an image (content-type image/jpeg)")]
+    snaps = {e: Store(tmp_path / e).snapshot() for e in ("local", "ray")}
+    (v_loc, c_loc, m_loc), (v_ray, c_ray, m_ray) = snaps["local"].dense(), snaps["ray"].dense()
+    assert list(m_ray["product_id"]) == list(m_loc["product_id"])
+    assert np.abs(v_ray - v_loc).max() <= 1e-5
+    np.testing.assert_array_equal(c_ray, c_loc)
+    rep_loc, rep_ray = (pd.read_csv(Store(tmp_path / e).report_path(), dtype=str) for e in ("local", "ray"))
+    pd.testing.assert_frame_equal(rep_ray, rep_loc)
+    # the same content-addressed cache, its index written by the driver alone from the actors' entries
+    names = {p.name for p in (tmp_path / "cache-local").glob("*.jpg")}
+    assert len(names) == 94 and {p.name for p in (tmp_path / "cache-ray").glob("*.jpg")} == names
+    index = json.loads((tmp_path / "cache-ray" / "index.json").read_text())["urls"]
+    assert len(index) == 94 and all(e["last_modified"] for e in index.values())
+    assert snaps["ray"].settings.catalog.photo_cache == str((tmp_path / "cache-ray").resolve())
+
+    seen.clear()
+    with _Watch(ray_session):
+        again = build(table, tmp_path / "ray", photo_cache=tmp_path / "cache-ray", engine="ray", actors=2,
+                      update=True, **kw)
+    assert not attempts
+    assert sorted(code for p, code in seen if "store/" in p and "nothere" not in p) == [304] * 94
+    assert again.reused == again.photos == 97 and again.problems == remote.problems  # nothing embedded again
+    assert np.abs(Store(tmp_path / "ray").snapshot().dense()[0] - v_ray).max() == 0
+
+    # a live sync of the Ray-built index fetches in this process, from the cache the driver's index names
+    from lookalike.writing.writer import IndexWriter
+
+    seen.clear()
+    synced = IndexWriter.open(tmp_path / "ray").sync(table, images=store_dir / "images", show_progress_bar=False)
+    assert sorted(code for p, code in seen if "store/" in p and "nothere" not in p) == [304] * 94
+    counts = synced.counts()
+    assert counts["unchanged"] == 25 and counts["re-embedded"] == counts["added"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
+def test_cli_layout_build_on_ray_fetches_in_actors_with_the_files_rows(ray_session, store_dir, served_store,
+                                                                      tmp_path, monkeypatch, capsys):
+    """`build --layout shopify --engine ray`: a platform file of photo URLs, fetched by the actors,
+    reported with the file's row numbers, as the local engine's build reports it."""
+    from lookalike.cli import main
+    from lookalike.reading.fetch import PhotoFetcher
+
+    url, seen = served_store
+    products = platforms.store_products(store_dir)[:6]
+    products[2] = dataclasses.replace(products[2], photos=(*products[2].photos, "opencart/gone.jpg"))
+    export = platforms.write_shopify(tmp_path / "products_export.csv", products, lambda rel: url(f"store/{rel}"))
+    for engine in ("local", "ray"):
+        if engine == "ray":
+            monkeypatch.setattr(PhotoFetcher, "_attempt", lambda *a: pytest.fail("the driver fetched a photo URL"))
+        code = main(["-q", "build", "--layout", "shopify", str(export), "--out", str(tmp_path / engine),
+                     "--photo-cache", str(tmp_path / f"cache-{engine}"), "--engine", engine, "--batch-size", "8"])
+        assert code == 3 and "HTTP 404" in capsys.readouterr().out  # exit 3: a photo was refused
+    rep_loc, rep_ray = (pd.read_csv(Store(tmp_path / e).report_path(), dtype=str) for e in ("local", "ray"))
+    pd.testing.assert_frame_equal(rep_ray, rep_loc)
+    gone = rep_ray[rep_ray["reason"] == "HTTP 404"]
+    file_rows = pd.read_csv(export, dtype=str, keep_default_na=False)
+    row = int(gone["row"].iloc[0])  # the file's row of the product (table row 3: renumbered after the fetch too)
+    assert len(gone) == 1 and row > 3 and file_rows["Handle"][row - 1] == gone["id"].iloc[0] == products[2].id
+    (v_loc, _, m_loc), (v_ray, _, m_ray) = (Store(tmp_path / e).snapshot().dense() for e in ("local", "ray"))
+    assert list(m_ray["Handle"]) == list(m_loc["Handle"]) and np.abs(v_ray - v_loc).max() <= 1e-5
+    assert Store(tmp_path / "ray").snapshot().settings.catalog.layout == "shopify"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lookalike.errors import CatalogError
 from lookalike.reading.catalog import load_catalog
 from lookalike.reading.fetch import PhotoFetcher
 
@@ -348,3 +349,80 @@ def test_last_modified_alone_revalidates(shop, tmp_path):
     assert again.status == "not modified" and again.path.read_bytes() == PHOTOS[4].read_bytes()
     assert shop.sent == sent and shop.headers[-1]["if-modified-since"] == "Wed, 21 Oct 2026 07:28:00 GMT"
     assert "if-none-match" not in shop.headers[-1]
+
+
+def test_a_catalogue_read_without_fetching_then_fetched_is_the_one_read_fetching(shop, tmp_path):
+    """load_catalog(fetch_urls=False) leaves the photo URLs to whoever fetches them (the ray
+    engine's actors); with_fetched then gives the catalogue a fetching load_catalog reads."""
+    from lookalike.config import FetchSettings
+
+    local = PHOTOS[0].name
+    rows = pd.DataFrame({
+        "ProductId": ["a", "b", "c", "d", "e"],
+        "Image": [f"{local}|{shop.base}/p/{PHOTOS[3].name}", f"{shop.base}/p/{PHOTOS[1].name}",
+                  f"{shop.base}/missing.jpg", "nothere.jpg", f"{shop.base}/page.html|{PHOTOS[2].name}"],
+    })
+    later = load_catalog(rows, images=DEMO / "images", photo_cache=tmp_path / "cache", fetch_urls=False)
+    assert not shop.hits  # nothing asked for yet
+    assert later.unfetched == [f"{shop.base}/p/{PHOTOS[3].name}", f"{shop.base}/p/{PHOTOS[1].name}",
+                               f"{shop.base}/missing.jpg", f"{shop.base}/page.html"]
+    assert later.ids == ["a", "e"] and [p.id for p in later.problems] == ["d"]  # URL photos: neither rows nor problems
+    assert later.photo_cache == (tmp_path / "cache").resolve() and later.fetch_settings == FetchSettings()
+
+    fetcher = PhotoFetcher.from_settings(later.photo_cache, later.fetch_settings)
+    done = later.with_fetched(fetcher.fetch(later.unfetched, show_progress_bar=False))
+    now = load_catalog(rows, images=DEMO / "images", photo_cache=tmp_path / "cache")
+    assert done.unfetched == [] and done.ids == now.ids == ["a", "a", "b", "e"]
+    assert done.image_paths == now.image_paths and done.rows == now.rows and done.refs == now.refs
+    assert done.photo_numbers == now.photo_numbers == [0, 1, 0, 1]
+    assert done.problems == now.problems and [p.reason for p in now.problems] == [
+        "HTTP 404", "photo file not found: nothere.jpg", "not an image (content-type text/html)"]
+    pd.testing.assert_frame_equal(done.table, now.table)
+    with pytest.raises(CatalogError, match="came back unfetched"):
+        later.with_fetched({})
+
+
+def test_a_cache_that_does_not_write_its_index_hands_its_entries_over(shop, tmp_path):
+    """An actor's cache writes photo files, never index.json; the driver merges its entries,
+    and the next fetch of those URLs is conditional (304)."""
+    from lookalike.reading.fetch import PhotoCache
+
+    urls = [f"{shop.base}/p/{p.name}" for p in PHOTOS[:3]]
+    actor = PhotoFetcher(PhotoCache(tmp_path / "cache", writes_index=False), backoff=0.01)
+    got = actor.fetch(urls, show_progress_bar=False)
+    assert all(got[u].status == "downloaded" for u in urls)
+    assert len(list((tmp_path / "cache").glob("*.jpg"))) == 3 and not (tmp_path / "cache" / "index.json").exists()
+    changes = actor.cache.take_changes()
+    assert sorted(changes) == sorted(urls) and actor.cache.take_changes() == {}
+    assert actor.cache.lookup(urls[0]) is not None  # still known to the actor's own cache
+    PhotoCache(tmp_path / "cache").merge(changes)  # the driver: the one writer of the index
+    sent = shop.sent
+    again = _fetcher(tmp_path).fetch(urls, show_progress_bar=False)
+    assert all(again[u].status == "not modified" and again[u].path == got[u].path for u in urls)
+    assert shop.sent == sent
+
+
+def test_fetch_settings_are_the_fetchers(tmp_path):
+    from lookalike.config import FetchSettings
+
+    settings = FetchSettings(concurrency=3, per_host=2, read_timeout=7.0, max_bytes=1000, private_urls=False)
+    fetcher = PhotoFetcher.from_settings(tmp_path / "c", settings)
+    assert fetcher.settings == settings and (fetcher.per_host, fetcher.max_bytes, fetcher.private_urls) == (2, 1000, False)
+    assert PhotoFetcher(tmp_path / "c").settings == FetchSettings()
+    with pytest.raises(ValueError, match="per_host"):
+        FetchSettings(per_host=0)
+
+
+def test_the_local_engine_fetches_what_a_catalogue_left_unfetched(shop, tmp_path, encoder):
+    """build() given a catalogue read with fetch_urls=False: the local engine fetches its URLs
+    here (LocalEngine.fetch), into the catalogue's cache, and indexes what a fetching read does."""
+    from lookalike import build
+    from lookalike.folder.store import Store
+
+    table = _mixed_table(shop)
+    later = load_catalog(table, images=DEMO / "images", photo_cache=tmp_path / "cache", fetch_urls=False)
+    assert len(later.unfetched) == 7 and not shop.hits
+    report = build(later, tmp_path / "index", encoder=encoder, show_progress_bar=False)
+    assert report.indexed == 12 and [(p.id, p.reason) for p in report.problems] == [("p12", "HTTP 404")]
+    assert len(list((tmp_path / "cache").glob("*.jpg"))) == 6 and (tmp_path / "cache" / "index.json").is_file()
+    assert Store(tmp_path / "index").snapshot().settings.catalog.photo_cache == str((tmp_path / "cache").resolve())

@@ -13,16 +13,28 @@ row as a :class:`~lookalike.reading.catalog.RowProblem` with its reason. ``bar``
 ``ray``    Ray Data actors each read, decode and embed shards of rows, on this machine or
            a Ray cluster (extra ``ray``). The encoder itself never travels: the engine ships
            :class:`~lookalike.encoders.EncoderSettings` and the exported model file.
+
+Photo URLs: an engine whose ``fetches_urls`` is true fetches a catalogue's ``http(s)://``
+photos itself (``engine.fetch(urls, folder, settings) -> {url: Fetched}``; the ray engine, in
+its actors), so ``build`` reads the catalogue with ``load_catalog(fetch_urls=False)`` and
+resolves them with ``Catalog.with_fetched``; otherwise ``load_catalog`` fetches them in this
+process. ``engine.session()`` holds what the stages run on (one private Ray for both).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import os
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
+from lookalike.config import FetchSettings
 from lookalike.encoders import Encoder
 from lookalike.engines.local import Encoded, LocalEngine, encode_rows
 from lookalike.errors import InvalidQueryError
 from lookalike.reading.catalog import Catalog
+
+if TYPE_CHECKING:
+    from lookalike.reading.fetch import Fetched
 
 __all__ = ["Engine", "ENGINES", "DEFAULT_ENGINE", "get_engine", "LocalEngine", "Encoded", "encode_rows"]
 
@@ -34,6 +46,13 @@ class Engine(Protocol):
     """Runs the photo stage of a build for some catalogue rows."""
 
     name: str
+    #: whether :meth:`fetch` runs elsewhere than this process (else load_catalog fetches here)
+    fetches_urls: bool
+
+    def session(self) -> AbstractContextManager[Any]: ...
+
+    def fetch(self, urls: list[str], folder: str | os.PathLike, settings: FetchSettings, *,
+              show_progress_bar: bool | None = None) -> dict[str, Fetched]: ...
 
     def encode(
         self,

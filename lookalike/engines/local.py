@@ -11,20 +11,25 @@ tested against it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 
-from lookalike.config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
+from lookalike.config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, FetchSettings
 from lookalike.encoders import Encoder
 from lookalike.folder.rows import photo_sha1
 from lookalike.reading.catalog import Catalog, RowProblem
 from lookalike.reading.images import COLOUR_DIM, Decoded, Preprocess, load
+
+if TYPE_CHECKING:
+    from lookalike.reading.fetch import Fetched
 
 __all__ = ["LocalEngine", "Encoded", "encode_rows", "row_problem"]
 
@@ -192,6 +197,17 @@ class LocalEngine:
     """Decode with a thread pool and embed in this process (the default engine)."""
 
     name = "local"
+    fetches_urls = False  # load_catalog fetches photo URLs in this process
+
+    def session(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def fetch(self, urls: list[str], folder: str | os.PathLike, settings: FetchSettings, *,
+              show_progress_bar: bool | None = None) -> dict[str, Fetched]:
+        """Fetch photo URLs here (what ``load_catalog`` does), for a catalogue read without."""
+        from lookalike.reading.fetch import PhotoFetcher
+
+        return PhotoFetcher.from_settings(folder, settings).fetch(urls, show_progress_bar=show_progress_bar)
 
     def encode(
         self,

@@ -10,14 +10,14 @@ import re
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from lookalike.config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN, DEFAULT_IMAGE_SEPARATOR
+from lookalike.config import DEFAULT_ID_COLUMN, DEFAULT_IMAGE_COLUMN, DEFAULT_IMAGE_SEPARATOR, FetchSettings
 from lookalike.errors import CatalogError
 
 if TYPE_CHECKING:
@@ -76,6 +76,11 @@ class Catalog:
     image_separator: str = DEFAULT_IMAGE_SEPARATOR
     parent_column: str | None = None  # the column naming a variant's parent product
     layout: str | None = None  # the platform layout it was read with (reading/layouts), if any
+    #: photo URLs left unfetched (``load_catalog(fetch_urls=False)``): their photos are neither
+    #: rows nor problems until :meth:`with_fetched`; they go to ``photo_cache`` with ``fetch_settings``
+    unfetched: list[str] = field(default_factory=list)
+    fetch_settings: FetchSettings | None = None
+    _pending: "_Pending | None" = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.refs:
@@ -94,6 +99,32 @@ class Catalog:
     def products(self) -> list[str]:
         """The products, each once, in file order."""
         return list(dict.fromkeys(self.ids))
+
+    def with_fetched(self, fetched: "Mapping[str, Fetched]") -> Catalog:
+        """This catalogue with its :attr:`unfetched` photo URLs resolved by ``fetched`` (URL → its
+        outcome, fetched into :attr:`photo_cache` by whichever process): the catalogue
+        :func:`load_catalog` reads when it fetches them itself, rows, order and problems alike."""
+        if not self.unfetched or self._pending is None:
+            return self
+        missing = [url for url in self.unfetched if url not in fetched]
+        if missing:
+            raise CatalogError(f"{len(missing)} photo URLs came back unfetched, the first {missing[0]}")
+        done = _assemble(self._pending, fetched=fetched, folder=self.photo_cache)
+        if self._pending.renumber is not None:
+            done.renumber(*self._pending.renumber)
+        done.source, done.sha256, done.layout = self.source, self.sha256, self.layout
+        return done
+
+    def renumber(self, file_row: Callable[[int], int], extra: Sequence[RowProblem], total_rows: int) -> None:
+        """Number rows and problems as the file does (``file_row`` of a table row), add the file's
+        own problems (``extra``) and its row count (a platform layout read into a table); kept for
+        :meth:`with_fetched`."""
+        self.problems = sorted([replace(p, row=file_row(p.row)) for p in self.problems] + list(extra),
+                               key=lambda p: p.row)
+        self.rows = [file_row(r) for r in self.rows]
+        self.total_rows = total_rows
+        if self._pending is not None:
+            self._pending.renumber = (file_row, list(extra), total_rows)
 
 
 def file_sha256(path: Path) -> str:
@@ -452,15 +483,19 @@ class _Photos:
 
 def _resolve_photos(products: list[_Product], finder: "_FileFinder",
                     fetch: "Callable[[list[str]], Mapping[str, Fetched]] | None" = None,
-                    ) -> tuple[_Photos, list[RowProblem]]:
-    """Each product's photos found, or each photo's problem. The photo URLs of all products are
-    fetched first, all together (``fetch``)."""
+                    ) -> tuple[_Photos, list[RowProblem], list[str]]:
+    """Each product's photos found, or each photo's problem, and the photo URLs left unfetched.
+    The photo URLs of all products are fetched first, all together (``fetch``); without it, and
+    none fetched already (``finder.fetched``), URL photos are left out, neither rows nor problems."""
     urls = list(dict.fromkeys(ref for p in products for ref in p.refs if _is_http(ref)))
     if urls and fetch is not None:
         finder.fetched = fetch(urls)
+    skip = bool(urls) and finder.fetched is None
     out, problems = _Photos(), []
     for product in products:
         for number, (ref, row) in enumerate(product.refs.items()):
+            if skip and _is_http(ref):
+                continue
             found, reason = finder.find(ref)
             if found is None:
                 problems.append(RowProblem(row, product.id, ref, reason, photo=True))
@@ -470,7 +505,7 @@ def _resolve_photos(products: list[_Product], finder: "_FileFinder",
             out.rows.append(row)
             out.refs.append(ref)
             out.numbers.append(number)
-    return out, problems
+    return out, problems, urls if skip else []
 
 
 def _images_root(images: str | os.PathLike | None, source: Path | None) -> Path:
@@ -517,6 +552,7 @@ def load_catalog(
     fetcher: "PhotoFetcher | None" = None,
     private_urls: bool = True,
     show_progress_bar: bool | None = None,
+    fetch_urls: bool = True,
 ) -> Catalog:
     """Read a catalogue and resolve each product's photos.
 
@@ -546,41 +582,82 @@ def load_catalog(
     only; a photo that can't be fetched is the row's problem (``HTTP 404``, ``timeout after
     30 s``, ``not an image ...``). A URL fetched before is fetched again only if it changed
     (``If-None-Match``/``If-Modified-Since``). ``private_urls=False`` refuses URLs of hosts at
-    loopback, private, link-local or reserved addresses.
+    loopback, private, link-local or reserved addresses. ``fetch_urls=False`` fetches none: their
+    photos are left out, listed in ``Catalog.unfetched`` for whoever fetches them (the ray
+    engine's actors) with ``Catalog.fetch_settings`` into ``Catalog.photo_cache``; then
+    :meth:`Catalog.with_fetched` is the catalogue this function would have read.
     """
     df, source, read = _read(path)
     image_columns = image_columns_of(image_column)
     _check_named_columns(df, id_column, image_columns, parent_column)
     finder = _FileFinder(_images_root(images, source), allow_outside=allow_outside_images)
     ids = df[id_column].astype(str).str.strip()
-    fetch = _Fetch(photo_cache, fetcher, private_urls, show_progress_bar)
     products, problems = merge_products(ids.tolist(), df, image_columns, image_separator, read)
-    photos, missing = _resolve_photos(products, finder, fetch)
-    problems = sorted(problems + missing, key=lambda p: p.row)
-    table = df.iloc[photos.positions].copy()
-    table[id_column] = ids.iloc[photos.positions].values
+    if fetcher is not None:
+        private_urls = fetcher.private_urls
+    settings = FetchSettings(private_urls=private_urls) if fetcher is None else fetcher.settings
+    pending = _Pending(df, source, ids, products, problems, finder, dict(
+        id_column=id_column, image_column=image_columns[0], image_columns=image_columns,
+        image_separator=image_separator, parent_column=parent_column, allow_outside_images=allow_outside_images,
+        private_urls=private_urls, sha256=file_sha256(source) if source is not None else ""))
+    if not fetch_urls:  # a fetcher given lends its folder and limits (not its transport: it stays here)
+        return _assemble(pending, deferred=(photo_cache if fetcher is None else fetcher.folder, settings))
+    fetch = _Fetch(photo_cache, fetcher, private_urls, show_progress_bar)
+    return _assemble(pending, fetch=fetch)
+
+
+@dataclass
+class _Pending:
+    """A catalogue read and merged into products, its photos not yet resolved: what
+    :func:`_assemble` makes a :class:`Catalog` of, again once its photo URLs are fetched."""
+
+    df: pd.DataFrame
+    source: Path | None
+    ids: pd.Series
+    products: list[_Product]
+    problems: list[RowProblem]  # of rows (merging), not of photos
+    finder: _FileFinder
+    fields: dict[str, object]  # Catalog's fields as load_catalog was asked
+    renumber: tuple[Callable[[int], int], list[RowProblem], int] | None = None
+
+
+def _assemble(pending: _Pending, *, fetch: "_Fetch | None" = None, fetched: "Mapping[str, Fetched] | None" = None,
+              folder: Path | None = None,
+              deferred: "tuple[str | os.PathLike | None, FetchSettings] | None" = None) -> Catalog:
+    """The catalogue of ``pending``: its photos resolved, those of URLs by ``fetch`` (fetched now),
+    ``fetched`` (fetched already, into ``folder``), or, with ``deferred`` (the cache folder and the
+    settings to fetch them with later), left out and listed in :attr:`Catalog.unfetched`."""
+    finder = pending.finder
+    finder.fetched = fetched
+    photos, missing, unfetched = _resolve_photos(pending.products, finder, fetch)
+    if fetch is not None:
+        folder = fetch.folder
+    if unfetched and deferred is not None:
+        from lookalike.reading.fetch import PhotoCache
+
+        folder = PhotoCache(deferred[0]).folder  # made and resolved here: the actors get its absolute path
+    problems = sorted(pending.problems + missing, key=lambda p: p.row)
+    table = pending.df.iloc[photos.positions].copy()
+    id_column = str(pending.fields["id_column"])
+    table[id_column] = pending.ids.iloc[photos.positions].values
     table = table.reset_index(drop=True)
     if problems:
-        logger.info("%d problems in %d catalogue rows", len(problems), len(df))
+        logger.info("%d problems in %d catalogue rows", len(problems), len(pending.df))
     return Catalog(
         table=table,
         image_paths=photos.paths,
         rows=photos.rows,
         problems=problems,
-        id_column=id_column,
-        image_column=image_columns[0],
-        source=source,
-        sha256=file_sha256(source) if source is not None else "",
-        total_rows=len(df),
+        source=pending.source,
+        total_rows=len(pending.df),
         images_root=finder.real_root,
-        allow_outside_images=allow_outside_images,
-        photo_cache=fetch.folder,
-        private_urls=private_urls if fetcher is None else fetcher.private_urls,
+        photo_cache=folder,
         refs=photos.refs,
         photo_numbers=photos.numbers,
-        image_columns=image_columns,
-        image_separator=image_separator,
-        parent_column=parent_column,
+        unfetched=unfetched,
+        fetch_settings=deferred[1] if unfetched and deferred is not None else None,
+        _pending=pending,
+        **pending.fields,  # type: ignore[arg-type]  # (the fields load_catalog was given, each of its type)
     )
 
 

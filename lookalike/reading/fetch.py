@@ -56,6 +56,7 @@ from lookalike.config import (
     DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_READ_TIMEOUT,
     MAX_REDIRECTS,
+    FetchSettings,
     photo_cache_dir,
     progress_enabled,
 )
@@ -132,12 +133,17 @@ def _private_address(url: str) -> str:
 class PhotoCache:
     """A folder of photos named by the SHA-1 of their bytes, and ``index.json`` (URL → file,
     size, ETag, Last-Modified). Several processes may share it: files are written whole
-    under a temporary name, then renamed; the index is merged and replaced under a lock."""
+    under a temporary name, then renamed; the index is merged and replaced under a lock.
 
-    def __init__(self, folder: str | os.PathLike | None = None) -> None:
+    ``writes_index=False`` (a ray engine actor's cache) writes photo files but never the
+    index: :meth:`save` keeps this run's entries, :meth:`take_changes` hands them over, and
+    the one process that writes the index (the build's driver) :meth:`merge` s them."""
+
+    def __init__(self, folder: str | os.PathLike | None = None, *, writes_index: bool = True) -> None:
         self.folder = Path(folder) if folder is not None else photo_cache_dir()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.folder = self.folder.resolve()
+        self.writes_index = writes_index
         self._entries = self._read()
         self._changed: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -187,8 +193,25 @@ class PhotoCache:
             if entry is not None:
                 self._changed[url] = {**entry, "checked": time.time()}
 
+    def take_changes(self) -> dict[str, dict[str, Any]]:
+        """This run's entries not saved yet (URL → entry), handed over and forgotten here; they
+        stay known to :meth:`lookup` of this cache."""
+        with self._lock:
+            changed, self._changed = self._changed, {}
+            self._entries.update(changed)
+        return changed
+
+    def merge(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Take entries another process made (:meth:`take_changes`) and save them with this run's."""
+        with self._lock:
+            self._changed.update({str(url): dict(entry) for url, entry in changes.items()})
+        self.save()
+
     def save(self) -> None:
-        """Merge this run's entries into ``index.json`` (under a lock; replaced whole)."""
+        """Merge this run's entries into ``index.json`` (under a lock; replaced whole); a cache
+        that does not write the index keeps them for :meth:`take_changes`."""
+        if not self.writes_index:
+            return
         with self._lock:
             changed, self._changed = self._changed, {}
         if not changed:
@@ -261,8 +284,8 @@ class PhotoFetcher:
         transport: httpx.BaseTransport | None = None,
         private_urls: bool = True,
     ) -> None:
-        if concurrency < 1 or per_host < 1 or retries < 0 or max_bytes < 1:
-            raise ValueError("concurrency and per_host must be >= 1, retries >= 0, max_bytes >= 1")
+        self.settings = FetchSettings(concurrency, per_host, connect_timeout, read_timeout, deadline, max_bytes,
+                                      retries, backoff, max_retry_wait, private_urls)
         self.cache = cache if isinstance(cache, PhotoCache) else PhotoCache(cache)
         self.concurrency, self.per_host = concurrency, per_host
         self.connect_timeout, self.read_timeout, self.deadline = connect_timeout, read_timeout, deadline
@@ -271,6 +294,16 @@ class PhotoFetcher:
         self.private_urls = private_urls
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._hosts_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, cache: str | os.PathLike | PhotoCache | None, settings: FetchSettings,
+                      *, transport: httpx.BaseTransport | None = None) -> PhotoFetcher:
+        """A fetcher with ``settings`` (what the ray engine's actors make theirs from)."""
+        return cls(cache, concurrency=settings.concurrency, per_host=settings.per_host,
+                   connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+                   deadline=settings.deadline, max_bytes=settings.max_bytes, retries=settings.retries,
+                   backoff=settings.backoff, max_retry_wait=settings.max_retry_wait, transport=transport,
+                   private_urls=settings.private_urls)
 
     @property
     def folder(self) -> Path:

@@ -7,6 +7,7 @@ reported, never dropped silently.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -182,7 +183,7 @@ def build(
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
-    Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`).
+    Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`; by Ray tasks on ray).
     Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more.
     A product may have several photos (``image_column`` several columns, cells split by ``image_separator``,
     several rows with its id); it scores by its best. ``parent_column`` names a variant's parent.
@@ -204,14 +205,24 @@ def build(
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
         catalog, images=images, id_column=id_column, image_column=image_column,
         image_separator=image_separator, parent_column=parent_column, allow_outside_images=allow_outside_images,
-        photo_cache=photo_cache, private_urls=private_urls, show_progress_bar=show_progress_bar)
+        photo_cache=photo_cache, private_urls=private_urls, show_progress_bar=show_progress_bar,
+        fetch_urls=not runner.fetches_urls)  # else the engine fetches them (the ray engine, in its actors)
     _check_numeric(cat, opts.numeric)
     enc = encoder or get_encoder(
         model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
-        precision=precision,
-        streams=workers if runner.name == "local" else 1,  # each local worker decodes and embeds its own batches
-    )
-    return _build(cat, out, enc, runner, opts, t0)
+        precision=precision, streams=workers if runner.name == "local" else 1)  # each local worker embeds its own batches
+    with runner.session() if cat.unfetched else contextlib.nullcontext():  # one Ray for both stages
+        return _build(_fetched(cat, runner, show_progress_bar), out, enc, runner, opts, t0)
+
+
+def _fetched(cat: Catalog, runner: Any, show_progress_bar: bool | None) -> Catalog:
+    """The catalogue with the photo URLs it left unfetched fetched by the engine (the ray engine's
+    actors), into the photo cache, resolved as ``load_catalog`` resolves those it fetches."""
+    if not cat.unfetched:
+        return cat
+    assert cat.photo_cache is not None and cat.fetch_settings is not None  # set with unfetched
+    got = runner.fetch(cat.unfetched, cat.photo_cache, cat.fetch_settings, show_progress_bar=show_progress_bar)
+    return cat.with_fetched(got)
 
 
 def _check_out(out: Path, opts: "_Options") -> Path:
