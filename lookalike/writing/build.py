@@ -164,6 +164,7 @@ def build(
     milvus_uri: str | os.PathLike | None = None,
     collection: str | None = None,
     numeric: Sequence[str] = (),
+    photo_credit: str = "",
     engine: str = DEFAULT_ENGINE,
     ray_address: str | None = None,
     actors: int | None = None,
@@ -184,6 +185,8 @@ def build(
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
     Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`).
     Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more.
+    ``photo_credit`` is recorded for the page to show under the photos (a rebuild without one
+    keeps the index's).
     A product may have several photos (``image_column`` several columns, cells split by ``image_separator``,
     several rows with its id); it scores by its best. ``parent_column`` names a variant's parent.
 
@@ -198,7 +201,7 @@ def build(
     t0 = time.perf_counter()
     opts = _Options(metric, backend, _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim),
                     projection_dim, projection, batch_size, workers, update, milvus_uri, collection, runtime,
-                    show_progress_bar, tuple(numeric))
+                    show_progress_bar, tuple(numeric), str(photo_credit or "").strip())
     runner = get_engine(engine, ray_address=ray_address, actors=actors)
     out = _check_out(Path(out), opts)
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
@@ -248,6 +251,7 @@ class _Options:
     runtime: str
     show_progress_bar: bool | None
     numeric: tuple[str, ...] = ()
+    photo_credit: str = ""
 
 
 def _build(cat: Catalog, out: Path, enc: Encoder, runner: Any, opts: _Options, t0: float) -> BuildReport:
@@ -316,7 +320,7 @@ def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options,
             images_root=str(cat.images_root) if cat.images_root else None,
             allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns),
             photo_cache=str(cat.photo_cache) if cat.photo_cache else None, private_urls=cat.private_urls,
-            numeric_columns=_numeric(cat, rows.positions, opts.numeric)),
+            numeric_columns=_numeric(cat, rows.positions, opts.numeric), photo_credit=opts.photo_credit),
         build=build_info,
         report={"indexed": len(rows.products), "skipped": len(rows.problems),
                 **({"photos": len(rows.positions)} if len(rows.positions) != len(rows.products) else {})},
