@@ -184,19 +184,17 @@ def build(
     ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
     Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`).
-    Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more.
-    ``photo_credit`` is recorded for the page to show under the photos (a rebuild without one
-    keeps the index's).
-    A product may have several photos (``image_column`` several columns, cells split by ``image_separator``,
-    several rows with its id); it scores by its best. ``parent_column`` names a variant's parent.
+    Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more. The page
+    shows ``photo_credit`` under the photos (a rebuild without one keeps the index's). A product may
+    have several photos (``image_column`` several columns, cells split by ``image_separator``, several
+    rows with its id); it scores by its best. ``parent_column`` names a variant's parent.
 
-    ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
-    the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
-    ``http(s)://host:19530`` for a server (token in ``$LOOKALIKE_MILVUS_TOKEN``).
+    ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default the folder's
+    name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite, ``http(s)://host:19530``
+    for a server (token in ``$LOOKALIKE_MILVUS_TOKEN``).
 
-    ``engine`` runs the photo stage: ``"local"`` in this process, ``"ray"`` on Ray Data actors
-    (extra ``ray``; ``ray_address`` joins a cluster, ``actors`` sets their number); both write
-    the same index (see :mod:`lookalike.engines`).
+    ``engine`` runs the photo stage: ``"local"`` in this process, ``"ray"`` on Ray Data actors (extra ``ray``;
+    ``ray_address`` joins a cluster, ``actors`` their number); both write the same index (:mod:`lookalike.engines`).
     """
     t0 = time.perf_counter()
     opts = _Options(metric, backend, _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim),
@@ -210,8 +208,7 @@ def build(
         photo_cache=photo_cache, private_urls=private_urls, show_progress_bar=show_progress_bar)
     _check_numeric(cat, opts.numeric)
     enc = encoder or get_encoder(
-        model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
-        precision=precision,
+        model, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size, precision=precision,
         streams=workers if runner.name == "local" else 1,  # each local worker decodes and embeds its own batches
     )
     return _build(cat, out, enc, runner, opts, t0)
