@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import io
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -52,8 +53,10 @@ CREDIT_ENV, WRITES_ENV = "LOOKALIKE_APP_CREDIT", "LOOKALIKE_APP_WRITES"
 CSS = """<style>
 .lk-title{font-weight:600;line-height:1.3em;height:2.6em;overflow:hidden;display:-webkit-box;
   -webkit-line-clamp:2;-webkit-box-orient:vertical;margin:0.2rem 0 0.1rem 0}
-.lk-line{font-size:0.8rem;color:rgba(49,51,63,0.7);white-space:nowrap;overflow:hidden;text-overflow:ellipsis;
+.lk-line{font-size:0.75rem;color:rgba(49,51,63,0.7);white-space:nowrap;overflow:hidden;text-overflow:ellipsis;
   height:1.35em;line-height:1.35em}
+.lk-parts{font-size:0.72rem;color:rgba(49,51,63,0.7);line-height:1.3em;height:2.6em;overflow:hidden;
+  display:-webkit-box;-webkit-line-clamp:2;-webkit-box-orient:vertical}
 .lk-rule{color:#b35c00;font-weight:600}
 [data-testid="stImage"] img{aspect-ratio:1/1;object-fit:contain}
 </style>"""
@@ -223,15 +226,17 @@ def show_photo(target: Any, rec: Recommender, pid: str, size: int, *, width: int
         target.image(data, width=width)
 
 
-def lines(target: Any, title: str, *rest: str, rule: str = "", tips: tuple[str, ...] = ()) -> None:
-    """A card's text: a title clipped at two lines, then one clipped line each (hover: all of it)."""
-    parts = [f'<div class="lk-title" title="{html.escape(title)}">{html.escape(title)}</div>']
-    for n, text in enumerate(rest):
-        tip = tips[n] if n < len(tips) and tips[n] else text
-        parts.append(f'<div class="lk-line" title="{html.escape(tip)}">{html.escape(text)}</div>')
-    if rule:
-        parts.append(f'<div class="lk-line lk-rule" title="{html.escape(rule)}">{html.escape(rule)}</div>')
-    target.markdown("".join(parts), unsafe_allow_html=True)
+def lines(target: Any, title: str, line: str, *, parts: tuple[str, str] | None = None, rule: str | None = None) -> None:
+    """A card's text, each piece in a box of fixed height so that cards line up: the title (two
+    lines), one line, the score's parts (two lines; hover: in full) and the rule's line, when
+    given (empty boxes too: one card's rule must not push its buttons below the others')."""
+    out = [f'<div class="lk-title" title="{html.escape(title)}">{html.escape(title)}</div>',
+           f'<div class="lk-line" title="{html.escape(line)}">{html.escape(line)}</div>']
+    if parts is not None:
+        out.append(f'<div class="lk-parts" title="{html.escape(parts[1])}">{html.escape(parts[0])}</div>')
+    if rule is not None:
+        out.append(f'<div class="lk-line lk-rule" title="{html.escape(rule)}">{html.escape(rule)}</div>')
+    target.markdown("".join(out), unsafe_allow_html=True)
 
 
 def title_of(rec: Recommender, facts: dict[str, Any], pid: str, meta: dict[str, str] | None = None) -> str:
@@ -248,10 +253,11 @@ def filters(rec: Recommender, finder: ProductFinder) -> list[Condition]:
         for col, facet in facets.facets.items():
             values[col] = st.multiselect(col, list(facet.values), key=f"filter_{col}", placeholder="any")
         for col, span in facets.ranges.items():
-            if span.high > span.low:
-                step = 1.0 if span.high - span.low >= 20 else (span.high - span.low) / 100
-                spans[col] = st.slider(col, min_value=float(span.low), max_value=float(span.high),
-                                       value=(float(span.low), float(span.high)), step=step, key=f"range_{col}",
+            if span.high > span.low:  # whole numbers over a wide span (16..2000, not 16.51..1999.51)
+                wide = span.high - span.low >= 20
+                low, high = (float(math.floor(span.low)), float(math.ceil(span.high))) if wide else (span.low, span.high)
+                spans[col] = st.slider(col, min_value=low, max_value=high, value=(low, high),
+                                       step=1.0 if wide else (high - low) / 100, key=f"range_{col}",
                                        help=f"a range leaves out the {span.missing} products without a number"
                                        if span.missing else None)
     return facets.conditions(values, spans)
@@ -314,15 +320,14 @@ def browse(rec: Recommender, facts: dict[str, Any], finder: ProductFinder) -> No
     found = finder.find(text, where=finder.facets.conditions(chosen))
     for col, target in zip(steps, cols[1:], strict=True):
         counts = found.counts.get(col, {})
+        # the values that would find something (labels stay the values: the browser sends the
+        # chosen label back, so a label with a count that changes would lose the choice)
         options: list[str] = [ALL, *counts]
         current = str(st.session_state.get(f"step_{col}", ALL))
-        if current not in options:  # nothing left there: keep it, with its zero
+        if current not in options:  # nothing left there: keep it
             options.append(current)
-
-        def label(v: str, c: dict[str, int] = counts) -> str:
-            return v if v == ALL else f"{v} ({c.get(v, 0)})"
-
-        target.selectbox(col, options, key=f"step_{col}", format_func=label)
+        target.selectbox(col, options, key=f"step_{col}",
+                         help=" · ".join(f"{v}: {n}" for v, n in list(counts.items())[:12]) or None)
     pages = found.pages(BROWSE_PAGE)
     info, pager = st.columns([4, 1])
     page = 1
@@ -371,20 +376,19 @@ def explained(r: Any) -> tuple[str, str]:
     return short, f"score {r.score:.4f} = {full}"
 
 
-def card(rec: Recommender, facts: dict[str, Any], r: Any, *, query: str | None, path: str) -> None:
+def card(rec: Recommender, facts: dict[str, Any], r: Any, *, query: str | None, path: str, rules_shown: bool) -> None:
     """One result: its matched photo, title, rank and score (and parts), its actions."""
     show_photo(st, rec, r.id, THUMB, photo=r.matched_photo)  # the photo that matched
     refs = rec.photos(r.id)
     which = f" · photo {refs.index(r.matched_photo) + 1}/{len(refs)}" \
         if len(refs) > 1 and r.matched_photo in refs else ""
-    short, full = explained(r)
     lines(st, title_of(rec, facts, r.id, r.metadata), f"#{r.rank} · id {r.id} · score {r.score:.3f}{which}",
-          *([short] if short else []), rule=r.rule, tips=("", full))
+          parts=explained(r) if r.explain is not None else None, rule=r.rule if rules_shown else None)
     st.button("More like this", key=f"more_{r.id}", on_click=set_query, args=(r.id,), width="stretch")
     st.button("Less like this", key=f"less_{r.id}", on_click=less_like, args=(r.id,), width="stretch")
     if query is not None and writes_allowed():
         pin, block = st.columns(2)
-        pin.button("Pin 1st", key=f"pin_{r.id}", on_click=change_rules,
+        pin.button("Pin", key=f"pin_{r.id}", on_click=change_rules,
                    args=(path, [Rule("pin", r.id, query, 1)], []), help=f"always show {r.id} first for {query}")
         block.button("Block", key=f"block_{r.id}", on_click=change_rules,
                      args=(path, [Rule("block", r.id, query)], []), help=f"never show {r.id} for {query}")
@@ -397,11 +401,12 @@ def show_results(rec: Recommender, facts: dict[str, Any], results: Any, notes: l
     if not items:
         st.warning("No product matches these settings: loosen the filters.")
         return
+    rules_shown = any(r.rule for r in items)
     for start in range(0, len(items), GRID):
         cols = st.columns(GRID)
         for col, r in zip(cols, items[start : start + GRID], strict=False):
             with col.container(border=True):
-                card(rec, facts, r, query=query, path=path)
+                card(rec, facts, r, query=query, path=path, rules_shown=rules_shown)
 
 
 def rules_panel(rec: Recommender, pid: str, path: str) -> None:
@@ -409,7 +414,10 @@ def rules_panel(rec: Recommender, pid: str, path: str) -> None:
     mine = [r for r in rec.rules if r.for_id == pid or r.for_id is None]
     message = st.session_state.pop("rule_message", None)
     if message:
-        (st.success if message[0] == "ok" else st.error)(message[1])
+        if message[0] == "ok":
+            st.toast(message[1])
+        else:
+            st.error(message[1])
     if not mine:
         return
     with st.expander(f"Rules for {pid} ({len(mine)})", expanded=writes_allowed()):

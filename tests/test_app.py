@@ -146,8 +146,7 @@ def test_browse_by_search_and_steps(app, demo_rec):
     assert len(tiles(app)) == min(18, len(demo_rec))
     app.selectbox(key="step_Gender").set_value("Women").run()
     step = app.selectbox(key="step_SubCategory")
-    assert set(step.options) - {"all"} == {f"{s} ({n})" for s, n in
-                                          meta[meta.Gender == "Women"].SubCategory.value_counts().items()}
+    assert set(step.options) - {"all"} == set(meta[meta.Gender == "Women"].SubCategory)
     step.set_value("Shoes").run()
     women_shoes = meta[(meta.Gender == "Women") & (meta.SubCategory == "Shoes")].ProductId.tolist()
     assert tiles(app) == women_shoes[:18]
@@ -217,7 +216,7 @@ def test_store_prices_as_a_range_and_steering(store_index, monkeypatch):
     keys = {w.key for w in at.multiselect}
     assert keys == {"filter_platform", "filter_category"}  # name: near-unique, searched not filtered
     price = at.slider(key="range_price")
-    assert price.value == (16.51, 2000.0)
+    assert price.value == (16.0, 2000.0)  # whole numbers around 16.51..2000
     first = rec.ids[0]
     price.set_value((50.0, 300.0)).run()
     want = rec.similar(first, k=5, where=["price=50..300"])
