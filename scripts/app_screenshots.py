@@ -97,10 +97,10 @@ def store_shots(pw, index: Path, out: Path) -> None:
         press_on_thumb(page, "price", 1, "ArrowLeft", 1)  # 2000 → 1999: leaves out the MacBook Pro
         open_expander(page, "Steer")
         box = page.get_by_role("textbox", name="Boosts, one a line")
-        box.fill("platform=opencart:+0.05")
+        box.fill("price<150:+0.1")
         box.press("Control+Enter")
         settle(page)
-        want = rec.similar("oc-44", k=5, where=["price=16..1999"], boost=["platform=opencart:+0.05"])
+        want = rec.similar("oc-44", k=5, where=["price=16..1999"], boost=["price<150:+0.1"])
         wait_for_cards(page, want.ids)
         page.get_by_role("button", name="Pin", exact=True).nth(3).click()
         settle(page)
