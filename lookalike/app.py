@@ -215,6 +215,11 @@ def _typed() -> None:
     st.session_state.query_id = st.session_state.id_box.strip()
 
 
+def _first_page() -> None:
+    """Callback of the search box and the steps: other products, from their first page."""
+    st.session_state.browse_page = 1
+
+
 # -- pieces -------------------------------------------------------------------------------
 def show_photo(target: Any, rec: Recommender, pid: str, size: int, *, width: int | str = "stretch",
                photo: str = "") -> None:
@@ -311,7 +316,8 @@ def browse(rec: Recommender, facts: dict[str, Any], finder: ProductFinder) -> No
     """Search words and a category step (each offering what the others leave), then tiles."""
     steps = finder.facets.steps
     cols = st.columns([2] + [1] * len(steps))
-    text = cols[0].text_input("Search", key="browse_text", placeholder="words of a title, a colour, a type… or an id")
+    text = cols[0].text_input("Search", key="browse_text", on_change=_first_page,
+                              placeholder="words of a title, a colour, a type… or an id")
     chosen: dict[str, list[str]] = {}
     for col in steps:
         value = st.session_state.get(f"step_{col}", ALL)
@@ -326,7 +332,7 @@ def browse(rec: Recommender, facts: dict[str, Any], finder: ProductFinder) -> No
         current = str(st.session_state.get(f"step_{col}", ALL))
         if current not in options:  # nothing left there: keep it
             options.append(current)
-        target.selectbox(col, options, key=f"step_{col}",
+        target.selectbox(col, options, key=f"step_{col}", on_change=_first_page,
                          help=" · ".join(f"{v}: {n}" for v, n in list(counts.items())[:12]) or None)
     pages = found.pages(BROWSE_PAGE)
     info, pager = st.columns([4, 1])

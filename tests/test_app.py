@@ -144,7 +144,10 @@ def test_browse_by_search_and_steps(app, demo_rec):
     meta = demo_rec.product_metadata
     app.radio(key="mode").set_value("Browse").run()
     assert len(tiles(app)) == min(18, len(demo_rec))
+    app.number_input(key="browse_page").set_value(3).run()
+    assert tiles(app) == demo_rec.product_metadata.ProductId.tolist()[36:54]
     app.selectbox(key="step_Gender").set_value("Women").run()
+    assert app.number_input(key="browse_page").value == 1  # other products: from their first page
     step = app.selectbox(key="step_SubCategory")
     assert set(step.options) - {"all"} == set(meta[meta.Gender == "Women"].SubCategory)
     step.set_value("Shoes").run()
@@ -241,6 +244,24 @@ def test_photo_credit_given_or_none(store_index, monkeypatch):
     assert at.main.caption[-1].value == "Photos: someone else"
     at = _start(store_index, monkeypatch, credit="")
     assert STORE_CREDIT not in [c.value for c in at.caption]
+
+
+def test_a_rebuild_keeps_the_photo_credit_and_the_cli_passes_it_on(store_dir, encoder, tmp_path, monkeypatch):
+    from lookalike import Recommender, build
+    from lookalike.cli import _parser
+
+    out = tmp_path / "index"
+    kw = dict(images=store_dir / "images", id_column="product_id", image_column="image", encoder=encoder,
+              show_progress_bar=False)
+    build(store_dir / "catalog.csv", out, photo_credit="Photos: the shops", **kw)
+    build(store_dir / "catalog.csv", out, update=True, **kw)  # no credit given: the index's stays
+    assert Recommender.load(out).settings.catalog.photo_credit == "Photos: the shops"
+    assert _start(out, monkeypatch).main.caption[-1].value == "Photos: the shops"
+    args = _parser().parse_args(["app", str(out), "--photo-credit", "", "--allow-writes"])
+    assert (args.photo_credit, args.allow_writes) == ("", True)
+    args = _parser().parse_args(["app", str(out)])
+    assert (args.photo_credit, args.allow_writes) == (None, False)
+    assert _parser().parse_args(["build", "c.csv", "--out", "o", "--photo-credit", "X"]).photo_credit == "X"
 
 
 def test_pin_and_block_when_writes_are_allowed(demo_index, tmp_path, monkeypatch):
