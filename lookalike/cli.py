@@ -160,6 +160,9 @@ def _catalogue_options(b: argparse.ArgumentParser) -> None:
                    help="record COL as numeric even where some cells are not numbers (those rows never meet a "
                         "numeric --where); columns whose non-empty cells are all numbers are found by themselves; "
                         "repeatable")
+    b.add_argument("--photo-credit", default="", metavar="TEXT",
+                   help="whom the photos are credited to, recorded in the index; `lookalike app` shows it under "
+                        "the photos (a rebuild without it keeps the index's)")
 
 
 def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -365,6 +368,11 @@ def _shell_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None
     a.add_argument("index", type=Path)
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8501)
+    a.add_argument("--photo-credit", default=None, metavar="TEXT",
+                   help="shown under the photos (default: the credit the index records, if any; '' for none)")
+    a.add_argument("--allow-writes", action="store_true",
+                   help="let the page pin and block products (the index's rules); read-only without it "
+                        "(or set LOOKALIKE_APP_WRITES=1)")
 
 
 def _analysis_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -585,7 +593,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         workers=args.workers, update=args.update,
         milvus_uri=args.milvus_uri, collection=args.collection, engine=args.engine, ray_address=args.ray_address,
         actors=args.actors, colour_weight=args.colour_weight, numeric=args.numeric,
-        show_progress_bar=None if not args.quiet else False,
+        photo_credit=args.photo_credit, show_progress_bar=None if not args.quiet else False,
     )
     print(report.summary())
     return EXIT_ROWS_REFUSED if report.problems else EXIT_OK
@@ -911,10 +919,12 @@ def _cmd_duplicates(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lookalike import build, demo_catalog
+    from lookalike.demo import DEMO_PHOTO_CREDIT
     from lookalike.search.recommender import Recommender
 
     out = args.out or demo_index_path()
-    report = build(demo_catalog(), out, show_progress_bar=None if not args.quiet else False)
+    report = build(demo_catalog(), out, photo_credit=DEMO_PHOTO_CREDIT,
+                   show_progress_bar=None if not args.quiet else False)
     print(report.summary())
     rec = Recommender.load(out)
     first = "13683" if "13683" in rec else rec.ids[0]  # the reference tutorial's example
@@ -945,7 +955,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_app(args: argparse.Namespace) -> int:
     from lookalike.launch import run_app
 
-    return run_app(args.index, host=args.host, port=args.port)
+    return run_app(args.index, host=args.host, port=args.port, photo_credit=args.photo_credit,
+                   allow_writes=args.allow_writes)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:

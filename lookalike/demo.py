@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["demo_catalog", "DEMO_DIR"]
+__all__ = ["demo_catalog", "DEMO_DIR", "DEMO_PHOTO_CREDIT"]
 
 DEMO_DIR = Path(__file__).parent / "data" / "demo"
+#: whom the demo's photos are credited to (``build(..., photo_credit=...)``; the page shows it)
+DEMO_PHOTO_CREDIT = "Photos: Kaggle Fashion Images data set (Myntra)"
 
 
 def demo_catalog() -> Path:

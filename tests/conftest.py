@@ -11,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LOOKALIKE_SHARED", ROOT.parent / "shared")) / "datasets"
 FASHION = SHARED / "fashion-images"
 FULLRES = SHARED / "fashion-images-fullres"
+#: what store_index records as its photo credit (the page shows it)
+STORE_CREDIT = "Photos: OpenCart and PrestaShop demo data"
 
 # never reach the network; keep exported models in the repo's cache folder
 os.environ.setdefault("LOOKALIKE_CACHE_DIR", str(ROOT / ".cache" / "lookalike"))
@@ -110,7 +112,7 @@ def store_index(tmp_path_factory, encoder, store_dir) -> Path:
     store = store_dir
     out = tmp_path_factory.mktemp("store-demos") / "index"
     build(store / "catalog.csv", out, images=store / "images", id_column="product_id", image_column="image",
-          encoder=encoder, show_progress_bar=False)
+          encoder=encoder, photo_credit=STORE_CREDIT, show_progress_bar=False)
     return out
 
 

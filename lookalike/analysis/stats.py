@@ -34,6 +34,8 @@ __all__ = [
     "MAX_LEVELS",
     "load_stats_table",
     "grouping_columns",
+    "category_steps",
+    "is_path_column",
     "catalog_stats",
     "format_stats",
     "make_charts",
@@ -93,12 +95,18 @@ def _values(table: pd.DataFrame, col: str) -> pd.Series:
     return s[(s != "") & (s.str.lower() != "nan")]
 
 
+def is_path_column(values: pd.Series) -> bool:
+    """Whether a column's cells (text) are mostly photo files or URLs."""
+    sample = values.drop_duplicates().head(200)
+    return bool(len(sample)) and bool(sample.str.contains(_PATHLIKE).mean() > 0.5)
+
+
 def _is_grouping(values: pd.Series, rows: int) -> bool:
     distinct = values.nunique()
     if distinct < 1 or distinct > MAX_LEVELS or (distinct >= rows and rows > 1):
         return False
     sample = values.drop_duplicates().head(200)
-    if sample.str.contains(_PATHLIKE).mean() > 0.5:  # photo files, URLs
+    if is_path_column(values):  # photo files, URLs
         return False
     if sample.str.len().mean() > 40:  # free text
         return False
@@ -137,6 +145,28 @@ def _choose_within(table: pd.DataFrame, columns: list[str], by: str | None) -> s
         return sub
     rest = [c for c in columns if c != by and _values(table, c).nunique() >= 2]
     return rest[0] if rest else None
+
+
+def category_steps(table: pd.DataFrame) -> tuple[str, ...]:
+    """The columns to browse a catalogue by, broad to narrow (fewer values first): the split
+    (``by``) and the distribution within it that :func:`catalog_stats` chooses (Gender →
+    SubCategory), then a finer column nested in the last (each of its values under one value
+    of it: ProductType)."""
+    columns = grouping_columns(table)
+    by = _choose_by(table, columns, None)
+    steps = sorted((c for c in (by, _choose_within(table, columns, by)) if c),
+                   key=lambda c: _values(table, c).nunique())
+    if steps:
+        last = _values(table, steps[-1])
+        for c in columns:
+            if c in steps:
+                continue
+            finer = _values(table, c)
+            pairs = pd.DataFrame({"c": finer, "last": last}).dropna()
+            if finer.nunique() > last.nunique() and pairs.groupby("c")["last"].nunique().max() == 1:
+                steps.append(c)
+                break
+    return tuple(steps)
 
 
 # -- counting -----------------------------------------------------------------------------

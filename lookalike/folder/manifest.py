@@ -115,6 +115,8 @@ class CatalogSettings:
     parent_column: str | None = None
     #: the platform layout the catalogue was read with (``reading/layouts``), if any
     layout: str | None = None
+    #: whom the photos are credited to where they are shown (the page shows it under them)
+    photo_credit: str = ""
 
     @property
     def photo_columns(self) -> tuple[str, ...]:
@@ -150,6 +152,8 @@ class CatalogSettings:
             out["parent_column"] = self.parent_column
         if self.layout:
             out["layout"] = self.layout
+        if self.photo_credit:
+            out["photo_credit"] = self.photo_credit
         return out
 
 
@@ -296,7 +300,8 @@ class Manifest:
                     image_columns=tuple(str(x) for x in c.get("image_columns") or ()),
                     image_separator=str(c.get("image_separator", "|")),
                     parent_column=str(c["parent_column"]) if c.get("parent_column") else None,
-                    layout=str(c["layout"]) if c.get("layout") else None),
+                    layout=str(c["layout"]) if c.get("layout") else None,
+                    photo_credit=str(c.get("photo_credit") or "")),
                 metric=_metric(record["metric"]),
                 dim=_int(record["dim"]),
                 colour_dim=int(record.get("colour_dim") or 0),
@@ -332,8 +337,11 @@ class Manifest:
         return replace(self, catalog=replace(self.catalog, **changes))
 
     def steered_like(self, other: "Manifest") -> "Manifest":
-        """These settings with ``other``'s steering (a rebuild keeps the shop's defaults and rules)."""
-        return replace(self, query_defaults=other.query_defaults, rules=other.rules)
+        """These settings with ``other``'s steering (a rebuild keeps the shop's defaults and rules,
+        and the photo credit unless it gives one)."""
+        catalog = self.catalog if self.catalog.photo_credit else replace(self.catalog,
+                                                                         photo_credit=other.catalog.photo_credit)
+        return replace(self, query_defaults=other.query_defaults, rules=other.rules, catalog=catalog)
 
     def with_duplicates(self, groups: int, rows: int) -> "Manifest":
         return replace(self, duplicates={**self.duplicates, "groups": groups, "rows": rows})

@@ -165,6 +165,7 @@ def build(
     milvus_uri: str | os.PathLike | None = None,
     collection: str | None = None,
     numeric: Sequence[str] = (),
+    photo_credit: str = "",
     engine: str = DEFAULT_ENGINE,
     ray_address: str | None = None,
     actors: int | None = None,
@@ -183,23 +184,22 @@ def build(
     (``None``: the model's default, int8 for efficientnet-lite0, about twice as fast).
     ``projection`` applies an already fitted projection instead of fitting one. Photos must lie
     inside ``images`` unless ``allow_outside_images`` (absolute paths, ``../``, outside links).
-    Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`; by Ray tasks on ray).
-    Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more.
-    A product may have several photos (``image_column`` several columns, cells split by ``image_separator``,
-    several rows with its id); it scores by its best. ``parent_column`` names a variant's parent.
+    Photo URLs are fetched into ``photo_cache`` (:func:`~lookalike.reading.catalog.load_catalog`; by Ray tasks
+    on ray). Columns whose cells are all numbers are recorded as numeric; ``numeric`` declares more. The page
+    shows ``photo_credit`` under the photos (a rebuild without one keeps the index's). A product may have several
+    photos (``image_column`` several columns, cells split by ``image_separator``, several rows with its id); it
+    scores by its best. ``parent_column`` names a variant's parent.
 
-    ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default
-    the folder's name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite,
-    ``http(s)://host:19530`` for a server (token in ``$LOOKALIKE_MILVUS_TOKEN``).
-
-    ``engine`` runs the photo stage: ``"local"`` in this process, ``"ray"`` on Ray Data actors
-    (extra ``ray``; ``ray_address`` joins a cluster, ``actors`` sets their number); both write
-    the same index (see :mod:`lookalike.engines`).
+    ``backend="milvus"`` writes the vectors to a new Milvus collection (``collection``, default the folder's
+    name, with a suffix per build) at ``milvus_uri``: a ``.db`` path for Milvus Lite, ``http(s)://host:19530``
+    for a server (token in ``$LOOKALIKE_MILVUS_TOKEN``).
+    ``engine`` runs the photo stage: ``"local"`` in this process, ``"ray"`` on Ray Data actors (extra ``ray``;
+    ``ray_address`` a cluster, ``actors`` their number); both write the same index (:mod:`lookalike.engines`).
     """
     t0 = time.perf_counter()
     opts = _Options(metric, backend, _check_settings(metric, backend, colour_weight, batch_size, workers, projection_dim),
                     projection_dim, projection, batch_size, workers, update, milvus_uri, collection, runtime,
-                    show_progress_bar, tuple(numeric))
+                    show_progress_bar, tuple(numeric), str(photo_credit or "").strip())
     runner = get_engine(engine, ray_address=ray_address, actors=actors)
     out = _check_out(Path(out), opts)
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(
@@ -259,6 +259,7 @@ class _Options:
     runtime: str
     show_progress_bar: bool | None
     numeric: tuple[str, ...] = ()
+    photo_credit: str = ""
 
 
 def _build(cat: Catalog, out: Path, enc: Encoder, runner: Any, opts: _Options, t0: float) -> BuildReport:
@@ -327,7 +328,7 @@ def _manifest(cat: Catalog, rows: "_Rows", model: ModelSettings, opts: _Options,
             images_root=str(cat.images_root) if cat.images_root else None,
             allow_outside_images=cat.allow_outside_images, columns=tuple(cat.table.columns),
             photo_cache=str(cat.photo_cache) if cat.photo_cache else None, private_urls=cat.private_urls,
-            numeric_columns=_numeric(cat, rows.positions, opts.numeric)),
+            numeric_columns=_numeric(cat, rows.positions, opts.numeric), photo_credit=opts.photo_credit),
         build=build_info,
         report={"indexed": len(rows.products), "skipped": len(rows.problems),
                 **({"photos": len(rows.positions)} if len(rows.positions) != len(rows.products) else {})},
