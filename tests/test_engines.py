@@ -424,7 +424,6 @@ def _url_table(store_dir: Path, url) -> pd.DataFrame:
     return pd.concat([table.drop(columns=["image"]), extra], ignore_index=True).fillna("")
 
 
-@pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
 def test_ray_actors_fetch_photo_urls_like_the_driver(ray_session, store_dir, served_store, encoder, tmp_path,
@@ -495,7 +494,6 @@ def test_ray_actors_fetch_photo_urls_like_the_driver(ray_session, store_dir, ser
     assert counts["unchanged"] == 25 and counts["re-embedded"] == counts["added"] == 0
 
 
-@pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.skipif(not HAVE_RAY, reason=NO_RAY)
 def test_cli_layout_build_on_ray_fetches_in_actors_with_the_files_rows(ray_session, store_dir, served_store,
