@@ -46,13 +46,14 @@ def _where(items: Sequence[str] | None) -> list[Any]:
 
 
 def _model_name(text: str) -> str:
-    """A built-in model's name or ``onnx:PATH`` (checked when the model is made, with one line)."""
-    from lookalike.encoders import MODELS, is_onnx_model
+    """A built-in model's name, ``onnx:PATH`` or ``hf:DIR`` (checked when the model is made, with one line)."""
+    from lookalike.encoders import MODELS, is_own_model
 
-    if text in MODELS or is_onnx_model(text):
+    if text in MODELS or is_own_model(text):
         return text
     raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of {', '.join(sorted(MODELS))}, "
-                                     "or onnx:PATH for an ONNX model of your own (docs/models.md)")
+                                     "onnx:PATH for an ONNX model of your own or hf:DIR for a Hugging Face "
+                                     "folder (docs/models.md)")
 
 
 def _positive_int(text: str) -> int:
