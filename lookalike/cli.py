@@ -306,6 +306,9 @@ def _query_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None
     g.add_argument("--id", dest="ids", action="append", metavar="ID",
                    help="query product id; repeat to combine recently viewed products")
     g.add_argument("--image", type=Path, help="query photo file")
+    g.add_argument("--text", default=None, metavar="WORDS",
+                   help="query with words (\"red running shoes\"): an index built with --model hf:DIR of a CLIP "
+                        "or SigLIP model")
     s.add_argument("--box", default=None, metavar="X,Y,W,H",
                    help="with --image: query with this region of the photo (pixels, or fractions of its width and "
                         "height when all four are at most 1)")
@@ -772,6 +775,10 @@ def _cmd_similar(args: argparse.Namespace) -> int:
         if args.box is not None:
             raise InvalidQueryError("--box is a region of a photo: give it with --image")
         res = rec.similar(args.ids, k=args.k, **_filters(args), **away)
+    elif args.text is not None:
+        if args.box is not None:
+            raise InvalidQueryError("--box is a region of a photo: give it with --image")
+        res = rec.similar(text=args.text, k=args.k, **_filters(args), **away)
     else:
         res = rec.similar(image=args.image, k=args.k, box=args.box, **_filters(args), **away)
     columns = args.columns.split(",") if args.columns else _default_columns(rec)
@@ -796,6 +803,8 @@ def _cmd_similar(args: argparse.Namespace) -> int:
             for pid in res.query["ids"]:
                 p = rec.product(pid)
                 print(f"query {pid}: " + " | ".join(p.get(c, "") for c in columns))
+        elif args.text is not None:
+            print(f"query text: {args.text}")
         else:
             print(f"query photo: {args.image}")
         rows = [{"rank": r.rank, "id": r.id, "score": f"{r.score:.4f}", **r.metadata, "matched_photo": r.matched_photo,

@@ -54,8 +54,10 @@ EXPORT_REVISION = 1
 #: the longest text query (the tokenizer truncates to the model's length anyway)
 MAX_TEXT_CHARS = 1000
 _HASHED = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
-           "merges.txt", "spiece.model", "special_tokens_map.json")
+           "merges.txt", "spiece.model", "tokenizer.model", "vocab.txt", "special_tokens_map.json")
 _WEIGHTS = (".safetensors", ".bin")
+#: a tokenizer's vocabulary is in one of these (transformers makes an empty one without them)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model", "vocab.txt")
 _INSTALL_HINT = "pip install 'lookalike[hf]'"
 
 
@@ -271,6 +273,8 @@ def _export_text(folder: Path, model: Any, family: str, out: Path, transformers:
     """The text tower and the tokenizer (truncating, for SigLIP padding, to the model's length)."""
     import torch
 
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelError(f"its tokenizer is not in the folder (none of {', '.join(_TOKENIZER_FILES)})")
     try:
         tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - no or a broken tokenizer
@@ -399,6 +403,8 @@ class HfEncoder(OnnxFileEncoder):
         precision = precision or "fp32"
         if precision not in ("fp32", "int8"):
             raise ModelError(f"unknown precision {precision!r}; choose fp32 or int8")
+        if precision == "int8" and not model.image_path("int8").is_file():
+            _quantize(model.image_path("fp32"), model.image_path("int8"))  # once: the file is this encoder's weights
         super().__init__(model.as_onnx(precision), pooling=pooling, runtime=runtime, resize=resize, trim=trim,
                          size=size, precision=None, threads=threads, streams=streams)
         self.hf = model

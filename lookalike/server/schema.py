@@ -4,6 +4,7 @@
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
+from lookalike.encoders.hf import MAX_TEXT_CHARS
 from lookalike.search.recommender import MAX_IDS, MAX_K
 
 __all__ = ["Schemas", "schemas", "add_schema_routes"]
@@ -45,6 +46,7 @@ def schemas() -> Schemas:
         id_column: str
         columns: list[str]
         version: str
+        text_queries: bool = Field(False, description="POST /similar takes {\"text\": ...} (a CLIP or SigLIP model)")
 
     class ProductOut(BaseModel):
         """A product: ``id`` plus every catalogue column, as text, and ``photos``: its photos as the
@@ -75,12 +77,18 @@ def schemas() -> Schemas:
         results: list[RecommendationOut]
 
     class SimilarIn(BaseModel):
-        """Products that look like several products at once (e.g. recently viewed items)."""
+        """Products that look like several products at once (e.g. recently viewed items), or like
+        words (``text``, where the index's model has a text tower: ``GET /health``'s ``text_queries``)."""
 
         model_config = ConfigDict(extra="forbid")
-        ids: list[Union[StrictStr, StrictInt]] = Field(
-            max_length=MAX_IDS, description=f"product ids, at most {MAX_IDS}", examples=[["13683", "39386"]]
+        ids: Optional[list[Union[StrictStr, StrictInt]]] = Field(
+            None, max_length=MAX_IDS, description=f"product ids, at most {MAX_IDS} (or text)",
+            examples=[["13683", "39386"]]
         )
+        text: Optional[StrictStr] = Field(
+            None, max_length=MAX_TEXT_CHARS, description="words to search the photos for (instead of ids), "
+            "with the text tower of an index built with --model hf:DIR of a CLIP or SigLIP model; 503 otherwise",
+            examples=["red running shoes"])
         k: Optional[StrictInt] = Field(None, description=f"number of results, 1..{MAX_K} (default: the k in the URL)")
         same: Union[str, list[str], None] = Field(
             None, description="keep results to the query products' values of these columns", examples=[["Gender"]]
