@@ -32,7 +32,7 @@ class Schemas:
 
 def schemas() -> Schemas:
     """The models, built here so that importing the server does not import pydantic."""
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+    from pydantic import BaseModel, ConfigDict, Field
 
     class ErrorOut(BaseModel):
         detail: str = Field(examples=["unknown product id: 99999"])
@@ -76,6 +76,15 @@ def schemas() -> Schemas:
         query: dict[str, Any] = Field(description="what was asked, as the library understood it")
         results: list[RecommendationOut]
 
+    SimilarIn = _similar_in()
+
+    return Schemas(ErrorOut, HealthOut, ProductOut, SimilarOut, SimilarIn)
+
+
+def _similar_in() -> Any:
+    """``POST /similar``'s JSON body."""
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
     class SimilarIn(BaseModel):
         """Products that look like several products at once (e.g. recently viewed items), or like
         words (``text``, where the index's model has a text tower: ``GET /health``'s ``text_queries``)."""
@@ -115,7 +124,7 @@ def schemas() -> Schemas:
                                             "(default true)")
         box: Optional[StrictStr] = Field(None, description="only for photo queries (multipart field 'box')")
 
-    return Schemas(ErrorOut, HealthOut, ProductOut, SimilarOut, SimilarIn)
+    return SimilarIn
 
 
 def add_schema_routes(app: Any, guard: Callable[..., None]) -> None:

@@ -1,0 +1,136 @@
+"""CPU cost per photo of Hugging Face models (``--model hf:DIR``) against the default model.
+
+Makes randomly-initialised models of the sizes people would bring (speed does not depend on
+the weights' values; nothing is downloaded): CLIP ViT-B/16 (OpenCLIP ViT-B-16, FashionCLIP's
+ViT-B/32 is cheaper) and SigLIP ViT-B/16 at 224 px (Marqo-FashionSigLIP's architecture), saves
+each as a Hugging Face folder, exports it through ``hf:`` and times the image tower on real
+photos already prepared (decoding and trimming cost the same for every model), fp32 and int8,
+against the default EfficientNet-Lite0 (int8, 320 px); then one text query's text tower.
+
+    python benchmarks/bench_hf_models.py ../shared/datasets/fashion-images/images \
+        --out benchmarks/results/hf_models.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from machine import print_machine  # benchmarks/ is the script's folder
+
+from lookalike import get_encoder
+from lookalike.reading.images import model_input
+
+BATCH = 32
+
+
+def _tokenizer(words: int = 5000) -> Any:
+    """A word-level tokenizer (the text tower's cost depends on the token count, not the words)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, **{f"w{i}": i + 3 for i in range(words)}}
+    vocab["</s>"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
+                                                       special_tokens=[("<s>", 2), ("</s>", vocab["</s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def make_folders(root: Path) -> dict[str, Path]:
+    import torch
+    import transformers as tf
+
+    tok = _tokenizer()
+    vocab = len(tok)
+    torch.manual_seed(0)
+    clip = tf.CLIPModel(tf.CLIPConfig(
+        vision_config={"image_size": 224, "patch_size": 16},  # ViT-B/16: 768 wide, 12 layers
+        text_config={"vocab_size": vocab, "eos_token_id": vocab - 1, "bos_token_id": 2, "pad_token_id": 0},
+        projection_dim=512))
+    siglip = tf.SiglipModel(tf.SiglipConfig(text_config={"vocab_size": vocab, "pad_token_id": 0}))  # base/16 @ 224
+    made = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, model, processor in (
+                ("clip-vit-b16", clip, tf.CLIPImageProcessor()),
+                ("siglip-vit-b16", siglip, tf.SiglipImageProcessor(size={"height": 224, "width": 224}))):
+            folder = root / name
+            model.save_pretrained(folder)
+            processor.save_pretrained(folder)
+            tok.save_pretrained(folder)
+            made[name] = folder
+    return made
+
+
+def photos_per_s(enc: Any, photos: list[Path], repeats: int) -> dict[str, float]:
+    pixels = np.stack([model_input(p, enc.preprocess) for p in photos])
+    enc.encode_pixels(pixels[:BATCH])  # warm up: session, first allocations
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(0, len(pixels), BATCH):
+            enc.encode_pixels(pixels[i : i + BATCH])
+        rates.append(len(pixels) / (time.perf_counter() - t0))
+    return {"photos_per_s": round(statistics.median(rates), 1), "ms_per_photo": round(1000 / statistics.median(rates), 1)}
+
+
+def text_ms(enc: Any, repeats: int = 20) -> float:
+    enc.encode_text("red running shoes")
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        enc.encode_text("w1 w2 w3 w4 w5 w6")
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("photos", type=Path, help="a folder of product photos (*.jpg)")
+    ap.add_argument("--limit", type=int, default=64, help="photos timed (default 64)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    machine = print_machine()
+    photos = sorted(args.photos.glob("*.jpg"))[: args.limit]
+    if not photos:
+        raise SystemExit(f"no .jpg photos in {args.photos}")
+    rows: dict[str, Any] = {}
+    default = get_encoder()
+    rows["efficientnet-lite0 (default: int8, 320 px)"] = photos_per_s(default, photos, args.repeats)
+    print(f"{'efficientnet-lite0 (default: int8, 320 px)':<44} {rows['efficientnet-lite0 (default: int8, 320 px)']}")
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as cache:
+        os.environ["LOOKALIKE_CACHE_DIR"] = cache  # the exports of random models do not stay
+        for name, folder in make_folders(Path(tmp)).items():
+            t0 = time.perf_counter()
+            enc = get_encoder(f"hf:{folder}", runtime="onnx")
+            export_s = time.perf_counter() - t0
+            for precision in ("fp32", "int8"):
+                enc = get_encoder(f"hf:{folder}", runtime="onnx", precision=precision)
+                label = f"{name} ({precision}, 224 px)"
+                rows[label] = {**photos_per_s(enc, photos, args.repeats), "dim": enc.dim}
+                if precision == "fp32":
+                    rows[label].update({"export_s": round(export_s, 1), "text_query_ms": text_ms(enc)})
+                print(f"{label:<44} {rows[label]}")
+    result = {"machine": machine, "photos": str(args.photos), "n_photos": len(photos), "batch": BATCH,
+              "results": rows, "loadavg_end": os.getloadavg(),
+              "command": "python benchmarks/bench_hf_models.py " + " ".join(
+                  [str(args.photos), "--limit", str(args.limit), "--repeats", str(args.repeats)])}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
