@@ -5,7 +5,8 @@ the weights' values; nothing is downloaded): CLIP ViT-B/16 (OpenCLIP ViT-B-16, F
 ViT-B/32 is cheaper) and SigLIP ViT-B/16 at 224 px (Marqo-FashionSigLIP's architecture), saves
 each as a Hugging Face folder, exports it through ``hf:`` and times the image tower on real
 photos already prepared (decoding and trimming cost the same for every model), fp32 and int8,
-against the default EfficientNet-Lite0 (int8, 320 px); then one text query's text tower.
+against the default EfficientNet-Lite0 (int8, 256 px), all on ONNX Runtime; then one text
+query's text tower.
 
     python benchmarks/bench_hf_models.py ../shared/datasets/fashion-images/images \
         --out benchmarks/results/hf_models.json
@@ -107,9 +108,10 @@ def main() -> None:
     if not photos:
         raise SystemExit(f"no .jpg photos in {args.photos}")
     rows: dict[str, Any] = {}
-    default = get_encoder()
-    rows["efficientnet-lite0 (default: int8, 320 px)"] = photos_per_s(default, photos, args.repeats)
-    print(f"{'efficientnet-lite0 (default: int8, 320 px)':<44} {rows['efficientnet-lite0 (default: int8, 320 px)']}")
+    default = get_encoder(runtime="onnx")
+    label = f"{default.name} (default: {default.precision}, {default.preprocess.size} px)"
+    rows[label] = {**photos_per_s(default, photos, args.repeats), "dim": default.dim}
+    print(f"{label:<44} {rows[label]}")
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as cache:
         os.environ["LOOKALIKE_CACHE_DIR"] = cache  # the exports of random models do not stay
         for name, folder in make_folders(Path(tmp)).items():

@@ -137,6 +137,13 @@ def test_onnx_export_gives_the_torch_models_vectors(tiny, family):
             np.testing.assert_allclose(enc.encode_text(text)[0], _torch_text(tiny[family], text), rtol=1e-4, atol=1e-5)
 
 
+def test_openvino_runs_the_same_image_tower(tiny):
+    pytest.importorskip("openvino")
+    ref = get_encoder(f"hf:{tiny['siglip']}", runtime="onnx").encode(PHOTOS)
+    ov = get_encoder(f"hf:{tiny['siglip']}", runtime="openvino").encode(PHOTOS)
+    np.testing.assert_allclose(ov, ref, rtol=1e-3, atol=1e-4)
+
+
 def test_preprocessing_comes_from_the_folder(tiny):
     enc = get_encoder(f"hf:{tiny['dino']}")
     assert enc.model.config.mean == pytest.approx((0.485 * 255, 0.456 * 255, 0.406 * 255))
@@ -236,7 +243,7 @@ def test_text_query_through_a_projection(tiny, tmp_path):
     assert [r.score for r in found] == pytest.approx([expected[p] for p in found.ids], abs=1e-3)
 
 
-def test_photo_queries_and_cli_text_query(clip_index, store_dir, capsys):
+def test_photo_queries_and_cli_text_query(clip_index, tmp_path, capsys):
     rec = Recommender.load(clip_index)
     first = rec.ids[0]
     by_photo = rec.similar(image=rec.photo_paths(first)[0], k=2)
@@ -245,8 +252,9 @@ def test_photo_queries_and_cli_text_query(clip_index, store_dir, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["query"]["text"] == "blue bag" and [r["id"] for r in out["results"]] == \
         rec.similar(text="blue bag", k=3).ids
-    assert main(["similar", str(clip_index), "--text", "blue bag", "-k", "2"]) == 0
-    assert "query text: blue bag" in capsys.readouterr().out
+    sheet = tmp_path / "sheet.png"
+    assert main(["similar", str(clip_index), "--text", "blue bag", "-k", "2", "--sheet", str(sheet)]) == 0
+    assert "query text: blue bag" in capsys.readouterr().out and sheet.stat().st_size > 1000
 
 
 def test_a_model_without_a_text_tower_refuses_text_in_one_line(tiny, tmp_path, demo_index, capsys):
