@@ -187,8 +187,9 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
     _catalogue_options(b)
     b.add_argument("--model", default=DEFAULT_MODEL, type=_model_name, metavar="MODEL",
-                   help=f"{', '.join(sorted(MODELS))} (default {DEFAULT_MODEL}), or onnx:PATH: an ONNX model of "
-                        "your own with its preprocessing in PATH.json (docs/models.md)")
+                   help=f"{', '.join(sorted(MODELS))} (default {DEFAULT_MODEL}); onnx:PATH: an ONNX model of "
+                        "your own with its preprocessing in PATH.json; or hf:DIR: a local Hugging Face CLIP, "
+                        "SigLIP or DINOv2 folder (extra hf; CLIP and SigLIP answer similar --text) (docs/models.md)")
     b.add_argument("--weights", type=Path, default=None, help="model weights file (resnet50: torchvision format)")
     b.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS,
                    help="none = the reference's flattened map")
