@@ -333,3 +333,16 @@ def test_a_clip_folder_without_its_tokenizer_searches_photos_only(tiny, tmp_path
     assert not enc.has_text and enc.encode(PHOTOS[:1]).shape == (1, 24)
     with pytest.raises(ModelError, match=r"\(clip, from clip-no-tokenizer\) has no text tower \(its tokenizer is not in the folder"):
         enc.encode_text("red shoes")
+
+
+@pytest.mark.slow
+def test_ray_actors_make_the_hf_model_from_its_name(tiny, tmp_path):
+    pytest.importorskip("ray")
+    from lookalike.folder.store import Store
+
+    rows = TABLE.iloc[:10]
+    same = {"images": DEMO_IMAGES, "model": f"hf:{tiny['clip']}", "show_progress_bar": False}
+    build(rows, tmp_path / "local", **same)
+    build(rows, tmp_path / "ray", engine="ray", actors=1, **same)  # actors install the driver's export first
+    local, ray = (Store(tmp_path / e).snapshot().dense()[0] for e in ("local", "ray"))
+    np.testing.assert_allclose(ray, local, rtol=1e-4, atol=1e-5)
