@@ -256,7 +256,9 @@ def _export_folder(folder: Path, family: str, size: int, out: Path) -> dict[str,
             model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
     except Exception as exc:  # noqa: BLE001 - missing or mismatched weights have many faces
         raise ModelError(f"can't load the model in {folder} with transformers: {_first_line(exc)}") from None
-    _onnx_export(_ImageTower(model, family), (torch.zeros(1, 3, size, size),), out / "image.onnx", "pixels",
+    from lookalike.encoders.models import HfImageTower
+
+    _onnx_export(HfImageTower(model, family), (torch.zeros(1, 3, size, size),), out / "image.onnx", "pixels",
                  {0: "n"})
     dim = int(_run_image(out / "image.onnx", size).shape[1])
     record: dict[str, Any] = {"dim": dim, "text": None}
@@ -292,7 +294,9 @@ def _export_text(folder: Path, model: Any, family: str, out: Path, transformers:
         backend.no_padding()
     backend.save(str(out / "tokenizer.json"))
     ids = torch.tensor([backend.encode("a photo").ids], dtype=torch.int64)
-    _onnx_export(_TextTower(model, family), (ids,), out / "text.onnx", "input_ids", {0: "n", 1: "tokens"})
+    from lookalike.encoders.models import HfTextTower
+
+    _onnx_export(HfTextTower(model, family), (ids,), out / "text.onnx", "input_ids", {0: "n", 1: "tokens"})
     return {"max_length": max_length}
 
 
@@ -324,42 +328,6 @@ def _run_image(path: Path, size: int) -> np.ndarray:
     if out.ndim != 2:
         raise ModelError(f"the image tower gives {tuple(out.shape)}, not (n, d) embeddings")
     return np.asarray(out)
-
-
-def _tower_modules() -> tuple[type, type]:
-    """The two torch wrappers (torch is imported only to export)."""
-    from torch import nn
-
-    class ImageTower(nn.Module):
-        def __init__(self, model: Any, family: str) -> None:
-            super().__init__()
-            self.model, self.family = model, family
-
-        def forward(self, pixels: Any) -> Any:
-            if self.family == "clip":
-                return self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
-            if self.family == "siglip":
-                return self.model.vision_model(pixel_values=pixels).pooler_output
-            return self.model(pixel_values=pixels).pooler_output
-
-    class TextTower(nn.Module):
-        def __init__(self, model: Any, family: str) -> None:
-            super().__init__()
-            self.model, self.family = model, family
-
-        def forward(self, input_ids: Any) -> Any:
-            pooled = self.model.text_model(input_ids=input_ids).pooler_output
-            return self.model.text_projection(pooled) if self.family == "clip" else pooled
-
-    return ImageTower, TextTower
-
-
-def _ImageTower(model: Any, family: str) -> Any:  # noqa: N802 - reads as the class it makes
-    return _tower_modules()[0](model, family)
-
-
-def _TextTower(model: Any, family: str) -> Any:  # noqa: N802 - reads as the class it makes
-    return _tower_modules()[1](model, family)
 
 
 def resolve(ref: str) -> HfModel:
