@@ -50,7 +50,7 @@ PREFIX = "hf:"
 #: config.json's ``model_type`` -> whether the family has a text tower
 FAMILIES = {"clip": True, "siglip": True, "dinov2": False, "dinov2_with_registers": False}
 #: bump when the exported graphs change: another key, so stale exports are never used
-EXPORT_REVISION = 1
+EXPORT_REVISION = 2
 #: the longest text query (the tokenizer truncates to the model's length anyway)
 MAX_TEXT_CHARS = 1000
 _HASHED = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json",
@@ -441,16 +441,22 @@ def _quantize(fp32: Path, path: Path) -> None:
     are quantized per batch, so no calibration photos are needed)."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as exc:
         raise MissingDependencyError(f"int8 needs onnxruntime's quantization tools ({exc}); pip install onnx, "
                                      "or use precision fp32") from exc
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    prepared = path.with_name(f"{path.name}.{os.getpid()}.pre")
     logger.info("quantizing %s to int8 (once): %s", fp32.parent.name, path)
     try:
-        quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        # ONNX Runtime's graph optimisations first, as it advises (its symbolic shape inference
+        # fails on these graphs, and dynamic quantization needs no shapes)
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
         tmp.replace(path)
     except Exception as exc:  # noqa: BLE001 - any quantizer failure is one clear error
         raise ModelError(f"could not quantize {fp32.parent.name} to int8 ({type(exc).__name__}: {exc}); "
                          "use precision fp32 (--precision fp32)") from exc
     finally:
+        prepared.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
