@@ -46,13 +46,14 @@ def _where(items: Sequence[str] | None) -> list[Any]:
 
 
 def _model_name(text: str) -> str:
-    """A built-in model's name or ``onnx:PATH`` (checked when the model is made, with one line)."""
-    from lookalike.encoders import MODELS, is_onnx_model
+    """A built-in model's name, ``onnx:PATH`` or ``hf:DIR`` (checked when the model is made, with one line)."""
+    from lookalike.encoders import MODELS, is_own_model
 
-    if text in MODELS or is_onnx_model(text):
+    if text in MODELS or is_own_model(text):
         return text
     raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of {', '.join(sorted(MODELS))}, "
-                                     "or onnx:PATH for an ONNX model of your own (docs/models.md)")
+                                     "onnx:PATH for an ONNX model of your own or hf:DIR for a Hugging Face "
+                                     "folder (docs/models.md)")
 
 
 def _positive_int(text: str) -> int:
@@ -189,8 +190,9 @@ def _build_command(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     b.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
     _catalogue_options(b)
     b.add_argument("--model", default=DEFAULT_MODEL, type=_model_name, metavar="MODEL",
-                   help=f"{', '.join(sorted(MODELS))} (default {DEFAULT_MODEL}), or onnx:PATH: an ONNX model of "
-                        "your own with its preprocessing in PATH.json (docs/models.md)")
+                   help=f"{', '.join(sorted(MODELS))} (default {DEFAULT_MODEL}); onnx:PATH: an ONNX model of "
+                        "your own with its preprocessing in PATH.json; or hf:DIR: a local Hugging Face CLIP, "
+                        "SigLIP or DINOv2 folder (extra hf; CLIP and SigLIP answer similar --text) (docs/models.md)")
     b.add_argument("--weights", type=Path, default=None, help="model weights file (resnet50: torchvision format)")
     b.add_argument("--pooling", default=DEFAULT_POOLING, choices=POOLINGS,
                    help="none = the reference's flattened map")
@@ -309,6 +311,9 @@ def _query_commands(add_command: Callable[..., argparse.ArgumentParser]) -> None
     g.add_argument("--id", dest="ids", action="append", metavar="ID",
                    help="query product id; repeat to combine recently viewed products")
     g.add_argument("--image", type=Path, help="query photo file")
+    g.add_argument("--text", default=None, metavar="WORDS",
+                   help="query with words (\"red running shoes\"): an index built with --model hf:DIR of a CLIP "
+                        "or SigLIP model")
     s.add_argument("--box", default=None, metavar="X,Y,W,H",
                    help="with --image: query with this region of the photo (pixels, or fractions of its width and "
                         "height when all four are at most 1)")
@@ -777,6 +782,10 @@ def _cmd_similar(args: argparse.Namespace) -> int:
         if args.box is not None:
             raise InvalidQueryError("--box is a region of a photo: give it with --image")
         res = rec.similar(args.ids, k=args.k, **_filters(args), **away)
+    elif args.text is not None:
+        if args.box is not None:
+            raise InvalidQueryError("--box is a region of a photo: give it with --image")
+        res = rec.similar(text=args.text, k=args.k, **_filters(args), **away)
     else:
         res = rec.similar(image=args.image, k=args.k, box=args.box, **_filters(args), **away)
     columns = args.columns.split(",") if args.columns else _default_columns(rec)
@@ -801,6 +810,8 @@ def _cmd_similar(args: argparse.Namespace) -> int:
             for pid in res.query["ids"]:
                 p = rec.product(pid)
                 print(f"query {pid}: " + " | ".join(p.get(c, "") for c in columns))
+        elif args.text is not None:
+            print(f"query text: {args.text}")
         else:
             print(f"query photo: {args.image}")
         rows = [{"rank": r.rank, "id": r.id, "score": f"{r.score:.4f}", **r.metadata, "matched_photo": r.matched_photo,

@@ -60,14 +60,16 @@ def contact_sheet(
     query_image: ImageSource | None = None,
     title_column: str = "ProductTitle",
 ) -> Path:
-    """Draw the query (a product or a photo) and its results in one row; save as PNG/JPEG."""
+    """Draw the query (a product, a photo or words) and its results in one row; save as PNG/JPEG."""
     out = Path(out)
     ids = results.query.get("ids") or []
     queries: list[tuple[ImageSource | None, list[str]]] = []
     for pid in ids:
         meta = rec.product(pid)
         queries.append((rec.image_path(pid), [f"QUERY {pid}", meta.get(title_column, "")]))
-    if not ids:
+    if not ids and results.query.get("text"):
+        queries.append((None, ["QUERY text", str(results.query["text"])]))  # a blank tile, the words below
+    elif not ids:
         queries.append((query_image, ["QUERY photo", Path(str(query_image)).name if query_image else ""]))
     tiles = len(queries) + max(1, len(results))
     width = _PAD + tiles * (_TILE + _PAD) + _PAD

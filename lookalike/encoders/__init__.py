@@ -14,6 +14,7 @@ from lookalike.config import DEFAULT_MODEL, DEFAULT_POOLING, DEFAULT_RESIZE, DEF
 from lookalike.encoders.base import POOLINGS, Encoder, l2_normalize, pool
 from lookalike.encoders.byo import OnnxFileEncoder, is_onnx_model, resolve
 from lookalike.encoders.cnn import PRECISIONS, PREPARE_SECONDS, RUNTIMES, CNNEncoder, ModelSpec
+from lookalike.encoders.hf import HfEncoder, is_hf_model
 from lookalike.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ __all__ = [
     "CNNEncoder",
     "OnnxFileEncoder",
     "is_onnx_model",
+    "HfEncoder",
+    "is_hf_model",
+    "is_own_model",
     "ModelSpec",
     "MODELS",
     "POOLINGS",
@@ -99,7 +103,9 @@ def get_encoder(
 
     ``name`` may also be ``"onnx:PATH"``: an ONNX model of one's own with its preprocessing in
     ``PATH.json`` (:mod:`lookalike.encoders.byo`), copied into the model cache and named
-    ``onnx:<key>`` from then on (that name makes it again, wherever ``PATH`` has gone).
+    ``onnx:<key>`` from then on (that name makes it again, wherever ``PATH`` has gone); or
+    ``"hf:DIR"``: a local Hugging Face CLIP, SigLIP or DINOv2 folder (:mod:`lookalike.encoders.hf`),
+    exported to ONNX once and named ``hf:<key>`` from then on.
 
     ``size`` is the side of the square model input; ``None`` takes the model's default.
     ``trim`` cuts the uniform background around the product before ``resize``.
@@ -115,15 +121,27 @@ def get_encoder(
             raise ModelError("an onnx: model is its own weights; drop weights (--weights)")
         return OnnxFileEncoder(resolve(name), pooling=pooling, runtime=runtime, resize=resize, trim=trim, size=size,
                                precision=precision, threads=threads, streams=streams)
+    if is_hf_model(name):
+        from lookalike.encoders.hf import resolve as resolve_hf
+
+        if weights is not None:
+            raise ModelError("an hf: model's weights are its folder's; drop weights (--weights)")
+        return HfEncoder(resolve_hf(name), pooling=pooling, runtime=runtime, resize=resize, trim=trim, size=size,
+                         precision=precision, threads=threads, streams=streams)
     try:
         spec = MODELS[name]
     except KeyError:
         raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, "
-                         "or onnx:PATH for a model of your own") from None
+                         "onnx:PATH for an ONNX model of your own or hf:DIR for a Hugging Face folder") from None
     return CNNEncoder(
         spec, pooling=pooling, weights=weights, runtime=runtime, resize=resize, trim=trim, size=size,
         precision=precision, threads=threads, streams=streams,
     )
+
+
+def is_own_model(name: str) -> bool:
+    """Whether ``name`` is a model made from the model cache by its content key (``onnx:`` or ``hf:``)."""
+    return is_onnx_model(name) or is_hf_model(name)
 
 
 @dataclass(frozen=True)

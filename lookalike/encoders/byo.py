@@ -78,10 +78,12 @@ class InstalledModel:
     features: tuple[int, ...]  # (d,) or (c, h, w)
     #: the file name it was given by now (installed from a path), else when first installed
     source: str
+    #: what its name starts with (``hf:`` for a Hugging Face model's exported image tower)
+    prefix: str = PREFIX
 
     @property
     def name(self) -> str:
-        return f"{PREFIX}{self.key}"
+        return f"{self.prefix}{self.key}"
 
 
 def sidecar(path: Path) -> Path:

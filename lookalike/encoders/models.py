@@ -1,4 +1,5 @@
-"""The CNN backbones, as PyTorch modules that return the last feature map.
+"""The CNN backbones, as PyTorch modules that return the last feature map, and the towers of a
+Hugging Face model as exported for ``hf:`` models (:mod:`lookalike.encoders.hf`).
 
 Imported only when a model must be built or exported (torch is slow to import); a cached
 ONNX export is used without importing this module at all.
@@ -7,13 +8,14 @@ ONNX export is used without importing this module at all.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from lookalike.errors import ModelError
 
-__all__ = ["build_efficientnet_lite0", "build_resnet50", "ResNet50"]
+__all__ = ["build_efficientnet_lite0", "build_resnet50", "ResNet50", "HfImageTower", "HfTextTower"]
 
 
 class _FeatureMap(nn.Module):
@@ -126,3 +128,33 @@ def build_resnet50(weights: Path) -> nn.Module:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
         raise ModelError(f"{weights} does not fit ResNet50: {detail}") from exc
     return _FeatureMap(model.eval(), "features").eval()
+
+
+class HfImageTower(nn.Module):
+    """A transformers CLIP, SigLIP or DINOv2 model's image embedding: CLIP's projected pooled
+    output, SigLIP's attention-pooled output, DINOv2's layer-normed CLS token."""
+
+    def __init__(self, model: nn.Module, family: str) -> None:
+        super().__init__()
+        self.model, self.family = model, family
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        m: Any = self.model
+        if self.family == "clip":
+            return m.visual_projection(m.vision_model(pixel_values=pixels).pooler_output)
+        if self.family == "siglip":
+            return m.vision_model(pixel_values=pixels).pooler_output
+        return m(pixel_values=pixels).pooler_output
+
+
+class HfTextTower(nn.Module):
+    """A CLIP or SigLIP model's text embedding from token ids (CLIP's projected, SigLIP's pooled)."""
+
+    def __init__(self, model: nn.Module, family: str) -> None:
+        super().__init__()
+        self.model, self.family = model, family
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        m: Any = self.model
+        pooled = m.text_model(input_ids=input_ids).pooler_output
+        return m.text_projection(pooled) if self.family == "clip" else pooled

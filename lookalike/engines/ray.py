@@ -47,8 +47,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from lookalike.config import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, FetchSettings, progress_enabled
-from lookalike.encoders import CNNEncoder, Encoder, EncoderSettings
-from lookalike.encoders.byo import PREFIX, install_payload, installed, is_onnx_model, payload
+from lookalike.encoders import CNNEncoder, Encoder, EncoderSettings, byo, hf
 from lookalike.engines.local import Encoded, _read_and_decode, row_problem
 from lookalike.errors import LookalikeError, require
 from lookalike.reading.catalog import Catalog
@@ -260,13 +259,29 @@ def actor_settings(enc: Encoder) -> tuple[EncoderSettings, Path | None]:
     return settings, model
 
 
+def _own(name: str) -> Any:
+    """The module of a model made from the cache by its key (``onnx:``, ``hf:``), else None."""
+    return byo if byo.is_onnx_model(name) else hf if hf.is_hf_model(name) else None
+
+
+def _own_payload(name: str) -> Any:
+    """What an actor elsewhere needs to put ``name`` into its own model cache."""
+    own = _own(name)
+    return own.payload(own.installed(name[len(own.PREFIX):]))
+
+
+def _install_own(name: str, data: Any) -> None:
+    own = _own(name)
+    own.install_payload(name, *data) if own is byo else own.install_payload(name, data)
+
+
 class _Embed:
     """One Ray Data actor: its own encoder, loaded once; reads, decodes and embeds batches."""
 
     def __init__(self, settings: EncoderSettings, model: Any, threads: int) -> None:
         data = None if model is None else _ray().get(model)
-        if is_onnx_model(settings.model) and data is not None:  # made from its name: install it first
-            install_payload(settings.model, *data)
+        if _own(settings.model) is not None and data is not None:  # made from its name: install it first
+            _install_own(settings.model, data)
             self.enc = settings.make(threads=threads)
         else:
             self.enc = settings.make(threads=threads)
@@ -482,7 +497,7 @@ class RayEngine:
         seen = np.zeros(m, dtype=np.int64)
         with _own_progress(ray):
             model_ref = None if model is None else ray.put(
-                payload(installed(settings.model[len(PREFIX):])) if is_onnx_model(settings.model) else model.read_bytes())
+                _own_payload(settings.model) if _own(settings.model) is not None else model.read_bytes())
             ds = ray.data.from_arrow(blocks).map_batches(
                 _Embed, batch_size=batch, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_actor,

@@ -80,6 +80,16 @@ class Projection:
             y = l2_normalize(y.astype(np.float32)) @ self.post
         return np.ascontiguousarray(y, dtype=np.float32)
 
+    def direction(self, raw: np.ndarray) -> np.ndarray:
+        """:meth:`apply` without the centring, for a query from another modality (a CLIP text
+        embedding): ``C · t`` has with a stored ``C (x − m)`` the inner product ``t · (x − m)``
+        (up to the dimensions PCA dropped), which ranks photos as ``t · x`` does; subtracting the
+        photos' mean ``m`` from ``t`` too would add the bias ``−m · x`` against typical photos."""
+        y = l2_normalize(np.asarray(raw, dtype=np.float32)) @ self.components.T
+        if self.post is not None:
+            y = l2_normalize(y.astype(np.float32)) @ self.post
+        return np.ascontiguousarray(y, dtype=np.float32)
+
     def to_bytes(self) -> bytes:
         import io
 

@@ -24,13 +24,21 @@ import numpy as np
 import pandas as pd
 
 from lookalike.config import DEFAULT_EXPORT_K, DEFAULT_K, SCORINGS, check_colour_weight
-from lookalike.encoders import MODELS, CNNEncoder, Encoder, is_onnx_model, l2_normalize
+from lookalike.encoders import MODELS, CNNEncoder, Encoder, is_hf_model, is_own_model, l2_normalize
 from lookalike.errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
 from lookalike.folder.manifest import Manifest
 from lookalike.folder.projection import Projection
 from lookalike.folder.rows import query_vector, searchable
 from lookalike.folder.store import ALL_HIDDEN, Snapshot, Store
-from lookalike.reading.images import ImageSource, colour_descriptor, crop_box, model_input, open_image, prepare
+from lookalike.reading.images import (
+    COLOUR_DIM,
+    ImageSource,
+    colour_descriptor,
+    crop_box,
+    model_input,
+    open_image,
+    prepare,
+)
 from lookalike.search.backends import Backend, Filter, VectorIndex, open_index
 from lookalike.search.filters import RowFilters, Where, describe_where
 from lookalike.search.steering import (
@@ -255,7 +263,7 @@ class Recommender:
         """A recommender over one loaded generation (:meth:`lookalike.folder.store.Store.snapshot`)."""
         path, settings = snapshot.path, snapshot.settings
         model, metric = settings.model, settings.metric
-        if model.name not in MODELS and not is_onnx_model(model.name):
+        if model.name not in MODELS and not is_own_model(model.name):
             raise IndexFormatError(f"{path} was built with model {model.name!r}, which this lookalike does not know")
         if encoder is not None and (encoder.name, encoder.pooling, encoder.dim) != (model.name, model.pooling, model.dim):
             raise IndexFormatError(
@@ -300,8 +308,8 @@ class Recommender:
         if self._encoder is None:
             m = self.settings.model
             enc = m.encoder_settings().make()
-            # an onnx: model's name is its content key: the same name is the same model
-            if isinstance(enc, CNNEncoder) and not is_onnx_model(m.name) and m.weights and enc.weights_id != m.weights:
+            # an onnx: or hf: model's name is its content key: the same name is the same model
+            if isinstance(enc, CNNEncoder) and not is_own_model(m.name) and m.weights and enc.weights_id != m.weights:
                 logger.warning("index was built with weights %s, now using %s", m.weights, enc.weights_id)
             if enc.dim != m.dim:
                 raise ModelError(f"model gives {enc.dim}-d vectors, the index was built from {m.dim}-d")
@@ -653,6 +661,7 @@ class Recommender:
         ids: object | Sequence[object] | None = None,
         *,
         image: ImageSource | None = None,
+        text: str | None = None,
         k: int = DEFAULT_K,
         same: Sequence[str] | str = (),
         where: Where | None = None,
@@ -670,7 +679,11 @@ class Recommender:
         defaults: bool = True,
         rules: bool = True,
     ) -> Results:
-        """Products that look most like one product, several (combined), or a photo.
+        """Products that look most like one product, several (combined), a photo, or words.
+
+        ``text`` ("red running shoes") queries with the text tower of the index's model, where it
+        has one (:attr:`supports_text`: an ``hf:`` CLIP or SigLIP model; :class:`ModelError`
+        otherwise), against the stored photo vectors, colour weight 0 (docs/models.md).
 
         ``negative_ids`` and ``negative_images`` ask for "less like this": the query moves away
         from their look (``q = p + (p − n̄)`` of the positive look ``p`` and the negatives' mean
@@ -701,21 +714,24 @@ class Recommender:
         """
         k, same, w, where, steer, told = self._check_query(k, same, colour_weight, where, boost, max_per, diversity,
                                                            defaults)
-        if (ids is None) == (image is None):
-            raise InvalidQueryError("give product ids or an image, not both or neither")
+        if sum(x is not None for x in (ids, image, text)) != 1:
+            raise InvalidQueryError("give product ids, an image or a text, one of them")
         if box is not None and image is None:
             raise InvalidQueryError("a box is a region of a photo: give it with an image")
+        if text is not None:
+            w = 0.0  # words have no colour descriptor: the shape part alone
         away, away_rows = self._negatives(negative_ids, negative_images)
         if len(away_rows):
             told["negative_ids"] = [self.ids[r] for r in dict.fromkeys(self._main_of(away_rows))]
         if negative_images:
             told["negative_images"] = len(negative_images)
         pool = steer.pool(k)
-        if image is not None:
+        if image is not None or text is not None:
             if same:
-                raise InvalidQueryError("'same' needs product ids; filter a photo query with 'where'")
-            return self._similar_to_image(image, box, k, where, w, steer, told, pool, away, away_rows,
-                                          collapse_duplicates, collapse_parent, explain, rules)
+                raise InvalidQueryError("'same' needs product ids; filter a photo or text query with 'where'")
+            look, asked = self._query_look(image, text, box)
+            return self._similar_to_look(look, asked, k, where, w, steer, told, pool, away, away_rows,
+                                         collapse_duplicates, collapse_parent, explain, rules)
         return self._similar_to_ids(ids, k, same, where, w, steer, told, pool, away, away_rows,
                                     collapse_duplicates, collapse_parent, siblings, explain, rules)
 
@@ -741,24 +757,37 @@ class Recommender:
         query = {"ids": asked, "k": k, "same": same, **describe_where(where), **told}
         return self._results(query, found, parts, ruled)
 
-    def _similar_to_image(self, image: ImageSource, box: Sequence[float] | str | None, k: int, where: Where | None,
-                          w: float, steer: Steer, told: dict[str, object], pool: int,
-                          away: list[tuple[np.ndarray, np.ndarray]],
-                          away_rows: np.ndarray, collapse_duplicates: bool, collapse_parent: bool, explain: bool,
-                          rules: bool) -> Results:
-        """:meth:`similar` for a photo (or a region of it): the same steps as for product ids."""
+    def _query_look(self, image: ImageSource | None, text: str | None, box: Sequence[float] | str | None,
+                    ) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any]]:
+        """The look of a photo (or a region of it) or of words, and what the query records of it."""
+        if text is not None:
+            shape = self.embed_text(text)
+            return (self._unit_shape(shape[None])[0], np.zeros(COLOUR_DIM, np.float32)), {"text": text}
+        assert image is not None  # one of the two, checked by similar()
         shape, colour = self.embed_image(image, box=box)
-        q = self._steered((self._unit_shape(shape[None])[0], l2_normalize(colour)), away, w)
+        name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
+        asked: dict[str, Any] = {"image": name}
+        if box is not None:
+            asked["box"] = list(_box_of(box))
+        return (self._unit_shape(shape[None])[0], l2_normalize(colour)), asked
+
+    def _similar_to_look(self, look: tuple[np.ndarray, np.ndarray], asked: dict[str, Any], k: int,
+                         where: Where | None, w: float, steer: Steer, told: dict[str, object], pool: int,
+                         away: list[tuple[np.ndarray, np.ndarray]],
+                         away_rows: np.ndarray, collapse_duplicates: bool, collapse_parent: bool, explain: bool,
+                         rules: bool) -> Results:
+        """:meth:`similar` for a photo, a region of it, or words: the same steps as for product ids."""
+        q = self._steered(look, away, w)
         pins, blocks = rules_for(self.rules, []) if rules else ([], [])
         hidden = self._rule_rows(blocks)
         needs = where or len(away_rows) or len(hidden)
         filt = self._filters.filter(None, (), where, exclude=away_rows, hide=hidden) if needs else None
         found = self._search(q, pool, filt, collapse_duplicates, collapse_parent=collapse_parent, steer=steer)[0]
         found, parts, ruled = self._finish(found, k, q, steer, w, pins, None, away_rows, explain)
-        name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
+        box = asked.pop("box", None)
         if box is not None:
-            told["box"] = list(_box_of(box))
-        return self._results({"image": name, "k": k, **describe_where(where), **told}, found, parts, ruled)
+            told["box"] = box
+        return self._results({**asked, "k": k, **describe_where(where), **told}, found, parts, ruled)
 
     def _id_list(self, ids: object) -> list[object]:
         id_list = [ids] if isinstance(ids, (str, int, np.integer)) else list(ids)  # type: ignore[call-overload]  # a sequence, the signature says
@@ -906,6 +935,29 @@ class Recommender:
         rows = np.asarray(rows, dtype=np.int64)
         shape, colour = self._rows_arrays(rows)
         return self._query_vector(self._unit_shape(shape), l2_normalize(colour), w).reshape(len(rows), -1)
+
+    @property
+    def supports_text(self) -> bool:
+        """Whether :meth:`similar` takes ``text`` on this index: its model has a text tower (an
+        ``hf:`` CLIP or SigLIP model) and it searches by cosine (what a page's search box asks)."""
+        if not is_hf_model(self.settings.model.name) or self.metric != "cosine":
+            return False
+        return bool(getattr(self.encoder, "has_text", False))
+
+    def embed_text(self, text: str) -> np.ndarray:
+        """The shape vector of words, as stored photo vectors are searched: the text tower's
+        embedding through the index's projection without its centring (:meth:`Projection.direction`);
+        :class:`ModelError` in one line when the index's model has no text tower."""
+        enc = self.encoder
+        if not getattr(enc, "has_text", False):
+            text_error = getattr(enc, "text_error", None)
+            raise ModelError(text_error() if text_error else
+                             f"model {enc.name} has no text tower: text queries need an index built with "
+                             "--model hf:DIR of a CLIP or SigLIP model")
+        if self.metric != "cosine":
+            raise InvalidQueryError("text queries need an index built with metric cosine")
+        raw = enc.encode_text([text])  # type: ignore[attr-defined]  # has_text: an HfEncoder
+        return self.projection.direction(raw)[0] if self.projection is not None else raw[0]
 
     def embed_image(self, image: ImageSource, *, box: Sequence[float] | str | None = None,
                     ) -> tuple[np.ndarray, np.ndarray]:

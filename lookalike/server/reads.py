@@ -178,6 +178,7 @@ def _add_health(app: Any, service: "Service", schemas: "Schemas") -> None:
             "version": __version__,
             "generation": r.generation,
             "writes": service.write_token is not None,
+            "text_queries": r.supports_text,
         })
 
 
@@ -368,10 +369,11 @@ def _add_similar_post(app: Any, service: "Service", schemas: "Schemas", reads: l
             "multipart/form-data": {"schema": upload_schema},
             "application/json": {"schema": schemas.SimilarIn.model_json_schema()},
         }}},
-        summary="Products that look like an uploaded photo, or like several products",
+        summary="Products that look like an uploaded photo, several products, or words",
         dependencies=reads,
         description="Send either a multipart upload with the field `image`, or a JSON body with `ids` "
-        "(recently viewed items; fields given in the body win over the URL's). `same` needs ids.",
+        "(recently viewed items) or `text` (words, where the index's model has a text tower; fields given in the "
+        "body win over the URL's). `same` needs ids.",
     )
     async def similar_to(request: Request, opts: dict[str, Any] = Depends(options)) -> Any:
         try:
@@ -403,7 +405,7 @@ async def _similar_post(request: Any, opts: dict[str, Any], service: "Service", 
         except ValidationError as exc:
             raise Refused(422, describe(exc.errors())) from None
         opts.update({name: value for name, value in asked.model_dump(exclude={"ids"}).items() if value is not None})
-        ids = [str(i) for i in asked.ids]
+        ids = None if asked.ids is None else [str(i) for i in asked.ids]
         if opts.pop("box", None) is not None:
             raise Refused(400, "a box is a region of a photo: send it with a photo (multipart field 'image')")
         at_least = min_generation(request)

@@ -4,6 +4,7 @@
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
+from lookalike.encoders.hf import MAX_TEXT_CHARS
 from lookalike.search.recommender import MAX_IDS, MAX_K
 
 __all__ = ["Schemas", "schemas", "add_schema_routes"]
@@ -31,7 +32,7 @@ class Schemas:
 
 def schemas() -> Schemas:
     """The models, built here so that importing the server does not import pydantic."""
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+    from pydantic import BaseModel, ConfigDict, Field
 
     class ErrorOut(BaseModel):
         detail: str = Field(examples=["unknown product id: 99999"])
@@ -45,6 +46,7 @@ def schemas() -> Schemas:
         id_column: str
         columns: list[str]
         version: str
+        text_queries: bool = Field(False, description="POST /similar takes {\"text\": ...} (a CLIP or SigLIP model)")
 
     class ProductOut(BaseModel):
         """A product: ``id`` plus every catalogue column, as text, and ``photos``: its photos as the
@@ -74,13 +76,28 @@ def schemas() -> Schemas:
         query: dict[str, Any] = Field(description="what was asked, as the library understood it")
         results: list[RecommendationOut]
 
+    SimilarIn = _similar_in()
+
+    return Schemas(ErrorOut, HealthOut, ProductOut, SimilarOut, SimilarIn)
+
+
+def _similar_in() -> Any:
+    """``POST /similar``'s JSON body."""
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
     class SimilarIn(BaseModel):
-        """Products that look like several products at once (e.g. recently viewed items)."""
+        """Products that look like several products at once (e.g. recently viewed items), or like
+        words (``text``, where the index's model has a text tower: ``GET /health``'s ``text_queries``)."""
 
         model_config = ConfigDict(extra="forbid")
-        ids: list[Union[StrictStr, StrictInt]] = Field(
-            max_length=MAX_IDS, description=f"product ids, at most {MAX_IDS}", examples=[["13683", "39386"]]
+        ids: Optional[list[Union[StrictStr, StrictInt]]] = Field(
+            None, max_length=MAX_IDS, description=f"product ids, at most {MAX_IDS} (or text)",
+            examples=[["13683", "39386"]]
         )
+        text: Optional[StrictStr] = Field(
+            None, max_length=MAX_TEXT_CHARS, description="words to search the photos for (instead of ids), "
+            "with the text tower of an index built with --model hf:DIR of a CLIP or SigLIP model; 503 otherwise",
+            examples=["red running shoes"])
         k: Optional[StrictInt] = Field(None, description=f"number of results, 1..{MAX_K} (default: the k in the URL)")
         same: Union[str, list[str], None] = Field(
             None, description="keep results to the query products' values of these columns", examples=[["Gender"]]
@@ -107,7 +124,7 @@ def schemas() -> Schemas:
                                             "(default true)")
         box: Optional[StrictStr] = Field(None, description="only for photo queries (multipart field 'box')")
 
-    return Schemas(ErrorOut, HealthOut, ProductOut, SimilarOut, SimilarIn)
+    return SimilarIn
 
 
 def add_schema_routes(app: Any, guard: Callable[..., None]) -> None:
