@@ -45,6 +45,8 @@ BROWSE_PAGE = 18
 THUMB = 240
 LARGE = 480
 MODES = ("By id", "Browse", "By photo")
+#: the mode offered where the index's model has a text tower (an hf: CLIP or SigLIP model)
+WORDS = "By words"
 VIEWS = ("Recommendations", "Catalogue")
 ALL = "all"
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
@@ -466,6 +468,19 @@ def photo_query(rec: Recommender, facts: dict[str, Any], upload: Any, settings: 
     show_results(rec, facts, results, settings.notes(photo=True), query=None, path=path)
 
 
+def text_query(rec: Recommender, facts: dict[str, Any], words: str, settings: Settings, path: str) -> None:
+    """Products whose photos are nearest some words (the model's text tower; no colour part)."""
+    away = [p for p in st.session_state.get("negatives", []) if p in rec]
+    try:
+        results = rec.similar(text=words, negative_ids=away, **settings.query(photo=True))
+    except LookalikeError as exc:
+        st.error(f"Can't search for these words: {exc}")
+        return
+    st.subheader(f"“{words}”")
+    negatives_line(rec, facts, away)
+    show_results(rec, facts, results, settings.notes(photo=True), query=None, path=path)
+
+
 def negatives_line(rec: Recommender, facts: dict[str, Any], away: list[str]) -> None:
     if away:
         note, undo = st.columns([4, 1])
@@ -494,9 +509,17 @@ def product_query(rec: Recommender, facts: dict[str, Any], settings: Settings, p
 
 
 def find_mode(rec: Recommender, facts: dict[str, Any], finder: ProductFinder) -> Any:
-    """The query's controls (by id, browse, a photo); the upload, when one is given."""
-    mode = st.radio("Find a product", MODES, horizontal=True, key="mode")
+    """The query's controls (by id, browse, a photo, and words where the model reads them); the
+    upload, when one is given, else the words, when some are typed."""
+    modes = (*MODES, WORDS) if rec.supports_text else MODES
+    if st.session_state.get("mode") not in modes:
+        st.session_state.mode = MODES[0]
+    mode = st.radio("Find a product", modes, horizontal=True, key="mode")
     upload = None
+    if mode == WORDS:
+        words = st.text_input("Words", key="words", placeholder="e.g. red running shoes",
+                              help="the index's model reads words (its text tower): the photos nearest them")
+        return words.strip() or None
     if mode == "By id":
         if st.session_state.get("id_box") != st.session_state.query_id:
             st.session_state.id_box = st.session_state.query_id
@@ -575,11 +598,13 @@ def main() -> None:
     if view == "Catalogue":  # no sidebar here: its settings act on recommendations only
         catalogue(facts, path, rec.generation)
     else:
-        upload = find_mode(rec, facts, finder)
-        settings = sidebar(rec, facts, finder, photo=upload is not None)
+        asked = find_mode(rec, facts, finder)
+        settings = sidebar(rec, facts, finder, photo=asked is not None)
         st.divider()
-        if upload is not None:
-            photo_query(rec, facts, upload, settings, path)
+        if isinstance(asked, str):
+            text_query(rec, facts, asked, settings, path)
+        elif asked is not None:
+            photo_query(rec, facts, asked, settings, path)
         else:
             product_query(rec, facts, settings, path)
     credit = photo_credit(rec)

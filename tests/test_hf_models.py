@@ -346,3 +346,31 @@ def test_ray_actors_make_the_hf_model_from_its_name(tiny, tmp_path):
     build(rows, tmp_path / "ray", engine="ray", actors=1, **same)  # actors install the driver's export first
     local, ray = (Store(tmp_path / e).snapshot().dense()[0] for e in ("local", "ray"))
     np.testing.assert_allclose(ray, local, rtol=1e-4, atol=1e-5)
+
+
+def test_the_page_searches_by_words_where_the_model_reads_them(clip_index, demo_index, monkeypatch):
+    """The page offers "By words" only on an index whose model has a text tower, and lists what
+    ``similar(text=...)`` gives, with the sidebar's filter applied."""
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    import lookalike.app as page
+
+    def start(index: Path) -> AppTest:
+        monkeypatch.setenv("LOOKALIKE_INDEX", str(index))
+        at = AppTest.from_file(page.__file__, default_timeout=90)
+        at.run()
+        assert not at.exception, at.exception
+        return at
+
+    assert page.WORDS not in start(demo_index).radio(key="mode").options
+    at = start(clip_index)
+    assert page.WORDS in at.radio(key="mode").options
+    at.radio(key="mode").set_value(page.WORDS).run()
+    at.text_input(key="words").set_value("red running shoes").run()
+    assert not at.exception, at.exception
+    shown = [b.key.removeprefix("more_") for b in at.button if b.key and b.key.startswith("more_")]
+    rec = Recommender.load(clip_index)
+    k = int(at.slider(key="k").value)
+    assert shown == rec.similar(text="red running shoes", k=k).ids and len(shown) == k
+    assert any("red running shoes" in s.value for s in at.subheader)
