@@ -38,6 +38,7 @@ from lookalike.errors import (
     MissingDependencyError,
     ModelError,
     NotAnImageError,
+    NoTextTowerError,
     UnknownProductError,
 )
 from lookalike.folder.manifest import QueryDefaults, Rule
@@ -114,6 +115,7 @@ __all__ = [
     "ImageTooLargeError",
     "ImageNotFoundError",
     "ModelError",
+    "NoTextTowerError",
     "IndexFormatError",
     "UnknownProductError",
     "InvalidQueryError",

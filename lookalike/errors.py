@@ -15,6 +15,7 @@
      │    └── IndexLockedError   another process holds the writer lock past the wait
      ├── UnknownProductError     an id that is not in the index (also a KeyError)
      ├── InvalidQueryError       bad k, unknown column, bad filter (also a ValueError)
+     │    └── NoTextTowerError   a text query on an index whose model reads no words (also a ModelError)
      └── MissingDependencyError  an optional extra is not installed (also an ImportError)
 
 Per-row problems while building (a missing photo, a duplicate id) are *data*, not
@@ -38,6 +39,7 @@ __all__ = [
     "IndexLockedError",
     "UnknownProductError",
     "InvalidQueryError",
+    "NoTextTowerError",
     "MissingDependencyError",
 ]
 
@@ -109,6 +111,11 @@ class UnknownProductError(LookalikeError, KeyError):
 
 class InvalidQueryError(LookalikeError, ValueError):
     """A query argument is out of range or names an unknown column."""
+
+
+class NoTextTowerError(InvalidQueryError, ModelError):
+    """A text query on an index whose model reads no words (no text tower, or no tokenizer): a
+    query this index can't answer (HTTP 422), not a model that failed to load."""
 
 
 class MissingDependencyError(LookalikeError, ImportError):

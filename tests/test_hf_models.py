@@ -291,7 +291,7 @@ def test_server_answers_text_and_says_whether_it_can(clip_index, tiny, tmp_path)
     with TestClient(create_app(Recommender.load(tmp_path / "dino"))) as client:
         assert client.get("/health").json()["text_queries"] is False
         refused = client.post("/similar", json={"text": "white shirt"})
-        assert refused.status_code == 503 and "no text tower" in refused.json()["detail"]
+        assert refused.status_code == 422 and "no text tower" in refused.json()["detail"]
 
 
 # -- what is refused, in one line -------------------------------------------------------------

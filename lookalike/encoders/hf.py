@@ -39,7 +39,7 @@ import numpy as np
 from lookalike.config import cache_dir
 from lookalike.encoders.byo import _KEY, InstalledModel, OnnxConfig, OnnxFileEncoder, _first_line
 from lookalike.encoders.cnn import MAX_SIZE, MIN_SIZE
-from lookalike.errors import InvalidQueryError, MissingDependencyError, ModelError
+from lookalike.errors import InvalidQueryError, MissingDependencyError, ModelError, NoTextTowerError
 
 logger = logging.getLogger(__name__)
 
@@ -409,9 +409,9 @@ class HfEncoder(OnnxFileEncoder):
 
     def encode_text(self, texts: str | Sequence[str]) -> np.ndarray:
         """Texts -> float32 ``(n, d)`` text-tower embeddings (not normalised), in the space of
-        the image tower's; :class:`ModelError` when the model has no text tower."""
+        the image tower's; :class:`NoTextTowerError` when the model has no text tower."""
         if not self.has_text:
-            raise ModelError(self.text_error())
+            raise NoTextTowerError(self.text_error())
         texts = [texts] if isinstance(texts, str) else list(texts)
         for text in texts:
             if not isinstance(text, str) or not text.strip():

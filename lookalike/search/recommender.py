@@ -25,7 +25,7 @@ import pandas as pd
 
 from lookalike.config import DEFAULT_EXPORT_K, DEFAULT_K, SCORINGS, check_colour_weight
 from lookalike.encoders import MODELS, CNNEncoder, Encoder, is_hf_model, is_own_model, l2_normalize
-from lookalike.errors import IndexFormatError, InvalidQueryError, ModelError, UnknownProductError
+from lookalike.errors import IndexFormatError, InvalidQueryError, ModelError, NoTextTowerError, UnknownProductError
 from lookalike.folder.manifest import Manifest
 from lookalike.folder.projection import Projection
 from lookalike.folder.rows import query_vector, searchable
@@ -682,7 +682,7 @@ class Recommender:
         """Products that look most like one product, several (combined), a photo, or words.
 
         ``text`` ("red running shoes") queries with the text tower of the index's model, where it
-        has one (:attr:`supports_text`: an ``hf:`` CLIP or SigLIP model; :class:`ModelError`
+        has one (:attr:`supports_text`: an ``hf:`` CLIP or SigLIP model; :class:`NoTextTowerError`
         otherwise), against the stored photo vectors, colour weight 0 (docs/models.md).
 
         ``negative_ids`` and ``negative_images`` ask for "less like this": the query moves away
@@ -947,11 +947,11 @@ class Recommender:
     def embed_text(self, text: str) -> np.ndarray:
         """The shape vector of words, as stored photo vectors are searched: the text tower's
         embedding through the index's projection without its centring (:meth:`Projection.direction`);
-        :class:`ModelError` in one line when the index's model has no text tower."""
+        :class:`NoTextTowerError` in one line when the index's model has no text tower."""
         enc = self.encoder
         if not getattr(enc, "has_text", False):
             text_error = getattr(enc, "text_error", None)
-            raise ModelError(text_error() if text_error else
+            raise NoTextTowerError(text_error() if text_error else
                              f"model {enc.name} has no text tower: text queries need an index built with "
                              "--model hf:DIR of a CLIP or SigLIP model")
         if self.metric != "cosine":
