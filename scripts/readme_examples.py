@@ -92,13 +92,15 @@ EXAMPLES = (
     Example("steer", (
         "lookalike similar store-index --id ps-3 -k 4 --columns name,price --boost 'price<30:+0.05' "
         "--max-per category=2 --explain",
+        "lookalike similar store-index --id ps-3 -k 4 --columns name,category --not ps-1 --diversity 0.2"
+        "     # less like ps-1, and varied",
         "lookalike rules store-index pin --for ps-3 --show ps-1 --rank 2",
         "lookalike rules store-index block --hide ps-7              # never shown, for any query",
         "lookalike settings store-index --where 'price<50'           # a default every query applies",
         "lookalike similar store-index --id ps-3 -k 4 --columns name,price",
         f"lookalike similar store-index --image {STORE}/images/prestashop/image_9.jpg --box 0,0,1,0.5 -k 2 "
         "--columns name --no-defaults     # the top half of a photo",
-    ), (0, 0, 0, 0, 0, 0)),
+    ), (0, 0, 0, 0, 0, 0, 0)),
 )
 
 
