@@ -313,13 +313,13 @@ def test_the_page_shows_the_gallery_and_the_photo_that_matched(wide, rec, monkey
     pid = at.session_state["query_id"]
     photos = len(rec.photos(pid))
     shown = rec.similar(pid, k=5)
-    assert len(at.tabs[0].get("image")) == min(photos, 7) + len(shown)  # the gallery, then the results
-    captions = [c.value for c in at.tabs[0].caption]
-    assert f"{photos} photos" in captions
+    assert len(at.get("image")) == min(photos, 7) + len(shown)  # the gallery, then the results
+    assert f"{photos} photos" in [c.value for c in at.caption]
+    cards = " ".join(m.value for m in at.markdown if 'class="lk-line"' in m.value)
     for r in shown:
         refs = rec.photos(r.id)
-        said = f" · photo {refs.index(r.matched_photo) + 1} of {len(refs)} matched" if len(refs) > 1 else ""
-        assert f"#{r.rank} · id {r.id} · score {r.score:.3f}{said}" in captions
+        said = f" · photo {refs.index(r.matched_photo) + 1}/{len(refs)}" if len(refs) > 1 else ""
+        assert f">#{r.rank} · id {r.id} · score {r.score:.3f}{said}<" in cards
 
 
 def test_a_put_with_several_photos_makes_them_the_products_photos(wide, tmp_path, store_dir, table, encoder):
