@@ -1,0 +1,363 @@
+"""Defaults chosen across catalogues (issue 22, item 1): P@5 per labelled catalogue for each input.
+
+Every labelled catalogue we have, each product a query, top 5 (duplicates collapsed, as
+docs/quality.md counts):
+
+* ``fashion-2906``: the reference catalogue (``../shared/datasets/fashion-images``, photos cut to
+  512 px), relevance same ``ProductType`` / same ``ProductType`` and ``Colour``, of the query's Gender;
+* ``fullres-200``: 200 of the same kind of products at their original resolution (360x480 to
+  1800x2400), the same labels. Small: one hit of one query is 0.001 of P@5;
+* ``store-demos``: 25 products of two shop platforms' demo data (electronics, dresses), each by
+  its main photo (a one-photo-a-row copy of ``catalog.csv``, as the reference recipe needs),
+  relevance same ``category``; no Gender. Tiny: one hit is 0.008;
+* ``store-demos-all``: the same 25 products with all their 97 photos (best-photo scoring, as
+  searches do); lookalike only, the reference recipe takes one photo a product.
+
+Candidates are not the full cross product: the default (trimmed, fitted on white, 256 px,
+grid2), the previous default (whole photo squashed to 320 px) and one factor at a time around
+the default (no trim; squash; 224 and 320 px; GeM pooling), each at colour weight 0 and 0.15
+(a query-time setting: no rebuild). The reference recipe (``benchmarks/reference_recipe.py``:
+full decode, squash to 224, EfficientNet-Lite0's unpooled map, Euclidean) is built as a whole
+process and evaluated with its own ``evaluate_p_at_k`` (query's Gender, byte-identical photos
+excluded). ``fullres-200`` is built by ``lookalike -q build`` as a whole process too, right
+after the reference's own build of it, so each candidate's build time sits next to the build
+target (>= 5x the reference, docs/benchmarks.md) on the same, shared, machine.
+
+    python benchmarks/defaults_study.py --out benchmarks/results/defaults.json --doc docs/quality.md
+
+``--doc`` writes docs/quality.md's "Defaults across catalogues (issue 22)" section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import describe, print_machine  # noqa: E402  # benchmarks/ is the script's folder
+
+from lookalike import Recommender, build  # noqa: E402
+from lookalike.analysis.evaluate import ALL, evaluate  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parents[1] / "shared" / "datasets"
+WEIGHTS = (0.0, 0.15)
+HEADLINE = "0.15"  # the default colour weight: the verdict is taken there
+SECTION = "## Defaults across catalogues (issue 22)"
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    csv: Path
+    images: Path
+    labels: tuple[str, ...]
+    same: str | None
+    id_column: str = "ProductId"
+    image_column: str = "Image"
+    reference: bool = True  # the reference recipe takes one photo a row, ids as numbers
+
+
+def _store_main(folder: Path) -> Path:
+    """store-demos one photo a row (its main one), in the reference recipe's columns: numeric ids,
+    ``ProductType`` the category, one ``Gender`` for all and a constant ``Colour`` (not scored)."""
+    table = pd.read_csv(DATA / "store-demos" / "catalog.csv", dtype=str, keep_default_na=False)
+    out = pd.DataFrame({"ProductId": range(1, len(table) + 1), "product_id": table["product_id"],
+                        "Gender": "all", "ProductType": table["category"], "Colour": "-",
+                        "Image": table["image"]})
+    folder.mkdir(parents=True, exist_ok=True)
+    out.to_csv(folder / "store-main.csv", index=False)
+    return folder / "store-main.csv"
+
+
+def catalogues(tmp: Path) -> dict[str, Catalogue]:
+    fashion, fullres, store = DATA / "fashion-images", DATA / "fashion-images-fullres", DATA / "store-demos"
+    pair = ("ProductType", "Colour")
+    return {
+        "fashion-2906": Catalogue(fashion / "fashion.csv", fashion / "images", pair, "Gender"),
+        "fullres-200": Catalogue(fullres / "fashion.csv", fullres / "images", pair, "Gender"),
+        "store-demos": Catalogue(_store_main(tmp), store / "images", ("ProductType",), None),
+        "store-demos-all": Catalogue(store / "catalog.csv", store / "images", ("category",), None,
+                                     id_column="product_id", image_column="images", reference=False),
+    }
+
+
+#: name -> (trim, resize, size, pooling); one factor at a time around the default
+CANDIDATES: dict[str, tuple[bool, str, int, str]] = {
+    "default": (True, "pad", 256, "grid2"),
+    "previous": (False, "squash", 320, "grid2"),
+    "no-trim": (False, "pad", 256, "grid2"),
+    "squash": (True, "squash", 256, "grid2"),
+    "224px": (True, "pad", 224, "grid2"),
+    "320px": (True, "pad", 320, "grid2"),
+    "gem": (True, "pad", 256, "gem"),
+}
+
+
+def describe_candidate(name: str) -> str:
+    trim, resize, size, pooling = CANDIDATES[name]
+    return f"{'trim + ' if trim else ''}{resize}, {size} px, {pooling}"
+
+
+def model_work(name: str) -> float:
+    """The model's work for a photo against the default's: it grows with the input's area."""
+    return (CANDIDATES[name][2] / CANDIDATES["default"][2]) ** 2
+
+
+def _cli_build(cat: Catalogue, out: Path, name: str) -> float:
+    """``lookalike -q build`` as a whole process (what the build target times); its wall seconds."""
+    trim, resize, size, pooling = CANDIDATES[name]
+    cmd = [sys.executable, "-m", "lookalike", "-q", "build", str(cat.csv), "--images", str(cat.images),
+           "--out", str(out), "--resize", resize, "--size", str(size), "--pooling", pooling,
+           "--trim" if trim else "--no-trim"]
+    t = time.perf_counter()
+    done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(HERE.parent)}, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if done.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+    return seconds
+
+
+def _scores(rec: Recommender, cat: Catalogue) -> dict[str, dict[str, float]]:
+    out = {}
+    for w in WEIGHTS:
+        s = evaluate(rec, list(cat.labels), same=cat.same or (), colour_weight=w, show_progress_bar=False)
+        row = {"p@5 type": round(s[f"p@5_{cat.labels[0]}"], 4)}
+        if len(cat.labels) > 1:
+            row["p@5 type+colour"] = round(s[f"p@5_{ALL}"], 4)
+        out[str(w)] = row
+    return out
+
+
+def run_candidate(name: str, cats: dict[str, Catalogue], tmp: Path) -> dict[str, Any]:
+    trim, resize, size, pooling = CANDIDATES[name]
+    found: dict[str, Any] = {"name": name, "input": describe_candidate(name), "model_work": model_work(name),
+                             "catalogues": {}}
+    for key, cat in cats.items():
+        idx = tmp / f"{name}-{key}"
+        if key == "fullres-200":
+            seconds = _cli_build(cat, idx, name)
+        else:
+            t = time.perf_counter()
+            build(cat.csv, idx, images=cat.images, id_column=cat.id_column, image_column=cat.image_column,
+                  trim=trim, resize=resize, size=size, pooling=pooling, show_progress_bar=False)
+            seconds = time.perf_counter() - t
+        rec = Recommender.load(idx)
+        entry = {"build_s": round(seconds, 1), "queries": len(rec.main_rows), "loadavg": round(os.getloadavg()[0], 1),
+                 "runtime": rec.manifest["model"].get("runtime", ""), "weights": _scores(rec, cat)}
+        found["catalogues"][key] = entry
+        s = entry["weights"][HEADLINE]
+        print(f"{name:9} {key:16} build {seconds:6.1f} s  P@5 w=0.15 type {s['p@5 type']:.3f}"
+              + (f" type+colour {s['p@5 type+colour']:.3f}" if "p@5 type+colour" in s else ""), flush=True)
+    return found
+
+
+def run_reference(key: str, cat: Catalogue, tmp: Path) -> dict[str, Any]:
+    """The reference recipe's build as a whole process, then its own evaluation."""
+    import reference_recipe  # benchmarks/ is the script's folder; imports torch
+
+    out = tmp / f"reference-{key}"
+    t = time.perf_counter()
+    subprocess.run([sys.executable, str(HERE / "reference_recipe.py"), "build", str(cat.csv), str(cat.images),
+                    str(out)], check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - t
+    ids, features = reference_recipe.load(out)
+    s = reference_recipe.evaluate_p_at_k(cat.csv, cat.images, ids, features, k=5)
+    row = {"p@5 type": round(s["p_at_5_ProductType"], 4)}
+    if cat.labels[1:] == ("Colour",):
+        row["p@5 type+colour"] = round(s["p_at_5_ProductType_and_Colour"], 4)
+    for f in out.iterdir():  # 245 KiB a product
+        f.unlink()
+    print(f"reference {key:16} build {seconds:6.1f} s  P@5 type {row['p@5 type']:.3f}"
+          + (f" type+colour {row['p@5 type+colour']:.3f}" if "p@5 type+colour" in row else ""), flush=True)
+    return {"build_s": round(seconds, 1), "queries": int(s["n_queries"]), "loadavg": round(os.getloadavg()[0], 1),
+            "scores": row}
+
+
+def run(names: list[str], keys: list[str], tmp: Path) -> dict[str, Any]:
+    cats = {k: c for k, c in catalogues(tmp).items() if k in keys}
+    reference = {}
+    if "fullres-200" in cats:  # first, so the fullres builds below sit next to it in time
+        reference["fullres-200"] = run_reference("fullres-200", cats["fullres-200"], tmp)
+    found = [run_candidate(name, cats, tmp) for name in names]
+    for key, cat in cats.items():
+        if cat.reference and key not in reference:
+            reference[key] = run_reference(key, cat, tmp)
+    command = "python benchmarks/defaults_study.py " + " ".join(sys.argv[1:])
+    return {"machine": describe(), "command": command, "weights": list(WEIGHTS), "candidates": found,
+            "reference": reference}
+
+
+def _headline(results: dict[str, Any], who: str, key: str) -> dict[str, float] | None:
+    """P@5 at the default colour weight (the reference has no colour weight)."""
+    if who == "reference":
+        ref = results["reference"].get(key)
+        return None if ref is None else ref["scores"]
+    cand = next(c for c in results["candidates"] if c["name"] == who)
+    return cand["catalogues"][key]["weights"][HEADLINE]
+
+
+def _noise(p: float, queries: int) -> float:
+    """An upper bound on P@5's standard error over ``queries`` (a query's P@5 varies at most as a coin)."""
+    return math.sqrt(p * (1 - p) / max(queries, 1))
+
+
+def losses(results: dict[str, Any], who: str, against: str) -> list[tuple[str, str, float]]:
+    """(catalogue, metric, how much lower) wherever ``who`` scores below ``against``, at 0.15."""
+    out = []
+    for key in results["candidates"][0]["catalogues"]:
+        mine, theirs = _headline(results, who, key), _headline(results, against, key)
+        if mine is None or theirs is None:
+            continue
+        out += [(key, m, round(mine[m] - theirs[m], 4)) for m in theirs if m in mine and mine[m] < theirs[m]]
+    return out
+
+
+def _catalogue_table(results: dict[str, Any], key: str) -> list[str]:
+    default = results["candidates"][0]["catalogues"][key]
+    pair = "p@5 type+colour" in default["weights"][HEADLINE]
+    head = "| candidate | input | model work | type (w 0) |" + (" type+colour (w 0) |" if pair else "") + \
+        " type (w 0.15) |" + (" type+colour (w 0.15) |" if pair else "") + " build s |"
+    rows = [head, "|---|---|---:|" + "---:|" * (4 if pair else 2) + "---:|"]
+    for c in results["candidates"]:
+        e = c["catalogues"][key]
+        cells = [f"{e['weights'][w][m]:.3f}" for w in ("0.0", HEADLINE)
+                 for m in (("p@5 type", "p@5 type+colour") if pair else ("p@5 type",))]
+        mark = "**" if c["name"] == "default" else ""
+        rows.append(f"| {mark}{c['name']}{mark} | {c['input']} | {c['model_work']:.0%} | " + " | ".join(cells)
+                    + f" | {e['build_s']} |")
+    ref = results["reference"].get(key)
+    if ref:
+        s = ref["scores"]
+        cells = [f"{s['p@5 type']:.3f}"] + ([f"{s['p@5 type+colour']:.3f}"] if pair else [])
+        rows.append("| reference recipe | squash, 224 px, unpooled 62,720-d, Euclidean | | " + " | ".join(cells)
+                    + " | (no colour weight) |" + (" |" if pair else "") + f" {ref['build_s']} |")
+    p = default["weights"][HEADLINE]["p@5 type"]
+    rows += ["", f"{default['queries']} queries: one hit of one query is {1 / (5 * default['queries']):.4f} of "
+                 f"P@5; a P@5 near {p:.2f} has a standard error of at most ±{_noise(p, default['queries']):.3f} "
+                 "(differences between candidates, on the same queries, are less noisy than that)."]
+    return rows
+
+
+def _speed_rows(results: dict[str, Any]) -> list[str]:
+    ref = results["reference"].get("fullres-200")
+    if not ref or "fullres-200" not in results["candidates"][0]["catalogues"]:
+        return []
+    rows = ["| candidate | model work | `lookalike -q build`, whole process | reference / lookalike |",
+            "|---|---:|---:|---:|"]
+    for c in results["candidates"]:
+        s = c["catalogues"]["fullres-200"]["build_s"]
+        rows.append(f"| {c['name']} | {c['model_work']:.0%} | {s} s | {ref['build_s'] / s:.2f}x |")
+    return ["Build speed on `fullres-200` (the build target's catalogue; each build once, as a whole process, "
+            f"the reference's build {ref['build_s']} s at load {ref['loadavg']}; the machine was shared with "
+            "other sessions, so docs/benchmarks.md's alternating rounds remain the measurement of the target, "
+            "and these ratios only compare candidates with each other):", "", *rows, ""]
+
+
+def _fmt(results: dict[str, Any], found: list[tuple[str, str, float]]) -> str:
+    """Each loss with what it is in hits (of the catalogue's 5 x queries) and against its noise."""
+    out = []
+    for k, m, d in found:
+        e = results["candidates"][0]["catalogues"][k]
+        n, p = e["queries"], e["weights"][HEADLINE][m]
+        out.append(f"{k} {m.removeprefix('p@5 ')} {d:+.3f} ({round(-d * 5 * n)} of {5 * n} hits"
+                   + (", within noise)" if -d < _noise(p, n) else ")"))
+    return ", ".join(out)
+
+
+def verdict(results: dict[str, Any]) -> str:
+    names = [c["name"] for c in results["candidates"]]
+    lost = {n: losses(results, n, "previous") + losses(results, n, "reference") for n in names}
+    parts = []
+    if not lost["default"]:
+        parts.append("**The default loses to neither the previous default nor the reference recipe on any "
+                     "catalogue** (P@5 at colour weight 0.15).")
+    else:
+        parts.append(f"**The default loses somewhere**: to the previous default on "
+                     f"{_fmt(results, losses(results, 'default', 'previous')) or 'no catalogue'}; to the reference on "
+                     f"{_fmt(results, losses(results, 'default', 'reference')) or 'no catalogue'}.")
+    clean = [n for n in names if not lost[n] and n != "default"]
+    better = [n for n in clean if not losses(results, n, "default")]
+    if lost["default"] and better:
+        parts.append("Settings that lose to neither anywhere and to the default nowhere: "
+                     + ", ".join(f"`{n}` ({model_work(n):.0%} of the default's model work)" for n in better) + ".")
+    elif lost["default"] and clean:
+        parts.append("Settings that lose to neither anywhere, though each loses to the default somewhere: "
+                     + ", ".join(f"`{n}` ({model_work(n):.0%} model work; below the default on "
+                                 f"{_fmt(results, losses(results, n, 'default'))})" for n in clean) + ".")
+    elif lost["default"]:
+        parts.append("No candidate loses to neither on every catalogue: no single setting wins everywhere.")
+    for n in names:
+        if n != "default" and lost[n]:
+            parts.append(f"`{n}` loses on {_fmt(results, lost[n])}.")
+    return " ".join(parts)
+
+
+def section(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        SECTION, "",
+        "Every labelled catalogue we have, each product a query, top 5, duplicates collapsed: `fashion-2906` "
+        "(the reference catalogue, relevance same ProductType / ProductType and Colour, of the query's Gender), "
+        "`fullres-200` (200 of the same kind at 360x480 to 1800x2400, the same labels; small), `store-demos` "
+        "(25 shop-demo products, electronics and dresses, by their main photo, relevance same category; tiny) "
+        "and `store-demos-all` (the same with all 97 photos, best-photo scoring; lookalike only: the reference "
+        "takes one photo a product). Candidates: the default, the previous default and one factor at a time "
+        "around the default; each at colour weight 0 and 0.15 (query time). Model work is the model's per "
+        "photo against the default's (input area); trimming costs decode-side CPU, not model work. "
+        "Generated by:", "",
+        "```bash", results["command"], "```", "",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, shared with other sessions (build seconds "
+        "are indicative only).", "",
+    ]
+    for key in results["candidates"][0]["catalogues"]:
+        lines += [f"**{key}**", "", *_catalogue_table(results, key), ""]
+    lines += _speed_rows(results)
+    lines += [verdict(results), ""]
+    return "\n".join(lines)
+
+
+def write_doc(doc: Path, text: str) -> None:
+    body = doc.read_text()
+    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
+    body = pattern.sub(lambda _: text.rstrip() + "\n", body) if pattern.search(body) else body.rstrip() + "\n\n" + text
+    doc.write_text(body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--candidates", default=",".join(CANDIDATES))
+    ap.add_argument("--catalogues", default="fashion-2906,fullres-200,store-demos,store-demos-all")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/defaults.json"))
+    ap.add_argument("--doc", type=Path)
+    ap.add_argument("--from-json", action="store_true", help="only write --doc from --out")
+    args = ap.parse_args()
+    names = args.candidates.split(",")
+    if names[0] != "default" or "previous" not in names:
+        ap.error("--candidates must start with default and include previous (the verdict compares them)")
+    if args.from_json:
+        results = json.loads(args.out.read_text())
+    else:
+        print_machine()
+        with tempfile.TemporaryDirectory() as tmp:
+            results = run(names, args.catalogues.split(","), Path(tmp))
+        args.out.write_text(json.dumps(results, indent=1))
+    if args.doc:
+        write_doc(args.doc, section(results))
+    print(verdict(results))
+
+
+if __name__ == "__main__":
+    main()
