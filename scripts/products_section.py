@@ -10,6 +10,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from doc_sections import put_section  # scripts/ is the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "benchmarks" / "results" / "products.json"
 d = json.loads(RESULTS.read_text())
@@ -213,12 +215,4 @@ back end's search of the over-fetched rows, the grouping of those hits by produc
 {chr(10).join(bd_rows)}
 """
 
-p = ROOT / "docs" / "benchmarks.md"
-doc = p.read_text()
-start = doc.find("\n" + HEADING + "\n")
-if start >= 0:
-    end = doc.find("\n## ", start + 1)
-    doc = doc[:start] + doc[end if end >= 0 else len(doc):]
-anchor = doc.find("\n## Quality: P@5")
-anchor = anchor if anchor >= 0 else len(doc)
-p.write_text(doc[:anchor].rstrip("\n") + "\n" + text + doc[anchor:])
+put_section(ROOT / "docs" / "benchmarks.md", HEADING, text)

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from doc_sections import put_section  # scripts/ is the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "benchmarks" / "results" / "server-steered.json"
 d = json.loads(RESULTS.read_text())
@@ -75,12 +77,4 @@ when the last is answered), so at 32 clients the latency is mostly queueing: abo
 clients ÷ throughput, which doubles when a request's CPU doubles.
 """
 
-p = ROOT / "docs" / "benchmarks.md"
-doc = p.read_text()
-start = doc.find("\n" + HEADING + "\n")
-if start >= 0:
-    end = doc.find("\n## ", start + 1)
-    doc = doc[:start] + doc[end if end >= 0 else len(doc):]
-anchor = doc.find("\n## Quality: P@5")
-anchor = anchor if anchor >= 0 else len(doc)
-p.write_text(doc[:anchor].rstrip("\n") + "\n" + text + doc[anchor:])
+put_section(ROOT / "docs" / "benchmarks.md", HEADING, text)

@@ -41,8 +41,8 @@ from lookalike.errors import MissingDependencyError, ModelError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PREFIX", "OnnxConfig", "InstalledModel", "OnnxFileEncoder", "read_config", "install", "installed",
-           "is_onnx_model", "resolve", "payload", "install_payload"]
+__all__ = ["PREFIX", "OnnxConfig", "InstalledModel", "OnnxFileEncoder", "read_config", "read_json_object", "install",
+           "installed", "is_onnx_model", "resolve", "payload", "install_payload"]
 
 #: a model name with this prefix is a model of one's own: ``onnx:PATH`` or, once installed, ``onnx:<key>``
 PREFIX = "onnx:"
@@ -101,18 +101,26 @@ def _three(where: Path, key: str, value: Any, positive: bool) -> tuple[float, fl
     return float(value[0]), float(value[1]), float(value[2])
 
 
-def read_config(where: Path) -> OnnxConfig:
-    """The preprocessing in the JSON file ``where``; one :class:`ModelError` line naming the key
-    and what it allows for anything else."""
+def read_json_object(where: Path, *, missing: str, holds: str = "") -> dict[str, Any]:
+    """The one JSON object in the file ``where`` (a model's settings); a :class:`ModelError` line
+    when it is absent (``missing`` says what should be there), not JSON or not one object."""
     try:
         raw = json.loads(where.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"{where} not found: an onnx: model needs its preprocessing in a JSON file beside it "
-                         "(keys input_size, mean, std; channels, layout, output optional)") from None
+        raise ModelError(f"{where} not found: {missing}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ModelError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
-        raise ModelError(f"{where} must hold one JSON object with keys {', '.join(_KEYS)}")
+        raise ModelError(f"{where} must hold one JSON object{holds}")
+    return raw
+
+
+def read_config(where: Path) -> OnnxConfig:
+    """The preprocessing in the JSON file ``where``; one :class:`ModelError` line naming the key
+    and what it allows for anything else."""
+    raw = read_json_object(where, missing="an onnx: model needs its preprocessing in a JSON file beside it "
+                           "(keys input_size, mean, std; channels, layout, output optional)",
+                           holds=f" with keys {', '.join(_KEYS)}")
     unknown = sorted(set(raw) - set(_KEYS))
     if unknown:
         raise ModelError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(_KEYS)}")

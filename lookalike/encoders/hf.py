@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lookalike.config import cache_dir
-from lookalike.encoders.byo import _KEY, InstalledModel, OnnxConfig, OnnxFileEncoder, _first_line
+from lookalike.encoders.byo import _KEY, InstalledModel, OnnxConfig, OnnxFileEncoder, _first_line, read_json_object
 from lookalike.encoders.cnn import MAX_SIZE, MIN_SIZE
 from lookalike.errors import InvalidQueryError, MissingDependencyError, ModelError, NoTextTowerError
 
@@ -139,16 +139,8 @@ def folder_key(folder: Path) -> str:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path} not found: an hf: model is a folder with config.json, its weights and "
-                         "preprocessor_config.json (what save_pretrained writes)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ModelError(f"{path} must hold one JSON object")
-    return raw
+    return read_json_object(path, missing="an hf: model is a folder with config.json, its weights and "
+                            "preprocessor_config.json (what save_pretrained writes)")
 
 
 def _side(value: Any) -> int | None:
