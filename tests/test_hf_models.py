@@ -306,7 +306,6 @@ def test_folders_that_are_not_supported_models(tiny, tmp_path):
     broken = shutil.copytree(tiny["dino"], tmp_path / "broken")
     (broken / "model.safetensors").write_bytes(b"not weights")
     cases[f"hf:{broken}"] = "can't load the model in"
-    cases["hf:openai/clip-vit-base-patch16"] = "from disk only: download it first (huggingface-cli download"
     cases[f"hf:{tmp_path / 'absent'}"] = "no such folder"
     cases["hf:"] = "hf: needs a folder"
     for name, words in cases.items():
@@ -374,3 +373,41 @@ def test_the_page_searches_by_words_where_the_model_reads_them(clip_index, demo_
     k = int(at.slider(key="k").value)
     assert shown == rec.similar(text="red running shoes", k=k).ids and len(shown) == k
     assert any("red running shoes" in s.value for s in at.subheader)
+
+
+def test_a_hub_id_comes_from_the_local_hub_cache_or_one_download_and_else_one_line(tiny, tmp_path, monkeypatch):
+    """``hf:org/name`` (no such folder) asks huggingface_hub for the local cache's copy first, then
+    for one download; offline it is one line. The hub is never reached here: snapshot_download
+    is replaced by one that answers as the local cache or the network would."""
+    hub = pytest.importorskip("huggingface_hub")
+    asked: list[tuple[str, bool]] = []
+
+    def cached(repo_id: str, local_files_only: bool = False, **_: object) -> str:
+        asked.append((repo_id, local_files_only))
+        return str(tiny["clip"])
+
+    monkeypatch.setattr(hub, "snapshot_download", cached)
+    enc = get_encoder("hf:someone/tiny-clip")
+    assert asked == [("someone/tiny-clip", True)] and enc.name.startswith("hf:")  # from the cache: no download
+    assert enc.name == get_encoder(f"hf:{tiny['clip']}").name  # the same files: the same model
+
+    def downloaded(repo_id: str, local_files_only: bool = False, **_: object) -> str:
+        asked.append((repo_id, local_files_only))
+        if local_files_only:
+            raise FileNotFoundError("not in the local cache")
+        return str(tiny["dino"])
+
+    asked.clear()
+    monkeypatch.setattr(hub, "snapshot_download", downloaded)
+    assert get_encoder("hf:someone/tiny-dino").name == get_encoder(f"hf:{tiny['dino']}").name
+    assert asked == [("someone/tiny-dino", True), ("someone/tiny-dino", False)]
+
+    def offline(repo_id: str, local_files_only: bool = False, **_: object) -> str:
+        raise OSError("[Errno 101] Network is unreachable\nmore lines")
+
+    monkeypatch.setattr(hub, "snapshot_download", offline)
+    with pytest.raises(ModelError) as err:
+        get_encoder("hf:openai/clip-vit-base-patch16")
+    said = str(err.value)
+    assert "\n" not in said and "Network is unreachable" in said
+    assert "huggingface-cli download openai/clip-vit-base-patch16 --local-dir DIR" in said

@@ -192,29 +192,52 @@ def _check_folder(ref: str) -> Path:
     if folder.exists():
         raise ModelError(f"hf:{ref} is a file; an hf: model is a folder (config.json, weights, "
                          "preprocessor_config.json); an ONNX file is --model onnx:PATH")
-    hub = ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
-    raise ModelError(f"hf:{ref}: no such folder" + (
-        "; lookalike reads Hugging Face models from disk only: download it first "
-        f"(huggingface-cli download {ref} --local-dir DIR) and give --model hf:DIR" if hub else ""))
+    if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
+        return _from_hub(ref)
+    raise ModelError(f"hf:{ref}: no such folder")
+
+
+def _from_hub(repo: str) -> Path:
+    """A hub id the user named (``hf:org/name``, no such folder): the copy in the local Hugging
+    Face cache, else one downloaded now when the hub can be reached; one :class:`ModelError`
+    line otherwise. Nothing else in lookalike ever asks the hub."""
+    try:
+        import huggingface_hub
+    except ImportError as exc:
+        raise MissingDependencyError(f"hf:{repo} comes from the Hugging Face hub: {_INSTALL_HINT}") from exc
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id=repo, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the local cache: ask the hub once
+        pass
+    try:
+        got = Path(huggingface_hub.snapshot_download(repo_id=repo))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repo, refused: one line
+        raise ModelError(f"hf:{repo}: no such folder, and the Hugging Face hub could not give it "
+                         f"({type(exc).__name__}: {_first_line(exc)}); download it where it can be reached "
+                         f"(huggingface-cli download {repo} --local-dir DIR) and give --model hf:DIR") from None
+    logger.info("downloaded hf:%s from the Hugging Face hub into %s", repo, got)
+    return got
 
 
 def install(folder: str | os.PathLike) -> HfModel:
     """Export the model in ``folder`` to ONNX into the model cache (once per content): the model
     as installed. Needs ``transformers`` (the ``hf`` extra) the first time only."""
-    folder = _check_folder(str(folder))
+    ref = str(folder)
+    folder = _check_folder(ref)
+    source = folder.name if Path(ref).expanduser().is_dir() else ref  # a hub id: the repo it named
     family = _family(folder)
     size, mean, std = read_preprocessing(folder)
     key = folder_key(folder)
     root = _models() / f"hf-{key}"
     if (root / "record.json").is_file():
-        return replace(installed(key), source=folder.name)
+        return replace(installed(key), source=source)
     tmp = root.with_name(f"{root.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         record = _export_folder(folder, family, size, tmp)
         record.update({"family": family, "input_size": size, "mean": list(mean), "std": list(std),
-                       "source": folder.name, "revision": EXPORT_REVISION})
+                       "source": source, "revision": EXPORT_REVISION})
         (tmp / "record.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
         try:
             tmp.replace(root)
@@ -224,7 +247,7 @@ def install(folder: str | os.PathLike) -> HfModel:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("exported %s as %s%s in %s", folder, PREFIX, key, root)
-    return replace(installed(key), source=folder.name)
+    return replace(installed(key), source=source)
 
 
 def _transformers() -> Any:
