@@ -14,6 +14,8 @@ Both at several colour weights (the colour descriptor's weight, a query-time set
 Candidates:
 
 * ``default``: the shipped encoder (EfficientNet-Lite0 int8, trimmed, 256 px, grid2);
+* ``mirror-blend-0.25`` and ``-0.5``: the feature map plus a quarter or a half of its mirror (between
+  the two: how much of the left-right layout to give up);
 * ``mirror-pooled``: the last feature map averaged with its left-right mirror before pooling,
   so the 2×2 grid no longer tells left from right (a view from the other side, or a flipped
   photo, lands on the same cells). No extra model work;
@@ -62,6 +64,14 @@ def _mirror_pooled(enc: Any) -> None:
     enc._feature_map = symmetric
 
 
+def _mirror_blend(share: float) -> Callable[[Any], None]:
+    """Between the grid and ``mirror-pooled``: the feature map plus ``share`` of its mirror."""
+    def change(enc: Any) -> None:
+        fmap = enc._feature_map
+        enc._feature_map = lambda pixels: (lambda f: (f + share * f[..., ::-1]) / (1 + share))(fmap(pixels))
+    return change
+
+
 def _flip_average(enc: Any) -> None:
     fmap, pooling = enc._feature_map, enc.pooling
 
@@ -75,7 +85,8 @@ def _flip_average(enc: Any) -> None:
 
 #: name -> (pooling, what changes in the encoder, model passes a photo)
 CANDIDATES: dict[str, tuple[str, Callable[[Any], None] | None, int]] = {
-    "default": ("grid2", None, 1), "mirror-pooled": ("grid2", _mirror_pooled, 1),
+    "default": ("grid2", None, 1), "mirror-blend-0.25": ("grid2", _mirror_blend(0.25), 1),
+    "mirror-blend-0.5": ("grid2", _mirror_blend(0.5), 1), "mirror-pooled": ("grid2", _mirror_pooled, 1),
     "flip-average": ("grid2", _flip_average, 2), "gem": ("gem", None, 1), "avg": ("avg", None, 1),
 }
 
@@ -145,6 +156,7 @@ def section(results: dict[str, Any]) -> str:
         "Each candidate builds store-demos (25 products, 97 photos: view R@1/R@5 by leave-one-out, "
         f"{base['queries']} queries, best-photo scoring) and the reference catalogue (2,906 products: P@5 "
         "of the query's Gender), then both are measured at three colour weights. Candidates: "
+        "`mirror-blend-S` adds S of the last feature map's left-right mirror to it before pooling, "
         "`mirror-pooled` averages the last feature map with its left-right mirror before the grid "
         "pooling (no extra model work); `flip-average` also runs the model on the mirrored photo and "
         "averages the two vectors (twice the model's work); `gem` and `avg` pool globally "
