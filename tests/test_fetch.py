@@ -407,7 +407,8 @@ def test_fetch_settings_are_the_fetchers(tmp_path):
 
     settings = FetchSettings(concurrency=3, per_host=2, read_timeout=7.0, max_bytes=1000, private_urls=False)
     fetcher = PhotoFetcher.from_settings(tmp_path / "c", settings)
-    assert fetcher.settings == settings and (fetcher.per_host, fetcher.max_bytes, fetcher.private_urls) == (2, 1000, False)
+    assert fetcher.settings == settings
+    assert (fetcher.settings.per_host, fetcher.settings.max_bytes, fetcher.settings.private_urls) == (2, 1000, False)
     assert PhotoFetcher(tmp_path / "c").settings == FetchSettings()
     with pytest.raises(ValueError, match="per_host"):
         FetchSettings(per_host=0)

@@ -594,7 +594,7 @@ def load_catalog(
     ids = df[id_column].astype(str).str.strip()
     products, problems = merge_products(ids.tolist(), df, image_columns, image_separator, read)
     if fetcher is not None:
-        private_urls = fetcher.private_urls
+        private_urls = fetcher.settings.private_urls
     settings = FetchSettings(private_urls=private_urls) if fetcher is None else fetcher.settings
     pending = _Pending(df, source, ids, products, problems, finder, dict(
         id_column=id_column, image_column=image_columns[0], image_columns=image_columns,

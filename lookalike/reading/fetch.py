@@ -40,7 +40,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -284,14 +284,11 @@ class PhotoFetcher:
         transport: httpx.BaseTransport | None = None,
         private_urls: bool = True,
     ) -> None:
+        #: every limit of this fetcher, in one record (what the ray engine ships to its tasks)
         self.settings = FetchSettings(concurrency, per_host, connect_timeout, read_timeout, deadline, max_bytes,
                                       retries, backoff, max_retry_wait, private_urls)
         self.cache = cache if isinstance(cache, PhotoCache) else PhotoCache(cache)
-        self.concurrency, self.per_host = concurrency, per_host
-        self.connect_timeout, self.read_timeout, self.deadline = connect_timeout, read_timeout, deadline
-        self.max_bytes, self.retries, self.backoff, self.max_retry_wait = max_bytes, retries, backoff, max_retry_wait
         self.transport = transport
-        self.private_urls = private_urls
         self._hosts: dict[str, threading.BoundedSemaphore] = {}
         self._hosts_lock = threading.Lock()
 
@@ -299,11 +296,7 @@ class PhotoFetcher:
     def from_settings(cls, cache: str | os.PathLike | PhotoCache | None, settings: FetchSettings,
                       *, transport: httpx.BaseTransport | None = None) -> PhotoFetcher:
         """A fetcher with ``settings`` (what the ray engine's actors make theirs from)."""
-        return cls(cache, concurrency=settings.concurrency, per_host=settings.per_host,
-                   connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
-                   deadline=settings.deadline, max_bytes=settings.max_bytes, retries=settings.retries,
-                   backoff=settings.backoff, max_retry_wait=settings.max_retry_wait, transport=transport,
-                   private_urls=settings.private_urls)
+        return cls(cache, transport=transport, **asdict(settings))
 
     @property
     def folder(self) -> Path:
@@ -313,9 +306,9 @@ class PhotoFetcher:
         from lookalike import __version__
 
         return httpx.Client(
-            timeout=httpx.Timeout(connect=self.connect_timeout, read=self.read_timeout, write=self.read_timeout,
+            timeout=httpx.Timeout(connect=self.settings.connect_timeout, read=self.settings.read_timeout, write=self.settings.read_timeout,
                                   pool=None),
-            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+            limits=httpx.Limits(max_connections=self.settings.concurrency, max_keepalive_connections=self.settings.concurrency),
             follow_redirects=False,  # followed here, each target checked
             trust_env=False,  # no .netrc credentials, no proxy from the environment
             cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
@@ -328,7 +321,7 @@ class PhotoFetcher:
     def _host(self, url: str) -> Iterator[None]:
         host = (urllib.parse.urlsplit(url).hostname or "").lower()
         with self._hosts_lock:
-            gate = self._hosts.setdefault(host, threading.BoundedSemaphore(self.per_host))
+            gate = self._hosts.setdefault(host, threading.BoundedSemaphore(self.settings.per_host))
         with gate:
             yield
 
@@ -343,7 +336,7 @@ class PhotoFetcher:
         bar = tqdm(total=len(todo), unit="photo", desc="fetch", disable=not progress_enabled(show_progress_bar))
         nbytes = 0
         try:
-            with self._client() as client, ThreadPoolExecutor(min(self.concurrency, len(todo)),
+            with self._client() as client, ThreadPoolExecutor(min(self.settings.concurrency, len(todo)),
                                                               thread_name_prefix="lookalike-fetch") as pool:
                 futures = {pool.submit(self.fetch_one, url, client): url for url in _by_host(todo)}
                 for future in as_completed(futures):
@@ -375,21 +368,21 @@ class PhotoFetcher:
             self.cache.save()
             return got
         with self._host(url):
-            for attempt in range(self.retries + 1):
+            for attempt in range(self.settings.retries + 1):
                 try:
                     got = self._attempt(client, url)
                 except OSError as exc:  # the cache folder, not the server: no retry
                     got = Fetched(url, None, f"can't write the photo cache: {exc.strerror or exc}")
                     break
                 except _Retry as exc:
-                    if attempt == self.retries:
+                    if attempt == self.settings.retries:
                         got = Fetched(url, None, exc.reason)
                         break
-                    if exc.wait is not None and exc.wait > self.max_retry_wait:
+                    if exc.wait is not None and exc.wait > self.settings.max_retry_wait:
                         got = Fetched(url, None, f"{exc.reason} (Retry-After {exc.wait:g} s, more than the "
-                                                 f"{self.max_retry_wait:g} s waited)")
+                                                 f"{self.settings.max_retry_wait:g} s waited)")
                         break
-                    wait = exc.wait if exc.wait is not None else min(self.backoff * 2 ** attempt, self.max_retry_wait)
+                    wait = exc.wait if exc.wait is not None else min(self.settings.backoff * 2 ** attempt, self.settings.max_retry_wait)
                     logger.debug("%s: %s; retrying in %.2f s", _redacted(url), exc.reason, wait)
                     time.sleep(wait)
                     continue
@@ -408,7 +401,7 @@ class PhotoFetcher:
                     headers["If-None-Match"] = str(cached[1]["etag"])
                 if cached[1].get("last_modified"):
                     headers["If-Modified-Since"] = str(cached[1]["last_modified"])
-            private = "" if self.private_urls else _private_address(current)
+            private = "" if self.settings.private_urls else _private_address(current)
             if private:
                 what = "private address refused" if current == url else f"redirect refused: to {_redacted(current)}"
                 return Fetched(url, None, f"{what} ({urllib.parse.urlsplit(current).hostname} is {private}; "
@@ -435,9 +428,9 @@ class PhotoFetcher:
                         return Fetched(url, None, f"HTTP {code}")
                     return self._download(url, resp)
             except httpx.ConnectTimeout:
-                raise _Retry(f"connect timeout after {self.connect_timeout:g} s") from None
+                raise _Retry(f"connect timeout after {self.settings.connect_timeout:g} s") from None
             except httpx.TimeoutException:
-                raise _Retry(f"timeout after {self.read_timeout:g} s") from None
+                raise _Retry(f"timeout after {self.settings.read_timeout:g} s") from None
             except httpx.InvalidURL as exc:
                 return Fetched(url, None, f"not a valid URL: {exc}")
             except httpx.TransportError as exc:
@@ -449,19 +442,19 @@ class PhotoFetcher:
         connection is then closed unread)."""
         ctype = resp.headers.get("content-type", "none").split(";")[0].strip() or "none"
         length = resp.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_bytes:
-            return Fetched(url, None, f"larger than {_size(self.max_bytes)} ({_size(int(length))} announced)")
-        too_large = Fetched(url, None, f"larger than {_size(self.max_bytes)}")
+        if length.isdigit() and int(length) > self.settings.max_bytes:
+            return Fetched(url, None, f"larger than {_size(self.settings.max_bytes)} ({_size(int(length))} announced)")
+        too_large = Fetched(url, None, f"larger than {_size(self.settings.max_bytes)}")
         not_image = Fetched(url, None, f"not an image (content-type {ctype})")
         fd, name = tempfile.mkstemp(prefix=".part-", dir=self.cache.folder)
         tmp = Path(name)
         try:
             digest, n, head = hashlib.sha1(), 0, b""
-            end = time.monotonic() + self.deadline
+            end = time.monotonic() + self.settings.deadline
             with os.fdopen(fd, "wb") as f:
                 for chunk in resp.iter_bytes(_CHUNK):
                     n += len(chunk)
-                    if n > self.max_bytes:
+                    if n > self.settings.max_bytes:
                         return too_large
                     if len(head) < _SNIFF:
                         head += chunk[:_SNIFF]
@@ -470,7 +463,7 @@ class PhotoFetcher:
                     digest.update(chunk)
                     f.write(chunk)
                     if time.monotonic() > end:
-                        raise _Retry(f"timeout after {self.deadline:g} s (the whole photo)")
+                        raise _Retry(f"timeout after {self.settings.deadline:g} s (the whole photo)")
             media = sniff_image_type(head)
             if media is None:
                 return not_image if n else Fetched(url, None, "empty body")
