@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from machine import describe, print_machine  # noqa: E402  # benchmarks/ is the 
 from lookalike import Recommender, build  # noqa: E402
 from lookalike.analysis.evaluate import ALL, evaluate  # noqa: E402
 from lookalike.reading.images import BACKGROUND_TOLERANCE, open_image, trim_background  # noqa: E402
+from scripts.doc_sections import put_section  # noqa: E402  # the repository's root is on the path
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parents[1] / "shared" / "datasets"
@@ -509,10 +509,7 @@ def _by_background(results: dict[str, Any]) -> str:
 
 
 def write_doc(doc: Path, text: str) -> None:
-    body = doc.read_text()
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-    body = pattern.sub(lambda _: text.rstrip() + "\n", body) if pattern.search(body) else body.rstrip() + "\n\n" + text
-    doc.write_text(body)
+    put_section(doc, SECTION, text, before=None)
 
 
 def _complete(results: dict[str, Any], names: list[str], measure_speed: bool) -> bool:

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import print_machine  # noqa: E402  # benchmarks/ is the script's folder
 
 from lookalike import Recommender  # noqa: E402
+from scripts.doc_sections import put_section  # noqa: E402  # the repository's root is on the path
 
 DIVERSITIES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7)
 
@@ -137,12 +138,7 @@ lookalike build ../shared/datasets/fashion-images/fashion.csv --images ../shared
 {r['command']}
 ```
 """
-    body = doc.read_text()
-    start = body.find("\n" + HEADING + "\n")
-    if start >= 0:
-        end = body.find("\n## ", start + 1)
-        body = body[:start] + body[end if end >= 0 else len(body):]
-    doc.write_text(body.rstrip("\n") + "\n" + text)
+    put_section(doc, HEADING, text, before=None)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ from machine import describe, print_machine  # noqa: E402  # benchmarks/ is the 
 from lookalike import Recommender, build, get_encoder  # noqa: E402
 from lookalike.analysis.evaluate import ALL, evaluate, evaluate_views  # noqa: E402
 from lookalike.encoders.base import pool  # noqa: E402
+from scripts.doc_sections import put_section  # noqa: E402  # the repository's root is on the path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 WEIGHTS = (0.0, 0.15, 0.3)
@@ -170,10 +170,7 @@ def section(results: dict[str, Any]) -> str:
 
 
 def write_doc(doc: Path, text: str) -> None:
-    body = doc.read_text()
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-    body = pattern.sub(lambda _: text.rstrip() + "\n", body) if pattern.search(body) else body.rstrip() + "\n\n" + text
-    doc.write_text(body)
+    put_section(doc, SECTION, text, before=None)
 
 
 def main() -> None:
