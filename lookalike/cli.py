@@ -778,13 +778,11 @@ def _cmd_similar(args: argparse.Namespace) -> int:
         _check_writable(args.sheet)
     rec = Recommender.load(args.index)
     away = {"negative_ids": args.negative_ids, "negative_images": args.negative_images}
+    if args.box is not None and args.image is None:
+        raise InvalidQueryError("--box is a region of a photo: give it with --image")
     if args.ids:
-        if args.box is not None:
-            raise InvalidQueryError("--box is a region of a photo: give it with --image")
         res = rec.similar(args.ids, k=args.k, **_filters(args), **away)
     elif args.text is not None:
-        if args.box is not None:
-            raise InvalidQueryError("--box is a region of a photo: give it with --image")
         res = rec.similar(text=args.text, k=args.k, **_filters(args), **away)
     else:
         res = rec.similar(image=args.image, k=args.k, box=args.box, **_filters(args), **away)

@@ -730,6 +730,8 @@ class Recommender:
             if same:
                 raise InvalidQueryError("'same' needs product ids; filter a photo or text query with 'where'")
             look, asked = self._query_look(image, text, box)
+            if box is not None:
+                told["box"] = list(_box_of(box))
             return self._similar_to_look(look, asked, k, where, w, steer, told, pool, away, away_rows,
                                          collapse_duplicates, collapse_parent, explain, rules)
         return self._similar_to_ids(ids, k, same, where, w, steer, told, pool, away, away_rows,
@@ -766,10 +768,7 @@ class Recommender:
         assert image is not None  # one of the two, checked by similar()
         shape, colour = self.embed_image(image, box=box)
         name = str(image) if isinstance(image, (str, os.PathLike)) else "<image>"
-        asked: dict[str, Any] = {"image": name}
-        if box is not None:
-            asked["box"] = list(_box_of(box))
-        return (self._unit_shape(shape[None])[0], l2_normalize(colour)), asked
+        return (self._unit_shape(shape[None])[0], l2_normalize(colour)), {"image": name}
 
     def _similar_to_look(self, look: tuple[np.ndarray, np.ndarray], asked: dict[str, Any], k: int,
                          where: Where | None, w: float, steer: Steer, told: dict[str, object], pool: int,
@@ -784,9 +783,6 @@ class Recommender:
         filt = self._filters.filter(None, (), where, exclude=away_rows, hide=hidden) if needs else None
         found = self._search(q, pool, filt, collapse_duplicates, collapse_parent=collapse_parent, steer=steer)[0]
         found, parts, ruled = self._finish(found, k, q, steer, w, pins, None, away_rows, explain)
-        box = asked.pop("box", None)
-        if box is not None:
-            told["box"] = box
         return self._results({**asked, "k": k, **describe_where(where), **told}, found, parts, ruled)
 
     def _id_list(self, ids: object) -> list[object]:
