@@ -97,7 +97,10 @@ def _values(table: pd.DataFrame, col: str) -> pd.Series:
 
 def is_path_column(values: pd.Series) -> bool:
     """Whether a column's cells (text) are mostly photo files or URLs."""
-    sample = values.drop_duplicates().head(200)
+    return _mostly_paths(values.drop_duplicates().head(200))
+
+
+def _mostly_paths(sample: pd.Series) -> bool:
     return bool(len(sample)) and bool(sample.str.contains(_PATHLIKE).mean() > 0.5)
 
 
@@ -106,7 +109,7 @@ def _is_grouping(values: pd.Series, rows: int) -> bool:
     if distinct < 1 or distinct > MAX_LEVELS or (distinct >= rows and rows > 1):
         return False
     sample = values.drop_duplicates().head(200)
-    if is_path_column(values):  # photo files, URLs
+    if _mostly_paths(sample):  # photo files, URLs
         return False
     if sample.str.len().mean() > 40:  # free text
         return False
