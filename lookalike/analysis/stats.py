@@ -35,6 +35,7 @@ __all__ = [
     "load_stats_table",
     "grouping_columns",
     "category_steps",
+    "column_values",
     "is_path_column",
     "catalog_stats",
     "format_stats",
@@ -89,7 +90,7 @@ def _resolve(table: pd.DataFrame, name: str) -> str:
     return col
 
 
-def _values(table: pd.DataFrame, col: str) -> pd.Series:
+def column_values(table: pd.DataFrame, col: str) -> pd.Series:
     """A column as stripped text, without empty cells."""
     s = table[col].astype(str).str.strip()
     return s[(s != "") & (s.str.lower() != "nan")]
@@ -123,7 +124,7 @@ def grouping_columns(table: pd.DataFrame) -> list[str]:
     rows = len(table)
     others = [
         c for c in table.columns
-        if c not in usual and not str(c).startswith("_") and _is_grouping(_values(table, c), rows)
+        if c not in usual and not str(c).startswith("_") and _is_grouping(column_values(table, c), rows)
     ]
     return usual + others
 
@@ -135,7 +136,7 @@ def _choose_by(table: pd.DataFrame, columns: list[str], by: str | None) -> str |
     if gender is not None:
         return gender
     for c in columns:
-        if 2 <= _values(table, c).nunique() <= MAX_BY_LEVELS:
+        if 2 <= column_values(table, c).nunique() <= MAX_BY_LEVELS:
             return c
     return None
 
@@ -146,7 +147,7 @@ def _choose_within(table: pd.DataFrame, columns: list[str], by: str | None) -> s
     sub = _find(table, "SubCategory")
     if sub is not None and sub != by:
         return sub
-    rest = [c for c in columns if c != by and _values(table, c).nunique() >= 2]
+    rest = [c for c in columns if c != by and column_values(table, c).nunique() >= 2]
     return rest[0] if rest else None
 
 
@@ -158,13 +159,13 @@ def category_steps(table: pd.DataFrame) -> tuple[str, ...]:
     columns = grouping_columns(table)
     by = _choose_by(table, columns, None)
     steps = sorted((c for c in (by, _choose_within(table, columns, by)) if c),
-                   key=lambda c: _values(table, c).nunique())
+                   key=lambda c: column_values(table, c).nunique())
     if steps:
-        last = _values(table, steps[-1])
+        last = column_values(table, steps[-1])
         for c in columns:
             if c in steps:
                 continue
-            finer = _values(table, c)
+            finer = column_values(table, c)
             pairs = pd.DataFrame({"c": finer, "last": last}).dropna()
             if finer.nunique() > last.nunique() and pairs.groupby("c")["last"].nunique().max() == 1:
                 steps.append(c)
@@ -201,7 +202,7 @@ def catalog_stats(table: pd.DataFrame, by: str | None = None) -> dict[str, Any]:
     within = _choose_within(table, columns, by_col)
     out: dict[str, Any] = {"products": int(len(table)), "by": by_col, "within": within, "columns": {}}
     for col in columns:
-        values = _values(table, col)
+        values = column_values(table, col)
         out["columns"][col] = {
             "distinct": int(values.nunique()),
             "missing": int(len(table) - len(values)),

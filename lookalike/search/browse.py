@@ -82,7 +82,7 @@ class Facets:
            max_values: int = MAX_FACET_VALUES) -> "Facets":
         """The facets of a product table (one row a product, cells as text); ``numeric`` are the
         index's numeric columns, ``skip`` columns that are none of these (ids, photos)."""
-        from lookalike.analysis.stats import category_steps, is_path_column
+        from lookalike.analysis.stats import category_steps, column_values, is_path_column
 
         n = len(table)
         facets: dict[str, Facet] = {}
@@ -91,14 +91,13 @@ class Facets:
         for col in table.columns:
             if col in skip or str(col).startswith("_"):
                 continue
-            cells = table[col].astype(str).str.strip()
             if col in numeric:
-                nums = numbers_of(cells.to_numpy())
+                nums = numbers_of(table[col].astype(str).str.strip().to_numpy())
                 have = nums[~np.isnan(nums)]
                 if len(have):
                     ranges[col] = Range(str(col), float(have.min()), float(have.max()), int(n - len(have)))
                 continue
-            filled = cells[(cells != "") & (cells.str.lower() != "nan")]
+            filled = column_values(table, col)
             if is_path_column(filled):
                 continue
             counts = filled.value_counts()
