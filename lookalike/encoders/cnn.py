@@ -62,17 +62,23 @@ class ModelSpec:
     precision: str = "fp32"  # default arithmetic with ONNX Runtime (see PRECISIONS)
 
 
-_WEIGHTS_KEYS: dict[tuple[str, int, int], str] = {}
+_FILE_SHA1S: dict[tuple[str, int, int], str] = {}
+
+
+def model_file_sha1(path: Path) -> str:
+    """The SHA-1 of a model file's content (weights: hundreds of MB), hashed once per file, size
+    and mtime a process."""
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_SHA1S:
+        _FILE_SHA1S[memo] = file_sha1(path)
+    return _FILE_SHA1S[memo]
 
 
 def _weights_key(path: Path) -> str:
     """A short key of the weights file's content, the same on every machine that has these weights
-    (a key of size and mtime changed with each install). Hashed once per file and mtime a process."""
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _WEIGHTS_KEYS:
-        _WEIGHTS_KEYS[memo] = file_sha1(path)[:12]
-    return _WEIGHTS_KEYS[memo]
+    (a key of size and mtime changed with each install)."""
+    return model_file_sha1(path)[:12]
 
 
 class CNNEncoder:

@@ -38,7 +38,7 @@ import numpy as np
 
 from lookalike.config import cache_dir
 from lookalike.encoders.byo import _KEY, InstalledModel, OnnxConfig, OnnxFileEncoder, _first_line, read_json_object
-from lookalike.encoders.cnn import MAX_SIZE, MIN_SIZE
+from lookalike.encoders.cnn import MAX_SIZE, MIN_SIZE, model_file_sha1
 from lookalike.errors import InvalidQueryError, MissingDependencyError, ModelError, NoTextTowerError
 
 logger = logging.getLogger(__name__)
@@ -121,20 +121,13 @@ def installed(key: str) -> HfModel:
     return model
 
 
-_KEYS: dict[tuple[str, int, int], str] = {}
-
-
 def folder_key(folder: Path) -> str:
     """The content key of a model folder: its config, preprocessing, tokenizer and weights files
     (hashed once per file and mtime a process: a ViT-B's weights take about a second)."""
     h = hashlib.sha1(f"hf-r{EXPORT_REVISION}".encode())
     files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name in _HASHED or p.suffix in _WEIGHTS))
     for path in files:
-        st = path.stat()
-        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        if memo not in _KEYS:
-            _KEYS[memo] = hashlib.sha1(path.read_bytes()).hexdigest()
-        h.update(f"\0{path.name}\0{_KEYS[memo]}".encode())
+        h.update(f"\0{path.name}\0{model_file_sha1(path)}".encode())
     return h.hexdigest()[:12]
 
 
