@@ -477,7 +477,8 @@ def section(results: dict[str, Any]) -> str:
         "```bash", results["command"], "```", "",
         "(`--from-json --doc docs/quality.md` rewrites this section from the JSON, measuring the photos' "
         "backgrounds if it lacks them; `--from-json --speed` measures build speed again.)", "",
-        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, shared with other sessions.", "",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores (kernel flags "
+        f"{' '.join(m.get('kernel_flags', []))}), shared with other sessions.", "",
     ]
     bg = results.get("backgrounds", {})
     for key in results["candidates"][0]["catalogues"]:
