@@ -11,7 +11,11 @@ docs/quality.md counts):
   its main photo (a one-photo-a-row copy of ``catalog.csv``, as the reference recipe needs),
   relevance same ``category``; no Gender. Tiny: one hit is 0.008;
 * ``store-demos-all``: the same 25 products with all their 97 photos (best-photo scoring, as
-  searches do); lookalike only, the reference recipe takes one photo a product.
+  searches do); lookalike only, the reference recipe takes one photo a product;
+* ``clothing-5k`` (with ``--clothing DIR``, a clone of github.com/alexeygrigorev/clothing-dataset,
+  CC0): 5,000 photos of worn and laid-out clothes that 32 people took at home (floors, beds,
+  hangers, most 400x533 px), the project has never seen; relevance same ``label`` (T-Shirt, Pants,
+  Shoes, ... 17 of them), no Gender; rows labelled ``Not sure``, ``Skip`` or ``Other`` are left out.
 
 Candidates are not the full cross product: the default (trimmed, fitted on white, 256 px,
 grid2), the previous default (whole photo squashed to 320 px) and one factor at a time around
@@ -25,7 +29,8 @@ target (>= 5x the reference, docs/benchmarks.md) on the same, shared, machine.
 
     python benchmarks/defaults_study.py --out benchmarks/results/defaults.json --doc docs/quality.md
 
-``--doc`` writes docs/quality.md's "Defaults across catalogues (issue 22)" section.
+``--doc`` writes docs/quality.md's "Defaults across catalogues (issue 22)" section; ``--merge``
+runs only the named ``--catalogues`` and puts them into ``--out``'s results beside those already there.
 """
 
 from __future__ import annotations
@@ -86,16 +91,37 @@ def _store_main(folder: Path) -> Path:
     return folder / "store-main.csv"
 
 
-def catalogues(tmp: Path) -> dict[str, Catalogue]:
+#: the clothing dataset's labels that say no type
+UNLABELLED = ("Not sure", "Skip", "Other")
+
+
+def _clothing(source: Path, folder: Path) -> Path:
+    """The clothing dataset (``images.csv``: image, sender_id, label, kids) in the reference
+    recipe's columns: numeric ids, ``ProductType`` its label, one ``Gender`` and a constant
+    ``Colour`` (not scored); rows without a type, or without their photo, left out."""
+    table = pd.read_csv(source / "images.csv", dtype=str, keep_default_na=False)
+    table = table[~table["label"].isin(UNLABELLED)]
+    table = table[[(source / "images" / f"{name}.jpg").is_file() for name in table["image"]]]
+    out = pd.DataFrame({"ProductId": range(1, len(table) + 1), "Gender": "all", "ProductType": table["label"].to_numpy(),
+                        "Colour": "-", "Image": [f"{name}.jpg" for name in table["image"]]})
+    folder.mkdir(parents=True, exist_ok=True)
+    out.to_csv(folder / "clothing.csv", index=False)
+    return folder / "clothing.csv"
+
+
+def catalogues(tmp: Path, clothing: Path | None = None) -> dict[str, Catalogue]:
     fashion, fullres, store = DATA / "fashion-images", DATA / "fashion-images-fullres", DATA / "store-demos"
     pair = ("ProductType", "Colour")
-    return {
+    found = {
         "fashion-2906": Catalogue(fashion / "fashion.csv", fashion / "images", pair, "Gender"),
         "fullres-200": Catalogue(fullres / "fashion.csv", fullres / "images", pair, "Gender"),
         "store-demos": Catalogue(_store_main(tmp), store / "images", ("ProductType",), None),
         "store-demos-all": Catalogue(store / "catalog.csv", store / "images", ("category",), None,
                                      id_column="product_id", image_column="images", reference=False),
     }
+    if clothing is not None:
+        found["clothing-5k"] = Catalogue(_clothing(clothing, tmp), clothing / "images", ("ProductType",), None)
+    return found
 
 
 #: name -> (trim, resize, size, pooling); one factor at a time around the default
@@ -266,8 +292,10 @@ def backgrounds(cats: dict[str, Catalogue], sample: int = 300) -> dict[str, dict
     return out
 
 
-def run(names: list[str], keys: list[str], tmp: Path) -> dict[str, Any]:
-    cats = {k: c for k, c in catalogues(tmp).items() if k in keys}
+def run(names: list[str], keys: list[str], tmp: Path, clothing: Path | None = None) -> dict[str, Any]:
+    cats = {k: c for k, c in catalogues(tmp, clothing).items() if k in keys}
+    if missing := sorted(set(keys) - set(cats)):
+        sys.exit(f"no such catalogue: {', '.join(missing)} (clothing-5k needs --clothing DIR)")
     reference = {}
     if "fullres-200" in cats:  # first, so the fullres builds below sit next to it in time
         reference["fullres-200"] = run_reference("fullres-200", cats["fullres-200"], tmp)
@@ -463,6 +491,12 @@ def verdict(results: dict[str, Any]) -> str:
 
 def section(results: dict[str, Any]) -> str:
     m = results["machine"]
+    keys = list(results["candidates"][0]["catalogues"])
+    clothing = ("; and `clothing-5k` (5,000 photos of clothes that 32 people took at home, on floors, beds and "
+                "hangers, most 400x533 px, from github.com/alexeygrigorev/clothing-dataset (CC0), unseen by the "
+                "project: relevance same label, 17 types)") if "clothing-5k" in keys else ""
+    merged = [f"`{x['command']}` ({x['machine'].get('cpu', '?')}, {x['machine'].get('cores', '?')} cores)"
+              for x in results.get("merged", [])]
     lines = [
         SECTION, "",
         "Every labelled catalogue we have, each product a query, top 5, duplicates collapsed: `fashion-2906` "
@@ -470,11 +504,12 @@ def section(results: dict[str, Any]) -> str:
         "`fullres-200` (200 of the same kind at 360x480 to 1800x2400, the same labels; small), `store-demos` "
         "(25 shop-demo products, electronics and dresses, by their main photo, relevance same category; tiny) "
         "and `store-demos-all` (the same with all 97 photos, best-photo scoring; lookalike only: the reference "
-        "takes one photo a product). Candidates: the default, the previous default and one factor at a time "
-        "around the default; each at colour weight 0 and 0.15 (query time). Model work is the model's per "
+        f"takes one photo a product){clothing}. Candidates: the default, the previous default and one factor at "
+        "a time around the default; each at colour weight 0 and 0.15 (query time). Model work is the model's per "
         "photo against the default's (input area); trimming costs decode-side CPU, not model work. "
         "Generated by:", "",
         "```bash", results["command"], "```", "",
+        *([f"and with catalogues added by {', '.join(merged)}.", ""] if merged else []),
         "(`--from-json --doc docs/quality.md` rewrites this section from the JSON, measuring the photos' "
         "backgrounds if it lacks them; `--from-json --speed` measures build speed again.)", "",
         f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores (kernel flags "
@@ -513,13 +548,26 @@ def write_doc(doc: Path, text: str) -> None:
     put_section(doc, SECTION, text, before=None)
 
 
-def _complete(results: dict[str, Any], names: list[str], measure_speed: bool) -> bool:
+def merge(results: dict[str, Any], added: dict[str, Any]) -> None:
+    """Put ``added``'s catalogues (its own run, the same candidates) into ``results``."""
+    mine = {c["name"]: c for c in results["candidates"]}
+    if set(mine) != {c["name"] for c in added["candidates"]}:
+        sys.exit("--merge needs the same --candidates as the results in --out")
+    for c in added["candidates"]:
+        mine[c["name"]]["catalogues"].update(c["catalogues"])
+    results["reference"].update(added["reference"])
+    results.setdefault("backgrounds", {}).update(added["backgrounds"])
+    results.setdefault("merged", []).append({"command": added["command"], "machine": added["machine"],
+                                             "catalogues": list(added["candidates"][0]["catalogues"])})
+
+
+def _complete(results: dict[str, Any], names: list[str], measure_speed: bool, clothing: Path | None) -> bool:
     """Add to results read back what needs no index: the photos' backgrounds where missing, and
     with ``measure_speed`` the build speed again (its own command recorded). Whether it changed."""
     changed = False
     with tempfile.TemporaryDirectory() as tmp:
         if "backgrounds" not in results:
-            results["backgrounds"] = backgrounds({k: c for k, c in catalogues(Path(tmp)).items()
+            results["backgrounds"] = backgrounds({k: c for k, c in catalogues(Path(tmp), clothing).items()
                                                   if k in results["candidates"][0]["catalogues"]})
             changed = True
         if measure_speed:
@@ -534,6 +582,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--candidates", default=",".join(CANDIDATES))
     ap.add_argument("--catalogues", default="fashion-2906,fullres-200,store-demos,store-demos-all")
+    ap.add_argument("--clothing", type=Path, help="a clone of github.com/alexeygrigorev/clothing-dataset: "
+                    "adds the catalogue clothing-5k")
+    ap.add_argument("--merge", action="store_true",
+                    help="run only --catalogues and add them to the results already in --out")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/defaults.json"))
     ap.add_argument("--doc", type=Path)
     ap.add_argument("--speed", action="store_true", help="with --from-json: measure build speed again into --out")
@@ -545,12 +597,17 @@ def main() -> None:
         ap.error("--candidates must start with default and include previous (the verdict compares them)")
     if args.from_json:
         results = json.loads(args.out.read_text())
-        if _complete(results, names, args.speed):
+        if _complete(results, names, args.speed, args.clothing):
             args.out.write_text(json.dumps(results, indent=1))
     else:
         print_machine()
         with tempfile.TemporaryDirectory() as tmp:
-            results = run(names, args.catalogues.split(","), Path(tmp))
+            found = run(names, args.catalogues.split(","), Path(tmp), args.clothing)
+        if args.merge:
+            results = json.loads(args.out.read_text())
+            merge(results, found)
+        else:
+            results = found
         args.out.write_text(json.dumps(results, indent=1))
     if args.doc:
         write_doc(args.doc, section(results))

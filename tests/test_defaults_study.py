@@ -101,3 +101,44 @@ def test_the_verdict_follows_the_numbers():
     both = _fake(0.45, 0.5, 0.01)
     both["reference"]["c"]["scores"]["p@5 type"] = 0.9  # now the previous loses to the reference too
     assert "call for an input chosen per catalogue" in study.verdict(copy.deepcopy(both))
+
+
+def test_the_clothing_dataset_reads_its_typed_rows_with_photos(tmp_path, store_dir):
+    """A clone of the clothing dataset (``images.csv``: image, sender_id, label, kids) becomes a
+    catalogue of the rows with a type and a photo, in the reference recipe's columns."""
+    import shutil
+
+    import pandas as pd
+
+    src = tmp_path / "clothing-dataset"
+    (src / "images").mkdir(parents=True)
+    photos = sorted((store_dir / "images").rglob("*.jpg"))[:4]
+    for i, p in enumerate(photos):
+        shutil.copy(p, src / "images" / f"id{i}.jpg")
+    (src / "images.csv").write_text("image,sender_id,label,kids\nid0,1,T-Shirt,False\nid1,2,Not sure,False\n"
+                                    "id2,3,Skip,True\nid3,4,Shoes,True\ngone,5,Pants,False\n")
+    cat = study.catalogues(tmp_path / "tmp", src)["clothing-5k"]
+    table = pd.read_csv(cat.csv)
+    assert table["Image"].tolist() == ["id0.jpg", "id3.jpg"]  # untyped rows and the missing photo left out
+    assert table["ProductType"].tolist() == ["T-Shirt", "Shoes"] and table["ProductId"].tolist() == [1, 2]
+    assert cat.images == src / "images" and cat.labels == ("ProductType",) and cat.same is None
+    assert "clothing-5k" not in study.catalogues(tmp_path / "tmp")  # only when its clone is named
+
+
+def test_merge_puts_a_run_of_other_catalogues_beside_the_results():
+    results, added = _fake(0.5, 0.5, 0.01), _fake(0.4, 0.3, 0.02)
+    for c in added["candidates"]:
+        c["catalogues"] = {"new": c["catalogues"]["c"]}
+        c["catalogues"]["new"]["weights"]["0.0"] = c["catalogues"]["new"]["weights"]["0.15"]
+    for c in results["candidates"]:
+        c["catalogues"]["c"]["weights"]["0.0"] = c["catalogues"]["c"]["weights"]["0.15"]
+    added["reference"] = {"new": added["reference"]["c"]}
+    added["backgrounds"] = {"new": {"photos": 3, "uniform": 0.0, "trimmed": 0.0}}
+    added["command"], added["machine"] = "python benchmarks/defaults_study.py --merge", {"cpu": "AMD EPYC", "cores": 2}
+    study.merge(results, added)
+    assert list(results["candidates"][0]["catalogues"]) == ["c", "new"] and set(results["reference"]) == {"c", "new"}
+    assert results["merged"] == [{"command": added["command"], "machine": added["machine"], "catalogues": ["new"]}]
+    assert study.losses(results, "previous", "default") == [("new", "p@5 type", -0.1, 0.02)]
+    assert "--merge` (AMD EPYC, 2 cores)" in study.section(results)
+    with pytest.raises(SystemExit):  # other candidates can't go beside these
+        study.merge(results, {**added, "candidates": added["candidates"][:1]})
